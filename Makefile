@@ -1,0 +1,96 @@
+# tako — one plain Makefile. See docs/development.md.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+
+VERSION := 0.1.0
+CSTD    := -std=gnu11
+WARN    := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes
+OPT     ?= -O2 -g
+CPPFLAGS += -D_GNU_SOURCE -DTAKO_VERSION='"$(VERSION)"' -Isrc
+CFLAGS  += $(CSTD) $(OPT) $(WARN) -pthread
+LDLIBS  += -lyaml -ljansson -lsqlite3 -lm -pthread
+
+ifeq ($(WERROR),1)
+CFLAGS += -Werror
+endif
+
+# SANITIZE=1 builds everything into build/san with ASan + UBSan.
+ifeq ($(SANITIZE),1)
+BUILD   := build/san
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+TAKO    := $(BUILD)/tako
+WHOAMI  := $(BUILD)/whoami
+else
+BUILD   := build/rel
+TAKO    := tako
+WHOAMI  := examples/whoami/whoami
+endif
+
+SRC_ALL  := $(shell find src -name '*.c' | sort)
+SRC_LIB  := $(filter-out src/main.c,$(SRC_ALL))
+OBJ_LIB  := $(SRC_LIB:%.c=$(BUILD)/%.o)
+OBJ_MAIN := $(BUILD)/src/main.o
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+LIBTAKO  := $(BUILD)/libtako.a
+
+.PHONY: all clean test unit e2e demo install deps fuzz bench check-format
+all: $(TAKO) $(WHOAMI) $(UNIT_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIBTAKO): $(OBJ_LIB)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(TAKO): $(OBJ_MAIN) $(LIBTAKO)
+	$(CC) $(LDFLAGS) -o $@ $(OBJ_MAIN) $(LIBTAKO) $(LDLIBS)
+
+$(WHOAMI): $(BUILD)/examples/whoami/whoami.o $(LIBTAKO)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/tests/unit/unit.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+deps:
+	@scripts/deps.sh build
+
+# `make test`: unit + e2e, then the same again under ASan/UBSan; the last
+# line is "N passed, N failed".
+test:
+	@scripts/deps.sh test
+	@scripts/test.sh
+
+unit: all
+	@scripts/test.sh unit
+
+e2e: all
+	@scripts/test.sh e2e
+
+demo:
+	@scripts/deps.sh build
+	@$(MAKE) --no-print-directory all
+	@scripts/demo.sh
+
+fuzz:
+	@scripts/fuzz.sh
+
+bench: all
+	@bench/run.sh
+
+install: $(TAKO)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(TAKO) $(DESTDIR)$(PREFIX)/bin/tako
+	install -m 0644 man/tako.1 $(DESTDIR)$(PREFIX)/share/man/man1/tako.1
+
+clean:
+	rm -rf build tako examples/whoami/whoami
+
+-include $(shell find build -name '*.d' 2>/dev/null)

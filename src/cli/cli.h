@@ -1,0 +1,39 @@
+/* cli.h — the subcommand table and helpers shared by command handlers. */
+#ifndef TAKO_CLI_CLI_H
+#define TAKO_CLI_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Exit statuses, stable and documented in docs/cli.md. */
+enum {
+    EXIT_OK = 0,
+    EXIT_FAILED = 1,   /* the command ran and failed (deploy rolled back, ...) */
+    EXIT_USAGE = 2,    /* invalid input: unknown command/flag, bad config */
+    EXIT_UNAVAIL = 3,  /* takod could not be reached or started */
+    EXIT_CONFLICT = 4, /* refused: another operation holds the project lock */
+};
+
+typedef int (*cli_handler)(int argc, char **argv);
+
+struct cli_command {
+    const char *name;
+    cli_handler handler; /* NULL: planned, not yet available */
+    const char *summary; /* one line for `tako --help` */
+    const char *help;    /* full text for `tako help NAME` and NAME --help */
+};
+
+extern const struct cli_command cli_commands[];
+extern const unsigned cli_commands_len;
+
+const struct cli_command *cli_find(const char *name);
+void cli_print_usage(FILE *f);
+void cli_print_command_help(const struct cli_command *c, FILE *f);
+/* For getopt_long error paths: print "tako NAME: msg" plus a hint and
+ * return EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+int cmd_version(int argc, char **argv);
+int cmd_help(int argc, char **argv);
+
+#endif

@@ -1,0 +1,201 @@
+/* net.c — socket helpers. */
+#include "core/net.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "core/util.h"
+
+int net_parse_addr(const char *s, const char *default_host, struct net_addr *out)
+{
+    char host[256];
+    const char *port_s;
+    memset(out, 0, sizeof(*out));
+    if (!s || !*s)
+        return -EINVAL;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(host))
+            return -EINVAL;
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = '\0';
+        port_s = end + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon) {
+            snprintf(host, sizeof(host), "%s", default_host ? default_host : "0.0.0.0");
+            port_s = s;
+        } else {
+            if ((size_t)(colon - s) >= sizeof(host))
+                return -EINVAL;
+            memcpy(host, s, (size_t)(colon - s));
+            host[colon - s] = '\0';
+            if (!host[0])
+                snprintf(host, sizeof(host), "%s", default_host ? default_host : "0.0.0.0");
+            port_s = colon + 1;
+        }
+    }
+    uint64_t port;
+    if (parse_uint(port_s, 65535, &port) < 0)
+        return -EINVAL;
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof(host), "127.0.0.1");
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&out->ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&out->ss;
+    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        out->len = sizeof(*in4);
+    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        out->len = sizeof(*in6);
+    } else {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+const char *net_addr_str(const struct net_addr *a, char *buf, size_t len)
+{
+    char h[INET6_ADDRSTRLEN];
+    if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, h, sizeof(h));
+        snprintf(buf, len, "[%s]:%u", h, ntohs(in6->sin6_port));
+    } else if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)&a->ss;
+        inet_ntop(AF_INET, &in4->sin_addr, h, sizeof(h));
+        snprintf(buf, len, "%s:%u", h, ntohs(in4->sin_port));
+    } else {
+        snprintf(buf, len, "?");
+    }
+    return buf;
+}
+
+uint16_t net_addr_port(const struct net_addr *a)
+{
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+}
+
+int net_set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1)
+        return -errno;
+    return 0;
+}
+
+int net_set_nodelay(int fd)
+{
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+        return -errno;
+    return 0;
+}
+
+int net_listen_tcp(const struct net_addr *a, int backlog, bool reuseport)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1)
+        goto fail;
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == -1)
+        goto fail;
+    if (listen(fd, backlog) == -1)
+        goto fail;
+    return fd;
+fail:;
+    int e = errno;
+    close(fd);
+    return -e;
+}
+
+int net_listen_unix(const char *path, int backlog, unsigned mode)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -errno;
+    unlink(path);
+    /* Create the socket with no access, then open it to the wanted mode:
+     * no window where others could connect. */
+    mode_t old = umask(0777);
+    int r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+    umask(old);
+    if (r == -1 || chmod(path, mode) == -1 || listen(fd, backlog) == -1) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int net_connect_unix(const char *path)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int net_connect_tcp(const struct net_addr *a, bool *in_progress)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -errno;
+    net_set_nodelay(fd);
+    *in_progress = false;
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1) {
+        if (errno == EINPROGRESS) {
+            *in_progress = true;
+        } else {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
+    return fd;
+}
+
+uint16_t net_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return 0;
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(in);
+    uint16_t port = 0;
+    if (bind(fd, (struct sockaddr *)&in, sizeof(in)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&in, &l) == 0)
+        port = ntohs(in.sin_port);
+    close(fd);
+    return port;
+}

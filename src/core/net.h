@@ -1,0 +1,39 @@
+/* net.h — socket helpers: addresses, listeners, non-blocking connects. */
+#ifndef TAKO_CORE_NET_H
+#define TAKO_CORE_NET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+struct net_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+/* Parse "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT" (host defaults to
+ * default_host). Numeric addresses only; "localhost" means 127.0.0.1.
+ * Returns 0 or -EINVAL. */
+int net_parse_addr(const char *s, const char *default_host, struct net_addr *out);
+/* "127.0.0.1:8080" / "[::1]:8080" into buf. */
+const char *net_addr_str(const struct net_addr *a, char *buf, size_t len);
+uint16_t net_addr_port(const struct net_addr *a);
+
+/* Non-blocking, close-on-exec TCP listener. reuseport lets several threads
+ * each own a listener on one address. Returns the fd or -errno. */
+int net_listen_tcp(const struct net_addr *a, int backlog, bool reuseport);
+/* Non-blocking unix stream listener at path (replacing a stale socket),
+ * with the given mode. Returns the fd or -errno. */
+int net_listen_unix(const char *path, int backlog, unsigned mode);
+/* Blocking connect to a unix socket. Returns the fd or -errno. */
+int net_connect_unix(const char *path);
+/* Start a non-blocking TCP connect; *in_progress is set when the result
+ * comes later (EPOLLOUT then SO_ERROR). Returns the fd or -errno. */
+int net_connect_tcp(const struct net_addr *a, bool *in_progress);
+int net_set_nonblock(int fd);
+int net_set_nodelay(int fd);
+/* A free TCP port on 127.0.0.1 at the time of the call (0 on failure). */
+uint16_t net_free_port(void);
+
+#endif

@@ -1,0 +1,218 @@
+/* test_core.c — the event loop (fds, timers, signals, children) and util. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/ev.h"
+#include "core/net.h"
+#include "core/util.h"
+#include "unit.h"
+
+static int order[8], norder;
+static void timer_cb(struct ev_loop *loop, struct ev_timer *t)
+{
+    order[norder++] = (int)(long)t->data;
+    if (norder == 3)
+        ev_loop_stop(loop);
+}
+
+TEST(timers_fire_in_order)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    struct ev_timer a, b, c, d;
+    ev_timer_init(&a, timer_cb, (void *)3L);
+    ev_timer_init(&b, timer_cb, (void *)1L);
+    ev_timer_init(&c, timer_cb, (void *)2L);
+    ev_timer_init(&d, timer_cb, (void *)9L);
+    norder = 0;
+    ev_timer_start(&loop, &a, 30);
+    ev_timer_start(&loop, &b, 1);
+    ev_timer_start(&loop, &c, 15);
+    ev_timer_start(&loop, &d, 5);
+    ev_timer_stop(&loop, &d); /* a stopped timer never fires */
+    CHECK(!ev_timer_active(&d));
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_INT(norder, 3);
+    CHECK_INT(order[0], 1);
+    CHECK_INT(order[1], 2);
+    CHECK_INT(order[2], 3);
+    ev_loop_close(&loop);
+}
+
+TEST(timer_heap_many)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    enum { N = 500 };
+    static struct ev_timer t[N];
+    for (int i = 0; i < N; i++) {
+        ev_timer_init(&t[i], timer_cb, NULL);
+        ev_timer_start(&loop, &t[i], (uint64_t)((i * 7919) % 1000) + 1000);
+    }
+    for (int i = 0; i < N; i += 2)
+        ev_timer_stop(&loop, &t[i]);
+    CHECK_INT(loop.heap_len, N / 2);
+    /* Heap property holds after removals. */
+    for (size_t i = 1; i < loop.heap_len; i++)
+        CHECK(loop.heap[(i - 1) / 2]->when <= loop.heap[i]->when);
+    ev_loop_close(&loop);
+}
+
+static char io_got[16];
+static void io_cb(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
+{
+    (void)ev;
+    ssize_t n = read(w->fd, io_got, sizeof(io_got) - 1);
+    if (n > 0)
+        io_got[n] = '\0';
+    ev_loop_stop(loop);
+}
+
+TEST(io_readable)
+{
+    struct ev_loop loop;
+    int p[2];
+    CHECK_INT(ev_loop_init(&loop), 0);
+    CHECK_INT(pipe(p), 0);
+    struct ev_io w;
+    ev_io_init(&w, p[0], io_cb, NULL);
+    CHECK_INT(ev_io_start(&loop, &w, EPOLLIN), 0);
+    CHECK_INT(write(p[1], "hello", 5), 5);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_STR(io_got, "hello");
+    CHECK_INT(ev_io_stop(&loop, &w), 0);
+    close(p[0]);
+    close(p[1]);
+    ev_loop_close(&loop);
+}
+
+static int sig_seen;
+static void sig_cb(struct ev_loop *loop, struct ev_signal *s, int signo)
+{
+    (void)s;
+    sig_seen = signo;
+    ev_loop_stop(loop);
+}
+
+TEST(signal_as_event)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    struct ev_signal s;
+    CHECK_INT(ev_signal_start(&loop, &s, SIGUSR1, sig_cb, NULL), 0);
+    kill(getpid(), SIGUSR1);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_INT(sig_seen, SIGUSR1);
+    ev_signal_stop(&loop, &s);
+    ev_loop_close(&loop);
+}
+
+static int child_status = -1;
+static void child_cb(struct ev_loop *loop, struct ev_child *c, int status)
+{
+    (void)c;
+    child_status = status;
+    ev_loop_stop(loop);
+}
+
+TEST(child_exit_as_event)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(7);
+    struct ev_child c;
+    CHECK_INT(ev_child_start(&loop, &c, pid, child_cb, NULL), 0);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK(WIFEXITED(child_status));
+    CHECK_INT(WEXITSTATUS(child_status), 7);
+    /* Reaped by the loop: no zombie left. */
+    CHECK_INT(waitpid(pid, NULL, WNOHANG), -1);
+
+    pid = fork();
+    if (pid == 0) {
+        pause();
+        _exit(0);
+    }
+    CHECK_INT(ev_child_start(&loop, &c, pid, child_cb, NULL), 0);
+    kill(pid, SIGKILL);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK(WIFSIGNALED(child_status));
+    CHECK_INT(WTERMSIG(child_status), SIGKILL);
+    ev_loop_close(&loop);
+}
+
+TEST(parse_duration)
+{
+    uint64_t v = 0;
+    CHECK_INT(parse_duration_ms("500ms", &v), 0);
+    CHECK_INT(v, 500);
+    CHECK_INT(parse_duration_ms("10s", &v), 0);
+    CHECK_INT(v, 10000);
+    CHECK_INT(parse_duration_ms("2m", &v), 0);
+    CHECK_INT(v, 120000);
+    CHECK_INT(parse_duration_ms("1m30s", &v), 0);
+    CHECK_INT(v, 90000);
+    CHECK_INT(parse_duration_ms("1.5s", &v), 0);
+    CHECK_INT(v, 1500);
+    CHECK_INT(parse_duration_ms("3", &v), 0);
+    CHECK_INT(v, 3000);
+    CHECK_INT(parse_duration_ms("10x", &v), -EINVAL);
+    CHECK_INT(parse_duration_ms("", &v), -EINVAL);
+    CHECK_INT(parse_duration_ms("-1s", &v), -EINVAL);
+    CHECK_INT(parse_duration_ms("1m30", &v), -EINVAL);
+    CHECK_INT(parse_duration_ms("s", &v), -EINVAL);
+}
+
+TEST(parse_size_percent_uint)
+{
+    uint64_t v = 0;
+    double d = 0;
+    CHECK_INT(parse_size_bytes("512m", &v), 0);
+    CHECK_INT(v, 512ull << 20);
+    CHECK_INT(parse_size_bytes("1G", &v), 0);
+    CHECK_INT(v, 1ull << 30);
+    CHECK_INT(parse_size_bytes("10MiB", &v), 0);
+    CHECK_INT(v, 10ull << 20);
+    CHECK_INT(parse_size_bytes("12q", &v), -EINVAL);
+    CHECK_INT(parse_percent("70%", &d), 0);
+    CHECK(d == 70.0);
+    CHECK_INT(parse_percent("7o%", &d), -EINVAL);
+    CHECK_INT(parse_uint("65535", 65535, &v), 0);
+    CHECK_INT(parse_uint("65536", 65535, &v), -ERANGE);
+    CHECK_INT(parse_uint("+1", 65535, &v), -EINVAL);
+}
+
+TEST(format_helpers)
+{
+    char b[32];
+    CHECK_STR(fmt_duration(250, b, sizeof(b)), "250ms");
+    CHECK_STR(fmt_duration(1500, b, sizeof(b)), "1.5s");
+    CHECK_STR(fmt_duration(90000, b, sizeof(b)), "1m30s");
+    CHECK_STR(fmt_duration(7200000, b, sizeof(b)), "2h");
+    CHECK_STR(fmt_bytes(1536, b, sizeof(b)), "1.5 KiB");
+    CHECK_INT(str_edit_distance("loadBalancr", "loadBalancer"), 1);
+    time_iso8601(b);
+    CHECK_INT(strlen(b), 24);
+    CHECK(b[23] == 'Z');
+}
+
+TEST(net_addresses)
+{
+    struct net_addr a;
+    char b[64];
+    CHECK_INT(net_parse_addr("127.0.0.1:8080", NULL, &a), 0);
+    CHECK_STR(net_addr_str(&a, b, sizeof(b)), "127.0.0.1:8080");
+    CHECK_INT(net_parse_addr("[::1]:80", NULL, &a), 0);
+    CHECK_STR(net_addr_str(&a, b, sizeof(b)), "[::1]:80");
+    CHECK_INT(net_parse_addr("9000", "127.0.0.1", &a), 0);
+    CHECK_STR(net_addr_str(&a, b, sizeof(b)), "127.0.0.1:9000");
+    CHECK_INT(net_parse_addr("localhost:1", NULL, &a), 0);
+    CHECK_INT(net_parse_addr("example.com:80", NULL, &a), -EINVAL);
+    CHECK_INT(net_parse_addr("127.0.0.1:99999", NULL, &a), -EINVAL);
+    CHECK(net_free_port() > 0);
+}
