@@ -1,0 +1,183 @@
+"""Shared fixtures for end-to-end tests: they drive the real binaries.
+
+Binaries come from $TAKO_BIN / $WHOAMI_BIN (the sanitizer run points them at
+build/san), defaulting to the release build at the repository root. Every
+process a test starts goes through `procs.start()`, which puts it in its own
+process group and stops that group by PID when the test ends, pass or fail.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TAKO = os.environ.get("TAKO_BIN", os.path.join(ROOT, "tako"))
+WHOAMI = os.environ.get("WHOAMI_BIN", os.path.join(ROOT, "examples", "whoami", "whoami"))
+ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that was free a moment ago."""
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, host="127.0.0.1", timeout=10.0, proc=None):
+    """Wait until something accepts on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError("nothing listening on %s:%d after %.1fs" % (host, port, timeout))
+
+
+def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
+    """Poll pred() until truthy; returns its value or raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out waiting for " + what)
+        time.sleep(interval)
+
+
+def http(port, path="/", method="GET", host="127.0.0.1", headers=None, body=None, timeout=10.0,
+         source=None):
+    """One request on a fresh connection: (status, headers dict lower-cased, body bytes)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def http_json(port, path="/", **kw):
+    status, _, body = http(port, path, **kw)
+    return status, json.loads(body) if body else None
+
+
+def raw(port, data, host="127.0.0.1", timeout=5.0, read_all=True):
+    """Send raw bytes, return every byte answered until the peer closes (or timeout)."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not read_all:
+                break
+        return out
+    finally:
+        s.close()
+
+
+class Procs:
+    """Starts processes in their own process groups; stops them all at teardown."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+
+    def start(self, argv, env=None, name=None, cwd=None, stdout=None):
+        name = name or os.path.basename(argv[0])
+        log = open(os.path.join(self.tmp, "%s-%d.log" % (name, len(self.procs))), "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        p = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=stdout or log, stderr=log,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        p.log_path = log.name
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def whoami(self, hostname, port=None):
+        port = port or free_port()
+        p = self.start([WHOAMI], env={"PORT": str(port), "HOSTNAME": hostname}, name=hostname)
+        wait_port(port, proc=p)
+        p.port = port
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, timeout=10.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        return p.returncode
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            try:
+                self.stop(p, timeout=5.0)
+            except Exception:
+                pass
+            # The group may hold children that outlived the leader.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def log(self, p):
+        with open(p.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+@pytest.fixture
+def procs(tmp_path):
+    ps = Procs(str(tmp_path))
+    yield ps
+    ps.stop_all()
+
+
+@pytest.fixture
+def tako_home(tmp_path):
+    """A private TAKO_HOME for the test (kept short: unix socket paths are limited)."""
+    d = tempfile.mkdtemp(prefix="tako-home-")
+    yield d
+    pidf = os.path.join(d, "takod.pid")
+    if os.path.exists(pidf):
+        try:
+            pid = int(open(pidf).read().strip())
+            os.kill(pid, signal.SIGKILL)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+    subprocess.run(["rm", "-rf", d])
+
+
+def run_tako(args, env=None, cwd=None, timeout=120, input=None):
+    """Run `tako ARGS` to completion: CompletedProcess with text output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([TAKO] + list(args), env=full_env, cwd=cwd, timeout=timeout,
+                          capture_output=True, text=True, input=input)
