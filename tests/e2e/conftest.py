@@ -6,6 +6,7 @@ process a test starts goes through `procs.start()`, which puts it in its own
 process group and stops that group by PID when the test ends, pass or fail.
 """
 import http.client
+import http.client as http_client  # the helper named http() below shadows the package
 import json
 import os
 import signal
@@ -60,7 +61,7 @@ def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
 def http(port, path="/", method="GET", host="127.0.0.1", headers=None, body=None, timeout=10.0,
          source=None):
     """One request on a fresh connection: (status, headers dict lower-cased, body bytes)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+    conn = http_client.HTTPConnection(host, port, timeout=timeout,
                                       source_address=(source, 0) if source else None)
     try:
         conn.request(method, path, body=body, headers=headers or {})
