@@ -67,6 +67,11 @@ static struct {
     struct ev_signal sigterm, sigint;
     struct ev_timer drain_timer;
     char hostname[256];
+    /* The hostname comes from the environment: escaped once for each place
+     * it is written to, so no value can break the JSON, HTML or header. */
+    char host_json[256 * 6];
+    char host_html[256 * 6];
+    char host_hdr[256];
     uint16_t port;
     uint64_t started_ms;
     uint64_t requests;
@@ -89,6 +94,34 @@ static uint64_t rss_bytes(void)
         fclose(f);
     }
     return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Fill g.host_json, g.host_html and g.host_hdr from g.hostname. */
+static void hostname_escape(void)
+{
+    char *j = g.host_json, *h = g.host_html, *d = g.host_hdr;
+    for (const unsigned char *p = (const unsigned char *)g.hostname; *p; p++) {
+        unsigned char ch = *p;
+        if (ch == '"' || ch == '\\') {
+            *j++ = '\\';
+            *j++ = (char)ch;
+        } else if (ch < 0x20 || ch == 0x7f) {
+            j += sprintf(j, "\\u%04x", ch);
+        } else {
+            *j++ = (char)ch;
+        }
+        switch (ch) {
+        case '<': h = stpcpy(h, "&lt;"); break;
+        case '>': h = stpcpy(h, "&gt;"); break;
+        case '&': h = stpcpy(h, "&amp;"); break;
+        case '"': h = stpcpy(h, "&quot;"); break;
+        case '\'': h = stpcpy(h, "&#39;"); break;
+        default: *h++ = (char)ch;
+        }
+        /* Header values cannot hold control characters (CR LF would split it). */
+        *d++ = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    *j = *h = *d = '\0';
 }
 
 static uint64_t uptime_s(void) { return (ev_time_ms() - g.started_ms) / 1000; }
@@ -194,7 +227,7 @@ static void respond(struct conn *c, int status, const char *ctype, const char *b
                      "X-Instance: %s\r\n"
                      "%s"
                      "\r\n",
-                     status, reason(status), ctype, len, g.hostname,
+                     status, reason(status), ctype, len, g.host_hdr,
                      ka ? (c->http10 ? "Connection: keep-alive\r\n" : "")
                         : "Connection: close\r\n");
     out_append(c, head, (size_t)n);
@@ -243,24 +276,24 @@ static bool path_is(const char *target, const char *path)
 
 static void route_health(struct conn *c)
 {
-    char ts[32], body[512];
+    char ts[32], body[2048];
     time_iso8601(ts);
     snprintf(body, sizeof(body),
              "{\"status\":\"%s\",\"hostname\":\"%s\",\"uptime\":%llu,\"requests\":%llu,"
              "\"timestamp\":\"%s\"}\n",
-             g.healthy ? "healthy" : "unhealthy", g.hostname, (unsigned long long)uptime_s(),
+             g.healthy ? "healthy" : "unhealthy", g.host_json, (unsigned long long)uptime_s(),
              (unsigned long long)g.requests, ts);
     respond_json(c, g.healthy ? 200 : 503, body);
 }
 
 static void route_instance(struct conn *c)
 {
-    char ts[32], body[512];
+    char ts[32], body[2048];
     time_iso8601(ts);
     snprintf(body, sizeof(body),
              "{\"hostname\":\"%s\",\"pid\":%d,\"port\":%u,\"uptime\":%llu,\"requests\":%llu,"
              "\"memory\":{\"rss\":%llu},\"timestamp\":\"%s\"}\n",
-             g.hostname, (int)getpid(), g.port, (unsigned long long)uptime_s(),
+             g.host_json, (int)getpid(), g.port, (unsigned long long)uptime_s(),
              (unsigned long long)g.requests, (unsigned long long)rss_bytes(), ts);
     respond_json(c, 200, body);
 }
@@ -285,7 +318,7 @@ static void route_page(struct conn *c)
         "<tr><td>memory (RSS)</td><td id=\"memory\">%s</td></tr>"
         "<tr><td>pid</td><td>%d</td></tr><tr><td>port</td><td>%u</td></tr></table>\n"
         "<p><small>refreshes every 3 s: watch the hostname change</small></p></body></html>\n",
-        g.hostname, g.hostname, (unsigned long long)g.requests, up, mem, (int)getpid(), g.port);
+        g.host_html, g.host_html, (unsigned long long)g.requests, up, mem, (int)getpid(), g.port);
     respond(c, 200, "text/html; charset=utf-8", page, strlen(page));
     free(page);
 }
@@ -294,8 +327,8 @@ static void sleep_done(struct ev_loop *loop, struct ev_timer *t)
 {
     (void)loop;
     struct conn *c = t->data;
-    char body[512];
-    snprintf(body, sizeof(body), "{\"hostname\":\"%s\",\"slept_ms\":%llu}\n", g.hostname,
+    char body[2048];
+    snprintf(body, sizeof(body), "{\"hostname\":\"%s\",\"slept_ms\":%llu}\n", g.host_json,
              (unsigned long long)query_ms(c->target, SLEEP_MAX_MS));
     c->st = ST_HEAD;
     respond_json(c, 200, body);
@@ -341,8 +374,9 @@ static void dispatch(struct conn *c)
     if (path_is(t, "/work")) {
         unsigned long ms = query_ms(t, WORK_MAX_MS);
         burn_cpu(ms);
-        char body[512];
-        snprintf(body, sizeof(body), "{\"hostname\":\"%s\",\"worked_ms\":%lu}\n", g.hostname, ms);
+        char body[2048];
+        snprintf(body, sizeof(body), "{\"hostname\":\"%s\",\"worked_ms\":%lu}\n", g.host_json,
+                 ms);
         return respond_json(c, 200, body);
     }
     if (path_is(t, "/sleep")) {
@@ -505,6 +539,17 @@ static void conn_process(struct conn *c)
             }
             c->in[c->in_len] = '\0';
             char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+            /* A bare LF would hide the end of the head ("\n\n"): refuse it
+             * now rather than wait for a CRLF CRLF that never comes. */
+            size_t scan = end ? (size_t)(end - c->in) : c->in_len;
+            for (size_t i = 0; i < scan; i++) {
+                if (c->in[i] == '\n' && (i == 0 || c->in[i - 1] != '\r')) {
+                    strcpy(c->method, "GET");
+                    respond_error(c, 400, "bad request");
+                    conn_flush(c);
+                    return;
+                }
+            }
             if (!end) {
                 if (c->in_len >= HEAD_MAX) {
                     strcpy(c->method, "GET");
@@ -753,6 +798,7 @@ int main(int argc, char **argv)
         snprintf(g.hostname, sizeof(g.hostname), "%s", h);
     else if (gethostname(g.hostname, sizeof(g.hostname) - 1) != 0)
         strcpy(g.hostname, "unknown");
+    hostname_escape();
     /* Allow many connections: raise the soft fd limit to the hard one. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
