@@ -182,3 +182,10 @@ def run_tako(args, env=None, cwd=None, timeout=120, input=None):
     full_env.update(env or {})
     return subprocess.run([TAKO] + list(args), env=full_env, cwd=cwd, timeout=timeout,
                           capture_output=True, text=True, input=input)
+
+
+def pytest_configure(config):
+    # `make test` runs the e2e suite twice: on the release build, then on the
+    # ASan/UBSan build with -m "not slow" (see scripts/test.sh).
+    config.addinivalue_line(
+        "markers", "slow: long-running test (load, long timers); left out of the sanitizer run")
