@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# test.sh — tako's test orchestration; `make test` runs it with no argument.
+#
+#   scripts/test.sh            every stage below, in order
+#   scripts/test.sh unit       release unit tests only
+#   scripts/test.sh e2e        release end-to-end tests only
+#   scripts/test.sh fuzz       fuzz smoke run only
+#   scripts/test.sh san        sanitizer build + its unit and e2e stages
+#
+# Stages of the full run:
+#   build      make -j2 WERROR=1 (release: ./tako, whoami, unit test binaries)
+#   unit       every build/rel/tests/test_* binary
+#   e2e        /usr/bin/python3 -m pytest tests/e2e against ./tako and whoami
+#   fuzz       scripts/fuzz.sh (FUZZ_SECONDS per target, default 20)
+#   san-build  make SANITIZE=1 -j2 (ASan + UBSan into build/san)
+#   san-unit   every build/san/tests/test_* binary
+#   san-e2e    the e2e suite minus tests marked `slow` (SAN_E2E_MARK overrides
+#              the -m expression; SAN_E2E_MARK= runs everything) against
+#              build/san/tako and build/san/whoami
+#
+# Every unit test, e2e test, fuzz target and build counts as one test. A
+# summary per stage is printed, and the output ends with exactly one closing
+# line "N passed, N failed" over all stages. Exit status 1 when anything
+# failed. A sanitizer report written by any process (ASan/UBSan/LSan, to
+# build/test-logs/san-reports/) fails its stage even when the test passed.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOGS=$ROOT/build/test-logs
+PYTHON=${PYTHON:-/usr/bin/python3}
+JOBS=${JOBS:-2}
+E2E_TIMEOUT=${E2E_TIMEOUT:-900}
+SAN_E2E_MARK=${SAN_E2E_MARK-not slow}
+mode=${1:-all}
+
+case "$mode" in
+all | unit | e2e | fuzz | san) ;;
+*)
+    echo "Usage: scripts/test.sh [unit|e2e|fuzz|san]" >&2
+    exit 2
+    ;;
+esac
+
+mkdir -p "$LOGS"
+ulimit -c 0 2>/dev/null || true
+# No caches or bytecode written into the repository by the test run.
+export PYTHONDONTWRITEBYTECODE=1
+
+total_pass=0
+total_fail=0
+summary=()
+
+# record STAGE PASSED FAILED SECONDS [NOTE]
+record() {
+    total_pass=$((total_pass + $2))
+    total_fail=$((total_fail + $3))
+    local line
+    line=$(printf '  %-10s %4d passed, %d failed  (%ds)%s' "$1" "$2" "$3" "$4" "${5:+  $5}")
+    summary+=("$line")
+    echo "== $1: $2 passed, $3 failed ($4s)${5:+ — $5}"
+}
+
+stage_start() {
+    echo
+    echo "== $1"
+    t0=$SECONDS
+}
+
+# build NAME LOG MAKEARGS...: one test; the make output is kept in LOG and
+# shown (its end) only when the build fails.
+build() {
+    local name=$1 log=$2
+    shift 2
+    stage_start "$name: make $*"
+    if make --no-print-directory "$@" >"$log" 2>&1; then
+        record "$name" 1 0 $((SECONDS - t0))
+        return 0
+    fi
+    tail -n 40 "$log"
+    record "$name" 0 1 $((SECONDS - t0)) "see $log"
+    return 1
+}
+
+# unit NAME DIR: run every test binary in DIR; each test inside counts.
+unit() {
+    local name=$1 dir=$2 p=0 f=0 bin out last np nf
+    stage_start "$name: $dir/test_*"
+    for bin in "$dir"/test_*; do
+        [ -x "$bin" ] || continue
+        out=$("$bin" 2>&1)
+        local rc=$?
+        last=$(printf '%s\n' "$out" | tail -n 1)
+        if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+            np=${BASH_REMATCH[1]}
+            nf=${BASH_REMATCH[2]}
+        else
+            np=0
+            nf=0
+        fi
+        # A crash or a non-zero exit without a counted failure is one failure.
+        if [ $rc -ne 0 ] && [ "$nf" -eq 0 ]; then nf=1; fi
+        if [ "$nf" -ne 0 ]; then
+            printf '%s\n' "$out" | grep -v '^ok ' | sed 's/^/    /'
+            echo "  FAIL $(basename "$bin"): $np passed, $nf failed (exit $rc)"
+        else
+            echo "  ok   $(basename "$bin"): $np passed"
+        fi
+        p=$((p + np))
+        f=$((f + nf))
+    done
+    local note=""
+    san_reports || {
+        f=$((f + 1))
+        note="sanitizer reports"
+    }
+    record "$name" $p $f $((SECONDS - t0)) "$note"
+}
+
+# e2e NAME TAKO WHOAMI [PYTEST ARGS...]: one pytest run; each test counts.
+e2e() {
+    local name=$1 tako=$2 whoami=$3
+    shift 3
+    local log=$LOGS/$name.log
+    stage_start "$name: pytest tests/e2e $* (TAKO_BIN=$tako)"
+    # SIGINT on timeout lets pytest tear its fixtures down (stopping every
+    # process it started) before it exits.
+    TAKO_BIN=$ROOT/$tako WHOAMI_BIN=$ROOT/$whoami timeout -s INT -k 60 "$E2E_TIMEOUT" \
+        "$PYTHON" -m pytest -q -p no:cacheprovider -rfE "$@" tests/e2e 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local last p=0 f=0 note=""
+    last=$(grep -E '[0-9]+ (passed|failed|error|errors|deselected)|no tests ran' "$log" | tail -n 1)
+    [[ $last =~ ([0-9]+)\ passed ]] && p=${BASH_REMATCH[1]}
+    [[ $last =~ ([0-9]+)\ failed ]] && f=${BASH_REMATCH[1]}
+    [[ $last =~ ([0-9]+)\ error ]] && f=$((f + BASH_REMATCH[1]))
+    case $rc in
+    0 | 5) ;; # 5: no tests collected, not a failure
+    124) note="timed out after ${E2E_TIMEOUT}s" ;;
+    *) ;;
+    esac
+    if [ $rc -ne 0 ] && [ $rc -ne 5 ] && [ $f -eq 0 ]; then
+        f=1
+        [ -n "$note" ] || note="pytest exit status $rc"
+    fi
+    san_reports || {
+        f=$((f + 1))
+        note="${note:+$note; }sanitizer reports"
+    }
+    record "$name" "$p" "$f" $((SECONDS - t0)) "$note"
+}
+
+fuzz() {
+    stage_start "fuzz: scripts/fuzz.sh (${FUZZ_SECONDS:-20}s per target)"
+    local log=$LOGS/fuzz.log
+    scripts/fuzz.sh 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]} p f
+    p=$(grep -c '^PASS ' "$log")
+    f=$(grep -c '^FAIL ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    record fuzz "$p" "$f" $((SECONDS - t0))
+}
+
+# Sanitizer reports of every process under test go to files, so a report from
+# a process whose exit no test looks at still fails the run.
+SAN_REPORTS=$LOGS/san-reports
+san_env() {
+    rm -rf "$SAN_REPORTS"
+    mkdir -p "$SAN_REPORTS"
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:log_path=$SAN_REPORTS/asan"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1:log_path=$SAN_REPORTS/ubsan"
+    export LSAN_OPTIONS="log_path=$SAN_REPORTS/lsan"
+}
+san_reports() {
+    [ -d "$SAN_REPORTS" ] || return 0
+    local files
+    files=$(find "$SAN_REPORTS" -type f | sort)
+    [ -z "$files" ] && return 0
+    for f in $files; do
+        echo "  sanitizer report $f:"
+        head -n 40 "$f" | sed 's/^/    /'
+        mv "$f" "$f.seen"
+    done
+    return 1
+}
+
+san_stages() {
+    if build san-build "$LOGS/build-san.log" SANITIZE=1 -j"$JOBS"; then
+        san_env
+        unit san-unit build/san/tests
+        local mark=()
+        [ -n "$SAN_E2E_MARK" ] && mark=(-m "$SAN_E2E_MARK")
+        e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
+    else
+        summary+=("  san-unit, san-e2e: not run (sanitizer build failed)")
+    fi
+}
+
+case "$mode" in
+unit)
+    build build "$LOGS/build-rel.log" -j"$JOBS" WERROR=1 && unit unit build/rel/tests
+    ;;
+e2e)
+    build build "$LOGS/build-rel.log" -j"$JOBS" WERROR=1 &&
+        e2e e2e tako examples/whoami/whoami
+    ;;
+fuzz) fuzz ;;
+san) san_stages ;;
+all)
+    if build build "$LOGS/build-rel.log" -j"$JOBS" WERROR=1; then
+        unit unit build/rel/tests
+        e2e e2e tako examples/whoami/whoami
+    else
+        summary+=("  unit, e2e: not run (release build failed)")
+    fi
+    fuzz
+    san_stages
+    ;;
+esac
+
+echo
+echo "== summary ($mode, ${SECONDS}s)"
+printf '%s\n' "${summary[@]}"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
