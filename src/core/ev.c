@@ -2,6 +2,7 @@
 #include "core/ev.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,7 +155,8 @@ void ev_timer_stop(struct ev_loop *loop, struct ev_timer *t)
 void ev_timer_start(struct ev_loop *loop, struct ev_timer *t, uint64_t after_ms)
 {
     ev_timer_stop(loop, t);
-    t->when = ev_time_ms() + after_ms;
+    uint64_t now = ev_time_ms();
+    t->when = after_ms > UINT64_MAX - now ? UINT64_MAX : now + after_ms;
     if (loop->heap_len == loop->heap_cap) {
         loop->heap_cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
         loop->heap = xrealloc(loop->heap, loop->heap_cap * sizeof(*loop->heap));
@@ -322,7 +324,10 @@ int ev_run_once(struct ev_loop *loop, int timeout_ms)
     ev_now_update(loop);
     if (loop->heap_len > 0) {
         uint64_t w = loop->heap[0]->when;
-        int tt = w <= loop->now ? 0 : (int)(w - loop->now);
+        /* Clamped: a timer weeks away must not wrap into a negative
+         * (infinite) epoll timeout; the loop simply wakes up early. */
+        uint64_t due = w <= loop->now ? 0 : w - loop->now;
+        int tt = due > INT_MAX ? INT_MAX : (int)due;
         if (timeout_ms < 0 || tt < timeout_ms)
             timeout_ms = tt;
     }

@@ -61,6 +61,28 @@ TEST(timer_heap_many)
     ev_loop_close(&loop);
 }
 
+/* A timer further away than INT_MAX ms once wrapped into a negative epoll
+ * timeout, so the loop slept forever; SIGALRM ends the binary if it hangs. */
+TEST(far_timer_does_not_block_loop)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    struct ev_timer far, never;
+    ev_timer_init(&far, timer_cb, NULL);
+    ev_timer_init(&never, timer_cb, NULL);
+    ev_timer_start(&loop, &far, 30ull * 24 * 3600 * 1000);
+    ev_timer_start(&loop, &never, UINT64_MAX);
+    alarm(10);
+    norder = 0;
+    CHECK_INT(ev_run_once(&loop, 20), 0);
+    alarm(0);
+    CHECK_INT(norder, 0);
+    CHECK(ev_timer_active(&far));
+    CHECK(ev_timer_active(&never));
+    CHECK(never.when == UINT64_MAX);
+    ev_loop_close(&loop);
+}
+
 static char io_got[16];
 static void io_cb(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
 {
