@@ -1,0 +1,1349 @@
+/* load.c — tako.yaml → struct cfg_file: libyaml document, key tables,
+ * strict typed values, defaults, and cross-checks; every problem in one pass. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config/internal.h"
+#include "core/util.h"
+
+#define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
+#define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
+
+/* ---- reporting -------------------------------------------------------- */
+
+static char *kpath(const char *path, const char *key)
+{
+    return path && *path ? xasprintf("%s.%s", path, key) : xstrdup(key);
+}
+
+static void vreport(struct cfg__ctx *c, enum cfg_severity sev, const yaml_node_t *n,
+                    const char *path, const char *fmt, va_list ap)
+{
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        abort();
+    unsigned line = n ? (unsigned)n->start_mark.line + 1 : 0;
+    unsigned col = n ? (unsigned)n->start_mark.column + 1 : 0;
+    cfg_diag_add(c->diag, sev, c->name, line, col, path, "%s", msg);
+    free(msg);
+}
+
+static void __attribute__((format(printf, 4, 5)))
+err_at(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(c, CFG_ERROR, n, path, fmt, ap);
+    va_end(ap);
+}
+
+static void __attribute__((format(printf, 4, 5)))
+warn_at(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(c, CFG_WARNING, n, path, fmt, ap);
+    va_end(ap);
+}
+
+/* Error at PATH.KEY. */
+static void __attribute__((format(printf, 5, 6)))
+err_key(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+        const char *fmt, ...)
+{
+    char *kp = kpath(path, key);
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(c, CFG_ERROR, n, kp, fmt, ap);
+    va_end(ap);
+    free(kp);
+}
+
+/* ---- nodes ------------------------------------------------------------ */
+
+static const yaml_node_t *get_node(struct cfg__ctx *c, int id)
+{
+    return yaml_document_get_node(c->doc, id);
+}
+
+static const char *kind(const yaml_node_t *n)
+{
+    switch (n->type) {
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    default:
+        return "a scalar";
+    }
+}
+
+/* `key:`, `key: ~` and `key: null` mean "not set": the default applies. */
+static bool is_null(const yaml_node_t *n)
+{
+    if (!n)
+        return true;
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *v = (const char *)n->data.scalar.value;
+    return !*v || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 ||
+           strcmp(v, "NULL") == 0;
+}
+
+static bool spend(struct cfg__ctx *c, const yaml_node_t *n)
+{
+    if (c->budget == 0)
+        return false;
+    if (--c->budget == 0) {
+        err_at(c, n, NULL, "too many values to read (more than %d; aliases expanding too much?)",
+               SCALAR_BUDGET);
+        return false;
+    }
+    return true;
+}
+
+/* The ${VAR}-expanded text of scalar N; NULL (reported) otherwise.
+ * EXPECT names the wanted type for the message. */
+static char *scalar(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                    const char *expect)
+{
+    if (!spend(c, n))
+        return NULL;
+    if (n->type != YAML_SCALAR_NODE) {
+        err_key(c, n, path, key, "expected %s, got %s", expect, kind(n));
+        return NULL;
+    }
+    const char *raw = (const char *)n->data.scalar.value;
+    if (strlen(raw) != n->data.scalar.length) {
+        err_key(c, n, path, key, "NUL byte in value");
+        return NULL;
+    }
+    char *kp = kpath(path, key);
+    char *v = cfg__expand(c, raw, n, kp);
+    free(kp);
+    return v;
+}
+
+static void set_str(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                    char **dst)
+{
+    if (is_null(n))
+        return;
+    char *v = scalar(c, n, path, key, "a string");
+    if (!v)
+        return;
+    free(*dst);
+    *dst = v;
+}
+
+static bool set_uint(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                     unsigned min, unsigned max, unsigned *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "an integer");
+    if (!v)
+        return false;
+    uint64_t x;
+    bool ok = parse_uint(v, max, &x) == 0 && x >= min;
+    if (ok)
+        *dst = (unsigned)x;
+    else
+        err_key(c, n, path, key, "expected an integer from %u to %u, got \"%s\"", min, max, v);
+    free(v);
+    return ok;
+}
+
+static bool set_bool(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                     bool *dst)
+{
+    static const char *yes[] = {"true", "yes", "on"}, *no[] = {"false", "no", "off"};
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "true or false");
+    if (!v)
+        return false;
+    bool ok = false;
+    for (size_t i = 0; i < ARRAY_LEN(yes); i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *dst = true;
+            ok = true;
+        } else if (strcasecmp(v, no[i]) == 0) {
+            *dst = false;
+            ok = true;
+        }
+    }
+    if (!ok)
+        err_key(c, n, path, key, "expected true or false, got \"%s\"", v);
+    free(v);
+    return ok;
+}
+
+static bool set_duration(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                         const char *key, uint64_t min_ms, uint64_t *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "a duration");
+    if (!v)
+        return false;
+    uint64_t ms;
+    bool ok = false;
+    if (parse_duration_ms(v, &ms) != 0)
+        err_key(c, n, path, key, "expected a duration like 500ms, 10s or 2m, got \"%s\"", v);
+    else if (ms < min_ms)
+        err_key(c, n, path, key, "must be at least %llums, got \"%s\"", (unsigned long long)min_ms,
+                v);
+    else if (ms > 7ull * 86400000)
+        err_key(c, n, path, key, "must be at most 7d, got \"%s\"", v);
+    else {
+        *dst = ms;
+        ok = true;
+    }
+    free(v);
+    return ok;
+}
+
+static bool set_size(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                     uint64_t *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "a size");
+    if (!v)
+        return false;
+    uint64_t b;
+    bool ok = parse_size_bytes(v, &b) == 0;
+    if (ok)
+        *dst = b;
+    else
+        err_key(c, n, path, key, "expected a size like 512m or 1g, got \"%s\"", v);
+    free(v);
+    return ok;
+}
+
+static bool set_percent(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                        const char *key, double min, double max, double *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "a percentage");
+    if (!v)
+        return false;
+    double p;
+    bool ok = parse_percent(v, &p) == 0 && p >= min && p <= max;
+    if (ok)
+        *dst = p;
+    else
+        err_key(c, n, path, key, "expected a percentage from %g%% to %g%% like 70%%, got \"%s\"",
+                min, max, v);
+    free(v);
+    return ok;
+}
+
+static bool set_number(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                       const char *key, double min, double max, double *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, "a number");
+    if (!v)
+        return false;
+    /* Digits with an optional fraction; strtod alone would take "inf", "0x1p3". */
+    bool ok = *v != '\0';
+    for (const char *p = v; *p; p++)
+        if (!isdigit((unsigned char)*p) && *p != '.')
+            ok = false;
+    char *end = NULL;
+    double x = ok ? strtod(v, &end) : 0;
+    ok = ok && end && *end == '\0' && isfinite(x) && x >= min && x <= max;
+    if (ok)
+        *dst = x;
+    else
+        err_key(c, n, path, key, "expected a number from %g to %g, got \"%s\"", min, max, v);
+    free(v);
+    return ok;
+}
+
+/* One of NAMES (also accepted with - for _); the index goes to *dst. */
+static bool set_enum(struct cfg__ctx *c, const yaml_node_t *n, const char *path, const char *key,
+                     const char *what, const char *const *names, size_t count, int *dst)
+{
+    if (is_null(n))
+        return true;
+    char *v = scalar(c, n, path, key, what);
+    if (!v)
+        return false;
+    char *norm = xstrdup(v);
+    for (char *p = norm; *p; p++)
+        *p = *p == '-' ? '_' : (char)tolower((unsigned char)*p);
+    size_t best = SIZE_MAX, best_d = SIZE_MAX;
+    for (size_t i = 0; i < count; i++) {
+        char *nn = xstrdup(names[i]);
+        for (char *p = nn; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        bool eq = strcmp(norm, nn) == 0;
+        size_t d = str_edit_distance(norm, nn);
+        free(nn);
+        if (eq) {
+            *dst = (int)i;
+            free(norm);
+            free(v);
+            return true;
+        }
+        if (d < best_d) {
+            best_d = d;
+            best = i;
+        }
+    }
+    char *list = NULL;
+    size_t ll = 0;
+    FILE *f = open_memstream(&list, &ll);
+    if (!f)
+        abort();
+    for (size_t i = 0; i < count; i++)
+        fprintf(f, "%s%s", i ? ", " : "", names[i]);
+    fclose(f);
+    if (best != SIZE_MAX && best_d <= 2 && best_d < strlen(v))
+        err_key(c, n, path, key, "unknown %s \"%s\" (expected %s); did you mean \"%s\"?", what, v,
+                list, names[best]);
+    else
+        err_key(c, n, path, key, "unknown %s \"%s\" (expected %s)", what, v, list);
+    free(list);
+    free(norm);
+    free(v);
+    return false;
+}
+
+static const char *best_match(const char *word, const char *const *names, size_t count)
+{
+    const char *best = NULL;
+    size_t best_d = SIZE_MAX;
+    for (size_t i = 0; i < count; i++) {
+        size_t d = str_edit_distance(word, names[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = names[i];
+        }
+    }
+    size_t len = strlen(word);
+    size_t limit = len < 4 ? 1 : len < 8 ? 2 : 3;
+    return best_d <= limit ? best : NULL;
+}
+
+/* A mapping with a fixed set of keys. VALS[i] receives the value of NAMES[i]
+ * (NULL when absent). Unknown keys get a did-you-mean; duplicates are errors.
+ * Returns false when MAP is not a mapping (reported). */
+static bool walk_map(struct cfg__ctx *c, const yaml_node_t *map, const char *path,
+                     const char *const *names, size_t count, const yaml_node_t **vals)
+{
+    for (size_t i = 0; i < count; i++)
+        vals[i] = NULL;
+    if (is_null(map))
+        return true;
+    if (map->type != YAML_MAPPING_NODE) {
+        err_at(c, map, path, "expected a mapping, got %s", kind(map));
+        return false;
+    }
+    const yaml_node_t **keys = xcalloc(count, sizeof(*keys));
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *k = get_node(c, p->key), *v = get_node(c, p->value);
+        if (!k || !v || !spend(c, k))
+            continue;
+        if (k->type != YAML_SCALAR_NODE) {
+            err_at(c, k, path, "a key must be a plain name, got %s", kind(k));
+            continue;
+        }
+        const char *name = (const char *)k->data.scalar.value;
+        size_t i = 0;
+        while (i < count && strcmp(names[i], name) != 0)
+            i++;
+        if (i == count) {
+            const char *hint = best_match(name, names, count);
+            char *kp = kpath(path, name);
+            if (hint)
+                err_at(c, k, kp, "unknown key \"%s\"; did you mean \"%s\"?", name, hint);
+            else {
+                char *list = NULL;
+                size_t ll = 0;
+                FILE *f = open_memstream(&list, &ll);
+                if (!f)
+                    abort();
+                for (size_t j = 0; j < count; j++)
+                    fprintf(f, "%s%s", j ? ", " : "", names[j]);
+                fclose(f);
+                err_at(c, k, kp, "unknown key \"%s\" (expected one of: %s)", name, list);
+                free(list);
+            }
+            free(kp);
+            continue;
+        }
+        if (keys[i]) {
+            char *kp = kpath(path, name);
+            err_at(c, k, kp, "duplicate key \"%s\" (first at line %u)", name,
+                   (unsigned)keys[i]->start_mark.line + 1);
+            free(kp);
+            continue;
+        }
+        keys[i] = k;
+        vals[i] = v;
+    }
+    free(keys);
+    return true;
+}
+
+struct pair {
+    char *key; /* not ${}-expanded: names are literal */
+    const yaml_node_t *knode, *vnode;
+};
+
+/* A mapping with free-form keys (servers, environments, services, env,
+ * labels). Returns the number of valid pairs in *out (caller frees the
+ * array and keys); duplicates and non-scalar keys are reported and skipped. */
+static size_t map_pairs(struct cfg__ctx *c, const yaml_node_t *map, const char *path,
+                        struct pair **out)
+{
+    *out = NULL;
+    if (is_null(map))
+        return 0;
+    if (map->type != YAML_MAPPING_NODE) {
+        err_at(c, map, path, "expected a mapping, got %s", kind(map));
+        return 0;
+    }
+    size_t total = (size_t)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+    if (total > MAX_MAP_ENTRIES) {
+        err_at(c, map, path, "too many entries (%zu; at most %d)", total, MAX_MAP_ENTRIES);
+        return 0;
+    }
+    struct pair *v = xcalloc(total ? total : 1, sizeof(*v));
+    size_t n = 0;
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const yaml_node_t *k = get_node(c, p->key), *val = get_node(c, p->value);
+        if (!k || !val || !spend(c, k))
+            continue;
+        if (k->type != YAML_SCALAR_NODE) {
+            err_at(c, k, path, "a key must be a plain name, got %s", kind(k));
+            continue;
+        }
+        const char *name = (const char *)k->data.scalar.value;
+        if (strlen(name) != k->data.scalar.length) {
+            err_at(c, k, path, "NUL byte in key");
+            continue;
+        }
+        size_t i = 0;
+        while (i < n && strcmp(v[i].key, name) != 0)
+            i++;
+        if (i < n) {
+            char *kp = kpath(path, name);
+            err_at(c, k, kp, "duplicate key \"%s\" (first at line %u)", name,
+                   (unsigned)v[i].knode->start_mark.line + 1);
+            free(kp);
+            continue;
+        }
+        v[n].key = xstrdup(name);
+        v[n].knode = k;
+        v[n].vnode = val;
+        n++;
+    }
+    *out = v;
+    return n;
+}
+
+static void pairs_free(struct pair *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].key);
+    free(v);
+}
+
+/* A list of strings; a single scalar counts as a one-item list. */
+static void set_str_list(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                         const char *key, char ***dst, size_t *dst_len)
+{
+    if (is_null(n))
+        return;
+    char **v = NULL;
+    size_t len = 0;
+    if (n->type == YAML_MAPPING_NODE) {
+        err_key(c, n, path, key, "expected a list of strings, got a mapping");
+        return;
+    }
+    if (n->type == YAML_SCALAR_NODE) {
+        char *s = scalar(c, n, path, key, "a string");
+        if (!s)
+            return;
+        v = xcalloc(2, sizeof(char *));
+        v[len++] = s;
+    } else {
+        size_t total = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        if (total > MAX_MAP_ENTRIES) {
+            err_key(c, n, path, key, "too many items (%zu; at most %d)", total, MAX_MAP_ENTRIES);
+            return;
+        }
+        v = xcalloc(total + 1, sizeof(char *));
+        size_t idx = 0;
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+             it++, idx++) {
+            const yaml_node_t *item = get_node(c, *it);
+            if (!item)
+                continue;
+            char *ik = xasprintf("%s[%zu]", key, idx);
+            char *s = is_null(item) ? NULL : scalar(c, item, path, ik, "a string");
+            if (is_null(item))
+                err_key(c, item, path, ik, "empty item");
+            free(ik);
+            if (s)
+                v[len++] = s;
+        }
+    }
+    for (size_t i = 0; i < *dst_len; i++)
+        free((*dst)[i]);
+    free(*dst);
+    *dst = v;
+    *dst_len = len;
+}
+
+/* ---- names ------------------------------------------------------------ */
+
+/* Project and service names become process and host names: [a-z0-9-]. */
+static bool dns_label(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || s[0] == '-' || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '-'))
+            return false;
+    return true;
+}
+
+/* Environment and server names are looser: letters, digits, - _ . */
+static bool plain_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || !isalnum((unsigned char)s[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.'))
+            return false;
+    return true;
+}
+
+static bool valid_domain(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253)
+        return false;
+    const char *p = s;
+    if (strncmp(p, "*.", 2) == 0)
+        p += 2;
+    size_t label = 0;
+    for (; *p; p++) {
+        if (*p == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!(isalnum((unsigned char)*p) || *p == '-') || ++label > 63)
+            return false;
+    }
+    return label > 0;
+}
+
+static bool valid_env_key(const char *s)
+{
+    if (!*s || !(isalpha((unsigned char)*s) || *s == '_'))
+        return false;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '_'))
+            return false;
+    return true;
+}
+
+/* ---- enums and defaults ----------------------------------------------- */
+
+static const char *const lb_names[] = {"round_robin", "least_connections", "ip_hash",
+                                       "random",      "sticky",            "p2c"};
+static const char *const deploy_names[] = {"rolling", "recreate"};
+static const char *const restart_names[] = {"always", "on-failure", "never"};
+
+const char *cfg_lb_name(enum cfg_lb lb)
+{
+    return (unsigned)lb < ARRAY_LEN(lb_names) ? lb_names[lb] : "?";
+}
+
+int cfg_lb_parse(const char *s, enum cfg_lb *out)
+{
+    for (size_t i = 0; i < ARRAY_LEN(lb_names); i++)
+        if (strcmp(s, lb_names[i]) == 0) {
+            *out = (enum cfg_lb)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+const char *cfg_deploy_strategy_name(enum cfg_deploy_strategy s)
+{
+    return (unsigned)s < ARRAY_LEN(deploy_names) ? deploy_names[s] : "?";
+}
+
+const char *cfg_restart_name(enum cfg_restart r)
+{
+    return (unsigned)r < ARRAY_LEN(restart_names) ? restart_names[r] : "?";
+}
+
+void cfg__service_defaults(struct cfg_service *s, const char *dir)
+{
+    s->build = xstrdup(dir);
+    s->replicas = 1;
+    s->autoscale = (struct cfg_autoscale){
+        .enabled = false,
+        .min = 1,
+        .max = 1,
+        .interval_ms = 15000,
+        .up_stabilization_ms = 0,
+        .down_stabilization_ms = 300000,
+        .tolerance = 0.1,
+    };
+    s->lb_strategy = CFG_LB_ROUND_ROBIN;
+    s->lb_cookie = xstrdup("tako_sticky");
+    s->health = (struct cfg_health){
+        .enabled = true,
+        .path = xstrdup("/health"),
+        .interval_ms = 2000,
+        .timeout_ms = 1000,
+        .healthy_threshold = 1,
+        .unhealthy_threshold = 3,
+        .start_period_ms = 0,
+    };
+    s->deploy = (struct cfg_deploy){
+        .strategy = CFG_DEPLOY_ROLLING,
+        .max_surge = 1,
+        .max_unavailable = 0,
+        .drain_timeout_ms = 30000,
+        .stop_grace_ms = 10000,
+    };
+    s->proxy.domains = xcalloc(1, sizeof(char *));
+    s->restart = CFG_RESTART_ALWAYS;
+}
+
+void cfg__service_clear(struct cfg_service *s)
+{
+    free(s->name);
+    cfg_argv_free(s->argv);
+    free(s->build);
+    free(s->workdir);
+    free(s->image);
+    free(s->lb_cookie);
+    free(s->health.path);
+    if (s->proxy.domains)
+        for (size_t i = 0; i < s->proxy.domains_len; i++)
+            free(s->proxy.domains[i]);
+    free(s->proxy.domains);
+    free(s->proxy.email);
+    cfg__kv_free(s->env, s->env_len);
+    memset(s, 0, sizeof(*s));
+}
+
+/* ---- services --------------------------------------------------------- */
+
+/* Health settings: `healthCheck` and tako-cli's `loadBalancer.healthCheck`
+ * share one key set. Returns true when `enabled` was given. */
+static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                        struct cfg_health *h, bool *enabled_set)
+{
+    enum { K_ENABLED, K_PATH, K_INTERVAL, K_TIMEOUT, K_HEALTHY, K_UNHEALTHY, K_RETRIES, K_START };
+    static const char *const keys[] = {"enabled",          "path",
+                                       "interval",         "timeout",
+                                       "healthyThreshold", "unhealthyThreshold",
+                                       "retries",          "startPeriod"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    if (!walk_map(c, n, path, keys, ARRAY_LEN(keys), v))
+        return false;
+    if (v[K_ENABLED] && !is_null(v[K_ENABLED]))
+        *enabled_set = true;
+    set_bool(c, v[K_ENABLED], path, "enabled", &h->enabled);
+    if (v[K_PATH] && !is_null(v[K_PATH])) {
+        char *p = NULL;
+        set_str(c, v[K_PATH], path, "path", &p);
+        if (p && (p[0] != '/' || strpbrk(p, " \t\r\n"))) {
+            err_key(c, v[K_PATH], path, "path", "must start with / and have no blanks, got \"%s\"",
+                    p);
+            free(p);
+        } else if (p) {
+            free(h->path);
+            h->path = p;
+        }
+    }
+    set_duration(c, v[K_INTERVAL], path, "interval", 1, &h->interval_ms);
+    set_duration(c, v[K_TIMEOUT], path, "timeout", 1, &h->timeout_ms);
+    set_uint(c, v[K_HEALTHY], path, "healthyThreshold", 1, 100, &h->healthy_threshold);
+    if (v[K_UNHEALTHY] && v[K_RETRIES])
+        err_key(c, v[K_RETRIES], path, "retries",
+                "retries is another name for unhealthyThreshold: give only one");
+    set_uint(c, v[K_UNHEALTHY], path, "unhealthyThreshold", 1, 100, &h->unhealthy_threshold);
+    set_uint(c, v[K_RETRIES], path, "retries", 1, 100, &h->unhealthy_threshold);
+    set_duration(c, v[K_START], path, "startPeriod", 0, &h->start_period_ms);
+    return true;
+}
+
+static void load_replicas(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                          struct cfg_service *s)
+{
+    if (is_null(n))
+        return;
+    if (n->type != YAML_MAPPING_NODE) {
+        if (n->type == YAML_SEQUENCE_NODE)
+            err_key(c, n, path, "replicas",
+                    "expected an integer or a mapping {min, max, cpu, requests}, got a list");
+        else
+            set_uint(c, n, path, "replicas", 0, CFG_MAX_REPLICAS, &s->replicas);
+        return;
+    }
+    enum { K_MIN, K_MAX, K_CPU, K_REQ, K_INTERVAL, K_UP, K_DOWN, K_TOL };
+    static const char *const keys[] = {"min",
+                                       "max",
+                                       "cpu",
+                                       "requests",
+                                       "interval",
+                                       "scaleUpStabilization",
+                                       "scaleDownStabilization",
+                                       "tolerance"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    char *rp = kpath(path, "replicas");
+    struct cfg_autoscale *a = &s->autoscale;
+    if (!walk_map(c, n, rp, keys, ARRAY_LEN(keys), v))
+        goto out;
+    a->enabled = true;
+    bool ok = true;
+    if (!v[K_MIN] || is_null(v[K_MIN]))
+        a->min = 1;
+    ok &= set_uint(c, v[K_MIN], rp, "min", 1, CFG_MAX_REPLICAS, &a->min);
+    if (!v[K_MAX] || is_null(v[K_MAX])) {
+        err_at(c, n, rp, "autoscaling needs max (the most replicas to run)");
+        ok = false;
+    }
+    ok &= set_uint(c, v[K_MAX], rp, "max", 1, CFG_MAX_REPLICAS, &a->max);
+    set_percent(c, v[K_CPU], rp, "cpu", 1, 10000, &a->cpu_percent);
+    set_number(c, v[K_REQ], rp, "requests", 0.001, 1e9, &a->requests_per_s);
+    set_duration(c, v[K_INTERVAL], rp, "interval", 100, &a->interval_ms);
+    set_duration(c, v[K_UP], rp, "scaleUpStabilization", 0, &a->up_stabilization_ms);
+    set_duration(c, v[K_DOWN], rp, "scaleDownStabilization", 0, &a->down_stabilization_ms);
+    double tol = a->tolerance * 100;
+    if (set_percent(c, v[K_TOL], rp, "tolerance", 0, 100, &tol))
+        a->tolerance = tol / 100;
+    if (ok && a->min > a->max)
+        err_key(c, v[K_MAX], rp, "max", "max (%u) must be at least min (%u)", a->max, a->min);
+    if ((!v[K_CPU] || is_null(v[K_CPU])) && (!v[K_REQ] || is_null(v[K_REQ])))
+        err_at(c, n, rp, "autoscaling needs a target: cpu (like 70%%) or requests (per second "
+                         "per replica)");
+    s->replicas = a->min;
+out:
+    free(rp);
+}
+
+static void load_command(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                         struct cfg_service *s)
+{
+    if (is_null(n))
+        return;
+    char **argv = NULL;
+    if (n->type == YAML_SCALAR_NODE) {
+        char *cmd = scalar(c, n, path, "command", "a string");
+        if (!cmd)
+            return;
+        char err[256];
+        if (cfg_split_command(cmd, &argv, err, sizeof(err)) != 0)
+            err_key(c, n, path, "command", "%s", err);
+        free(cmd);
+    } else if (n->type == YAML_SEQUENCE_NODE) {
+        size_t total = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+        if (total == 0) {
+            err_key(c, n, path, "command", "empty command");
+            return;
+        }
+        if (total > MAX_MAP_ENTRIES) {
+            err_key(c, n, path, "command", "too many arguments");
+            return;
+        }
+        argv = xcalloc(total + 1, sizeof(char *));
+        size_t len = 0, idx = 0;
+        bool bad = false;
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+             it++, idx++) {
+            const yaml_node_t *item = get_node(c, *it);
+            if (!item)
+                continue;
+            char *ik = xasprintf("command[%zu]", idx);
+            char *a = scalar(c, item, path, ik, "a string");
+            free(ik);
+            if (a)
+                argv[len++] = a;
+            else
+                bad = true;
+        }
+        if (bad || len == 0) {
+            cfg_argv_free(argv);
+            argv = NULL;
+        }
+    } else {
+        err_key(c, n, path, "command", "expected a string or a list of strings, got a mapping");
+    }
+    if (argv) {
+        cfg_argv_free(s->argv);
+        s->argv = argv;
+    }
+}
+
+static void load_env(struct cfg__ctx *c, const yaml_node_t *envfile, const yaml_node_t *env,
+                     const char *path, struct cfg_service *s)
+{
+    char **files = NULL;
+    size_t nfiles = 0;
+    set_str_list(c, envfile, path, "envFile", &files, &nfiles);
+    for (size_t i = 0; i < nfiles; i++) {
+        char *p = cfg__path_join(c->dir, files[i]);
+        char *data = NULL;
+        size_t len = 0;
+        int r = cfg__read_file(p, CFG_MAX_FILE_BYTES, &data, &len);
+        if (r < 0)
+            err_key(c, envfile, path, "envFile", "cannot read %s: %s", p, strerror(-r));
+        else
+            cfg__dotenv_parse(p, data, len, &s->env, &s->env_len, c->diag);
+        free(data);
+        free(p);
+        free(files[i]);
+    }
+    free(files);
+
+    struct pair *pairs;
+    char *ep = kpath(path, "env");
+    size_t n = map_pairs(c, env, ep, &pairs);
+    for (size_t i = 0; i < n; i++) {
+        if (!valid_env_key(pairs[i].key)) {
+            err_at(c, pairs[i].knode, ep,
+                   "invalid variable name \"%s\" (letters, digits and _, not starting with a "
+                   "digit)",
+                   pairs[i].key);
+            continue;
+        }
+        char *val = is_null(pairs[i].vnode)
+                        ? xstrdup("")
+                        : scalar(c, pairs[i].vnode, ep, pairs[i].key, "a string");
+        if (val)
+            cfg__kv_set(&s->env, &s->env_len, pairs[i].key, val);
+        free(val);
+    }
+    pairs_free(pairs, n);
+    free(ep);
+}
+
+static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                       struct cfg_service *s)
+{
+    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL };
+    static const char *const keys[] = {"domain", "domains", "port", "email"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    char *pp = kpath(path, "proxy");
+    if (!walk_map(c, n, pp, keys, ARRAY_LEN(keys), v))
+        goto out;
+    if (v[K_DOMAIN] && v[K_DOMAINS] && !is_null(v[K_DOMAIN]) && !is_null(v[K_DOMAINS]))
+        err_key(c, v[K_DOMAINS], pp, "domains", "give either domain or domains, not both");
+    const yaml_node_t *dn = v[K_DOMAINS] && !is_null(v[K_DOMAINS]) ? v[K_DOMAINS] : v[K_DOMAIN];
+    const char *dk = dn == v[K_DOMAINS] ? "domains" : "domain";
+    if (dn == v[K_DOMAIN] && dn && dn->type != YAML_SCALAR_NODE)
+        err_key(c, dn, pp, "domain", "expected a string, got %s (use domains: for a list)",
+                kind(dn));
+    else
+        set_str_list(c, dn, pp, dk, &s->proxy.domains, &s->proxy.domains_len);
+    if (!s->proxy.domains)
+        s->proxy.domains = xcalloc(1, sizeof(char *));
+    for (size_t i = 0; i < s->proxy.domains_len; i++) {
+        char *d = s->proxy.domains[i];
+        for (char *q = d; *q; q++)
+            *q = (char)tolower((unsigned char)*q);
+        if (!valid_domain(d))
+            err_key(c, dn, pp, dk,
+                    "invalid domain \"%s\" (a host name like app.example.com, no scheme or port)",
+                    d);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(s->proxy.domains[j], d) == 0)
+                err_key(c, dn, pp, dk, "domain \"%s\" is listed twice", d);
+    }
+    set_uint(c, v[K_PORT], pp, "port", 0, 65535, &s->proxy.port);
+    set_str(c, v[K_EMAIL], pp, "email", &s->proxy.email);
+    if (s->proxy.email && !strchr(s->proxy.email, '@'))
+        err_key(c, v[K_EMAIL], pp, "email", "expected an e-mail address, got \"%s\"",
+                s->proxy.email);
+out:
+    free(pp);
+}
+
+static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
+                         const yaml_node_t *n, const char *path, struct cfg_service *s)
+{
+    enum {
+        K_COMMAND,
+        K_BUILD,
+        K_IMAGE,
+        K_WORKDIR,
+        K_PORT,
+        K_REPLICAS,
+        K_LB,
+        K_HEALTH,
+        K_DEPLOY,
+        K_PROXY,
+        K_ENV,
+        K_ENVFILE,
+        K_RESTART,
+        K_RESOURCES
+    };
+    static const char *const keys[] = {"command", "build",        "image",       "workdir",
+                                       "port",    "replicas",     "loadBalancer", "healthCheck",
+                                       "deploy",  "proxy",        "env",          "envFile",
+                                       "restart", "resources"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    s->name = xstrdup(name);
+    cfg__service_defaults(s, c->dir);
+    if (!dns_label(name))
+        err_at(c, knode, path,
+               "invalid service name \"%s\" (lowercase letters, digits and -, at most 63)", name);
+    if (!walk_map(c, n, path, keys, ARRAY_LEN(keys), v))
+        return;
+
+    set_uint(c, v[K_PORT], path, "port", 1, 65535, &s->port);
+    load_command(c, v[K_COMMAND], path, s);
+    if (v[K_BUILD] && !is_null(v[K_BUILD])) {
+        char *b = NULL;
+        set_str(c, v[K_BUILD], path, "build", &b);
+        if (b) {
+            free(s->build);
+            s->build = cfg__path_join(c->dir, b);
+            struct stat st;
+            if (stat(s->build, &st) == -1 || !S_ISDIR(st.st_mode))
+                err_key(c, v[K_BUILD], path, "build", "directory %s does not exist", s->build);
+            free(b);
+        }
+    }
+    char *wd = NULL;
+    set_str(c, v[K_WORKDIR], path, "workdir", &wd);
+    s->workdir = cfg__path_join(s->build, wd ? wd : ".");
+    free(wd);
+    set_str(c, v[K_IMAGE], path, "image", &s->image);
+    load_replicas(c, v[K_REPLICAS], path, s);
+
+    /* loadBalancer */
+    enum { L_STRATEGY, L_HEALTH, L_COOKIE };
+    static const char *const lb_keys[] = {"strategy", "healthCheck", "cookie"};
+    const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
+    char *lp = kpath(path, "loadBalancer");
+    bool enabled_set = false;
+    s->health.enabled = s->port != 0;
+    if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
+        int strat = (int)s->lb_strategy;
+        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", lb_names, ARRAY_LEN(lb_names),
+                     &strat))
+            s->lb_strategy = (enum cfg_lb)strat;
+        set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
+        if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
+            err_key(c, lb[L_COOKIE], lp, "cookie", "invalid cookie name \"%s\"", s->lb_cookie);
+        char *hp = kpath(lp, "healthCheck");
+        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set);
+        free(hp);
+    }
+    free(lp);
+    char *hp = kpath(path, "healthCheck");
+    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set);
+    if (s->health.timeout_ms > s->health.interval_ms)
+        err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
+               "timeout (%llums) must not be longer than interval (%llums)",
+               (unsigned long long)s->health.timeout_ms, (unsigned long long)s->health.interval_ms);
+    if (s->port == 0 && s->health.enabled) {
+        err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
+               "an HTTP health check needs the service's port (a service without port is a "
+               "background worker)");
+    } else if (s->port == 0 && v[K_HEALTH] && !is_null(v[K_HEALTH]) && !enabled_set) {
+        warn_at(c, v[K_HEALTH], hp, "ignored: the service has no port (a background worker)");
+    }
+    free(hp);
+
+    /* deploy */
+    enum { D_STRATEGY, D_SURGE, D_UNAVAIL, D_DRAIN, D_GRACE };
+    static const char *const d_keys[] = {"strategy", "maxSurge", "maxUnavailable", "drainTimeout",
+                                         "stopGracePeriod"};
+    const yaml_node_t *d[ARRAY_LEN(d_keys)];
+    char *dp = kpath(path, "deploy");
+    if (walk_map(c, v[K_DEPLOY], dp, d_keys, ARRAY_LEN(d_keys), d)) {
+        int ds = (int)s->deploy.strategy;
+        if (set_enum(c, d[D_STRATEGY], dp, "strategy", "deploy strategy", deploy_names,
+                     ARRAY_LEN(deploy_names), &ds))
+            s->deploy.strategy = (enum cfg_deploy_strategy)ds;
+        set_uint(c, d[D_SURGE], dp, "maxSurge", 0, CFG_MAX_REPLICAS, &s->deploy.max_surge);
+        set_uint(c, d[D_UNAVAIL], dp, "maxUnavailable", 0, CFG_MAX_REPLICAS,
+                 &s->deploy.max_unavailable);
+        set_duration(c, d[D_DRAIN], dp, "drainTimeout", 0, &s->deploy.drain_timeout_ms);
+        set_duration(c, d[D_GRACE], dp, "stopGracePeriod", 0, &s->deploy.stop_grace_ms);
+        if (s->deploy.strategy == CFG_DEPLOY_ROLLING && s->deploy.max_surge == 0 &&
+            s->deploy.max_unavailable == 0)
+            err_at(c, v[K_DEPLOY], dp,
+                   "maxSurge and maxUnavailable cannot both be 0: a rolling deploy could not "
+                   "make progress");
+    }
+    free(dp);
+
+    load_proxy(c, v[K_PROXY], path, s);
+    if (s->port == 0 && (s->proxy.domains_len || s->proxy.port))
+        err_at(c, v[K_PROXY], path, "proxy needs the service's port (the port the app listens on)");
+
+    load_env(c, v[K_ENVFILE], v[K_ENV], path, s);
+
+    int rs = (int)s->restart;
+    if (set_enum(c, v[K_RESTART], path, "restart", "restart policy", restart_names,
+                 ARRAY_LEN(restart_names), &rs))
+        s->restart = (enum cfg_restart)rs;
+
+    enum { R_MEMORY, R_CPUS };
+    static const char *const r_keys[] = {"memory", "cpus"};
+    const yaml_node_t *r[ARRAY_LEN(r_keys)];
+    char *rp = kpath(path, "resources");
+    if (walk_map(c, v[K_RESOURCES], rp, r_keys, ARRAY_LEN(r_keys), r)) {
+        set_size(c, r[R_MEMORY], rp, "memory", &s->resources.memory_bytes);
+        if (s->resources.memory_bytes && s->resources.memory_bytes < 4 * 1024 * 1024)
+            err_key(c, r[R_MEMORY], rp, "memory", "must be at least 4m (or 0 for no limit)");
+        set_number(c, r[R_CPUS], rp, "cpus", 0, 1024, &s->resources.cpus);
+    }
+    free(rp);
+
+    if (!s->argv && !s->image)
+        warn_at(c, knode, path,
+                "no command or image: the process runtime has nothing to run (add command:)");
+}
+
+/* ---- servers, environments, project ----------------------------------- */
+
+static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
+                        const yaml_node_t *n, const char *path, struct cfg_server *sv)
+{
+    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS };
+    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    sv->name = xstrdup(name);
+    sv->user = xstrdup("root");
+    sv->port = 22;
+    if (!plain_name(name))
+        err_at(c, knode, path, "invalid server name \"%s\" (letters, digits, - _ .)", name);
+    if (!walk_map(c, n, path, keys, ARRAY_LEN(keys), v))
+        return;
+    set_str(c, v[K_HOST], path, "host", &sv->host);
+    if (!v[K_HOST] || is_null(v[K_HOST]))
+        err_at(c, n, path, "host is required (a name or an address)");
+    else if (sv->host && (!*sv->host || strpbrk(sv->host, " \t/@")))
+        err_key(c, v[K_HOST], path, "host", "invalid host \"%s\"", sv->host);
+    set_str(c, v[K_USER], path, "user", &sv->user);
+    set_uint(c, v[K_PORT], path, "port", 1, 65535, &sv->port);
+    set_str(c, v[K_KEY], path, "sshKey", &sv->ssh_key);
+    struct pair *pairs;
+    char *lp = kpath(path, "labels");
+    size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
+    for (size_t i = 0; i < np; i++) {
+        char *val = is_null(pairs[i].vnode)
+                        ? xstrdup("")
+                        : scalar(c, pairs[i].vnode, lp, pairs[i].key, "a string");
+        if (val)
+            cfg__kv_set(&sv->labels, &sv->labels_len, pairs[i].key, val);
+        free(val);
+    }
+    pairs_free(pairs, np);
+    free(lp);
+}
+
+static void check_env(struct cfg__ctx *c, const struct cfg_file *f, struct cfg_env *e,
+                      const yaml_node_t *env_node, const yaml_node_t *servers_node,
+                      const char *path)
+{
+    for (size_t i = 0; i < e->servers_len; i++) {
+        if (!cfg_find_server(f, e->servers[i]))
+            err_key(c, servers_node, path, "servers", "unknown server \"%s\" (define it under servers:)",
+                    e->servers[i]);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(e->servers[i], e->servers[j]) == 0)
+                err_key(c, servers_node, path, "servers", "server \"%s\" is listed twice",
+                        e->servers[i]);
+    }
+    for (size_t i = 0; i < e->services_len; i++) {
+        const struct cfg_service *a = &e->services[i];
+        if (a->proxy.port && a->proxy.port == e->http_port)
+            err_at(c, env_node, path,
+                   "service %s: proxy.port %u is the environment's shared http port", a->name,
+                   a->proxy.port);
+        for (size_t j = 0; j < i; j++) {
+            const struct cfg_service *b = &e->services[j];
+            if (a->proxy.port && a->proxy.port == b->proxy.port)
+                err_at(c, env_node, path, "services %s and %s both use proxy.port %u", b->name,
+                       a->name, a->proxy.port);
+            for (size_t x = 0; x < a->proxy.domains_len; x++)
+                for (size_t y = 0; y < b->proxy.domains_len; y++)
+                    if (strcmp(a->proxy.domains[x], b->proxy.domains[y]) == 0)
+                        err_at(c, env_node, path, "services %s and %s both claim domain %s",
+                               b->name, a->name, a->proxy.domains[x]);
+        }
+    }
+}
+
+static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char *name,
+                             const yaml_node_t *knode, const yaml_node_t *n, const char *path,
+                             struct cfg_env *e)
+{
+    enum { K_SERVERS, K_SERVICES, K_HTTP };
+    static const char *const keys[] = {"servers", "services", "http"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    e->name = xstrdup(name);
+    e->http_port = c->is_root ? 80 : 8080;
+    e->servers = xcalloc(1, sizeof(char *));
+    if (!plain_name(name))
+        err_at(c, knode, path, "invalid environment name \"%s\" (letters, digits, - _ .)", name);
+    if (!walk_map(c, n, path, keys, ARRAY_LEN(keys), v))
+        return;
+    set_str_list(c, v[K_SERVERS], path, "servers", &e->servers, &e->servers_len);
+    if (!e->servers)
+        e->servers = xcalloc(1, sizeof(char *));
+    set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
+
+    struct pair *pairs;
+    char *sp = kpath(path, "services");
+    size_t np = map_pairs(c, v[K_SERVICES], sp, &pairs);
+    if (np == 0 && (!v[K_SERVICES] || is_null(v[K_SERVICES]) ||
+                    v[K_SERVICES]->type == YAML_MAPPING_NODE))
+        err_at(c, v[K_SERVICES] ? v[K_SERVICES] : n, sp, "no services: define at least one");
+    e->services = xcalloc(np ? np : 1, sizeof(struct cfg_service));
+    for (size_t i = 0; i < np; i++) {
+        char *p = kpath(sp, pairs[i].key);
+        load_service(c, pairs[i].key, pairs[i].knode, pairs[i].vnode, p, &e->services[i]);
+        e->services_len++;
+        free(p);
+    }
+    pairs_free(pairs, np);
+    free(sp);
+    check_env(c, f, e, n, v[K_SERVERS], path);
+}
+
+static void load_root(struct cfg__ctx *c, const yaml_node_t *root, struct cfg_file *f)
+{
+    enum { K_PROJECT, K_SERVERS, K_ENVS };
+    static const char *const keys[] = {"project", "servers", "environments"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    if (!walk_map(c, root, "", keys, ARRAY_LEN(keys), v))
+        return;
+
+    enum { P_NAME, P_VERSION };
+    static const char *const p_keys[] = {"name", "version"};
+    const yaml_node_t *p[ARRAY_LEN(p_keys)];
+    if (walk_map(c, v[K_PROJECT], "project", p_keys, ARRAY_LEN(p_keys), p)) {
+        set_str(c, p[P_NAME], "project", "name", &f->project.name);
+        if (!p[P_NAME] || is_null(p[P_NAME]))
+            err_at(c, v[K_PROJECT] ? v[K_PROJECT] : root, "project.name",
+                   "required: the project's name (lowercase letters, digits and -)");
+        else if (f->project.name && !dns_label(f->project.name))
+            err_key(c, p[P_NAME], "project", "name",
+                    "invalid project name \"%s\" (lowercase letters, digits and -, at most 63)",
+                    f->project.name);
+        set_str(c, p[P_VERSION], "project", "version", &f->project.version);
+    }
+
+    struct pair *pairs;
+    size_t np = map_pairs(c, v[K_SERVERS], "servers", &pairs);
+    f->servers = xcalloc(np ? np : 1, sizeof(struct cfg_server));
+    for (size_t i = 0; i < np; i++) {
+        char *path = kpath("servers", pairs[i].key);
+        load_server(c, pairs[i].key, pairs[i].knode, pairs[i].vnode, path, &f->servers[i]);
+        f->servers_len++;
+        free(path);
+    }
+    pairs_free(pairs, np);
+
+    np = map_pairs(c, v[K_ENVS], "environments", &pairs);
+    if (np == 0 && (!v[K_ENVS] || is_null(v[K_ENVS]) || v[K_ENVS]->type == YAML_MAPPING_NODE))
+        err_at(c, v[K_ENVS] ? v[K_ENVS] : root, "environments",
+               "no environments: define at least one (e.g. production:) with its services");
+    f->envs = xcalloc(np ? np : 1, sizeof(struct cfg_env));
+    for (size_t i = 0; i < np; i++) {
+        char *path = kpath("environments", pairs[i].key);
+        load_environment(c, f, pairs[i].key, pairs[i].knode, pairs[i].vnode, path, &f->envs[i]);
+        f->envs_len++;
+        free(path);
+    }
+    pairs_free(pairs, np);
+}
+
+/* ---- entry points ----------------------------------------------------- */
+
+void cfg_free(struct cfg_file *f)
+{
+    if (!f)
+        return;
+    free(f->path);
+    free(f->dir);
+    free(f->project.name);
+    free(f->project.version);
+    for (size_t i = 0; i < f->servers_len; i++) {
+        struct cfg_server *s = &f->servers[i];
+        free(s->name);
+        free(s->host);
+        free(s->user);
+        free(s->ssh_key);
+        cfg__kv_free(s->labels, s->labels_len);
+    }
+    free(f->servers);
+    for (size_t i = 0; i < f->envs_len; i++) {
+        struct cfg_env *e = &f->envs[i];
+        free(e->name);
+        for (size_t j = 0; j < e->servers_len; j++)
+            free(e->servers[j]);
+        free(e->servers);
+        for (size_t j = 0; j < e->services_len; j++)
+            cfg__service_clear(&e->services[j]);
+        free(e->services);
+    }
+    free(f->envs);
+    free(f);
+}
+
+static void syntax_error(struct cfg__ctx *c, yaml_parser_t *p)
+{
+    const char *problem = p->problem ? p->problem : "invalid YAML";
+    if (p->context)
+        cfg_diag_add(c->diag, CFG_ERROR, c->name, (unsigned)p->problem_mark.line + 1,
+                     (unsigned)p->problem_mark.column + 1, NULL,
+                     "YAML syntax error: %s (%s at line %u)", problem, p->context,
+                     (unsigned)p->context_mark.line + 1);
+    else
+        cfg_diag_add(c->diag, CFG_ERROR, c->name, (unsigned)p->problem_mark.line + 1,
+                     (unsigned)p->problem_mark.column + 1, NULL, "YAML syntax error: %s",
+                     problem);
+}
+
+static const char *real_getenv(const char *name) { return getenv(name); }
+
+static struct cfg_file *load(const char *name, const char *data, size_t len, const char *dir,
+                             const char *path, const char *(*getenv_fn)(const char *),
+                             struct cfg_diag *diag)
+{
+    struct cfg_file *f = NULL;
+    yaml_parser_t parser;
+    yaml_document_t doc, extra;
+    bool have_doc = false;
+    struct cfg__ctx c = {
+        .name = name,
+        .dir = dir,
+        .diag = diag,
+        .getenv_fn = getenv_fn ? getenv_fn : real_getenv,
+        .doc = &doc,
+        .budget = SCALAR_BUDGET,
+        .is_root = geteuid() == 0,
+    };
+    size_t errors_before = cfg_diag_errors(diag);
+
+    if (!yaml_parser_initialize(&parser))
+        abort();
+    if (len > CFG_MAX_FILE_BYTES) {
+        cfg_diag_add(diag, CFG_ERROR, name, 0, 0, NULL, "file too large (%zu bytes; at most %d)",
+                     len, CFG_MAX_FILE_BYTES);
+        goto out;
+    }
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        syntax_error(&c, &parser);
+        goto out;
+    }
+    have_doc = true;
+    const yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) {
+        cfg_diag_add(diag, CFG_ERROR, name, 1, 1, NULL,
+                     "empty file: expected project:, servers: and environments:");
+        goto out;
+    }
+    if (!yaml_parser_load(&parser, &extra)) {
+        syntax_error(&c, &parser);
+        goto out;
+    }
+    if (yaml_document_get_root_node(&extra))
+        cfg_diag_add(diag, CFG_ERROR, name, (unsigned)extra.start_mark.line + 1,
+                     (unsigned)extra.start_mark.column + 1, NULL,
+                     "a second YAML document: tako.yaml holds exactly one");
+    yaml_document_delete(&extra);
+
+    f = xcalloc(1, sizeof(*f));
+    f->path = xstrdup(path);
+    f->dir = xstrdup(dir);
+    load_root(&c, root, f);
+out:
+    if (have_doc)
+        yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    cfg__kv_free(c.dotenv, c.dotenv_len);
+    free(c.dotenv_name);
+    if (cfg_diag_errors(diag) != errors_before) {
+        cfg_free(f);
+        f = NULL;
+    }
+    return f;
+}
+
+static char *cwd_or_root(void)
+{
+    char *cwd = getcwd(NULL, 0);
+    return cwd ? cwd : xstrdup("/");
+}
+
+struct cfg_file *cfg_load_buffer(const char *name, const char *data, size_t len,
+                                 const char *base_dir, const char *(*getenv_fn)(const char *),
+                                 struct cfg_diag *diag)
+{
+    char *cwd = cwd_or_root();
+    char *dir = cfg__path_join(cwd, base_dir ? base_dir : ".");
+    struct cfg_file *f = load(name, data, len, dir, name, getenv_fn, diag);
+    free(dir);
+    free(cwd);
+    return f;
+}
+
+struct cfg_file *cfg_load_file(const char *path, struct cfg_diag *diag)
+{
+    char *data = NULL, *cwd = cwd_or_root();
+    size_t len = 0;
+    struct cfg_file *f = NULL;
+    char *abs = cfg__path_join(cwd, path);
+    int r = cfg__read_file(abs, CFG_MAX_FILE_BYTES, &data, &len);
+    if (r < 0) {
+        cfg_diag_add(diag, CFG_ERROR, path, 0, 0, NULL, "cannot read: %s%s",
+                     r == -EFBIG ? "file too large" : strerror(-r),
+                     r == -ENOENT ? " (run 'tako init' to create a tako.yaml, or pass -f FILE)"
+                                  : "");
+        goto out;
+    }
+    char *dir = xstrdup(abs);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    f = load(path, data, len, dir, abs, NULL, diag);
+    free(dir);
+out:
+    free(abs);
+    free(cwd);
+    free(data);
+    return f;
+}
