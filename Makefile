@@ -94,3 +94,13 @@ clean:
 	rm -rf build tako examples/whoami/whoami
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- runtime test driver ----------------------------------------------------
+# tests/drivers/rt_driver.c links libtako and drives the process runtime
+# (src/runtime/rt.h) from stdin, so tests/e2e/test_runtime*.py can exercise it
+# on its own. Built as part of `all`.
+RT_DRIVER := $(BUILD)/tests/rt_driver
+all: $(RT_DRIVER)
+$(RT_DRIVER): $(BUILD)/tests/drivers/rt_driver.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

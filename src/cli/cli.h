@@ -19,7 +19,7 @@ typedef int (*cli_handler)(int argc, char **argv);
 struct cli_command {
     const char *name;
     cli_handler handler; /* NULL: planned, not yet available */
-    const char *summary; /* one line for `tako --help` */
+    const char *summary; /* one line for `tako --help`; NULL: internal, not listed */
     const char *help;    /* full text for `tako help NAME` and NAME --help */
 };
 
@@ -35,5 +35,6 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 
 int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
+int cmd_shim(int argc, char **argv); /* internal: the replica supervisor */
 
 #endif

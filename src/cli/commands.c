@@ -34,6 +34,9 @@ const struct cli_command cli_commands[] = {
     {"daemon", NULL, "Run takod, the node agent (usually started for you)", NULL},
     {"version", cmd_version, "Print the version", help_version},
     {"help", cmd_help, "Show help for a command", help_help},
+    {"shim", cmd_shim, NULL, /* internal: the replica supervisor takod starts */
+     "Usage: tako shim DIR NOTIFY_FD LOCK_FD\n\nInternal: the per-replica supervisor that takod "
+     "starts. Not meant to be run by hand.\n"},
 };
 const unsigned cli_commands_len = sizeof(cli_commands) / sizeof(cli_commands[0]);
 
@@ -54,6 +57,8 @@ void cli_print_usage(FILE *f)
                "Commands:\n");
     for (unsigned i = 0; i < cli_commands_len; i++) {
         const struct cli_command *c = &cli_commands[i];
+        if (!c->summary) /* internal command */
+            continue;
         fprintf(f, "  %-10s %s%s\n", c->name, c->summary, c->handler ? "" : " (not yet available)");
     }
     fprintf(f, "\nRun 'tako help COMMAND' or 'tako COMMAND --help' for a command's options.\n"

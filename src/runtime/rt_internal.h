@@ -1,0 +1,97 @@
+/* rt_internal.h — shared internals of the process runtime: replica files,
+ * /proc readers and the log writer (used by takod's side and by the shim). */
+#ifndef TAKO_RUNTIME_RT_INTERNAL_H
+#define TAKO_RUNTIME_RT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "runtime/rt.h"
+
+#define RT_NAME_MAX 64      /* a hostname holds at most 64 bytes */
+#define RT_LINE_MAX 16384   /* longer output lines are split */
+#define RT_DEFAULT_GRACE_MS 10000u
+#define RT_DEFAULT_LOG_MAX (10u * 1024u * 1024u)
+#define RT_DEFAULT_LOG_FILES 3u
+#define RT_HEALTHY_RESET_MS 60000u /* running this long resets the backoff */
+#define RT_CRASHLOOP_AFTER 3u      /* consecutive quick exits shown as a crash loop */
+
+/* A spec whose strings the runtime owns (rt_spec's pointers point here). */
+struct rt__owned_spec {
+    struct rt_spec spec;
+    char **argv;
+    struct rt_env_kv *env;
+};
+
+/* Build "<project>-<service>-<n>" after checking each part is made of
+ * [A-Za-z0-9_.-] and the result fits a hostname. Returns 0 or -EINVAL with
+ * the reason in err. */
+int rt__replica_name(const struct rt_spec *s, char *buf, size_t len, char *err, size_t errlen);
+/* Deep copy of a spec, defaults filled in. */
+void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src);
+void rt__spec_free(struct rt__owned_spec *s);
+
+/* spec.json: the spec plus takod's restart bookkeeping, for the shim and
+ * for adoption. Written atomically. */
+int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
+                  unsigned consecutive);
+int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restarts,
+                  unsigned *consecutive);
+
+/* The shim's state file, rewritten atomically on every change. */
+enum rt__app_state { RT_APP_STARTING, RT_APP_RUNNING, RT_APP_EXITED, RT_APP_FAILED };
+struct rt__shim_state {
+    pid_t shim_pid;
+    uint64_t shim_start; /* /proc/PID/stat starttime (clock ticks since boot) */
+    pid_t app_pid;
+    uint64_t app_start;
+    enum rt__app_state app;
+    int exit_status; /* waitpid form, -1 none */
+    bool stop_requested;
+    bool hostname_shared;
+    bool done; /* the whole tree is gone; the shim exits next */
+    uint64_t started_at_ms;
+    char error[256];
+};
+int rt__state_save(const char *path, const struct rt__shim_state *st);
+int rt__state_load(const char *path, struct rt__shim_state *st);
+
+/* /proc readers. */
+struct rt__pstat {
+    pid_t pid, ppid;
+    uint64_t utime, stime, cutime, cstime; /* clock ticks */
+    uint64_t starttime;                    /* clock ticks since boot */
+    uint64_t rss_pages;
+    char state;
+};
+int rt__proc_stat(pid_t pid, struct rt__pstat *out);
+/* True when pid is alive (not a zombie) and started at starttime. */
+bool rt__proc_alive(pid_t pid, uint64_t starttime);
+/* Every live process that descends from root (root excluded). Returns the
+ * count and a malloc'd array in *out (caller frees), or -errno. */
+ssize_t rt__proc_descendants(pid_t root, struct rt__pstat **out);
+
+/* Log writer: timestamped lines into DIR/output.log, rotated by size into
+ * output.log.1 … output.log.(files-1). */
+struct rt__logw {
+    char *path;
+    int fd;
+    uint64_t size, max_bytes;
+    unsigned files;
+};
+int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files);
+/* Write one line (text without newline) for stream "stdout"/"stderr". */
+void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len);
+void rt__logw_close(struct rt__logw *w);
+/* Format a line prefix for wall time ms: "2024-01-01T12:00:00.000Z". */
+void rt__fmt_time(uint64_t wall_ms, char buf[32]);
+/* Parse the leading timestamp of a log line; returns 0 or -EINVAL. */
+int rt__parse_time(const char *line, uint64_t *wall_ms);
+
+/* Small file helpers. */
+int rt__write_file_atomic(const char *path, const char *data, size_t len);
+char *rt__read_file(const char *path, size_t max, size_t *len);
+
+#endif
