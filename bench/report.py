@@ -63,6 +63,9 @@ def parse_wrk(path):
     if m:
         errs += sum(int(x) for x in m.groups())
     r["errors"] = errs
+    m = re.search(r"^Server CPU ticks: (\d+) at (\d+) per second", text, re.M)
+    r["cpu_us"] = (int(m.group(1)) * 1e6 / int(m.group(2)) / r["requests"]
+                   if m and r["requests"] else None)
     return r
 
 
@@ -107,6 +110,7 @@ def mode_stats(d, mode, target):
     rps = [r["rps"] for r in runs]
     p50 = [r["p50"] for r in runs if r["p50"] is not None]
     p99 = [r["p99"] for r in runs if r["p99"] is not None]
+    cpu = [r["cpu_us"] for r in runs if r["cpu_us"] is not None]
     return {
         "n": len(runs),
         "median": statistics.median(rps),
@@ -114,6 +118,7 @@ def mode_stats(d, mode, target):
         "max": max(rps),
         "p50": statistics.median(p50) if p50 else None,
         "p99": statistics.median(p99) if p99 else None,
+        "cpu_us": statistics.median(cpu) if cpu else None,
         "errors": sum(r["errors"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
     }
@@ -149,23 +154,27 @@ def main():
         ha = stats.get("haproxy")
         w("## " + MODE_TITLES.get(mode, mode))
         w("")
-        w("| target | req/s (median) | min – max | p50 | p99 | × HAProxy | errors / requests |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
+        w("| target | req/s (median) | min – max | p50 | p99 | × HAProxy | server CPU µs/req | errors / requests |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             s = stats[t]
             name = NAMES.get(t, t)
             if s is None:
                 why = status_of(a.dir, t) or "no result"
-                w("| %s | %s | | | | | |" % (name, why))
+                w("| %s | %s | | | | | | |" % (name, why))
                 continue
             ratio = "%.2f×" % (s["median"] / ha["median"]) if ha else "–"
-            w("| %s | %s | %s – %s | %s | %s | %s | %d / %d |" % (
+            cpu = "%.1f" % s["cpu_us"] if s["cpu_us"] is not None else "–"
+            w("| %s | %s | %s – %s | %s | %s | %s | %s | %d / %d |" % (
                 name, fmt_k(s["median"]), fmt_k(s["min"]), fmt_k(s["max"]),
-                fmt_us(s["p50"]), fmt_us(s["p99"]), ratio, s["errors"], s["requests"]))
+                fmt_us(s["p50"]), fmt_us(s["p99"]), ratio, cpu, s["errors"], s["requests"]))
         w("")
         rounds = "/".join(sorted({str(s["n"]) for s in stats.values() if s})) or "0"
         w("req/s: median over %s rounds (min – max across rounds); p50/p99: median across "
-          "rounds of each round's wrk latency percentile." % rounds)
+          "rounds of each round's wrk latency percentile; server CPU µs/req: user + system "
+          "CPU time of the proxy's process tree (direct: the backend's) during the run, per "
+          "request, median across rounds — less sensitive to other load on the machine "
+          "than req/s." % rounds)
         w("")
 
     mem = {}
@@ -177,7 +186,10 @@ def main():
                     mem[t] = json.load(f)
                 except ValueError:
                     mem[t] = {"error": "unreadable result"}
-    if mem or any(t != "direct" for t in targets):
+    if not mem:
+        w("Idle-connection memory test: not run (IDLE_CONNS=0).")
+        w("")
+    else:
         w("## Idle keep-alive client connections: memory")
         w("")
         w("| target | RSS before | RSS after | connections still open | bytes per idle connection | × nginx |")

@@ -337,6 +337,29 @@ version_of() {
     echo "pinning: $PIN_DESC"
 } >"$RUN/facts.txt"
 
+# CPU time (user + system, in clock ticks) of a process tree: the rate of
+# req/s depends on what else runs on this shared machine, the CPU spent per
+# request much less.
+tree_pids() {
+    local c
+    echo "$1"
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        tree_pids "$c"
+    done
+}
+cpu_ticks() {
+    local p s total=0
+    for p in $(tree_pids "$1"); do
+        s=$(cat /proc/"$p"/stat 2>/dev/null) || continue
+        s=${s##*) }
+        # shellcheck disable=SC2086
+        set -- $s
+        total=$((total + ${12} + ${13}))   # utime, stime
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # run_wrk TARGET MODE FILE SECONDS
 run_wrk() {
     local t=$1 mode=$2 file=$3 secs=$4
@@ -346,8 +369,12 @@ run_wrk() {
         echo "target died" >"$file"
         return 0
     fi
+    local pid=${PID[$t]:-${PID[backend1]}} c0 c1
+    c0=$(cpu_ticks "$pid")
     timeout --foreground -k 5 $((secs + 30)) "${PIN_CLIENT[@]}" wrk -t1 -c"$CONNS" -d"${secs}s" --latency --timeout 5s \
         "${hdr[@]}" "http://127.0.0.1:${PORT[$t]}$BENCH_PATH" >"$file" 2>&1 || echo "wrk failed: $?" >>"$file"
+    c1=$(cpu_ticks "$pid")
+    echo "Server CPU ticks: $((c1 - c0)) at $CLK_TCK per second" >>"$file"
 }
 
 NT=${#AVAILABLE[@]}
