@@ -35,6 +35,28 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 
 int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
+int cmd_validate(int argc, char **argv); /* validate.c */
+int cmd_config(int argc, char **argv);   /* config.c: config explain */
+int cmd_init(int argc, char **argv);     /* init.c */
 int cmd_shim(int argc, char **argv); /* internal: the replica supervisor */
+
+
+/* Project commands (src/cli/deploy.c, ps.c, logs.c, lifecycle.c, history.c)
+ * and takod (src/daemon/takod.c). */
+int cmd_deploy(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_scale(int argc, char **argv);
+int cmd_restart(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+int cmd_start(int argc, char **argv);
+int cmd_down(int argc, char **argv);
+int cmd_rollback(int argc, char **argv);
+int cmd_history(int argc, char **argv);
+int cmd_daemon(int argc, char **argv);
+extern const char help_deploy[], help_ps[], help_stats[], help_logs[], help_scale[],
+    help_restart[], help_stop[], help_start[], help_down[], help_rollback[], help_history[],
+    help_daemon[];
 
 #endif

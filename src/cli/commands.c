@@ -15,21 +15,60 @@ static const char help_help[] = "Usage: tako help [COMMAND]\n"
                                 "Show the list of commands, or the full help of one command.\n";
 
 const struct cli_command cli_commands[] = {
-    {"deploy", NULL, "Deploy the services of an environment (rolling, zero downtime)", NULL},
-    {"ps", NULL, "List services and their replicas", NULL},
-    {"logs", NULL, "Show or follow the logs of a service's replicas", NULL},
-    {"stats", NULL, "Per-replica CPU, memory, requests and latency", NULL},
-    {"scale", NULL, "Change the number of replicas: tako scale web=5", NULL},
-    {"restart", NULL, "Restart a service, one replica at a time", NULL},
-    {"stop", NULL, "Stop a service's replicas", NULL},
-    {"start", NULL, "Start a stopped service", NULL},
-    {"down", NULL, "Drain and stop everything of the project", NULL},
-    {"rollback", NULL, "Roll back to a previous revision", NULL},
-    {"history", NULL, "List deployed revisions", NULL},
+    {"deploy", cmd_deploy, "Deploy the services of an environment (rolling, zero downtime)", help_deploy},
+    {"ps", cmd_ps, "List services and their replicas", help_ps},
+    {"logs", cmd_logs, "Show or follow the logs of a service's replicas", help_logs},
+    {"stats", cmd_stats, "Per-replica CPU, memory, requests and latency", help_stats},
+    {"scale", cmd_scale, "Change the number of replicas: tako scale web=5", help_scale},
+    {"restart", cmd_restart, "Restart a service, one replica at a time", help_restart},
+    {"stop", cmd_stop, "Stop a service's replicas", help_stop},
+    {"start", cmd_start, "Start a stopped service", help_start},
+    {"down", cmd_down, "Drain and stop everything of the project", help_down},
+    {"rollback", cmd_rollback, "Roll back to a previous revision", help_rollback},
+    {"history", cmd_history, "List deployed revisions", help_history},
     {"autoscale", NULL, "Show autoscaling decisions and their reasons", NULL},
-    {"validate", NULL, "Check tako.yaml and report every problem", NULL},
-    {"config", NULL, "Show the effective configuration (config explain)", NULL},
-    {"init", NULL, "Write a starter tako.yaml, .env.example and .gitignore", NULL},
+    {"validate", cmd_validate, "Check tako.yaml and report every problem",
+     "Usage: tako validate [-f FILE] [-e ENV] [ENV] [-q]\n"
+     "\n"
+     "Load tako.yaml, expand ${VAR} (environment, then .env beside the file), check every\n"
+     "key and value, and report every problem at once as FILE:LINE:COL: KEY.PATH: message.\n"
+     "When valid, print a one-line summary per environment (services, replicas, strategy).\n"
+     "\n"
+     "Options:\n"
+     "  -f, --file FILE   the configuration (default ./tako.yaml)\n"
+     "  -e, --env ENV     check that ENV can be selected and summarize only it; a unique\n"
+     "                    prefix or a server name works too (prod -> production)\n"
+     "  -q, --quiet       print nothing when valid (warnings included)\n"
+     "\n"
+     "Exit status: 0 valid, 2 invalid (or a usage error).\n"},
+    {"config", cmd_config, "Show the effective configuration (config explain)",
+     "Usage: tako config explain [-f FILE] [-e ENV] [ENV] [-o text|json] [--show-secrets]\n"
+     "\n"
+     "Print the effective configuration: every default filled in, every ${VAR} expanded.\n"
+     "The text form is YAML that tako reads back; env values whose key contains PASS,\n"
+     "SECRET, TOKEN, KEY or CREDENTIAL (any case) are shown as ******.\n"
+     "\n"
+     "Options:\n"
+     "  -f, --file FILE      the configuration (default ./tako.yaml)\n"
+     "  -e, --env ENV        only this environment (a unique prefix or a server name\n"
+     "                       works too); default: all of them\n"
+     "  -o, --output FORMAT  text (default) or json (the same masking applies)\n"
+     "      --show-secrets   show secret env values as they are\n"
+     "\n"
+     "Exit status: 0, or 2 when the configuration is invalid.\n"},
+    {"init", cmd_init, "Write a starter tako.yaml, .env.example and .gitignore",
+     "Usage: tako init [NAME] [-d DIR] [--force]\n"
+     "\n"
+     "Write a starter tako.yaml (project NAME, default: the directory's name), an\n"
+     ".env.example, and add .env to .gitignore (created when missing; an existing one\n"
+     "is only appended to). The files validate as written.\n"
+     "\n"
+     "Options:\n"
+     "  -d, --dir DIR   write into DIR (default: the current directory)\n"
+     "      --force     overwrite an existing tako.yaml and .env.example\n"
+     "\n"
+     "Exit status: 0 written; 1 refused because a file exists (nothing is written) or a\n"
+     "write failed; 2 usage error.\n"},
     {"proxy", NULL, "Run the HTTP load balancer in front of a set of backends", NULL},
     {"daemon", NULL, "Run takod, the node agent (usually started for you)", NULL},
     {"version", cmd_version, "Print the version", help_version},

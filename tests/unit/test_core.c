@@ -238,3 +238,24 @@ TEST(net_addresses)
     CHECK_INT(net_parse_addr("127.0.0.1:99999", NULL, &a), -EINVAL);
     CHECK(net_free_port() > 0);
 }
+
+#include "core/sha256.h"
+
+TEST(sha256_vectors)
+{
+    struct sha256 c;
+    char hex[65];
+    sha256_init(&c);
+    sha256_hex(&c, hex);
+    CHECK_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    sha256_init(&c);
+    sha256_update(&c, "abc", 3);
+    sha256_hex(&c, hex);
+    CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    sha256_init(&c);
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    for (size_t i = 0; i < strlen(m); i++)
+        sha256_update(&c, m + i, 1); /* byte by byte crosses block edges */
+    sha256_hex(&c, hex);
+    CHECK_STR(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}

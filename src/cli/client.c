@@ -1,0 +1,362 @@
+/* client.c — talk to takod over its unix socket, starting it when needed. */
+#include "cli/client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "core/net.h"
+#include "core/util.h"
+#include "daemon/home.h"
+
+#define CLIENT_MAX_RESPONSE (64u << 20)
+#define CLIENT_START_WAIT_MS 10000
+
+static int spawn_daemon(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return -errno;
+    self[n] = '\0';
+    char logp[4096];
+    tako_home_path("takod.log", logp, sizeof(logp));
+    pid_t pid = fork();
+    if (pid == -1)
+        return -errno;
+    if (pid == 0) {
+        /* Double fork so takod is not our child and outlives the CLI. */
+        setsid();
+        if (fork() != 0)
+            _exit(0);
+        int devnull = open("/dev/null", O_RDWR);
+        int logfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (devnull >= 0)
+            dup2(devnull, 0);
+        if (logfd >= 0) {
+            dup2(logfd, 1);
+            dup2(logfd, 2);
+        }
+        char *argv[] = {self, "daemon", "--foreground", NULL};
+        execv(self, argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return 0;
+}
+
+int client_connect(bool autostart)
+{
+    const char *home = tako_home();
+    if (!home)
+        return -errno;
+    char sock[4096];
+    tako_home_path("takod.sock", sock, sizeof(sock));
+    int fd = net_connect_unix(sock);
+    if (fd >= 0 || !autostart)
+        return fd;
+    int r = spawn_daemon();
+    if (r < 0)
+        return r;
+    uint64_t start = time_wall_ms();
+    struct timespec ts = {0, 20 * 1000000};
+    while (time_wall_ms() - start < CLIENT_START_WAIT_MS) {
+        fd = net_connect_unix(sock);
+        if (fd >= 0)
+            return fd;
+        nanosleep(&ts, NULL);
+    }
+    return fd;
+}
+
+int client_unavailable(int err)
+{
+    char logp[4096];
+    tako_home_path("takod.log", logp, sizeof(logp));
+    fprintf(stderr, "tako: cannot reach takod at %s/takod.sock: %s\n(see %s)\n",
+            tako_home() ? tako_home() : "$TAKO_HOME", strerror(-err), logp);
+    return EXIT_UNAVAIL;
+}
+
+int client_report_error(const char *cmd, int status, json_t *resp)
+{
+    const char *msg = json_string_value(json_object_get(resp, "error"));
+    fprintf(stderr, "tako %s: %s\n", cmd, msg ? msg : "request failed");
+    json_t *hint = json_object_get(resp, "hint");
+    if (json_is_string(hint))
+        fprintf(stderr, "%s\n", json_string_value(hint));
+    if (status == 409)
+        return EXIT_CONFLICT;
+    if (status >= 400 && status < 500)
+        return EXIT_USAGE;
+    return EXIT_FAILED;
+}
+
+const char *client_urlenc(const char *s, char *buf, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 4 < len; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '_' || ch == '.' || ch == '~') {
+            buf[o++] = (char)ch;
+        } else {
+            buf[o++] = '%';
+            buf[o++] = hex[ch >> 4];
+            buf[o++] = hex[ch & 15];
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static int send_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w == -1) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int send_request(int fd, const char *method, const char *path, json_t *body)
+{
+    char *b = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    size_t bl = b ? strlen(b) : 0;
+    char head[4096 + 256];
+    int n = snprintf(head, sizeof(head),
+                     "%s %s HTTP/1.1\r\nHost: takod\r\nConnection: close\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     method, path, bl);
+    int r = send_all(fd, head, (size_t)n);
+    if (r == 0 && bl)
+        r = send_all(fd, b, bl);
+    free(b);
+    return r;
+}
+
+/* Buffered reader over the socket. */
+struct rd {
+    int fd;
+    char buf[65536];
+    size_t len, off;
+};
+
+static int rd_fill(struct rd *r)
+{
+    if (r->off > 0) {
+        memmove(r->buf, r->buf + r->off, r->len - r->off);
+        r->len -= r->off;
+        r->off = 0;
+    }
+    if (r->len == sizeof(r->buf))
+        return -ENOBUFS;
+    for (;;) {
+        ssize_t n = recv(r->fd, r->buf + r->len, sizeof(r->buf) - r->len, 0);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        r->len += (size_t)n;
+        return (int)n;
+    }
+}
+
+/* Read one CRLF/LF-terminated line into out (NUL-terminated, without EOL). */
+static int rd_line(struct rd *r, char *out, size_t outlen)
+{
+    for (;;) {
+        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
+        if (nl) {
+            size_t l = (size_t)(nl - (r->buf + r->off));
+            size_t cl = l > 0 && nl[-1] == '\r' ? l - 1 : l;
+            if (cl >= outlen)
+                cl = outlen - 1;
+            memcpy(out, r->buf + r->off, cl);
+            out[cl] = '\0';
+            r->off += l + 1;
+            return 0;
+        }
+        int n = rd_fill(r);
+        if (n <= 0)
+            return n < 0 ? n : -ECONNRESET;
+    }
+}
+
+static int rd_exact(struct rd *r, char *out, size_t n)
+{
+    while (r->len - r->off < n) {
+        size_t have = r->len - r->off;
+        memcpy(out, r->buf + r->off, have);
+        out += have;
+        n -= have;
+        r->off = r->len = 0;
+        int k = rd_fill(r);
+        if (k <= 0)
+            return k < 0 ? k : -ECONNRESET;
+    }
+    memcpy(out, r->buf + r->off, n);
+    r->off += n;
+    return 0;
+}
+
+/* Read status line + headers. Returns status, sets *chunked / *clen. */
+static int read_head(struct rd *r, bool *chunked, long long *clen)
+{
+    char line[8192];
+    int status = -EPROTO;
+    *chunked = false;
+    *clen = -1;
+    if (rd_line(r, line, sizeof(line)) < 0)
+        return -ECONNRESET;
+    if (sscanf(line, "HTTP/1.%*c %d", &status) != 1)
+        return -EPROTO;
+    for (;;) {
+        if (rd_line(r, line, sizeof(line)) < 0)
+            return -ECONNRESET;
+        if (!line[0])
+            break;
+        if (strncasecmp(line, "transfer-encoding:", 18) == 0 && strcasestr(line, "chunked"))
+            *chunked = true;
+        else if (strncasecmp(line, "content-length:", 15) == 0)
+            *clen = atoll(line + 15);
+    }
+    return status;
+}
+
+/* Feed complete lines of data to cb (JSON per line). */
+static void feed_lines(char **acc, size_t *acc_len, const char *p, size_t n, client_line_cb cb,
+                       void *data)
+{
+    *acc = xrealloc(*acc, *acc_len + n + 1);
+    memcpy(*acc + *acc_len, p, n);
+    *acc_len += n;
+    size_t start = 0;
+    for (size_t i = 0; i < *acc_len; i++) {
+        if ((*acc)[i] != '\n')
+            continue;
+        if (i > start) {
+            json_t *j = json_loadb(*acc + start, i - start, JSON_DECODE_ANY, NULL);
+            if (j)
+                cb(j, data);
+        }
+        start = i + 1;
+    }
+    memmove(*acc, *acc + start, *acc_len - start);
+    *acc_len -= start;
+}
+
+static int do_request(const char *method, const char *path, json_t *body, client_line_cb cb,
+                      void *data, json_t **resp)
+{
+    int fd = client_connect(true);
+    if (fd < 0)
+        return fd;
+    int r = send_request(fd, method, path, body);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    struct rd *rd = xcalloc(1, sizeof(*rd));
+    rd->fd = fd;
+    bool chunked;
+    long long clen;
+    int status = read_head(rd, &chunked, &clen);
+    char *acc = NULL;
+    size_t acc_len = 0;
+    char *whole = NULL;
+    size_t whole_len = 0;
+    if (status < 0)
+        goto out;
+    if (chunked) {
+        char line[128];
+        for (;;) {
+            if (rd_line(rd, line, sizeof(line)) < 0)
+                break;
+            unsigned long sz = strtoul(line, NULL, 16);
+            if (sz == 0)
+                break;
+            if (sz > CLIENT_MAX_RESPONSE)
+                break;
+            char *chunk = xmalloc(sz);
+            if (rd_exact(rd, chunk, sz) < 0) {
+                free(chunk);
+                break;
+            }
+            if (cb)
+                feed_lines(&acc, &acc_len, chunk, sz, cb, data);
+            else {
+                whole = xrealloc(whole, whole_len + sz + 1);
+                memcpy(whole + whole_len, chunk, sz);
+                whole_len += sz;
+            }
+            free(chunk);
+            if (rd_line(rd, line, sizeof(line)) < 0)
+                break;
+        }
+    } else {
+        /* Content-Length, or until close. */
+        for (;;) {
+            size_t have = rd->len - rd->off;
+            if (have) {
+                whole = xrealloc(whole, whole_len + have + 1);
+                memcpy(whole + whole_len, rd->buf + rd->off, have);
+                whole_len += have;
+                rd->off = rd->len = 0;
+            }
+            if ((clen >= 0 && (long long)whole_len >= clen) || whole_len > CLIENT_MAX_RESPONSE)
+                break;
+            if (rd_fill(rd) <= 0)
+                break;
+        }
+        if (cb && whole) {
+            feed_lines(&acc, &acc_len, whole, whole_len, cb, data);
+            free(whole);
+            whole = NULL;
+            whole_len = 0;
+        }
+    }
+    if (resp) {
+        *resp = whole ? json_loadb(whole, whole_len, JSON_DECODE_ANY, NULL) : NULL;
+        if (!*resp)
+            *resp = json_object();
+    }
+out:
+    free(acc);
+    free(whole);
+    free(rd);
+    close(fd);
+    return status;
+}
+
+int client_call(const char *method, const char *path, json_t *body, json_t **resp)
+{
+    *resp = NULL;
+    return do_request(method, path, body, NULL, NULL, resp);
+}
+
+int client_stream(const char *method, const char *path, json_t *body, client_line_cb cb,
+                  void *data)
+{
+    return do_request(method, path, body, cb, data, NULL);
+}

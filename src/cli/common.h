@@ -1,0 +1,64 @@
+/* common.h — what the project commands share: -f/-e/--service/--output
+ * options, loading tako.yaml, revisions, and printing operation progress. */
+#ifndef TAKO_CLI_COMMON_H
+#define TAKO_CLI_COMMON_H
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "config/config.h"
+
+struct cli_target {
+    const char *cmd;
+    const char *file;    /* -f; NULL = ./tako.yaml */
+    const char *env;     /* -e or positional */
+    const char *service; /* --service */
+    const char *project; /* --project: when there is no tako.yaml */
+    bool json;           /* --output json */
+    struct cfg_file *cfg;
+    const struct cfg_env *envp;
+    char project_buf[128];
+};
+
+/* Options every project command accepts; getopt codes 'f' 'e' 's' 'o' 'p'. */
+#define CLI_COMMON_OPTS                                                                       \
+    {"file", required_argument, NULL, 'f'}, {"env", required_argument, NULL, 'e'},            \
+        {"service", required_argument, NULL, 's'}, {"output", required_argument, NULL, 'o'},  \
+        {"project", required_argument, NULL, 'p'}
+#define CLI_COMMON_SHORT "f:e:s:o:p:"
+#define CLI_COMMON_HELP                                                                       \
+    "  -f, --file FILE      the configuration (default ./tako.yaml)\n"                         \
+    "  -e, --env ENV        the environment (or give it as an argument); a unique prefix\n"    \
+    "                       or a server name works too (prod → production)\n"                  \
+    "  -s, --service NAME   only this service\n"                                               \
+    "  -p, --project NAME   the project, when there is no tako.yaml here\n"                    \
+    "  -o, --output FORMAT  text (default) or json\n"
+
+/* Handle a common option; returns 1 when handled, 0 when not ours, or
+ * EXIT_USAGE (negated) on a bad value. */
+int cli_common_opt(struct cli_target *t, int opt, const char *arg);
+
+/* Load tako.yaml and select the environment. need_file: fail when there is
+ * none; otherwise a missing file leaves t->cfg NULL (project from
+ * --project, or all projects). Returns 0 or an exit status. */
+int cli_target_load(struct cli_target *t, bool need_file, bool need_env);
+void cli_target_free(struct cli_target *t);
+/* The project name (from the file or --project), or NULL. */
+const char *cli_target_project(const struct cli_target *t);
+
+/* Revision of a service: sha256 of its canonical configuration and its
+ * code (git commit + uncommitted changes, or a content hash of the build
+ * directory), first 12 hex digits. */
+void cli_revision(const struct cfg_service *s, json_t *config_json, char out[13]);
+
+/* Stream an operation and print its progress; returns the exit status. */
+int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json);
+
+/* Terminal niceties: colour only on a terminal and without NO_COLOR. */
+bool cli_color(FILE *f);
+/* Build a "?project=..&env=..&service=.." query into buf. */
+const char *cli_query(const struct cli_target *t, char *buf, size_t len);
+
+#endif

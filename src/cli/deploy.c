@@ -1,0 +1,108 @@
+/* deploy.c — `tako deploy`: validate, compute revisions, hand the desired
+ * state to takod and follow the rolling update. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/client.h"
+#include "cli/common.h"
+#include "core/util.h"
+
+const char help_deploy[] =
+    "Usage: tako deploy [ENV] [--service NAME] [--force] [-f FILE] [--output json]\n"
+    "\n"
+    "Bring every service of the environment to its configured number of healthy\n"
+    "replicas behind the load balancer, without a failed request.\n"
+    "\n"
+    "Each service gets a revision: a hash of its effective configuration and of its\n"
+    "code (the git commit plus uncommitted changes of its build directory, or a\n"
+    "content hash of that directory). A changed revision is rolled out one replica\n"
+    "at a time (deploy.strategy rolling, maxSurge 1, maxUnavailable 0 by default):\n"
+    "start a new replica, wait until it passes its health check, let it take\n"
+    "traffic, drain an old one, stop it, repeat. A new revision that never becomes\n"
+    "healthy is rolled back automatically and deploy exits 1, showing the failing\n"
+    "replica's last log lines. When nothing changed, deploy says so and does nothing.\n"
+    "\n"
+    "Services that are no longer in tako.yaml are drained and removed.\n"
+    "Remote servers: the environment runs on this machine for now; when its servers\n"
+    "name another host, deploy says so and deploys locally.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP
+    "      --force          roll every replica even when nothing changed\n"
+    "\n"
+    "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back), 2 invalid\n"
+    "configuration or arguments, 3 takod unreachable, 4 another operation of the\n"
+    "project is running.\n";
+
+int cmd_deploy(int argc, char **argv)
+{
+    static const struct option opts[] = {CLI_COMMON_OPTS, {"force", no_argument, NULL, 'F'}, {0}};
+    struct cli_target t = {.cmd = "deploy"};
+    bool force = false;
+    int o;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT, opts, NULL)) != -1) {
+        int r = cli_common_opt(&t, o, optarg);
+        if (r < 0)
+            return -r;
+        if (r)
+            continue;
+        if (o == 'F')
+            force = true;
+        else
+            return cli_usage_error("deploy", "unknown option '%s'", argv[optind - 1]);
+    }
+    if (optind < argc)
+        t.env = argv[optind++];
+    if (optind < argc)
+        return cli_usage_error("deploy", "unexpected argument '%s'", argv[optind]);
+    int rc = cli_target_load(&t, true, true);
+    if (rc)
+        return rc;
+    const struct cfg_env *env = t.envp;
+    for (size_t i = 0; i < env->servers_len; i++) {
+        const struct cfg_server *srv = cfg_find_server(t.cfg, env->servers[i]);
+        if (srv && !cfg_server_is_local(srv) && !t.json)
+            printf("note: server %s (%s) is remote; remote deploys are not available yet, so "
+                   "%s is deployed on this machine\n",
+                   srv->name, srv->host ? srv->host : "?", env->name);
+    }
+    json_t *services = json_array();
+    for (size_t i = 0; i < env->services_len; i++) {
+        const struct cfg_service *s = &env->services[i];
+        if (!s->argv) {
+            fprintf(stderr,
+                    "tako deploy: service %s has no command; the process runtime needs "
+                    "'command' (image-only services need the Docker runtime, not available yet)\n",
+                    s->name);
+            json_decref(services);
+            cli_target_free(&t);
+            return EXIT_USAGE;
+        }
+        json_t *cj = cfg_service_to_json(s);
+        char rev[13];
+        cli_revision(s, cj, rev);
+        json_array_append_new(services, json_pack("{s:s, s:o, s:s, s:s}", "name", s->name,
+                                                  "config", cj, "revision", rev, "source",
+                                                  s->build ? s->build : ""));
+    }
+    json_t *body = json_pack("{s:s, s:s, s:i, s:o, s:b}", "project", t.cfg->project.name, "env",
+                             env->name, "http_port", (int)env->http_port, "services", services,
+                             "force", force);
+    if (t.service)
+        json_object_set_new(body, "service", json_string(t.service));
+    if (!t.json)
+        printf("Deploying %s (%s) from %s\n", t.cfg->project.name, env->name, t.cfg->path);
+    rc = cli_run_operation("deploy", "/v1/deploy", body, t.json);
+    json_decref(body);
+    if (rc == EXIT_OK && !t.json) {
+        /* Show where it runs now. */
+        char *ps_argv[] = {"ps", "-f", t.cfg->path, "-e", (char *)env->name, NULL};
+        printf("\n");
+        cmd_ps(5, ps_argv);
+    }
+    cli_target_free(&t);
+    return rc;
+}

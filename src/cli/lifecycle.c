@@ -1,0 +1,190 @@
+/* lifecycle.c — `tako scale`, `restart`, `stop`, `start`, `down`, `rollback`:
+ * each changes the desired state in takod and follows the change. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/client.h"
+#include "cli/common.h"
+#include "core/util.h"
+
+const char help_scale[] =
+    "Usage: tako scale SERVICE=COUNT [SERVICE=COUNT...] [ENV] [-f FILE] [--output json]\n"
+    "\n"
+    "Change the number of replicas without editing tako.yaml: tako scale web=5.\n"
+    "Scaling up starts new replicas that take traffic once healthy; scaling down\n"
+    "drains the highest-numbered replicas first, then stops them. No request fails.\n"
+    "\n"
+    "The count is kept in takod's state as an override and shown by `tako ps`.\n"
+    "The next deploy keeps it and warns while tako.yaml asks for another count; once\n"
+    "you change replicas in tako.yaml, the file wins and the override is dropped.\n"
+    "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
+    "their bounds in tako.yaml.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+const char help_restart[] =
+    "Usage: tako restart [SERVICE] [-e ENV] [-f FILE]\n"
+    "\n"
+    "Restart a service (or every service of the project) one replica at a time, like\n"
+    "a deploy of the same revision: a new replica starts and becomes healthy before\n"
+    "an old one is drained and stopped. No request fails.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+const char help_stop[] =
+    "Usage: tako stop [SERVICE] [-e ENV] [-f FILE]\n"
+    "\n"
+    "Drain and stop a service's replicas (all services when none is named). The\n"
+    "service stays configured: `tako start` brings it back; `tako ps` shows ✗ stopped.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+const char help_start[] =
+    "Usage: tako start [SERVICE] [-e ENV] [-f FILE]\n"
+    "\n"
+    "Start a stopped service again with its last deployed revision.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+const char help_down[] =
+    "Usage: tako down [ENV] [-f FILE | --project NAME]\n"
+    "\n"
+    "Drain and stop everything of the project, close its listeners and forget its\n"
+    "services (history and logs stay in $TAKO_HOME). No process of it is left.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+const char help_rollback[] =
+    "Usage: tako rollback [REVISION] [--service NAME] [-e ENV] [-f FILE]\n"
+    "\n"
+    "Roll back to the previous revision (or the one named; see `tako history`),\n"
+    "using that revision's stored configuration, one replica at a time.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+static int parse_common(struct cli_target *t, int argc, char **argv, char **pos, int max_pos)
+{
+    static const struct option opts[] = {CLI_COMMON_OPTS, {0}};
+    int o, npos = 0;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT, opts, NULL)) != -1) {
+        int r = cli_common_opt(t, o, optarg);
+        if (r < 0)
+            return -r;
+        if (!r)
+            return cli_usage_error(t->cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+    for (; optind < argc; optind++) {
+        if (npos >= max_pos)
+            return cli_usage_error(t->cmd, "unexpected argument '%s'", argv[optind]);
+        pos[npos++] = argv[optind];
+    }
+    return 0;
+}
+
+static json_t *base_body(struct cli_target *t)
+{
+    json_t *b = json_object();
+    json_object_set_new(b, "project", json_string(cli_target_project(t)));
+    if (t->envp)
+        json_object_set_new(b, "env", json_string(t->envp->name));
+    if (t->service)
+        json_object_set_new(b, "service", json_string(t->service));
+    return b;
+}
+
+static int need_project(struct cli_target *t)
+{
+    int rc = cli_target_load(t, false, false);
+    if (rc)
+        return rc;
+    if (!cli_target_project(t)) {
+        fprintf(stderr, "tako %s: no tako.yaml here; pass -f FILE or --project NAME\n", t->cmd);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+int cmd_scale(int argc, char **argv)
+{
+    struct cli_target t = {.cmd = "scale"};
+    char *pos[64];
+    memset(pos, 0, sizeof(pos));
+    int rc = parse_common(&t, argc, argv, pos, 64);
+    if (rc)
+        return rc;
+    json_t *counts = json_object();
+    for (int i = 0; i < 64 && pos[i]; i++) {
+        char *eq = strchr(pos[i], '=');
+        if (!eq) {
+            if (!t.env) {
+                t.env = pos[i];
+                continue;
+            }
+            json_decref(counts);
+            return cli_usage_error("scale", "expected SERVICE=COUNT, got '%s'", pos[i]);
+        }
+        uint64_t n;
+        *eq = '\0';
+        if (!pos[i][0] || parse_uint(eq + 1, 10000, &n) < 0) {
+            json_decref(counts);
+            return cli_usage_error("scale", "invalid count in '%s=%s' (expected a whole number)",
+                                   pos[i], eq + 1);
+        }
+        json_object_set_new(counts, pos[i], json_integer((json_int_t)n));
+    }
+    if (json_object_size(counts) == 0) {
+        json_decref(counts);
+        return cli_usage_error("scale", "give at least one SERVICE=COUNT, e.g. tako scale web=5");
+    }
+    if ((rc = need_project(&t))) {
+        json_decref(counts);
+        return rc;
+    }
+    json_t *body = base_body(&t);
+    json_object_set_new(body, "counts", counts);
+    rc = cli_run_operation("scale", "/v1/scale", body, t.json);
+    json_decref(body);
+    cli_target_free(&t);
+    return rc;
+}
+
+static int simple_action(const char *kind, int argc, char **argv, bool service_pos)
+{
+    struct cli_target t = {.cmd = kind};
+    char *pos[2] = {NULL, NULL};
+    int rc = parse_common(&t, argc, argv, pos, 2);
+    if (rc)
+        return rc;
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/%s", kind);
+    const char *revision = NULL;
+    for (int i = 0; i < 2 && pos[i]; i++) {
+        if (strcmp(kind, "rollback") == 0 && !revision)
+            revision = pos[i];
+        else if (service_pos && !t.service)
+            t.service = pos[i];
+        else if (!t.env)
+            t.env = pos[i];
+        else
+            return cli_usage_error(kind, "unexpected argument '%s'", pos[i]);
+    }
+    if ((rc = need_project(&t)))
+        return rc;
+    json_t *body = base_body(&t);
+    if (revision)
+        json_object_set_new(body, "revision", json_string(revision));
+    rc = cli_run_operation(kind, path, body, t.json);
+    json_decref(body);
+    cli_target_free(&t);
+    return rc;
+}
+
+int cmd_restart(int argc, char **argv) { return simple_action("restart", argc, argv, true); }
+int cmd_stop(int argc, char **argv) { return simple_action("stop", argc, argv, true); }
+int cmd_start(int argc, char **argv) { return simple_action("start", argc, argv, true); }
+int cmd_down(int argc, char **argv) { return simple_action("down", argc, argv, false); }
+int cmd_rollback(int argc, char **argv) { return simple_action("rollback", argc, argv, false); }

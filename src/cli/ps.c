@@ -1,0 +1,233 @@
+/* ps.c — `tako ps` and `tako stats`: services and replicas as tables or JSON. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/client.h"
+#include "cli/common.h"
+#include "core/util.h"
+
+const char help_ps[] =
+    "Usage: tako ps [ENV] [--service NAME] [--instances] [-f FILE] [--output json]\n"
+    "\n"
+    "One row per service: SERVICE REPLICAS STATUS PORTS REVISION STRATEGY, e.g.\n"
+    "  web  3/3  ✓ running  8080  3f2a9c1d7b4e  round_robin\n"
+    "REPLICAS is healthy/desired. STATUS is ✓ running, ⚠ degraded (fewer healthy\n"
+    "than desired), ↻ scaling or ↻ deploying (a change is rolling), ✗ crashloop,\n"
+    "✗ down (none healthy) or ✗ stopped. A `tako scale` override is shown in NOTES.\n"
+    "Without a tako.yaml here (and without --project) every project is listed.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP
+    "  -a, --instances      one row per replica: NAME PID PORT HEALTH RESTARTS\n"
+    "                       UPTIME CPU MEMORY REVISION\n"
+    "\n"
+    "JSON (--output json): {\"services\": [{\"service\", \"running\", \"desired\",\n"
+    "\"status\", \"revision\", \"ports\", \"replicas\": [{\"name\", \"pid\", \"port\",\n"
+    "\"health\", \"restarts\", \"uptime\" (s), \"cpu\" (%), \"memory\" (bytes), ...}]}]}\n";
+
+const char help_stats[] =
+    "Usage: tako stats [ENV] [--service NAME] [-f FILE] [--output json]\n"
+    "\n"
+    "Per replica: CPU %, memory (RSS of the replica and its children), requests\n"
+    "served through the load balancer, requests in flight, p50/p99 latency, and\n"
+    "answers by class (2xx/5xx). Counters start when takod starts.\n"
+    "\n"
+    "Options:\n" CLI_COMMON_HELP;
+
+static const char *status_mark(const char *st, bool color, const char **on)
+{
+    *on = "";
+    if (strcmp(st, "running") == 0) {
+        *on = color ? "\033[32m" : "";
+        return "✓";
+    }
+    if (strcmp(st, "degraded") == 0) {
+        *on = color ? "\033[33m" : "";
+        return "⚠";
+    }
+    if (strcmp(st, "scaling") == 0 || strcmp(st, "deploying") == 0 ||
+        strcmp(st, "removing") == 0) {
+        *on = color ? "\033[36m" : "";
+        return "↻";
+    }
+    *on = color ? "\033[31m" : "";
+    return "✗";
+}
+
+static void print_services(json_t *svcs, bool multi_project, bool color)
+{
+    printf("%s%-12s %-9s %-13s %-12s %-13s %-17s %s\n", multi_project ? "PROJECT      " : "",
+           "SERVICE", "REPLICAS", "STATUS", "PORTS", "REVISION", "STRATEGY", "NOTES");
+    size_t i;
+    json_t *s;
+    json_array_foreach(svcs, i, s) {
+        char reps[32], ports[64] = "", notes[256] = "";
+        snprintf(reps, sizeof(reps), "%lld/%lld",
+                 (long long)json_integer_value(json_object_get(s, "running")),
+                 (long long)json_integer_value(json_object_get(s, "desired")));
+        size_t k;
+        json_t *p;
+        json_array_foreach(json_object_get(s, "ports"), k, p) {
+            size_t l = strlen(ports);
+            snprintf(ports + l, sizeof(ports) - l, "%s%lld", l ? "," : "",
+                     (long long)json_integer_value(p));
+        }
+        if (!ports[0])
+            snprintf(ports, sizeof(ports), "-");
+        json_t *ov = json_object_get(s, "scale_override");
+        if (json_is_integer(ov))
+            snprintf(notes, sizeof(notes), "scaled by 'tako scale' (tako.yaml: %lld)",
+                     (long long)json_integer_value(json_object_get(s, "config_replicas")));
+        json_t *as = json_object_get(s, "autoscale");
+        if (as) {
+            size_t l = strlen(notes);
+            snprintf(notes + l, sizeof(notes) - l, "%sautoscale %lld–%lld", l ? "; " : "",
+                     (long long)json_integer_value(json_object_get(as, "min")),
+                     (long long)json_integer_value(json_object_get(as, "max")));
+        }
+        json_t *dom = json_object_get(s, "domains");
+        if (json_array_size(dom) > 0) {
+            size_t l = strlen(notes);
+            snprintf(notes + l, sizeof(notes) - l, "%s%s", l ? "; " : "",
+                     json_string_value(json_array_get(dom, 0)));
+        }
+        const char *st = json_string_value(json_object_get(s, "status"));
+        const char *on;
+        const char *mark = status_mark(st ? st : "?", color, &on);
+        char status[64];
+        snprintf(status, sizeof(status), "%s %s", mark, st ? st : "?");
+        if (multi_project)
+            printf("%-12s ", json_string_value(json_object_get(s, "project")));
+        /* The mark is 3 bytes wide in UTF-8 but one column on screen. */
+        printf("%-12s %-9s %s%-15s%s %-12s %-13s %-17s %s\n",
+               json_string_value(json_object_get(s, "service")), reps, on, status,
+               color ? "\033[0m" : "", ports, json_string_value(json_object_get(s, "revision")),
+               json_string_value(json_object_get(s, "strategy")), notes);
+    }
+}
+
+static void print_instances(json_t *svcs)
+{
+    printf("%-24s %-8s %-6s %-10s %-8s %-9s %-6s %-10s %s\n", "NAME", "PID", "PORT", "HEALTH",
+           "RESTARTS", "UPTIME", "CPU", "MEMORY", "REVISION");
+    size_t i, k;
+    json_t *s, *r;
+    json_array_foreach(svcs, i, s) {
+        json_array_foreach(json_object_get(s, "replicas"), k, r) {
+            char up[32], mem[32], cpu[16], port[16];
+            fmt_duration((uint64_t)json_integer_value(json_object_get(r, "uptime_ms")), up,
+                         sizeof(up));
+            fmt_bytes((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
+            snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(r, "cpu")));
+            long long pt = json_integer_value(json_object_get(r, "port"));
+            snprintf(port, sizeof(port), pt ? "%lld" : "-", pt);
+            const char *health = json_string_value(json_object_get(r, "health"));
+            const char *state = json_string_value(json_object_get(r, "state"));
+            char hs[32];
+            if (state && strcmp(state, "running") != 0)
+                snprintf(hs, sizeof(hs), "%s", state);
+            else
+                snprintf(hs, sizeof(hs), "%s", health ? health : "?");
+            printf("%-24s %-8lld %-6s %-10s %-8lld %-9s %-6s %-10s %s%s\n",
+                   json_string_value(json_object_get(r, "name")),
+                   (long long)json_integer_value(json_object_get(r, "pid")), port, hs,
+                   (long long)json_integer_value(json_object_get(r, "restarts")), up, cpu, mem,
+                   json_string_value(json_object_get(r, "revision")),
+                   json_is_true(json_object_get(r, "hostname_shared")) ? " (hostname shared)" : "");
+            const char *le = json_string_value(json_object_get(r, "last_error"));
+            if (le && state && strcmp(state, "running") != 0)
+                printf("    last: %s\n", le);
+        }
+    }
+}
+
+static void print_stats(json_t *svcs)
+{
+    printf("%-24s %-7s %-10s %-9s %-9s %-9s %-9s %-8s %s\n", "NAME", "CPU", "MEMORY", "REQUESTS",
+           "INFLIGHT", "P50", "P99", "2XX", "5XX");
+    size_t i, k;
+    json_t *s, *r;
+    json_array_foreach(svcs, i, s) {
+        json_array_foreach(json_object_get(s, "replicas"), k, r) {
+            char mem[32], cpu[16], p50[16], p99[16];
+            fmt_bytes((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
+            snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(r, "cpu")));
+            snprintf(p50, sizeof(p50), "%.1fms", json_number_value(json_object_get(r, "p50_ms")));
+            snprintf(p99, sizeof(p99), "%.1fms", json_number_value(json_object_get(r, "p99_ms")));
+            printf("%-24s %-7s %-10s %-9lld %-9lld %-9s %-9s %-8lld %lld\n",
+                   json_string_value(json_object_get(r, "name")), cpu, mem,
+                   (long long)json_integer_value(json_object_get(r, "requests")),
+                   (long long)json_integer_value(json_object_get(r, "inflight")), p50, p99,
+                   (long long)json_integer_value(json_object_get(r, "status_2xx")),
+                   (long long)json_integer_value(json_object_get(r, "status_5xx")));
+        }
+    }
+}
+
+static int ps_or_stats(int argc, char **argv, bool stats)
+{
+    static const struct option opts[] = {CLI_COMMON_OPTS, {"instances", no_argument, NULL, 'a'},
+                                         {0}};
+    struct cli_target t = {.cmd = stats ? "stats" : "ps"};
+    bool instances = false;
+    int o;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT "a", opts, NULL)) != -1) {
+        int r = cli_common_opt(&t, o, optarg);
+        if (r < 0)
+            return -r;
+        if (r)
+            continue;
+        if (o == 'a' && !stats)
+            instances = true;
+        else
+            return cli_usage_error(t.cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+    if (optind < argc)
+        t.env = argv[optind++];
+    if (optind < argc)
+        return cli_usage_error(t.cmd, "unexpected argument '%s'", argv[optind]);
+    int rc = cli_target_load(&t, false, false);
+    if (rc)
+        return rc;
+    char q[1024], path[1100];
+    snprintf(path, sizeof(path), "/v1/ps%s", cli_query(&t, q, sizeof(q)));
+    json_t *resp = NULL;
+    int st = client_call("GET", path, NULL, &resp);
+    if (st < 0) {
+        cli_target_free(&t);
+        return client_unavailable(st);
+    }
+    if (st != 200) {
+        rc = client_report_error(t.cmd, st, resp);
+        json_decref(resp);
+        cli_target_free(&t);
+        return rc;
+    }
+    json_t *svcs = json_object_get(resp, "services");
+    if (t.json) {
+        char *s = json_dumps(resp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        puts(s ? s : "{}");
+        free(s);
+    } else if (json_array_size(svcs) == 0) {
+        const char *p = cli_target_project(&t);
+        if (p)
+            printf("Nothing deployed for project %s. Run 'tako deploy' to start it.\n", p);
+        else
+            printf("Nothing deployed.\n");
+    } else if (stats) {
+        print_stats(svcs);
+    } else if (instances) {
+        print_instances(svcs);
+    } else {
+        print_services(svcs, cli_target_project(&t) == NULL, cli_color(stdout));
+    }
+    json_decref(resp);
+    cli_target_free(&t);
+    return EXIT_OK;
+}
+
+int cmd_ps(int argc, char **argv) { return ps_or_stats(argc, argv, false); }
+int cmd_stats(int argc, char **argv) { return ps_or_stats(argc, argv, true); }

@@ -1,0 +1,341 @@
+/* store.c — SQLite-backed durable state for takod (see store.h). */
+#include "daemon/store.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+struct store {
+    sqlite3 *db;
+};
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS services ("
+    "  project TEXT NOT NULL, env TEXT NOT NULL, service TEXT NOT NULL,"
+    "  revision TEXT NOT NULL, config TEXT NOT NULL, replicas INTEGER NOT NULL,"
+    "  scale_override INTEGER NOT NULL DEFAULT -1, stopped INTEGER NOT NULL DEFAULT 0,"
+    "  http_port INTEGER NOT NULL DEFAULT 0,"
+    "  updated_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (project, env, service));"
+    "CREATE TABLE IF NOT EXISTS revisions ("
+    "  project TEXT NOT NULL, env TEXT NOT NULL, service TEXT NOT NULL,"
+    "  revision TEXT NOT NULL, config TEXT NOT NULL, source TEXT, created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (project, env, service, revision));"
+    "CREATE TABLE IF NOT EXISTS history ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, env TEXT NOT NULL,"
+    "  kind TEXT NOT NULL, revision TEXT, detail TEXT, status TEXT NOT NULL DEFAULT 'running',"
+    "  message TEXT, started_ms INTEGER NOT NULL, finished_ms INTEGER);"
+    "CREATE TABLE IF NOT EXISTS events ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL, project TEXT,"
+    "  service TEXT, kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);"
+    "CREATE INDEX IF NOT EXISTS events_by_service ON events(project, service, id);";
+
+struct store *store_open(const char *path, char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot initialise %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        sqlite3_close(db);
+        return NULL;
+    }
+    struct store *s = xcalloc(1, sizeof(*s));
+    s->db = db;
+    return s;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static sqlite3_stmt *prep(struct store *s, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        log_error("store: %s: %s", sqlite3_errmsg(s->db), sql);
+        return NULL;
+    }
+    return st;
+}
+
+/* Run a prepared write to completion and finalize it. */
+static int step_done(struct store *s, sqlite3_stmt *st)
+{
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        log_error("store: write failed: %s", sqlite3_errmsg(s->db));
+        return -EIO;
+    }
+    return 0;
+}
+
+static void bind_json(sqlite3_stmt *st, int i, json_t *j)
+{
+    if (!j) {
+        sqlite3_bind_null(st, i);
+        return;
+    }
+    char *txt = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    sqlite3_bind_text(st, i, txt ? txt : "null", -1, SQLITE_TRANSIENT);
+    free(txt);
+}
+
+static json_t *col_json(sqlite3_stmt *st, int i)
+{
+    const char *t = (const char *)sqlite3_column_text(st, i);
+    if (!t)
+        return json_null();
+    json_t *j = json_loads(t, JSON_DECODE_ANY, NULL);
+    return j ? j : json_string(t);
+}
+
+static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t len)
+{
+    const char *t = (const char *)sqlite3_column_text(st, i);
+    snprintf(dst, len, "%s", t ? t : "");
+}
+
+int store_service_save(struct store *s, const struct store_service *svc)
+{
+    sqlite3_stmt *st = prep(s, "INSERT OR REPLACE INTO services (project, env, service, revision,"
+                               " config, replicas, scale_override, stopped, updated_ms, http_port)"
+                               " VALUES (?,?,?,?,?,?,?,?,?,?)");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, svc->project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, svc->env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, svc->service, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, svc->revision, -1, SQLITE_STATIC);
+    bind_json(st, 5, svc->config);
+    sqlite3_bind_int(st, 6, svc->replicas);
+    sqlite3_bind_int(st, 7, svc->scale_override);
+    sqlite3_bind_int(st, 8, svc->stopped ? 1 : 0);
+    sqlite3_bind_int64(st, 9, (sqlite3_int64)time_wall_ms());
+    sqlite3_bind_int(st, 10, (int)svc->http_port);
+    return step_done(s, st);
+}
+
+int store_service_delete(struct store *s, const char *project, const char *env,
+                         const char *service)
+{
+    sqlite3_stmt *st =
+        prep(s, "DELETE FROM services WHERE project = ? AND env = ? AND service = ?");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
+    return step_done(s, st);
+}
+
+int store_services_load(struct store *s, const char *project, struct store_service **out,
+                        size_t *n)
+{
+    sqlite3_stmt *st = prep(s, "SELECT project, env, service, revision, config, replicas,"
+                                " scale_override, stopped, updated_ms, http_port FROM services"
+                               " WHERE ?1 IS NULL OR project = ?1 ORDER BY project, env, service");
+    if (!st)
+        return -EIO;
+    if (project)
+        sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 1);
+    struct store_service *v = NULL;
+    size_t len = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        v = xrealloc(v, (len + 1) * sizeof(*v));
+        struct store_service *e = &v[len++];
+        memset(e, 0, sizeof(*e));
+        col_copy(st, 0, e->project, sizeof(e->project));
+        col_copy(st, 1, e->env, sizeof(e->env));
+        col_copy(st, 2, e->service, sizeof(e->service));
+        col_copy(st, 3, e->revision, sizeof(e->revision));
+        e->config = col_json(st, 4);
+        e->replicas = sqlite3_column_int(st, 5);
+        e->scale_override = sqlite3_column_int(st, 6);
+        e->stopped = sqlite3_column_int(st, 7) != 0;
+        e->updated_ms = (uint64_t)sqlite3_column_int64(st, 8);
+        e->http_port = (unsigned)sqlite3_column_int(st, 9);
+    }
+    sqlite3_finalize(st);
+    *out = v;
+    *n = len;
+    return 0;
+}
+
+void store_services_free(struct store_service *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        json_decref(v[i].config);
+    free(v);
+}
+
+int store_revision_add(struct store *s, const char *project, const char *env,
+                       const char *service, const char *revision, json_t *config,
+                       const char *source)
+{
+    sqlite3_stmt *st = prep(s, "INSERT OR IGNORE INTO revisions (project, env, service, revision,"
+                               " config, source, created_ms) VALUES (?,?,?,?,?,?,?)");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, revision, -1, SQLITE_STATIC);
+    bind_json(st, 5, config);
+    sqlite3_bind_text(st, 6, source ? source : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)time_wall_ms());
+    return step_done(s, st);
+}
+
+json_t *store_revision_get(struct store *s, const char *project, const char *env,
+                           const char *service, const char *revision)
+{
+    sqlite3_stmt *st = prep(s, "SELECT config FROM revisions WHERE project = ? AND env = ?"
+                               " AND service = ? AND revision = ?");
+    if (!st)
+        return NULL;
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, revision, -1, SQLITE_STATIC);
+    json_t *j = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        j = col_json(st, 0);
+    sqlite3_finalize(st);
+    return j;
+}
+
+int64_t store_history_begin(struct store *s, const char *project, const char *env,
+                            const char *kind, const char *revision, const char *detail)
+{
+    sqlite3_stmt *st = prep(s, "INSERT INTO history (project, env, kind, revision, detail,"
+                               " started_ms) VALUES (?,?,?,?,?,?)");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, revision ? revision : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, detail ? detail : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)time_wall_ms());
+    if (step_done(s, st) < 0)
+        return -EIO;
+    return (int64_t)sqlite3_last_insert_rowid(s->db);
+}
+
+int store_history_end(struct store *s, int64_t id, const char *status, const char *message)
+{
+    sqlite3_stmt *st =
+        prep(s, "UPDATE history SET status = ?, message = ?, finished_ms = ? WHERE id = ?");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, message ? message : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)time_wall_ms());
+    sqlite3_bind_int64(st, 4, id);
+    return step_done(s, st);
+}
+
+json_t *store_history_list(struct store *s, const char *project, const char *env, int limit)
+{
+    sqlite3_stmt *st = prep(s, "SELECT id, kind, revision, detail, status, message, started_ms,"
+                               " finished_ms, env FROM history WHERE project = ?1"
+                               " AND (?2 IS NULL OR env = ?2) ORDER BY id DESC LIMIT ?3");
+    json_t *arr = json_array();
+    if (!st)
+        return arr;
+    sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
+    if (env)
+        sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_int(st, 3, limit > 0 ? limit : 50);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_t *row = json_object();
+        json_object_set_new(row, "id", json_integer(sqlite3_column_int64(st, 0)));
+        json_object_set_new(row, "kind", json_string((const char *)sqlite3_column_text(st, 1)));
+        json_object_set_new(row, "revision",
+                            json_string((const char *)sqlite3_column_text(st, 2) ?: ""));
+        json_object_set_new(row, "detail", json_string((const char *)sqlite3_column_text(st, 3) ?: ""));
+        json_object_set_new(row, "status", json_string((const char *)sqlite3_column_text(st, 4)));
+        json_object_set_new(row, "message",
+                            json_string((const char *)sqlite3_column_text(st, 5) ?: ""));
+        json_object_set_new(row, "started_ms", json_integer(sqlite3_column_int64(st, 6)));
+        if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+            json_object_set_new(row, "finished_ms", json_integer(sqlite3_column_int64(st, 7)));
+        json_object_set_new(row, "env", json_string((const char *)sqlite3_column_text(st, 8)));
+        json_array_append_new(arr, row);
+    }
+    sqlite3_finalize(st);
+    return arr;
+}
+
+int store_event(struct store *s, const char *project, const char *service, const char *kind,
+                const char *message, json_t *data)
+{
+    sqlite3_stmt *st = prep(s, "INSERT INTO events (ts_ms, project, service, kind, message, data)"
+                               " VALUES (?,?,?,?,?,?)");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)time_wall_ms());
+    sqlite3_bind_text(st, 2, project ? project : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, service ? service : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, message, -1, SQLITE_STATIC);
+    bind_json(st, 6, data);
+    return step_done(s, st);
+}
+
+json_t *store_events_list(struct store *s, const char *project, const char *service,
+                          const char *kind, int limit)
+{
+    sqlite3_stmt *st = prep(s, "SELECT id, ts_ms, project, service, kind, message, data FROM events"
+                               " WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR service = ?2)"
+                               " AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4");
+    json_t *arr = json_array();
+    if (!st)
+        return arr;
+    const char *args[] = {project, service, kind};
+    for (int i = 0; i < 3; i++) {
+        if (args[i])
+            sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, i + 1);
+    }
+    sqlite3_bind_int(st, 4, limit > 0 ? limit : 100);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        json_t *row = json_object();
+        json_object_set_new(row, "id", json_integer(sqlite3_column_int64(st, 0)));
+        json_object_set_new(row, "ts_ms", json_integer(sqlite3_column_int64(st, 1)));
+        json_object_set_new(row, "project", json_string((const char *)sqlite3_column_text(st, 2) ?: ""));
+        json_object_set_new(row, "service", json_string((const char *)sqlite3_column_text(st, 3) ?: ""));
+        json_object_set_new(row, "kind", json_string((const char *)sqlite3_column_text(st, 4)));
+        json_object_set_new(row, "message", json_string((const char *)sqlite3_column_text(st, 5)));
+        if (sqlite3_column_type(st, 6) != SQLITE_NULL)
+            json_object_set_new(row, "data", col_json(st, 6));
+        json_array_append_new(arr, row);
+    }
+    sqlite3_finalize(st);
+    return arr;
+}
