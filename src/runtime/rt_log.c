@@ -139,7 +139,8 @@ int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines
 {
     *lines = NULL;
     *n = 0;
-    if (!replica_name || !*replica_name || strchr(replica_name, '/'))
+    if (!replica_name || !*replica_name || strchr(replica_name, '/') ||
+        strcmp(replica_name, ".") == 0 || strcmp(replica_name, "..") == 0)
         return -EINVAL;
     char *base = xstrdup(rt_log_path(state_dir, replica_name));
     /* A ring of the last n_lines (or a growing array when n_lines is 0). */

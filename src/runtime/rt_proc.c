@@ -442,7 +442,9 @@ static int spawn(struct rt_replica *r, char *err, size_t errlen)
             dup2(nul, 2) == -1 || dup2(n3, 3) == -1 || dup2(n4, 4) == -1)
             _exit(126);
         /* Nothing else of takod (listeners!) may stay open in the replica. */
-        syscall(SYS_close_range, 5u, ~0u, 0u);
+        if (syscall(SYS_close_range, 5u, ~0u, 0u) == -1)
+            for (int fd = 5; fd < 4096; fd++)
+                close(fd);
         execv(exe, argv);
         _exit(126);
     }
@@ -576,8 +578,10 @@ int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out,
             return -EINVAL;
         }
     }
-    if (find(rt, name)) {
-        snprintf(err, errlen, "replica %s is already running", name);
+    struct rt_replica *known = find(rt, name);
+    if (known) {
+        snprintf(err, errlen, "replica %s is already %s (rt_forget a stopped one first)", name,
+                 rt_state_name(known->state));
         return -EEXIST;
     }
     struct rt_replica *r = new_replica(rt, name);

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -319,6 +320,11 @@ static void exec_app(struct shim *s, char **env, int out_w, int err_w, int repor
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull == -1 || dup2(devnull, 0) == -1 || dup2(out_w, 1) == -1 || dup2(err_w, 2) == -1)
         goto fail;
+    /* Whatever the shim holds (log, lock, notify pipe) stays out of the app. */
+    if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) == -1)
+        for (int fd = 3; fd < 4096; fd++)
+            if (fd != report_fd)
+                fcntl(fd, F_SETFD, FD_CLOEXEC);
     if (chdir(s->spec.spec.cwd) == -1) {
         rep.stage = 0;
         goto fail;

@@ -47,11 +47,13 @@ def read_state(home, name):
 class Driver:
     """One rt_driver process: commands in, JSON replies and events out."""
 
-    def __init__(self, procs, home):
+    def __init__(self, procs, home, prefix=()):
         self.home = home
-        self.p = subprocess.Popen([RT_DRIVER, home], stdin=subprocess.PIPE,
+        # A variable of the driver's own that must not reach the replicas.
+        env = dict(os.environ, TAKO_RT_LEAK_CHECK="1")
+        self.p = subprocess.Popen(list(prefix) + [RT_DRIVER, home], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-                                  text=True, bufsize=1)
+                                  text=True, bufsize=1, env=env)
         procs.procs.append(self.p)  # stopped by PID at teardown like the others
         self.replies = queue.Queue()
         self.events = []
@@ -157,12 +159,37 @@ def test_start_env_hostname_cwd_and_logs(rt, tmp_path):
         ts, stream, _ = l.split(" ", 2)
         assert len(ts) == 24 and ts.endswith("Z") and ts[10] == "T", l
         assert stream in ("stdout", "stderr")
+    # Only the service env, the runtime's variables and a few basics (PATH…).
+    assert "TAKO_RT_LEAK_CHECK" not in text
+    assert " stdout env PATH=" in text
+    # No fd of the runtime (log, lock, notify pipe, the driver's own pipes)
+    # leaks into the app: stdin is /dev/null, stdout/stderr are its pipes.
+    fds = {int(l.split()[3]): l.split()[5] for l in lines if " stdout fd " in l}
+    assert fds[0] == "/dev/null"
+    assert fds[1].startswith("pipe:") and fds[2].startswith("pipe:") and fds[1] != fds[2]
+    assert sorted(fds) == [0, 1, 2], fds
     info = rt.info("scaling-web-2")
     assert info["state"] == "running" and info["hostname_shared"] is False
     assert info["port"] == port and info["revision"] == "r7" and alive(info["pid"])
     # Same name twice: refused, nothing duplicated.
     r2 = rt.start(app("hostname.py"), project="scaling", service="web", index=2)
     assert r2["ok"] is False and "already running" in r2["error"]
+
+
+def test_without_namespace_rights_the_hostname_is_shared_but_env_is_set(procs, tako_home):
+    # Drop CAP_SYS_ADMIN: a private UTS namespace is then refused.
+    d = Driver(procs, tako_home,
+               prefix=["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"])
+    try:
+        assert d.start(app("hostname.py"), index=4)["ok"]
+        d.wait_state("p-web-4", "running")
+        wait_for(lambda: any(" stdout env " in l for l in d.logs("p-web-4")))
+        text = "\n".join(d.logs("p-web-4"))
+        assert " stdout hostname=%s" % os.uname().nodename in text
+        assert " stdout env HOSTNAME=p-web-4" in text
+        assert d.info("p-web-4")["hostname_shared"] is True
+    finally:
+        stop_replicas(tako_home)
 
 
 def test_whoami_replica_serves_with_its_name(rt):

@@ -1,4 +1,4 @@
-"""Test app: prints its hostname, working directory and environment, then
+"""Test app: prints its hostname, working directory, open fds and environment, then
 prints a numbered tick every 50 ms (so log capture can be observed) until stopped."""
 import os
 import socket
@@ -7,6 +7,11 @@ import time
 
 print("hostname=%s" % socket.gethostname())
 print("cwd=%s" % os.getcwd())
+for fd in sorted(int(f) for f in os.listdir("/proc/self/fd")):
+    try:
+        print("fd %d -> %s" % (fd, os.readlink("/proc/self/fd/%d" % fd)))
+    except OSError:
+        pass  # the directory listing's own fd, closed by now
 for k in sorted(os.environ):
     print("env %s=%s" % (k, os.environ[k]))
 sys.stdout.flush()
