@@ -189,3 +189,145 @@ def pytest_configure(config):
     # ASan/UBSan build with -m "not slow" (see scripts/test.sh).
     config.addinivalue_line(
         "markers", "slow: long-running test (load, long timers); left out of the sanitizer run")
+
+
+# ---- takod fixtures (deploy workflow) ----
+
+def _kill_pid(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_takod_tree(home):
+    """Stop takod and every replica it started under HOME, by the PIDs in its files."""
+    pidf = os.path.join(home, "takod.pid")
+    if os.path.exists(pidf):
+        try:
+            _kill_pid(int(open(pidf).read().strip()))
+        except ValueError:
+            pass
+    rdir = os.path.join(home, "replicas")
+    if os.path.isdir(rdir):
+        for name in os.listdir(rdir):
+            st = os.path.join(rdir, name, "state")
+            if not os.path.exists(st):
+                continue
+            kv = dict(line.split("=", 1) for line in open(st).read().splitlines() if "=" in line)
+            for key in ("shim_pid", "app_pid"):
+                try:
+                    pid = int(kv.get(key, "0"))
+                except ValueError:
+                    continue
+                if pid > 1:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    _kill_pid(pid)
+
+
+class Tako:
+    """A private TAKO_HOME plus helpers to run the CLI against it."""
+
+    def __init__(self, home, workdir):
+        self.home = home
+        self.dir = workdir
+        self.env = {"TAKO_HOME": home, "NO_COLOR": "1"}
+
+    def run(self, *args, timeout=180, check=None, cwd=None, env=None):
+        e = dict(self.env)
+        e.update(env or {})
+        r = run_tako(list(args), env=e, cwd=cwd or self.dir, timeout=timeout)
+        if check is not None and r.returncode != check:
+            raise AssertionError("tako %s exited %d (wanted %d)\nstdout:\n%s\nstderr:\n%s" % (
+                " ".join(args), r.returncode, check, r.stdout, r.stderr))
+        return r
+
+    def ps_json(self, *extra):
+        r = self.run("ps", "--output", "json", *extra, check=0)
+        return json.loads(r.stdout)
+
+    def write(self, name, text):
+        with open(os.path.join(self.dir, name), "w") as f:
+            f.write(text)
+
+    def takod_pid(self):
+        return int(open(os.path.join(self.home, "takod.pid")).read().strip())
+
+
+@pytest.fixture
+def tako(tmp_path):
+    home = tempfile.mkdtemp(prefix="tako-home-")
+    work = tmp_path / "project"
+    work.mkdir()
+    t = Tako(home, str(work))
+    yield t
+    kill_takod_tree(home)
+    subprocess.run(["rm", "-rf", home])
+
+
+class Load:
+    """Steady, bounded load: N keep-alive clients in threads, counting failures."""
+
+    def __init__(self, port, path="/api/instance", clients=50, max_seconds=120.0,
+                 max_requests=1_000_000, host="127.0.0.1", headers=None):
+        import threading
+        self.port, self.path, self.host = port, path, host
+        self.headers = headers or {}
+        self.clients = clients
+        self.deadline = time.monotonic() + max_seconds
+        self.max_requests = max_requests
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.errors = []
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self):
+        conn = None
+        while not self.stop_ev.is_set() and time.monotonic() < self.deadline:
+            with self.lock:
+                if self.ok + self.failed >= self.max_requests:
+                    return
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                conn.request("GET", self.path, headers=self.headers)
+                r = conn.getresponse()
+                r.read()
+                good = r.status == 200
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+                with self.lock:
+                    if good:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.errors.append("status %d" % r.status)
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self.lock:
+                    self.failed += 1
+                    self.errors.append(repr(e))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(60)
+        return self.ok, self.failed

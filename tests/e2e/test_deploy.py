@@ -1,0 +1,336 @@
+"""takod and the deploy workflow, end to end through the real binary.
+
+Each test has its own TAKO_HOME and project directory; whoami replicas are
+run by takod's process runtime behind takod's embedded proxy. Zero-downtime
+claims are asserted as counts of failed requests under a steady, bounded load.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import WHOAMI, Load, free_port, http, http_json, wait_for, wait_port
+
+
+def config(port, http_port, replicas=3, greeting="one", extra_env="", command=None,
+           strategy="round_robin", health_path="/health", project="scaling"):
+    cmd = command or WHOAMI
+    return f"""project:
+  name: {project}
+environments:
+  local:
+    http: {http_port}
+    services:
+      web:
+        command: {cmd}
+        port: 3000
+        replicas: {replicas}
+        proxy:
+          port: {port}
+        loadBalancer:
+          strategy: {strategy}
+        healthCheck:
+          path: {health_path}
+          interval: 200ms
+          timeout: 1s
+          unhealthyThreshold: 3
+        deploy:
+          drainTimeout: 5s
+          stopGracePeriod: 5s
+        env:
+          GREETING: {greeting}
+{extra_env}"""
+
+
+def hostnames(port, n):
+    out = []
+    for _ in range(n):
+        st, body = http_json(port, "/api/instance")
+        assert st == 200
+        out.append(body["hostname"])
+    return out
+
+
+def deployed(tako, port, replicas=3, **kw):
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port, replicas=replicas, **kw))
+    r = tako.run("deploy", check=0)
+    return r
+
+
+def pids_of(tako):
+    ps = tako.ps_json()
+    return {r["name"]: r["pid"] for s in ps["services"] for r in s["replicas"]}
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_deploy_three_replicas_round_robin_and_ps(tako):
+    port = free_port()
+    r = deployed(tako, port)
+    assert "scaling-web-1" in r.stdout
+    ps = tako.run("ps", check=0).stdout
+    assert re.search(r"^web\s+3/3\s.*running", ps, re.M), ps
+    # Exact round robin over the replicas' own hostnames.
+    names = hostnames(port, 9)
+    assert set(names) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+    for i in range(3, 9):
+        assert names[i] == names[i - 3], names
+    start = names.index("scaling-web-1")
+    assert names[start:start + 3] == ["scaling-web-1", "scaling-web-2", "scaling-web-3"], names
+    # JSON view: numbers are numbers.
+    js = tako.ps_json()
+    svc = js["services"][0]
+    assert svc["service"] == "web" and svc["running"] == 3 and svc["desired"] == 3
+    reps = svc["replicas"]
+    assert [x["name"] for x in reps] == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    for x in reps:
+        for key in ("pid", "port", "restarts", "uptime", "memory"):
+            assert isinstance(x[key], int), (key, x)
+        assert isinstance(x["cpu"], (int, float))
+        assert x["health"] == "healthy"
+    inst = tako.run("ps", "--instances", check=0).stdout
+    assert "scaling-web-2" in inst and "healthy" in inst
+
+
+def test_deploy_unchanged_says_so(tako):
+    port = free_port()
+    deployed(tako, port)
+    pids = pids_of(tako)
+    r = tako.run("deploy", check=0)
+    assert "nothing changed" in r.stdout.lower()
+    assert pids_of(tako) == pids
+
+
+def test_rolling_deploy_of_changed_env_loses_nothing(tako):
+    port = free_port()
+    deployed(tako, port)
+    http_port = free_port()
+    before = pids_of(tako)
+    with Load(port, clients=50, max_seconds=120) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        tako.write("tako.yaml", config(port, http_port, greeting="two"))
+        r = tako.run("deploy", check=0)
+        wait_for(lambda: load.ok > 400, timeout=30, what="load after deploy")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert ok > 400
+    after = pids_of(tako)
+    assert set(after) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+    assert not set(after.values()) & set(before.values()), "every replica was replaced"
+    assert "draining" in r.stdout
+
+
+def test_scale_up_and_down_loses_nothing(tako):
+    port = free_port()
+    deployed(tako, port)
+    with Load(port, clients=50, max_seconds=150) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        tako.run("scale", "web=5", check=0)
+        ps = tako.run("ps", check=0).stdout
+        assert re.search(r"^web\s+5/5\s.*running", ps, re.M), ps
+        assert "scaled by 'tako scale'" in ps
+        names = set(hostnames(port, 10))
+        assert names == {"scaling-web-%d" % i for i in range(1, 6)}
+        tako.run("scale", "web=1", check=0)
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="load after scale down")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    ps = tako.ps_json()["services"][0]
+    assert [r["name"] for r in ps["replicas"]] == ["scaling-web-1"]
+    assert set(hostnames(port, 3)) == {"scaling-web-1"}
+
+
+def test_restart_and_kill9_of_a_replica_lose_nothing(tako):
+    port = free_port()
+    deployed(tako, port)
+    before = pids_of(tako)
+    with Load(port, clients=50, max_seconds=150) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        tako.run("restart", "web", check=0)
+        mid = pids_of(tako)
+        assert not set(mid.values()) & set(before.values())
+        # kill -9 one replica: retries hide it, the runtime restarts it.
+        victim = mid["scaling-web-2"]
+        os.kill(victim, signal.SIGKILL)
+        def back():
+            s = tako.ps_json()["services"][0]
+            r2 = [r for r in s["replicas"] if r["name"] == "scaling-web-2"][0]
+            return s["running"] == 3 and r2["pid"] != victim and r2["restarts"] >= 1
+        wait_for(back, timeout=60, interval=0.2, what="scaling-web-2 restarted")
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="more load")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    ps = tako.run("ps", check=0).stdout
+    assert re.search(r"^web\s+3/3\s.*running", ps, re.M), ps
+
+
+def test_failed_deploy_rolls_back_and_old_keeps_serving(tako):
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port))
+    tako.run("deploy", check=0)
+    before = pids_of(tako)
+    # The new revision answers 404 on its health path: it never becomes healthy.
+    tako.write("tako.yaml", config(port, http_port, health_path="/nope"))
+    with Load(port, clients=20, max_seconds=120) as load:
+        r = tako.run("deploy", check=1)
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert ok > 0
+    assert "rolled back" in (r.stdout + r.stderr)
+    assert pids_of(tako) == before
+    assert set(hostnames(port, 3)) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+    hist = json.loads(tako.run("history", "--output", "json", check=0).stdout)["history"]
+    assert hist[0]["status"] == "rolled-back"
+
+
+def test_crashing_revision_shows_its_last_lines(tako):
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port))
+    tako.run("deploy", check=0)
+    # whoami refuses an invalid --port at once: the replica exits during startup.
+    tako.write("tako.yaml", config(port, http_port, command=WHOAMI + " --port notaport"))
+    r = tako.run("deploy", check=1)
+    out = r.stdout + r.stderr
+    assert "invalid port" in out
+    assert "rolled back" in out
+    assert tako.ps_json()["services"][0]["running"] == 3
+
+
+def test_second_deploy_at_once_is_refused(tako):
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port, replicas=2))
+    tako.run("deploy", check=0)
+    tako.write("tako.yaml", config(port, http_port, replicas=2, greeting="slow"))
+    env = dict(os.environ)
+    env.update(tako.env)
+    from conftest import TAKO
+    first = subprocess.Popen([TAKO, "deploy"], cwd=tako.dir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait until the first deploy is visibly running, then try a second one.
+        wait_for(lambda: any(h["status"] == "running" for h in json.loads(
+            tako.run("history", "--output", "json", check=0).stdout)["history"]),
+            timeout=30, interval=0.05, what="first deploy running")
+        r = tako.run("deploy", "--force")
+        assert r.returncode == 4, (r.stdout, r.stderr)
+        assert "in progress" in r.stderr + r.stdout
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+
+
+def test_logs_stats_history_and_down_leave_nothing(tako):
+    port = free_port()
+    deployed(tako, port)
+    hostnames(port, 30)
+    logs = tako.run("logs", check=0).stdout
+    for i in (1, 2, 3):
+        assert re.search(r"^scaling-web-%d\s+\| whoami scaling-web-%d listening" % (i, i), logs, re.M), logs
+    one = tako.run("logs", "scaling-web-2", "--tail", "1", check=0).stdout.strip().splitlines()
+    assert len(one) == 1 and one[0].startswith("scaling-web-2")
+    stats = tako.run("stats", check=0).stdout
+    counts = {}
+    for line in stats.splitlines()[1:]:
+        f = line.split()
+        counts[f[0]] = int(f[3])
+    assert sum(counts.values()) >= 30
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    hist = tako.run("history", check=0).stdout
+    assert "deploy" in hist and "ok" in hist
+    pids = pids_of(tako)
+    tako.run("down", check=0)
+    for pid in pids.values():
+        wait_for(lambda: not alive(pid), timeout=30, what="replica %d gone" % pid)
+    assert tako.ps_json()["services"] == []
+    with pytest.raises(OSError):
+        http(port, "/", timeout=2)
+
+
+def test_takod_kill9_adopts_replicas(tako):
+    port = free_port()
+    deployed(tako, port)
+    pids = pids_of(tako)
+    old = tako.takod_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), timeout=10, what="takod gone")
+    # The next command starts takod again; it adopts the replicas.
+    def adopted():
+        js = tako.ps_json()
+        return js["services"] and js["services"][0]["running"] == 3 and js
+    js = wait_for(adopted, timeout=60, interval=0.3, what="replicas adopted")
+    assert pids_of(tako) == pids
+    assert tako.takod_pid() != old
+    assert set(hostnames(port, 3)) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+
+
+def test_rollback_to_previous_revision(tako):
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port, greeting="one"))
+    tako.run("deploy", check=0)
+    rev1 = tako.ps_json()["services"][0]["revision"]
+    tako.write("tako.yaml", config(port, http_port, greeting="two"))
+    tako.run("deploy", check=0)
+    rev2 = tako.ps_json()["services"][0]["revision"]
+    assert rev1 != rev2
+    tako.run("rollback", check=0)
+    assert tako.ps_json()["services"][0]["revision"] == rev1
+    tako.run("rollback", rev2, check=0)
+    assert tako.ps_json()["services"][0]["revision"] == rev2
+
+
+def test_stop_start_and_errors(tako):
+    port = free_port()
+    deployed(tako, port, replicas=2)
+    tako.run("stop", "web", check=0)
+    ps = tako.run("ps", check=0).stdout
+    assert re.search(r"^web\s+0/0\s.*stopped", ps, re.M), ps
+    tako.run("start", "web", check=0)
+    assert re.search(r"^web\s+2/2\s.*running", tako.run("ps", check=0).stdout, re.M)
+    r = tako.run("scale", "nope=3")
+    assert r.returncode == 2 and "no deployed service nope" in r.stderr
+    r = tako.run("scale", "web=x")
+    assert r.returncode == 2 and "invalid count" in r.stderr
+    r = tako.run("frobnicate")
+    assert r.returncode == 2
+
+
+def test_domain_routing_on_entrypoint(tako):
+    port = free_port()
+    http_port = free_port()
+    text = config(port, http_port).replace(
+        "        proxy:\n          port: %d\n" % port,
+        "        proxy:\n          domain: scaling.127.0.0.1.sslip.io\n")
+    tako.write("tako.yaml", text)
+    tako.run("deploy", check=0)
+    names = []
+    for _ in range(6):
+        st, body = http_json(http_port, "/api/instance",
+                             headers={"Host": "scaling.127.0.0.1.sslip.io"})
+        assert st == 200
+        names.append(body["hostname"])
+    assert set(names) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+    st, _, body = http(http_port, "/", headers={"Host": "unknown.example"})
+    assert st == 404
