@@ -1,7 +1,8 @@
 /* rt_driver.c — drives the process runtime (src/runtime/rt.h) from stdin so
  * end-to-end tests can exercise it without takod.
  *
- * Usage: rt_driver STATE_DIR        (commands on stdin, JSON lines on stdout)
+ * Usage: rt_driver STATE_DIR        (commands on stdin, JSON lines on stdout;
+ *                                    $RT_SHIM_EXE: supervisor binary, default itself)
  *        rt_driver shim DIR N L     (the replica supervisor, like `tako shim`)
  *
  * Commands, one per line:
@@ -301,6 +302,10 @@ int main(int argc, char **argv)
     if (ev_loop_init(&loop) < 0)
         return 1;
     rt = rt_new(&loop, state_dir, on_event, NULL);
+    /* RT_SHIM_EXE=./tako runs replicas under `tako shim` instead of this
+     * program's own shim entry point. */
+    if (getenv("RT_SHIM_EXE"))
+        rt_set_shim_exe(rt, getenv("RT_SHIM_EXE"));
     struct ev_io in;
     ev_io_init(&in, 0, on_stdin, NULL);
     ev_io_start(&loop, &in, EPOLLIN);

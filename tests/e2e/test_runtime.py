@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, WHOAMI, free_port, http_json, wait_for, wait_port
+from conftest import ROOT, TAKO, WHOAMI, free_port, http_json, run_tako, wait_for, wait_port
 
 BUILD = "build/san" if "build/san" in os.environ.get("TAKO_BIN", "") else "build/rel"
 RT_DRIVER = os.environ.get("RT_DRIVER_BIN", os.path.join(ROOT, BUILD, "tests", "rt_driver"))
@@ -47,10 +47,10 @@ def read_state(home, name):
 class Driver:
     """One rt_driver process: commands in, JSON replies and events out."""
 
-    def __init__(self, procs, home, prefix=()):
+    def __init__(self, procs, home, prefix=(), env=None):
         self.home = home
         # A variable of the driver's own that must not reach the replicas.
-        env = dict(os.environ, TAKO_RT_LEAK_CHECK="1")
+        env = dict(os.environ, TAKO_RT_LEAK_CHECK="1", **(env or {}))
         self.p = subprocess.Popen(list(prefix) + [RT_DRIVER, home], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=None, start_new_session=True,
                                   text=True, bufsize=1, env=env)
@@ -194,7 +194,7 @@ def test_without_namespace_rights_the_hostname_is_shared_but_env_is_set(procs, t
 
 def test_whoami_replica_serves_with_its_name(rt):
     port = free_port()
-    assert rt.start([WHOAMI], port=port, index=3)["ok"]
+    assert rt.start([os.path.abspath(WHOAMI)], port=port, index=3)["ok"]
     rt.wait_state("p-web-3", "running")
     wait_port(port)
     status, body = http_json(port, "/api/instance")
@@ -415,3 +415,21 @@ def test_adoption_cleans_up_after_a_killed_supervisor(procs, tako_home, rt):
     wait_for(lambda: not alive(info["pid"]))
     assert d2.start(app("hostname.py"))["ok"]
     d2.wait_state("p-web-1", "running")
+
+
+def test_tako_shim_is_the_supervisor_takod_uses(procs, tako_home):
+    # takod runs `tako shim`; the hidden command is not listed in the usage.
+    assert "shim" not in run_tako(["--help"]).stdout
+    d = Driver(procs, tako_home, env={"RT_SHIM_EXE": TAKO})
+    try:
+        assert d.start(app("hostname.py"), index=5)["ok"]
+        d.wait_state("p-web-5", "running")
+        wait_for(lambda: any("hostname=p-web-5" in l for l in d.logs("p-web-5")))
+        sup = d.info("p-web-5")["supervisor_pid"]
+        with open("/proc/%d/cmdline" % sup, "rb") as f:
+            assert f.read().split(b"\0")[1] == b"shim"
+        assert os.path.realpath("/proc/%d/exe" % sup) == os.path.realpath(TAKO)
+        d.cmd("stop p-web-5")
+        d.wait_stopped("p-web-5")
+    finally:
+        stop_replicas(tako_home)
