@@ -15,6 +15,7 @@
 #   CPU_CLIENT=0 CPU_SERVERS=1 cores for wrk, and for every proxy + backends
 #   TAKO_BIN=./tako WHOAMI_BIN=examples/whoami/whoami TAKO_ARGS="..."  extra proxy flags
 #   OUT=bench/out          where latest.md and the raw outputs go
+#   PROFILE="tako ..."     after the rounds, perf-record these targets under load
 #
 # Everything listens on 127.0.0.1 only. Every process started here runs in its
 # own session and is stopped by its process group id at the end, also on
@@ -40,6 +41,7 @@ TAKO_BIN=${TAKO_BIN:-./tako}
 WHOAMI_BIN=${WHOAMI_BIN:-examples/whoami/whoami}
 TAKO_ARGS=${TAKO_ARGS:-}
 OUT=${OUT:-bench/out}
+PROFILE=${PROFILE:-}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=python3
 
@@ -52,8 +54,8 @@ done
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be at least 1"
 [ "$DURATION" -ge 1 ] || die "DURATION must be at least 1"
 [ "$DURATION" -le 600 ] || die "DURATION must be at most 600 seconds"
-for t in $TARGETS; do
-    case $t in tako|haproxy|nginx|caddy|direct) ;; *) die "unknown target '$t' in TARGETS";; esac
+for t in $TARGETS $PROFILE; do
+    case $t in tako|haproxy|nginx|caddy|direct) ;; *) die "unknown target '$t' in TARGETS or PROFILE";; esac
 done
 for m in $MODES; do
     case $m in keepalive|close) ;; *) die "unknown mode '$m' in MODES";; esac
@@ -399,6 +401,27 @@ for r in $(seq "$ROUNDS"); do
             log "round $r/$ROUNDS $mode $t: ${rps:-no result} req/s"
             sleep 1
         done
+    done
+done
+
+# ---- optional profiles: PROFILE="tako haproxy" -----------------------------------
+# perf samples the target's process tree while wrk runs one more DURATION in
+# each mode (after the measured rounds, so they are not disturbed).
+for t in $PROFILE; do
+    if ! alive "$t" || ! command -v perf >/dev/null; then
+        log "profile $t: skipped (not running, or no perf)"
+        continue
+    fi
+    for mode in $MODES; do
+        pdata="$RUN/$t-$mode.perf.data"
+        timeout -k 5 $((DURATION + 30)) perf record -q -g -p "$(tree_pids "${PID[$t]}" | paste -sd,)" \
+            -o "$pdata" -- sleep "$DURATION" >/dev/null 2>"$TMP/perf.err" &
+        perf_pid=$!
+        run_wrk "$t" "$mode" "$RUN/$t-$mode.perf.wrk.txt" "$DURATION"
+        wait "$perf_pid" || true
+        perf report -i "$pdata" --no-children --stdio --percent-limit 0.8 -g none --sort sym \
+            >"$RUN/$t-$mode.perf.txt" 2>/dev/null || true
+        log "profile $t $mode: $RUN/$t-$mode.perf.txt (perf report -i $pdata)"
     done
 done
 
