@@ -23,6 +23,10 @@
 # line "N passed, N failed" over all stages. Exit status 1 when anything
 # failed. A sanitizer report written by any process (ASan/UBSan/LSan, to
 # build/test-logs/san-reports/) fails its stage even when the test passed.
+#
+# Knobs: JOBS=2 (make -j), FUZZ_SECONDS=20, E2E_TIMEOUT=900 (per e2e stage;
+# pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
+# (per unit test binary), SAN_E2E_MARK="not slow".
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,6 +35,7 @@ LOGS=$ROOT/build/test-logs
 PYTHON=${PYTHON:-/usr/bin/python3}
 JOBS=${JOBS:-2}
 E2E_TIMEOUT=${E2E_TIMEOUT:-900}
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 SAN_E2E_MARK=${SAN_E2E_MARK-not slow}
 mode=${1:-all}
 
@@ -88,8 +93,9 @@ unit() {
     stage_start "$name: $dir/test_*"
     for bin in "$dir"/test_*; do
         [ -x "$bin" ] || continue
-        out=$("$bin" 2>&1)
+        out=$(timeout -k 10 "$UNIT_TIMEOUT" "$bin" 2>&1)
         local rc=$?
+        [ $rc -eq 124 ] && out+=$'\n'"timed out after ${UNIT_TIMEOUT}s"
         last=$(printf '%s\n' "$out" | tail -n 1)
         if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
             np=${BASH_REMATCH[1]}
@@ -122,7 +128,7 @@ e2e() {
     local name=$1 tako=$2 whoami=$3
     shift 3
     local log=$LOGS/$name.log
-    stage_start "$name: pytest tests/e2e $* (TAKO_BIN=$tako)"
+    stage_start "$name: pytest tests/e2e${*:+ $*} (TAKO_BIN=$tako)"
     # SIGINT on timeout lets pytest tear its fixtures down (stopping every
     # process it started) before it exits.
     TAKO_BIN=$ROOT/$tako WHOAMI_BIN=$ROOT/$whoami timeout -s INT -k 60 "$E2E_TIMEOUT" \
@@ -172,15 +178,14 @@ san_env() {
 }
 san_reports() {
     [ -d "$SAN_REPORTS" ] || return 0
-    local files
-    files=$(find "$SAN_REPORTS" -type f | sort)
-    [ -z "$files" ] && return 0
-    for f in $files; do
-        echo "  sanitizer report $f:"
-        head -n 40 "$f" | sed 's/^/    /'
-        mv "$f" "$f.seen"
-    done
-    return 1
+    local report found=0
+    while IFS= read -r report; do
+        found=1
+        echo "  sanitizer report $report:"
+        head -n 40 "$report" | sed 's/^/    /'
+        mv "$report" "$report.seen"
+    done < <(find "$SAN_REPORTS" -type f ! -name '*.seen' | sort)
+    return $((found == 0 ? 0 : 1))
 }
 
 san_stages() {
