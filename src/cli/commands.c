@@ -26,7 +26,7 @@ const struct cli_command cli_commands[] = {
     {"down", cmd_down, "Drain and stop everything of the project", help_down},
     {"rollback", cmd_rollback, "Roll back to a previous revision", help_rollback},
     {"history", cmd_history, "List deployed revisions", help_history},
-    {"autoscale", NULL, "Show autoscaling decisions and their reasons", NULL},
+    {"autoscale", cmd_autoscale, "Show autoscaling decisions and their reasons", help_autoscale},
     {"validate", cmd_validate, "Check tako.yaml and report every problem",
      "Usage: tako validate [-f FILE] [-e ENV] [ENV] [-q]\n"
      "\n"

@@ -15,7 +15,8 @@ const char help_ps[] =
     "  web  3/3  ✓ running  8080  3f2a9c1d7b4e  round_robin\n"
     "REPLICAS is healthy/desired. STATUS is ✓ running, ⚠ degraded (fewer healthy\n"
     "than desired), ↻ scaling or ↻ deploying (a change is rolling), ✗ crashloop,\n"
-    "✗ down (none healthy) or ✗ stopped. A `tako scale` override is shown in NOTES.\n"
+    "✗ down (none healthy) or ✗ stopped. A `tako scale` override is shown in NOTES;\n"
+    "an autoscaled service shows current/desired (min–max), e.g. 3/4 (2–10).\n"
     "Without a tako.yaml here (and without --project) every project is listed.\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
@@ -81,10 +82,13 @@ static void print_services(json_t *svcs, bool multi_project, bool color)
                      (long long)json_integer_value(json_object_get(s, "config_replicas")));
         json_t *as = json_object_get(s, "autoscale");
         if (as) {
-            size_t l = strlen(notes);
-            snprintf(notes + l, sizeof(notes) - l, "%sautoscale %lld–%lld", l ? "; " : "",
+            /* current/desired (min–max) */
+            size_t l = strlen(reps);
+            snprintf(reps + l, sizeof(reps) - l, " (%lld–%lld)",
                      (long long)json_integer_value(json_object_get(as, "min")),
                      (long long)json_integer_value(json_object_get(as, "max")));
+            l = strlen(notes);
+            snprintf(notes + l, sizeof(notes) - l, "%sautoscaled", l ? "; " : "");
         }
         json_t *dom = json_object_get(s, "domains");
         if (json_array_size(dom) > 0) {

@@ -81,6 +81,11 @@ json_t *orch_stats(struct orch *o, const char *project, const char *env, const c
 json_t *orch_replica_names(struct orch *o, const char *project, const char *env,
                            const char *service);
 
+/* Autoscaled services: bounds, targets, last evaluation and the recent
+ * decisions (new reference). */
+json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env,
+                            const char *service);
+
 /* Stop every operation and timer (takod shutting down; replicas keep
  * running and are adopted by the next takod). */
 void orch_shutdown(struct orch *o);

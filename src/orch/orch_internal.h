@@ -75,9 +75,17 @@ struct orch_op {
     struct orch_op *next;
 };
 
+struct orch_route {
+    char domain[256];
+    struct proxy_pool *pool;
+};
+
 struct orch_listener {
     unsigned port;
     bool wanted, bound;
+    struct proxy_pool *def;
+    struct orch_route routes[ORCH_MAX_ROUTES];
+    size_t nroutes;
     struct orch_listener *next;
 };
 
