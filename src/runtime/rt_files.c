@@ -377,7 +377,13 @@ bool rt__proc_alive(pid_t pid, uint64_t starttime)
     return ps.starttime == starttime && ps.state != 'Z' && ps.state != 'X';
 }
 
-ssize_t rt__proc_descendants(pid_t root, struct rt__pstat **out)
+static int cmp_pid(const void *a, const void *b)
+{
+    pid_t x = ((const struct rt__pstat *)a)->pid, y = ((const struct rt__pstat *)b)->pid;
+    return (x > y) - (x < y);
+}
+
+ssize_t rt__proc_scan(struct rt__pstat **out)
 {
     DIR *d = opendir("/proc");
     if (!d)
@@ -397,29 +403,85 @@ ssize_t rt__proc_descendants(pid_t root, struct rt__pstat **out)
             n++;
     }
     closedir(d);
-    /* Mark descendants: repeat passes until no new process joins the set;
-     * a process joins when its parent is root or already in the set. */
-    bool *in = xcalloc(n ? n : 1, sizeof(bool));
-    bool changed = true;
-    while (changed) {
-        changed = false;
-        for (size_t i = 0; i < n; i++) {
-            if (in[i])
-                continue;
-            bool join = all[i].ppid == root;
-            for (size_t j = 0; !join && j < n; j++)
-                join = in[j] && all[j].pid == all[i].ppid;
-            if (join) {
-                in[i] = true;
-                changed = true;
-            }
-        }
+    qsort(all, n, sizeof(*all), cmp_pid);
+    *out = all;
+    return (ssize_t)n;
+}
+
+ssize_t rt__proc_find(const struct rt__pstat *all, size_t n, pid_t pid)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (all[mid].pid == pid)
+            return (ssize_t)mid;
+        if (all[mid].pid < pid)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    size_t m = 0;
+    return -1;
+}
+
+#define OWNER_UNKNOWN (-2)
+
+void rt__proc_owners(const struct rt__pstat *all, size_t n, const pid_t *roots, size_t nroots,
+                     int *owner)
+{
     for (size_t i = 0; i < n; i++)
-        if (in[i])
+        owner[i] = OWNER_UNKNOWN;
+    size_t *path = xmalloc((n ? n : 1) * sizeof(size_t));
+    for (size_t i = 0; i < n; i++) {
+        /* Walk up until a root, a process already decided, or the top;
+         * everything on the way gets the same answer. */
+        size_t len = 0, cur = i;
+        int result = -1;
+        for (;;) {
+            if (owner[cur] != OWNER_UNKNOWN) {
+                result = owner[cur];
+                break;
+            }
+            if (len == n) /* a cycle cannot happen in /proc; be safe anyway */
+                break;
+            path[len++] = cur;
+            pid_t pp = all[cur].ppid;
+            size_t k;
+            for (k = 0; k < nroots && roots[k] != pp; k++) {
+            }
+            if (k < nroots) {
+                result = (int)k;
+                break;
+            }
+            ssize_t j = pp > 0 ? rt__proc_find(all, n, pp) : -1;
+            if (j < 0)
+                break;
+            cur = (size_t)j;
+        }
+        for (size_t k = 0; k < len; k++)
+            owner[path[k]] = result;
+    }
+    /* A root is not its own descendant. */
+    for (size_t k = 0; k < nroots; k++) {
+        ssize_t j = rt__proc_find(all, n, roots[k]);
+        if (j >= 0 && owner[j] == (int)k)
+            owner[j] = -1;
+    }
+    free(path);
+}
+
+ssize_t rt__proc_descendants(pid_t root, struct rt__pstat **out)
+{
+    struct rt__pstat *all;
+    ssize_t n = rt__proc_scan(&all);
+    if (n < 0)
+        return n;
+    int *owner = xmalloc((size_t)(n ? n : 1) * sizeof(int));
+    rt__proc_owners(all, (size_t)n, &root, 1, owner);
+    size_t m = 0;
+    for (ssize_t i = 0; i < n; i++)
+        if (owner[i] == 0)
             all[m++] = all[i];
-    free(in);
+    free(owner);
     *out = all;
     return (ssize_t)m;
 }

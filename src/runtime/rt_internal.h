@@ -69,6 +69,15 @@ struct rt__pstat {
 int rt__proc_stat(pid_t pid, struct rt__pstat *out);
 /* True when pid is alive (not a zombie) and started at starttime. */
 bool rt__proc_alive(pid_t pid, uint64_t starttime);
+/* Every live process, sorted by pid: the count and a malloc'd array in
+ * *out (caller frees), or -errno. One pass over /proc. */
+ssize_t rt__proc_scan(struct rt__pstat **out);
+/* Index of pid in a scan (binary search), or -1. */
+ssize_t rt__proc_find(const struct rt__pstat *all, size_t n, pid_t pid);
+/* For each all[i], owner[i] = k when it descends from roots[k] (a root
+ * itself excluded), else -1. O(n) with memoized walks up the tree. */
+void rt__proc_owners(const struct rt__pstat *all, size_t n, const pid_t *roots, size_t nroots,
+                     int *owner);
 /* Every live process that descends from root (root excluded). Returns the
  * count and a malloc'd array in *out (caller frees), or -errno. */
 ssize_t rt__proc_descendants(pid_t root, struct rt__pstat **out);

@@ -31,6 +31,7 @@ struct rt {
     rt_event_cb cb;
     void *cb_data;
     struct rt_replica *replicas;
+    uint64_t sample_mono; /* last /proc pass for stats */
 };
 
 struct rt_replica {
@@ -671,37 +672,68 @@ void *rt_data(struct rt_replica *r)
     return r->data;
 }
 
-/* CPU ticks and RSS of the app's whole tree: live descendants of the shim,
- * plus what the shim collected from reaped ones (its cutime/cstime). */
-static void sample(struct rt_replica *r)
+/* CPU ticks and RSS of each app's whole tree: live descendants of its shim,
+ * plus what the shim collected from reaped ones (its cutime/cstime). One
+ * pass over /proc serves every replica, at most every SAMPLE_MIN_MS. */
+static void sample_all(struct rt *rt)
 {
     uint64_t now = ev_time_ms();
-    if (!r->shim_pid || (r->sample_mono && now - r->sample_mono < SAMPLE_MIN_MS))
+    if (rt->sample_mono && now - rt->sample_mono < SAMPLE_MIN_MS)
         return;
-    struct rt__pstat shim, *d = NULL;
-    if (rt__proc_stat(r->shim_pid, &shim) < 0)
-        return;
-    ssize_t n = rt__proc_descendants(r->shim_pid, &d);
-    if (n < 0)
-        return;
-    uint64_t ticks = shim.cutime + shim.cstime, pages = 0;
+    rt->sample_mono = now;
+    size_t nroots = 0, cap = 0;
+    struct rt_replica **reps = NULL;
+    pid_t *roots = NULL;
+    for (struct rt_replica *r = rt->replicas; r; r = r->next) {
+        if (!r->shim_pid)
+            continue;
+        if (nroots == cap) {
+            cap = cap ? cap * 2 : 16;
+            reps = xrealloc(reps, cap * sizeof(*reps));
+            roots = xrealloc(roots, cap * sizeof(*roots));
+        }
+        reps[nroots] = r;
+        roots[nroots++] = r->shim_pid;
+    }
+    struct rt__pstat *all = NULL;
+    ssize_t n = nroots ? rt__proc_scan(&all) : 0;
+    if (n <= 0)
+        goto out;
+    int *owner = xmalloc((size_t)n * sizeof(int));
+    rt__proc_owners(all, (size_t)n, roots, nroots, owner);
+    uint64_t *ticks = xcalloc(nroots, sizeof(uint64_t)), *pages = xcalloc(nroots, sizeof(uint64_t));
     for (ssize_t i = 0; i < n; i++) {
-        ticks += d[i].utime + d[i].stime + d[i].cutime + d[i].cstime;
-        pages += d[i].rss_pages;
+        if (owner[i] < 0)
+            continue;
+        ticks[owner[i]] += all[i].utime + all[i].stime + all[i].cutime + all[i].cstime;
+        pages[owner[i]] += all[i].rss_pages;
     }
-    free(d);
     long hz = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
-    r->rss = pages * (uint64_t)(page > 0 ? page : 4096);
-    uint64_t base_mono = r->sample_mono, base_ticks = r->sample_ticks;
-    if (!base_mono) { /* first sample: average since the app started */
-        base_mono = r->started_mono ? r->started_mono : now;
-        base_ticks = 0;
+    for (size_t k = 0; k < nroots; k++) {
+        struct rt_replica *r = reps[k];
+        ssize_t si = rt__proc_find(all, (size_t)n, r->shim_pid);
+        if (si < 0)
+            continue;
+        uint64_t t = ticks[k] + all[si].cutime + all[si].cstime;
+        r->rss = pages[k] * (uint64_t)(page > 0 ? page : 4096);
+        uint64_t base_mono = r->sample_mono, base_ticks = r->sample_ticks;
+        if (!base_mono) { /* first sample: average since the app started */
+            base_mono = r->started_mono ? r->started_mono : now;
+            base_ticks = 0;
+        }
+        if (now > base_mono && t >= base_ticks)
+            r->cpu = (double)(t - base_ticks) * 1000.0 / (double)(hz > 0 ? hz : 100) * 100.0 /
+                     (double)(now - base_mono);
+        r->sample_mono = now;
+        r->sample_ticks = t;
     }
-    if (now > base_mono && ticks >= base_ticks)
-        r->cpu = (double)(ticks - base_ticks) * 1000.0 / (double)(hz > 0 ? hz : 100) * 100.0 /
-                 (double)(now - base_mono);
-    r->sample_mono = now;
-    r->sample_ticks = ticks;
+    free(ticks);
+    free(pages);
+    free(owner);
+out:
+    free(all);
+    free(reps);
+    free(roots);
 }
 
 void rt_info(struct rt_replica *r, struct rt_info *info)
@@ -719,7 +751,7 @@ void rt_info(struct rt_replica *r, struct rt_info *info)
     if (live && r->started_mono)
         info->uptime_ms = ev_time_ms() - r->started_mono;
     if (live) {
-        sample(r);
+        sample_all(r->rt);
         info->cpu_percent = r->cpu;
         info->rss_bytes = r->rss;
     }

@@ -316,6 +316,11 @@ static void exec_app(struct shim *s, char **env, int out_w, int err_w, int repor
         if (sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Should the shim itself be killed outright, the app goes with it
+     * rather than living on unsupervised (adoption kills what is left). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != s->st.shim_pid)
+        _exit(127);
     setpgid(0, 0);
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull == -1 || dup2(devnull, 0) == -1 || dup2(out_w, 1) == -1 || dup2(err_w, 2) == -1)

@@ -257,3 +257,22 @@ TEST(log_writer_rotates_by_size_and_tail_reads_oldest_first)
     rmrf(d);
     free(d);
 }
+
+TEST(owners_split_a_process_table_between_roots)
+{
+    /* 1 init; 10 shim A → 11 app → 12 child → 13 grandchild; 20 shim B → 21;
+     * 30 unrelated under init; 40 whose parent is not in the table. */
+    struct rt__pstat all[] = {
+        {.pid = 1, .ppid = 0},   {.pid = 10, .ppid = 1},  {.pid = 11, .ppid = 10},
+        {.pid = 12, .ppid = 11}, {.pid = 13, .ppid = 12}, {.pid = 20, .ppid = 1},
+        {.pid = 21, .ppid = 20}, {.pid = 30, .ppid = 1},  {.pid = 40, .ppid = 39},
+    };
+    pid_t roots[] = {20, 10};
+    int owner[ARRAY_LEN(all)];
+    rt__proc_owners(all, ARRAY_LEN(all), roots, 2, owner);
+    int want[] = {-1, -1, 1, 1, 1, -1, 0, -1, -1};
+    for (size_t i = 0; i < ARRAY_LEN(all); i++)
+        CHECK_INT(owner[i], want[i]);
+    CHECK_INT(rt__proc_find(all, ARRAY_LEN(all), 21), 6);
+    CHECK_INT(rt__proc_find(all, ARRAY_LEN(all), 22), -1);
+}
