@@ -924,6 +924,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         return;
 
     set_uint(c, v[K_PORT], path, "port", 1, 65535, &s->port);
+    /* A port that failed to parse is still a port: no worker-only errors. */
+    bool has_port = s->port != 0 || !is_null(v[K_PORT]);
     load_command(c, v[K_COMMAND], path, s);
     if (v[K_BUILD] && !is_null(v[K_BUILD])) {
         char *b = NULL;
@@ -942,6 +944,11 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     s->workdir = cfg__path_join(s->build, wd ? wd : ".");
     free(wd);
     set_str(c, v[K_IMAGE], path, "image", &s->image);
+    if (s->image && (!*s->image || strpbrk(s->image, " \t\r\n"))) {
+        err_key(c, v[K_IMAGE], path, "image", "invalid image \"%s\" (like nginx:1.27)", s->image);
+        free(s->image);
+        s->image = NULL;
+    }
     load_replicas(c, v[K_REPLICAS], path, s);
 
     /* loadBalancer */
@@ -950,7 +957,7 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
-    s->health.enabled = s->port != 0;
+    s->health.enabled = has_port;
     if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
         int strat = (int)s->lb_strategy;
         if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", lb_names, ARRAY_LEN(lb_names),
@@ -970,11 +977,11 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
                "timeout (%llums) must not be longer than interval (%llums)",
                (unsigned long long)s->health.timeout_ms, (unsigned long long)s->health.interval_ms);
-    if (s->port == 0 && s->health.enabled) {
+    if (!has_port && s->health.enabled) {
         err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
                "an HTTP health check needs the service's port (a service without port is a "
                "background worker)");
-    } else if (s->port == 0 && v[K_HEALTH] && !is_null(v[K_HEALTH]) && !enabled_set) {
+    } else if (!has_port && v[K_HEALTH] && !is_null(v[K_HEALTH]) && !enabled_set) {
         warn_at(c, v[K_HEALTH], hp, "ignored: the service has no port (a background worker)");
     }
     free(hp);
@@ -1004,7 +1011,7 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     free(dp);
 
     load_proxy(c, v[K_PROXY], path, s);
-    if (s->port == 0 && (s->proxy.domains_len || s->proxy.port))
+    if (!has_port && (s->proxy.domains_len || s->proxy.port))
         err_at(c, v[K_PROXY], path, "proxy needs the service's port (the port the app listens on)");
 
     load_env(c, v[K_ENVFILE], v[K_ENV], path, s);

@@ -977,3 +977,40 @@ TEST(names_checked)
     CHECK_CONTAINS(diag, "invalid environment name \"bad name\"");
     free(diag);
 }
+
+TEST(smaller_errors)
+{
+    CHECK(fails_with("        port: 1\n        loadBalancer: {strategy: sticky, cookie: 'a b'}\n",
+                     "loadBalancer.cookie: invalid cookie name \"a b\""));
+    CHECK(fails_with("        port: 1\n        proxy: {domain: [a.io]}\n",
+                     "proxy.domain: expected a string, got a list (use domains: for a list)"));
+    CHECK(fails_with("        port: 1\n        replicas: {max: 2, requests: lots}\n",
+                     "replicas.requests: expected a number"));
+    CHECK(fails_with("        port: 1\n        image: ''\n", "image: invalid image \"\""));
+    CHECK(fails_with("        port: 1\n        replicas: [1]\n",
+                     "replicas: expected an integer or a mapping {min, max, cpu, requests}, got a list"));
+    CHECK(fails_with("        port: 1\n        healthCheck: {interval: 0s}\n",
+                     "healthCheck.interval: must be at least 1ms"));
+    CHECK(fails_with("        port: 1\n        deploy: {drainTimeout: 8d}\n",
+                     "deploy.drainTimeout: must be at most 7d"));
+    /* A bad port is not a missing port: no cascade of worker-only errors. */
+    char *y = with_service("        port: http\n        proxy: {domain: a.io}\n"), *diag;
+    struct cfg_file *f = load(y, &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "port: expected an integer from 1 to 65535, got \"http\"");
+    CHECK(!strstr(diag, "proxy needs"));
+    free(diag);
+    free(y);
+    f = load("project: {name: x}\nenvironments:\n  p:\n    http: 0\n    services: {w: {port: 1}}\n",
+             &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "environments.p.http: expected an integer from 1 to 65535, got \"0\"");
+    free(diag);
+    f = load("project: {name: x}\nservers:\n  s: {host: h, port: 0, labels: [a]}\n"
+             "environments: {p: {services: {w: {port: 1}}}}\n",
+             &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "servers.s.port: expected an integer from 1 to 65535");
+    CHECK_CONTAINS(diag, "servers.s.labels: expected a mapping, got a list");
+    free(diag);
+}
