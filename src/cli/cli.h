@@ -39,6 +39,8 @@ int cmd_validate(int argc, char **argv); /* validate.c */
 int cmd_config(int argc, char **argv);   /* config.c: config explain */
 int cmd_init(int argc, char **argv);     /* init.c */
 int cmd_shim(int argc, char **argv); /* internal: the replica supervisor */
+int cmd_proxy(int argc, char **argv); /* proxy.c: the load balancer */
+extern const char help_proxy[];
 
 
 /* Project commands (src/cli/deploy.c, ps.c, logs.c, lifecycle.c, history.c)

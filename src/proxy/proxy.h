@@ -1,0 +1,152 @@
+/* proxy.h — the HTTP/1.1 load balancer as a module: worker threads with
+ * their own event loops, listeners routed to pools of backends, health
+ * checks, retries, draining, access log and Prometheus metrics.
+ *
+ * takod embeds it; `tako proxy` is a thin command around it. Every function
+ * here may be called from any thread unless said otherwise; none blocks on
+ * the data plane. Functions return 0 or -errno. See docs/internals/proxy.md.
+ */
+#ifndef TAKO_PROXY_PROXY_H
+#define TAKO_PROXY_PROXY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/net.h"
+
+struct proxy;      /* owns worker threads, listeners, pools, the control thread */
+struct proxy_pool; /* one load-balanced set of backends (one per service) */
+
+enum lb_kind {
+    LB_ROUND_ROBIN = 0,
+    LB_LEAST_CONN,
+    LB_IP_HASH,
+    LB_RANDOM,
+    LB_STICKY,
+    LB_P2C,
+    LB_KIND_COUNT,
+};
+
+/* "round_robin", "least_connections", ... → kind; returns 0 or -EINVAL. */
+int lb_kind_parse(const char *name, enum lb_kind *out);
+const char *lb_kind_name(enum lb_kind kind);
+
+enum proxy_log_format { PROXY_LOG_TEXT = 0, PROXY_LOG_JSON };
+
+/* A CIDR for trusted proxies (X-Forwarded-For is believed only from them). */
+struct proxy_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;
+};
+/* "10.0.0.0/8", "::1/128", "127.0.0.1" (a host) → cidr; 0 or -EINVAL. */
+int proxy_cidr_parse(const char *s, struct proxy_cidr *out);
+
+/* Zero means "the default" for every numeric field. */
+struct proxy_opts {
+    unsigned threads;              /* default: number of online CPUs */
+    uint64_t connect_timeout_ms;   /* upstream connect (default 5 s) → retry / 504 */
+    uint64_t timeout_ms;           /* upstream inactivity during an exchange (60 s) → 504 */
+    uint64_t header_timeout_ms;    /* first byte to end of a request head (10 s) → 408 */
+    uint64_t idle_timeout_ms;      /* keep-alive / fresh connection with no request (60 s) */
+    uint64_t tunnel_timeout_ms;    /* Upgrade tunnel inactivity (1 h) */
+    uint64_t upstream_idle_ms;     /* pooled idle upstream connection lifetime (4 s) */
+    uint64_t stop_timeout_ms;      /* proxy_stop: in-flight grace (10 s) */
+    unsigned max_conns;            /* open client connections, all threads (10000) */
+    unsigned max_header_size;      /* request line + headers (8 KiB) → 431 */
+    unsigned max_headers;          /* header count (100) → 431 */
+    unsigned max_idle_per_backend; /* idle upstream connections per backend per thread (64) */
+    const char *access_log;        /* NULL: none; "-": stdout; else a file path (appended) */
+    enum proxy_log_format access_log_format;
+    const struct net_addr *metrics_addr; /* NULL: no metrics endpoint */
+    const struct proxy_cidr *trusted; /* proxies whose X-Forwarded-For is believed */
+    size_t ntrusted;
+};
+
+struct proxy_pool_opts {
+    const char *name; /* for metrics and logs, e.g. "web" */
+    enum lb_kind strategy;
+    const char *health_path;       /* NULL: TCP connect check instead of HTTP GET */
+    uint64_t health_interval_ms;   /* default 2 s */
+    uint64_t health_timeout_ms;    /* default 1 s */
+    unsigned rise;                 /* passes to come back after a failure (2) */
+    unsigned fall;                 /* failures to be marked down (3) */
+    unsigned retries;              /* extra attempts on another backend (2); see _set */
+    bool retries_set;              /* true: retries is meant even when 0 */
+    double retry_budget;           /* retries allowed as a share of requests (0.2), plus 10/s */
+    uint64_t drain_timeout_ms;     /* a removed backend is reported until drained or this (30 s) */
+    uint64_t all_down_wait_ms;     /* wait for a healthy backend before 503 (5 s); see _set */
+    bool all_down_wait_set;        /* true: all_down_wait_ms is meant even when 0 */
+    const char *sticky_cookie;     /* cookie name for LB_STICKY ("tako_backend") */
+    unsigned ipv6_prefix;          /* ip_hash: bits of an IPv6 client address hashed (64) */
+    bool initial_up;               /* backends of the first set take traffic before a check */
+};
+
+struct proxy_backend_spec {
+    const char *id; /* stable identity, e.g. "scaling-web-1"; at most 63 bytes */
+    struct net_addr addr;
+};
+
+struct proxy_backend_stats {
+    char id[64];
+    char addr[64];
+    bool healthy;
+    bool draining;
+    bool ever_healthy;
+    unsigned consecutive_failures; /* active health checks failed in a row */
+    uint64_t inflight, requests, status_2xx, status_3xx, status_4xx, status_5xx, failures;
+    double p50_ms, p99_ms;
+    uint64_t health_transitions;
+};
+
+/* Create a proxy (no threads yet). Returns NULL and sets errno on failure
+ * (e.g. the access log cannot be opened). */
+struct proxy *proxy_new(const struct proxy_opts *o);
+/* Spawn the worker threads and the control thread (health checks, metrics,
+ * reclamation). Listeners added before start begin accepting now. */
+int proxy_start(struct proxy *p);
+/* Graceful stop: close listeners, let in-flight exchanges finish (bounded by
+ * stop_timeout_ms), close idle connections, join every thread. */
+void proxy_stop(struct proxy *p);
+/* Free everything (stops first when still running), pools included. */
+void proxy_free(struct proxy *p);
+
+struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts *o);
+
+/* Listen on addr; requests go to default_pool unless a Host route matches
+ * (see proxy_route_host). default_pool may be NULL: unknown hosts get 404.
+ * Callable while running. -EADDRINUSE etc. from bind. */
+int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool);
+/* Route requests whose Host (case-insensitive, port ignored) is `domain` on
+ * the listener at listener_addr to pool; pool NULL removes the route.
+ * -ENOENT when there is no such listener. */
+int proxy_route_host(struct proxy *p, const struct net_addr *listener_addr, const char *domain,
+                     struct proxy_pool *pool);
+/* Stop listening on addr (connections already accepted finish). */
+int proxy_unlisten(struct proxy *p, const struct net_addr *addr);
+/* Actual bound address of a listener (port 0 resolved); -ENOENT. */
+int proxy_listener_addr(struct proxy *p, size_t index, struct net_addr *out);
+
+/* Swap the backend set atomically. Backends kept (same id) keep their state
+ * and counters; new ones get no traffic until their first passing health
+ * check (unless initial_up and this is the pool's first set); removed ones
+ * stop getting requests, finish what is in flight and stay in the stats as
+ * draining until then (or drain_timeout_ms). -EINVAL for an id too long or
+ * given twice. */
+int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n);
+/* Free a pool no listener routes to any more (after proxy_unlisten /
+ * proxy_route_host(..., NULL)); its backends drain first. Call while the
+ * proxy runs or after proxy_stop. */
+void proxy_pool_free(struct proxy_pool *pool);
+
+/* Snapshot of every backend of the pool, current ones in set order then
+ * draining ones. Caller frees *out with proxy_pool_stats_free. */
+int proxy_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n);
+void proxy_pool_stats_free(struct proxy_backend_stats *s);
+
+/* Prometheus text exposition of everything (what the metrics endpoint
+ * serves). Caller frees. */
+char *proxy_metrics_text(struct proxy *p);
+
+#endif
