@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ extern char **environ;
 
 #define PIPE_SIZE (1 << 20)  /* absorb bursts so a slow disk does not stall the app */
 #define SWEEP_MS 50          /* re-send SIGKILL while anything is left */
+#define READS_PER_EVENT 64   /* 1 MiB of output per loop round at most */
 
 struct shim;
 struct linebuf {
@@ -94,10 +96,11 @@ static void shim_note(struct shim *s, const char *fmt, ...)
     rt__logw_line(&s->log, "stderr", buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
-/* Read what is there; complete lines go out, an over-long line is split. */
-static void drain(struct shim *s, struct linebuf *b)
+/* Read what is there (at most max_reads reads, so a flooding app cannot
+ * starve the signals); complete lines go out, an over-long line is split. */
+static void drain(struct shim *s, struct linebuf *b, size_t max_reads)
 {
-    for (;;) {
+    for (size_t reads = 0; reads < max_reads; reads++) {
         ssize_t n = read(b->io.fd, b->buf + b->len, sizeof(b->buf) - b->len);
         if (n == -1 && errno == EINTR)
             continue;
@@ -140,7 +143,7 @@ static void on_output(struct ev_loop *loop, struct ev_io *w, uint32_t revents)
     (void)loop;
     (void)revents;
     struct linebuf *b = w->data;
-    drain(b->shim, b);
+    drain(b->shim, b, READS_PER_EVENT); /* level-triggered: the rest comes next round */
 }
 
 /* Signal every process of the replica: the app's group and every other
@@ -161,9 +164,9 @@ static void finish(struct shim *s)
 {
     /* Every writer of the pipes is gone: read what is left. */
     if (s->out.io.fd >= 0)
-        drain(s, &s->out);
+        drain(s, &s->out, SIZE_MAX);
     if (s->err.io.fd >= 0)
-        drain(s, &s->err);
+        drain(s, &s->err, SIZE_MAX);
     s->st.done = true;
     save(s);
     ev_loop_stop(&s->loop);

@@ -299,6 +299,19 @@ def test_logs_rotate_by_size_and_tail_reads_across_files(rt, tako_home):
     assert rt.logs("p-web-1", 0, int(time.time() * 1000) + 3600_000) == []
 
 
+def test_an_endless_flood_neither_blocks_a_stop_nor_fills_the_disk(rt, tako_home):
+    assert rt.start(["/usr/bin/yes", "flood " * 20], log_max=64 * 1024, log_files=2)["ok"]
+    rt.wait_state("p-web-1", "running")
+    d = os.path.join(tako_home, "replicas", "p-web-1")
+    wait_for(lambda: os.path.exists(os.path.join(d, "output.log.1")))
+    rt.cmd("stop p-web-1")
+    rt.wait_stopped("p-web-1")
+    assert sorted(f for f in os.listdir(d) if f.startswith("output.log")) == \
+        ["output.log", "output.log.1"]
+    for f in ("output.log", "output.log.1"):
+        assert os.path.getsize(os.path.join(d, f)) <= 64 * 1024
+
+
 def test_restart_policy_backoff_doubles_and_crashloop_is_visible(rt):
     assert rt.start(app("exit_now.py", 3), restart="always")["ok"]
     wait_for(lambda: [e for e in rt.evs("p-web-1") if e["new"] == "crashloop"], timeout=30)
