@@ -263,8 +263,11 @@ static void shim_gone(struct rt_replica *r)
          * does not live on unsupervised. */
         if (have && rt__proc_alive(st.app_pid, st.app_start))
             kill(-st.app_pid, SIGKILL);
-        snprintf(r->last_error, sizeof(r->last_error), "%s",
-                 have ? "the replica's supervisor died" : "the supervisor could not start");
+        if (have)
+            snprintf(r->last_error, sizeof(r->last_error), "the replica's supervisor died");
+        else
+            snprintf(r->last_error, sizeof(r->last_error),
+                     "the supervisor (%s shim) could not start", r->rt->shim_exe);
     }
     close_shim(r);
     uint64_t ran = r->started_mono && r->state != RT_STARTING

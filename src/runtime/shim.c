@@ -465,20 +465,25 @@ int rt_shim_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     s->state_path = xasprintf("%s/state", s->dir);
-    char *spec_path = xasprintf("%s/spec.json", s->dir);
-    int r = rt__spec_load(spec_path, &s->spec, NULL, NULL);
-    free(spec_path);
-    if (r < 0) {
-        fprintf(stderr, "tako shim: cannot read %s/spec.json: %s\n", s->dir, strerror(-r));
-        return 1;
-    }
-    char err[256];
-    if (rt__replica_name(&s->spec.spec, s->name, sizeof(s->name), err, sizeof(err)) < 0) {
-        fprintf(stderr, "tako shim: %s\n", err);
-        return 1;
-    }
     s->st.exit_status = -1;
     s->st.shim_pid = getpid();
+    char *spec_path = xasprintf("%s/spec.json", s->dir);
+    int r = rt__spec_load(spec_path, &s->spec, NULL, NULL);
+    if (r < 0)
+        snprintf(s->st.error, sizeof(s->st.error), "cannot read %s: %s", spec_path,
+                 r == -EINVAL ? "invalid content" : strerror(-r));
+    free(spec_path);
+    if (r == 0)
+        r = rt__replica_name(&s->spec.spec, s->name, sizeof(s->name), s->st.error,
+                             sizeof(s->st.error));
+    if (r < 0) {
+        /* Tell takod why through the state file: stderr is /dev/null. */
+        s->st.app = RT_APP_FAILED;
+        s->st.done = true;
+        rt__state_save(s->state_path, &s->st);
+        fprintf(stderr, "tako shim: %s\n", s->st.error);
+        return 1;
+    }
     struct rt__pstat ps;
     if (rt__proc_stat(getpid(), &ps) == 0)
         s->st.shim_start = ps.starttime;

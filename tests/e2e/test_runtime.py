@@ -446,3 +446,20 @@ def test_tako_shim_is_the_supervisor_takod_uses(procs, tako_home):
         d.wait_stopped("p-web-5")
     finally:
         stop_replicas(tako_home)
+
+
+def test_a_supervisor_that_cannot_run_is_reported(procs, tako_home):
+    d = Driver(procs, tako_home, env={"RT_SHIM_EXE": "/nonexistent/tako"})
+    assert d.start(app("hostname.py"))["ok"]
+    ev = d.wait_state("p-web-1", "failed")[0]
+    assert "the supervisor (/nonexistent/tako shim) could not start" in ev["last_error"]
+    assert d.info("p-web-1")["restarts"] == 0
+    # Nothing holds the replica: once forgotten, it starts again normally.
+    d.cmd("forget p-web-1")
+    d.quit()
+    d2 = Driver(procs, tako_home)
+    try:
+        assert d2.start(app("hostname.py"))["ok"]
+        d2.wait_state("p-web-1", "running")
+    finally:
+        stop_replicas(tako_home)
