@@ -197,8 +197,13 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
             put_kv(f, 4, "sshKey", s->ssh_key);
             if (s->labels_len) {
                 fputs("    labels:\n", f);
-                for (size_t j = 0; j < s->labels_len; j++)
-                    put_kv(f, 6, s->labels[j].key, s->labels[j].value);
+                for (size_t j = 0; j < s->labels_len; j++) {
+                    fputs("      ", f); /* label keys are free text: quote when needed */
+                    put_scalar(f, s->labels[j].key);
+                    fputs(": ", f);
+                    put_scalar(f, s->labels[j].value);
+                    fputc('\n', f);
+                }
             }
         }
     }
