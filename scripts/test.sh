@@ -107,7 +107,7 @@ build_anyway() {
 # unit NAME DIR: run every test binary in DIR; each test inside counts.
 unit() {
     local name=$1 dir=$2 p=0 f=0 src bin out last np nf
-    stage_start "$name: $dir/test_*"
+    stage_start "$name: $dir/test_NAME for each tests/unit/test_NAME.c"
     # One binary per tests/unit/test_*.c (a stale binary whose source is
     # gone is not run; a missing one is a failure).
     for src in tests/unit/test_*.c; do
