@@ -70,7 +70,7 @@ const struct cli_command cli_commands[] = {
      "Exit status: 0 written; 1 refused because a file exists (nothing is written) or a\n"
      "write failed; 2 usage error.\n"},
     {"proxy", cmd_proxy, "Run the HTTP load balancer in front of a set of backends", help_proxy},
-    {"daemon", NULL, "Run takod, the node agent (usually started for you)", NULL},
+    {"daemon", cmd_daemon, "Run takod, the node agent (usually started for you)", help_daemon},
     {"version", cmd_version, "Print the version", help_version},
     {"help", cmd_help, "Show help for a command", help_help},
     {"shim", cmd_shim, NULL, /* internal: the replica supervisor takod starts */

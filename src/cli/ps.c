@@ -56,6 +56,18 @@ static const char *status_mark(const char *st, bool color, const char **on)
     return "✗";
 }
 
+/* "1.7MiB": one word, like docker stats, so columns split on blanks. */
+static void mem_str(uint64_t bytes, char *buf, size_t len)
+{
+    char tmp[32];
+    fmt_bytes(bytes, tmp, sizeof(tmp));
+    size_t o = 0;
+    for (const char *p = tmp; *p && o + 1 < len; p++)
+        if (*p != ' ')
+            buf[o++] = *p;
+    buf[o] = '\0';
+}
+
 static void print_services(json_t *svcs, bool multi_project, bool color)
 {
     printf("%s%-12s %-9s %-13s %-12s %-13s %-17s %s\n", multi_project ? "PROJECT      " : "",
@@ -122,7 +134,7 @@ static void print_instances(json_t *svcs)
             char up[32], mem[32], cpu[16], port[16];
             fmt_duration((uint64_t)json_integer_value(json_object_get(r, "uptime_ms")), up,
                          sizeof(up));
-            fmt_bytes((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
+            mem_str((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
             snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(r, "cpu")));
             long long pt = json_integer_value(json_object_get(r, "port"));
             snprintf(port, sizeof(port), pt ? "%lld" : "-", pt);
@@ -155,7 +167,7 @@ static void print_stats(json_t *svcs)
     json_array_foreach(svcs, i, s) {
         json_array_foreach(json_object_get(s, "replicas"), k, r) {
             char mem[32], cpu[16], p50[16], p99[16];
-            fmt_bytes((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
+            mem_str((uint64_t)json_integer_value(json_object_get(r, "memory")), mem, sizeof(mem));
             snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(r, "cpu")));
             snprintf(p50, sizeof(p50), "%.1fms", json_number_value(json_object_get(r, "p50_ms")));
             snprintf(p99, sizeof(p99), "%.1fms", json_number_value(json_object_get(r, "p99_ms")));

@@ -55,7 +55,8 @@ struct orch_service {
     char prev_revision[64];
     unsigned prev_replicas;
     struct proxy_pool *pool; /* NULL for workers */
-    char pool_sig[8192];
+    char pool_sig[8192];      /* the backend set last pushed */
+    char pool_opts_sig[512];  /* the options the pool was made with */
     struct orch_replica *replicas;
     struct orch_service *next;
     /* autoscaling */

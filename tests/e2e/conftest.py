@@ -294,7 +294,7 @@ class Load:
                     return
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    conn = http_client.HTTPConnection(self.host, self.port, timeout=30)
                 conn.request("GET", self.path, headers=self.headers)
                 r = conn.getresponse()
                 r.read()

@@ -28,6 +28,7 @@ environments:
           port: {port}
         healthCheck:
           interval: 200ms
+          timeout: 200ms
         deploy:
           drainTimeout: 5s
 """

@@ -36,8 +36,8 @@ environments:
           strategy: {strategy}
         healthCheck:
           path: {health_path}
-          interval: 200ms
-          timeout: 1s
+          interval: 300ms
+          timeout: 300ms
           unhealthyThreshold: 3
         deploy:
           drainTimeout: 5s

@@ -1,0 +1,214 @@
+/* orch_view.c — read-only views of the reconciler for `ps`, `stats`, `logs`. */
+#include <string.h>
+
+#include "core/util.h"
+#include "daemon/store.h"
+#include "orch/autoscale.h"
+#include "orch/orch.h"
+#include "orch/orch_internal.h"
+#include "proxy/proxy.h"
+#include "runtime/rt.h"
+
+static bool matches(const struct orch_service *s, const char *project, const char *env,
+                    const char *service)
+{
+    return (!project || !*project || strcmp(s->project, project) == 0) &&
+           (!env || !*env || strcmp(s->env, env) == 0) &&
+           (!service || !*service || strcmp(s->name, service) == 0);
+}
+
+static const struct proxy_backend_stats *find_stats(const struct proxy_backend_stats *v, size_t n,
+                                                    const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].id, id) == 0)
+            return &v[i];
+    return NULL;
+}
+
+/* "healthy" | "unhealthy" | "starting" | "draining" | "none" (workers) */
+static const char *health_of(const struct orch_replica *r, const struct proxy_backend_stats *st)
+{
+    if (r->phase == P_DRAINING || r->phase == P_STOPPING)
+        return "draining";
+    if (!r->svc->pool)
+        return "none";
+    if (!r->svc->cfg->health.enabled)
+        return r->phase == P_READY ? "healthy" : "starting";
+    if (!st)
+        return "starting";
+    if (st->healthy)
+        return "healthy";
+    return st->ever_healthy ? "unhealthy" : "starting";
+}
+
+static json_t *replica_json(const struct orch_replica *r, const struct proxy_backend_stats *st)
+{
+    struct rt_info info;
+    rt_info(r->rt, &info);
+    json_t *j = json_object();
+    json_object_set_new(j, "name", json_string(r->name));
+    json_object_set_new(j, "index", json_integer(r->index));
+    json_object_set_new(j, "pid", json_integer(info.pid));
+    json_object_set_new(j, "port", json_integer(r->port));
+    json_object_set_new(j, "health", json_string(health_of(r, st)));
+    json_object_set_new(j, "state", json_string(rt_state_name(info.state)));
+    json_object_set_new(j, "phase", json_string(orch_phase_name(r->phase)));
+    json_object_set_new(j, "restarts", json_integer(info.restarts));
+    json_object_set_new(j, "uptime", json_integer((json_int_t)(info.uptime_ms / 1000)));
+    json_object_set_new(j, "uptime_ms", json_integer((json_int_t)info.uptime_ms));
+    json_object_set_new(j, "cpu", json_real(info.cpu_percent));
+    json_object_set_new(j, "memory", json_integer((json_int_t)info.rss_bytes));
+    json_object_set_new(j, "revision", json_string(r->revision));
+    json_object_set_new(j, "hostname_shared", json_boolean(info.hostname_shared));
+    if (info.last_exit_status >= 0)
+        json_object_set_new(j, "last_exit_status", json_integer(info.last_exit_status));
+    if (info.last_error[0])
+        json_object_set_new(j, "last_error", json_string(info.last_error));
+    if (info.backoff_ms)
+        json_object_set_new(j, "backoff_ms", json_integer((json_int_t)info.backoff_ms));
+    if (st) {
+        json_object_set_new(j, "requests", json_integer((json_int_t)st->requests));
+        json_object_set_new(j, "inflight", json_integer((json_int_t)st->inflight));
+        json_object_set_new(j, "p50_ms", json_real(st->p50_ms));
+        json_object_set_new(j, "p99_ms", json_real(st->p99_ms));
+        json_object_set_new(j, "status_2xx", json_integer((json_int_t)st->status_2xx));
+        json_object_set_new(j, "status_3xx", json_integer((json_int_t)st->status_3xx));
+        json_object_set_new(j, "status_4xx", json_integer((json_int_t)st->status_4xx));
+        json_object_set_new(j, "status_5xx", json_integer((json_int_t)st->status_5xx));
+        json_object_set_new(j, "failures", json_integer((json_int_t)st->failures));
+    }
+    return j;
+}
+
+/* "running" | "degraded" | "stopped" | "scaling" | "deploying" | "crashloop" | "removing" */
+static const char *service_status(const struct orch_service *s, unsigned running, unsigned desired,
+                                  bool crashloop, bool changing)
+{
+    if (s->removing)
+        return "removing";
+    if (crashloop)
+        return "crashloop";
+    if (desired == 0)
+        return "stopped";
+    if (changing && running >= desired)
+        return "deploying";
+    if (changing)
+        return running < desired ? "scaling" : "deploying";
+    if (running < desired)
+        return running == 0 ? "down" : "degraded";
+    return "running";
+}
+
+static unsigned desired_of(struct orch_service *s)
+{
+    if (s->stopped || s->removing)
+        return 0;
+    if (s->cfg->autoscale.enabled)
+        return orch_autoscale_desired(s);
+    return s->scale_override >= 0 ? (unsigned)s->scale_override : s->cfg_replicas;
+}
+
+json_t *orch_ps(struct orch *o, const char *project, const char *env, const char *service)
+{
+    json_t *arr = json_array();
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!matches(s, project, env, service))
+            continue;
+        struct proxy_backend_stats *st = NULL;
+        size_t nst = 0;
+        if (s->pool)
+            proxy_pool_stats(s->pool, &st, &nst);
+        json_t *reps = json_array();
+        unsigned running = 0, desired = desired_of(s);
+        bool crashloop = false, changing = false;
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            const struct proxy_backend_stats *b = find_stats(st, nst, r->name);
+            json_t *rj = replica_json(r, b);
+            const char *h = json_string_value(json_object_get(rj, "health"));
+            const char *state = json_string_value(json_object_get(rj, "state"));
+            if (r->phase == P_READY && (strcmp(h, "healthy") == 0 || strcmp(h, "none") == 0) &&
+                strcmp(state, "running") == 0)
+                running++;
+            if (strcmp(state, "crashloop") == 0)
+                crashloop = true;
+            bool current = strcmp(r->revision, s->revision) == 0 && r->gen == s->gen;
+            if (!current || r->phase != P_READY || r->index > desired)
+                changing = true;
+            json_array_append_new(reps, rj);
+        }
+        if (running > desired)
+            running = desired;
+        proxy_pool_stats_free(st);
+        json_t *j = json_object();
+        json_object_set_new(j, "project", json_string(s->project));
+        json_object_set_new(j, "env", json_string(s->env));
+        json_object_set_new(j, "service", json_string(s->name));
+        json_object_set_new(j, "revision", json_string(s->revision));
+        json_object_set_new(j, "running", json_integer(running));
+        json_object_set_new(j, "desired", json_integer(desired));
+        json_object_set_new(j, "config_replicas", json_integer(s->cfg_replicas));
+        if (s->scale_override >= 0)
+            json_object_set_new(j, "scale_override", json_integer(s->scale_override));
+        json_object_set_new(j, "status",
+                            json_string(service_status(s, running, desired, crashloop, changing)));
+        json_object_set_new(j, "stopped", json_boolean(s->stopped));
+        json_object_set_new(j, "strategy", json_string(cfg_lb_name(s->cfg->lb_strategy)));
+        json_t *ports = json_array();
+        if (s->cfg->proxy.port)
+            json_array_append_new(ports, json_integer(s->cfg->proxy.port));
+        if (s->pool && s->http_port)
+            json_array_append_new(ports, json_integer(s->http_port));
+        json_object_set_new(j, "ports", ports);
+        json_t *domains = json_array();
+        for (size_t d = 0; d < s->cfg->proxy.domains_len; d++)
+            json_array_append_new(domains, json_string(s->cfg->proxy.domains[d]));
+        json_object_set_new(j, "domains", domains);
+        if (s->cfg->autoscale.enabled)
+            json_object_set_new(j, "autoscale", orch_autoscale_view(s));
+        json_object_set_new(j, "replicas", reps);
+        json_array_append_new(arr, j);
+    }
+    return arr;
+}
+
+json_t *orch_stats(struct orch *o, const char *project, const char *env, const char *service)
+{
+    /* The same per-replica data as ps; the CLI shows other columns. */
+    return orch_ps(o, project, env, service);
+}
+
+json_t *orch_replica_names(struct orch *o, const char *project, const char *env,
+                           const char *service)
+{
+    json_t *arr = json_array();
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!matches(s, project, env, service))
+            continue;
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
+            json_array_append_new(arr, json_string(r->name));
+    }
+    return arr;
+}
+
+json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env,
+                            const char *service)
+{
+    json_t *arr = json_array();
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!matches(s, project, env, service) || !s->cfg->autoscale.enabled)
+            continue;
+        json_t *j = orch_autoscale_view(s);
+        json_object_set_new(j, "project", json_string(s->project));
+        json_object_set_new(j, "service", json_string(s->name));
+        unsigned running = 0;
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
+            if (r->phase == P_READY)
+                running++;
+        json_object_set_new(j, "running", json_integer(running));
+        json_object_set_new(j, "events",
+                            store_events_list(o->store, s->project, s->name, "autoscale", 20));
+        json_array_append_new(arr, j);
+    }
+    return arr;
+}
