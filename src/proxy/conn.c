@@ -912,7 +912,8 @@ static void client_process(struct client *c)
         /* parse what is there first (pipelined requests) */
         struct http_msg *m = &t_msg;
         int r = x->c_len ? http_parse_request(x->cbuf, x->c_len, m, w->p->o.max_headers) : 0;
-        if (r == 0 && x->c_len >= w->p->o.max_header_size)
+        if ((r == 0 && x->c_len >= w->p->o.max_header_size) ||
+            (r > 0 && (unsigned)r > w->p->o.max_header_size))
             r = HTTP_E_TOO_LARGE;
         if (r == 0) {
             uint32_t before = x->c_len;
