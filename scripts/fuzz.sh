@@ -4,6 +4,7 @@
 #
 #   scripts/fuzz.sh [NAME...]      NAME = fuzz_foo (default: every target)
 #   FUZZ_SECONDS=20                run time per target
+#   FUZZ_JOBS=$(nproc)             targets run at the same time
 #
 # Target fuzz_foo links every src/**/*.c except src/main.c and starts from
 # tests/fuzz/corpus/foo/ (copied to a temp dir, so the repository is never
@@ -72,16 +73,14 @@ printf '%s\n' "${srcs[@]}" | xargs -r -P "$(nproc)" -I{} sh -c '
 objs=()
 for s in "${srcs[@]}"; do objs+=("$OUT/obj/${s%.c}.o"); done
 
-for t in "${targets[@]}"; do
-    name=${t#fuzz_}
-    bin=$OUT/$t
-    log=$OUT/$t.log
+# fuzz_one TARGET: build and run one target; writes its verdict (PASS/FAIL
+# line, then detail lines) to build/fuzz/TARGET.result.
+fuzz_one() {
+    local t=$1 name=${1#fuzz_} bin=$OUT/$1 log=$OUT/$1.log res=$OUT/$1.result work runs
     if [ $lib_ok -ne 1 ] || ! "$CC_FUZZ" "${CFLAGS_FUZZ[@]}" -fsanitize=fuzzer,address,undefined \
         "tests/fuzz/$t.c" "${objs[@]}" "${LIBS[@]}" -o "$bin" >"$log" 2>&1; then
-        echo "FAIL $t (build; see $log)"
-        tail -n 20 "$log" | sed 's/^/    /'
-        failed=$((failed + 1))
-        continue
+        { echo "FAIL $t (build; see $log)"; tail -n 20 "$log" | sed 's/^/    /'; } >"$res"
+        return
     fi
     work=$(mktemp -d "${TMPDIR:-/tmp}/tako-fuzz-$name.XXXXXX")
     if [ -d "tests/fuzz/corpus/$name" ]; then
@@ -92,14 +91,38 @@ for t in "${targets[@]}"; do
     if "$bin" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$ROOT/$OUT/$t-" -print_final_stats=1 "$work" >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-        echo "PASS $t (${runs:-?} runs in ${SECONDS_PER_TARGET}s, corpus tests/fuzz/corpus/$name)"
-        passed=$((passed + 1))
+        echo "PASS $t (${runs:-?} runs in ${SECONDS_PER_TARGET}s, corpus tests/fuzz/corpus/$name)" >"$res"
     else
-        echo "FAIL $t (see $log)"
-        grep -m 1 -E 'ERROR: |SUMMARY: |deadly signal' "$log" | sed 's/^/    /'
-        failed=$((failed + 1))
+        { echo "FAIL $t (see $log)"; grep -m 1 -E 'ERROR: |SUMMARY: |deadly signal' "$log" | sed 's/^/    /'; } >"$res"
     fi
     rm -rf "$work"
+}
+
+# Targets run side by side, one per core (each libFuzzer process is single
+# threaded); verdicts are printed in target order.
+jobs_max=${FUZZ_JOBS:-$(nproc)}
+running=0
+for t in "${targets[@]}"; do
+    rm -f "$OUT/$t.result"
+    if [ "$running" -ge "$jobs_max" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
+    fuzz_one "$t" &
+    running=$((running + 1))
+done
+wait
+for t in "${targets[@]}"; do
+    if [ -s "$OUT/$t.result" ]; then
+        cat "$OUT/$t.result"
+    else
+        echo "FAIL $t (no verdict; see $OUT/$t.log)"
+    fi
+    if grep -q '^PASS ' "$OUT/$t.result" 2>/dev/null; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
 done
 
 echo "fuzz: $passed passed, $failed failed"
