@@ -443,6 +443,42 @@ out:
     return r;
 }
 
+static bool write_proc(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd == -1)
+        return false;
+    ssize_t n = write(fd, text, strlen(text));
+    close(fd);
+    return n == (ssize_t)strlen(text);
+}
+
+/* Give the replica (the shim, then the app it forks) a UTS namespace whose
+ * hostname is the replica's name. Root (CAP_SYS_ADMIN) just unshares it.
+ * An unprivileged user gets a user namespace first, mapping only its own
+ * uid and gid to themselves (so the app still runs as that user, and files
+ * it writes are its own); the shim holds every capability inside it right
+ * after unshare, long enough for sethostname. False: the host's is shared. */
+static bool own_hostname(const char *name)
+{
+    if (unshare(CLONE_NEWUTS) == 0)
+        return sethostname(name, strlen(name)) == 0;
+    if (errno != EPERM)
+        return false;
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    if (uid == 0 || unshare(CLONE_NEWUSER | CLONE_NEWUTS) == -1)
+        return false;
+    char map[64];
+    snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+    bool ok = write_proc("/proc/self/uid_map", map);
+    /* setgroups must be denied before an unprivileged gid_map write. */
+    write_proc("/proc/self/setgroups", "deny");
+    snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+    ok = write_proc("/proc/self/gid_map", map) && ok;
+    return ok && sethostname(name, strlen(name)) == 0;
+}
+
 int rt_shim_main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -487,9 +523,7 @@ int rt_shim_main(int argc, char **argv)
     struct rt__pstat ps;
     if (rt__proc_stat(getpid(), &ps) == 0)
         s->st.shim_start = ps.starttime;
-    /* Own hostname: a private UTS namespace needs CAP_SYS_ADMIN (root, or
-     * inside a user namespace). Without it the replica shares the host's. */
-    s->st.hostname_shared = !(unshare(CLONE_NEWUTS) == 0 && sethostname(s->name, strlen(s->name)) == 0);
+    s->st.hostname_shared = !own_hostname(s->name);
     if (rt__logw_open(&s->log, s->dir, s->spec.spec.log_max_bytes, s->spec.spec.log_files) < 0)
         s->log.fd = -1;
     s->out.shim = s->err.shim = s;

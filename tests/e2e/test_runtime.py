@@ -192,6 +192,28 @@ def test_without_namespace_rights_the_hostname_is_shared_but_env_is_set(procs, t
         stop_replicas(tako_home)
 
 
+def test_an_unprivileged_user_gets_its_own_hostname_through_a_user_namespace(procs):
+    import tempfile
+    home = tempfile.mkdtemp(prefix="tako-home-nobody-")
+    os.chown(home, 65534, 65534)
+    d = Driver(procs, home, prefix=["setpriv", "--reuid=65534", "--regid=65534",
+                                    "--clear-groups", "--"])
+    try:
+        assert d.start(app("hostname.py"), index=6)["ok"]
+        d.wait_state("p-web-6", "running")
+        wait_for(lambda: any(" stdout env " in l for l in d.logs("p-web-6")))
+        text = "\n".join(d.logs("p-web-6"))
+        assert " stdout hostname=p-web-6" in text
+        # Still the same user inside, not a fake root.
+        assert " stdout uid=65534 gid=65534" in text
+        assert d.info("p-web-6")["hostname_shared"] is False
+        d.cmd("stop p-web-6")
+        d.wait_stopped("p-web-6")
+    finally:
+        stop_replicas(home)
+        subprocess.run(["rm", "-rf", home])
+
+
 def test_whoami_replica_serves_with_its_name(rt):
     port = free_port()
     assert rt.start([os.path.abspath(WHOAMI)], port=port, index=3)["ok"]

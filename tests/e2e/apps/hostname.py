@@ -7,6 +7,7 @@ import time
 
 print("hostname=%s" % socket.gethostname())
 print("cwd=%s" % os.getcwd())
+print("uid=%d gid=%d" % (os.getuid(), os.getgid()))
 for fd in sorted(int(f) for f in os.listdir("/proc/self/fd")):
     try:
         print("fd %d -> %s" % (fd, os.readlink("/proc/self/fd/%d" % fd)))
