@@ -8,13 +8,19 @@
 # The instances run detached; their pids are kept in build/demo/pids and
 # their output in build/demo/scaling-web-N.log. Starting again first stops the
 # instances this script started before (by those pids, nothing else).
+# DEMO_DIR (default build/demo), DEMO_PORTS (default "3001 3002 3003") and
+# WHOAMI_BIN (default examples/whoami/whoami) change those choices.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-DIR=build/demo
+DIR=${DEMO_DIR:-build/demo}
 PIDS=$DIR/pids
 WHOAMI=${WHOAMI_BIN:-examples/whoami/whoami}
-PORTS=(3001 3002 3003)
+read -r -a PORTS <<<"${DEMO_PORTS:-3001 3002 3003}"
+if [ ${#PORTS[@]} -ne 3 ]; then
+    echo "demo.sh: DEMO_PORTS must name three ports, not '${DEMO_PORTS:-}'" >&2
+    exit 2
+fi
 
 stop_earlier() {
     [ -f "$PIDS" ] || return 0
@@ -63,12 +69,15 @@ fi
 mkdir -p "$DIR"
 stop_earlier
 
-for i in 1 2 3; do
-    port=${PORTS[$((i - 1))]}
+# Every port is checked before anything starts: on a conflict nothing runs.
+for port in "${PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "demo.sh: port $port is already in use by another program" >&2
+        echo "demo.sh: port $port is already in use by another program; nothing started" >&2
         exit 1
     fi
+done
+for i in 1 2 3; do
+    port=${PORTS[$((i - 1))]}
     PORT=$port HOSTNAME=scaling-web-$i setsid "$WHOAMI" </dev/null >"$DIR/scaling-web-$i.log" 2>&1 &
     echo $! >>"$PIDS"
 done
@@ -91,5 +100,5 @@ for i in 1 2 3; do
     echo "  http://127.0.0.1:$port/  $body"
 done
 echo
-echo "Open http://127.0.0.1:3001/ (and 3002, 3003) in a browser: each page names its instance."
+echo "Open http://127.0.0.1:${PORTS[0]}/ (and ${PORTS[1]}, ${PORTS[2]}) in a browser: each page names its instance."
 echo "Stop them with: scripts/demo.sh stop"
