@@ -94,6 +94,9 @@ int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsig
 /* Write one line (text without newline) for stream "stdout"/"stderr". */
 void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len);
 void rt__logw_close(struct rt__logw *w);
+/* The text of the last logged line (without time and stream) into buf,
+ * reading only the end of the newest files. Returns 0 or -ENOENT. */
+int rt__log_last_line(const char *state_dir, const char *replica_name, char *buf, size_t len);
 /* Format a line prefix for wall time ms: "2024-01-01T12:00:00.000Z". */
 void rt__fmt_time(uint64_t wall_ms, char buf[32]);
 /* Parse the leading timestamp of a log line; returns 0 or -EINVAL. */

@@ -201,3 +201,45 @@ int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines
     *n = count;
     return 0;
 }
+
+int rt__log_last_line(const char *state_dir, const char *replica_name, char *buf, size_t len)
+{
+    /* Only the end of the newest non-empty file is read: this runs on every
+     * exit of a crash-looping replica, whose logs may be large. */
+    char *base = xstrdup(rt_log_path(state_dir, replica_name));
+    int r = -ENOENT;
+    buf[0] = '\0';
+    for (unsigned k = 0; k < 2 && r < 0; k++) {
+        char *p = rotated_path(base, k);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        free(p);
+        if (fd == -1)
+            continue;
+        char tail[4096];
+        struct stat sb;
+        off_t off = fstat(fd, &sb) == 0 && sb.st_size > (off_t)sizeof(tail) - 1
+                        ? sb.st_size - (off_t)sizeof(tail) + 1
+                        : 0;
+        ssize_t n = pread(fd, tail, sizeof(tail) - 1, off);
+        close(fd);
+        if (n <= 0)
+            continue;
+        tail[n] = '\0';
+        while (n > 0 && tail[n - 1] == '\n')
+            tail[--n] = '\0';
+        if (n == 0)
+            continue;
+        char *line = strrchr(tail, '\n');
+        line = line ? line + 1 : tail;
+        /* Drop "<time> <stream> ": the text is what tells crashes apart. */
+        char *sp = strchr(line, ' ');
+        if (sp && rt__parse_time(line, &(uint64_t){0}) == 0) {
+            char *sp2 = strchr(sp + 1, ' ');
+            line = sp2 ? sp2 + 1 : sp + 1;
+        }
+        snprintf(buf, len, "%s", line);
+        r = 0;
+    }
+    free(base);
+    return r;
+}

@@ -312,12 +312,14 @@ static void shim_gone(struct rt_replica *r)
     r->consecutive++;
     r->backoff_ms = rt_backoff_ms(r->consecutive);
     /* The last output line tells most crash loops apart. */
-    char **lines = NULL;
-    size_t n = 0;
-    rt_logs_tail(r->rt->state_dir, r->name, 1, 0, &lines, &n);
-    snprintf(r->last_error, sizeof(r->last_error), "%s (%u in a row)%s%s", what,
-             r->consecutive, n ? "; last output: " : "", n ? lines[0] : "");
-    rt_logs_free(lines, n);
+    char last[200];
+    bool have_last = rt__log_last_line(r->rt->state_dir, r->name, last, sizeof(last)) == 0;
+    char full[512]; /* roomy, then cut to last_error's size */
+    snprintf(full, sizeof(full), "%s (%u in a row)%s%s", what, r->consecutive,
+             have_last ? "; last output: " : "", have_last ? last : "");
+    size_t fl = strnlen(full, sizeof(r->last_error) - 1);
+    memcpy(r->last_error, full, fl);
+    r->last_error[fl] = '\0';
     ev_timer_start(r->rt->loop, &r->backoff_timer, r->backoff_ms);
     set_state(r, r->consecutive >= RT_CRASHLOOP_AFTER ? RT_CRASHLOOP : RT_BACKOFF);
 }

@@ -276,3 +276,25 @@ TEST(owners_split_a_process_table_between_roots)
     CHECK_INT(rt__proc_find(all, ARRAY_LEN(all), 21), 6);
     CHECK_INT(rt__proc_find(all, ARRAY_LEN(all), 22), -1);
 }
+
+TEST(last_log_line_is_read_from_the_end_without_time_and_stream)
+{
+    char *d = tmpdir();
+    CHECK(d);
+    char *rdir = xasprintf("%s/replicas/r-2", d), *mk = xasprintf("%s/replicas", d);
+    CHECK(mkdir(mk, 0700) == 0 && mkdir(rdir, 0700) == 0);
+    char buf[64];
+    CHECK_INT(rt__log_last_line(d, "r-2", buf, sizeof(buf)), -ENOENT);
+    struct rt__logw w;
+    CHECK_INT(rt__logw_open(&w, rdir, 1 << 20, 3), 0);
+    for (int i = 0; i < 2000; i++)
+        rt__logw_line(&w, "stdout", "filler line of output", 21);
+    rt__logw_line(&w, "stderr", "Error: EADDRINUSE", 17);
+    rt__logw_close(&w);
+    CHECK_INT(rt__log_last_line(d, "r-2", buf, sizeof(buf)), 0);
+    CHECK_STR(buf, "Error: EADDRINUSE");
+    free(rdir);
+    free(mk);
+    rmrf(d);
+    free(d);
+}
