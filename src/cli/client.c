@@ -24,6 +24,9 @@
 #define CLIENT_MAX_RESPONSE (64u << 20)
 #define CLIENT_START_WAIT_MS 10000
 
+/* Start takod in the background and wait until it says it is ready (or
+ * why it is not) on a pipe it inherits as $TAKO_READY_FD. Returns 0, or
+ * -errno with takod's own message printed. */
 static int spawn_daemon(void)
 {
     char self[PATH_MAX];
@@ -33,10 +36,21 @@ static int spawn_daemon(void)
     self[n] = '\0';
     char logp[4096];
     tako_home_path("takod.log", logp, sizeof(logp));
-    pid_t pid = fork();
-    if (pid == -1)
+    int rp[2];
+    if (pipe2(rp, O_CLOEXEC) == -1)
         return -errno;
+    pid_t pid = fork();
+    if (pid == -1) {
+        close(rp[0]);
+        close(rp[1]);
+        return -errno;
+    }
     if (pid == 0) {
+        close(rp[0]);
+        int wfd = dup(rp[1]); /* without O_CLOEXEC: takod inherits it */
+        char fdv[16];
+        snprintf(fdv, sizeof(fdv), "%d", wfd);
+        setenv("TAKO_READY_FD", fdv, 1);
         /* Double fork so takod is not our child and outlives the CLI. */
         setsid();
         if (fork() != 0)
@@ -53,9 +67,37 @@ static int spawn_daemon(void)
         execv(self, argv);
         _exit(127);
     }
+    close(rp[1]);
     int st;
     waitpid(pid, &st, 0);
-    return 0;
+    /* Wait for "ok" or an error line; EOF without one means takod died. */
+    char msg[1024];
+    size_t got = 0;
+    struct pollfd pfd = {.fd = rp[0], .events = POLLIN};
+    uint64_t start = time_wall_ms();
+    while (got < sizeof(msg) - 1) {
+        uint64_t el = time_wall_ms() - start;
+        if (el >= CLIENT_START_WAIT_MS)
+            break;
+        int pr = poll(&pfd, 1, (int)(CLIENT_START_WAIT_MS - el));
+        if (pr <= 0)
+            break;
+        ssize_t k = read(rp[0], msg + got, sizeof(msg) - 1 - got);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        if (memchr(msg, '\n', got))
+            break;
+    }
+    close(rp[0]);
+    msg[got] = '\0';
+    if (strncmp(msg, "ok", 2) == 0)
+        return 0;
+    if (got)
+        fprintf(stderr, "tako: takod did not start: %s", msg);
+    else
+        fprintf(stderr, "tako: takod did not start (see %s)\n", logp);
+    return -ECONNREFUSED;
 }
 
 int client_connect(bool autostart)
@@ -71,6 +113,9 @@ int client_connect(bool autostart)
     int r = spawn_daemon();
     if (r < 0)
         return r;
+    fd = net_connect_unix(sock);
+    if (fd >= 0)
+        return fd;
     uint64_t start = time_wall_ms();
     struct timespec ts = {0, 20 * 1000000};
     while (time_wall_ms() - start < CLIENT_START_WAIT_MS) {

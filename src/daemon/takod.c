@@ -2,6 +2,7 @@
  * the process runtime and the reconciler, all on one event loop (the proxy
  * runs its own worker threads). `tako daemon`. */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
@@ -276,6 +277,47 @@ static const struct api_route routes[] = {
 
 /* ---- life cycle ---- */
 
+/* The CLI that started us waits on $TAKO_READY_FD for "ok" or the reason we
+ * could not start. */
+static int g_ready_fd = -1;
+
+static void ready_init(void)
+{
+    const char *v = getenv("TAKO_READY_FD");
+    if (!v)
+        return;
+    g_ready_fd = atoi(v);
+    unsetenv("TAKO_READY_FD");
+    if (g_ready_fd <= 2 || fcntl(g_ready_fd, F_SETFD, FD_CLOEXEC) == -1)
+        g_ready_fd = -1;
+}
+
+static void ready_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void ready_say(const char *fmt, ...)
+{
+    if (g_ready_fd < 0)
+        return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        ssize_t w = write(g_ready_fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+        (void)w;
+    }
+    close(g_ready_fd);
+    g_ready_fd = -1;
+}
+
+/* Print a start-up failure to stderr and to the waiting CLI. */
+#define START_FAIL(...)                                                                            \
+    do {                                                                                           \
+        fprintf(stderr, "tako daemon: " __VA_ARGS__);                                              \
+        ready_say(__VA_ARGS__);                                                                    \
+        return EXIT_FAILED;                                                                        \
+    } while (0)
+
 static void on_stop_signal(struct ev_loop *loop, struct ev_signal *s, int signo)
 {
     (void)s;
@@ -391,14 +433,12 @@ int cmd_daemon(int argc, char **argv)
         return EXIT_OK;
     }
 
+    ready_init();
     int lockfd = lock_single(home);
-    if (lockfd < 0) {
-        if (lockfd == -EALREADY)
-            fprintf(stderr, "tako daemon: takod is already running for %s\n", home);
-        else
-            fprintf(stderr, "tako daemon: cannot lock %s/takod.lock: %s\n", home, strerror(-lockfd));
-        return EXIT_FAILED;
-    }
+    if (lockfd == -EALREADY)
+        START_FAIL("takod is already running for %s\n", home);
+    if (lockfd < 0)
+        START_FAIL("cannot lock %s/takod.lock: %s\n", home, strerror(-lockfd));
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -415,30 +455,22 @@ int cmd_daemon(int argc, char **argv)
     char path[4200], err[512];
     snprintf(path, sizeof(path), "%s/state.db", home);
     d.store = store_open(path, err, sizeof(err));
-    if (!d.store) {
-        fprintf(stderr, "tako daemon: %s\n", err);
-        return EXIT_FAILED;
-    }
-    if (ev_loop_init(&d.loop) < 0) {
-        fprintf(stderr, "tako daemon: epoll: %s\n", strerror(errno));
-        return EXIT_FAILED;
-    }
+    if (!d.store)
+        START_FAIL("%s\n", err);
+    if (ev_loop_init(&d.loop) < 0)
+        START_FAIL("epoll: %s\n", strerror(errno));
     struct proxy_opts po;
     memset(&po, 0, sizeof(po));
     d.proxy = proxy_new(&po);
-    if (!d.proxy || proxy_start(d.proxy) < 0) {
-        fprintf(stderr, "tako daemon: cannot start the proxy\n");
-        return EXIT_FAILED;
-    }
+    if (!d.proxy || proxy_start(d.proxy) < 0)
+        START_FAIL("cannot start the proxy: %s\n", strerror(errno));
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
     int aerr = 0;
     d.api = api_server_new(&d.loop, path, routes, NULL, &aerr);
-    if (!d.api) {
-        fprintf(stderr, "tako daemon: cannot listen on %s: %s\n", path, strerror(-aerr));
-        return EXIT_FAILED;
-    }
+    if (!d.api)
+        START_FAIL("cannot listen on %s: %s\n", path, strerror(-aerr));
     orch_resume(d.orch);
     ev_signal_start(&d.loop, &d.sigterm, SIGTERM, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sigint, SIGINT, on_stop_signal, NULL);
@@ -450,6 +482,7 @@ int cmd_daemon(int argc, char **argv)
         fclose(pf);
     }
     log_info("takod %s started, pid %d, state in %s", TAKO_VERSION, (int)getpid(), home);
+    ready_say("ok\n");
     ev_run(&d.loop);
     /* Orderly stop: no new API requests, operations told, proxy drained. */
     api_server_free(d.api);
