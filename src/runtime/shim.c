@@ -494,6 +494,9 @@ int rt_shim_main(int argc, char **argv)
      * neither it nor the notify pipe may leak into the app. */
     if (lock_fd >= 0)
         fcntl(lock_fd, F_SETFD, FD_CLOEXEC);
+    struct stat sb;
+    if (s->notify_fd >= 0 && (fstat(s->notify_fd, &sb) == -1 || !S_ISFIFO(sb.st_mode)))
+        s->notify_fd = -1; /* run by hand: never write into some other open file */
     if (s->notify_fd >= 0) {
         fcntl(s->notify_fd, F_SETFD, FD_CLOEXEC);
         fcntl(s->notify_fd, F_SETFL, O_NONBLOCK);
