@@ -846,15 +846,17 @@ static struct rt_replica *adopt_one(struct rt *rt, const char *name)
     r->shim_start = st.shim_start;
     r->st = st;
     watch_shim(r, pidfd, -1);
-    r->state = RT_STARTING;
-    refresh(r); /* → RUNNING (one event) when the app runs */
-    if (r->state == RT_STARTING)
-        ev_timer_start(rt->loop, &r->poll_timer, STATE_POLL_MS);
     if (st.stop_requested) {
-        /* The previous takod asked for a stop: finish it, do not restart. */
+        /* The previous takod asked for a stop: finish it, do not restart
+         * (one event, → stopped, when it is done). */
         r->want_stop = true;
         r->state = RT_STOPPING;
         ev_timer_start(rt->loop, &r->kill_timer, r->spec.spec.stop_grace_ms + KILL_MARGIN_MS);
+    } else {
+        r->state = RT_STARTING;
+        refresh(r); /* → RUNNING (one event) when the app runs */
+        if (r->state == RT_STARTING)
+            ev_timer_start(rt->loop, &r->poll_timer, STATE_POLL_MS);
     }
     out = r;
 out:

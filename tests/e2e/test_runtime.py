@@ -486,3 +486,23 @@ def test_a_supervisor_that_cannot_run_is_reported(procs, tako_home):
         d2.wait_state("p-web-1", "running")
     finally:
         stop_replicas(tako_home)
+
+
+def test_a_stop_in_progress_is_finished_after_adoption_not_undone(procs, tako_home, rt):
+    assert rt.start(app("ignore_term.py"), grace_ms=3000)["ok"]
+    rt.wait_state("p-web-1", "running")
+    wait_for(lambda: any("ready" in l for l in rt.logs("p-web-1")))
+    info = rt.info("p-web-1")
+    rt.cmd("stop p-web-1")
+    rt.wait_state("p-web-1", "stopping")
+    os.kill(rt.p.pid, signal.SIGKILL)
+    rt.p.wait(10)
+    d2 = Driver(procs, tako_home)
+    # The app ignores SIGTERM, so its supervisor is still in the grace period.
+    assert d2.cmd("adopt")["names"] == ["p-web-1"]
+    assert d2.info("p-web-1")["state"] == "stopping"
+    d2.wait_state("p-web-1", "stopped")
+    assert [e["new"] for e in d2.evs("p-web-1")] == ["stopped"]
+    assert d2.info("p-web-1")["restarts"] == 0
+    wait_for(lambda: not alive(info["pid"]) and not alive(info["supervisor_pid"]))
+    assert any("grace period over" in l for l in d2.logs("p-web-1"))
