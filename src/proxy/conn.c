@@ -199,6 +199,7 @@ static void up_close(struct upconn *u)
     close(u->fd);
     if (u->pooled) {
         u->pooled = false;
+        u->b->idle_n[u->w->idx]--;
         dlist_del(&u->blink);
         dlist_del(&u->wlink);
         atomic_fetch_sub(&u->b->idle_conns, 1);
@@ -216,14 +217,11 @@ static void up_release(struct upconn *u, bool reusable)
         up_close(u);
         return;
     }
-    unsigned n = 0;
-    for (struct dlist *e = b->idle[w->idx].next;
-         e != &b->idle[w->idx] && n < w->p->o.max_idle_per_backend; e = e->next)
-        n++;
-    if (n >= w->p->o.max_idle_per_backend) {
+    if (b->idle_n[w->idx] >= w->p->o.max_idle_per_backend) {
         up_close(u);
         return;
     }
+    b->idle_n[w->idx]++;
     /* counted idle before the request stops counting in flight, so a
      * draining backend is never seen with neither */
     atomic_fetch_add(&b->idle_conns, 1);
@@ -250,6 +248,7 @@ static struct upconn *up_from_pool(struct worker *w, struct backend *b)
         dlist_del(&u->blink);
         dlist_del(&u->wlink);
         u->pooled = false;
+        b->idle_n[w->idx]--;
         atomic_fetch_sub(&b->idle_conns, 1);
         if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms) {
             up_close(u);
@@ -879,8 +878,13 @@ static int client_fill(struct xchg *x)
     struct client *c = x->c;
     if (!c->rd || x->c_len >= x->cap)
         return 0;
-    ssize_t n = recv(c->fd, x->cbuf + x->c_len, x->cap - x->c_len, 0);
+    size_t want = x->cap - x->c_len;
+    ssize_t n = recv(c->fd, x->cbuf + x->c_len, want, 0);
     if (n > 0) {
+        /* A short read drained the socket: with edge-triggered epoll, bytes
+         * arriving later bring a new event, so no EAGAIN round trip. */
+        if ((size_t)n < want)
+            c->rd = false;
         x->c_len += (uint32_t)n;
         return (int)n;
     }
@@ -1195,6 +1199,8 @@ static int pump_request(struct xchg *x)
     }
     x->up_sent += (uint64_t)w;
     size_t left = (size_t)w;
+    if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
+        u->wr = false; /* short write: buffer full, EPOLLOUT will come */
     if (x->h_off < x->h_len) {
         size_t k = left < x->h_len - x->h_off ? left : x->h_len - x->h_off;
         x->h_off += (uint32_t)k;
@@ -1210,9 +1216,11 @@ static int pump_request(struct xchg *x)
 static bool build_client_head(struct xchg *x, const struct http_msg *m)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    char sl[32];
-    int sn = snprintf(sl, sizeof(sl), "HTTP/1.1 %03d ", m->status);
-    ob_put(&o, sl, (size_t)sn);
+    char sl[13] = "HTTP/1.1 000 ";
+    sl[9] = (char)('0' + m->status / 100 % 10);
+    sl[10] = (char)('0' + m->status / 10 % 10);
+    sl[11] = (char)('0' + m->status % 10);
+    ob_put(&o, sl, sizeof(sl));
     if (m->reason_len)
         ob_put(&o, m->reason, m->reason_len);
     else
@@ -1259,8 +1267,11 @@ static int upstream_fill(struct xchg *x, int *err)
     struct upconn *u = x->u;
     if (!u->rd || x->u_len >= UBUF_SIZE)
         return 0;
-    ssize_t n = recv(u->fd, x->ubuf + x->u_len, UBUF_SIZE - x->u_len, 0);
+    size_t want = UBUF_SIZE - x->u_len;
+    ssize_t n = recv(u->fd, x->ubuf + x->u_len, want, 0);
     if (n > 0) {
+        if ((size_t)n < want)
+            u->rd = false; /* drained, see client_fill */
         x->u_len += (uint32_t)n;
         STAT_ADD(&u->b->st[u->w->idx].bytes_in, (uint64_t)n);
         return 1;
@@ -1457,6 +1468,8 @@ static int pump_response(struct xchg *x)
             return -1;
         }
         size_t left = (size_t)w;
+        if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
+            c->wr = false; /* short write: buffer full, EPOLLOUT will come */
         if (x->hbuf_is_output && x->o_off < x->o_len) {
             size_t k = left < x->o_len - x->o_off ? left : x->o_len - x->o_off;
             x->o_off += (uint32_t)k;

@@ -105,6 +105,7 @@ static struct backend *backend_new(struct proxy_pool *pool, const struct proxy_b
         die(1, "out of memory");
     memset(b->st, 0, sz);
     b->idle = xcalloc(p->nworkers, sizeof(struct dlist));
+    b->idle_n = xcalloc(p->nworkers, sizeof(uint32_t));
     for (unsigned i = 0; i < p->nworkers; i++)
         dlist_init(&b->idle[i]);
     b->hc.fd = -1;
@@ -115,6 +116,7 @@ static void backend_free(struct backend *b)
 {
     free(b->st);
     free(b->idle);
+    free(b->idle_n);
     free(b);
 }
 

@@ -94,6 +94,7 @@ struct backend {
     struct backend *next;        /* pool->all list (control side, under pool->lock) */
     struct bstat *st;            /* [nworkers] */
     struct dlist *idle;          /* [nworkers] idle upstream connections */
+    uint32_t *idle_n;            /* [nworkers] their number (each worker its own) */
     struct hcheck hc;
 };
 
