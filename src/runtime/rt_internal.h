@@ -18,6 +18,13 @@
 #define RT_HEALTHY_RESET_MS 60000u /* running this long resets the backoff */
 #define RT_CRASHLOOP_AFTER 3u      /* consecutive quick exits shown as a crash loop */
 
+/* The restart policy for an app that exited by itself with status
+ * (waitpid form, -1 unknown) after running ran_ms: RT_EXITED, or
+ * RT_BACKOFF / RT_CRASHLOOP with *backoff_ms set. Updates *consecutive
+ * (reset by a run of RT_HEALTHY_RESET_MS or more). */
+enum rt_state rt__policy(enum rt_restart policy, int status, uint64_t ran_ms,
+                         unsigned *consecutive, uint64_t *backoff_ms);
+
 /* A spec whose strings the runtime owns (rt_spec's pointers point here). */
 struct rt__owned_spec {
     struct rt_spec spec;

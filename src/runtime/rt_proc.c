@@ -117,6 +117,22 @@ uint64_t rt_backoff_ms(unsigned consecutive_failures)
     return ms > 60000 ? 60000 : ms;
 }
 
+enum rt_state rt__policy(enum rt_restart policy, int status, uint64_t ran_ms,
+                         unsigned *consecutive, uint64_t *backoff_ms)
+{
+    bool clean = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    /* A long healthy run forgives the failures before it. */
+    if (ran_ms >= RT_HEALTHY_RESET_MS)
+        *consecutive = 0;
+    if (policy == RT_RESTART_NEVER || (policy == RT_RESTART_ON_FAILURE && clean)) {
+        *backoff_ms = 0;
+        return RT_EXITED;
+    }
+    (*consecutive)++;
+    *backoff_ms = rt_backoff_ms(*consecutive);
+    return *consecutive >= RT_CRASHLOOP_AFTER ? RT_CRASHLOOP : RT_BACKOFF;
+}
+
 static int pidfd_open_(pid_t pid)
 {
     return (int)syscall(SYS_pidfd_open, pid, 0);
@@ -293,7 +309,6 @@ static void shim_gone(struct rt_replica *r)
         return;
     }
     int status = r->last_exit_status;
-    bool clean = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     char what[64];
     if (status < 0)
         snprintf(what, sizeof(what), "ended");
@@ -301,16 +316,13 @@ static void shim_gone(struct rt_replica *r)
         snprintf(what, sizeof(what), "exited with status %d", WEXITSTATUS(status));
     else
         snprintf(what, sizeof(what), "killed by signal %d", WTERMSIG(status));
-    if (ran >= RT_HEALTHY_RESET_MS)
-        r->consecutive = 0;
-    if (r->spec.spec.restart == RT_RESTART_NEVER ||
-        (r->spec.spec.restart == RT_RESTART_ON_FAILURE && clean)) {
+    enum rt_state next = rt__policy(r->spec.spec.restart, status, ran, &r->consecutive,
+                                    &r->backoff_ms);
+    if (next == RT_EXITED) {
         snprintf(r->last_error, sizeof(r->last_error), "%s", what);
         set_state(r, RT_EXITED);
         return;
     }
-    r->consecutive++;
-    r->backoff_ms = rt_backoff_ms(r->consecutive);
     /* The last output line tells most crash loops apart. */
     char last[200];
     bool have_last = rt__log_last_line(r->rt->state_dir, r->name, last, sizeof(last)) == 0;
@@ -321,7 +333,7 @@ static void shim_gone(struct rt_replica *r)
     memcpy(r->last_error, full, fl);
     r->last_error[fl] = '\0';
     ev_timer_start(r->rt->loop, &r->backoff_timer, r->backoff_ms);
-    set_state(r, r->consecutive >= RT_CRASHLOOP_AFTER ? RT_CRASHLOOP : RT_BACKOFF);
+    set_state(r, next);
 }
 
 static void on_shim_exit(struct ev_loop *loop, struct ev_io *w, uint32_t revents)

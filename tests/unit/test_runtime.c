@@ -298,3 +298,38 @@ TEST(last_log_line_is_read_from_the_end_without_time_and_stream)
     rmrf(d);
     free(d);
 }
+
+TEST(restart_policy_decides_backoff_crashloop_and_reset)
+{
+    unsigned c = 0;
+    uint64_t b = 123;
+    int fail = 3 << 8, ok = 0, killed = SIGKILL;
+    /* never: whatever the status */
+    CHECK_INT(rt__policy(RT_RESTART_NEVER, fail, 10, &c, &b), RT_EXITED);
+    CHECK_INT(c, 0);
+    CHECK_INT(b, 0);
+    /* on-failure: a clean exit ends it; a signal or a status restarts */
+    CHECK_INT(rt__policy(RT_RESTART_ON_FAILURE, ok, 10, &c, &b), RT_EXITED);
+    CHECK_INT(rt__policy(RT_RESTART_ON_FAILURE, killed, 10, &c, &b), RT_BACKOFF);
+    CHECK_INT(c, 1);
+    CHECK_INT(b, 1000);
+    /* always: quick exits double the delay and become a crash loop */
+    c = 0;
+    CHECK_INT(rt__policy(RT_RESTART_ALWAYS, ok, 10, &c, &b), RT_BACKOFF);
+    CHECK_INT(b, 1000);
+    CHECK_INT(rt__policy(RT_RESTART_ALWAYS, fail, 10, &c, &b), RT_BACKOFF);
+    CHECK_INT(b, 2000);
+    CHECK_INT(rt__policy(RT_RESTART_ALWAYS, fail, 59999, &c, &b), RT_CRASHLOOP);
+    CHECK_INT(b, 4000);
+    for (int i = 0; i < 10; i++)
+        rt__policy(RT_RESTART_ALWAYS, fail, 10, &c, &b);
+    CHECK_INT(c, 13);
+    CHECK_INT(b, 60000);
+    /* 60 s of running resets: back to 1 s, not a crash loop */
+    CHECK_INT(rt__policy(RT_RESTART_ALWAYS, fail, 60000, &c, &b), RT_BACKOFF);
+    CHECK_INT(c, 1);
+    CHECK_INT(b, 1000);
+    /* unknown status (supervisor killed) counts as a failure */
+    CHECK_INT(rt__policy(RT_RESTART_ON_FAILURE, -1, 10, &c, &b), RT_BACKOFF);
+    CHECK_INT(c, 2);
+}
