@@ -38,7 +38,7 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 LIBTAKO  := $(BUILD)/libtako.a
 
-.PHONY: all clean test unit e2e demo install deps fuzz bench check-format
+.PHONY: all clean test unit e2e demo install deps fuzz bench bench-lb check-format
 all: $(TAKO) $(WHOAMI) $(UNIT_BIN)
 
 $(BUILD)/%.o: %.c
@@ -81,6 +81,16 @@ demo:
 
 fuzz:
 	@scripts/fuzz.sh
+
+# `make bench-lb`: the cost of one balancing decision at 3/100/10,000
+# backends, appended to bench/RESULTS_LB.md.
+LB_COST := $(BUILD)/bench/lb_cost
+$(LB_COST): bench/lb_cost.c $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(LIBTAKO) $(LDLIBS)
+
+bench-lb: $(LB_COST)
+	@$(LB_COST) | tee -a bench/RESULTS_LB.md
 
 bench: all
 	@bench/run.sh

@@ -36,13 +36,20 @@ static uint64_t lc_key(struct lb_set *set, int32_t i)
     return (inflight << LC_SEQ_BITS) | (seq & ((1ULL << LC_SEQ_BITS) - 1));
 }
 
-static void lc_replay(struct lb_set *set, struct lc_tree *t, size_t k)
+/* Re-play the matches from node k up after leaf `slot` changed its key.
+ * A match whose winner stays the same other backend decides nothing new
+ * above it: stop there. */
+static void lc_replay(struct lb_set *set, struct lc_tree *t, size_t k, int32_t slot)
 {
     for (; k >= 1; k /= 2) {
         int32_t l = atomic_load_explicit(&t->node[2 * k], memory_order_relaxed);
         int32_t r = atomic_load_explicit(&t->node[2 * k + 1], memory_order_relaxed);
         int32_t w = lc_key(set, r) < lc_key(set, l) ? r : l;
-        atomic_store_explicit(&t->node[k], w, memory_order_relaxed);
+        int32_t was = atomic_load_explicit(&t->node[k], memory_order_relaxed);
+        if (w != was)
+            atomic_store_explicit(&t->node[k], w, memory_order_relaxed);
+        else if (w != slot)
+            break;
     }
 }
 
@@ -115,7 +122,7 @@ static void lc_update(struct lb_set *set, struct backend *b)
         return; /* not in this set (a newer one replaced it) */
     if (t->size == 1)
         return; /* the root is the only leaf */
-    lc_replay(set, t, (t->size + (size_t)slot) / 2);
+    lc_replay(set, t, (t->size + (size_t)slot) / 2, slot);
 }
 
 const struct lb_ops lb_least_conn_ops = {
