@@ -31,7 +31,7 @@ struct rt_spec {
     unsigned index; /* replica n → name "<project>-<service>-<n>" */
     const char *revision;
     char *const *argv; /* NULL-terminated; argv[0] searched in PATH when it has no '/' */
-    const char *cwd;   /* working directory; NULL → "/" */
+    const char *cwd;   /* working directory, absolute; NULL → "/" */
     const struct rt_env_kv *env;
     size_t env_len; /* service env; PORT/HOSTNAME/TAKO_* are added by the runtime */
     uint16_t port;  /* assigned by the caller */
@@ -85,7 +85,8 @@ void rt_free(struct rt *rt);
 void rt_set_shim_exe(struct rt *rt, const char *exe);
 
 /* Start a replica. Returns 0 and *out (owned by rt until rt_forget/rt_free),
- * or -errno with a message in err: -EINVAL bad spec, -EEXIST the replica
+ * or -errno with a message in err: -EINVAL bad spec (names, empty argv,
+ * relative cwd, env key with '='), -EEXIST the replica
  * name is already running (never duplicated), others from the system. Exec
  * failures of the app are reported later as RT_FAILED with last_error. */
 int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out, char *err,

@@ -588,6 +588,12 @@ int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out,
         snprintf(err, errlen, "replica %s: empty command", name);
         return -EINVAL;
     }
+    if (spec->cwd && spec->cwd[0] != '/') {
+        /* The supervisor's own directory is not the caller's business. */
+        snprintf(err, errlen, "replica %s: working directory '%s' is not an absolute path", name,
+                 spec->cwd);
+        return -EINVAL;
+    }
     for (size_t i = 0; i < spec->env_len; i++) {
         const char *k = spec->env[i].key;
         if (!k || !*k || strchr(k, '=')) {

@@ -256,6 +256,8 @@ def test_bad_specs_are_refused_and_start_nothing(rt, tako_home):
     assert r["ok"] is False and "empty command" in r["error"]
     r = rt.start(["/bin/true"], env={"A=B": "x"})
     assert r["ok"] is False and "environment variable" in r["error"]
+    r = rt.start(["/bin/true"], cwd="relative/dir")
+    assert r["ok"] is False and "'relative/dir' is not an absolute path" in r["error"]
     assert not os.path.exists(os.path.join(tako_home, "replicas"))
 
 
