@@ -47,11 +47,11 @@ def read_state(home, name):
 class Driver:
     """One rt_driver process: commands in, JSON replies and events out."""
 
-    def __init__(self, procs, home, prefix=(), env=None):
+    def __init__(self, procs, home, prefix=(), env=None, driver=RT_DRIVER):
         self.home = home
         # A variable of the driver's own that must not reach the replicas.
         env = dict(os.environ, TAKO_RT_LEAK_CHECK="1", **(env or {}))
-        self.p = subprocess.Popen(list(prefix) + [RT_DRIVER, home], stdin=subprocess.PIPE,
+        self.p = subprocess.Popen(list(prefix) + [driver, home], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=None, start_new_session=True,
                                   text=True, bufsize=1, env=env)
         procs.procs.append(self.p)  # stopped by PID at teardown like the others
@@ -193,13 +193,18 @@ def test_without_namespace_rights_the_hostname_is_shared_but_env_is_set(procs, t
 
 
 def test_an_unprivileged_user_gets_its_own_hostname_through_a_user_namespace(procs):
+    import shutil
     import tempfile
     home = tempfile.mkdtemp(prefix="tako-home-nobody-")
-    os.chown(home, 65534, 65534)
+    # Copies the user can reach whatever the permissions of the checkout.
+    driver = shutil.copy(RT_DRIVER, os.path.join(home, "rt_driver"))
+    script = shutil.copy(os.path.join(APPS, "hostname.py"), os.path.join(home, "hostname.py"))
+    for p in (home, driver, script):
+        os.chown(p, 65534, 65534)
     d = Driver(procs, home, prefix=["setpriv", "--reuid=65534", "--regid=65534",
-                                    "--clear-groups", "--"])
+                                    "--clear-groups", "--"], driver=driver)
     try:
-        assert d.start(app("hostname.py"), index=6)["ok"]
+        assert d.start([PY, script], index=6)["ok"]
         d.wait_state("p-web-6", "running")
         wait_for(lambda: any(" stdout env " in l for l in d.logs("p-web-6")))
         text = "\n".join(d.logs("p-web-6"))
