@@ -22,7 +22,8 @@ def man_commands():
     i = start + 1
     while i < len(lines) and not lines[i].startswith(".SH"):
         if lines[i] == ".TP":
-            head = re.sub(r"^\.B[IR]?\s+", "", lines[i + 1]).strip('"')
+            head = re.sub(r"^\.B[IR]?\s+", "", lines[i + 1])
+            head = re.sub(r"\\f[BIRP]", "", head).strip('"')
             name = head.split()[0].strip('"')
             j = i + 2
             body = []
