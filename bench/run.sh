@@ -333,7 +333,8 @@ version_of() {
     echo "command: ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS IDLE_CONNS=$IDLE_CONNS bench/run.sh"
     echo "machine: $NCPU CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "tako: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(version_of tako)"
+    dirty=$(git status --porcelain -- src 2>/dev/null | wc -l)
+    echo "tako: $(version_of tako), built from commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$([ "$dirty" -gt 0 ] && echo " plus $dirty uncommitted file(s) under src/")"
     echo "versions: HAProxy $(version_of haproxy), nginx $(version_of nginx), Caddy $(version_of caddy), wrk $(version_of wrk)"
     echo "backends: 3 × examples/whoami (GET $BENCH_PATH, ~130-byte JSON body)"
     echo "pinning: $PIN_DESC"
