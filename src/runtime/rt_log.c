@@ -134,6 +134,89 @@ void rt_logs_free(char **lines, size_t n)
     free(lines);
 }
 
+/* Collector for reading backwards: lines newest first, stopping at the
+ * count or at the first line older than since. */
+struct tail_ctx {
+    size_t want; /* 0: no limit */
+    uint64_t since;
+    char **v;
+    size_t n, cap;
+    bool done;
+};
+
+static void tail_take(struct tail_ctx *t, const char *line, size_t len)
+{
+    if (t->since) {
+        uint64_t ts;
+        char head[32];
+        size_t hl = len < sizeof(head) - 1 ? len : sizeof(head) - 1;
+        memcpy(head, line, hl);
+        head[hl] = '\0';
+        if (rt__parse_time(head, &ts) < 0)
+            return; /* not a log line: skip it */
+        if (ts < t->since) { /* everything before is older still */
+            t->done = true;
+            return;
+        }
+    }
+    if (t->n == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 64;
+        t->v = xrealloc(t->v, t->cap * sizeof(char *));
+    }
+    t->v[t->n++] = xstrndup(line, len);
+    if (t->want && t->n == t->want)
+        t->done = true;
+}
+
+#define BACK_CHUNK 65536
+#define BACK_CARRY_MAX (1u << 20) /* a "line" longer than this is cut */
+
+/* Feed the lines of fd to t from the last to the first, reading only as
+ * much of the file as needed. */
+static void scan_back(int fd, struct tail_ctx *t)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) == -1)
+        return;
+    off_t pos = sb.st_size;
+    char *carry = NULL; /* the start of a line whose end was already read */
+    size_t clen = 0;
+    bool last = true;
+    while (pos > 0 && !t->done) {
+        size_t want = pos > BACK_CHUNK ? BACK_CHUNK : (size_t)pos;
+        pos -= (off_t)want;
+        char *data = xmalloc(want + clen);
+        ssize_t got = pread(fd, data, want, pos);
+        if (got != (ssize_t)want) {
+            free(data);
+            break;
+        }
+        if (clen)
+            memcpy(data + want, carry, clen);
+        free(carry);
+        carry = NULL;
+        size_t end = want + clen;
+        if (last && end && data[end - 1] == '\n')
+            end--; /* the file's final newline ends the last line */
+        last = false;
+        for (size_t i = end; i-- > 0 && !t->done;) {
+            if (data[i] == '\n') {
+                tail_take(t, data + i + 1, end - i - 1);
+                end = i;
+            }
+        }
+        if (end > BACK_CARRY_MAX) { /* absurdly long: keep its end only */
+            memmove(data, data + end - BACK_CARRY_MAX, BACK_CARRY_MAX);
+            end = BACK_CARRY_MAX;
+        }
+        carry = data;
+        clen = end;
+    }
+    if (!t->done && pos == 0 && clen)
+        tail_take(t, carry, clen);
+    free(carry);
+}
+
 int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines,
                  uint64_t since_wall_ms, char ***lines, size_t *n)
 {
@@ -143,62 +226,31 @@ int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines
         strcmp(replica_name, ".") == 0 || strcmp(replica_name, "..") == 0)
         return -EINVAL;
     char *base = xstrdup(rt_log_path(state_dir, replica_name));
-    /* A ring of the last n_lines (or a growing array when n_lines is 0). */
-    size_t cap = n_lines ? n_lines : 64, count = 0, head = 0;
-    char **ring = xcalloc(cap, sizeof(char *));
-    /* Oldest file first; the count of rotated files is not known here, so
-     * look for the highest existing index (bounded). */
-    unsigned top = 0;
-    for (unsigned i = 1; i < 100; i++) {
-        char *p = rotated_path(base, i);
-        bool exists = access(p, F_OK) == 0;
-        free(p);
-        if (!exists)
-            break;
-        top = i;
-    }
-    for (unsigned k = top + 1; k-- > 0;) {
+    struct tail_ctx t = {.want = n_lines, .since = since_wall_ms};
+    /* Newest file first, backwards, until enough lines (or old enough
+     * ones) were seen: a tail of 10 lines reads a few KiB, not 30 MiB. The
+     * number of rotated files is not known here; stop at the first gap. */
+    for (unsigned k = 0; k < 100 && !t.done; k++) {
         char *p = rotated_path(base, k);
-        FILE *f = fopen(p, "re");
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
         free(p);
-        if (!f)
-            continue;
-        char *line = NULL;
-        size_t lcap = 0;
-        ssize_t len;
-        while ((len = getline(&line, &lcap, f)) > 0) {
-            if (line[len - 1] == '\n')
-                line[--len] = '\0';
-            if (since_wall_ms) {
-                uint64_t t;
-                if (rt__parse_time(line, &t) < 0 || t < since_wall_ms)
-                    continue;
-            }
-            if (n_lines) {
-                free(ring[head]);
-                ring[head] = xstrndup(line, (size_t)len);
-                head = (head + 1) % cap;
-                if (count < cap)
-                    count++;
-            } else {
-                if (count == cap) {
-                    cap *= 2;
-                    ring = xrealloc(ring, cap * sizeof(char *));
-                }
-                ring[count++] = xstrndup(line, (size_t)len);
-            }
+        if (fd == -1) {
+            if (k == 0)
+                continue; /* rotated just now, or never written: look at .1 */
+            break;
         }
-        free(line);
-        fclose(f);
+        scan_back(fd, &t);
+        close(fd);
     }
     free(base);
-    char **outv = xcalloc(count ? count : 1, sizeof(char *));
-    size_t start = (n_lines && count == cap) ? head : 0;
-    for (size_t i = 0; i < count; i++)
-        outv[i] = ring[(start + i) % cap];
-    free(ring);
-    *lines = outv;
-    *n = count;
+    /* Collected newest first: turn around. */
+    for (size_t a = 0, b = t.n; a + 1 < b; a++, b--) {
+        char *x = t.v[a];
+        t.v[a] = t.v[b - 1];
+        t.v[b - 1] = x;
+    }
+    *lines = t.v ? t.v : xcalloc(1, sizeof(char *));
+    *n = t.n;
     return 0;
 }
 

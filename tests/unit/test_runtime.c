@@ -333,3 +333,97 @@ TEST(restart_policy_decides_backoff_crashloop_and_reset)
     CHECK_INT(rt__policy(RT_RESTART_ON_FAILURE, -1, 10, &c, &b), RT_BACKOFF);
     CHECK_INT(c, 2);
 }
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+TEST(tail_reads_backwards_across_chunks_and_files)
+{
+    char *d = tmpdir();
+    CHECK(d);
+    char *rdir = xasprintf("%s/replicas/r-3", d), *mk = xasprintf("%s/replicas", d);
+    CHECK(mkdir(mk, 0700) == 0 && mkdir(rdir, 0700) == 0);
+    struct rt__logw w;
+    /* One big file: many 64 KiB chunk boundaries fall inside lines. */
+    CHECK_INT(rt__logw_open(&w, rdir, 64u << 20, 3), 0);
+    char text[64];
+    for (int i = 0; i < 20000; i++) {
+        int l = snprintf(text, sizeof(text), "n%06d %.*s", i, i % 23, "abcdefghijklmnopqrstuvw");
+        rt__logw_line(&w, "stdout", text, (size_t)l);
+    }
+    rt__logw_close(&w);
+    char **lines;
+    size_t n;
+    CHECK_INT(rt_logs_tail(d, "r-3", 15000, 0, &lines, &n), 0);
+    CHECK_INT(n, 15000);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), " n%06zu ", 5000 + i);
+        ok = strstr(lines[i], want) != NULL && str_starts_with(lines[i], "20");
+    }
+    CHECK(ok);
+    rt_logs_free(lines, n);
+    CHECK_INT(rt_logs_tail(d, "r-3", 0, 0, &lines, &n), 0);
+    CHECK_INT(n, 20000);
+    CHECK_CONTAINS(lines[0], " n000000");
+    rt_logs_free(lines, n);
+    free(rdir);
+    free(mk);
+    rmrf(d);
+    free(d);
+}
+
+TEST(tail_since_stops_at_older_lines_and_keeps_a_last_line_without_newline)
+{
+    char *d = tmpdir();
+    CHECK(d);
+    char *rdir = xasprintf("%s/replicas/r-4", d), *mk = xasprintf("%s/replicas", d);
+    CHECK(mkdir(mk, 0700) == 0 && mkdir(rdir, 0700) == 0);
+    char *p1 = xasprintf("%s/output.log.1", rdir), *p0 = xasprintf("%s/output.log", rdir);
+    write_text(p1, "2024-01-01T00:00:01.000Z stdout one\n"
+                   "2024-01-01T00:00:02.000Z stdout two\n"
+                   "not a log line\n"
+                   "2024-01-01T00:00:03.000Z stderr three\n");
+    write_text(p0, "2024-01-01T00:00:04.000Z stdout four\n"
+                   "2024-01-01T00:00:05.000Z stdout five");
+    uint64_t since;
+    CHECK_INT(rt__parse_time("2024-01-01T00:00:02.000Z", &since), 0);
+    char **lines;
+    size_t n;
+    CHECK_INT(rt_logs_tail(d, "r-4", 0, since, &lines, &n), 0);
+    CHECK_INT(n, 4);
+    CHECK_CONTAINS(lines[0], "stdout two");
+    CHECK_CONTAINS(lines[1], "stderr three");
+    CHECK_CONTAINS(lines[3], "stdout five");
+    rt_logs_free(lines, n);
+    /* since and a count together: the count wins when smaller */
+    CHECK_INT(rt_logs_tail(d, "r-4", 2, since, &lines, &n), 0);
+    CHECK_INT(n, 2);
+    CHECK_CONTAINS(lines[0], "four");
+    rt_logs_free(lines, n);
+    /* all lines, the odd one included, oldest first */
+    CHECK_INT(rt_logs_tail(d, "r-4", 0, 0, &lines, &n), 0);
+    CHECK_INT(n, 6);
+    CHECK_CONTAINS(lines[0], "stdout one");
+    CHECK_STR(lines[2], "not a log line");
+    rt_logs_free(lines, n);
+    /* just rotated: no current file yet, the rotated ones still count */
+    unlink(p0);
+    CHECK_INT(rt_logs_tail(d, "r-4", 1, 0, &lines, &n), 0);
+    CHECK_INT(n, 1);
+    CHECK_CONTAINS(lines[0], "three");
+    rt_logs_free(lines, n);
+    free(p0);
+    free(p1);
+    free(rdir);
+    free(mk);
+    rmrf(d);
+    free(d);
+}
