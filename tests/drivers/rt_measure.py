@@ -97,6 +97,17 @@ def main():
     t = time.monotonic() - t0
     print("log capture: %d lines of %d bytes in %.2f s = %.0f lines/s"
           % (lines, len(text), t, lines / t))
+    # Tail of a large log (the flood above: tens of MiB): 10 lines, then all.
+    for count in (10, 0):
+        t0 = time.monotonic()
+        reps = 20 if count else 1
+        for _ in range(reps):
+            r = d.cmd("logs m-flood-1 %d 0" % count)
+        print("rt_logs_tail(%s) over %.0f MB of logs: %.1f ms (%d lines)"
+              % (count or "all", sum(os.path.getsize(os.path.join(os.path.dirname(path), f))
+                                    for f in os.listdir(os.path.dirname(path))
+                                    if f.startswith("output.log")) / 1e6,
+                 (time.monotonic() - t0) * 1000 / reps, len(r["lines"])))
     d.cmd("stop m-flood-1")
     d.wait(lambda: d.count("type", "stopped") == n + 1)
     d.cmd("quit")
