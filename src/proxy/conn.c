@@ -195,7 +195,7 @@ static void up_close(struct upconn *u)
     if (u->closed)
         return;
     u->closed = true;
-    ev_io_stop(&u->w->loop, &u->io);
+    u->io.active = false; /* close() unregisters it, see client_close */
     close(u->fd);
     if (u->pooled) {
         u->pooled = false;
@@ -852,7 +852,9 @@ static void client_close(struct client *c)
             dlist_del(&x->wait_link);
         xchg_put(w, x);
     }
-    ev_io_stop(&w->loop, &c->io);
+    /* close() takes the fd out of epoll: no EPOLL_CTL_DEL syscall; the
+     * watcher only has to be skipped for the rest of this batch */
+    c->io.active = false;
     ev_timer_stop(&w->loop, &c->timer);
     close(c->fd);
     dlist_del(&c->link);
