@@ -502,6 +502,12 @@ int rt_shim_main(int argc, char **argv)
         fcntl(s->notify_fd, F_SETFL, O_NONBLOCK);
     }
     signal(SIGPIPE, SIG_IGN);
+    /* An ignored signal stays ignored across exec: with SIGCHLD ignored the
+     * kernel would reap the app itself and its exit status would be lost. */
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     s->state_path = xasprintf("%s/state", s->dir);
     s->st.exit_status = -1;

@@ -47,13 +47,13 @@ def read_state(home, name):
 class Driver:
     """One rt_driver process: commands in, JSON replies and events out."""
 
-    def __init__(self, procs, home, prefix=(), env=None, driver=RT_DRIVER):
+    def __init__(self, procs, home, prefix=(), env=None, driver=RT_DRIVER, preexec_fn=None):
         self.home = home
         # A variable of the driver's own that must not reach the replicas.
         env = dict(os.environ, TAKO_RT_LEAK_CHECK="1", **(env or {}))
         self.p = subprocess.Popen(list(prefix) + [driver, home], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-                                  text=True, bufsize=1, env=env)
+                                  text=True, bufsize=1, env=env, preexec_fn=preexec_fn)
         procs.procs.append(self.p)  # stopped by PID at teardown like the others
         self.replies = queue.Queue()
         self.events = []
@@ -513,3 +513,17 @@ def test_a_stop_in_progress_is_finished_after_adoption_not_undone(procs, tako_ho
     assert d2.info("p-web-1")["restarts"] == 0
     wait_for(lambda: not alive(info["pid"]) and not alive(info["supervisor_pid"]))
     assert any("grace period over" in l for l in d2.logs("p-web-1"))
+
+
+def test_exit_status_survives_a_caller_that_ignores_sigchld(procs, tako_home):
+    # An ignored SIGCHLD is inherited across exec and would make the kernel
+    # reap the app before its supervisor could read the status.
+    d = Driver(procs, tako_home,
+               preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    try:
+        assert d.start(app("exit_now.py", 3), restart="never")["ok"]
+        ev = d.wait_state("p-web-1", "exited")[0]
+        assert ev["last_error"] == "exited with status 3"
+        assert ev["last_exit_status"] == 3 << 8
+    finally:
+        stop_replicas(tako_home)
