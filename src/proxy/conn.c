@@ -117,11 +117,12 @@ struct xchg {
     char client_ip[INET6_ADDRSTRLEN];
     struct dlist wait_link;
     uint64_t wait_deadline;
-    struct http_msg *msg; /* the worker's scratch, valid while parsing */
     char *cbuf, *ubuf, *hbuf;
     uint32_t hcap;
 };
 
+/* The parsed head (≈2.5 KB of header slices): per-thread scratch, used
+ * only while a head is being turned into the upstream/client head. */
 static __thread struct http_msg t_msg;
 
 static void client_close(struct client *c);
@@ -1211,6 +1212,8 @@ static int pump_request(struct xchg *x)
     x->c_off += (uint32_t)left;
     if (x->c_off == x->c_scan && x->req_read_done && x->h_off == x->h_len)
         x->req_done = true;
+    else
+        client_deadline(c, c->w->p->o.timeout_ms); /* a long upload progresses */
     return 1;
 }
 
@@ -1480,6 +1483,8 @@ static int pump_response(struct xchg *x)
         x->u_off += (uint32_t)left;
         x->bytes_out += (uint64_t)w;
         progress = 1;
+        if (x->rsp_head_done && !x->rsp_done)
+            client_deadline(c, c->w->p->o.timeout_ms); /* a slow reader still reads */
         if (x->u_off == x->u_len)
             x->u_off = x->u_scan = x->u_len = 0;
     }

@@ -139,12 +139,6 @@ void health__stop_backend(struct proxy *p, struct backend *b)
     h->running = false;
 }
 
-void health__start_backend(struct proxy *p, struct backend *b)
-{
-    b->hc.due = 0;
-    control__wake(p);
-}
-
 static void schedule_checks(struct proxy *p)
 {
     uint64_t now = p->ctl_loop.now;

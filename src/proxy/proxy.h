@@ -135,9 +135,10 @@ int proxy_listener_addr(struct proxy *p, size_t index, struct net_addr *out);
  * draining until then (or drain_timeout_ms). -EINVAL for an id too long or
  * given twice. */
 int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n);
-/* Free a pool no listener routes to any more (after proxy_unlisten /
- * proxy_route_host(..., NULL)); its backends drain first. Call while the
- * proxy runs or after proxy_stop. */
+/* Retire a pool no listener routes to any more (after proxy_unlisten /
+ * proxy_route_host(..., NULL)): its set is emptied, its backends drain and
+ * are freed once drained; the pool's own small struct is released by
+ * proxy_free (exchanges in flight may still point at it). */
 void proxy_pool_free(struct proxy_pool *pool);
 
 /* Snapshot of every backend of the pool, current ones in set order then

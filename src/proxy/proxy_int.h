@@ -265,7 +265,6 @@ void conn__free_worker(struct worker *w);
 int control__start(struct proxy *p);
 void control__stop(struct proxy *p);
 void control__wake(struct proxy *p);
-void health__start_backend(struct proxy *p, struct backend *b);
 void health__stop_backend(struct proxy *p, struct backend *b);
 
 /* ---- accesslog.c ---- */

@@ -409,3 +409,22 @@ def test_json_access_log(procs, tmp_path):
     assert rec["method"] == "GET" and rec["path"] == "/x?\"q\"" and rec["status"] == 200
     assert rec["upstream"] == b.addr and len(rec["request_id"]) == 32
     assert rec["duration_ms"] >= 0 and rec["bytes"] > 0
+
+
+def test_garbage_never_crashes(procs):
+    import random
+    b, port = one(procs, "--header-timeout", "300ms")
+    rnd = random.Random(1234)
+    pieces = [b"GET / HTTP/1.1\r\n", b"Host: t\r\n", b"\r\n", b"Transfer-Encoding: chunked\r\n",
+              b"Content-Length: 5\r\n", b"0\r\n\r\n", b"\x00", b"\r", b"\n", b" ", b":", b"5\r\nhello\r\n"]
+    for _ in range(150):
+        data = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12)))
+        if rnd.random() < 0.3:
+            data += bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 300)))
+        try:
+            raw(port, data, timeout=1.0)
+        except OSError:
+            pass
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().read() == b"b1"
