@@ -244,6 +244,7 @@ static void on_term(struct ev_loop *loop, struct ev_signal *sig, int signo)
     s->st.stop_requested = true;
     save(s);
     kill_tree(s, SIGTERM);
+    kill_tree(s, SIGCONT); /* a stopped process only sees SIGTERM once continued */
     ev_timer_start(&s->loop, &s->grace, s->spec.spec.stop_grace_ms);
 }
 

@@ -284,6 +284,19 @@ def test_stop_kills_an_app_that_ignores_sigterm_after_the_grace_period(rt):
     assert got and over and got[0] < over[0]
 
 
+def test_a_stopped_app_still_gets_its_sigterm(rt):
+    # SIGSTOPped apps would sleep through SIGTERM and wait for the SIGKILL.
+    assert rt.start(app("hostname.py"), grace_ms=60000)["ok"]
+    rt.wait_state("p-web-1", "running")
+    pid = rt.info("p-web-1")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] == "T")
+    rt.cmd("stop p-web-1")
+    rt.wait_stopped("p-web-1")
+    assert rt.info("p-web-1")["last_exit_status"] == signal.SIGTERM
+    assert not any("grace period over" in l for l in rt.logs("p-web-1"))
+
+
 def test_no_process_of_a_replica_outlives_it(rt, tmp_path):
     pidfile = str(tmp_path / "pids")
     assert rt.start(app("forker.py", pidfile), grace_ms=1000)["ok"]
