@@ -678,6 +678,8 @@ static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool g
     return true;
 }
 
+static uint64_t worker_rand_cb(void *w) { return worker__rand(w); }
+
 static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
 {
     struct worker *w = x->c->w;
@@ -688,7 +690,7 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
         .cookie_len = 16,
         .tried = x->tried,
         .ntried = x->ntried,
-        .rand = (uint64_t(*)(void *))worker__rand,
+        .rand = worker_rand_cb,
         .rand_ctx = w,
     };
     *setp = set;
