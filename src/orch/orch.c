@@ -1295,6 +1295,12 @@ struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
     return o;
 }
 
+static void orphan_stopped(struct rt_replica *rr, void *data)
+{
+    (void)data;
+    rt_forget(rr);
+}
+
 int orch_resume(struct orch *o)
 {
     struct store_service *v = NULL;
@@ -1324,7 +1330,7 @@ int orch_resume(struct orch *o)
         struct orch_service *s = svc_find(o, sp->project, sp->service);
         if (!s) {
             log_warn("adopted %s belongs to no deployed service: stopping it", rt_name(adopted[i]));
-            rt_stop(adopted[i], NULL, NULL);
+            rt_stop(adopted[i], orphan_stopped, NULL);
             continue;
         }
         struct orch_replica *r = xcalloc(1, sizeof(*r));

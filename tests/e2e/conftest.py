@@ -209,23 +209,40 @@ def kill_takod_tree(home):
         except ValueError:
             pass
     rdir = os.path.join(home, "replicas")
-    if os.path.isdir(rdir):
-        for name in os.listdir(rdir):
-            st = os.path.join(rdir, name, "state")
-            if not os.path.exists(st):
-                continue
-            kv = dict(line.split("=", 1) for line in open(st).read().splitlines() if "=" in line)
-            for key in ("shim_pid", "app_pid"):
+    if not os.path.isdir(rdir):
+        return
+    states = []
+    for name in os.listdir(rdir):
+        st = os.path.join(rdir, name, "state")
+        if not os.path.exists(st):
+            continue
+        kv = dict(line.split("=", 1) for line in open(st).read().splitlines() if "=" in line)
+        pids = []
+        for key in ("shim_pid", "app_pid"):
+            try:
+                pids.append(int(kv.get(key, "0")))
+            except ValueError:
+                pids.append(0)
+        states.append(pids)
+    # SIGTERM to each supervisor first: it ends its whole tree, daemonized
+    # children included; then SIGKILL whatever is left, by the same PIDs.
+    for shim, _ in states:
+        if shim > 1:
+            _kill_pid(shim, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            shim > 1 and os.path.exists("/proc/%d" % shim) and
+            open("/proc/%d/stat" % shim).read().rsplit(")", 1)[1].split()[0] != "Z"
+            for shim, _ in states if os.path.exists("/proc/%d/stat" % shim)):
+        time.sleep(0.05)
+    for shim, app in states:
+        for pid in (app, shim):
+            if pid > 1:
                 try:
-                    pid = int(kv.get(key, "0"))
-                except ValueError:
-                    continue
-                if pid > 1:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    _kill_pid(pid)
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                _kill_pid(pid)
 
 
 class Tako:
