@@ -229,11 +229,15 @@ def kill_takod_tree(home):
     for shim, _ in states:
         if shim > 1:
             _kill_pid(shim, signal.SIGTERM)
+    def running(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(
-            shim > 1 and os.path.exists("/proc/%d" % shim) and
-            open("/proc/%d/stat" % shim).read().rsplit(")", 1)[1].split()[0] != "Z"
-            for shim, _ in states if os.path.exists("/proc/%d/stat" % shim)):
+    while time.monotonic() < deadline and any(shim > 1 and running(shim) for shim, _ in states):
         time.sleep(0.05)
     for shim, app in states:
         for pid in (app, shim):
