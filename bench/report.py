@@ -104,6 +104,7 @@ def mode_stats(d, mode, target):
     for p in sorted(glob.glob(os.path.join(d, "wrk", mode, target, "*.txt"))):
         r = parse_wrk(p)
         if r:
+            r["round"] = os.path.basename(p)[:-4]
             runs.append(r)
     if not runs:
         return None
@@ -121,7 +122,14 @@ def mode_stats(d, mode, target):
         "cpu_us": statistics.median(cpu) if cpu else None,
         "errors": sum(r["errors"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
+        "by_round": {r["round"]: r["rps"] for r in runs},
     }
+
+
+def paired_ratios(a, b):
+    """a/b req/s per round, for the rounds both have: they ran minutes apart
+    at most, so a burst of outside load hits both."""
+    return [a["by_round"][k] / b["by_round"][k] for k in a["by_round"] if k in b["by_round"]]
 
 
 def main():
@@ -154,27 +162,30 @@ def main():
         ha = stats.get("haproxy")
         w("## " + MODE_TITLES.get(mode, mode))
         w("")
-        w("| target | req/s (median) | min – max | p50 | p99 | × HAProxy | server CPU µs/req | errors / requests |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        w("| target | req/s (median) | min – max | p50 | p99 | × HAProxy | server CPU µs/req | HAProxy CPU ÷ this | errors / requests |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for t in targets:
             s = stats[t]
             name = NAMES.get(t, t)
             if s is None:
                 why = status_of(a.dir, t) or "no result"
-                w("| %s | %s | | | | | | |" % (name, why))
+                w("| %s | %s | | | | | | | |" % (name, why))
                 continue
             ratio = "%.2f×" % (s["median"] / ha["median"]) if ha else "–"
             cpu = "%.1f" % s["cpu_us"] if s["cpu_us"] is not None else "–"
-            w("| %s | %s | %s – %s | %s | %s | %s | %s | %d / %d |" % (
+            eff = ("%.2f×" % (ha["cpu_us"] / s["cpu_us"])
+                   if t != "direct" and ha and ha["cpu_us"] and s["cpu_us"] else "–")
+            w("| %s | %s | %s – %s | %s | %s | %s | %s | %s | %d / %d |" % (
                 name, fmt_k(s["median"]), fmt_k(s["min"]), fmt_k(s["max"]),
-                fmt_us(s["p50"]), fmt_us(s["p99"]), ratio, cpu, s["errors"], s["requests"]))
+                fmt_us(s["p50"]), fmt_us(s["p99"]), ratio, cpu, eff, s["errors"], s["requests"]))
         w("")
         rounds = "/".join(sorted({str(s["n"]) for s in stats.values() if s})) or "0"
         w("req/s: median over %s rounds (min – max across rounds); p50/p99: median across "
           "rounds of each round's wrk latency percentile; server CPU µs/req: user + system "
           "CPU time of the proxy's process tree (direct: the backend's) during the run, per "
           "request, median across rounds — less sensitive to other load on the machine "
-          "than req/s." % rounds)
+          "than req/s; HAProxy CPU ÷ this: how many times less CPU per request than "
+          "HAProxy." % rounds)
         w("")
 
     mem = {}
@@ -222,15 +233,23 @@ def main():
     t_cl, h_cl = cl.get("tako"), cl.get("haproxy")
     t_m, n_m = mem.get("tako", {}).get("bytes_per_conn"), mem.get("nginx", {}).get("bytes_per_conn")
     checks = []
+    def ratio_text(t, h):
+        r = t["median"] / h["median"]
+        pr = paired_ratios(t, h)
+        txt = "%.2f× (per round %.2f – %.2f" % (r, min(pr), max(pr)) if pr else "%.2f× (" % r
+        if t["cpu_us"] and h["cpu_us"]:
+            txt += "; CPU per request %.2f× less" % (h["cpu_us"] / t["cpu_us"])
+        return r, txt + ")"
+
     if t_ka and h_ka:
-        r = t_ka["median"] / h_ka["median"]
-        checks.append(("keep-alive req/s ≥ 1.25× HAProxy", "%.2f×" % r, r >= 1.25))
+        r, txt = ratio_text(t_ka, h_ka)
+        checks.append(("keep-alive req/s ≥ 1.25× HAProxy", txt, r >= 1.25))
         if t_ka["p99"] is not None and h_ka["p99"] is not None:
             checks.append(("keep-alive p99 ≤ HAProxy's", "%s vs %s" % (fmt_us(t_ka["p99"]), fmt_us(h_ka["p99"])),
                            t_ka["p99"] <= h_ka["p99"]))
     if t_cl and h_cl:
-        r = t_cl["median"] / h_cl["median"]
-        checks.append(("Connection: close req/s ≥ 1.0× HAProxy", "%.2f×" % r, r >= 1.0))
+        r, txt = ratio_text(t_cl, h_cl)
+        checks.append(("Connection: close req/s ≥ 1.0× HAProxy", txt, r >= 1.0))
     if t_m is not None and n_m:
         checks.append(("bytes per idle connection ≤ nginx's", "%.0f B vs %.0f B" % (t_m, n_m), t_m <= n_m))
     if checks:
