@@ -335,3 +335,26 @@ def test_domain_routing_on_entrypoint(tako):
     assert set(names) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
     st, _, body = http(http_port, "/", headers={"Host": "unknown.example"})
     assert st == 404
+
+
+def test_control_api_with_curl_and_socket_mode(tako):
+    port = free_port()
+    deployed(tako, port, replicas=1)
+    sock = os.path.join(tako.home, "takod.sock")
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+    assert tako.takod_pid() > 1
+    out = subprocess.run(["curl", "-s", "--unix-socket", sock, "http://takod/v1/ps?project=scaling"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    js = json.loads(out)
+    assert js["services"][0]["replicas"][0]["name"] == "scaling-web-1"
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", sock, "http://takod/v1/nope"],
+                         capture_output=True, text=True, timeout=30).stdout
+    body, code = out.rsplit("\n", 1)
+    assert code == "404" and "no such endpoint" in json.loads(body)["error"]
+    # A scale through the API streams progress lines and a result.
+    out = subprocess.run(["curl", "-s", "--unix-socket", sock, "-X", "POST", "-d",
+                          '{"project":"scaling","counts":{"web":2}}', "http://takod/v1/scale"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[-1]["type"] == "result" and lines[-1]["ok"] is True
+    assert any("scaling-web-2" in x.get("message", "") for x in lines)
