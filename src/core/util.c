@@ -220,8 +220,9 @@ const char *fmt_duration(uint64_t ms, char *buf, size_t len)
     unsigned long long s = ms / 1000;
     if (ms < 1000)
         snprintf(buf, len, "%llums", (unsigned long long)ms);
-    else if (ms < 60000)
-        snprintf(buf, len, ms % 1000 ? "%.1fs" : "%.0fs", ms / 1000.0);
+    else if (ms < 60000) /* truncated to tenths: 59999 is "59.9s", never "60.0s" */
+        snprintf(buf, len, (ms / 100) % 10 ? "%llu.%llus" : "%llus", s,
+                 (unsigned long long)((ms / 100) % 10));
     else if (s < 3600)
         snprintf(buf, len, s % 60 ? "%llum%llus" : "%llum", s / 60, s % 60);
     else if (s < 86400)

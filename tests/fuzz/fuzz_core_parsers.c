@@ -38,6 +38,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc != 0 && v != sentinel)
         abort();
 
+    if (rc == 0) {
+        /* What tako prints must read back, no larger than the value and
+         * within the precision shown (tenths of s under 1m, then s, m, h). */
+        char buf[64];
+        uint64_t back = sentinel;
+        fmt_duration(v, buf, sizeof(buf));
+        if (parse_duration_ms(buf, &back) != 0 || back > v)
+            abort();
+        uint64_t slack = v < 1000 ? 0 : v < 60000 ? 99 : v < 3600000 ? 999
+                         : v < 86400000 ? 59999 : 3599999;
+        if (v - back > slack)
+            abort();
+    }
+
     v = sentinel;
     rc = parse_size_bytes(s, &v);
     check_rc(rc);

@@ -214,6 +214,10 @@ TEST(format_helpers)
     char b[32];
     CHECK_STR(fmt_duration(250, b, sizeof(b)), "250ms");
     CHECK_STR(fmt_duration(1500, b, sizeof(b)), "1.5s");
+    CHECK_STR(fmt_duration(1000, b, sizeof(b)), "1s");
+    CHECK_STR(fmt_duration(1999, b, sizeof(b)), "1.9s");
+    CHECK_STR(fmt_duration(59999, b, sizeof(b)), "59.9s"); /* not a rounded-up "60.0s" */
+    CHECK_STR(fmt_duration(60000, b, sizeof(b)), "1m");
     CHECK_STR(fmt_duration(90000, b, sizeof(b)), "1m30s");
     CHECK_STR(fmt_duration(7200000, b, sizeof(b)), "2h");
     CHECK_STR(fmt_bytes(1536, b, sizeof(b)), "1.5 KiB");
