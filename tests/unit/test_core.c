@@ -1,5 +1,6 @@
 /* test_core.c — the event loop (fds, timers, signals, children) and util. */
 #include <errno.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -111,12 +112,138 @@ TEST(io_readable)
     ev_loop_close(&loop);
 }
 
+/* Two owners readable in one batch: the first callback closes the second
+ * (stop + ev_defer). The second's callback must not run, and the free must
+ * happen after the batch, as docs/internals/ev.md promises. */
+struct dconn {
+    struct ev_io io;
+    struct ev_defer defer;
+    struct dconn *peer;
+    int calls;
+    bool freed;
+};
+static int defer_log[8], ndefer_log; /* 1 = io callback, 2 = deferred free, 3 = nested */
+static struct ev_loop *defer_loop;
+static struct ev_defer nested_defer;
+
+static void dconn_nested(struct ev_defer *d)
+{
+    (void)d;
+    defer_log[ndefer_log++] = 3;
+}
+
+static void dconn_free(struct ev_defer *d)
+{
+    struct dconn *c = (struct dconn *)((char *)d - offsetof(struct dconn, defer));
+    c->freed = true;
+    defer_log[ndefer_log++] = 2;
+    /* Work deferred by deferred work runs in the same iteration. */
+    ev_defer(defer_loop, &nested_defer, dconn_nested);
+}
+
+static void dconn_cb(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
+{
+    (void)ev;
+    struct dconn *c = w->data;
+    c->calls++;
+    defer_log[ndefer_log++] = 1;
+    if (c->peer && !c->peer->freed) {
+        ev_io_stop(loop, &c->peer->io);
+        ev_defer(loop, &c->peer->defer, dconn_free);
+    }
+    ev_io_stop(loop, w);
+}
+
+TEST(defer_after_batch_and_stopped_watcher_skipped)
+{
+    struct ev_loop loop;
+    int a[2], b[2];
+    CHECK_INT(ev_loop_init(&loop), 0);
+    defer_loop = &loop;
+    CHECK_INT(pipe(a), 0);
+    CHECK_INT(pipe(b), 0);
+    struct dconn x = {0}, y = {0};
+    x.peer = &y;
+    y.peer = &x;
+    ev_io_init(&x.io, a[0], dconn_cb, &x);
+    ev_io_init(&y.io, b[0], dconn_cb, &y);
+    CHECK_INT(ev_io_start(&loop, &x.io, EPOLLIN), 0);
+    CHECK_INT(ev_io_start(&loop, &y.io, EPOLLIN), 0);
+    CHECK_INT(write(a[1], "x", 1), 1);
+    CHECK_INT(write(b[1], "y", 1), 1);
+    ndefer_log = 0;
+    CHECK_INT(ev_run_once(&loop, 1000), 0);
+    /* Exactly one io callback ran (whichever epoll reported first), then the
+     * deferred free of the other, then the work that free deferred. */
+    CHECK_INT(x.calls + y.calls, 1);
+    CHECK_INT(ndefer_log, 3);
+    CHECK_INT(defer_log[0], 1);
+    CHECK_INT(defer_log[1], 2);
+    CHECK_INT(defer_log[2], 3);
+    CHECK(x.freed != y.freed);
+    close(a[0]), close(a[1]), close(b[0]), close(b[1]);
+    ev_loop_close(&loop);
+}
+
+static int rearm_count;
+static void rearm_cb(struct ev_loop *loop, struct ev_timer *t)
+{
+    if (++rearm_count < 3)
+        ev_timer_start(loop, t, 1); /* periodic: re-armed in its callback */
+    else
+        ev_loop_stop(loop);
+}
+
+TEST(timer_rearmed_in_callback)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    struct ev_timer t;
+    ev_timer_init(&t, rearm_cb, NULL);
+    rearm_count = 0;
+    ev_timer_start(&loop, &t, 1);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_INT(rearm_count, 3);
+    CHECK(!ev_timer_active(&t));
+    ev_loop_close(&loop);
+}
+
 static int sig_seen;
 static void sig_cb(struct ev_loop *loop, struct ev_signal *s, int signo)
 {
     (void)s;
     sig_seen = signo;
     ev_loop_stop(loop);
+}
+
+static int shared_hits;
+static void shared_cb(struct ev_loop *loop, struct ev_signal *s, int signo)
+{
+    (void)s;
+    (void)signo;
+    if (++shared_hits == 2)
+        ev_loop_stop(loop);
+}
+
+TEST(signal_shared_by_two_watchers)
+{
+    struct ev_loop loop;
+    CHECK_INT(ev_loop_init(&loop), 0);
+    struct ev_signal s1, s2;
+    CHECK_INT(ev_signal_start(&loop, &s1, SIGUSR2, shared_cb, NULL), 0);
+    CHECK_INT(ev_signal_start(&loop, &s2, SIGUSR2, shared_cb, NULL), 0);
+    shared_hits = 0;
+    kill(getpid(), SIGUSR2);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_INT(shared_hits, 2);
+    /* Stopping one leaves the other listening. */
+    ev_signal_stop(&loop, &s1);
+    shared_hits = 1;
+    kill(getpid(), SIGUSR2);
+    CHECK_INT(ev_run(&loop), 0);
+    CHECK_INT(shared_hits, 2);
+    ev_signal_stop(&loop, &s2);
+    ev_loop_close(&loop);
 }
 
 TEST(signal_as_event)
