@@ -1236,12 +1236,15 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
     bool is101 = m->status == 101;
     for (unsigned i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
+        /* passed through chunked: the codings stay as the backend said */
+        if (h->id == HTTP_H_TRANSFER_ENCODING && x->rs == RS_CHUNKED) {
+            ob_hdr(&o, h);
+            continue;
+        }
         if (hop_by_hop(m, h, is101))
             continue;
         ob_hdr(&o, h);
     }
-    if (x->rs == RS_CHUNKED)
-        ob_str(&o, "Transfer-Encoding: chunked\r\n");
     if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
         struct backend *b = x->tried[x->ntried - 1];
         char hv[17];
