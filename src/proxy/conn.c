@@ -1055,7 +1055,7 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
         c->family = AF_INET;
         memcpy(c->addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
     }
-    net_set_nodelay(fd);
+    /* TCP_NODELAY comes from the listening socket (Linux copies it) */
     ev_io_init(&c->io, fd, client_on_io, c);
     ev_timer_init(&c->timer, client_on_timer, c);
     dlist_add(&w->clients, &c->link);

@@ -211,6 +211,7 @@ int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool
             return fd;
         }
         l->fds[i] = fd;
+        net_set_nodelay(fd); /* inherited by every accepted socket */
         if (i == 0 && net_addr_port(&l->addr) == 0) {
             /* port 0: every worker's socket takes the port the first got */
             socklen_t sl = sizeof(l->addr.ss);
