@@ -214,14 +214,20 @@ int control__start(struct proxy *p)
     ev_io_start(&p->ctl_loop, &p->ctl_evio, EPOLLIN);
     ev_timer_init(&p->ctl_tick, ctl_on_tick, p);
     ev_timer_start(&p->ctl_loop, &p->ctl_tick, CTL_TICK_MS);
-    if (p->have_metrics) {
+    if (p->have_metrics)
         r = proxy__metrics_listen(p);
-        if (r < 0)
-            return r;
+    if (r == 0) {
+        atomic_store(&p->ctl_stop, false);
+        r = -pthread_create(&p->ctl_th, NULL, ctl_main, p);
     }
-    atomic_store(&p->ctl_stop, false);
-    r = pthread_create(&p->ctl_th, NULL, ctl_main, p);
-    return -r;
+    if (r < 0) {
+        proxy__metrics_close(p);
+        ev_timer_stop(&p->ctl_loop, &p->ctl_tick);
+        close(p->ctl_evfd);
+        p->ctl_evfd = -1;
+        ev_loop_close(&p->ctl_loop);
+    }
+    return r;
 }
 
 void control__stop(struct proxy *p)

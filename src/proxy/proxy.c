@@ -137,9 +137,18 @@ int proxy_start(struct proxy *p)
     p->running = true;
     pthread_mutex_unlock(&p->lock);
     int r = control__start(p);
-    if (r < 0)
-        return r;
-    return worker__start_all(p);
+    if (r == 0)
+        r = worker__start_all(p);
+    if (r < 0) {
+        /* nothing keeps running: proxy_stop and proxy_free stay safe */
+        worker__stop_all(p);
+        if (p->ctl_evfd >= 0)
+            control__stop(p);
+        pthread_mutex_lock(&p->lock);
+        p->running = false;
+        pthread_mutex_unlock(&p->lock);
+    }
+    return r;
 }
 
 void proxy_stop(struct proxy *p)

@@ -174,3 +174,28 @@ def test_sigterm_finishes_in_flight(procs):
         assert False, "still listening"
     except OSError:
         pass
+
+
+def test_cli_errors():
+    from conftest import run_tako
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    busy = s.getsockname()[1]
+    cases = [
+        (["--listen", "127.0.0.1:%d" % busy, "--backend", "127.0.0.1:9"], 1, "cannot listen"),
+        (["--listen", "127.0.0.1:0"], 2, "no backend"),
+        (["--listen", "127.0.0.1:0", "--backend", "nope"], 2, "invalid backend"),
+        (["--listen", "127.0.0.1:0", "--backend", "9", "--strategy", "fastest"], 2, "unknown"),
+        (["--listen", "127.0.0.1:0", "--backend", "a=127.0.0.1:5", "--backend", "a=127.0.0.1:6"], 2, "unique"),
+        (["--listen", "127.0.0.1:0", "--backend", "9", "--timeout", "soon"], 2, "invalid duration"),
+        (["--listen", "127.0.0.1:0", "--backend", "9", "--metrics", "127.0.0.1:%d" % busy], 1, "in use"),
+        (["--backend", "9"], 2, "--listen is required"),
+    ]
+    for args, code, msg in cases:
+        r = run_tako(["proxy"] + args, timeout=20)
+        assert r.returncode == code, (args, r.returncode, r.stderr)
+        assert msg in r.stderr, (args, r.stderr)
+    s.close()
+    r = run_tako(["proxy", "--help"])
+    assert r.returncode == 0 and "--backends-file" in r.stdout and "--trusted-proxy" in r.stdout
