@@ -1526,77 +1526,62 @@ static int pump_response(struct xchg *x)
     return progress || f;
 }
 
+/* One direction of a tunnel: write buf[*off, *len) to `to`, and when it is
+ * empty read more from `from`; EOF is passed on as a half-close. Returns 1
+ * on progress, 0 when blocked, -1 on an error. */
+static int tunnel_dir(int from, bool *from_rd, int to, bool *to_wr, char *buf, uint32_t cap,
+                      uint32_t *off, uint32_t *len, bool *eof, uint64_t *sent)
+{
+    int progress = 0;
+    if (*off < *len && *to_wr) {
+        ssize_t w = send(to, buf + *off, *len - *off, MSG_NOSIGNAL);
+        if (w > 0) {
+            *off += (uint32_t)w;
+            *sent += (uint64_t)w;
+            progress = 1;
+        } else if (w == -1 && errno == EAGAIN) {
+            *to_wr = false;
+        } else if (w == -1 && errno != EINTR) {
+            return -1;
+        }
+    }
+    if (*off == *len) {
+        *off = *len = 0;
+        if (!*eof && *from_rd) {
+            ssize_t n = recv(from, buf, cap, 0);
+            if (n > 0) {
+                *len = (uint32_t)n;
+                progress = 1;
+            } else if (n == 0) {
+                *eof = true;
+                shutdown(to, SHUT_WR);
+                progress = 1;
+            } else if (errno == EAGAIN) {
+                *from_rd = false;
+            } else if (errno != EINTR) {
+                return -1;
+            }
+        }
+    }
+    return progress;
+}
+
 /* Copy bytes both ways after 101 Switching Protocols. */
 static int pump_tunnel(struct xchg *x)
 {
     struct client *c = x->c;
     struct upconn *u = x->u;
-    int progress = 0;
-    /* client → backend through cbuf */
-    if (x->c_off < x->c_len && u->wr) {
-        ssize_t w = send(u->fd, x->cbuf + x->c_off, x->c_len - x->c_off, MSG_NOSIGNAL);
-        if (w > 0) {
-            x->c_off += (uint32_t)w;
-            progress = 1;
-        } else if (w == -1 && errno == EAGAIN) {
-            u->wr = false;
-        } else if (w == -1 && errno != EINTR) {
-            xchg_abort(x, 101);
-            return -1;
-        }
+    uint64_t up_bytes = 0;
+    int a = tunnel_dir(c->fd, &c->rd, u->fd, &u->wr, x->cbuf, x->cap, &x->c_off, &x->c_len,
+                       &x->t_c_eof, &up_bytes);
+    int b = a < 0 ? -1
+                  : tunnel_dir(u->fd, &u->rd, c->fd, &c->wr, x->ubuf, UBUF_SIZE, &x->u_off,
+                               &x->u_len, &x->t_u_eof, &x->bytes_out);
+    if (a < 0 || b < 0) {
+        xchg_abort(x, 101);
+        return -1;
     }
-    if (x->c_off == x->c_len) {
-        x->c_off = x->c_len = 0;
-        if (!x->t_c_eof && c->rd) {
-            ssize_t n = recv(c->fd, x->cbuf, x->cap, 0);
-            if (n > 0) {
-                x->c_len = (uint32_t)n;
-                progress = 1;
-            } else if (n == 0) {
-                x->t_c_eof = true;
-                shutdown(u->fd, SHUT_WR);
-                progress = 1;
-            } else if (errno == EAGAIN) {
-                c->rd = false;
-            } else if (errno != EINTR) {
-                xchg_abort(x, 101);
-                return -1;
-            }
-        }
-    }
-    /* backend → client through ubuf */
-    if (x->u_off < x->u_len && c->wr) {
-        ssize_t w = send(c->fd, x->ubuf + x->u_off, x->u_len - x->u_off, MSG_NOSIGNAL);
-        if (w > 0) {
-            x->u_off += (uint32_t)w;
-            x->bytes_out += (uint64_t)w;
-            progress = 1;
-        } else if (w == -1 && errno == EAGAIN) {
-            c->wr = false;
-        } else if (w == -1 && errno != EINTR) {
-            xchg_abort(x, 101);
-            return -1;
-        }
-    }
-    if (x->u_off == x->u_len) {
-        x->u_off = x->u_len = 0;
-        if (!x->t_u_eof && u->rd) {
-            ssize_t n = recv(u->fd, x->ubuf, UBUF_SIZE, 0);
-            if (n > 0) {
-                x->u_len = (uint32_t)n;
-                progress = 1;
-            } else if (n == 0) {
-                x->t_u_eof = true;
-                shutdown(c->fd, SHUT_WR);
-                progress = 1;
-            } else if (errno == EAGAIN) {
-                u->rd = false;
-            } else if (errno != EINTR) {
-                xchg_abort(x, 101);
-                return -1;
-            }
-        }
-    }
+    int progress = a || b;
     if (x->t_c_eof && x->t_u_eof && x->c_off == x->c_len && x->u_off == x->u_len) {
         x->close_client = true;
         xchg_abort(x, 101);
