@@ -60,7 +60,7 @@ static void hc_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     struct backend *b = io->data;
     struct hcheck *h = &b->hc;
     struct proxy *p = b->pool->p;
-    const char *path = b->pool->o.health_path;
+    const char *path = b->health_path ? b->health_path : b->pool->o.health_path;
     if (!h->sent) {
         int err = 0;
         socklen_t l = sizeof(err);

@@ -95,6 +95,7 @@ static struct backend *backend_new(struct proxy_pool *pool, const struct proxy_b
     struct backend *b = xcalloc(1, sizeof(*b));
     snprintf(b->id, sizeof(b->id), "%s", sp->id);
     b->addr = sp->addr;
+    b->health_path = sp->health_path && *sp->health_path ? xstrdup(sp->health_path) : NULL;
     net_addr_str(&b->addr, b->addr_s, sizeof(b->addr_s));
     b->id_hash = lb_hash64(b->id, strlen(b->id), 0x5717c4);
     b->pool = pool;
@@ -117,6 +118,7 @@ static void backend_free(struct backend *b)
     free(b->st);
     free(b->idle);
     free(b->idle_n);
+    free(b->health_path);
     free(b);
 }
 
@@ -152,8 +154,10 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
     bool first = !pool->had_set;
     for (size_t i = 0; i < n; i++) {
         struct backend *b = find_live(pool, sp[i].id);
-        if (b && (b->addr.len != sp[i].addr.len || memcmp(&b->addr.ss, &sp[i].addr.ss, b->addr.len)))
-            b = NULL; /* same id, new address: a new backend; the old one drains */
+        const char *hp = sp[i].health_path && *sp[i].health_path ? sp[i].health_path : NULL;
+        if (b && (b->addr.len != sp[i].addr.len || memcmp(&b->addr.ss, &sp[i].addr.ss, b->addr.len) ||
+                  (b->health_path ? !hp || strcmp(b->health_path, hp) : hp != NULL)))
+            b = NULL; /* same id, new address or check: a new backend; the old one drains */
         if (!b) {
             b = backend_new(pool, &sp[i]);
             bool up = first && pool->o.initial_up;

@@ -86,6 +86,10 @@ struct proxy_pool_opts {
 struct proxy_backend_spec {
     const char *id; /* stable identity, e.g. "scaling-web-1"; at most 63 bytes */
     struct net_addr addr;
+    /* Health-check path of this backend, NULL: the pool's. Lets one pool
+     * hold replicas of two revisions with different health paths during a
+     * deploy. A kept id with another path (or address) is a new backend. */
+    const char *health_path;
 };
 
 struct proxy_backend_stats {

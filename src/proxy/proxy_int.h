@@ -77,6 +77,7 @@ struct backend {
     char id[64];
     char addr_s[64];
     struct net_addr addr;
+    char *health_path;           /* NULL: the pool's */
     uint64_t id_hash;
     struct proxy_pool *pool;
     atomic_bool healthy;

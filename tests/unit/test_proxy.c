@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -43,8 +44,9 @@ static void *tb_serve(void *arg)
         char *e;
         while ((e = strstr(buf, "\r\n\r\n"))) {
             char out[128];
-            int o = snprintf(out, sizeof(out), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s",
-                             strlen(c->t->name), c->t->name);
+            bool bad = strncmp(buf, "GET /bad ", 9) == 0; /* a failing health path */
+            int o = snprintf(out, sizeof(out), "HTTP/1.1 %s\r\nContent-Length: %zu\r\n\r\n%s",
+                             bad ? "404 Not Found" : "200 OK", strlen(c->t->name), c->t->name);
             if (send(c->fd, out, (size_t)o, MSG_NOSIGNAL) < 0)
                 goto out;
             e += 4;
@@ -271,4 +273,48 @@ TEST(cidr_parse)
     CHECK_INT(c.prefix, 128);
     CHECK(proxy_cidr_parse("10.0.0.0/33", &c) < 0);
     CHECK(proxy_cidr_parse("nope", &c) < 0);
+}
+
+TEST(per_backend_health_path)
+{
+    struct proxy_opts po = {.threads = 1};
+    struct proxy *p = proxy_new(&po);
+    struct proxy_pool_opts o = {.name = "web", .health_path = "/health",
+                                .health_interval_ms = 50, .rise = 1};
+    struct proxy_pool *pool = proxy_pool_new(p, &o);
+    struct tb *a = tb_start("a"), *b = tb_start("b");
+    struct proxy_backend_spec s[2] = {spec("old", a->port), spec("new", b->port)};
+    s[1].health_path = "/bad"; /* the new revision's check fails */
+    CHECK_INT(proxy_pool_set_backends(pool, s, 2), 0);
+    CHECK_INT(proxy_start(p), 0);
+    struct proxy_backend_stats *st;
+    size_t n;
+    uint64_t deadline = ev_time_ms() + 5000;
+    for (;;) {
+        CHECK_INT(proxy_pool_stats(pool, &st, &n), 0);
+        bool done = n == 2 && st[0].healthy && st[1].consecutive_failures >= 3;
+        bool wrong = n == 2 && st[1].healthy;
+        proxy_pool_stats_free(st);
+        CHECK(!wrong);
+        if (done)
+            break;
+        CHECK(ev_time_ms() < deadline);
+        usleep(20000);
+    }
+    /* the same id with another path is another backend: it starts over */
+    s[1].health_path = NULL;
+    CHECK_INT(proxy_pool_set_backends(pool, s, 2), 0);
+    deadline = ev_time_ms() + 5000;
+    for (;;) {
+        CHECK_INT(proxy_pool_stats(pool, &st, &n), 0);
+        bool up = n >= 2 && st[1].healthy && !st[1].draining;
+        proxy_pool_stats_free(st);
+        if (up)
+            break;
+        CHECK(ev_time_ms() < deadline);
+        usleep(20000);
+    }
+    proxy_free(p);
+    tb_stop(a);
+    tb_stop(b);
 }
