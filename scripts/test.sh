@@ -82,7 +82,12 @@ build() {
         record "$name" 1 0 $((SECONDS - t0))
         return 0
     fi
-    tail -n 40 "$log"
+    # The diagnostics, not the compile command lines around them.
+    if grep -qE 'error|warning' "$log"; then
+        grep -E -A4 'error|warning' "$log" | grep -vE '^(cc|gcc|clang|ar) ' | head -n 60
+    else
+        tail -n 40 "$log"
+    fi
     record "$name" 0 1 $((SECONDS - t0)) "see $log"
     return 1
 }
