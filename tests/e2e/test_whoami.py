@@ -366,6 +366,8 @@ def test_http10(procs):
 
 
 def run_ab(args):
+    # -l: whoami's bodies vary in length (request counter, uptime); without it
+    # ab counts every differing length as a "Failed request".
     r = subprocess.run(["ab", "-q", "-s", "30"] + args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout
