@@ -69,6 +69,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "tako: missing Debian packages: ${missing[*]}" >&2
     echo "Install them with:" >&2
     echo "  sudo apt-get install -y ${missing[*]}" >&2
+    echo "(after 'sudo apt-get update' if a package is not found)" >&2
     exit 1
 fi
 
