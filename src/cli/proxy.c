@@ -116,6 +116,7 @@ static int bl_add(struct bspec_list *l, const char *arg)
         l->ids = xrealloc(l->ids, l->cap * sizeof(*l->ids));
     }
     l->ids[l->n] = eq ? xstrndup(arg, (size_t)(eq - arg)) : xstrdup(arg);
+    memset(&l->v[l->n], 0, sizeof(l->v[l->n]));
     l->v[l->n].id = l->ids[l->n];
     l->v[l->n].addr = a;
     l->n++;
