@@ -168,8 +168,10 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen);
 /* Options that, when changed, need a new pool (strategy, health, cookie). */
 static void pool_opts_sig(const struct proxy_pool_opts *po, char *buf, size_t len)
 {
+    /* The path itself is per backend (each replica is checked on its own
+     * revision's path), so a changed path needs no new pool. */
     snprintf(buf, len, "%d|%s|%llu|%llu|%u|%u|%llu|%s", (int)po->strategy,
-             po->health_path ? po->health_path : "-", (unsigned long long)po->health_interval_ms,
+             po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
              (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
              (unsigned long long)po->drain_timeout_ms, po->sticky_cookie ? po->sticky_cookie : "-");
 }
@@ -205,6 +207,7 @@ static void svc_ensure_pool(struct orch_service *s)
         snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
         memset(&specs[n], 0, sizeof(specs[n]));
         specs[n].id = r->name;
+        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
         net_parse_addr(a, NULL, &specs[n].addr);
         n++;
     }
@@ -234,9 +237,10 @@ static void svc_sync_pool(struct orch_service *s)
         snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
         memset(&specs[n], 0, sizeof(specs[n]));
         specs[n].id = r->name;
+        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
         net_parse_addr(a, NULL, &specs[n].addr);
         n++;
-        int w = snprintf(sig + sl, sizeof(sig) - sl, "%s@%u;", r->name, r->port);
+        int w = snprintf(sig + sl, sizeof(sig) - sl, "%s@%u%s;", r->name, r->port, r->health_path);
         if (w > 0 && (size_t)w < sizeof(sig) - sl)
             sl += (size_t)w;
     }
@@ -443,6 +447,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     r->index = index;
     snprintf(r->revision, sizeof(r->revision), "%s", s->revision);
     r->gen = s->gen;
+    if (c->health.enabled && c->health.path)
+        snprintf(r->health_path, sizeof(r->health_path), "%s", c->health.path);
     snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, index);
     r->port = c->port ? net_free_port() : 0;
     struct rt_env_kv env[256];
@@ -1341,6 +1347,11 @@ int orch_resume(struct orch *o)
         snprintf(r->name, sizeof(r->name), "%s", rt_name(adopted[i]));
         snprintf(r->revision, sizeof(r->revision), "%s", sp->revision ? sp->revision : "");
         r->gen = s->gen;
+        const struct cfg_service *rc = s->prev_cfg && strcmp(r->revision, s->prev_revision) == 0
+                                           ? s->prev_cfg
+                                           : s->cfg;
+        if (rc->health.enabled && rc->health.path)
+            snprintf(r->health_path, sizeof(r->health_path), "%s", rc->health.path);
         r->started_ms = now_ms(o);
         struct rt_info info;
         rt_info(adopted[i], &info);

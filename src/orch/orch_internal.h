@@ -29,6 +29,7 @@ struct orch_replica {
     unsigned index;
     char name[128];
     char revision[64];
+    char health_path[256]; /* its revision's health path; "" = the pool's check */
     unsigned gen; /* restart generation it was started for */
     uint16_t port;
     enum orch_phase phase;
