@@ -162,7 +162,7 @@ e2e() {
     # SIGINT on timeout lets pytest tear its fixtures down (stopping every
     # process it started) before it exits.
     TAKO_BIN=$ROOT/$tako WHOAMI_BIN=$ROOT/$whoami timeout -s INT -k 60 "$E2E_TIMEOUT" \
-        "$PYTHON" -m pytest -q -p no:cacheprovider -rfE "$@" tests/e2e 2>&1 | tee "$log"
+        "$PYTHON" -m pytest -q -p no:cacheprovider -rfE --durations=5 "$@" tests/e2e 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     local last p=0 f=0 note=""
     last=$(grep -E '[0-9]+ (passed|failed|error|errors|deselected)|no tests ran' "$log" | tail -n 1)
