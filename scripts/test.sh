@@ -73,7 +73,7 @@ stage_start() {
 }
 
 # build NAME LOG MAKEARGS...: one test; the make output is kept in LOG and
-# shown (its end) only when the build fails.
+# its diagnostics are shown only when the build fails.
 build() {
     local name=$1 log=$2
     shift 2
