@@ -77,22 +77,13 @@ static void print_service(json_t *s)
 
 int cmd_autoscale(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTS, {0}};
     struct cli_target t = {.cmd = "autoscale"};
-    int o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT, opts, NULL)) != -1) {
-        int r = cli_common_opt(&t, o, optarg);
-        if (r < 0)
-            return -r;
-        if (!r)
-            return cli_usage_error("autoscale", "unknown option '%s'", argv[optind - 1]);
-    }
-    if (optind < argc)
-        t.env = argv[optind++];
-    if (optind < argc)
-        return cli_usage_error("autoscale", "unexpected argument '%s'", argv[optind]);
+    char *pos[1] = {NULL};
+    int prc = cli_parse_args(&t, argc, argv, pos, 1);
+    if (prc)
+        return prc;
+    if (pos[0])
+        t.env = pos[0];
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
@@ -109,9 +100,7 @@ int cmd_autoscale(int argc, char **argv)
     }
     json_t *svcs = json_object_get(resp, "services");
     if (t.json) {
-        char *s = json_dumps(resp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(resp);
     } else if (json_array_size(svcs) == 0) {
         printf("No autoscaled service%s. Set replicas: {min: 2, max: 10, cpu: 70%%} in tako.yaml.\n",
                t.service ? " by that name" : "s");

@@ -35,6 +35,34 @@ int cli_common_opt(struct cli_target *t, int opt, const char *arg)
     return 0;
 }
 
+int cli_parse_args(struct cli_target *t, int argc, char **argv, char **pos, int max_pos)
+{
+    static const struct option opts[] = {CLI_COMMON_OPTS, {0}};
+    int o, npos = 0;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT, opts, NULL)) != -1) {
+        int r = cli_common_opt(t, o, optarg);
+        if (r < 0)
+            return -r;
+        if (!r)
+            return cli_usage_error(t->cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+    for (; optind < argc; optind++) {
+        if (npos >= max_pos)
+            return cli_usage_error(t->cmd, "unexpected argument '%s'", argv[optind]);
+        pos[npos++] = argv[optind];
+    }
+    return 0;
+}
+
+void cli_print_json(json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    puts(s ? s : "{}");
+    free(s);
+}
+
 int cli_target_load(struct cli_target *t, bool need_file, bool need_env)
 {
     const char *file = t->file ? t->file : "tako.yaml";

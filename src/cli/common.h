@@ -40,6 +40,12 @@ struct cli_target {
  * EXIT_USAGE (negated) on a bad value. */
 int cli_common_opt(struct cli_target *t, int opt, const char *arg);
 
+/* Parse only the common options; positional arguments go to pos (at most
+ * max_pos). Returns 0 or an exit status. */
+int cli_parse_args(struct cli_target *t, int argc, char **argv, char **pos, int max_pos);
+/* Print a JSON answer, indented, for --output json. */
+void cli_print_json(json_t *j);
+
 /* Load tako.yaml and select the environment. need_file: fail when there is
  * none; otherwise a missing file leaves t->cfg NULL (project from
  * --project, or all projects). Returns 0 or an exit status. */

@@ -69,9 +69,7 @@ int cmd_history(int argc, char **argv)
     }
     json_t *rows = json_object_get(resp, "history");
     if (t.json) {
-        char *s = json_dumps(resp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(resp);
     } else if (json_array_size(rows) == 0) {
         printf("No history for project %s yet.\n", project);
     } else {

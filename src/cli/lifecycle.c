@@ -64,27 +64,6 @@ const char help_rollback[] =
     "\n"
     "Options:\n" CLI_COMMON_HELP;
 
-static int parse_common(struct cli_target *t, int argc, char **argv, char **pos, int max_pos)
-{
-    static const struct option opts[] = {CLI_COMMON_OPTS, {0}};
-    int o, npos = 0;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, CLI_COMMON_SHORT, opts, NULL)) != -1) {
-        int r = cli_common_opt(t, o, optarg);
-        if (r < 0)
-            return -r;
-        if (!r)
-            return cli_usage_error(t->cmd, "unknown option '%s'", argv[optind - 1]);
-    }
-    for (; optind < argc; optind++) {
-        if (npos >= max_pos)
-            return cli_usage_error(t->cmd, "unexpected argument '%s'", argv[optind]);
-        pos[npos++] = argv[optind];
-    }
-    return 0;
-}
-
 static json_t *base_body(struct cli_target *t)
 {
     json_t *b = json_object();
@@ -113,7 +92,7 @@ int cmd_scale(int argc, char **argv)
     struct cli_target t = {.cmd = "scale"};
     char *pos[64];
     memset(pos, 0, sizeof(pos));
-    int rc = parse_common(&t, argc, argv, pos, 64);
+    int rc = cli_parse_args(&t, argc, argv, pos, 64);
     if (rc)
         return rc;
     json_t *counts = json_object();
@@ -156,7 +135,7 @@ static int simple_action(const char *kind, int argc, char **argv, bool service_p
 {
     struct cli_target t = {.cmd = kind};
     char *pos[2] = {NULL, NULL};
-    int rc = parse_common(&t, argc, argv, pos, 2);
+    int rc = cli_parse_args(&t, argc, argv, pos, 2);
     if (rc)
         return rc;
     char path[64];

@@ -224,9 +224,7 @@ static int ps_or_stats(int argc, char **argv, bool stats)
     }
     json_t *svcs = json_object_get(resp, "services");
     if (t.json) {
-        char *s = json_dumps(resp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(resp);
     } else if (json_array_size(svcs) == 0) {
         const char *p = cli_target_project(&t);
         if (p)

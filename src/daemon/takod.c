@@ -96,6 +96,14 @@ static void stream_closed(struct api_conn *c, void *data)
 /* Run an operation whose progress streams back; handles errors uniformly. */
 #define OP_BEGIN(c) api_stream_begin((c), stream_closed, NULL)
 
+/* An operation refused before it started: its result, then the end. */
+static void stream_refused(struct api_conn *c, int rc, const char *err)
+{
+    api_stream_json(c, json_pack("{s:s, s:s, s:s, s:b, s:i}", "type", "result", "level", "error",
+                                 "message", err, "ok", 0, "status", status_of(rc)));
+    api_stream_end(c);
+}
+
 /* ---- handlers ---- */
 
 static void h_version(struct api_req *r, void *data)
@@ -152,10 +160,7 @@ static void h_deploy(struct api_req *r, void *data)
         api_stream_json(r->conn, j);
         api_stream_end(r->conn);
     } else if (rc < 0) {
-        json_t *j = json_pack("{s:s, s:s, s:s, s:b, s:i}", "type", "result", "level", "error",
-                              "message", err, "ok", 0, "status", status_of(rc));
-        api_stream_json(r->conn, j);
-        api_stream_end(r->conn);
+        stream_refused(r->conn, rc, err);
     }
 }
 
@@ -168,16 +173,11 @@ static void h_scale(struct api_req *r, void *data)
         return;
     }
     char err[1024];
-    /* Check first so that errors are plain answers, then stream. */
     OP_BEGIN(r->conn);
     int rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
                         progress, r->conn, err, sizeof(err));
-    if (rc < 0) {
-        api_stream_json(r->conn, json_pack("{s:s, s:s, s:s, s:b, s:i}", "type", "result", "level",
-                                           "error", "message", err, "ok", 0, "status",
-                                           status_of(rc)));
-        api_stream_end(r->conn);
-    }
+    if (rc < 0)
+        stream_refused(r->conn, rc, err);
 }
 
 static void h_action(struct api_req *r, void *data)
@@ -198,12 +198,8 @@ static void h_action(struct api_req *r, void *data)
     else
         rc = orch_action(d.orch, kind, project, body_str(r, "env"), body_str(r, "service"),
                          progress, r->conn, err, sizeof(err));
-    if (rc < 0) {
-        api_stream_json(r->conn, json_pack("{s:s, s:s, s:s, s:b, s:i}", "type", "result", "level",
-                                           "error", "message", err, "ok", 0, "status",
-                                           status_of(rc)));
-        api_stream_end(r->conn);
-    }
+    if (rc < 0)
+        stream_refused(r->conn, rc, err);
 }
 
 static void h_ps(struct api_req *r, void *data)
