@@ -457,6 +457,10 @@ int cmd_daemon(int argc, char **argv)
         START_FAIL("epoll: %s\n", strerror(errno));
     struct proxy_opts po;
     memset(&po, 0, sizeof(po));
+    /* One line per request through any listener (see docs/proxy.md). */
+    char access_path[4200];
+    snprintf(access_path, sizeof(access_path), "%s/access.log", home);
+    po.access_log = access_path;
     d.proxy = proxy_new(&po);
     if (!d.proxy || proxy_start(d.proxy) < 0)
         START_FAIL("cannot start the proxy: %s\n", strerror(errno));

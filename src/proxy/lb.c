@@ -75,13 +75,17 @@ struct backend *lb_rr_next(struct lb_set *set, struct lb_req *r)
     size_t n = set->n;
     /* Each skipped backend consumes a cursor step: with b2 down, sequential
      * requests go b1, b3, b1, b3 — the others keep their order. */
+    uint64_t c = 0;
     for (size_t i = 0; i < n; i++) {
-        uint64_t c = atomic_fetch_add_explicit(&set->pool->rr, 1, memory_order_relaxed);
+        c = atomic_fetch_add_explicit(&set->pool->rr, 1, memory_order_relaxed);
         struct backend *b = set->b[c % n];
         if (lb_usable(b, r))
             return b;
     }
-    return NULL;
+    /* Other threads advanced the shared cursor between our steps, so our n
+     * steps may all have landed on unusable backends while a usable one
+     * exists: never fail a request for that. */
+    return n ? lb_scan_from(set, (size_t)(c % n), r) : NULL;
 }
 
 struct backend *lb_scan_from(struct lb_set *set, size_t start, struct lb_req *r)

@@ -286,6 +286,10 @@ def tako(tmp_path):
     t = Tako(home, str(work))
     yield t
     kill_takod_tree(home)
+    keep = os.environ.get("TAKO_TEST_KEEP")  # a directory: keep each test's TAKO_HOME there
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        subprocess.run(["cp", "-a", home, os.path.join(keep, os.path.basename(home))])
     subprocess.run(["rm", "-rf", home])
 
 

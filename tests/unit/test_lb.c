@@ -269,3 +269,39 @@ TEST(kind_names)
     CHECK_STR(lb_kind_name(LB_IP_HASH), "ip_hash");
     CHECK(lb_kind_parse("fastest", &k) < 0);
 }
+
+#include <pthread.h>
+
+static struct lb_set *race_set;
+static atomic_uint race_nulls;
+
+static void *race_picker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 200000; i++) {
+        struct lb_req r = req0();
+        if (!race_set->ops->pick(race_set, &r))
+            atomic_fetch_add(&race_nulls, 1);
+    }
+    return NULL;
+}
+
+/* Two threads share the round-robin cursor; with one healthy backend of
+ * three, interleaved cursor steps must never make a pick fail. */
+TEST(round_robin_never_fails_while_one_is_healthy_across_threads)
+{
+    struct backend *bs[3] = {mk("b1"), mk("b2"), mk("b3")};
+    atomic_store(&bs[1]->healthy, false);
+    atomic_store(&bs[2]->healthy, false);
+    race_set = mkset(LB_ROUND_ROBIN, 3, bs);
+    atomic_store(&race_nulls, 0);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, race_picker, NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    CHECK_INT(atomic_load(&race_nulls), 0);
+    freeset(race_set);
+    for (int i = 0; i < 3; i++)
+        free(bs[i]);
+}
