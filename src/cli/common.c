@@ -340,8 +340,9 @@ int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json
             return EXIT_USAGE;
         return EXIT_FAILED;
     }
-    if (!json)
-        printf("%s%s %s\n", p.unchanged ? "" : (p.color ? "\033[32m✓\033[0m" : "✓"),
-               p.unchanged ? "" : "", p.message);
+    if (!json && p.unchanged)
+        printf("%s\n", p.message);
+    else if (!json)
+        printf("%s %s\n", p.color ? "\033[32m✓\033[0m" : "✓", p.message);
     return EXIT_OK;
 }

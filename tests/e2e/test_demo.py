@@ -1,15 +1,13 @@
-"""`make demo` (scripts/demo.sh): three whoami instances, each answering as
-scaling-web-N; a second run replaces them; `stop` stops them; a busy port
-starts nothing. Ports and the pid directory are private to each test.
-"""
+"""`make demo` (scripts/demo.sh): a real `tako deploy` of examples/whoami —
+three replicas behind the load balancer, six answers in round-robin order —
+that can run twice, and `stop` (tako down) that leaves no replica behind.
+Each test has its own TAKO_HOME and load-balancer port."""
+import json
 import os
-import signal
-import socket
+import re
 import subprocess
 
-import pytest
-
-from conftest import ROOT, WHOAMI, free_port, http_json, wait_for
+from conftest import ROOT, TAKO, free_port, wait_for
 
 DEMO = os.path.join(ROOT, "scripts", "demo.sh")
 
@@ -23,91 +21,41 @@ def alive(pid):
         return False
 
 
-@pytest.fixture
-def demo(tmp_path):
-    ports = []
-    while len(ports) < 3:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-    d = str(tmp_path / "demo")
-    env = dict(os.environ, DEMO_DIR=d, DEMO_PORTS=" ".join(map(str, ports)), WHOAMI_BIN=WHOAMI)
-
-    def run(*args):
-        return subprocess.run([DEMO] + list(args), env=env, capture_output=True, text=True,
-                              timeout=60)
-
-    def pids():
-        try:
-            with open(os.path.join(d, "pids")) as f:
-                return [int(x) for x in f.read().split()]
-        except FileNotFoundError:
-            return []
-
-    run.ports, run.pids, run.dir = ports, pids, d
-    started = []
-    run.started = started
-    yield run
-    # Whatever a failed test left running: stopped by the pids it recorded.
-    for pid in set(pids()) | set(started):
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+def run_demo(tako, port, *args):
+    env = dict(os.environ, TAKO_BIN=TAKO, HTTP_PORT=str(port), **tako.env)
+    return subprocess.run([DEMO] + list(args), env=env, capture_output=True, text=True,
+                          timeout=180)
 
 
-def test_demo_starts_three_named_instances_and_stops_them(demo):
-    r = demo()
-    assert r.returncode == 0, r.stderr
-    pids = demo.pids()
-    demo.started.extend(pids)
+def test_demo_deploys_answers_in_order_twice_and_stops(tako):
+    port = free_port()
+    r = run_demo(tako, port)
+    assert r.returncode == 0, r.stdout + r.stderr
+    answers = re.findall(r"request \d → (\S+)", r.stdout)
+    assert answers == ["scaling-web-%d" % i for i in (1, 2, 3, 1, 2, 3)], r.stdout
+    assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+    assert "tako down" in r.stdout
+    ps = json.loads(tako.run("ps", "--project", "scaling", "--output", "json", check=0).stdout)
+    pids = [x["pid"] for x in ps["services"][0]["replicas"]]
     assert len(pids) == 3
-    for i, port in enumerate(demo.ports, 1):
-        status, doc = http_json(port, "/api/instance")
-        assert status == 200
-        assert doc["hostname"] == "scaling-web-%d" % i
-        assert doc["port"] == port
-        assert doc["pid"] == pids[i - 1]
-        assert '"hostname":"scaling-web-%d"' % i in r.stdout
-        assert "http://127.0.0.1:%d/" % port in r.stdout
-    assert "scripts/demo.sh stop" in r.stdout
 
-    # A second run replaces the earlier instances (and only those).
-    r = demo()
-    assert r.returncode == 0, r.stderr
-    new = demo.pids()
-    demo.started.extend(new)
-    assert len(new) == 3 and not set(new) & set(pids)
-    wait_for(lambda: not any(alive(p) for p in pids), what="earlier instances gone")
-    assert [http_json(p, "/api/instance")[1]["pid"] for p in demo.ports] == new
+    # Again: nothing changed, the same replicas keep serving.
+    r = run_demo(tako, port)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing changed" in r.stdout
+    assert re.findall(r"request \d → (\S+)", r.stdout)[:3] == [
+        "scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    ps = json.loads(tako.run("ps", "--project", "scaling", "--output", "json", check=0).stdout)
+    assert [x["pid"] for x in ps["services"][0]["replicas"]] == pids
 
-    r = demo("stop")
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: not any(alive(p) for p in new), what="instances stopped")
-    assert demo.pids() == []
-    for port in demo.ports:
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    r = run_demo(tako, port, "stop")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for pid in pids:
+        wait_for(lambda: not alive(pid), timeout=30, what="replica gone")
+    assert json.loads(tako.run("ps", "--project", "scaling", "--output", "json",
+                               check=0).stdout)["services"] == []
 
 
-def test_demo_busy_port_starts_nothing(demo):
-    busy = socket.socket()
-    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    busy.bind(("127.0.0.1", demo.ports[2]))
-    busy.listen(1)
-    try:
-        r = demo()
-        assert r.returncode == 1
-        assert "port %d is already in use" % demo.ports[2] in r.stderr
-        assert demo.pids() == []
-        for port in demo.ports[:2]:
-            with pytest.raises(ConnectionRefusedError):
-                socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        busy.close()
-
-
-def test_demo_usage_errors(demo):
-    r = demo("bogus")
+def test_demo_rejects_unknown_arguments(tako):
+    r = run_demo(tako, free_port(), "bogus")
     assert r.returncode == 2 and "Usage" in r.stderr
-    env = dict(os.environ, DEMO_PORTS="3001 3002", DEMO_DIR=demo.dir)
-    r = subprocess.run([DEMO], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "three ports" in r.stderr
