@@ -39,7 +39,7 @@ static const char starter_yaml[] =
     "        # list. Each replica gets its own PORT in the environment and must listen on it.\n"
     "        command: [sh, -c, 'exec python3 -m http.server \"$PORT\"']\n"
     "        port: 3000           # the port the app listens on; no port = a background worker\n"
-    "        replicas: 2          # or {min: 2, max: 10, cpu: 70%} to autoscale\n"
+    "        replicas: 3          # or {min: 2, max: 10, cpu: 70%} to autoscale\n"
     "        loadBalancer:\n"
     "          strategy: round_robin   # least_connections, ip_hash, random, sticky, p2c\n"
     "        healthCheck:\n"

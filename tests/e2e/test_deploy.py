@@ -358,3 +358,22 @@ def test_control_api_with_curl_and_socket_mode(tako):
     lines = [json.loads(x) for x in out.splitlines()]
     assert lines[-1]["type"] == "result" and lines[-1]["ok"] is True
     assert any("scaling-web-2" in x.get("message", "") for x in lines)
+
+
+def test_quick_start_init_then_deploy(tako):
+    """The README's quick start: tako init, tako deploy, three balanced replicas."""
+    tako.run("init", "demo", check=0)
+    port = free_port()
+    path = os.path.join(tako.dir, "tako.yaml")
+    text = open(path).read()
+    assert "# http: 8080" in text
+    open(path, "w").write(text.replace("# http: 8080", "http: %d" % port, 1))
+    r = tako.run("deploy", check=0)
+    assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+    for _ in range(6):
+        st, _, _ = http(port, "/", headers={"Host": "demo.localhost"})
+        assert st == 200
+    names = [x["name"] for x in tako.ps_json()["services"][0]["replicas"]]
+    assert names == ["demo-web-1", "demo-web-2", "demo-web-3"]
+    counts = {r["name"]: r["requests"] for r in tako.ps_json()["services"][0]["replicas"]}
+    assert sorted(counts.values()) == [2, 2, 2], counts
