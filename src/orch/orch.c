@@ -996,7 +996,18 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         }
     if (!changed) {
         rc = 1; /* nothing to do */
-        snprintf(err, errlen, "nothing changed: every service runs its current revision");
+        size_t el = (size_t)snprintf(err, errlen,
+                                     "nothing changed: every service runs its current revision");
+        /* Still say where the running state differs from the file. */
+        for (size_t i = 0; i < req->n_items && el < errlen; i++) {
+            struct orch_service *s = svc_find(o, req->project, req->items[i].name);
+            if (s && s->scale_override >= 0 && (unsigned)s->scale_override != cfgs[i]->replicas)
+                el += (size_t)snprintf(err + el, errlen - el,
+                                       "\nwarning: %s is scaled to %d by 'tako scale' but "
+                                       "tako.yaml says %u; keeping %d",
+                                       s->name, s->scale_override, cfgs[i]->replicas,
+                                       s->scale_override);
+        }
         goto out;
     }
     char detail[256] = "";

@@ -377,3 +377,42 @@ def test_quick_start_init_then_deploy(tako):
     assert names == ["demo-web-1", "demo-web-2", "demo-web-3"]
     counts = {r["name"]: r["requests"] for r in tako.ps_json()["services"][0]["replicas"]}
     assert sorted(counts.values()) == [2, 2, 2], counts
+
+
+def test_scale_override_kept_and_warned_until_yaml_changes(tako):
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port, replicas=2))
+    tako.run("deploy", check=0)
+    tako.run("scale", "web=3", check=0)
+    r = tako.run("deploy", check=0)
+    assert "scaled to 3 by 'tako scale' but tako.yaml says 2" in r.stdout, r.stdout
+    assert tako.ps_json()["services"][0]["desired"] == 3
+    # Editing replicas in tako.yaml: the file wins, the override is dropped.
+    tako.write("tako.yaml", config(port, http_port, replicas=1))
+    r = tako.run("deploy", check=0)
+    assert "dropping the scale override" in r.stdout, r.stdout
+    s = tako.ps_json()["services"][0]
+    assert s["desired"] == 1 and "scale_override" not in s
+
+
+def test_logs_follow_sees_new_replicas(tako):
+    port = free_port()
+    deployed(tako, port, replicas=1)
+    env = dict(os.environ)
+    env.update(tako.env)
+    from conftest import TAKO
+    f = subprocess.Popen([TAKO, "logs", "-F", "--tail", "1"], cwd=tako.dir, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(f.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("scaling-web-1" in x for x in lines), timeout=20, what="tail line")
+        tako.run("scale", "web=2", check=0)
+        wait_for(lambda: any(x.startswith("scaling-web-2") and "listening" in x for x in lines),
+                 timeout=30, what="the new replica's first line")
+    finally:
+        os.killpg(f.pid, signal.SIGTERM)
+        f.wait(10)
