@@ -49,7 +49,7 @@ struct api_conn {
     api_close_cb on_close;
     void *close_data;
     char method[16];
-    char path[512];
+    char path[1536];
     char query[1024];
 };
 
