@@ -90,12 +90,8 @@ int cmd_autoscale(int argc, char **argv)
     char q[1024], path[1100];
     snprintf(path, sizeof(path), "/v1/autoscale%s", cli_query(&t, q, sizeof(q)));
     json_t *resp = NULL;
-    int st = client_call("GET", path, NULL, &resp);
-    if (st < 0)
-        return client_unavailable(st);
-    if (st != 200) {
-        rc = client_report_error("autoscale", st, resp);
-        json_decref(resp);
+    if ((rc = client_get("autoscale", path, &resp))) {
+        cli_target_free(&t);
         return rc;
     }
     json_t *svcs = json_object_get(resp, "services");

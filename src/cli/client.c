@@ -400,6 +400,20 @@ int client_call(const char *method, const char *path, json_t *body, json_t **res
     return do_request(method, path, body, NULL, NULL, resp);
 }
 
+int client_get(const char *cmd, const char *path, json_t **resp)
+{
+    int st = client_call("GET", path, NULL, resp);
+    if (st < 0)
+        return client_unavailable(st);
+    if (st != 200) {
+        int rc = client_report_error(cmd, st, *resp);
+        json_decref(*resp);
+        *resp = NULL;
+        return rc;
+    }
+    return 0;
+}
+
 int client_stream(const char *method, const char *path, json_t *body, client_line_cb cb,
                   void *data)
 {

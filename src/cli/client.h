@@ -15,6 +15,10 @@ int client_connect(bool autostart);
  * return value is the HTTP status, or -errno when takod cannot be reached. */
 int client_call(const char *method, const char *path, json_t *body, json_t **resp);
 
+/* GET path expecting 200: returns 0 with *resp, or the exit status after
+ * printing the error (takod unreachable, or its {"error"} answer). */
+int client_get(const char *cmd, const char *path, json_t **resp);
+
 /* A streaming request: line_cb is called for every JSON line; it may keep
  * the reference. Returns the HTTP status (the stream's own result is for the
  * caller to track) or -errno. */

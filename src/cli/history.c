@@ -59,12 +59,8 @@ int cmd_history(int argc, char **argv)
              client_urlenc(project, a, sizeof(a)),
              t.envp ? client_urlenc(t.envp->name, b, sizeof(b)) : "", (unsigned long long)limit);
     json_t *resp = NULL;
-    int st = client_call("GET", path, NULL, &resp);
-    if (st < 0)
-        return client_unavailable(st);
-    if (st != 200) {
-        rc = client_report_error("history", st, resp);
-        json_decref(resp);
+    if ((rc = client_get("history", path, &resp))) {
+        cli_target_free(&t);
         return rc;
     }
     json_t *rows = json_object_get(resp, "history");

@@ -211,14 +211,7 @@ static int ps_or_stats(int argc, char **argv, bool stats)
     char q[1024], path[1100];
     snprintf(path, sizeof(path), "/v1/ps%s", cli_query(&t, q, sizeof(q)));
     json_t *resp = NULL;
-    int st = client_call("GET", path, NULL, &resp);
-    if (st < 0) {
-        cli_target_free(&t);
-        return client_unavailable(st);
-    }
-    if (st != 200) {
-        rc = client_report_error(t.cmd, st, resp);
-        json_decref(resp);
+    if ((rc = client_get(t.cmd, path, &resp))) {
         cli_target_free(&t);
         return rc;
     }
