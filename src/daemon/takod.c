@@ -345,7 +345,7 @@ static int lock_single(const char *home)
 }
 
 const char help_daemon[] =
-    "Usage: tako daemon [--foreground] [--log-level LEVEL]\n"
+    "Usage: tako daemon [--foreground] [--log-level LEVEL] [--access-log FILE]\n"
     "\n"
     "Run takod, the node agent: it keeps the desired state in SQLite, runs the\n"
     "replicas, embeds the load balancer and serves the control API on the unix\n"
@@ -359,6 +359,9 @@ const char help_daemon[] =
     "  --foreground        stay in the foreground, log to stderr (for systemd;\n"
     "                      see contrib/tako.service)\n"
     "  --log-level LEVEL   debug, info (default), warn or error\n"
+    "  --access-log FILE   one line per proxied request (default: none; also\n"
+    "                      $TAKO_ACCESS_LOG; \"-\" is standard output; format in\n"
+    "                      docs/proxy.md; not rotated by takod)\n"
     "  --stop              ask a running takod to stop (replicas keep running)\n"
     "  --status            print whether takod runs, its pid and version\n"
     "\n"
@@ -372,8 +375,12 @@ int cmd_daemon(int argc, char **argv)
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"stop", no_argument, NULL, 's'},
                                          {"status", no_argument, NULL, 'S'},
+                                         {"access-log", required_argument, NULL, 'a'},
                                          {0}};
     bool foreground = false, stop = false, status = false;
+    const char *access_log = getenv("TAKO_ACCESS_LOG");
+    if (access_log && !*access_log)
+        access_log = NULL;
     int o;
     optind = 1;
     opterr = 0;
@@ -382,6 +389,7 @@ int cmd_daemon(int argc, char **argv)
         case 'f': foreground = true; break;
         case 's': stop = true; break;
         case 'S': status = true; break;
+        case 'a': access_log = optarg; break;
         case 'l': {
             enum log_level lv;
             if (log_parse_level(optarg, &lv) < 0)
@@ -421,6 +429,8 @@ int cmd_daemon(int argc, char **argv)
         return st == 200 ? EXIT_OK : EXIT_FAILED;
     }
     if (!foreground) {
+        if (access_log) /* the background takod reads it from its environment */
+            setenv("TAKO_ACCESS_LOG", access_log, 1);
         int fd = client_connect(true);
         if (fd < 0)
             return client_unavailable(fd);
@@ -457,10 +467,9 @@ int cmd_daemon(int argc, char **argv)
         START_FAIL("epoll: %s\n", strerror(errno));
     struct proxy_opts po;
     memset(&po, 0, sizeof(po));
-    /* One line per request through any listener (see docs/proxy.md). */
-    char access_path[4200];
-    snprintf(access_path, sizeof(access_path), "%s/access.log", home);
-    po.access_log = access_path;
+    /* Opt-in: one line per request is a lot of disk at full load, and
+     * takod does not rotate it (use logrotate with copytruncate). */
+    po.access_log = access_log;
     d.proxy = proxy_new(&po);
     if (!d.proxy || proxy_start(d.proxy) < 0)
         START_FAIL("cannot start the proxy: %s\n", strerror(errno));

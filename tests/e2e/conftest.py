@@ -284,6 +284,8 @@ def tako(tmp_path):
     work = tmp_path / "project"
     work.mkdir()
     t = Tako(home, str(work))
+    if os.environ.get("TAKO_TEST_KEEP"):
+        t.env["TAKO_ACCESS_LOG"] = os.path.join(home, "access.log")
     yield t
     kill_takod_tree(home)
     keep = os.environ.get("TAKO_TEST_KEEP")  # a directory: keep each test's TAKO_HOME there
