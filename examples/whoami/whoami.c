@@ -66,6 +66,7 @@ static struct {
     struct ev_io lio;
     struct ev_signal sigterm, sigint;
     struct ev_timer drain_timer;
+    struct ev_timer accept_timer; /* resumes accepting after EMFILE */
     char hostname[256];
     /* The hostname comes from the environment: escaped once for each place
      * it is written to, so no value can break the JSON, HTML or header. */
@@ -718,8 +719,15 @@ static void on_accept(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
     (void)ev;
     for (;;) {
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd == -1)
-            return; /* EAGAIN, or EMFILE: retried on the next readiness */
+        if (fd == -1) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: the listener stays readable, so pause
+                 * accepting for a moment instead of spinning on it. */
+                ev_io_stop(loop, &g.lio);
+                ev_timer_start(loop, &g.accept_timer, 100);
+            }
+            return; /* EAGAIN: the next readiness */
+        }
         net_set_nodelay(fd);
         struct conn *c = xcalloc(1, sizeof(*c));
         c->fd = fd;
@@ -733,6 +741,13 @@ static void on_accept(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
         g.nconns++;
         ev_io_start(loop, &c->io, EPOLLIN);
     }
+}
+
+static void accept_resume(struct ev_loop *loop, struct ev_timer *t)
+{
+    (void)t;
+    if (!g.draining)
+        ev_io_start(loop, &g.lio, EPOLLIN);
 }
 
 static void drain_expired(struct ev_loop *loop, struct ev_timer *t)
@@ -832,6 +847,7 @@ int main(int argc, char **argv)
     ev_signal_start(&g.loop, &g.sigterm, SIGTERM, on_term, NULL);
     ev_signal_start(&g.loop, &g.sigint, SIGINT, on_term, NULL);
     ev_timer_init(&g.drain_timer, drain_expired, NULL);
+    ev_timer_init(&g.accept_timer, accept_resume, NULL);
     printf("whoami %s listening on port %u\n", g.hostname, g.port);
     fflush(stdout);
     int r = ev_run(&g.loop);
