@@ -38,7 +38,7 @@ clang_rt() {
 }
 
 test_deps=(python3 python3-pytest clang "$(clang_rt)" curl jq wrk apache2-utils haproxy
-    "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base)
+    "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base strace)
 
 installed() {
     case "$1" in
