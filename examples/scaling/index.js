@@ -58,6 +58,7 @@ app.get('/', (req, res) => {
   res.type('html').send(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="3">
+<link rel="icon" href="data:,">
 <title>${host}</title>
 <style>
  body{font-family:system-ui,sans-serif;background:#0f172a;color:#e2e8f0;margin:0;

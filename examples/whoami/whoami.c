@@ -307,6 +307,7 @@ static void route_page(struct conn *c)
     char *page = xasprintf(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"refresh\" content=\"3\">"
+        "<link rel=\"icon\" href=\"data:,\">"  /* no /favicon.ico request in the rotation */
         "<title>%s</title>"
         "<style>body{font-family:system-ui,sans-serif;background:#0f172a;color:#e2e8f0;"
         "display:flex;flex-direction:column;align-items:center;justify-content:center;"
