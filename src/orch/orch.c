@@ -75,32 +75,27 @@ static struct orch_op *op_of(struct orch *o, const char *project)
     return NULL;
 }
 
-/* Report a line to the operation of the service's project (if any) and log it. */
-static void say(struct orch_service *s, const char *level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(struct orch_service *s, const char *level, const char *fmt, ...)
+/* One place for what happened to a service: with a level, the line is
+ * logged and streamed to the running operation of its project (if any);
+ * with a kind, it is also recorded as an event (`tako` history and API). */
+static void report(struct orch_service *s, const char *level, const char *kind, const char *fmt,
+                   ...) __attribute__((format(printf, 4, 5)));
+static void report(struct orch_service *s, const char *level, const char *kind, const char *fmt,
+                   ...)
 {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    log_info("%s/%s: %s", s->project, s->name, msg);
-    struct orch_op *op = op_of(s->o, s->project);
-    if (op && op->cb)
-        op->cb(op->data, s->name, level, msg, false, true);
-}
-
-static void event(struct orch_service *s, const char *kind, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void event(struct orch_service *s, const char *kind, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    store_event(s->o->store, s->project, s->name, kind, msg, NULL);
+    if (level) {
+        log_info("%s/%s: %s", s->project, s->name, msg);
+        struct orch_op *op = op_of(s->o, s->project);
+        if (op && op->cb)
+            op->cb(op->data, s->name, level, msg, false, true);
+    }
+    if (kind)
+        store_event(s->o->store, s->project, s->name, kind, msg, NULL);
 }
 
 static struct orch_service *svc_find(struct orch *o, const char *project, const char *name)
@@ -407,8 +402,7 @@ static void rep_stopped(struct rt_replica *rr, void *data)
     struct orch_replica *r = data;
     struct orch_service *s = r->svc;
     (void)rr;
-    say(s, "info", "stopped %s", r->name);
-    event(s, "stopped", "%s stopped", r->name);
+    report(s, "info", "stopped", "stopped %s", r->name);
     rep_unlink(s, r);
     rt_forget(r->rt);
     free(r);
@@ -433,8 +427,7 @@ static void rep_drain(struct orch_replica *r, const char *why)
         rep_stop(r);
         return;
     }
-    say(s, "info", "draining %s (%s)", r->name, why);
-    event(s, "draining", "%s draining: %s", r->name, why);
+    report(s, "info", "draining", "draining %s (%s)", r->name, why);
     svc_sync_pool(s);
 }
 
@@ -490,8 +483,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     r->started_ms = now_ms(o);
     rep_set_phase(r, P_STARTING);
     rep_insert_sorted(s, r);
-    say(s, "info", "starting %s (revision %s, port %u)", r->name, s->revision, r->port);
-    event(s, "starting", "%s starting, revision %s, port %u", r->name, s->revision, r->port);
+    report(s, "info", "starting", "starting %s (revision %s, port %u)", r->name, s->revision,
+           r->port);
     svc_sync_pool(s);
     return r;
 }
@@ -560,10 +553,9 @@ static void svc_start_failed(struct orch_service *s, struct orch_replica *r, con
     char lines[2048] = "";
     if (r)
         last_lines(r, lines, sizeof(lines));
-    say(s, "error", "%s failed: %s", name, why);
+    report(s, "error", "unhealthy", "%s of revision %s failed: %s", name, s->revision, why);
     if (lines[0])
-        say(s, "error", "last output of %s:\n%s", name, lines);
-    event(s, "unhealthy", "%s of revision %s failed: %s", name, s->revision, why);
+        report(s, "error", NULL, "last output of %s:\n%s", name, lines);
     struct orch_op *op = op_of(s->o, s->project);
     if (op && !op->failed) {
         op->failed = true;
@@ -573,8 +565,8 @@ static void svc_start_failed(struct orch_service *s, struct orch_replica *r, con
     if (r)
         rep_stop(r);
     if (s->prev_cfg && strcmp(s->prev_revision, s->revision) != 0) {
-        say(s, "warn", "rolling back to revision %s", s->prev_revision);
-        event(s, "rollback", "automatic rollback from %s to %s", s->revision, s->prev_revision);
+        report(s, "warn", "rollback", "rolling back from revision %s to %s", s->revision,
+               s->prev_revision);
         struct cfg_service *c = s->cfg;
         json_t *j = s->cfg_json;
         char rev[64];
@@ -592,7 +584,7 @@ static void svc_start_failed(struct orch_service *s, struct orch_replica *r, con
         svc_persist(s);
     } else if (!s->stopped) {
         /* Nothing to go back to: leave the service stopped, not crash looping. */
-        say(s, "warn", "no previous revision to roll back to: %s stays stopped", s->name);
+        report(s, "warn", NULL, "no previous revision to roll back to: %s stays stopped", s->name);
         s->stopped = true;
         svc_persist(s);
     }
@@ -613,10 +605,8 @@ static void rep_liveness(struct orch_replica *r, const struct rt_info *info)
     if (!st.healthy && st.consecutive_failures >= h->unhealthy_threshold &&
         info->uptime_ms > h->start_period_ms && now - r->liveness_ms > quiet) {
         r->liveness_ms = now;
-        say(s, "warn", "%s failed %u health checks in a row: restarting it", r->name,
-            st.consecutive_failures);
-        event(s, "liveness", "%s restarted after %u failed health checks", r->name,
-              st.consecutive_failures);
+        report(s, "warn", "liveness", "%s failed %u health checks in a row: restarting it",
+               r->name, st.consecutive_failures);
         rt_restart(r->rt);
     }
 }
@@ -666,8 +656,7 @@ static void svc_reconcile(struct orch_service *s)
                 r->was_ready = true;
                 char d[32];
                 fmt_duration(now - r->started_ms, d, sizeof(d));
-                say(s, "info", "%s is healthy (%s)", r->name, d);
-                event(s, "ready", "%s ready after %s", r->name, d);
+                report(s, "info", "ready", "%s is healthy (%s)", r->name, d);
                 continue;
             }
             if (s->pool) {
@@ -814,8 +803,7 @@ static void svc_maybe_finish_removal(struct orch_service *s)
     char err[256];
     orch_sync_listeners(o, err, sizeof(err));
     store_service_delete(o->store, s->project, s->env, s->name);
-    event(s, "removed", "service %s removed", s->name);
-    say(s, "info", "removed %s", s->name);
+    report(s, "info", "removed", "removed %s", s->name);
     svc_free(s);
 }
 
@@ -1037,15 +1025,16 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         bool yaml_changed = !fresh && s->cfg_replicas != cfgs[i]->replicas;
         if (s->scale_override >= 0) {
             if (yaml_changed) {
-                say(s, "info", "tako.yaml now asks for %u replicas: dropping the scale override of %d",
-                    cfgs[i]->replicas, s->scale_override);
+                report(s, "info", NULL,
+                       "tako.yaml now asks for %u replicas: dropping the scale override of %d",
+                       cfgs[i]->replicas, s->scale_override);
                 s->scale_override = -1;
             } else if ((unsigned)s->scale_override != cfgs[i]->replicas) {
-                say(s, "warn",
-                    "warning: %s is scaled to %d by 'tako scale' but tako.yaml says %u; keeping %d "
-                    "(change replicas in tako.yaml or run 'tako scale %s=%u')",
-                    s->name, s->scale_override, cfgs[i]->replicas, s->scale_override, s->name,
-                    cfgs[i]->replicas);
+                report(s, "warn", NULL,
+                       "warning: %s is scaled to %d by 'tako scale' but tako.yaml says %u; "
+                       "keeping %d (change replicas in tako.yaml or run 'tako scale %s=%u')",
+                       s->name, s->scale_override, cfgs[i]->replicas, s->scale_override, s->name,
+                       cfgs[i]->replicas);
             }
         }
         if (fresh || strcmp(s->revision, it->revision) != 0 || req->force) {
@@ -1063,7 +1052,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         s->http_port = req->http_port;
         svc_ensure_pool(s);
         svc_persist(s);
-        say(s, "info", "deploying revision %s: %u replica%s", s->revision, svc_desired(s),
+        report(s, "info", NULL, "deploying revision %s: %u replica%s", s->revision, svc_desired(s),
             svc_desired(s) == 1 ? "" : "s");
     }
     if (req->prune && !req->only_service) {
@@ -1075,7 +1064,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
                 if (strcmp(req->items[i].name, s->name) == 0)
                     listed = true;
             if (!listed && !s->removing) {
-                say(s, "info", "%s is no longer in tako.yaml: removing it", s->name);
+                report(s, "info", NULL, "%s is no longer in tako.yaml: removing it", s->name);
                 s->removing = true;
                 s->in_op = true;
             }
@@ -1134,9 +1123,8 @@ int orch_scale(struct orch *o, const char *project, const char *env, json_t *cou
         s->scale_override = want == (int)s->cfg_replicas ? -1 : want;
         s->in_op = true;
         svc_persist(s);
-        say(s, "info", "scaling %s from %u to %d replica%s", s->name, before, want,
-            want == 1 ? "" : "s");
-        event(s, "scale", "scaled from %u to %d by tako scale", before, want);
+        report(s, "info", "scale", "scaling %s from %u to %d replica%s", s->name, before, want,
+               want == 1 ? "" : "s");
     }
     snprintf(op->ok_msg, sizeof(op->ok_msg), "scaled");
     return 0;
@@ -1169,18 +1157,17 @@ int orch_action(struct orch *o, const char *kind, const char *project, const cha
         if (strcmp(kind, "restart") == 0) {
             s->gen++;
             s->stopped = false;
-            say(s, "info", "restarting %s, one replica at a time", s->name);
+            report(s, "info", kind, "restarting %s, one replica at a time", s->name);
         } else if (strcmp(kind, "stop") == 0) {
             s->stopped = true;
-            say(s, "info", "stopping %s", s->name);
+            report(s, "info", kind, "stopping %s", s->name);
         } else if (strcmp(kind, "start") == 0) {
             s->stopped = false;
-            say(s, "info", "starting %s", s->name);
+            report(s, "info", kind, "starting %s", s->name);
         } else if (strcmp(kind, "down") == 0) {
             s->removing = true;
-            say(s, "info", "removing %s", s->name);
+            report(s, "info", kind, "removing %s", s->name);
         }
-        event(s, kind, "%s requested", kind);
         s->in_op = true;
         svc_persist(s);
     }
@@ -1261,13 +1248,13 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
             continue;
         }
         struct orch_service *s = plan[k].s;
-        say(s, "info", "rolling back %s from %s to %s", s->name, s->revision, plan[k].rev);
+        report(s, "info", "rollback", "rolling back %s from %s to %s", s->name, s->revision,
+               plan[k].rev);
         svc_set_target(s, c, plan[k].j, plan[k].rev);
         s->stopped = false;
         s->in_op = true;
         svc_ensure_pool(s);
         svc_persist(s);
-        event(s, "rollback", "rolled back to %s", plan[k].rev);
     }
     char lerr[256];
     orch_sync_listeners(o, lerr, sizeof(lerr));
@@ -1289,7 +1276,7 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
     if (new_state == RT_BACKOFF || new_state == RT_CRASHLOOP) {
         struct rt_info info;
         rt_info(rr, &info);
-        event(s, "crash", "%s exited (%s); restart %u in %llums", r->name,
+        report(s, NULL, "crash", "%s exited (%s); restart %u in %llums", r->name,
               info.last_error[0] ? info.last_error : rt_state_name(old_state), info.restarts + 1,
               (unsigned long long)info.backoff_ms);
         if (r->phase == P_READY)
