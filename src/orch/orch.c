@@ -171,6 +171,33 @@ static void pool_opts_sig(const struct proxy_pool_opts *po, char *buf, size_t le
              (unsigned long long)po->drain_timeout_ms, po->sticky_cookie ? po->sticky_cookie : "-");
 }
 
+/* The pool's backend set in slot order (the list is kept sorted): ready
+ * replicas, plus starting ones unless ready_only (the proxy gives those no
+ * traffic before their first passing check). sig names the set, so an
+ * unchanged set is not pushed again. Returns the count. */
+static size_t pool_specs(struct orch_service *s, bool ready_only,
+                         struct proxy_backend_spec specs[ORCH_MAX_REPLICAS], char *sig,
+                         size_t siglen)
+{
+    size_t n = 0, sl = 0;
+    sig[0] = '\0';
+    for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
+        if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
+            continue;
+        char a[64];
+        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
+        memset(&specs[n], 0, sizeof(specs[n]));
+        specs[n].id = r->name;
+        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
+        net_parse_addr(a, NULL, &specs[n].addr);
+        n++;
+        int w = snprintf(sig + sl, siglen - sl, "%s@%u%s;", r->name, r->port, r->health_path);
+        if (w > 0 && (size_t)w < siglen - sl)
+            sl += (size_t)w;
+    }
+    return n;
+}
+
 /* Create the service's pool, or replace it when its options changed: the
  * new pool starts with the ready replicas taking traffic at once
  * (initial_up), listeners are pointed at it, and the old one drains. */
@@ -194,19 +221,9 @@ static void svc_ensure_pool(struct orch_service *s)
     /* First set: ready replicas only, so initial_up never admits an
      * unchecked one; the next sync adds the starting ones. */
     struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    size_t n = 0;
-    for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
-        if (r->phase != P_READY)
-            continue;
-        char a[64];
-        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
-        memset(&specs[n], 0, sizeof(specs[n]));
-        specs[n].id = r->name;
-        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
-        net_parse_addr(a, NULL, &specs[n].addr);
-        n++;
-    }
-    proxy_pool_set_backends(s->pool, specs, n);
+    char set_sig[sizeof(s->pool_sig)];
+    proxy_pool_set_backends(s->pool, specs,
+                            pool_specs(s, true, specs, set_sig, sizeof(set_sig)));
     char err[256];
     orch_sync_listeners(s->o, err, sizeof(err));
     proxy_pool_free(old);
@@ -219,26 +236,8 @@ static void svc_sync_pool(struct orch_service *s)
     if (!s->pool)
         return;
     struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    size_t n = 0;
     char sig[sizeof(s->pool_sig)];
-    size_t sl = 0;
-    sig[0] = '\0';
-    /* Sorted by index: the list is kept sorted. */
-    for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
-        bool member = r->phase == P_READY || r->phase == P_STARTING;
-        if (!member)
-            continue;
-        char a[64];
-        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
-        memset(&specs[n], 0, sizeof(specs[n]));
-        specs[n].id = r->name;
-        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
-        net_parse_addr(a, NULL, &specs[n].addr);
-        n++;
-        int w = snprintf(sig + sl, sizeof(sig) - sl, "%s@%u%s;", r->name, r->port, r->health_path);
-        if (w > 0 && (size_t)w < sizeof(sig) - sl)
-            sl += (size_t)w;
-    }
+    size_t n = pool_specs(s, false, specs, sig, sizeof(sig));
     if (strcmp(sig, s->pool_sig) == 0)
         return;
     if (proxy_pool_set_backends(s->pool, specs, n) == 0)
@@ -489,24 +488,35 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     return r;
 }
 
-/* Proxy view of one backend (by id). */
+/* Proxy view of one backend (by id), from the snapshot of this tick. */
 static bool backend_stats(struct orch_service *s, const char *id, struct proxy_backend_stats *out)
 {
-    if (!s->pool)
-        return false;
-    struct proxy_backend_stats *v = NULL;
-    size_t n = 0;
-    bool found = false;
-    if (proxy_pool_stats(s->pool, &v, &n) < 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i].id, id) == 0) {
-            *out = v[i];
-            found = true;
-            break;
-        }
-    proxy_pool_stats_free(v);
-    return found;
+    const struct proxy_backend_stats *b = orch__find_stats(s->snap, s->nsnap, id);
+    if (b)
+        *out = *b;
+    return b != NULL;
+}
+
+/* One copy of the pool's counters per tick, not one per replica looked at. */
+static void svc_snapshot(struct orch_service *s)
+{
+    proxy_pool_stats_free(s->snap);
+    s->snap = NULL;
+    s->nsnap = 0;
+    if (s->pool && proxy_pool_stats(s->pool, &s->snap, &s->nsnap) < 0) {
+        s->snap = NULL;
+        s->nsnap = 0;
+    }
+}
+
+/* A starting replica failed: of the target revision, that fails the
+ * operation (and rolls back); of an older one, it just goes. */
+static void rep_start_failed(struct orch_replica *r, const char *why)
+{
+    if (rep_current(r->svc, r))
+        svc_start_failed(r->svc, r, r->name, why);
+    else
+        rep_stop(r);
 }
 
 static uint64_t start_deadline_ms(const struct cfg_service *c)
@@ -632,6 +642,7 @@ static void svc_reconcile(struct orch_service *s)
     unsigned n = svc_desired(s);
 
     /* 1. Observe. */
+    svc_snapshot(s);
     for (struct orch_replica *r = s->replicas, *next; r; r = next) {
         next = r->next;
         struct rt_info info;
@@ -645,10 +656,7 @@ static void svc_reconcile(struct orch_service *s)
                     snprintf(why, sizeof(why), "%s", info.last_error);
                 else
                     snprintf(why, sizeof(why), "exited (%s)", rt_state_name(info.state));
-                if (rep_current(s, r))
-                    svc_start_failed(s, r, r->name, why);
-                else
-                    rep_stop(r);
+                rep_start_failed(r, why);
                 continue;
             }
             if (rep_ready(r, &info)) {
@@ -667,18 +675,12 @@ static void svc_reconcile(struct orch_service *s)
                     char why[128];
                     snprintf(why, sizeof(why), "failed %u health checks on %s without passing one",
                              st.consecutive_failures, c->health.path);
-                    if (rep_current(s, r))
-                        svc_start_failed(s, r, r->name, why);
-                    else
-                        rep_stop(r);
+                    rep_start_failed(r, why);
                     continue;
                 }
             }
             if (now - r->started_ms > start_deadline_ms(c)) {
-                if (rep_current(s, r))
-                    svc_start_failed(s, r, r->name, "did not become healthy in time");
-                else
-                    rep_stop(r);
+                rep_start_failed(r, "did not become healthy in time");
                 continue;
             }
         } else if (r->phase == P_READY) {
@@ -779,6 +781,7 @@ static void svc_reconcile(struct orch_service *s)
 static void svc_free(struct orch_service *s)
 {
     orch_autoscale_free(s);
+    proxy_pool_stats_free(s->snap);
     if (s->pool)
         proxy_pool_free(s->pool);
     cfg_service_free(s->cfg);

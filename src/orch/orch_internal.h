@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "core/ev.h"
 #include "orch/orch.h"
+#include "proxy/proxy.h"
 
 #define ORCH_MAX_REPLICAS 512
 #define ORCH_MAX_ROUTES 256
@@ -56,6 +57,8 @@ struct orch_service {
     char prev_revision[64];
     unsigned prev_replicas;
     struct proxy_pool *pool; /* NULL for workers */
+    struct proxy_backend_stats *snap; /* the pool's counters, copied once per tick */
+    size_t nsnap;
     char pool_sig[8192];      /* the backend set last pushed */
     char pool_opts_sig[512];  /* the options the pool was made with */
     struct orch_replica *replicas;
@@ -104,5 +107,8 @@ struct orch {
 };
 
 const char *orch_phase_name(enum orch_phase p);
+/* The entry of id in a stats snapshot, or NULL (orch_view.c). */
+const struct proxy_backend_stats *orch__find_stats(const struct proxy_backend_stats *v, size_t n,
+                                                   const char *id);
 
 #endif

@@ -17,8 +17,8 @@ static bool matches(const struct orch_service *s, const char *project, const cha
            (!service || !*service || strcmp(s->name, service) == 0);
 }
 
-static const struct proxy_backend_stats *find_stats(const struct proxy_backend_stats *v, size_t n,
-                                                    const char *id)
+const struct proxy_backend_stats *orch__find_stats(const struct proxy_backend_stats *v, size_t n,
+                                                   const char *id)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(v[i].id, id) == 0)
@@ -123,7 +123,7 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
         unsigned running = 0, desired = desired_of(s);
         bool crashloop = false, changing = false;
         for (struct orch_replica *r = s->replicas; r; r = r->next) {
-            const struct proxy_backend_stats *b = find_stats(st, nst, r->name);
+            const struct proxy_backend_stats *b = orch__find_stats(st, nst, r->name);
             json_t *rj = replica_json(r, b);
             const char *h = json_string_value(json_object_get(rj, "health"));
             const char *state = json_string_value(json_object_get(rj, "state"));

@@ -416,3 +416,22 @@ def test_logs_follow_sees_new_replicas(tako):
     finally:
         os.killpg(f.pid, signal.SIGTERM)
         f.wait(10)
+
+
+def test_strategy_change_swaps_the_pool_without_loss(tako):
+    """A new strategy needs a new pool: ready replicas take traffic in it at
+    once, the old pool drains; nothing fails under load."""
+    port = free_port()
+    http_port = free_port()
+    tako.write("tako.yaml", config(port, http_port))
+    tako.run("deploy", check=0)
+    with Load(port, clients=20, max_seconds=120) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        tako.write("tako.yaml", config(port, http_port, strategy="least_connections"))
+        tako.run("deploy", check=0)
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="load after the swap")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    svc = tako.ps_json()["services"][0]
+    assert svc["strategy"] == "least_connections" and svc["running"] == 3
