@@ -25,7 +25,7 @@ esac
 # that is a path ("/usr/bin/npm") is satisfied by any installed package that
 # owns that file (e.g. a nodejs build that bundles npm and conflicts with
 # Debian's npm package).
-build_deps=(gcc make pkg-config libyaml-dev libjansson-dev libsqlite3-dev)
+build_deps=(gcc make pkg-config libyaml-dev libjansson-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev)
 
 # libFuzzer ships in compiler-rt, versioned like clang itself.
 clang_rt() {
@@ -38,7 +38,8 @@ clang_rt() {
 }
 
 test_deps=(python3 python3-pytest clang "$(clang_rt)" curl jq wrk apache2-utils haproxy
-    "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base strace)
+    "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base strace
+    iproute2 openssh-server openssh-client rsync docker.io busybox-static pebble prometheus testssl.sh)
 
 installed() {
     case "$1" in
