@@ -17,7 +17,7 @@
 #include "cli/common.h"
 #include "core/util.h"
 #include "daemon/home.h"
-#include "runtime/rt.h"
+#include "runtime/rt_proc.h"
 
 const char help_logs[] =
     "Usage: tako logs [INSTANCE] [--service NAME] [--tail N] [--since DURATION] [-f]\n"
@@ -255,7 +255,7 @@ int cmd_logs(int argc, char **argv)
     for (size_t i = 0; i < n; i++) {
         char **l = NULL;
         size_t k = 0;
-        if (rt_logs_tail(home, names[i], tail, since_wall, &l, &k) < 0)
+        if (rt_proc_logs_tail(home, names[i], tail, since_wall, &l, &k) < 0)
             continue;
         lines = xrealloc(lines, (nl + k + 1) * sizeof(*lines));
         for (size_t j = 0; j < k; j++) {
@@ -295,7 +295,7 @@ int cmd_logs(int argc, char **argv)
                         struct src *s = &srcs[ns++];
                         memset(s, 0, sizeof(*s));
                         snprintf(s->name, sizeof(s->name), "%s", now[i]);
-                        snprintf(s->path, sizeof(s->path), "%s", rt_log_path(home, now[i]));
+                        snprintf(s->path, sizeof(s->path), "%s", rt_proc_log_path(home, now[i]));
                         s->color = color ? colors[(ns - 1) % ARRAY_LEN(colors)] : 0;
                         struct stat st;
                         if (last_scan == 0 && stat(s->path, &st) == 0) {
