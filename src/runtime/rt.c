@@ -231,14 +231,14 @@ void rt_logs_free(char **lines, size_t n)
     free(lines);
 }
 
-int rt_logs_follow(struct rt *rt, const char *driver, const char *name, rt_log_line_cb line,
-                   void *data, struct rt_log_follow **out)
+int rt_logs_follow(struct rt *rt, const char *driver, const char *name, bool from_start,
+                   rt_log_line_cb line, void *data, struct rt_log_follow **out)
 {
     char err[256];
     struct rt_driver *d = rt__driver(rt, driver, err, sizeof(err));
     if (!d)
         return -EINVAL;
-    int res = d->ops->logs_follow(d, name, line, data, out);
+    int res = d->ops->logs_follow(d, name, from_start, line, data, out);
     if (res == 0)
         (*out)->drv = d;
     return res;

@@ -154,13 +154,14 @@ int rt_logs_tail(struct rt *rt, const char *driver, const char *name, size_t n_l
                  uint64_t since_wall_ms, char ***lines, size_t *n);
 void rt_logs_free(char **lines, size_t n);
 
-/* Follow: line(data, name, text) for every line written after the call,
- * from the loop, until rt_logs_unfollow. Works for a replica that does not
- * run yet (lines appear when it starts). Returns 0 and *out, or -errno. */
+/* Follow: line(data, name, text) for every line written after the call
+ * (from_start: every line the driver still has, then the new ones), from
+ * the loop, until rt_logs_unfollow. Works for a replica that does not run
+ * yet (lines appear when it starts). Returns 0 and *out, or -errno. */
 typedef void (*rt_log_line_cb)(void *data, const char *name, const char *line);
 struct rt_log_follow;
-int rt_logs_follow(struct rt *rt, const char *driver, const char *name, rt_log_line_cb line,
-                   void *data, struct rt_log_follow **out);
+int rt_logs_follow(struct rt *rt, const char *driver, const char *name, bool from_start,
+                   rt_log_line_cb line, void *data, struct rt_log_follow **out);
 void rt_logs_unfollow(struct rt_log_follow *f);
 
 const char *rt_state_name(enum rt_state s);

@@ -77,8 +77,8 @@ struct rt_driver_ops {
                      struct rt_log_ref **out, size_t *n);
     int (*logs_tail)(struct rt_driver *d, const char *name, size_t n_lines,
                      uint64_t since_wall_ms, char ***lines, size_t *n);
-    int (*logs_follow)(struct rt_driver *d, const char *name, rt_log_line_cb line, void *data,
-                       struct rt_log_follow **out);
+    int (*logs_follow)(struct rt_driver *d, const char *name, bool from_start,
+                       rt_log_line_cb line, void *data, struct rt_log_follow **out);
     void (*logs_unfollow)(struct rt_log_follow *f);
 };
 

@@ -84,7 +84,8 @@ int rt__proc_logs_list(const char *state_dir, const char *driver, const char *pr
                        const char *service, struct rt_log_ref **out, size_t *n);
 struct ev_loop;
 int rt__proc_logs_follow(struct ev_loop *loop, const char *state_dir, const char *name,
-                         rt_log_line_cb line, void *data, struct rt_log_follow **out);
+                         bool from_start, rt_log_line_cb line, void *data,
+                         struct rt_log_follow **out);
 void rt__proc_logs_unfollow(struct rt_log_follow *f);
 /* Format a line prefix for wall time ms: "2024-01-01T12:00:00.000Z". */
 void rt__fmt_time(uint64_t wall_ms, char buf[32]);

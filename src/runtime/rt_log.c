@@ -397,7 +397,8 @@ static void on_follow_timer(struct ev_loop *loop, struct ev_timer *t)
 }
 
 int rt__proc_logs_follow(struct ev_loop *loop, const char *state_dir, const char *name,
-                         rt_log_line_cb line, void *data, struct rt_log_follow **out)
+                         bool from_start, rt_log_line_cb line, void *data,
+                         struct rt_log_follow **out)
 {
     struct proc_follow *f = xcalloc(1, sizeof(*f));
     f->loop = loop;
@@ -406,7 +407,7 @@ int rt__proc_logs_follow(struct ev_loop *loop, const char *state_dir, const char
     f->line = line;
     f->data = data;
     struct stat st;
-    if (stat(f->path, &st) == 0) {
+    if (!from_start && stat(f->path, &st) == 0) {
         f->ino = st.st_ino; /* from here on: what is there was tailed already */
         f->off = st.st_size;
     }

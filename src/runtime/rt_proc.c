@@ -868,10 +868,11 @@ static int proc_logs_tail(struct rt_driver *d, const char *name, size_t n_lines,
     return rt_proc_logs_tail(PD(d)->state_dir, name, n_lines, since_wall_ms, lines, n);
 }
 
-static int proc_logs_follow(struct rt_driver *d, const char *name, rt_log_line_cb line,
-                            void *data, struct rt_log_follow **out)
+static int proc_logs_follow(struct rt_driver *d, const char *name, bool from_start,
+                            rt_log_line_cb line, void *data, struct rt_log_follow **out)
 {
-    return rt__proc_logs_follow(PD(d)->loop, PD(d)->state_dir, name, line, data, out);
+    return rt__proc_logs_follow(PD(d)->loop, PD(d)->state_dir, name, from_start, line, data,
+                                out);
 }
 
 const struct rt_driver_ops rt_proc_ops = {
