@@ -22,10 +22,12 @@
 #include "core/util.h"
 #include "daemon/api.h"
 #include "daemon/home.h"
-#include "daemon/store.h"
+#include "daemon/logs.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
+#include "store/store.h"
+#include "store/store_sqlite.h"
 
 rt_event_cb orch_rt_callback(void);
 
@@ -220,6 +222,25 @@ static void h_autoscale(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, json_pack("{s:o}", "services", v));
 }
 
+/* Answers from the store, whenever it gives them. */
+static void reply_named(struct api_conn *c, const char *name, int rc, json_t *list)
+{
+    if (rc < 0)
+        api_reply_error(c, 500, "the state store failed: %s", strerror(-rc));
+    else
+        api_reply_json(c, 200, json_pack("{s:O}", name, list));
+}
+
+static void reply_list(void *data, int rc, void *result)
+{
+    reply_named(data, "history", rc, result);
+}
+
+static void reply_events(void *data, int rc, void *result)
+{
+    reply_named(data, "events", rc, result);
+}
+
 static void h_history(struct api_req *r, void *data)
 {
     (void)data;
@@ -230,9 +251,9 @@ static void h_history(struct api_req *r, void *data)
         return;
     }
     const char *lim = qs(r, "limit", l, sizeof(l));
-    json_t *h = store_history_list(d.store, project, qs(r, "env", e, sizeof(e)),
-                                   lim ? atoi(lim) : 50);
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "history", h));
+    if (store_history_list(d.store, project, qs(r, "env", e, sizeof(e)), lim ? atoi(lim) : 50,
+                           reply_list, r->conn) < 0)
+        api_reply_error(r->conn, 500, "the state store failed");
 }
 
 static void h_events(struct api_req *r, void *data)
@@ -240,10 +261,16 @@ static void h_events(struct api_req *r, void *data)
     (void)data;
     char p[128], s[128], k[64], l[32];
     const char *lim = qs(r, "limit", l, sizeof(l));
-    json_t *ev = store_events_list(d.store, qs(r, "project", p, sizeof(p)),
-                                   qs(r, "service", s, sizeof(s)), qs(r, "kind", k, sizeof(k)),
-                                   lim ? atoi(lim) : 100);
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "events", ev));
+    if (store_events_list(d.store, qs(r, "project", p, sizeof(p)),
+                          qs(r, "service", s, sizeof(s)), qs(r, "kind", k, sizeof(k)),
+                          lim ? atoi(lim) : 100, reply_events, r->conn) < 0)
+        api_reply_error(r->conn, 500, "the state store failed");
+}
+
+static void h_logs(struct api_req *r, void *data)
+{
+    (void)data;
+    logs_handle(r, d.rt, &d.loop);
 }
 
 static void h_shutdown(struct api_req *r, void *data)
@@ -267,6 +294,7 @@ static const struct api_route routes[] = {
     {"GET", "/v1/history", h_history},
     {"GET", "/v1/autoscale", h_autoscale},
     {"GET", "/v1/events", h_events},
+    {"GET", "/v1/logs", h_logs},
     {"POST", "/v1/shutdown", h_shutdown},
     {NULL, NULL, NULL},
 };
@@ -460,7 +488,7 @@ int cmd_daemon(int argc, char **argv)
     d.started_ms = ev_time_ms();
     char path[4200], err[512];
     snprintf(path, sizeof(path), "%s/state.db", home);
-    d.store = store_open(path, err, sizeof(err));
+    d.store = store_sqlite_open(path, err, sizeof(err));
     if (!d.store)
         START_FAIL("%s\n", err);
     if (ev_loop_init(&d.loop) < 0)

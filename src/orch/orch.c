@@ -24,12 +24,12 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "core/util.h"
-#include "daemon/store.h"
 #include "orch/autoscale.h"
 #include "orch/orch_internal.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_admin.h"
 #include "runtime/rt.h"
+#include "store/store.h"
 
 /* ---- small helpers ---- */
 
@@ -95,7 +95,7 @@ static void report(struct orch_service *s, const char *level, const char *kind, 
             op->cb(op->data, s->name, level, msg, false, true);
     }
     if (kind)
-        store_event(s->o->store, s->project, s->name, kind, msg, NULL);
+        store_event(s->o->store, s->project, s->name, kind, msg, NULL, NULL, NULL);
 }
 
 static struct orch_service *svc_find(struct orch *o, const char *project, const char *name)
@@ -119,7 +119,7 @@ static void svc_persist(struct orch_service *s)
     st.scale_override = s->scale_override;
     st.stopped = s->stopped;
     st.http_port = s->http_port;
-    store_service_save(s->o->store, &st);
+    store_service_save(s->o->store, &st, NULL, NULL);
 }
 
 /* ---- proxy pools and listeners ---- */
@@ -184,14 +184,15 @@ static size_t pool_specs(struct orch_service *s, bool ready_only,
     for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
         if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
             continue;
+        /* The driver says where the replica is reached. */
         char a[64];
-        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
         memset(&specs[n], 0, sizeof(specs[n]));
+        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &specs[n].addr) < 0)
+            continue;
         specs[n].id = r->name;
         specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
-        net_parse_addr(a, NULL, &specs[n].addr);
         n++;
-        int w = snprintf(sig + sl, siglen - sl, "%s@%u%s;", r->name, r->port, r->health_path);
+        int w = snprintf(sig + sl, siglen - sl, "%s@%s%s;", r->name, a, r->health_path);
         if (w > 0 && (size_t)w < siglen - sl)
             sl += (size_t)w;
     }
@@ -544,7 +545,7 @@ static void last_lines(struct orch_replica *r, char *buf, size_t len)
     size_t n = 0;
     size_t o = 0;
     buf[0] = '\0';
-    if (rt_logs_tail(r->svc->o->state_dir, r->name, 10, 0, &lines, &n) < 0)
+    if (rt_logs_tail(r->svc->o->rt, rt_spec(r->rt)->driver, r->name, 10, 0, &lines, &n) < 0)
         return;
     for (size_t i = 0; i < n && o + 2 < len; i++) {
         int w = snprintf(buf + o, len - o, "    %s\n", lines[i]);
@@ -805,12 +806,35 @@ static void svc_maybe_finish_removal(struct orch_service *s)
         }
     char err[256];
     orch_sync_listeners(o, err, sizeof(err));
-    store_service_delete(o->store, s->project, s->env, s->name);
+    store_service_delete(o->store, s->project, s->env, s->name, NULL, NULL);
     report(s, "info", "removed", "removed %s", s->name);
     svc_free(s);
 }
 
 /* ---- operations ---- */
+
+static void lease_key(const char *project, char *buf, size_t len)
+{
+    snprintf(buf, len, "project/%s", project);
+}
+
+/* The history row of an operation: begun when the operation starts, ended
+ * when it finishes; a store that answers later may end it after the
+ * operation is gone from the list, so the row's end waits for its id. */
+static void hist_end(struct orch *o, struct orch_op *op)
+{
+    store_history_end(o->store, op->hist_id, op->hist_status, op->hist_msg, NULL, NULL);
+    free(op);
+}
+
+static void on_hist_begun(void *data, int rc, void *result)
+{
+    struct orch_op *op = data;
+    op->hist_pending = false;
+    op->hist_id = rc == 0 && result ? *(const int64_t *)result : 0;
+    if (op->finished)
+        hist_end(op->o, op);
+}
 
 static void op_finish(struct orch *o, struct orch_op *op)
 {
@@ -830,10 +854,48 @@ static void op_finish(struct orch *o, struct orch_op *op)
         snprintf(msg, sizeof(msg), "%s; rolled back to the previous revision", op->fail_msg);
     else
         snprintf(msg, sizeof(msg), "%s", op->fail_msg);
-    store_history_end(o->store, op->hist_id, ok ? "ok" : (op->rolling_back ? "rolled-back" : "failed"), msg);
+    char key[128];
+    lease_key(op->project, key, sizeof(key));
+    store_unlock(o->store, key, op->owner, NULL, NULL);
     if (op->cb)
         op->cb(op->data, NULL, ok ? "info" : "error", msg, true, ok);
-    free(op);
+    snprintf(op->hist_status, sizeof(op->hist_status), "%s",
+             ok ? "ok" : (op->rolling_back ? "rolled-back" : "failed"));
+    snprintf(op->hist_msg, sizeof(op->hist_msg), "%s", msg);
+    op->finished = true;
+    if (!op->hist_pending)
+        hist_end(o, op);
+}
+
+/* A renewal refused: another writer holds the project now. */
+static void on_lease_renewed(void *data, int rc, void *result)
+{
+    struct orch *o = data;
+    const struct store_lease *held = result;
+    if (rc != -EBUSY || !held || strncmp(held->key, "project/", 8) != 0)
+        return;
+    struct orch_op *op = NULL;
+    for (struct orch_op *x = o->ops; x; x = x->next)
+        if (strcmp(x->project, held->key + 8) == 0)
+            op = x;
+    if (op && !op->failed) {
+        op->failed = true;
+        snprintf(op->fail_msg, sizeof(op->fail_msg), "lost the lease on project %s to %s",
+                 op->project, held->owner);
+    }
+}
+
+/* Leases are renewed well before they expire. */
+static void ops_renew(struct orch *o, uint64_t now)
+{
+    for (struct orch_op *op = o->ops; op; op = op->next) {
+        if (now - op->renewed_ms < ORCH_LEASE_MS / 3)
+            continue;
+        op->renewed_ms = now;
+        char key[128];
+        lease_key(op->project, key, sizeof(key));
+        store_lock(o->store, key, op->owner, op->kind, ORCH_LEASE_MS, on_lease_renewed, o);
+    }
 }
 
 /* Every service the operation touched has converged (or is gone). */
@@ -864,6 +926,7 @@ static void tick(struct ev_loop *loop, struct ev_timer *t)
         if (project_settled(o, op->project))
             op_finish(o, op);
     }
+    ops_renew(o, now);
     ev_timer_start(loop, t, ORCH_TICK_MS);
 }
 
@@ -871,13 +934,32 @@ static struct orch_op *op_begin(struct orch *o, const char *kind, const char *pr
                                 const char *env, const char *revision, const char *detail,
                                 orch_progress_cb cb, void *data, char *err, size_t errlen)
 {
-    struct orch_op *cur = op_of(o, project);
-    if (cur) {
-        char d[32];
-        fmt_duration(now_ms(o) - cur->started_ms, d, sizeof(d));
-        snprintf(err, errlen,
-                 "a %s of project %s is in progress (started %s ago); wait for it to finish",
-                 cur->kind, project, d);
+    /* One operation per project, for every writer of the store: a lease. */
+    char key[128];
+    lease_key(project, key, sizeof(key));
+    /* Each operation owns its lease: a second one from this takod is refused too. */
+    char owner[sizeof(((struct orch_op *)0)->owner)];
+    snprintf(owner, sizeof(owner), "%s/op-%llu", o->owner, (unsigned long long)++o->op_seq);
+    struct store_result lr = {0};
+    int rc = store_lock(o->store, key, owner, kind, ORCH_LEASE_MS, store_keep_lease, &lr);
+    if (rc == 0 && !lr.done) {
+        /* The reconciler needs the answer before it changes targets. */
+        snprintf(err, errlen, "the state store did not answer at once; try again");
+        return NULL;
+    }
+    if (rc < 0 || lr.rc < 0) {
+        if (rc == 0 && lr.rc == -EBUSY) {
+            char d[32];
+            uint64_t wall = time_wall_ms();
+            fmt_duration(wall > lr.lease.acquired_ms ? wall - lr.lease.acquired_ms : 0, d,
+                         sizeof(d));
+            snprintf(err, errlen,
+                     "a %s of project %s is in progress (started %s ago); wait for it to finish",
+                     lr.lease.info, project, d);
+        } else {
+            snprintf(err, errlen, "cannot lock project %s in the state store: %s", project,
+                     strerror(-(rc < 0 ? rc : lr.rc)));
+        }
         return NULL;
     }
     struct orch_op *op = xcalloc(1, sizeof(*op));
@@ -885,10 +967,15 @@ static struct orch_op *op_begin(struct orch *o, const char *kind, const char *pr
     snprintf(op->project, sizeof(op->project), "%s", project);
     snprintf(op->env, sizeof(op->env), "%s", env ? env : "");
     snprintf(op->kind, sizeof(op->kind), "%s", kind);
+    snprintf(op->owner, sizeof(op->owner), "%s", owner);
     op->cb = cb;
     op->data = data;
     op->started_ms = now_ms(o);
-    op->hist_id = store_history_begin(o->store, project, env ? env : "", kind, revision, detail);
+    op->renewed_ms = op->started_ms;
+    op->hist_pending = true;
+    if (store_history_begin(o->store, project, env ? env : "", kind, revision, detail,
+                            on_hist_begun, op) < 0)
+        op->hist_pending = false;
     op->next = o->ops;
     o->ops = op;
     return op;
@@ -1042,7 +1129,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         }
         if (fresh || strcmp(s->revision, it->revision) != 0 || req->force) {
             store_revision_add(o->store, req->project, req->env, it->name, it->revision,
-                               it->config, it->source);
+                               it->config, it->source, NULL, NULL);
             svc_set_target(s, cfgs[i], json_incref(it->config), it->revision);
             cfgs[i] = NULL;
             if (req->force && !fresh)
@@ -1192,7 +1279,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
         const char *want = revision && *revision ? revision : s->prev_revision;
         if (!want[0]) {
             /* After a takod restart prev is not in memory: ask the history. */
-            json_t *h = store_history_list(o->store, project, s->env, 50);
+            struct store_result hr = {0};
+            store_history_list(o->store, project, s->env, 50, store_keep_json, &hr);
+            if (!hr.done)
+                goto store_late;
+            json_t *h = hr.json;
+            hr.json = NULL;
             size_t i;
             json_t *row;
             json_array_foreach(h, i, row) {
@@ -1219,7 +1311,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
         }
         if (strcmp(plan[np].rev, s->revision) == 0)
             continue;
-        plan[np].j = store_revision_get(o->store, project, s->env, s->name, plan[np].rev);
+        struct store_result vr = {0};
+        store_revision_get(o->store, project, s->env, s->name, plan[np].rev, store_keep_json,
+                           &vr);
+        if (!vr.done)
+            goto store_late;
+        plan[np].j = vr.json;
         if (!plan[np].j) {
             if (revision && *revision) {
                 snprintf(err, errlen, "service %s has no revision %s (see 'tako history')",
@@ -1263,6 +1360,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
     orch_sync_listeners(o, lerr, sizeof(lerr));
     snprintf(op->ok_msg, sizeof(op->ok_msg), "rolled back");
     return 0;
+store_late:
+    /* The plan needs the history and the revisions before anything changes. */
+    for (size_t k = 0; k < np; k++)
+        json_decref(plan[k].j);
+    snprintf(err, errlen, "the state store did not answer at once; try again");
+    return -EAGAIN;
 }
 
 /* ---- runtime events ---- */
@@ -1298,6 +1401,9 @@ struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
     o->proxy = proxy;
     o->store = store;
     snprintf(o->state_dir, sizeof(o->state_dir), "%s", state_dir);
+    char host[64] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(o->owner, sizeof(o->owner), "takod:%.63s:%d", host, (int)getpid());
     ev_timer_init(&o->tick, tick, o);
     return o;
 }
@@ -1308,11 +1414,15 @@ static void orphan_stopped(struct rt_replica *rr, void *data)
     rt_forget(rr);
 }
 
-int orch_resume(struct orch *o)
+/* The services as stored: targets first, then the replicas that run. */
+static void on_services_loaded(void *data, int status, void *result)
 {
-    struct store_service *v = NULL;
-    size_t n = 0;
-    store_services_load(o->store, NULL, &v, &n);
+    struct orch *o = data;
+    const struct store_services *sv = result;
+    const struct store_service *v = status == 0 && sv ? sv->v : NULL;
+    size_t n = v ? sv->n : 0;
+    if (status < 0)
+        log_error("state: cannot load the services: %s", strerror(-status));
     for (size_t i = 0; i < n; i++) {
         char e[256];
         struct cfg_service *c = cfg_service_from_json(v[i].config, e, sizeof(e));
@@ -1328,7 +1438,6 @@ int orch_resume(struct orch *o)
         s->http_port = v[i].http_port;
         svc_ensure_pool(s);
     }
-    store_services_free(v, n);
     struct rt_replica **adopted = NULL;
     size_t na = 0;
     rt_adopt_all(o->rt, &adopted, &na);
@@ -1370,7 +1479,12 @@ int orch_resume(struct orch *o)
     for (struct orch_service *s = o->services; s; s = s->next)
         svc_sync_pool(s);
     ev_timer_start(o->loop, &o->tick, ORCH_TICK_MS);
-    return 0;
+}
+
+int orch_resume(struct orch *o)
+{
+    /* Nothing runs (no tick) until the store has answered. */
+    return store_services_load(o->store, NULL, on_services_loaded, o);
 }
 
 void orch_shutdown(struct orch *o)

@@ -14,6 +14,7 @@
 
 #define ORCH_MAX_REPLICAS 512
 #define ORCH_MAX_ROUTES 256
+#define ORCH_LEASE_MS 30000 /* an operation's lease on its project; renewed every third */
 
 enum orch_phase {
     P_STARTING, /* started; in the pool when health-checked, no traffic until healthy */
@@ -70,7 +71,11 @@ struct orch_service {
 struct orch_op {
     struct orch *o;
     char project[64], env[64], kind[16];
+    char owner[192]; /* of the project's lease */
+    uint64_t renewed_ms;
     int64_t hist_id;
+    bool hist_pending, finished; /* history row begun but not answered; op over */
+    char hist_status[16], hist_msg[1200];
     orch_progress_cb cb;
     void *data;
     bool failed, rolling_back;
@@ -99,6 +104,8 @@ struct orch {
     struct rt *rt;
     struct proxy *proxy;
     struct store *store;
+    char owner[128]; /* this takod, for leases */
+    uint64_t op_seq;
     char state_dir[4096];
     struct ev_timer tick;
     struct orch_service *services;
