@@ -1194,11 +1194,18 @@ static int parse_response_head(struct xchg *x)
         return 1;
     }
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
-        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client */
+        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client,
+         * rewritten like a final head (our version, no hop-by-hop fields) */
         if (x->minor == 1) {
-            memcpy(x->hbuf, x->ubuf + x->u_off, (size_t)r);
+            struct obuf o = {.p = x->hbuf, .cap = x->hcap};
+            struct rw_rsp rr = {.body = RW_RSP_NONE, .content_length = -1};
+            rw_response_head(&o, m, &rr);
+            if (o.overflow) {
+                xchg_error(x, 502, "backend response head too large");
+                return 1;
+            }
             x->o_off = 0;
-            x->o_len = (uint32_t)r;
+            x->o_len = o.len;
             x->hbuf_is_output = true;
         }
         x->u_off += (uint32_t)r;
