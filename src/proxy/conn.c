@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
+#include "proxy/rewrite.h"
 
 #define CBUF_MIN 16384
 #define UBUF_SIZE 16384
@@ -278,73 +279,6 @@ void conn__close_removed_upstreams(struct worker *w)
     }
 }
 
-/* ---- output helpers ---- */
-
-struct obuf {
-    char *p;
-    uint32_t len, cap;
-    bool overflow;
-};
-
-static void ob_put(struct obuf *o, const char *s, size_t n)
-{
-    if (o->overflow || o->len + n > o->cap) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p + o->len, s, n);
-    o->len += (uint32_t)n;
-}
-
-static void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
-
-static void ob_hdr(struct obuf *o, const struct http_header *h)
-{
-    ob_put(o, h->name, h->name_len);
-    ob_put(o, ": ", 2);
-    ob_put(o, h->value, h->value_len);
-    ob_put(o, "\r\n", 2);
-}
-
-/* Whether header h is named in the Connection header(s) of m. */
-static bool conn_listed(const struct http_msg *m, const struct http_header *h)
-{
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *c = &m->headers[i];
-        if (c->id != HTTP_H_CONNECTION)
-            continue;
-        const char *v = c->value;
-        size_t n = c->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
-                k++;
-            if (k > s && k - s == h->name_len && strncasecmp(v + s, h->name, k - s) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-static bool hop_by_hop(const struct http_msg *m, const struct http_header *h, bool keep_upgrade)
-{
-    switch (h->id) {
-    case HTTP_H_CONNECTION:
-    case HTTP_H_KEEP_ALIVE:
-    case HTTP_H_PROXY_CONNECTION:
-    case HTTP_H_TE:
-    case HTTP_H_TRAILER:
-    case HTTP_H_TRANSFER_ENCODING:
-        return true;
-    case HTTP_H_UPGRADE:
-        return !keep_upgrade;
-    default:
-        return (m->flags & HTTP_F_CONN_OTHER) && conn_listed(m, h);
-    }
-}
-
 /* ---- our own answers ---- */
 
 static void xchg_release_backend(struct xchg *x, bool up_reusable);
@@ -505,15 +439,16 @@ static uint64_t addr_hash(struct proxy_pool *pool, int family, const uint8_t *a)
 }
 
 /* The client address that balancing and logs use: the peer, or from a
- * trusted proxy the right-most untrusted X-Forwarded-For entry. */
-static void client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
+ * trusted proxy the right-most untrusted X-Forwarded-For entry. Returns
+ * whether the peer is a trusted proxy. */
+static bool client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
 {
     struct client *c = x->c;
     struct proxy *p = c->w->p;
     *family = c->family;
     memcpy(addr, c->addr, 16);
     if (!p->ntrusted || !trusted(p, c->family, c->addr))
-        return;
+        return false;
     /* walk every X-Forwarded-For value from the right */
     for (int i = (int)m->nheaders - 1; i >= 0; i--) {
         const struct http_header *h = &m->headers[i];
@@ -542,14 +477,15 @@ static void client_identity(struct xchg *x, const struct http_msg *m, int *famil
                     fam = AF_INET6;
             }
             if (!fam)
-                return; /* garbage: stop believing the chain here */
+                return true; /* garbage: stop believing the chain here */
             *family = fam;
             memcpy(addr, b, 16);
             if (!trusted(p, fam, b))
-                return;
+                return true;
             e = s ? s - 1 : 0;
         }
     }
+    return true;
 }
 
 static void find_cookie(struct xchg *x, const struct http_msg *m)
@@ -584,10 +520,11 @@ static void find_cookie(struct xchg *x, const struct http_msg *m)
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
 {
     struct routes *rt = atomic_load_explicit(&c->l->routes, memory_order_acquire);
-    if (rt->n && m->host >= 0) {
-        const struct http_header *h = &m->headers[m->host];
-        size_t n = h->value_len;
-        const char *v = h->value;
+    /* the authority of an absolute-form target is the host (the parser
+     * refused a Host that differs from it) */
+    const char *v = m->host >= 0 ? m->headers[m->host].value : m->authority;
+    if (rt->n && v) {
+        size_t n = m->host >= 0 ? m->headers[m->host].value_len : m->authority_len;
         /* port ignored: strip ":digits" (not inside an IPv6 literal) */
         for (size_t k = n; k > 0; k--) {
             if (v[k - 1] == ':') {
@@ -616,69 +553,26 @@ static void make_request_id(struct xchg *x, struct worker *w)
 }
 
 /* Rewrite the request head for the backend into hbuf. */
-static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid)
+static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid,
+                                bool peer_trusted, const char *peer_ip)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    ob_put(&o, m->method_s, m->method_len);
-    ob_put(&o, " ", 1);
-    ob_put(&o, m->target, m->target_len);
-    ob_str(&o, " HTTP/1.1\r\n");
-    bool xff_done = false;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        switch (h->id) {
-        case HTTP_H_X_FORWARDED_PROTO:
-        case HTTP_H_X_FORWARDED_HOST:
-            continue;
-        case HTTP_H_X_FORWARDED_FOR:
-            if (xff_done)
-                continue;
-            /* all X-Forwarded-For values, in order, then the peer */
-            ob_str(&o, "X-Forwarded-For: ");
-            for (unsigned k = i; k < m->nheaders; k++)
-                if (m->headers[k].id == HTTP_H_X_FORWARDED_FOR && m->headers[k].value_len) {
-                    ob_put(&o, m->headers[k].value, m->headers[k].value_len);
-                    ob_put(&o, ", ", 2);
-                }
-            ob_str(&o, x->client_ip);
-            ob_put(&o, "\r\n", 2);
-            xff_done = true;
-            continue;
-        default:
-            if (hop_by_hop(m, h, x->upgrade))
-                continue;
-            ob_hdr(&o, h);
-        }
-    }
-    if (m->host < 0) {
-        char la[64];
-        ob_str(&o, "Host: ");
-        ob_str(&o, net_addr_str(&x->c->l->addr, la, sizeof(la)));
-        ob_put(&o, "\r\n", 2);
-    }
-    if (!xff_done) {
-        ob_str(&o, "X-Forwarded-For: ");
-        ob_str(&o, x->client_ip);
-        ob_put(&o, "\r\n", 2);
-    }
-    ob_str(&o, "X-Forwarded-Proto: ");
-    ob_str(&o, x->c->xc.ops->scheme);
-    ob_put(&o, "\r\n", 2);
-    if (m->host >= 0) {
-        ob_str(&o, "X-Forwarded-Host: ");
-        ob_put(&o, m->headers[m->host].value, m->headers[m->host].value_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (gen_rid) {
-        ob_str(&o, "X-Request-Id: ");
-        ob_put(&o, x->rid, x->rid_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (x->rb == RB_CHUNKED)
-        ob_str(&o, "Transfer-Encoding: chunked\r\n");
-    if (x->upgrade)
-        ob_str(&o, "Connection: upgrade\r\n");
-    ob_put(&o, "\r\n", 2);
+    char la[64] = "";
+    if (m->host < 0 && !m->authority)
+        net_addr_str(&x->c->l->addr, la, sizeof(la));
+    struct rw_req r = {
+        .peer_ip = peer_ip,
+        .client_ip = x->client_ip,
+        .peer_trusted = peer_trusted,
+        .scheme = x->c->xc.ops->scheme,
+        .listen_addr = la,
+        .rid = gen_rid ? x->rid : NULL,
+        .rid_len = x->rid_len,
+        .body = x->rb == RB_CL ? RW_BODY_LENGTH : x->rb == RB_CHUNKED ? RW_BODY_CHUNKED : RW_BODY_NONE,
+        .content_length = x->rb_cl,
+        .upgrade = x->upgrade,
+    };
+    rw_request_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->h_off = 0;
@@ -842,18 +736,20 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
     }
     int fam;
     uint8_t a[16];
-    client_identity(x, m, &fam, a);
+    bool peer_trusted = client_identity(x, m, &fam, a);
     if (x->pool->o.strategy == LB_IP_HASH)
         x->client_hash = addr_hash(x->pool, fam, a);
     if (x->pool->o.strategy == LB_STICKY)
         find_cookie(x, m);
-    if (!build_upstream_head(x, m, gen_rid)) {
+    /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
+    char peer_ip[INET6_ADDRSTRLEN];
+    memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
+    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
+        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
+    if (!build_upstream_head(x, m, gen_rid, peer_trusted, peer_ip)) {
         xchg_error(x, 431, "request head too large");
         return;
     }
-    /* X-Forwarded-For got the peer; the log shows the believed client */
-    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
-        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
     worker__count_request(w);
     xchg_start_upstream(x);
 }
@@ -1231,47 +1127,25 @@ static int pump_request(struct xchg *x)
 static bool build_client_head(struct xchg *x, const struct http_msg *m)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    char sl[13] = "HTTP/1.1 000 ";
-    sl[9] = (char)('0' + m->status / 100 % 10);
-    sl[10] = (char)('0' + m->status / 10 % 10);
-    sl[11] = (char)('0' + m->status % 10);
-    ob_put(&o, sl, sizeof(sl));
-    if (m->reason_len)
-        ob_put(&o, m->reason, m->reason_len);
-    else
-        ob_str(&o, http_reason(m->status));
-    ob_put(&o, "\r\n", 2);
-    bool is101 = m->status == 101;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        /* passed through chunked: the codings stay as the backend said */
-        if (h->id == HTTP_H_TRANSFER_ENCODING && x->rs == RS_CHUNKED) {
-            ob_hdr(&o, h);
-            continue;
-        }
-        if (hop_by_hop(m, h, is101))
-            continue;
-        ob_hdr(&o, h);
-    }
+    struct rw_rsp r = {
+        .body = x->rs == RS_CL         ? RW_RSP_LENGTH
+                : x->rs == RS_CHUNKED  ? RW_RSP_CHUNKED
+                : x->rs == RS_NONE     ? RW_RSP_NONE
+                                       : RW_RSP_UNTIL_CLOSE,
+        .content_length = m->content_length,
+        .close = x->close_client,
+        .client_http10 = x->minor == 0,
+    };
+    char hv[17];
     if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
         struct backend *b = x->tried[x->ntried - 1];
-        char hv[17];
         snprintf(hv, sizeof(hv), "%016llx", (unsigned long long)b->id_hash);
         if (!x->cookie_ok || memcmp(hv, x->cookie, 16) != 0) {
-            ob_str(&o, "Set-Cookie: ");
-            ob_str(&o, x->pool->sticky_cookie);
-            ob_put(&o, "=", 1);
-            ob_put(&o, hv, 16);
-            ob_str(&o, "; Path=/; HttpOnly\r\n");
+            r.set_cookie_name = x->pool->sticky_cookie;
+            r.set_cookie_val = hv;
         }
     }
-    if (is101)
-        ob_str(&o, "Connection: upgrade\r\n");
-    else if (m->status >= 200 && x->close_client)
-        ob_str(&o, "Connection: close\r\n");
-    else if (m->status >= 200 && x->minor == 0)
-        ob_str(&o, "Connection: keep-alive\r\n");
-    ob_put(&o, "\r\n", 2);
+    rw_response_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->o_off = 0;
@@ -1320,11 +1194,18 @@ static int parse_response_head(struct xchg *x)
         return 1;
     }
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
-        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client */
+        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client,
+         * rewritten like a final head (our version, no hop-by-hop fields) */
         if (x->minor == 1) {
-            memcpy(x->hbuf, x->ubuf + x->u_off, (size_t)r);
+            struct obuf o = {.p = x->hbuf, .cap = x->hcap};
+            struct rw_rsp rr = {.body = RW_RSP_NONE, .content_length = -1};
+            rw_response_head(&o, m, &rr);
+            if (o.overflow) {
+                xchg_error(x, 502, "backend response head too large");
+                return 1;
+            }
             x->o_off = 0;
-            x->o_len = (uint32_t)r;
+            x->o_len = o.len;
             x->hbuf_is_output = true;
         }
         x->u_off += (uint32_t)r;
