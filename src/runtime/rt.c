@@ -149,11 +149,16 @@ int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
     return *n ? 0 : rc;
 }
 
-void rt_info(struct rt_replica *r, struct rt_info *info)
+void rt_inspect(struct rt_replica *r, struct rt_info *info)
 {
     memset(info, 0, sizeof(*info));
     r->drv->ops->inspect(r, info);
     snprintf(info->driver, sizeof(info->driver), "%s", r->drv->ops->name);
+}
+
+void rt_info(struct rt_replica *r, struct rt_info *info)
+{
+    rt_inspect(r, info);
     if (info->state == RT_RUNNING || info->state == RT_STOPPING || info->state == RT_STARTING)
         r->drv->ops->stats(r, &info->cpu_percent, &info->rss_bytes);
 }
