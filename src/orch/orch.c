@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include "core/assert.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/net.h"
@@ -34,7 +35,10 @@
 
 /* ---- small helpers ---- */
 
-static uint64_t now_ms(struct orch *o) { return ev_now(o->loop); }
+static uint64_t now_ms(struct orch *o)
+{
+    return o->clock ? o->clock(o->clock_data) : ev_now(o->loop);
+}
 
 static unsigned svc_desired(struct orch_service *s)
 {
@@ -389,6 +393,8 @@ static void rep_insert_sorted(struct orch_service *s, struct orch_replica *r)
         pp = &(*pp)->next;
     r->next = *pp;
     *pp = r;
+    /* The walks of the tick rely on slot order. */
+    BUG_ON(r->next && r->next->index < r->index);
 }
 
 static void rep_unlink(struct orch_service *s, struct orch_replica *r)
@@ -410,6 +416,8 @@ static bool slot_taken(struct orch_service *s, unsigned index)
 
 static void rep_set_phase(struct orch_replica *r, enum orch_phase p)
 {
+    /* Stopping is final: a replica never comes back from rt_stop. */
+    BUG_ON(r->phase == P_STOPPING && p != P_STOPPING);
     r->phase = p;
     r->phase_ms = now_ms(r->svc->o);
 }
@@ -495,6 +503,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         .service = s->name,
         .index = index,
         .revision = s->revision,
+        .image = c->image,
+        .build_dir = c->build,
         .argv = c->argv ? c->argv : default_argv,
         .cwd = c->workdir ? c->workdir : c->build,
         .env = env,
@@ -787,9 +797,11 @@ static void svc_reconcile(struct orch_service *s)
                 break;
             }
         if (victim) {
+            BUG_ON(victim->index > n || rep_current(s, victim));
             if (ready >= 1 + (n > unavail ? n - unavail : 0) || (victim->phase == P_STARTING)) {
                 rep_drain(victim, "replaced by a new revision");
             } else if (!busy_slot_transition && surge_active < surge) {
+                BUG_ON(old_active == 0); /* a surge replica only while old ones serve */
                 unsigned idx = n + 1;
                 while (slot_taken(s, idx))
                     idx++;
@@ -889,6 +901,7 @@ static void on_hist_begun(void *data, int rc, void *result)
 
 static void op_finish(struct orch *o, struct orch_op *op)
 {
+    BUG_ON(op->finished);
     for (struct orch_op **pp = &o->ops; *pp; pp = &(*pp)->next)
         if (*pp == op) {
             *pp = op->next;
@@ -958,9 +971,8 @@ static bool project_settled(struct orch *o, const char *project)
     return true;
 }
 
-static void tick(struct ev_loop *loop, struct ev_timer *t)
+void orch__tick(struct orch *o)
 {
-    struct orch *o = t->data;
     uint64_t now = now_ms(o);
     for (struct orch_service *s = o->services, *next; s; s = next) {
         next = s->next;
@@ -978,7 +990,18 @@ static void tick(struct ev_loop *loop, struct ev_timer *t)
             op_finish(o, op);
     }
     ops_renew(o, now);
+}
+
+static void tick(struct ev_loop *loop, struct ev_timer *t)
+{
+    orch__tick(t->data);
     ev_timer_start(loop, t, ORCH_TICK_MS);
+}
+
+void orch__set_clock(struct orch *o, uint64_t (*clock)(void *), void *data)
+{
+    o->clock = clock;
+    o->clock_data = data;
 }
 
 static struct orch_op *op_begin(struct orch *o, const char *kind, const char *project,

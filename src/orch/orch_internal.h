@@ -104,6 +104,8 @@ struct orch_listener {
 
 struct orch {
     struct ev_loop *loop;
+    uint64_t (*clock)(void *); /* NULL: the loop's clock */
+    void *clock_data;
     struct rt *rt;
     struct proxy *proxy;
     struct store *store;
@@ -117,6 +119,10 @@ struct orch {
 };
 
 const char *orch_phase_name(enum orch_phase p);
+/* For tests: one reconcile step of every service (what the timer runs
+ * every ORCH_TICK_MS), and the clock the reconciler reads (ms, monotonic). */
+void orch__tick(struct orch *o);
+void orch__set_clock(struct orch *o, uint64_t (*clock)(void *), void *data);
 /* Sort a stats snapshot by id (stable: the current backend stays before a
  * draining one of the same id), then find id in it in O(log n), or NULL
  * (orch_view.c). */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "proxy/proxy_int.h"
 
 static const struct lb_ops *const table[LB_KIND_COUNT] = {
@@ -65,7 +66,8 @@ void lb_started(struct lb_set *set, struct backend *b)
 
 void lb_finished(struct lb_set *set, struct backend *b)
 {
-    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_release);
+    /* Every finish pairs with a start: a counter at 0 means a double finish. */
+    BUG_ON(atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_release) == 0);
     if (set && set->ops->update)
         set->ops->update(set, b);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
@@ -167,6 +168,7 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
             b->next = pool->all;
             pool->all = b;
         }
+        BUG_ON(atomic_load(&b->removed)); /* a set holds live backends only */
         s->b[i] = b;
     }
     pool->ops->build(s);
