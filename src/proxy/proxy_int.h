@@ -15,6 +15,7 @@
 #include "http/http.h"
 #include "proxy/lb.h"
 #include "proxy/proxy.h"
+#include "proxy/xprt.h"
 
 #define PROXY_MAX_THREADS 256
 #define PROXY_NHIST 16 /* latency histogram buckets, the last is +Inf */
@@ -105,6 +106,8 @@ struct proxy_pool {
     char *name, *health_path, *sticky_cookie;
     size_t sticky_cookie_len;
     const struct lb_ops *ops;
+    const struct xprt_ops *up_xprt; /* transport to its backends (TCP) */
+    void *up_xprt_arg;
     _Atomic(struct lb_set *) cur;
     atomic_uint_fast64_t rr; /* round-robin cursor shared by all threads */
     pthread_mutex_t lock;    /* control side: all, set swaps */
@@ -143,6 +146,8 @@ struct listener {
     struct proxy *p;
     struct net_addr addr;   /* as bound (port resolved) */
     int *fds;               /* [nworkers] SO_REUSEPORT sockets */
+    const struct xprt_ops *xprt; /* transport of accepted connections */
+    void *xprt_arg;              /* its argument (TLS: the context), not owned */
     _Atomic(struct routes *) routes;
     atomic_uint open_conns;
     atomic_uint_fast64_t accepted;
