@@ -129,19 +129,6 @@ static void svc_persist(struct orch_service *s)
 
 /* ---- proxy pools and listeners ---- */
 
-static enum lb_kind lb_of(enum cfg_lb l)
-{
-    switch (l) {
-    case CFG_LB_ROUND_ROBIN: return LB_ROUND_ROBIN;
-    case CFG_LB_LEAST_CONNECTIONS: return LB_LEAST_CONN;
-    case CFG_LB_IP_HASH: return LB_IP_HASH;
-    case CFG_LB_RANDOM: return LB_RANDOM;
-    case CFG_LB_STICKY: return LB_STICKY;
-    case CFG_LB_P2C: return LB_P2C;
-    }
-    return LB_ROUND_ROBIN;
-}
-
 static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *po, char *name,
                          size_t namelen)
 {
@@ -149,7 +136,7 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
     snprintf(name, namelen, "%s-%s", s->project, s->name);
     memset(po, 0, sizeof(*po));
     po->name = name;
-    po->strategy = lb_of(c->lb_strategy);
+    po->strategy = (enum lb_kind)c->lb_strategy; /* both number the rows of lb_table */
     /* Health checks disabled: the proxy checks that the port accepts. */
     po->health_path = c->health.enabled ? c->health.path : NULL;
     po->health_interval_ms = c->health.interval_ms;

@@ -36,7 +36,7 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->all_down_wait_ms = 5000;
     if (!o->ipv6_prefix || o->ipv6_prefix > 128)
         o->ipv6_prefix = 64;
-    if (o->strategy >= LB_KIND_COUNT)
+    if ((size_t)o->strategy >= lb_count())
         o->strategy = LB_ROUND_ROBIN;
 }
 
