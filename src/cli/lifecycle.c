@@ -19,6 +19,7 @@ const char help_scale[] =
     "The count is kept in takod's state as an override and shown by `tako ps`.\n"
     "The next deploy keeps it and warns while tako.yaml asks for another count; once\n"
     "you change replicas in tako.yaml, the file wins and the override is dropped.\n"
+    "COUNT is 0 to 1000, the limit per service (as for replicas in tako.yaml).\n"
     "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
     "their bounds in tako.yaml.\n"
     "\n"

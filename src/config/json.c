@@ -7,6 +7,7 @@
 
 #include "config/internal.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
@@ -284,7 +285,7 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
 
     json_t *lb = rd_get(&r, j, "load_balancer", "service");
     s->lb_strategy = (enum cfg_lb)rd_enum(&r, lb, "strategy", "service.load_balancer", lb_name_i,
-                                          CFG_LB_P2C + 1);
+                                          (int)lb_count());
     s->lb_cookie = rd_str(&r, lb, "cookie", "service.load_balancer", false);
 
     json_t *h = rd_get(&r, j, "health", "service");

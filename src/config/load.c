@@ -13,6 +13,7 @@
 
 #include "config/internal.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 #define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
 #define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
@@ -574,20 +575,31 @@ static bool valid_env_key(const char *s)
 
 /* ---- enums and defaults ----------------------------------------------- */
 
-static const char *const lb_names[] = {"round_robin", "least_connections", "ip_hash",
-                                       "random",      "sticky",            "p2c"};
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 
+/* The strategies are the balancer's table (proxy/lb_table.c): a strategy
+ * added there is valid here with no change. */
+#define LB_NAMES_MAX 32
+static size_t lb_names(const char *out[LB_NAMES_MAX])
+{
+    size_t n = lb_count() < LB_NAMES_MAX ? lb_count() : LB_NAMES_MAX;
+    for (size_t i = 0; i < n; i++)
+        out[i] = lb_kind_name((enum lb_kind)i);
+    return n;
+}
+
 const char *cfg_lb_name(enum cfg_lb lb)
 {
-    return (unsigned)lb < ARRAY_LEN(lb_names) ? lb_names[lb] : "?";
+    return lb_kind_name((enum lb_kind)lb);
 }
 
 int cfg_lb_parse(const char *s, enum cfg_lb *out)
 {
-    for (size_t i = 0; i < ARRAY_LEN(lb_names); i++)
-        if (strcmp(s, lb_names[i]) == 0) {
+    const char *names[LB_NAMES_MAX];
+    size_t n = lb_names(names);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) {
             *out = (enum cfg_lb)i;
             return 0;
         }
@@ -960,8 +972,9 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     s->health.enabled = has_port;
     if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
         int strat = (int)s->lb_strategy;
-        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", lb_names, ARRAY_LEN(lb_names),
-                     &strat))
+        const char *names[LB_NAMES_MAX];
+        size_t nn = lb_names(names);
+        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", names, nn, &strat))
             s->lb_strategy = (enum cfg_lb)strat;
         set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))

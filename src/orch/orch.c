@@ -20,9 +20,11 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include "core/assert.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/net.h"
+#include "core/sha256.h"
 #include "core/util.h"
 #include "orch/autoscale.h"
 #include "orch/orch_internal.h"
@@ -33,7 +35,10 @@
 
 /* ---- small helpers ---- */
 
-static uint64_t now_ms(struct orch *o) { return ev_now(o->loop); }
+static uint64_t now_ms(struct orch *o)
+{
+    return o->clock ? o->clock(o->clock_data) : ev_now(o->loop);
+}
 
 static unsigned svc_desired(struct orch_service *s)
 {
@@ -124,19 +129,6 @@ static void svc_persist(struct orch_service *s)
 
 /* ---- proxy pools and listeners ---- */
 
-static enum lb_kind lb_of(enum cfg_lb l)
-{
-    switch (l) {
-    case CFG_LB_ROUND_ROBIN: return LB_ROUND_ROBIN;
-    case CFG_LB_LEAST_CONNECTIONS: return LB_LEAST_CONN;
-    case CFG_LB_IP_HASH: return LB_IP_HASH;
-    case CFG_LB_RANDOM: return LB_RANDOM;
-    case CFG_LB_STICKY: return LB_STICKY;
-    case CFG_LB_P2C: return LB_P2C;
-    }
-    return LB_ROUND_ROBIN;
-}
-
 static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *po, char *name,
                          size_t namelen)
 {
@@ -144,7 +136,7 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
     snprintf(name, namelen, "%s-%s", s->project, s->name);
     memset(po, 0, sizeof(*po));
     po->name = name;
-    po->strategy = lb_of(c->lb_strategy);
+    po->strategy = (enum lb_kind)c->lb_strategy; /* both number the rows of lb_table */
     /* Health checks disabled: the proxy checks that the port accepts. */
     po->health_path = c->health.enabled ? c->health.path : NULL;
     po->health_interval_ms = c->health.interval_ms;
@@ -160,42 +152,57 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
 static void svc_sync_pool(struct orch_service *s);
 static int orch_sync_listeners(struct orch *o, char *err, size_t errlen);
 
-/* Options that, when changed, need a new pool (strategy, health, cookie). */
-static void pool_opts_sig(const struct proxy_pool_opts *po, char *buf, size_t len)
+/* Options that, when changed, need a new pool (strategy, health, cookie):
+ * a digest of them, so no field is ever cut off. */
+static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG_LEN])
 {
     /* The path itself is per backend (each replica is checked on its own
      * revision's path), so a changed path needs no new pool. */
-    snprintf(buf, len, "%d|%s|%llu|%llu|%u|%u|%llu|%s", (int)po->strategy,
-             po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
-             (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
-             (unsigned long long)po->drain_timeout_ms, po->sticky_cookie ? po->sticky_cookie : "-");
+    char head[256];
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|", (int)po->strategy,
+                     po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
+                     (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
+                     (unsigned long long)po->drain_timeout_ms);
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, head, w > 0 ? (size_t)w : 0);
+    const char *cookie = po->sticky_cookie ? po->sticky_cookie : "-";
+    sha256_update(&h, cookie, strlen(cookie) + 1);
+    sha256_final(&h, out);
 }
 
 /* The pool's backend set in slot order (the list is kept sorted): ready
  * replicas, plus starting ones unless ready_only (the proxy gives those no
- * traffic before their first passing check). sig names the set, so an
- * unchanged set is not pushed again. Returns the count. */
+ * traffic before their first passing check). *specs is malloc'd (caller
+ * frees; ids point into the replicas); sig is a digest of the set (id,
+ * address, health path of each), so an unchanged set is not pushed again
+ * whatever its size. Returns the count. */
 static size_t pool_specs(struct orch_service *s, bool ready_only,
-                         struct proxy_backend_spec specs[ORCH_MAX_REPLICAS], char *sig,
-                         size_t siglen)
+                         struct proxy_backend_spec **specs, uint8_t sig[ORCH_SIG_LEN])
 {
-    size_t n = 0, sl = 0;
-    sig[0] = '\0';
-    for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
+    size_t cap = 0, n = 0;
+    for (struct orch_replica *r = s->replicas; r; r = r->next)
+        cap++;
+    *specs = xcalloc(cap ? cap : 1, sizeof(**specs));
+    struct sha256 h;
+    sha256_init(&h);
+    for (struct orch_replica *r = s->replicas; r; r = r->next) {
         if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
             continue;
         /* The driver says where the replica is reached. */
         char a[64];
-        memset(&specs[n], 0, sizeof(specs[n]));
-        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &specs[n].addr) < 0)
+        struct proxy_backend_spec *sp = &(*specs)[n];
+        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &sp->addr) < 0)
             continue;
-        specs[n].id = r->name;
-        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
+        sp->id = r->name;
+        sp->health_path = r->health_path[0] ? r->health_path : NULL;
         n++;
-        int w = snprintf(sig + sl, siglen - sl, "%s@%s%s;", r->name, a, r->health_path);
-        if (w > 0 && (size_t)w < siglen - sl)
-            sl += (size_t)w;
+        /* NUL-separated fields: no two different sets hash the same input. */
+        sha256_update(&h, r->name, strlen(r->name) + 1);
+        sha256_update(&h, a, strlen(a) + 1);
+        sha256_update(&h, r->health_path, strlen(r->health_path) + 1);
     }
+    sha256_final(&h, sig);
     return n;
 }
 
@@ -207,24 +214,26 @@ static void svc_ensure_pool(struct orch_service *s)
     if (s->cfg->port == 0)
         return;
     struct proxy_pool_opts po;
-    char name[160], sig[sizeof(s->pool_opts_sig)];
+    char name[160];
+    uint8_t sig[ORCH_SIG_LEN];
     pool_opts_of(s, &po, name, sizeof(name));
-    pool_opts_sig(&po, sig, sizeof(sig));
-    if (s->pool && strcmp(sig, s->pool_opts_sig) == 0)
+    pool_opts_sig(&po, sig);
+    if (s->pool && memcmp(sig, s->pool_opts_sig, ORCH_SIG_LEN) == 0)
         return;
     struct proxy_pool *old = s->pool;
     po.initial_up = old != NULL;
     s->pool = proxy_pool_new(s->o->proxy, &po);
-    snprintf(s->pool_opts_sig, sizeof(s->pool_opts_sig), "%s", sig);
-    s->pool_sig[0] = '\0';
+    memcpy(s->pool_opts_sig, sig, ORCH_SIG_LEN);
+    s->pool_sig_set = false;
     if (!old)
         return;
     /* First set: ready replicas only, so initial_up never admits an
      * unchecked one; the next sync adds the starting ones. */
-    struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    char set_sig[sizeof(s->pool_sig)];
-    proxy_pool_set_backends(s->pool, specs,
-                            pool_specs(s, true, specs, set_sig, sizeof(set_sig)));
+    struct proxy_backend_spec *specs;
+    uint8_t set_sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, true, &specs, set_sig);
+    proxy_pool_set_backends(s->pool, specs, n);
+    free(specs);
     char err[256];
     orch_sync_listeners(s->o, err, sizeof(err));
     proxy_pool_free(old);
@@ -236,13 +245,16 @@ static void svc_sync_pool(struct orch_service *s)
 {
     if (!s->pool)
         return;
-    struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    char sig[sizeof(s->pool_sig)];
-    size_t n = pool_specs(s, false, specs, sig, sizeof(sig));
-    if (strcmp(sig, s->pool_sig) == 0)
-        return;
-    if (proxy_pool_set_backends(s->pool, specs, n) == 0)
-        snprintf(s->pool_sig, sizeof(s->pool_sig), "%s", sig);
+    struct proxy_backend_spec *specs;
+    uint8_t sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, false, &specs, sig);
+    if (!s->pool_sig_set || memcmp(sig, s->pool_sig, ORCH_SIG_LEN) != 0) {
+        if (proxy_pool_set_backends(s->pool, specs, n) == 0) {
+            memcpy(s->pool_sig, sig, ORCH_SIG_LEN);
+            s->pool_sig_set = true;
+        }
+    }
+    free(specs);
 }
 
 static struct orch_listener *listener_get(struct orch *o, unsigned port, bool create)
@@ -368,6 +380,8 @@ static void rep_insert_sorted(struct orch_service *s, struct orch_replica *r)
         pp = &(*pp)->next;
     r->next = *pp;
     *pp = r;
+    /* The walks of the tick rely on slot order. */
+    BUG_ON(r->next && r->next->index < r->index);
 }
 
 static void rep_unlink(struct orch_service *s, struct orch_replica *r)
@@ -389,6 +403,8 @@ static bool slot_taken(struct orch_service *s, unsigned index)
 
 static void rep_set_phase(struct orch_replica *r, enum orch_phase p)
 {
+    /* Stopping is final: a replica never comes back from rt_stop. */
+    BUG_ON(r->phase == P_STOPPING && p != P_STOPPING);
     r->phase = p;
     r->phase_ms = now_ms(r->svc->o);
 }
@@ -431,6 +447,23 @@ static void rep_drain(struct orch_replica *r, const char *why)
     svc_sync_pool(s);
 }
 
+/* A port no replica of this takod was given: the kernel's "free now" may
+ * hand out a port again before the replica it went to has bound it (seen
+ * with hundreds of replicas starting in one tick). 0 when none is found. */
+static uint16_t rep_free_port(struct orch *o)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint16_t p = net_free_port();
+        bool taken = p == 0;
+        for (struct orch_service *s = o->services; s && !taken; s = s->next)
+            for (struct orch_replica *r = s->replicas; r && !taken; r = r->next)
+                taken = r->port == p;
+        if (!taken)
+            return p;
+    }
+    return 0;
+}
+
 static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
 {
     struct orch *o = s->o;
@@ -443,7 +476,7 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     if (c->health.enabled && c->health.path)
         snprintf(r->health_path, sizeof(r->health_path), "%s", c->health.path);
     snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, index);
-    r->port = c->port ? net_free_port() : 0;
+    r->port = c->port ? rep_free_port(o) : 0;
     struct rt_env_kv env[256];
     size_t ne = 0;
     for (size_t i = 0; i < c->env_len && ne < ARRAY_LEN(env); i++) {
@@ -457,6 +490,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         .service = s->name,
         .index = index,
         .revision = s->revision,
+        .image = c->image,
+        .build_dir = c->build,
         .argv = c->argv ? c->argv : default_argv,
         .cwd = c->workdir ? c->workdir : c->build,
         .env = env,
@@ -508,6 +543,7 @@ static void svc_snapshot(struct orch_service *s)
         s->snap = NULL;
         s->nsnap = 0;
     }
+    orch__stats_sort(s->snap, s->nsnap); /* looked up once per replica: by bsearch */
 }
 
 /* A starting replica failed: of the target revision, that fails the
@@ -647,7 +683,7 @@ static void svc_reconcile(struct orch_service *s)
     for (struct orch_replica *r = s->replicas, *next; r; r = next) {
         next = r->next;
         struct rt_info info;
-        rt_info(r->rt, &info);
+        rt_inspect(r->rt, &info); /* no stats: this runs for every replica every tick */
         if (r->phase == P_STARTING) {
             if (info.state == RT_FAILED || info.state == RT_EXITED ||
                 info.state == RT_CRASHLOOP || info.state == RT_BACKOFF ||
@@ -729,10 +765,15 @@ static void svc_reconcile(struct orch_service *s)
             return;
     }
 
-    /* a) fill empty slots 1..n (adds capacity; never waits). */
-    for (unsigned i = 1; i <= n; i++)
-        if (!slot_taken(s, i) && !rep_start(s, i))
+    /* a) fill empty slots 1..n (adds capacity; never waits): one walk of
+     * the list, which is sorted by slot (a new replica goes in before cur). */
+    struct orch_replica *cur = s->replicas;
+    for (unsigned i = 1; i <= n; i++) {
+        while (cur && cur->index < i)
+            cur = cur->next;
+        if ((!cur || cur->index != i) && !rep_start(s, i))
             return; /* the target changed (rolled back or stopped) */
+    }
 
     /* b) replace old replicas in slots 1..n, one step at a time. */
     if (starting == 0) {
@@ -743,9 +784,11 @@ static void svc_reconcile(struct orch_service *s)
                 break;
             }
         if (victim) {
+            BUG_ON(victim->index > n || rep_current(s, victim));
             if (ready >= 1 + (n > unavail ? n - unavail : 0) || (victim->phase == P_STARTING)) {
                 rep_drain(victim, "replaced by a new revision");
             } else if (!busy_slot_transition && surge_active < surge) {
+                BUG_ON(old_active == 0); /* a surge replica only while old ones serve */
                 unsigned idx = n + 1;
                 while (slot_taken(s, idx))
                     idx++;
@@ -757,22 +800,29 @@ static void svc_reconcile(struct orch_service *s)
 
     /* c) drain replicas above n once every slot holds a ready current one. */
     bool slots_done = true;
+    cur = s->replicas;
     for (unsigned i = 1; i <= n && slots_done; i++) {
         bool ok = false;
-        for (struct orch_replica *r = s->replicas; r; r = r->next)
-            if (r->index == i && rep_current(s, r) && r->phase == P_READY)
+        while (cur && cur->index < i)
+            cur = cur->next;
+        for (struct orch_replica *r = cur; r && r->index == i; r = r->next)
+            if (rep_current(s, r) && r->phase == P_READY)
                 ok = true;
         slots_done = ok;
     }
     if (slots_done) {
-        /* Highest-numbered first: the list is sorted ascending. */
-        struct orch_replica *excess[ORCH_MAX_REPLICAS];
-        size_t ne = 0;
-        for (struct orch_replica *r = s->replicas; r && ne < ORCH_MAX_REPLICAS; r = r->next)
+        /* Highest-numbered first: the list is sorted ascending, so drain
+         * from a reversed copy of the excess ones. */
+        size_t ne = 0, cap = 0;
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
+            cap++;
+        struct orch_replica **excess = xmalloc((cap ? cap : 1) * sizeof(*excess));
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
             if (rep_active(r) && (r->index > n || !rep_current(s, r)))
                 excess[ne++] = r;
         while (ne > 0)
             rep_drain(excess[--ne], n == 0 ? "stopping" : "scaling down");
+        free(excess);
     }
     svc_sync_pool(s);
 }
@@ -838,6 +888,7 @@ static void on_hist_begun(void *data, int rc, void *result)
 
 static void op_finish(struct orch *o, struct orch_op *op)
 {
+    BUG_ON(op->finished);
     for (struct orch_op **pp = &o->ops; *pp; pp = &(*pp)->next)
         if (*pp == op) {
             *pp = op->next;
@@ -907,9 +958,8 @@ static bool project_settled(struct orch *o, const char *project)
     return true;
 }
 
-static void tick(struct ev_loop *loop, struct ev_timer *t)
+void orch__tick(struct orch *o)
 {
-    struct orch *o = t->data;
     uint64_t now = now_ms(o);
     for (struct orch_service *s = o->services, *next; s; s = next) {
         next = s->next;
@@ -927,7 +977,18 @@ static void tick(struct ev_loop *loop, struct ev_timer *t)
             op_finish(o, op);
     }
     ops_renew(o, now);
+}
+
+static void tick(struct ev_loop *loop, struct ev_timer *t)
+{
+    orch__tick(t->data);
     ev_timer_start(loop, t, ORCH_TICK_MS);
+}
+
+void orch__set_clock(struct orch *o, uint64_t (*clock)(void *), void *data)
+{
+    o->clock = clock;
+    o->clock_data = data;
 }
 
 static struct orch_op *op_begin(struct orch *o, const char *kind, const char *project,
@@ -1190,9 +1251,10 @@ int orch_scale(struct orch *o, const char *project, const char *env, json_t *cou
             return -ENOENT;
         }
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-            json_integer_value(v) > ORCH_MAX_REPLICAS / 2) {
-            snprintf(err, errlen, "%s: replicas must be an integer from 0 to %d", name,
-                     ORCH_MAX_REPLICAS / 2);
+            json_integer_value(v) > CFG_MAX_REPLICAS) {
+            snprintf(err, errlen,
+                     "%s: replicas must be an integer from 0 to %d (the limit per service)", name,
+                     CFG_MAX_REPLICAS);
             return -EINVAL;
         }
         if (s->cfg->autoscale.enabled) {
@@ -1381,7 +1443,7 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
     struct orch_service *s = r->svc;
     if (new_state == RT_BACKOFF || new_state == RT_CRASHLOOP) {
         struct rt_info info;
-        rt_info(rr, &info);
+        rt_inspect(rr, &info);
         report(s, NULL, "crash", "%s exited (%s); restart %u in %llums", r->name,
               info.last_error[0] ? info.last_error : rt_state_name(old_state), info.restarts + 1,
               (unsigned long long)info.backoff_ms);
@@ -1464,7 +1526,7 @@ static void on_services_loaded(void *data, int status, void *result)
             snprintf(r->health_path, sizeof(r->health_path), "%s", rc->health.path);
         r->started_ms = now_ms(o);
         struct rt_info info;
-        rt_info(adopted[i], &info);
+        rt_inspect(adopted[i], &info);
         r->restarts_at_start = info.restarts;
         rt_set_data(adopted[i], r);
         /* It served before: readmit it as soon as the proxy sees it healthy. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
@@ -35,7 +36,7 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->all_down_wait_ms = 5000;
     if (!o->ipv6_prefix || o->ipv6_prefix > 128)
         o->ipv6_prefix = 64;
-    if (o->strategy >= LB_KIND_COUNT)
+    if ((size_t)o->strategy >= lb_count())
         o->strategy = LB_ROUND_ROBIN;
 }
 
@@ -168,6 +169,7 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
             b->next = pool->all;
             pool->all = b;
         }
+        BUG_ON(atomic_load(&b->removed)); /* a set holds live backends only */
         s->b[i] = b;
     }
     pool->ops->build(s);

@@ -18,6 +18,8 @@
 struct proxy;      /* owns worker threads, listeners, pools, the control thread */
 struct proxy_pool; /* one load-balanced set of backends (one per service) */
 
+/* A strategy's number: its row in lb_table (lb_table.c). The first rows
+ * have names here; a strategy added later is simply the next number. */
 enum lb_kind {
     LB_ROUND_ROBIN = 0,
     LB_LEAST_CONN,
@@ -25,12 +27,14 @@ enum lb_kind {
     LB_RANDOM,
     LB_STICKY,
     LB_P2C,
-    LB_KIND_COUNT,
 };
 
 /* "round_robin", "least_connections", ... → kind; returns 0 or -EINVAL. */
 int lb_kind_parse(const char *name, enum lb_kind *out);
+/* The strategy's name ("?" for none). */
 const char *lb_kind_name(enum lb_kind kind);
+/* How many strategies there are (kinds 0 … lb_count()-1). */
+size_t lb_count(void);
 
 enum proxy_log_format { PROXY_LOG_TEXT = 0, PROXY_LOG_JSON };
 
