@@ -21,6 +21,10 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->health_interval_ms = 2000;
     if (!o->health_timeout_ms)
         o->health_timeout_ms = 1000;
+    if (!o->health_fast_interval_ms)
+        o->health_fast_interval_ms = 250;
+    if (o->health_fast_interval_ms > o->health_interval_ms)
+        o->health_fast_interval_ms = o->health_interval_ms;
     if (!o->rise)
         o->rise = 2;
     if (!o->fall)
