@@ -94,6 +94,9 @@ struct proxy_backend_spec {
      * hold replicas of two revisions with different health paths during a
      * deploy. A kept id with another path (or address) is a new backend. */
     const char *health_path;
+    /* Known healthy elsewhere (the previous data-plane process): a new
+     * backend takes traffic before its first check here. */
+    bool up;
 };
 
 struct proxy_backend_stats {
