@@ -1,6 +1,7 @@
-/* takod.c — the node agent: control API, SQLite state, the embedded proxy,
- * the process runtime and the reconciler, all on one event loop (the proxy
- * runs its own worker threads). `tako daemon`. */
+/* takod.c — the node agent: control API, SQLite state, the process runtime
+ * and the reconciler, all on one event loop, driving the data plane (the
+ * load balancer in its own process, src/dataplane/) through the proxy API.
+ * `tako daemon`. */
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -23,6 +24,7 @@
 #include "daemon/api.h"
 #include "daemon/home.h"
 #include "daemon/store.h"
+#include "dataplane/dataplane.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
@@ -39,6 +41,7 @@ static struct {
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
     char home[4096];
+    bool embedded; /* TAKO_DATAPLANE=embedded: the proxy in this process */
 } d;
 
 /* ---- helpers ---- */
@@ -109,10 +112,12 @@ static void stream_refused(struct api_conn *c, int rc, const char *err)
 static void h_version(struct api_req *r, void *data)
 {
     (void)data;
-    api_reply_json(r->conn, 200,
-                   json_pack("{s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "pid", (int)getpid(),
-                             "home", d.home, "uptime_ms",
-                             (json_int_t)(ev_time_ms() - d.started_ms)));
+    json_t *v = json_pack("{s:s, s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "build",
+                          dp_build_id(), "pid", (int)getpid(), "home", d.home, "uptime_ms",
+                          (json_int_t)(ev_time_ms() - d.started_ms));
+    if (!d.embedded)
+        json_object_set_new(v, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, v);
 }
 
 static void h_deploy(struct api_req *r, void *data)
@@ -208,7 +213,10 @@ static void h_ps(struct api_req *r, void *data)
     char p[128], e[128], s[128];
     json_t *svcs = orch_ps(d.orch, qs(r, "project", p, sizeof(p)), qs(r, "env", e, sizeof(e)),
                            qs(r, "service", s, sizeof(s)));
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "services", svcs));
+    json_t *resp = json_pack("{s:o}", "services", svcs);
+    if (!d.embedded)
+        json_object_set_new(resp, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, resp);
 }
 
 static void h_autoscale(struct api_req *r, void *data)
@@ -327,6 +335,28 @@ static void on_hup(struct ev_loop *loop, struct ev_signal *s, int signo)
     (void)s;
     (void)signo;
     log_info("takod: SIGHUP: nothing to reload (state lives in %s/state.db)", d.home);
+}
+
+/* Data-plane happenings go to the log and to every deployed project's
+ * events (they concern all of them). A fenced takod (a newer one drives the
+ * data plane) stops. */
+static void on_dp_event(void *data, const char *level, const char *kind, const char *msg)
+{
+    (void)data;
+    (void)level;
+    struct store_service *v = NULL;
+    size_t n = 0;
+    store_services_load(d.store, NULL, &v, &n);
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = strcmp(v[k].project, v[i].project) == 0;
+        if (!seen)
+            store_event(d.store, v[i].project, NULL, kind, msg, NULL);
+    }
+    store_services_free(v, n);
+    if (strcmp(kind, "dataplane-fenced") == 0)
+        ev_loop_stop(&d.loop);
 }
 
 static int lock_single(const char *home)
@@ -465,14 +495,27 @@ int cmd_daemon(int argc, char **argv)
         START_FAIL("%s\n", err);
     if (ev_loop_init(&d.loop) < 0)
         START_FAIL("epoll: %s\n", strerror(errno));
-    struct proxy_opts po;
-    memset(&po, 0, sizeof(po));
     /* Opt-in: one line per request is a lot of disk at full load, and
      * takod does not rotate it (use logrotate with copytruncate). */
-    po.access_log = access_log;
-    d.proxy = proxy_new(&po);
-    if (!d.proxy || proxy_start(d.proxy) < 0)
-        START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    const char *mode = getenv("TAKO_DATAPLANE");
+    d.embedded = mode && strcmp(mode, "embedded") == 0;
+    if (d.embedded) {
+        struct proxy_opts po;
+        memset(&po, 0, sizeof(po));
+        po.access_log = access_log;
+        d.proxy = proxy_new(&po);
+        if (!d.proxy || proxy_start(d.proxy) < 0)
+            START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    } else {
+        /* The data plane outlives takod: attach to the running one (with
+         * its listeners, backends and health) or start one. */
+        struct dp_client_opts dco = {
+            .home = home, .access_log = access_log, .on_event = on_dp_event};
+        char dperr[1024];
+        d.proxy = dp_client_new(&d.loop, &dco, dperr, sizeof(dperr));
+        if (!d.proxy)
+            START_FAIL("%s\n", dperr);
+    }
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
@@ -481,6 +524,8 @@ int cmd_daemon(int argc, char **argv)
     if (!d.api)
         START_FAIL("cannot listen on %s: %s\n", path, strerror(-aerr));
     orch_resume(d.orch);
+    if (!d.embedded) /* pools and listeners nothing claimed are dropped */
+        dp_client_sync_done(d.proxy);
     ev_signal_start(&d.loop, &d.sigterm, SIGTERM, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sigint, SIGINT, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sighup, SIGHUP, on_hup, NULL);
