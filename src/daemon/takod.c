@@ -378,12 +378,14 @@ const char help_daemon[] =
     "Usage: tako daemon [--foreground] [--log-level LEVEL] [--access-log FILE]\n"
     "\n"
     "Run takod, the node agent: it keeps the desired state in SQLite, runs the\n"
-    "replicas, embeds the load balancer and serves the control API on the unix\n"
-    "socket $TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that\n"
-    "needs takod starts it in the background, so running it by hand is rarely needed.\n"
+    "replicas, drives the data plane (the load balancer, its own process: it keeps\n"
+    "serving while takod is down) and serves the control API on the unix socket\n"
+    "$TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that needs\n"
+    "takod starts it in the background, so running it by hand is rarely needed.\n"
     "\n"
     "State directory: $TAKO_HOME, else /var/lib/tako as root, else ~/.local/state/tako.\n"
-    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/.\n"
+    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/,\n"
+    "dataplane.pid, dataplane.sock, dataplane.log.\n"
     "\n"
     "Options:\n"
     "  --foreground        stay in the foreground, log to stderr (for systemd;\n"
@@ -395,8 +397,9 @@ const char help_daemon[] =
     "  --stop              ask a running takod to stop (replicas keep running)\n"
     "  --status            print whether takod runs, its pid and version\n"
     "\n"
-    "SIGTERM or SIGINT stop takod; replicas keep running and are adopted by the\n"
-    "next takod. `tako down` stops a project's replicas.\n";
+    "SIGTERM or SIGINT stop takod; replicas and the data plane keep running and\n"
+    "are adopted by the next takod, which upgrades the data plane in place when it\n"
+    "is another build (docs/operations.md). `tako down` stops a project's replicas.\n";
 
 
 int cmd_daemon(int argc, char **argv)
