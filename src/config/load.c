@@ -671,10 +671,17 @@ void cfg__service_clear(struct cfg_service *s)
 
 /* ---- services --------------------------------------------------------- */
 
+/* Where the user wrote a health interval and timeout (NULL: not written),
+ * so defaults can follow the written values and a conflict names both. */
+struct health_written {
+    const yaml_node_t *interval, *timeout;
+    char *interval_path, *timeout_path;
+};
+
 /* Health settings: `healthCheck` and tako-cli's `loadBalancer.healthCheck`
  * share one key set. Returns true when `enabled` was given. */
 static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
-                        struct cfg_health *h, bool *enabled_set)
+                        struct cfg_health *h, bool *enabled_set, struct health_written *hw)
 {
     enum { K_ENABLED, K_PATH, K_INTERVAL, K_TIMEOUT, K_HEALTHY, K_UNHEALTHY, K_RETRIES, K_START };
     static const char *const keys[] = {"enabled",          "path",
@@ -701,6 +708,16 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     }
     set_duration(c, v[K_INTERVAL], path, "interval", 1, &h->interval_ms);
     set_duration(c, v[K_TIMEOUT], path, "timeout", 1, &h->timeout_ms);
+    if (v[K_INTERVAL] && !is_null(v[K_INTERVAL])) {
+        hw->interval = v[K_INTERVAL];
+        free(hw->interval_path);
+        hw->interval_path = kpath(path, "interval");
+    }
+    if (v[K_TIMEOUT] && !is_null(v[K_TIMEOUT])) {
+        hw->timeout = v[K_TIMEOUT];
+        free(hw->timeout_path);
+        hw->timeout_path = kpath(path, "timeout");
+    }
     set_uint(c, v[K_HEALTHY], path, "healthyThreshold", 1, 100, &h->healthy_threshold);
     if (v[K_UNHEALTHY] && v[K_RETRIES])
         err_key(c, v[K_RETRIES], path, "retries",
@@ -709,6 +726,27 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     set_uint(c, v[K_RETRIES], path, "retries", 1, 100, &h->unhealthy_threshold);
     set_duration(c, v[K_START], path, "startPeriod", 0, &h->start_period_ms);
     return true;
+}
+
+/* Defaults follow what the user wrote: an unwritten timeout is at most the
+ * interval, an unwritten interval at least the timeout. Only two written
+ * values can conflict, and the error names both places. */
+static void health_defaults(struct cfg__ctx *c, struct cfg_health *h, struct health_written *hw)
+{
+    if (hw->interval && !hw->timeout && h->timeout_ms > h->interval_ms)
+        h->timeout_ms = h->interval_ms;
+    if (hw->timeout && !hw->interval && h->interval_ms < h->timeout_ms)
+        h->interval_ms = h->timeout_ms;
+    if (hw->interval && hw->timeout && h->timeout_ms > h->interval_ms)
+        err_at(c, hw->timeout, hw->timeout_path,
+               "timeout (%llums) must not be longer than %s (%llums, at %s:%u:%u)",
+               (unsigned long long)h->timeout_ms, hw->interval_path,
+               (unsigned long long)h->interval_ms, c->name,
+               (unsigned)hw->interval->start_mark.line + 1,
+               (unsigned)hw->interval->start_mark.column + 1);
+    free(hw->interval_path);
+    free(hw->timeout_path);
+    memset(hw, 0, sizeof(*hw));
 }
 
 static void load_replicas(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
@@ -969,6 +1007,7 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
+    struct health_written hw = {0};
     s->health.enabled = has_port;
     if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
         int strat = (int)s->lb_strategy;
@@ -980,16 +1019,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
             err_key(c, lb[L_COOKIE], lp, "cookie", "invalid cookie name \"%s\"", s->lb_cookie);
         char *hp = kpath(lp, "healthCheck");
-        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set);
+        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set, &hw);
         free(hp);
     }
     free(lp);
     char *hp = kpath(path, "healthCheck");
-    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set);
-    if (s->health.timeout_ms > s->health.interval_ms)
-        err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
-               "timeout (%llums) must not be longer than interval (%llums)",
-               (unsigned long long)s->health.timeout_ms, (unsigned long long)s->health.interval_ms);
+    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set, &hw);
+    health_defaults(c, &s->health, &hw);
     if (!has_port && s->health.enabled) {
         err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
                "an HTTP health check needs the service's port (a service without port is a "

@@ -1,6 +1,7 @@
-/* takod.c — the node agent: control API, SQLite state, the embedded proxy,
- * the process runtime and the reconciler, all on one event loop (the proxy
- * runs its own worker threads). `tako daemon`. */
+/* takod.c — the node agent: control API, SQLite state, the process runtime
+ * and the reconciler, all on one event loop, driving the data plane (the
+ * load balancer in its own process, src/dataplane/) through the proxy API.
+ * `tako daemon`. */
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
@@ -23,6 +24,7 @@
 #include "daemon/api.h"
 #include "daemon/home.h"
 #include "daemon/logs.h"
+#include "dataplane/dataplane.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
@@ -41,6 +43,7 @@ static struct {
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
     char home[4096];
+    bool embedded; /* TAKO_DATAPLANE=embedded: the proxy in this process */
 } d;
 
 /* ---- helpers ---- */
@@ -111,10 +114,12 @@ static void stream_refused(struct api_conn *c, int rc, const char *err)
 static void h_version(struct api_req *r, void *data)
 {
     (void)data;
-    api_reply_json(r->conn, 200,
-                   json_pack("{s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "pid", (int)getpid(),
-                             "home", d.home, "uptime_ms",
-                             (json_int_t)(ev_time_ms() - d.started_ms)));
+    json_t *v = json_pack("{s:s, s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "build",
+                          dp_build_id(), "pid", (int)getpid(), "home", d.home, "uptime_ms",
+                          (json_int_t)(ev_time_ms() - d.started_ms));
+    if (!d.embedded)
+        json_object_set_new(v, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, v);
 }
 
 static void h_deploy(struct api_req *r, void *data)
@@ -210,7 +215,10 @@ static void h_ps(struct api_req *r, void *data)
     char p[128], e[128], s[128];
     json_t *svcs = orch_ps(d.orch, qs(r, "project", p, sizeof(p)), qs(r, "env", e, sizeof(e)),
                            qs(r, "service", s, sizeof(s)));
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "services", svcs));
+    json_t *resp = json_pack("{s:o}", "services", svcs);
+    if (!d.embedded)
+        json_object_set_new(resp, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, resp);
 }
 
 static void h_autoscale(struct api_req *r, void *data)
@@ -357,6 +365,42 @@ static void on_hup(struct ev_loop *loop, struct ev_signal *s, int signo)
     log_info("takod: SIGHUP: nothing to reload (state lives in %s/state.db)", d.home);
 }
 
+/* Data-plane happenings go to the log and to every deployed project's
+ * events (they concern all of them). A fenced takod (a newer one drives the
+ * data plane) stops. */
+struct dp_event {
+    char kind[64];
+    char msg[512];
+};
+
+/* Record the event once per deployed project. */
+static void dp_event_record(void *data, int rc, void *result)
+{
+    struct dp_event *e = data;
+    const struct store_services *all = result;
+    for (size_t i = 0; rc == 0 && i < all->n; i++) {
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = strcmp(all->v[k].project, all->v[i].project) == 0;
+        if (!seen)
+            store_event(d.store, all->v[i].project, NULL, e->kind, e->msg, NULL, NULL, NULL);
+    }
+    free(e);
+}
+
+static void on_dp_event(void *data, const char *level, const char *kind, const char *msg)
+{
+    (void)data;
+    (void)level;
+    struct dp_event *e = xcalloc(1, sizeof(*e));
+    snprintf(e->kind, sizeof(e->kind), "%s", kind);
+    snprintf(e->msg, sizeof(e->msg), "%s", msg);
+    if (store_services_load(d.store, NULL, dp_event_record, e) < 0)
+        free(e);
+    if (strcmp(kind, "dataplane-fenced") == 0)
+        ev_loop_stop(&d.loop);
+}
+
 static int lock_single(const char *home)
 {
     char p[4200];
@@ -376,12 +420,14 @@ const char help_daemon[] =
     "Usage: tako daemon [--foreground] [--log-level LEVEL] [--access-log FILE]\n"
     "\n"
     "Run takod, the node agent: it keeps the desired state in SQLite, runs the\n"
-    "replicas, embeds the load balancer and serves the control API on the unix\n"
-    "socket $TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that\n"
-    "needs takod starts it in the background, so running it by hand is rarely needed.\n"
+    "replicas, drives the data plane (the load balancer, its own process: it keeps\n"
+    "serving while takod is down) and serves the control API on the unix socket\n"
+    "$TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that needs\n"
+    "takod starts it in the background, so running it by hand is rarely needed.\n"
     "\n"
     "State directory: $TAKO_HOME, else /var/lib/tako as root, else ~/.local/state/tako.\n"
-    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/.\n"
+    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/,\n"
+    "dataplane.pid, dataplane.sock, dataplane.log.\n"
     "\n"
     "Options:\n"
     "  --foreground        stay in the foreground, log to stderr (for systemd;\n"
@@ -393,8 +439,9 @@ const char help_daemon[] =
     "  --stop              ask a running takod to stop (replicas keep running)\n"
     "  --status            print whether takod runs, its pid and version\n"
     "\n"
-    "SIGTERM or SIGINT stop takod; replicas keep running and are adopted by the\n"
-    "next takod. `tako down` stops a project's replicas.\n";
+    "SIGTERM or SIGINT stop takod; replicas and the data plane keep running and\n"
+    "are adopted by the next takod, which upgrades the data plane in place when it\n"
+    "is another build (docs/operations.md). `tako down` stops a project's replicas.\n";
 
 
 int cmd_daemon(int argc, char **argv)
@@ -493,14 +540,27 @@ int cmd_daemon(int argc, char **argv)
         START_FAIL("%s\n", err);
     if (ev_loop_init(&d.loop) < 0)
         START_FAIL("epoll: %s\n", strerror(errno));
-    struct proxy_opts po;
-    memset(&po, 0, sizeof(po));
     /* Opt-in: one line per request is a lot of disk at full load, and
      * takod does not rotate it (use logrotate with copytruncate). */
-    po.access_log = access_log;
-    d.proxy = proxy_new(&po);
-    if (!d.proxy || proxy_start(d.proxy) < 0)
-        START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    const char *mode = getenv("TAKO_DATAPLANE");
+    d.embedded = mode && strcmp(mode, "embedded") == 0;
+    if (d.embedded) {
+        struct proxy_opts po;
+        memset(&po, 0, sizeof(po));
+        po.access_log = access_log;
+        d.proxy = proxy_new(&po);
+        if (!d.proxy || proxy_start(d.proxy) < 0)
+            START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    } else {
+        /* The data plane outlives takod: attach to the running one (with
+         * its listeners, backends and health) or start one. */
+        struct dp_client_opts dco = {
+            .home = home, .access_log = access_log, .on_event = on_dp_event};
+        char dperr[1024];
+        d.proxy = dp_client_new(&d.loop, &dco, dperr, sizeof(dperr));
+        if (!d.proxy)
+            START_FAIL("%s\n", dperr);
+    }
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
@@ -509,6 +569,8 @@ int cmd_daemon(int argc, char **argv)
     if (!d.api)
         START_FAIL("cannot listen on %s: %s\n", path, strerror(-aerr));
     orch_resume(d.orch);
+    if (!d.embedded) /* pools and listeners nothing claimed are dropped */
+        dp_client_sync_done(d.proxy);
     ev_signal_start(&d.loop, &d.sigterm, SIGTERM, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sigint, SIGINT, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sighup, SIGHUP, on_hup, NULL);

@@ -1538,8 +1538,20 @@ static void on_services_loaded(void *data, int status, void *result)
     char err[256];
     if (orch_sync_listeners(o, err, sizeof(err)) < 0)
         log_error("%s", err);
-    for (struct orch_service *s = o->services; s; s = s->next)
+    for (struct orch_service *s = o->services; s; s = s->next) {
         svc_sync_pool(s);
+        /* The data plane outlived the previous takod and kept their health:
+         * a replica it sees healthy is ready now, not after re-learning. */
+        svc_snapshot(s);
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            struct proxy_backend_stats st;
+            if (r->phase == P_STARTING && backend_stats(s, r->name, &st) && st.healthy &&
+                !st.draining) {
+                rep_set_phase(r, P_READY);
+                r->was_ready = true;
+            }
+        }
+    }
     ev_timer_start(o->loop, &o->tick, ORCH_TICK_MS);
 }
 

@@ -1529,13 +1529,27 @@ void conn__tick(struct worker *w)
     }
 }
 
+/* While stopping, a keep-alive connection between requests is closed only
+ * once it has been quiet for a moment and has no unread bytes: a busy client
+ * gets `Connection: close` on its next response instead, so no request
+ * races the close (a close with a request on the wire loses it). */
+#define STOP_IDLE_QUIET_MS 250
+
 void conn__close_idle_clients(struct worker *w)
 {
+    uint64_t now = w->loop.now;
     for (struct dlist *e = w->clients.next, *n; e != &w->clients; e = n) {
         n = e->next;
         struct client *c = DLIST_ENTRY(e, struct client, link);
-        if (!c->x || (c->x->st == X_HEAD && c->x->c_len == 0))
-            client_close(c);
+        if (c->x && !(c->x->st == X_HEAD && c->x->c_len == 0))
+            continue;
+        uint64_t idle_since = c->deadline - w->p->o.idle_timeout_ms;
+        if (!c->x && now < idle_since + STOP_IDLE_QUIET_MS)
+            continue;
+        char b;
+        if (recv(c->xc.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+            continue; /* a request arrived: answer it (with Connection: close) */
+        client_close(c);
     }
 }
 

@@ -74,6 +74,10 @@ struct proxy_pool_opts {
     const char *health_path;       /* NULL: TCP connect check instead of HTTP GET */
     uint64_t health_interval_ms;   /* default 2 s */
     uint64_t health_timeout_ms;    /* default 1 s */
+    /* Between checks of a backend that is down, not yet up, or up with a
+     * failure streak (HAProxy's downinter/fastinter): 250 ms, at most the
+     * interval. Healthy backends are checked every health_interval_ms. */
+    uint64_t health_fast_interval_ms;
     unsigned rise;                 /* passes to come back after a failure (2) */
     unsigned fall;                 /* failures to be marked down (3) */
     unsigned retries;              /* extra attempts on another backend (2); see _set */
@@ -94,6 +98,9 @@ struct proxy_backend_spec {
      * hold replicas of two revisions with different health paths during a
      * deploy. A kept id with another path (or address) is a new backend. */
     const char *health_path;
+    /* Known healthy elsewhere (the previous data-plane process): a new
+     * backend takes traffic before its first check here. */
+    bool up;
 };
 
 struct proxy_backend_stats {
