@@ -44,7 +44,7 @@ extern const char help_proxy[];
 
 
 /* Project commands (src/cli/deploy.c, ps.c, logs.c, lifecycle.c, history.c)
- * and takod (src/daemon/takod.c). */
+ * and takod (src/cli/daemon.c). */
 int cmd_deploy(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
