@@ -83,9 +83,10 @@ int cmd_deploy(int argc, char **argv)
     const struct cfg_env *env = t.envp;
     int lock_fd = -1;
     if (t.remote) {
-        rc = cli_remote_lock(&t, lock_wait, &lock_fd);
+        /* Setup first (idempotent, atomic): the lock is kept by tako itself there. */
+        rc = cli_remote_prepare(&t, t.json);
         if (!rc)
-            rc = cli_remote_prepare(&t, t.json);
+            rc = cli_remote_lock(&t, lock_wait, &lock_fd);
         if (rc) {
             if (lock_fd >= 0)
                 close(lock_fd);

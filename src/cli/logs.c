@@ -17,6 +17,7 @@
 #include "cli/common.h"
 #include "core/util.h"
 #include "daemon/home.h"
+#include "remote/remote.h"
 #include "runtime/rt.h"
 
 const char help_logs[] =
@@ -223,9 +224,36 @@ int cmd_logs(int argc, char **argv)
         instance = argv[optind++];
     if (optind < argc)
         return cli_usage_error("logs", "unexpected argument '%s'", argv[optind]);
+    /* `tako logs prod -f`: replica names always have a '-', so a word
+     * without one names the environment. */
+    if (instance && !t.env && !strchr(instance, '-')) {
+        t.env = instance;
+        instance = NULL;
+    }
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
+    if (t.remote) {
+        /* The files are on the server: its tako reads them there. */
+        if (instance && strspn(instance, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789._-") != strlen(instance)) {
+            cli_target_free(&t);
+            return cli_usage_error("logs", "invalid instance name '%s'", instance);
+        }
+        char since_s[48] = "";
+        if (since)
+            snprintf(since_s, sizeof(since_s), " --since %llums", (unsigned long long)since);
+        char *full = xasprintf("%s" REMOTE_BIN " logs --project %s%s%s --tail %llu%s%s%s%s%s",
+                               remote_sudo(t.remote), cli_target_project(&t),
+                               t.service ? " --service " : "", t.service ? t.service : "",
+                               (unsigned long long)tail, follow ? " --follow" : "",
+                               ts ? " --timestamps" : "", since_s, instance ? " " : "",
+                               instance ? instance : "");
+        rc = ssh_exec(t.remote, full);
+        free(full);
+        cli_target_free(&t);
+        return rc == 255 ? EXIT_UNAVAIL : rc;
+    }
     const char *home = tako_home();
     if (!home) {
         fprintf(stderr, "tako logs: no state directory: %s\n", strerror(errno));

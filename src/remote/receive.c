@@ -94,33 +94,155 @@ static int fail(const char *fmt, ...)
     return 1;
 }
 
-/* have PROJECT SERVICE TREE < hashes: "tree PATH" when that tree exists,
- * else the hashes whose content is missing, one a line. */
+static char *read_file(const char *p, size_t *len)
+{
+    FILE *f = fopen(p, "re");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 65536 > cap) {
+            cap = cap ? cap * 2 : 65536 * 2;
+            buf = xrealloc(buf, cap);
+        }
+        size_t k = fread(buf + n, 1, cap - n - 1, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* The most recently used tree of a service: its id into out[17]. */
+static bool latest_tree(const char *sdir, char out[17])
+{
+    DIR *d = opendir(sdir);
+    if (!d)
+        return false;
+    time_t best = 0;
+    bool found = false;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strlen(de->d_name) != 16 + 9 || !str_ends_with(de->d_name, ".manifest"))
+            continue;
+        char p[4400];
+        snprintf(p, sizeof(p), "%s/%s", sdir, de->d_name);
+        struct stat st;
+        if (stat(p, &st) == 0 && (!found || st.st_mtime >= best)) {
+            best = st.st_mtime;
+            snprintf(out, 17, "%.16s", de->d_name);
+            found = true;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* have PROJECT SERVICE TREE: "tree PATH" when that tree exists; else
+ * "base ID" and the manifest of the service's latest tree (what a delta
+ * may build on); else "none". */
 static int r_have(const char *home, char **argv)
 {
     if (!safe_name(argv[0]) || !safe_name(argv[1]) || !safe_hex(argv[2], 16))
         return fail("have: bad arguments %s %s", argv[0], argv[1]);
-    char tree[4096];
-    snprintf(tree, sizeof(tree), "%s/apps/%s/%s/%s", home, argv[0], argv[1], argv[2]);
+    char sdir[4096], tree[4200];
+    snprintf(sdir, sizeof(sdir), "%s/apps/%s/%s", home, argv[0], argv[1]);
+    snprintf(tree, sizeof(tree), "%s/%s", sdir, argv[2]);
     struct stat st;
     if (stat(tree, &st) == 0 && S_ISDIR(st.st_mode)) {
-        char man[4200];
+        char man[4300];
         snprintf(man, sizeof(man), "%s.manifest", tree);
         utimensat(AT_FDCWD, man, NULL, 0); /* most recently used: kept longest */
         printf("tree %s\n", tree);
         return 0;
     }
-    char line[128];
-    while (fgets(line, sizeof(line), stdin)) {
-        line[strcspn(line, "\n")] = '\0';
-        if (!safe_hex(line, 64))
-            continue;
-        char bp[4096];
-        blob_path(home, line, bp, sizeof(bp));
-        if (access(bp, F_OK) != 0)
-            printf("%s\n", line);
+    char base[17];
+    if (latest_tree(sdir, base)) {
+        char mp[4400];
+        snprintf(mp, sizeof(mp), "%s/%s.manifest", sdir, base);
+        size_t len;
+        char *m = read_file(mp, &len);
+        if (m) {
+            printf("base %s\n", base);
+            fwrite(m, 1, len, stdout);
+            free(m);
+            return 0;
+        }
     }
+    printf("none\n");
     return 0;
+}
+
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Base manifest + delta ("-line" removed, "+line" added) → sorted manifest. */
+static char *apply_delta(const char *sdir, const char *base, char *delta, size_t *mlen)
+{
+    if (!safe_hex(base, 16))
+        return NULL;
+    char mp[4400];
+    snprintf(mp, sizeof(mp), "%s/%s.manifest", sdir, base);
+    size_t blen;
+    char *bm = read_file(mp, &blen);
+    if (!bm)
+        return NULL;
+    char **l = NULL;
+    size_t n = 0;
+    for (char *p = bm; *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl)
+            *nl = '\0';
+        if (*p) {
+            l = xrealloc(l, (n + 1) * sizeof(*l));
+            l[n++] = p;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    qsort(l, n, sizeof(*l), line_cmp);
+    char **adds = NULL;
+    size_t nadds = 0;
+    for (char *p = delta; *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl)
+            *nl = '\0';
+        if (*p == '-') {
+            const char *key = p + 1;
+            char **hit = n ? bsearch(&key, l, n, sizeof(*l), line_cmp) : NULL;
+            if (hit) {
+                memmove(hit, hit + 1, (size_t)(l + n - hit - 1) * sizeof(*l));
+                n--;
+            }
+        } else if (*p == '+') {
+            adds = xrealloc(adds, (nadds + 1) * sizeof(*adds));
+            adds[nadds++] = p + 1;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    /* Removals used the sorted base; additions join it and one sort follows. */
+    l = xrealloc(l, (n + nadds + 1) * sizeof(*l));
+    memcpy(l + n, adds, nadds * sizeof(*l));
+    n += nadds;
+    free(adds);
+    qsort(l, n, sizeof(*l), line_cmp);
+    char *out = NULL;
+    FILE *m = open_memstream(&out, mlen);
+    for (size_t i = 0; i < n; i++)
+        fprintf(m, "%s\n", l[i]);
+    fclose(m);
+    free(l);
+    free(bm);
+    return out;
 }
 
 static int copy_blob(const char *src, const char *dst, mode_t mode)
@@ -345,6 +467,20 @@ static int r_receive(const char *home, char **argv)
             int r = store_blob(home, sha, size);
             if (r < 0)
                 return fail("receive: storing %s: %s", sha, strerror(-r));
+        } else if (sscanf(line, "D %79s %zu", sha, &mlen) == 2) {
+            char *delta = xmalloc(mlen + 1);
+            if (fread(delta, 1, mlen, stdin) != mlen) {
+                free(delta);
+                return fail("receive: delta cut short");
+            }
+            delta[mlen] = '\0';
+            char sd[4096];
+            snprintf(sd, sizeof(sd), "%s/apps/%s/%s", home, argv[0], argv[1]);
+            man = apply_delta(sd, sha, delta, &mlen);
+            free(delta);
+            if (!man)
+                return fail("receive: base tree %s is gone; deploy again", sha);
+            break;
         } else if (sscanf(line, "M %zu", &mlen) == 1) {
             man = xmalloc(mlen + 1);
             if (fread(man, 1, mlen, stdin) != mlen) {
@@ -394,6 +530,8 @@ static int r_receive(const char *home, char **argv)
         if (sscanf(l, "%c %o %4199s %llu %n", &type, &mode, sha, &size, &off) < 4 || !off ||
             !safe_rel(l + off)) {
             rc = fail("receive: bad manifest line: %s", l);
+            if (nl)
+                *nl = '\n';
             break;
         }
         char dst[8600];
@@ -427,6 +565,8 @@ static int r_receive(const char *home, char **argv)
             if (symlink(target, dst) == -1)
                 rc = fail("receive: %s: %s", l + off, strerror(errno));
         }
+        if (nl)
+            *nl = '\n'; /* man is written out whole below */
         l = nl ? nl + 1 : l + strlen(l);
     }
     if (rc == 0) {

@@ -119,7 +119,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         "echo os=$(uname -s); echo arch=$(uname -m); echo uid=$(id -u); "
         "if [ -x " REMOTE_BIN " ]; then echo sum=$(sha256sum " REMOTE_BIN " | cut -d\" \" -f1); fi; "
         "[ -d /run/systemd/system ] && echo systemd=yes; "
-        "[ -d " REMOTE_HOME " ] && echo home=yes; "
+        "[ -d " REMOTE_HOME " ] && echo home=$(stat -c %%a " REMOTE_HOME "); "
         "p=$(cat " REMOTE_HOME "/takod.pid 2>/dev/null); "
         "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
         "[ -f " REMOTE_UNIT " ] && echo unit=yes; "
@@ -216,7 +216,15 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         installed = true;
         *changed = true;
     }
-    if (!home[0]) {
+    if (home[0] && strcmp(home, "700") != 0) {
+        char *cmd = xasprintf("%schmod 0700 " REMOTE_HOME, sudo);
+        int r = must(c, "restricting " REMOTE_HOME, cmd, -1, err, errlen);
+        free(cmd);
+        if (r < 0)
+            return -1;
+        say(o, c, "state directory %s restricted to mode 0700 (was %s)", REMOTE_HOME, home);
+        *changed = true;
+    } else if (!home[0]) {
         char *cmd = xasprintf("%smkdir -p -m 0700 " REMOTE_HOME, sudo);
         int r = must(c, "creating " REMOTE_HOME, cmd, -1, err, errlen);
         free(cmd);

@@ -230,21 +230,62 @@ static int walk_dir(struct walk *w, const char *rel, int depth)
     return rc;
 }
 
-/* The manifest: one line per entry, path last:
- *   f MODE SHA256 SIZE PATH | d MODE - 0 PATH | l 0777 HEXTARGET 0 PATH */
-static char *manifest(const struct walk *w, size_t *len)
+/* The manifest: one line per entry, path last, lines sorted bytewise (so
+ * directories come first, parents before children, and a tree's id does
+ * not depend on the order the files were found in):
+ *   d MODE - 0 PATH | f MODE SHA256 SIZE PATH | l 0777 HEXTARGET 0 PATH */
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **manifest_lines(const struct walk *w)
+{
+    char **l = xcalloc(w->n + 1, sizeof(*l));
+    for (size_t i = 0; i < w->n; i++) {
+        const struct entry *e = &w->e[i];
+        l[i] = xasprintf("%c %04o %s %llu %s", e->type, e->mode,
+                         e->type == 'l' ? e->link : e->sha, e->size, e->path);
+    }
+    qsort(l, w->n, sizeof(*l), line_cmp);
+    return l;
+}
+
+static char *join_lines(char **l, size_t n, size_t *len)
 {
     char *buf = NULL;
     FILE *m = open_memstream(&buf, len);
     if (!m)
         abort();
-    for (size_t i = 0; i < w->n; i++) {
-        const struct entry *e = &w->e[i];
-        fprintf(m, "%c %04o %s %llu %s\n", e->type, e->mode, e->type == 'l' ? e->link : e->sha,
-                e->size, e->path);
-    }
+    for (size_t i = 0; i < n; i++)
+        fprintf(m, "%s\n", l[i]);
     fclose(m);
     return buf;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Split TEXT (modified in place) into sorted lines. */
+static char **split_lines(char *text, size_t *n)
+{
+    char **l = NULL;
+    *n = 0;
+    for (char *p = text; p && *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl)
+            *nl = '\0';
+        if (*p) {
+            l = xrealloc(l, (*n + 1) * sizeof(*l));
+            l[(*n)++] = p;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    if (*n)
+        qsort(l, *n, sizeof(*l), str_cmp);
+    return l;
 }
 
 static int write_all(int fd, const void *p, size_t n)
@@ -301,7 +342,7 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
     ign_load(&w.ign, dir);
     int rc = -1;
     char *man = NULL, *out = NULL, *eout = NULL;
-    int hfd = -1, pfd = -1;
+    int pfd = -1;
     if (walk_dir(&w, "", 0) < 0) {
         snprintf(err, errlen, "cannot read the build directory: %s", w.err);
         goto out;
@@ -311,7 +352,8 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         if (w.e[i].type == 'f' && is_secret_name(w.e[i].path))
             w.e[i].mode = 0600;
     size_t mlen = 0;
-    man = manifest(&w, &mlen);
+    char **lines = manifest_lines(&w);
+    man = join_lines(lines, w.n, &mlen);
     struct sha256 h;
     sha256_init(&h);
     sha256_update(&h, man, mlen);
@@ -323,15 +365,11 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
             st->files++;
             st->bytes += w.e[i].size;
         }
-    /* 1: which contents does the server lack? */
-    hfd = memfd_create("tako-have", MFD_CLOEXEC);
-    for (size_t i = 0; i < w.n; i++)
-        if (w.e[i].type == 'f')
-            dprintf(hfd, "%s\n", w.e[i].sha);
-    lseek(hfd, 0, SEEK_SET);
+    /* 1: does the server have this tree? If not, it answers with the
+     * manifest of its latest tree of the service, the base of a delta. */
     char *cmd = xasprintf("%s" REMOTE_BIN " remote have %s %s %s", remote_sudo(c), project,
                           service, tid);
-    int r = ssh_run(c, cmd, hfd, &out, NULL, &eout);
+    int r = ssh_run(c, cmd, -1, &out, NULL, &eout);
     free(cmd);
     if (r != 0) {
         eout[strcspn(eout, "\n")] = '\0';
@@ -344,34 +382,84 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         rc = 0;
         goto out;
     }
-    /* 2: a pack of the missing contents, each once, then the manifest. */
+    char base[17] = "";
+    char **bl = NULL, **bsha = NULL;
+    size_t nb = 0, nbsha = 0;
+    if (str_starts_with(out, "base ") && strlen(out) > 5 + 16 && strchr(out, '\n')) {
+        memcpy(base, out + 5, 16);
+        base[16] = '\0';
+        bl = split_lines(strchr(out, '\n') + 1, &nb);
+        bsha = xcalloc(nb + 1, sizeof(*bsha));
+        for (size_t i = 0; i < nb; i++) {
+            char sha[80];
+            if (bl[i][0] == 'f' && sscanf(bl[i], "f %*o %79s", sha) == 1)
+                bsha[nbsha++] = xstrdup(sha);
+        }
+        qsort(bsha, nbsha, sizeof(*bsha), str_cmp);
+    }
+    /* 2: a pack of the contents the base lacks, each once, then the
+     * manifest: whole, or as a delta against the base. */
     pfd = memfd_create("tako-pack", MFD_CLOEXEC);
     dprintf(pfd, "TAKO-PACK 1\n");
-    for (char *line = out; *line;) {
-        char *nl = strchr(line, '\n');
-        if (nl)
-            *nl = '\0';
-        for (size_t i = 0; *line && i < w.n; i++) {
-            struct entry *e = &w.e[i];
-            if (e->type != 'f' || strcmp(e->sha, line) != 0)
-                continue;
-            char ap[4096];
-            snprintf(ap, sizeof(ap), "%s/%s", dir, e->path);
-            dprintf(pfd, "B %s %llu\n", e->sha, e->size);
-            if (pack_file(pfd, ap, e->size) < 0) {
-                snprintf(err, errlen, "%s: changed while being sent, or unreadable", ap);
-                goto out;
-            }
-            st->sent_files++;
-            st->sent_bytes += e->size;
-            break;
+    for (size_t i = 0; i < w.n; i++) {
+        struct entry *e = &w.e[i];
+        if (e->type != 'f')
+            continue;
+        const char *key = e->sha;
+        if (nbsha && bsearch(&key, bsha, nbsha, sizeof(*bsha), str_cmp))
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = w.e[j].type == 'f' && strcmp(w.e[j].sha, e->sha) == 0;
+        if (dup)
+            continue;
+        char ap[4096];
+        snprintf(ap, sizeof(ap), "%s/%s", dir, e->path);
+        dprintf(pfd, "B %s %llu\n", e->sha, e->size);
+        if (pack_file(pfd, ap, e->size) < 0) {
+            snprintf(err, errlen, "%s: changed while being sent, or unreadable", ap);
+            for (size_t k = 0; k < w.n; k++)
+                free(lines[k]);
+            free(lines);
+            for (size_t k = 0; k < nbsha; k++)
+                free(bsha[k]);
+            free(bsha);
+            free(bl);
+            goto out;
         }
-        if (!nl)
-            break;
-        line = nl + 1;
+        st->sent_files++;
+        st->sent_bytes += e->size;
     }
-    dprintf(pfd, "M %zu\n", mlen);
-    write_all(pfd, man, mlen);
+    if (base[0]) {
+        char *delta = NULL;
+        size_t dlen = 0;
+        FILE *m = open_memstream(&delta, &dlen);
+        /* Both sides sorted: one merge walk. */
+        size_t i = 0, j = 0;
+        while (i < nb || j < w.n) {
+            int cmp = i == nb ? 1 : j == w.n ? -1 : strcmp(bl[i], lines[j]);
+            if (cmp < 0)
+                fprintf(m, "-%s\n", bl[i++]);
+            else if (cmp > 0)
+                fprintf(m, "+%s\n", lines[j++]);
+            else
+                i++, j++;
+        }
+        fclose(m);
+        dprintf(pfd, "D %s %zu\n", base, dlen);
+        write_all(pfd, delta, dlen);
+        free(delta);
+    } else {
+        dprintf(pfd, "M %zu\n", mlen);
+        write_all(pfd, man, mlen);
+    }
+    for (size_t k = 0; k < w.n; k++)
+        free(lines[k]);
+    free(lines);
+    for (size_t k = 0; k < nbsha; k++)
+        free(bsha[k]);
+    free(bsha);
+    free(bl);
     lseek(pfd, 0, SEEK_SET);
     free(out);
     free(eout);
@@ -389,8 +477,6 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
     snprintf(remote_dir, rdlen, "%.*s", (int)strcspn(out + 5, "\n"), out + 5);
     rc = 0;
 out:
-    if (hfd >= 0)
-        close(hfd);
     if (pfd >= 0)
         close(pfd);
     free(out);

@@ -216,6 +216,32 @@ int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *
     return WIFEXITED(st) ? WEXITSTATUS(st) : 255;
 }
 
+int ssh_exec(struct ssh_conn *c, const char *cmd)
+{
+    const char *argv[SSH_MAX_ARGS];
+    char ctlopt[256], hkopt[64];
+    int n = build_argv(c, argv, ctlopt, sizeof(ctlopt), hkopt, sizeof(hkopt));
+    argv[n++] = cmd;
+    argv[n] = NULL;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        int dn = open("/dev/null", O_RDONLY);
+        if (dn >= 0)
+            dup2(dn, 0);
+        signal(SIGINT, SIG_IGN);
+        execvp("ssh", (char *const *)argv);
+        dprintf(2, "cannot run ssh: %s\n", strerror(errno));
+        _exit(255);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
+        ;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 255;
+}
+
 pid_t ssh_spawn(struct ssh_conn *c, const char *cmd, int *fd)
 {
     int sp[2];

@@ -51,6 +51,9 @@ bool ssh_is_root(const struct ssh_conn *c);
  * exit status (255: ssh itself failed), or -errno. */
 int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *out_len,
             char **err);
+/* Run CMD with our stdout and stderr (stdin: nothing); returns its exit
+ * status (255: ssh failed) or -errno. */
+int ssh_exec(struct ssh_conn *c, const char *cmd);
 /* Start CMD with stdin and stdout on one end of a socketpair, returned in
  * *fd; its stderr goes to ours. The session ends when *fd is closed. Returns
  * the ssh pid or -errno. */

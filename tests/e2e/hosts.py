@@ -26,6 +26,7 @@ import tempfile
 import time
 
 RUN_ID = os.getpid()
+_NETS = [0]  # nets created by this run: a namespace's veth may outlive its deletion briefly
 
 
 def sh(*argv, check=True, **kw):
@@ -171,6 +172,7 @@ class Host:
 
     def destroy(self):
         self.stop_all()
+        sh("ip", "link", "del", self.veth, check=False)  # the pair goes at once
         sh("ip", "netns", "del", self.ns, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -180,7 +182,9 @@ class Net:
 
     def __init__(self, keys, n, tag):
         self.keys = keys
-        self.tag = "%d%s" % (RUN_ID % 100000, tag)  # interface names: at most 15 bytes
+        _NETS[0] += 1
+        # Interface names: at most 15 bytes ("tk" + tag + "h" + index).
+        self.tag = "%d%s%d" % (RUN_ID % 100000, tag, _NETS[0] % 100)
         self.bridge = "tk%sb" % self.tag
         self.hosts = []
         self.x = None
