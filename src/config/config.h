@@ -143,6 +143,7 @@ struct cfg_server {
     char *user;    /* "root" */
     unsigned port; /* 22 */
     char *ssh_key; /* as written (may start with ~/); NULL when not set */
+    bool strict_host_keys; /* hostKeys: strict (refuse unknown keys); default accept-new */
     struct cfg_kv *labels;
     size_t labels_len;
 };

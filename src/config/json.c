@@ -115,6 +115,8 @@ json_t *cfg_file_to_json(const struct cfg_file *f)
         json_object_set_new(o, "user", str_or_null(s->user));
         json_object_set_new(o, "port", json_integer(s->port));
         json_object_set_new(o, "ssh_key", str_or_null(s->ssh_key));
+        json_object_set_new(o, "host_keys",
+                            json_string(s->strict_host_keys ? "strict" : "accept-new"));
         json_object_set_new(o, "labels", kv_object(s->labels, s->labels_len));
         json_array_append_new(servers, o);
     }

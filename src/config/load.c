@@ -1092,8 +1092,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
 static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                         const yaml_node_t *n, const char *path, struct cfg_server *sv)
 {
-    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS };
-    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels"};
+    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS, K_HOSTKEYS };
+    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels", "hostKeys"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     sv->name = xstrdup(name);
     sv->user = xstrdup("root");
@@ -1110,6 +1110,14 @@ static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t 
     set_str(c, v[K_USER], path, "user", &sv->user);
     set_uint(c, v[K_PORT], path, "port", 1, 65535, &sv->port);
     set_str(c, v[K_KEY], path, "sshKey", &sv->ssh_key);
+    char *hk = NULL;
+    set_str(c, v[K_HOSTKEYS], path, "hostKeys", &hk);
+    if (hk && strcmp(hk, "strict") == 0)
+        sv->strict_host_keys = true;
+    else if (hk && strcmp(hk, "accept-new") != 0)
+        err_key(c, v[K_HOSTKEYS], path, "hostKeys",
+                "invalid value \"%s\" (expected accept-new or strict)", hk);
+    free(hk);
     struct pair *pairs;
     char *lp = kpath(path, "labels");
     size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
@@ -1175,6 +1183,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     set_str_list(c, v[K_SERVERS], path, "servers", &e->servers, &e->servers_len);
     if (!e->servers)
         e->servers = xcalloc(1, sizeof(char *));
+    /* On a server takod runs as root (or through sudo), whoever runs the CLI. */
+    for (size_t i = 0; i < e->servers_len; i++) {
+        const struct cfg_server *sv = cfg_find_server(f, e->servers[i]);
+        if (sv && !cfg_server_is_local(sv))
+            e->http_port = 80;
+    }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
 
     struct pair *pairs;

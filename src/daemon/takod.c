@@ -1,11 +1,10 @@
 /* takod.c — the node agent: control API, SQLite state, the process runtime
  * and the reconciler, all on one event loop, driving the data plane (the
  * load balancer in its own process, src/dataplane/) through the proxy API.
- * `tako daemon`. */
+ * Started by `tako daemon` (cli/daemon.c). */
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "cli/client.h"
 #include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
@@ -24,6 +21,7 @@
 #include "daemon/api.h"
 #include "daemon/home.h"
 #include "daemon/logs.h"
+#include "daemon/takod.h"
 #include "dataplane/dataplane.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
@@ -347,7 +345,7 @@ static void ready_say(const char *fmt, ...)
     do {                                                                                           \
         fprintf(stderr, "tako daemon: " __VA_ARGS__);                                              \
         ready_say(__VA_ARGS__);                                                                    \
-        return EXIT_FAILED;                                                                        \
+        return 1;                                                                                  \
     } while (0)
 
 static void on_stop_signal(struct ev_loop *loop, struct ev_signal *s, int signo)
@@ -416,104 +414,11 @@ static int lock_single(const char *home)
     return fd; /* held for the life of the process */
 }
 
-const char help_daemon[] =
-    "Usage: tako daemon [--foreground] [--log-level LEVEL] [--access-log FILE]\n"
-    "\n"
-    "Run takod, the node agent: it keeps the desired state in SQLite, runs the\n"
-    "replicas, drives the data plane (the load balancer, its own process: it keeps\n"
-    "serving while takod is down) and serves the control API on the unix socket\n"
-    "$TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that needs\n"
-    "takod starts it in the background, so running it by hand is rarely needed.\n"
-    "\n"
-    "State directory: $TAKO_HOME, else /var/lib/tako as root, else ~/.local/state/tako.\n"
-    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/,\n"
-    "dataplane.pid, dataplane.sock, dataplane.log.\n"
-    "\n"
-    "Options:\n"
-    "  --foreground        stay in the foreground, log to stderr (for systemd;\n"
-    "                      see contrib/tako.service)\n"
-    "  --log-level LEVEL   debug, info (default), warn or error\n"
-    "  --access-log FILE   one line per proxied request (default: none; also\n"
-    "                      $TAKO_ACCESS_LOG; \"-\" is standard output; format in\n"
-    "                      docs/proxy.md; not rotated by takod)\n"
-    "  --stop              ask a running takod to stop (replicas keep running)\n"
-    "  --status            print whether takod runs, its pid and version\n"
-    "\n"
-    "SIGTERM or SIGINT stop takod; replicas and the data plane keep running and\n"
-    "are adopted by the next takod, which upgrades the data plane in place when it\n"
-    "is another build (docs/operations.md). `tako down` stops a project's replicas.\n";
-
-
-int cmd_daemon(int argc, char **argv)
+int takod_run(const struct takod_opts *o)
 {
-    static const struct option opts[] = {{"foreground", no_argument, NULL, 'f'},
-                                         {"log-level", required_argument, NULL, 'l'},
-                                         {"stop", no_argument, NULL, 's'},
-                                         {"status", no_argument, NULL, 'S'},
-                                         {"access-log", required_argument, NULL, 'a'},
-                                         {0}};
-    bool foreground = false, stop = false, status = false;
-    const char *access_log = getenv("TAKO_ACCESS_LOG");
-    if (access_log && !*access_log)
-        access_log = NULL;
-    int o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (o) {
-        case 'f': foreground = true; break;
-        case 's': stop = true; break;
-        case 'S': status = true; break;
-        case 'a': access_log = optarg; break;
-        case 'l': {
-            enum log_level lv;
-            if (log_parse_level(optarg, &lv) < 0)
-                return cli_usage_error("daemon", "invalid --log-level '%s'", optarg);
-            log_set_level(lv);
-            break;
-        }
-        default:
-            return cli_usage_error("daemon", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error("daemon", "unexpected argument '%s'", argv[optind]);
-    const char *home = tako_home();
-    if (!home) {
-        fprintf(stderr, "tako daemon: cannot create the state directory: %s\n", strerror(errno));
-        return EXIT_FAILED;
-    }
+    const char *home = o->home;
+    const char *access_log = o->access_log;
     snprintf(d.home, sizeof(d.home), "%s", home);
-    if (stop || status) {
-        json_t *resp = NULL;
-        int fd = client_connect(false);
-        if (fd < 0) {
-            printf("takod is not running (%s)\n", home);
-            return status ? EXIT_UNAVAIL : EXIT_OK;
-        }
-        close(fd);
-        int st = client_call(stop ? "POST" : "GET", stop ? "/v1/shutdown" : "/v1/version", NULL,
-                             &resp);
-        if (status && st == 200)
-            printf("takod %s running, pid %lld, state in %s\n",
-                   json_string_value(json_object_get(resp, "version")),
-                   (long long)json_integer_value(json_object_get(resp, "pid")), home);
-        else if (stop)
-            printf("takod stopped\n");
-        json_decref(resp);
-        return st == 200 ? EXIT_OK : EXIT_FAILED;
-    }
-    if (!foreground) {
-        if (access_log) /* the background takod reads it from its environment */
-            setenv("TAKO_ACCESS_LOG", access_log, 1);
-        int fd = client_connect(true);
-        if (fd < 0)
-            return client_unavailable(fd);
-        close(fd);
-        printf("takod running (state in %s)\n", home);
-        return EXIT_OK;
-    }
-
     ready_init();
     int lockfd = lock_single(home);
     if (lockfd == -EALREADY)
@@ -595,5 +500,5 @@ int cmd_daemon(int argc, char **argv)
     log_info("takod stopped");
     ev_loop_close(&d.loop);
     close(lockfd);
-    return EXIT_OK;
+    return 0;
 }
