@@ -22,6 +22,7 @@
 #include "core/util.h"
 #include "daemon/api.h"
 #include "daemon/home.h"
+#include "daemon/logs.h"
 #include "daemon/store.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
@@ -246,6 +247,12 @@ static void h_events(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, json_pack("{s:o}", "events", ev));
 }
 
+static void h_logs(struct api_req *r, void *data)
+{
+    (void)data;
+    logs_handle(r, d.rt, &d.loop);
+}
+
 static void h_shutdown(struct api_req *r, void *data)
 {
     (void)data;
@@ -267,6 +274,7 @@ static const struct api_route routes[] = {
     {"GET", "/v1/history", h_history},
     {"GET", "/v1/autoscale", h_autoscale},
     {"GET", "/v1/events", h_events},
+    {"GET", "/v1/logs", h_logs},
     {"POST", "/v1/shutdown", h_shutdown},
     {NULL, NULL, NULL},
 };

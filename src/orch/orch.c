@@ -184,14 +184,15 @@ static size_t pool_specs(struct orch_service *s, bool ready_only,
     for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
         if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
             continue;
+        /* The driver says where the replica is reached. */
         char a[64];
-        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
         memset(&specs[n], 0, sizeof(specs[n]));
+        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &specs[n].addr) < 0)
+            continue;
         specs[n].id = r->name;
         specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
-        net_parse_addr(a, NULL, &specs[n].addr);
         n++;
-        int w = snprintf(sig + sl, siglen - sl, "%s@%u%s;", r->name, r->port, r->health_path);
+        int w = snprintf(sig + sl, siglen - sl, "%s@%s%s;", r->name, a, r->health_path);
         if (w > 0 && (size_t)w < siglen - sl)
             sl += (size_t)w;
     }
@@ -544,7 +545,7 @@ static void last_lines(struct orch_replica *r, char *buf, size_t len)
     size_t n = 0;
     size_t o = 0;
     buf[0] = '\0';
-    if (rt_logs_tail(r->svc->o->state_dir, r->name, 10, 0, &lines, &n) < 0)
+    if (rt_logs_tail(r->svc->o->rt, rt_spec(r->rt)->driver, r->name, 10, 0, &lines, &n) < 0)
         return;
     for (size_t i = 0; i < n && o + 2 < len; i++) {
         int w = snprintf(buf + o, len - o, "    %s\n", lines[i]);
