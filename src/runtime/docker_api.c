@@ -741,7 +741,7 @@ static int logs_stream(void *data, const char *p, size_t n)
     return dk_demux_feed(data, p, n);
 }
 
-int dk_container_logs(struct dk_client *c, const char *id, bool follow, unsigned tail,
+int dk_container_logs(struct dk_client *c, const char *id, bool follow, int tail,
                       bool timestamps, dk_log_cb cb, void *data, const volatile bool *cancel,
                       char *err, size_t errlen)
 {
@@ -749,8 +749,8 @@ int dk_container_logs(struct dk_client *c, const char *id, bool follow, unsigned
     dk_demux_init(&d, cb, data);
     char *i = esc(id);
     char tl[24];
-    if (tail)
-        snprintf(tl, sizeof(tl), "%u", tail);
+    if (tail >= 0)
+        snprintf(tl, sizeof(tl), "%d", tail);
     else
         snprintf(tl, sizeof(tl), "all");
     struct req r = {.method = "GET",

@@ -111,12 +111,12 @@ int dk_container_list(struct dk_client *c, const char *label, json_t **out, char
 /* One log record: stream 1 = stdout, 2 = stderr; data is not terminated,
  * one record may hold several lines or part of one. */
 typedef int (*dk_log_cb)(void *data, int stream, const char *buf, size_t len);
-/* GET /containers/ID/logs?stdout=1&stderr=1&timestamps=ts&tail=N (0 = all)
+/* GET /containers/ID/logs?stdout=1&stderr=1&timestamps=ts&tail=N (< 0 = all)
  * &follow=; the multiplexed stream (8-byte frame headers) is split into
  * records. With follow it returns when the container stops, when cb
  * returns non-zero, or when *cancel becomes true (checked at least once a
  * second; cancel may be NULL). */
-int dk_container_logs(struct dk_client *c, const char *id, bool follow, unsigned tail,
+int dk_container_logs(struct dk_client *c, const char *id, bool follow, int tail,
                       bool timestamps, dk_log_cb cb, void *data, const volatile bool *cancel,
                       char *err, size_t errlen);
 

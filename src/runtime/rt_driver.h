@@ -122,6 +122,7 @@ extern const struct rt_driver_ops *const rt_driver_table[];
 struct ev_loop *rt__loop(struct rt *rt);
 const char *rt__state_dir(struct rt *rt);
 void rt__emit(struct rt_replica *r, enum rt_state old_state, enum rt_state new_state);
+void rt__note(struct rt_replica *r, const char *line);
 struct rt_driver *rt__driver(struct rt *rt, const char *name, char *err, size_t errlen);
 
 #endif

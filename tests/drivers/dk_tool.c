@@ -184,13 +184,13 @@ int main(int argc, char **argv)
         if (j)
             json_object_set_new(extra, "list", j);
     } else if (strcmp(cmd, "logs") == 0) {
-        rc = dk_container_logs(c, a1, false, a2 ? (unsigned)atoi(a2) : 0, false, on_log, NULL,
+        rc = dk_container_logs(c, a1, false, a2 ? atoi(a2) : -1, false, on_log, NULL,
                                NULL, err, sizeof(err));
     } else if (strcmp(cmd, "follow") == 0) {
         pthread_t t;
         pthread_create(&t, NULL, canceller, (void *)(long)(a2 ? atoi(a2) : 2));
         pthread_detach(t);
-        rc = dk_container_logs(c, a1, true, 0, false, on_log, NULL, &cancel_flag, err,
+        rc = dk_container_logs(c, a1, true, -1, false, on_log, NULL, &cancel_flag, err,
                                sizeof(err));
         json_object_set_new(extra, "cancelled", json_boolean(cancel_flag));
     } else if (strcmp(cmd, "stats") == 0) {
