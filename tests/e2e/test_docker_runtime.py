@@ -149,3 +149,136 @@ def test_seed_monitoring_commands_and_rotation_over_container_hostnames(dtako, d
     dtako.run("down", check=0)
     assert containers(dk) == []
     assert dk.docker("image", "inspect", "scaling-web:%s" % rev, check=False).returncode == 0
+
+
+def ids_of(dk):
+    return {n: dk.inspect(n)["Id"] for n in containers(dk)}
+
+
+def write_app_change(t, text):
+    """Change the build directory: a new file in the image → a new revision."""
+    with open(os.path.join(t.dir, "app", "version.txt"), "w") as f:
+        f.write(text)
+
+
+@pytest.mark.slow
+def test_rolling_deploy_of_a_changed_image_and_docker_kill_lose_nothing(dtako, dk):
+    deploy(dtako, dk)
+    rev1 = dk.inspect("scaling-web-1")["Config"]["Labels"]["tako.revision"]
+    before = ids_of(dk)
+    dockerfile = 'FROM scratch\nCOPY whoami /whoami\nCOPY version.txt /version.txt\nCMD ["/whoami"]\n'
+    with Load(dtako.proxy_port, clients=20, max_seconds=150, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        app(dtako, dk, dockerfile=dockerfile)
+        write_app_change(dtako, "two\n")
+        r = dtako.run("deploy", check=0, timeout=300)
+        assert "draining" in r.stdout
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="load after deploy")
+        mid = ids_of(dk)
+        # docker kill of one container: tako (not Docker) starts it again.
+        dk.docker("kill", "scaling-web-2")
+        def back():
+            s = dtako.ps_json()["services"][0]
+            r2 = [x for x in s["replicas"] if x["name"] == "scaling-web-2"][0]
+            return s["running"] == 3 and r2["restarts"] >= 1 and r2["state"] == "running"
+        wait_for(back, timeout=60, interval=0.2, what="scaling-web-2 started again")
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="more load")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    after = ids_of(dk)
+    assert sorted(after) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    assert not set(mid.values()) & set(before.values()), "every container was replaced"
+    assert after["scaling-web-2"] != mid["scaling-web-2"]
+    rev2 = dk.inspect("scaling-web-1")["Config"]["Labels"]["tako.revision"]
+    assert rev2 != rev1
+    assert dk.inspect("scaling-web-1")["Config"]["Image"] == "scaling-web:%s" % rev2
+    # The previous revision's image is kept for rollback.
+    assert dk.docker("image", "inspect", "scaling-web:%s" % rev1, check=False).returncode == 0
+
+
+def test_takod_kill9_adopts_containers_by_label(dtako, dk):
+    deploy(dtako, dk)
+    ids = ids_of(dk)
+    old = dtako.takod_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists("/proc/%d/status" % old) or
+             "zombie" in open("/proc/%d/status" % old).read(), timeout=10, what="takod gone")
+    def adopted():
+        js = dtako.ps_json()
+        return js["services"] and js["services"][0]["running"] == 3 and js
+    wait_for(adopted, timeout=60, interval=0.3, what="containers adopted")
+    assert ids_of(dk) == ids  # the same containers, not new ones
+    assert dtako.takod_pid() != old
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+    # Adopted containers are still watched: a kill is noticed and repaired.
+    dk.docker("kill", "scaling-web-1")
+    wait_for(lambda: dk.inspect("scaling-web-1") and
+             dk.inspect("scaling-web-1")["Id"] != ids["scaling-web-1"] and
+             dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
+             what="scaling-web-1 replaced")
+
+
+def test_failed_build_fails_the_deploy_with_the_builders_last_lines_and_changes_nothing(dtako, dk):
+    deploy(dtako, dk)
+    ids = ids_of(dk)
+    app(dtako, dk, dockerfile="FROM scratch\nCOPY whoami /whoami\nCOPY missing-file /x\n"
+                              'CMD ["/whoami"]\n')
+    write_app_change(dtako, "broken\n")
+    with Load(dtako.proxy_port, clients=10, max_seconds=120, max_requests=100000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="load running")
+        r = dtako.run("deploy", check=1, timeout=300)
+    ok, failed = load.stop()
+    out = r.stdout + r.stderr
+    assert "missing-file" in out, out
+    assert re.search(r"Step 3/\d+ : COPY missing-file /x", out), out
+    assert failed == 0, load.errors[:5]
+    assert ids_of(dk) == ids  # nothing that ran was touched
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+
+
+def test_image_that_exits_at_once_fails_the_deploy(dtako, dk):
+    dk.docker("tag", dk.base_image, "exits-now:1")
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="exits-now:1",
+                                    replicas=1)
+                .replace("        env:\n", "        command: [\"sh\", \"-c\", \"echo bye; exit 3\"]\n        env:\n"))
+    r = dtako.run("deploy", check=1, timeout=300)
+    out = r.stdout + r.stderr
+    assert "exited with status 3" in out, out
+    assert "bye" in out, out
+    assert containers(dk) == []
+
+
+def test_container_that_never_listens_fails_the_deploy(dtako, dk):
+    dk.docker("tag", dk.base_image, "silent:1")
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="silent:1",
+                                    replicas=1)
+                .replace("        env:\n", "        command: [\"sleep\", \"600\"]\n        env:\n"))
+    r = dtako.run("deploy", check=1, timeout=300)
+    out = r.stdout + r.stderr
+    assert "health checks on /health" in out, out
+    assert containers(dk) == []
+
+
+def test_config_errors_name_the_place(dtako, dk, tmp_path):
+    os.makedirs(os.path.join(dtako.dir, "app"))
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port))
+    r = dtako.run("validate", check=None)
+    assert r.returncode != 0
+    assert re.search(r"tako\.yaml:8:18: environments\.production\.services\.web\.runtime: no "
+                     r"Dockerfile in \S+/app", r.stdout + r.stderr), r.stdout + r.stderr
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="Not_Valid:x"))
+    r = dtako.run("validate", check=None)
+    assert re.search(r"tako\.yaml:9:16: environments\.production\.services\.web\.image: invalid "
+                     r"image name 'Not_Valid'", r.stdout + r.stderr), r.stdout + r.stderr
+    # Docker not reachable: the socket tried and how to start Docker, at the key.
+    app(dtako, dk)
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, runtime_at="env"))
+    sock = str(tmp_path / "no-docker.sock")
+    r = dtako.run("deploy", check=2, env={"DOCKER_HOST": "unix://" + sock})
+    assert re.search(r"tako\.yaml:6:14: environments\.production\.runtime: Docker is not "
+                     r"reachable at unix://%s .*dockerd" % re.escape(sock), r.stderr), r.stderr
+    assert containers(dk) == []
