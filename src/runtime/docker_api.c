@@ -572,9 +572,10 @@ static char *filters(const char *key, const char *value, const char *key2, const
     return e;
 }
 
-int dk_image_list(struct dk_client *c, const char *ref, json_t **out, char *err, size_t errlen)
+int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_t **out,
+                  char *err, size_t errlen)
 {
-    char *f = filters("reference", ref, NULL, NULL);
+    char *f = filters("reference", ref, "label", label);
     int rc = json_call(c, "GET", xasprintf("/images/json?filters=%s", f), NULL, 30, out, err,
                        errlen);
     free(f);

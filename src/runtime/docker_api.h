@@ -70,8 +70,10 @@ int dk_image_tag(struct dk_client *c, const char *src, const char *repo, const c
 /* DELETE /images/NAME (force: also when containers use it). */
 int dk_image_remove(struct dk_client *c, const char *name, bool force, char *err,
                     size_t errlen);
-/* GET /images/json?filters={"reference":[ref]} into *out (array, new ref). */
-int dk_image_list(struct dk_client *c, const char *ref, json_t **out, char *err, size_t errlen);
+/* GET /images/json?filters={"reference":[ref],"label":[label]} into *out
+ * (array, new ref); ref and label may each be NULL. */
+int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_t **out,
+                  char *err, size_t errlen);
 
 /* ---- containers ---- */
 

@@ -41,6 +41,10 @@
 #define LABEL_RUNTIME "tako.runtime=docker"
 #define FOLLOW_RETRY_MS 300
 
+static int docker_prune(struct dk_client *c, const char *project, const char *service,
+                        const char *keep_revision, unsigned keep, bool all, char *err,
+                        size_t errlen);
+
 /* ---- the hub: results from worker threads to the loop ---- */
 
 enum msg_kind {
@@ -170,6 +174,10 @@ struct dk_drv {
     bool stream_down;
     uint64_t stats_mono;
     bool stats_busy;
+    struct pruned {
+        char service[140], revision[64];
+        struct pruned *next;
+    } *pruned; /* the revision each built service was last pruned for */
 };
 
 #define DD(d) ((struct dk_drv *)(d))
@@ -211,7 +219,7 @@ static void save_spec(struct dk_rep *r)
 
 struct job {
     struct hub *hub;
-    enum { J_LAUNCH, J_STOP, J_DIED, J_STATS, J_SIGNAL, J_FOLLOW } kind;
+    enum { J_LAUNCH, J_STOP, J_DIED, J_STATS, J_SIGNAL, J_FOLLOW, J_PRUNE } kind;
     char name[RT_NAME_MAX];
     unsigned long gen;
     struct rt__owned_spec spec; /* J_LAUNCH */
@@ -602,9 +610,19 @@ static void *job_main(void *arg)
     case J_FOLLOW:
         job_follow(j);
         break;
+    case J_PRUNE: {
+        char err[256];
+        int n = docker_prune(j->hub->cli, j->spec.spec.project, j->spec.spec.service,
+                             j->spec.spec.revision, RT_DOCKER_KEEP_IMAGES, false, err,
+                             sizeof(err));
+        if (n > 0)
+            log_info("docker: removed %d image(s) of %s-%s older than the %u kept", n,
+                     j->spec.spec.project, j->spec.spec.service, RT_DOCKER_KEEP_IMAGES);
+        break;
+    }
     }
     struct hub *h = j->hub;
-    if (j->kind == J_LAUNCH)
+    if (j->kind == J_LAUNCH || j->kind == J_PRUNE)
         rt__spec_free(&j->spec);
     free(j->names);
     free(j->ids);
@@ -740,6 +758,33 @@ static void on_backoff(struct ev_loop *loop, struct ev_timer *t)
     launch(r);
 }
 
+/* A built revision runs: images of revisions before the kept ones go, once
+ * per service and revision, on a worker. */
+static void maybe_prune(struct dk_drv *d, struct dk_rep *r)
+{
+    const struct rt_spec *s = &r->spec.spec;
+    if (s->image)
+        return;
+    char key[140];
+    snprintf(key, sizeof(key), "%s/%s", s->project, s->service);
+    struct pruned *p = d->pruned;
+    while (p && strcmp(p->service, key) != 0)
+        p = p->next;
+    if (p && strcmp(p->revision, s->revision) == 0)
+        return;
+    if (!p) {
+        p = xcalloc(1, sizeof(*p));
+        snprintf(p->service, sizeof(p->service), "%s", key);
+        p->next = d->pruned;
+        d->pruned = p;
+    }
+    snprintf(p->revision, sizeof(p->revision), "%s", s->revision);
+    struct job *j = xcalloc(1, sizeof(*j));
+    j->kind = J_PRUNE;
+    rt__spec_copy(&j->spec, s);
+    run_job(d, j);
+}
+
 static void handle_launched(struct dk_drv *d, struct msg *m)
 {
     struct dk_rep *r = find(d, m->name);
@@ -782,6 +827,7 @@ static void handle_launched(struct dk_drv *d, struct msg *m)
     free(r->build_log);
     r->build_log = NULL;
     save_spec(r);
+    maybe_prune(d, r);
     if (r->want_stop || r->want_restart) {
         set_state(r, RT_STOPPING);
         stop_job(r);
@@ -1036,6 +1082,11 @@ static void dkr_destroy(struct rt_driver *base)
         rt__spec_free(&r->spec);
         free(r->build_log);
         free(r);
+    }
+    while (d->pruned) {
+        struct pruned *p = d->pruned;
+        d->pruned = p->next;
+        free(p);
     }
     pthread_mutex_lock(&d->hub->mu);
     d->hub->dead = true; /* workers still running drop their results */
@@ -1458,6 +1509,63 @@ const struct rt_driver_ops rt_docker_ops = {
 
 /* ---- images of past revisions ---- */
 
+static json_int_t created(json_t *img)
+{
+    return json_integer_value(json_object_get(img, "Created"));
+}
+
+static int cmp_newest(const void *a, const void *b)
+{
+    json_int_t x = created(*(json_t *const *)a), y = created(*(json_t *const *)b);
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int docker_prune(struct dk_client *c, const char *project, const char *service,
+                     const char *keep_revision, unsigned keep, bool all, char *err, size_t errlen)
+{
+    char label[200];
+    snprintf(label, sizeof(label), "tako.project=%s", project);
+    json_t *list = NULL;
+    int rc = dk_image_list(c, NULL, label, &list, err, errlen);
+    if (rc < 0)
+        return rc;
+    size_t n = json_array_size(list);
+    json_t **v = xcalloc(n ? n : 1, sizeof(*v));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *img = json_array_get(list, i);
+        const char *svc =
+            json_string_value(json_object_get(json_object_get(img, "Labels"), "tako.service"));
+        if (!service || (svc && strcmp(svc, service) == 0))
+            v[k++] = img;
+    }
+    qsort(v, k, sizeof(*v), cmp_newest);
+    int removed = 0;
+    unsigned kept = 0;
+    for (size_t i = 0; i < k; i++) {
+        json_t *labels = json_object_get(v[i], "Labels");
+        const char *rev = json_string_value(json_object_get(labels, "tako.revision"));
+        bool current = keep_revision && rev && strcmp(rev, keep_revision) == 0;
+        if (!all && (current || kept < keep)) {
+            kept += current ? 0 : 1;
+            continue;
+        }
+        size_t t;
+        json_t *tag;
+        json_array_foreach(json_object_get(v[i], "RepoTags"), t, tag)
+        {
+            /* an image a container still uses is refused (409): kept */
+            const char *name = json_string_value(tag);
+            if (name && strcmp(name, "<none>:<none>") != 0 &&
+                dk_image_remove(c, name, false, NULL, 0) == 0)
+                removed++;
+        }
+    }
+    free(v);
+    json_decref(list);
+    return removed;
+}
+
 int rt_docker_prune_images(const char *project, const char *service, const char *keep_revision,
                            unsigned keep, bool all, char *err, size_t errlen)
 {
@@ -1465,52 +1573,7 @@ int rt_docker_prune_images(const char *project, const char *service, const char 
     int rc = dk_open(NULL, &c, err, errlen);
     if (rc < 0)
         return rc;
-    char repo[256];
-    snprintf(repo, sizeof(repo), "%s-%s", project, service);
-    json_t *list = NULL;
-    rc = dk_image_list(c, repo, &list, err, errlen);
-    if (rc < 0) {
-        dk_close(c);
-        return rc;
-    }
-    /* newest first: Created is seconds since the epoch */
-    size_t n = json_array_size(list);
-    json_t **v = xcalloc(n ? n : 1, sizeof(*v));
-    for (size_t i = 0; i < n; i++)
-        v[i] = json_array_get(list, i);
-    for (size_t i = 1; i < n; i++)
-        for (size_t k = i; k > 0 && json_integer_value(json_object_get(v[k], "Created")) >
-                                        json_integer_value(json_object_get(v[k - 1], "Created"));
-             k--) {
-            json_t *t = v[k];
-            v[k] = v[k - 1];
-            v[k - 1] = t;
-        }
-    unsigned kept = 0;
-    int removed = 0;
-    char want[300];
-    snprintf(want, sizeof(want), "%s:%s", repo, keep_revision ? keep_revision : "");
-    for (size_t i = 0; i < n; i++) {
-        json_t *tags = json_object_get(v[i], "RepoTags");
-        size_t k;
-        json_t *t;
-        json_array_foreach(tags, k, t)
-        {
-            const char *tag = json_string_value(t);
-            if (!tag || strncmp(tag, repo, strlen(repo)) != 0 || tag[strlen(repo)] != ':')
-                continue;
-            bool current = keep_revision && strcmp(tag, want) == 0;
-            if (!all && (current || kept < keep)) {
-                kept++;
-                continue;
-            }
-            /* an image a container still uses is refused (409): kept */
-            if (dk_image_remove(c, tag, false, NULL, 0) == 0)
-                removed++;
-        }
-    }
-    free(v);
-    json_decref(list);
+    rc = docker_prune(c, project, service, keep_revision, keep, all, err, errlen);
     dk_close(c);
-    return removed;
+    return rc;
 }

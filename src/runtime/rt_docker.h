@@ -11,10 +11,14 @@ struct rt_driver_ops;
 
 extern const struct rt_driver_ops rt_docker_ops;
 
-/* Images of a service, "<project>-<service>:<revision>": keep the image of
- * keep_revision and the `keep` newest others, remove the rest (all: every
- * one). Images a container still uses are kept. Returns how many tags were
- * removed, or -errno with a message (Docker not reachable). Blocking. */
+#define RT_DOCKER_KEEP_IMAGES 3 /* built images of past revisions kept for rollback */
+
+/* Images tako built for a project (label tako.project; of one service, or
+ * all when service is NULL): keep the image of keep_revision and the
+ * `keep` newest others, remove the rest (all: every one). Images given by
+ * `image:` are never touched; images a container still uses are kept.
+ * Returns how many tags were removed, or -errno with a message (Docker not
+ * reachable). Blocking. */
 int rt_docker_prune_images(const char *project, const char *service, const char *keep_revision,
                            unsigned keep, bool all, char *err, size_t errlen);
 

@@ -15,7 +15,7 @@
  *   stats ID                       one sample with precpu (stream=false)
  *   list LABEL                     containers with that label
  *   events LABEL N SECONDS         print N events (or until SECONDS), one per line
- *   image-inspect|image-rm NAME    image-tag SRC REPO TAG     image-list REF
+ *   image-inspect|image-rm NAME    image-tag SRC REPO TAG     image-list REF [LABEL]
  */
 #include <errno.h>
 #include <pthread.h>
@@ -219,7 +219,7 @@ int main(int argc, char **argv)
         rc = dk_image_tag(c, a1, a2, a3, err, sizeof(err));
     } else if (strcmp(cmd, "image-list") == 0) {
         json_t *j = NULL;
-        rc = dk_image_list(c, a1, &j, err, sizeof(err));
+        rc = dk_image_list(c, a1, a2, &j, err, sizeof(err));
         if (j)
             json_object_set_new(extra, "list", j);
     } else {

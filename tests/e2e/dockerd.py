@@ -176,16 +176,6 @@ class DockerD:
                 except ProcessLookupError:
                     pass
 
-    def restart(self):
-        """Start dockerd again on the same directories (after kill_daemon)."""
-        if self.proc is not None:
-            self.proc.wait(20)
-        self.kill_orphan_containers()
-        for mp in _mounts_under(os.path.join(self.exec_root, "netns")):
-            subprocess.run(["umount", "-l", mp], capture_output=True)
-        os.makedirs(self.data_root, exist_ok=True)
-        self._spawn()
-
     # ---- helpers ----
     def docker(self, *args, check=True, timeout=120, input=None):
         env = dict(os.environ)

@@ -149,6 +149,13 @@ def test_seed_monitoring_commands_and_rotation_over_container_hostnames(dtako, d
     dtako.run("down", check=0)
     assert containers(dk) == []
     assert dk.docker("image", "inspect", "scaling-web:%s" % rev, check=False).returncode == 0
+    deploy(dtako, dk)
+    assert len(containers(dk)) == 3
+    r = dtako.run("down", "--images", check=0)
+    assert "removed 1 Docker image of scaling" in r.stdout, r.stdout
+    assert containers(dk) == []
+    assert dk.docker("image", "inspect", "scaling-web:%s" % rev, check=False).returncode != 0
+    assert dk.docker("image", "inspect", dk.base_image, check=False).returncode == 0
 
 
 def ids_of(dk):
@@ -196,6 +203,22 @@ def test_rolling_deploy_of_a_changed_image_and_docker_kill_lose_nothing(dtako, d
     assert dk.inspect("scaling-web-1")["Config"]["Image"] == "scaling-web:%s" % rev2
     # The previous revision's image is kept for rollback.
     assert dk.docker("image", "inspect", "scaling-web:%s" % rev1, check=False).returncode == 0
+
+
+def test_images_of_old_revisions_are_kept_up_to_the_limit(dtako, dk):
+    dockerfile = 'FROM scratch\nCOPY whoami /whoami\nCOPY version.txt /version.txt\nCMD ["/whoami"]\n'
+    revs = []
+    for i in range(6):
+        app(dtako, dk, dockerfile=dockerfile)
+        write_app_change(dtako, "v%d\n" % i)
+        dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, replicas=1))
+        dtako.run("deploy", check=0, timeout=300)
+        revs.append(dtako.ps_json()["services"][0]["revision"])
+    def tags():
+        out = dk.docker("images", "--format", "{{.Tag}}", "scaling-web").stdout.split()
+        return sorted(out)
+    # the running revision and the 3 before it; the 2 oldest are gone
+    wait_for(lambda: tags() == sorted(revs[2:]), timeout=30, what="old images pruned")
 
 
 def test_takod_kill9_adopts_containers_by_label(dtako, dk):
@@ -282,3 +305,48 @@ def test_config_errors_name_the_place(dtako, dk, tmp_path):
     assert re.search(r"tako\.yaml:6:14: environments\.production\.runtime: Docker is not "
                      r"reachable at unix://%s .*dockerd" % re.escape(sock), r.stderr), r.stderr
     assert containers(dk) == []
+
+
+def test_dockerd_dying_mid_deploy_fails_it_and_what_served_keeps_serving(dtako, dk):
+    deploy(dtako, dk)
+    rev1 = dtako.ps_json()["services"][0]["revision"]
+    # A build that takes a while (RUN in the busybox base), so the engine
+    # can die in the middle of it.
+    app(dtako, dk, dockerfile="FROM %s\nCOPY whoami /whoami\nRUN sleep 5\nCMD [\"/whoami\"]\n"
+        % dk.base_image)
+    write_app_change(dtako, "three\n")
+    env = dict(os.environ)
+    env.update(dtako.env)
+    from conftest import TAKO
+    with Load(dtako.proxy_port, clients=10, max_seconds=120, max_requests=100000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="load running")
+        p = subprocess.Popen([TAKO, "deploy"], cwd=dtako.dir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        out = []
+        try:
+            for line in p.stdout:
+                out.append(line)
+                if re.search(r"Step 3/\d+ : RUN sleep 5", line):
+                    dk.kill_daemon()
+                    break
+            rest, _ = p.communicate(timeout=120)
+            out.append(rest)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        n = load.ok
+        wait_for(lambda: load.ok > n + 100, timeout=30, what="load after the failed deploy")
+    ok, failed = load.stop()
+    text = "".join(out)
+    assert p.returncode == 1, text
+    assert re.search(r"Docker|docker", text.split("Step 3/")[-1]), text
+    assert failed == 0, load.errors[:5]
+    # The containers that served are the ones still serving.
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+    ps = dtako.ps_json()["services"][0]
+    assert ps["running"] == 3
+    assert ps["revision"] == rev1
+    # (The engine stays dead: the next test gets a fresh one, and the
+    # fixture ends these containers by the PIDs containerd recorded.)
