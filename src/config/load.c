@@ -14,6 +14,7 @@
 #include "config/internal.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
+#include "runtime/docker_api.h"
 
 #define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
 #define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
@@ -577,6 +578,7 @@ static bool valid_env_key(const char *s)
 
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
+static const char *const runtime_names[] = {"process", "docker"};
 
 /* The strategies are the balancer's table (proxy/lb_table.c): a strategy
  * added there is valid here with no change. */
@@ -619,6 +621,7 @@ const char *cfg_restart_name(enum cfg_restart r)
 void cfg__service_defaults(struct cfg_service *s, const char *dir)
 {
     s->build = xstrdup(dir);
+    s->runtime = xstrdup("process");
     s->replicas = 1;
     s->autoscale = (struct cfg_autoscale){
         .enabled = false,
@@ -658,6 +661,7 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->build);
     free(s->workdir);
     free(s->image);
+    free(s->runtime);
     free(s->lb_cookie);
     free(s->health.path);
     if (s->proxy.domains)
@@ -941,6 +945,58 @@ out:
     free(pp);
 }
 
+static void where(struct cfg__ctx *c, const yaml_node_t *n, const char *path, struct cfg_service *s)
+{
+    snprintf(s->runtime_at, sizeof(s->runtime_at), "%s:%u:%u", c->name,
+             n ? (unsigned)n->start_mark.line + 1 : 0, n ? (unsigned)n->start_mark.column + 1 : 0);
+    snprintf(s->runtime_path, sizeof(s->runtime_path), "%s", path);
+}
+
+/* runtime: (the service's, else the environment's) and what it needs:
+ * docker runs image: (a valid reference) or builds the build directory's
+ * Dockerfile; process needs nothing more here. */
+static void load_runtime(struct cfg__ctx *c, const yaml_node_t *rn, const yaml_node_t *in,
+                         const yaml_node_t *knode, const char *path, struct cfg_service *s)
+{
+    int rt = 0;
+    const yaml_node_t *at = rn;
+    char *rpath = kpath(path, "runtime");
+    if (!is_null(rn)) {
+        if (!set_enum(c, rn, path, "runtime", "runtime", runtime_names, ARRAY_LEN(runtime_names),
+                      &rt)) {
+            free(rpath);
+            return;
+        }
+    } else if (c->env_runtime) {
+        rt = strcmp(c->env_runtime, "docker") == 0 ? 1 : 0;
+        at = c->env_runtime_node;
+        free(rpath);
+        rpath = xstrdup(c->env_runtime_path);
+    } else {
+        at = knode;
+    }
+    free(s->runtime);
+    s->runtime = xstrdup(runtime_names[rt]);
+    where(c, at ? at : knode, rpath, s);
+    free(rpath);
+    if (rt != 1)
+        return;
+    if (s->image) {
+        char why[256];
+        if (dk_ref_check(s->image, why, sizeof(why)) < 0)
+            err_key(c, in, path, "image", "%s", why);
+        return;
+    }
+    char *df = xasprintf("%s/Dockerfile", s->build);
+    struct stat st;
+    if (stat(df, &st) == -1 || !S_ISREG(st.st_mode))
+        err_at(c, at ? at : knode, s->runtime_path,
+               "no Dockerfile in %s: runtime docker builds the service's build directory (add a "
+               "Dockerfile there, set build: to the directory that has one, or name an image:)",
+               s->build);
+    free(df);
+}
+
 static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                          const yaml_node_t *n, const char *path, struct cfg_service *s)
 {
@@ -958,12 +1014,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_ENV,
         K_ENVFILE,
         K_RESTART,
-        K_RESOURCES
+        K_RESOURCES,
+        K_RUNTIME
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources"};
+                                       "restart", "resources",    "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -1082,7 +1139,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     }
     free(rp);
 
-    if (!s->argv && !s->image)
+    load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");
 }
@@ -1170,8 +1228,8 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP };
-    static const char *const keys[] = {"servers", "services", "http"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_RUNTIME };
+    static const char *const keys[] = {"servers", "services", "http", "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
@@ -1190,6 +1248,15 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
             e->http_port = 80;
     }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
+    int ert = 0;
+    char *erp = kpath(path, "runtime");
+    if (!is_null(v[K_RUNTIME]) && set_enum(c, v[K_RUNTIME], path, "runtime", "runtime",
+                                           runtime_names, ARRAY_LEN(runtime_names), &ert)) {
+        c->env_runtime = runtime_names[ert];
+        c->env_runtime_node = v[K_RUNTIME];
+        c->env_runtime_path = erp;
+    }
+    e->runtime = xstrdup(runtime_names[ert]);
 
     struct pair *pairs;
     char *sp = kpath(path, "services");
@@ -1206,6 +1273,10 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     }
     pairs_free(pairs, np);
     free(sp);
+    c->env_runtime = NULL;
+    c->env_runtime_node = NULL;
+    c->env_runtime_path = NULL;
+    free(erp);
     check_env(c, f, e, n, v[K_SERVERS], path);
 }
 
@@ -1279,6 +1350,7 @@ void cfg_free(struct cfg_file *f)
     for (size_t i = 0; i < f->envs_len; i++) {
         struct cfg_env *e = &f->envs[i];
         free(e->name);
+        free(e->runtime);
         for (size_t j = 0; j < e->servers_len; j++)
             free(e->servers[j]);
         free(e->servers);
