@@ -11,7 +11,7 @@ WARN    := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes
 OPT     ?= -O2 -g
 CPPFLAGS += -D_GNU_SOURCE -DTAKO_VERSION='"$(VERSION)"' -Isrc
 CFLAGS  += $(CSTD) $(OPT) $(WARN) -pthread
-LDLIBS  += -lyaml -ljansson -lsqlite3 -lm -pthread
+LDLIBS  += -lyaml -ljansson -lsqlite3 -lssl -lcrypto -lcurl -lm -pthread
 
 ifeq ($(WERROR),1)
 CFLAGS += -Werror
