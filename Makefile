@@ -114,3 +114,12 @@ all: $(RT_DRIVER)
 $(RT_DRIVER): $(BUILD)/tests/drivers/rt_driver.o $(LIBTAKO)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---- ACME test driver -------------------------------------------------------
+# tests/drivers/acme_driver.c runs one ACME order (src/acme) against the
+# Pebble CA that tests/e2e/test_acme.py starts. Built as part of `all`.
+ACME_DRIVER := $(BUILD)/tests/acme_driver
+all: $(ACME_DRIVER)
+$(ACME_DRIVER): $(BUILD)/tests/drivers/acme_driver.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
