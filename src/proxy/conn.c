@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
+#include "tls/tls.h"
 
 #define CBUF_MIN 16384
 #define UBUF_SIZE 16384
@@ -41,8 +42,15 @@ struct upconn {
     struct ev_defer defer;
 };
 
+/* The client connection's transport: plain TCP, or TLS in three steps
+ * (first bytes sniffed, handshake, open). */
+enum ctls { CT_PLAIN, CT_SNIFF, CT_HANDSHAKE, CT_OPEN };
+
 struct client {
     int fd;
+    SSL *ssl;         /* CT_HANDSHAKE / CT_OPEN */
+    uint8_t tls;      /* enum ctls */
+    bool tls_rd_on_wr; /* a TLS read wanted to write: retry it on EPOLLOUT */
     struct ev_io io;
     struct worker *w;
     struct listener *l;
@@ -369,6 +377,71 @@ static void xchg_error(struct xchg *x, int status, const char *msg)
     x->bytes_out = 0;
 }
 
+/* Answer 200 (ACME key authorization) or 308 (to HTTPS) ourselves, then
+ * close: extra is a complete header line or "". */
+static void xchg_reply(struct xchg *x, int status, const char *extra, const char *body)
+{
+    xchg_error(x, status, NULL);
+    size_t bl = strlen(body);
+    int n = snprintf(x->hbuf, x->hcap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s\r\n%s",
+                     status, http_reason(status), bl, extra, x->method == HTTP_HEAD ? "" : body);
+    if (n < 0 || (uint32_t)n >= x->hcap) {
+        xchg_error(x, 500, "answer too large");
+        return;
+    }
+    x->o_len = (uint32_t)n;
+}
+
+#define ACME_PREFIX "/.well-known/acme-challenge/"
+
+/* The plain listener's own answers before routing: HTTP-01 tokens, and
+ * 308 to HTTPS for hosts that have a certificate. True when answered. */
+static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
+{
+    struct client *c = x->c;
+    struct proxy *p = c->w->p;
+    if (c->ssl)
+        return false;
+    size_t pl = sizeof(ACME_PREFIX) - 1;
+    bool acme = m->target_len > pl && memcmp(m->target, ACME_PREFIX, pl) == 0;
+    if (acme) {
+        char ka[512];
+        if ((m->method == HTTP_GET || m->method == HTTP_HEAD) &&
+            proxy__challenge_get(p, m->target + pl, m->target_len - pl, ka, sizeof(ka))) {
+            xchg_reply(x, 200, "", ka);
+            return true;
+        }
+        return false; /* not ours: the application may have its own */
+    }
+    unsigned port = atomic_load_explicit(&c->l->https_redirect, memory_order_relaxed);
+    if (!port || m->host < 0 || !p->tls)
+        return false;
+    const struct http_header *h = &m->headers[m->host];
+    size_t hl = h->value_len;
+    for (size_t k = hl; k > 0; k--) { /* strip ":port" */
+        if (h->value[k - 1] == ':') {
+            hl = k - 1;
+            break;
+        }
+        if (h->value[k - 1] < '0' || h->value[k - 1] > '9')
+            break;
+    }
+    if (hl == 0 || hl > 253 || !tls_server_has_name(p->tls, h->value, hl))
+        return false;
+    char loc[2048];
+    char ps[16] = "";
+    if (port != 443)
+        snprintf(ps, sizeof(ps), ":%u", port);
+    int n = snprintf(loc, sizeof(loc), "Location: https://%.*s%s%.*s\r\n", (int)hl, h->value, ps,
+                     (int)m->target_len, m->target);
+    if (n < 0 || (size_t)n >= sizeof(loc))
+        return false;
+    xchg_reply(x, 308, loc, "Permanent Redirect to HTTPS\n");
+    return true;
+}
+
 /* ---- finishing ---- */
 
 static void xchg_log(struct xchg *x)
@@ -655,7 +728,7 @@ static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool g
         ob_str(&o, x->client_ip);
         ob_put(&o, "\r\n", 2);
     }
-    ob_str(&o, "X-Forwarded-Proto: http\r\n");
+    ob_str(&o, x->c->ssl ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
     if (m->host >= 0) {
         ob_str(&o, "X-Forwarded-Host: ");
         ob_put(&o, m->headers[m->host].value, m->headers[m->host].value_len);
@@ -811,6 +884,8 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
         x->req_read_done = true;
     }
     x->c_off = x->c_scan = m->head_len;
+    if (!c->ssl && xchg_tls_answers(x, m))
+        return;
     x->pool = route(c, m);
     if (!x->pool) {
         xchg_error(x, 404, "unknown host");
@@ -859,6 +934,11 @@ static void client_close(struct client *c)
      * watcher only has to be skipped for the rest of this batch */
     c->io.active = false;
     ev_timer_stop(&w->loop, &c->timer);
+    if (c->ssl) {
+        tls_conn_shutdown(c->ssl);
+        tls_conn_free(c->ssl);
+        c->ssl = NULL;
+    }
     close(c->fd);
     dlist_del(&c->link);
     w->nclients--;
@@ -876,6 +956,135 @@ static void xchg_abort(struct xchg *x, int status)
     xchg_finish(x, false);
 }
 
+/* ---- the client transport: plain or TLS ---- */
+
+/* Read from the client: bytes (> 0), 0 at EOF, -1 with errno (EAGAIN).
+ * *drained: no more bytes wait in the kernel or in OpenSSL. */
+static ssize_t c_recv(struct client *c, void *buf, size_t n, bool *drained)
+{
+    if (!c->ssl) {
+        ssize_t r = recv(c->fd, buf, n, 0);
+        *drained = r > 0 && (size_t)r < n;
+        return r;
+    }
+    bool ww = false;
+    ssize_t r = tls_conn_read(c->ssl, buf, n, &ww);
+    if (r > 0) {
+        /* a record may be buffered inside OpenSSL: never trust a short read */
+        *drained = false;
+        return r;
+    }
+    *drained = false;
+    if (r == -EAGAIN) {
+        if (ww) {
+            c->tls_rd_on_wr = true;
+            c->wr = false;
+        }
+        errno = EAGAIN;
+        return -1;
+    }
+    if (r == 0)
+        return 0;
+    errno = (int)-r;
+    return -1;
+}
+
+/* Per-thread staging so a response head and body go out as one TLS
+ * record (one SSL_write) like one sendmsg on plain TCP. */
+static __thread char t_tls_out[16384];
+
+/* Write iov to the client: bytes taken (> 0), -1 with errno (EAGAIN). */
+static ssize_t c_send(struct client *c, const struct iovec *iov, int n)
+{
+    if (!c->ssl) {
+        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
+        return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    }
+    const void *p = iov[0].iov_base;
+    size_t len = iov[0].iov_len;
+    if (n > 1 && iov[0].iov_len + iov[1].iov_len <= sizeof(t_tls_out)) {
+        memcpy(t_tls_out, iov[0].iov_base, iov[0].iov_len);
+        memcpy(t_tls_out + iov[0].iov_len, iov[1].iov_base, iov[1].iov_len);
+        p = t_tls_out;
+        len = iov[0].iov_len + iov[1].iov_len;
+    }
+    bool ww = false;
+    ssize_t r = tls_conn_write(c->ssl, p, len, &ww);
+    if (r > 0)
+        return r;
+    if (r == -EAGAIN) {
+        if (!ww)
+            c->rd = false; /* wants to read first (rare: key update) */
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = EPIPE;
+    return -1;
+}
+
+/* Half-close the client's side after the backend's EOF in a tunnel. */
+static void c_shutdown_wr(struct client *c)
+{
+    if (c->ssl)
+        tls_conn_shutdown(c->ssl);
+    shutdown(c->fd, SHUT_WR);
+}
+
+/* Before a TLS client's first request: sniff, then handshake. Returns true
+ * when the connection is open for requests, false to wait (or closed). */
+static bool client_tls_step(struct client *c)
+{
+    if (c->tls == CT_SNIFF) {
+        unsigned char peek[16];
+        ssize_t n = recv(c->fd, peek, sizeof(peek), MSG_PEEK);
+        if (n == -1 && errno == EAGAIN) {
+            c->rd = false;
+            return false;
+        }
+        if (n <= 0) {
+            client_close(c);
+            return false;
+        }
+        enum tls_sniff k = tls_sniff(peek, (size_t)n);
+        if (k != TLS_SNIFF_TLS) {
+            /* Plain HTTP gets one line telling what to do; anything else
+             * just a close. Neither costs an SSL object. */
+            if (k == TLS_SNIFF_HTTP) {
+                ssize_t w = send(c->fd, tls_plain_http_reply, strlen(tls_plain_http_reply),
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)w;
+            }
+            client_close(c);
+            return false;
+        }
+        c->ssl = tls_conn_new(c->l->tls, c->fd);
+        if (!c->ssl) {
+            client_close(c); /* no certificate at all yet */
+            return false;
+        }
+        c->tls = CT_HANDSHAKE;
+    }
+    if (c->tls == CT_HANDSHAKE) {
+        bool ww = false;
+        int r = tls_conn_handshake(c->ssl, &ww);
+        if (r == -EAGAIN) {
+            if (ww)
+                c->wr = false;
+            else
+                c->rd = false;
+            return false;
+        }
+        if (r < 0) {
+            client_close(c);
+            return false;
+        }
+        c->tls = CT_OPEN;
+        c->rd = true; /* the request may be in OpenSSL's buffer already */
+        client_deadline(c, c->w->p->o.idle_timeout_ms);
+    }
+    return true;
+}
+
 /* Read what the client sent into cbuf. Returns bytes read, 0 when nothing
  * (would block or no room), -1 when the client closed or failed. */
 static int client_fill(struct xchg *x)
@@ -884,11 +1093,12 @@ static int client_fill(struct xchg *x)
     if (!c->rd || x->c_len >= x->cap)
         return 0;
     size_t want = x->cap - x->c_len;
-    ssize_t n = recv(c->fd, x->cbuf + x->c_len, want, 0);
+    bool drained;
+    ssize_t n = c_recv(c, x->cbuf + x->c_len, want, &drained);
     if (n > 0) {
         /* A short read drained the socket: with edge-triggered epoll, bytes
          * arriving later bring a new event, so no EAGAIN round trip. */
-        if ((size_t)n < want)
+        if (drained)
             c->rd = false;
         x->c_len += (uint32_t)n;
         return (int)n;
@@ -904,6 +1114,8 @@ static int client_fill(struct xchg *x)
 static void client_process(struct client *c)
 {
     struct worker *w = c->w;
+    if (c->tls && c->tls != CT_OPEN && !client_tls_step(c))
+        return;
     for (;;) {
         if (c->closed)
             return;
@@ -972,9 +1184,16 @@ static void client_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     struct client *c = io->data;
     if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->rd = true;
-    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
         c->wr = true;
-    if (c->x && c->x->st != X_HEAD)
+        if (c->tls_rd_on_wr) {
+            c->tls_rd_on_wr = false;
+            c->rd = true;
+        }
+    }
+    if (c->tls == CT_HANDSHAKE || c->tls == CT_SNIFF)
+        client_process(c);
+    else if (c->x && c->x->st != X_HEAD)
         xchg_run(c->x);
     else
         client_process(c);
@@ -1067,7 +1286,15 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
     }
     c->wr = true;
     c->rd = true; /* the request often came with the handshake: try now */
-    client_deadline(c, w->p->o.idle_timeout_ms);
+    if (c->l->tls) {
+        /* the handshake (and the first byte) must come within the header
+         * timeout: silent or half-open TLS connections cost little and
+         * not for long */
+        c->tls = CT_SNIFF;
+        client_deadline(c, w->p->o.header_timeout_ms);
+    } else {
+        client_deadline(c, w->p->o.idle_timeout_ms);
+    }
     client_process(c);
 }
 
@@ -1256,6 +1483,13 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
             ob_put(&o, hv, 16);
             ob_str(&o, "; Path=/; HttpOnly\r\n");
         }
+    }
+    uint64_t hsts = x->c->ssl ? atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed) : 0;
+    if (hsts && m->status >= 200) {
+        char hv[64];
+        snprintf(hv, sizeof(hv), "Strict-Transport-Security: max-age=%llu\r\n",
+                 (unsigned long long)hsts);
+        ob_str(&o, hv);
     }
     if (is101)
         ob_str(&o, "Connection: upgrade\r\n");
@@ -1465,8 +1699,7 @@ static int pump_response(struct xchg *x)
     if (n > 0) {
         if (!c->wr)
             return 0;
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        ssize_t w = c_send(c, iov, n);
         if (w == -1) {
             if (errno == EAGAIN) {
                 c->wr = false;
@@ -1527,14 +1760,17 @@ static int pump_response(struct xchg *x)
 }
 
 /* One direction of a tunnel: write buf[*off, *len) to `to`, and when it is
- * empty read more from `from`; EOF is passed on as a half-close. Returns 1
- * on progress, 0 when blocked, -1 on an error. */
-static int tunnel_dir(int from, bool *from_rd, int to, bool *to_wr, char *buf, uint32_t cap,
-                      uint32_t *off, uint32_t *len, bool *eof, uint64_t *sent)
+ * empty read more from `from`; EOF is passed on as a half-close. The
+ * client end (from_c or to_c, the other NULL) goes through its transport.
+ * Returns 1 on progress, 0 when blocked, -1 on an error. */
+static int tunnel_dir(struct client *from_c, int from, bool *from_rd, struct client *to_c, int to,
+                      bool *to_wr, char *buf, uint32_t cap, uint32_t *off, uint32_t *len,
+                      bool *eof, uint64_t *sent)
 {
     int progress = 0;
     if (*off < *len && *to_wr) {
-        ssize_t w = send(to, buf + *off, *len - *off, MSG_NOSIGNAL);
+        struct iovec iov = {.iov_base = buf + *off, .iov_len = *len - *off};
+        ssize_t w = to_c ? c_send(to_c, &iov, 1) : send(to, buf + *off, *len - *off, MSG_NOSIGNAL);
         if (w > 0) {
             *off += (uint32_t)w;
             *sent += (uint64_t)w;
@@ -1548,13 +1784,17 @@ static int tunnel_dir(int from, bool *from_rd, int to, bool *to_wr, char *buf, u
     if (*off == *len) {
         *off = *len = 0;
         if (!*eof && *from_rd) {
-            ssize_t n = recv(from, buf, cap, 0);
+            bool drained;
+            ssize_t n = from_c ? c_recv(from_c, buf, cap, &drained) : recv(from, buf, cap, 0);
             if (n > 0) {
                 *len = (uint32_t)n;
                 progress = 1;
             } else if (n == 0) {
                 *eof = true;
-                shutdown(to, SHUT_WR);
+                if (to_c)
+                    c_shutdown_wr(to_c);
+                else
+                    shutdown(to, SHUT_WR);
                 progress = 1;
             } else if (errno == EAGAIN) {
                 *from_rd = false;
@@ -1572,11 +1812,11 @@ static int pump_tunnel(struct xchg *x)
     struct client *c = x->c;
     struct upconn *u = x->u;
     uint64_t up_bytes = 0;
-    int a = tunnel_dir(c->fd, &c->rd, u->fd, &u->wr, x->cbuf, x->cap, &x->c_off, &x->c_len,
-                       &x->t_c_eof, &up_bytes);
+    int a = tunnel_dir(c, c->fd, &c->rd, NULL, u->fd, &u->wr, x->cbuf, x->cap, &x->c_off,
+                       &x->c_len, &x->t_c_eof, &up_bytes);
     int b = a < 0 ? -1
-                  : tunnel_dir(u->fd, &u->rd, c->fd, &c->wr, x->ubuf, UBUF_SIZE, &x->u_off,
-                               &x->u_len, &x->t_u_eof, &x->bytes_out);
+                  : tunnel_dir(NULL, u->fd, &u->rd, c, c->fd, &c->wr, x->ubuf, UBUF_SIZE,
+                               &x->u_off, &x->u_len, &x->t_u_eof, &x->bytes_out);
     if (a < 0 || b < 0) {
         xchg_abort(x, 101);
         return -1;
@@ -1599,7 +1839,8 @@ static int pump_error(struct xchg *x)
     if (x->o_off < x->o_len) {
         if (!c->wr)
             return 0;
-        ssize_t w = send(c->fd, x->hbuf + x->o_off, x->o_len - x->o_off, MSG_NOSIGNAL);
+        struct iovec iov = {.iov_base = x->hbuf + x->o_off, .iov_len = x->o_len - x->o_off};
+        ssize_t w = c_send(c, &iov, 1);
         if (w == -1) {
             if (errno == EAGAIN) {
                 c->wr = false;

@@ -91,6 +91,7 @@ struct proxy *proxy_new(const struct proxy_opts *o)
     p->ctl_evfd = -1;
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->ctl_lock, NULL);
+    pthread_mutex_init(&p->chal_lock, NULL);
     if (o->ntrusted) {
         p->trusted = xcalloc(o->ntrusted, sizeof(*p->trusted));
         memcpy(p->trusted, o->trusted, o->ntrusted * sizeof(*p->trusted));
@@ -184,6 +185,7 @@ void proxy_free(struct proxy *p)
     }
     if (p->log_close)
         close(p->log_fd);
+    proxy__tls_free(p);
     free(p->w);
     free(p->trusted);
     pthread_mutex_destroy(&p->lock);
@@ -206,8 +208,15 @@ static struct listener *find_listener(struct proxy *p, const struct net_addr *a)
 
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
+    return proxy__listen(p, addr, default_pool, NULL);
+}
+
+int proxy__listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
+                  struct tls_server *tls)
+{
     struct listener *l = xcalloc(1, sizeof(*l));
     l->p = p;
+    l->tls = tls;
     l->addr = *addr;
     l->fds = xcalloc(p->nworkers, sizeof(int));
     for (unsigned i = 0; i < p->nworkers; i++) {
@@ -241,7 +250,7 @@ int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool
         worker__post(&p->w[i], WCMD_LISTEN, l);
     pthread_mutex_unlock(&p->lock);
     char b[64];
-    log_info("proxy: listening on %s", net_addr_str(&l->addr, b, sizeof(b)));
+    log_info("proxy: listening on %s%s", net_addr_str(&l->addr, b, sizeof(b)), tls ? " (TLS)" : "");
     return 0;
 }
 

@@ -147,6 +147,9 @@ struct listener {
     atomic_uint open_conns;
     atomic_uint_fast64_t accepted;
     atomic_int refs;        /* workers still holding it */
+    struct tls_server *tls; /* the proxy's store when this is a TLS listener, else NULL */
+    _Atomic unsigned https_redirect; /* plain listener: 308 to this HTTPS port (0: off) */
+    _Atomic uint64_t hsts;           /* TLS listener: Strict-Transport-Security max-age */
     bool closed;
     struct listener *next;  /* p->listeners, under p->lock */
 };
@@ -231,6 +234,17 @@ struct proxy {
     int metrics_fd;
     struct ev_io metrics_io;
     struct dlist metrics_conns;
+    /* HTTPS (proxy_tls.c) */
+    struct tls_server *tls;   /* made with the first TLS listener or certificate */
+    pthread_mutex_t chal_lock;
+    struct chal *chals;       /* ACME HTTP-01 tokens being validated */
+    atomic_uint nchals;       /* fast path: no lock when zero */
+    uint64_t tickets_rotated; /* control loop ms */
+};
+
+struct chal {
+    struct chal *next;
+    char *token, *keyauth;
 };
 
 /* ---- pool.c ---- */
@@ -285,6 +299,15 @@ struct alog_rec {
 };
 void alog__write(struct worker *w, const struct alog_rec *r);
 void alog__flush(struct worker *w);
+
+/* ---- proxy_tls.c ---- */
+struct tls_server *proxy__tls(struct proxy *p);
+/* Copy the key authorization for token into buf; false when unknown. */
+bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
+void proxy__tls_tick(struct proxy *p, uint64_t now_ms);
+void proxy__tls_free(struct proxy *p);
+int proxy__listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *def,
+                  struct tls_server *tls);
 
 /* ---- metrics ---- */
 void metrics__observe(struct bstat *st, int status, uint64_t dur_us);
