@@ -41,6 +41,7 @@ struct mdom {
 
 struct certmgr {
     char *dir, *directory, *ca_bundle;
+    bool env_directory; /* TAKO_ACME_DIRECTORY set: it wins over proxy.acme */
     uint64_t retry_min_ms;
     struct certmgr_hooks h;
     pthread_t th;
@@ -349,7 +350,8 @@ static void *run(void *arg)
         struct mdom *d = due;
         char email[320], directory[1024];
         snprintf(email, sizeof(email), "%s", d->email ? d->email : "");
-        snprintf(directory, sizeof(directory), "%s", d->directory ? d->directory : m->directory);
+        snprintf(directory, sizeof(directory), "%s",
+                 d->directory && !m->env_directory ? d->directory : m->directory);
         bool first = !d->loaded;
         d->loaded = true;
         d->next_ms = UINT64_MAX; /* being worked on */
@@ -379,6 +381,7 @@ struct certmgr *certmgr_new(const struct certmgr_opts *o, char *err, size_t errl
     m->dir = xstrdup(o->dir);
     const char *ed = getenv("TAKO_ACME_DIRECTORY"), *eb = getenv("TAKO_ACME_CA_BUNDLE");
     m->directory = xstrdup(ed && *ed ? ed : o->directory ? o->directory : ACME_LETSENCRYPT);
+    m->env_directory = ed && *ed;
     m->ca_bundle = eb && *eb ? xstrdup(eb) : o->ca_bundle ? xstrdup(o->ca_bundle) : NULL;
     m->retry_min_ms = o->retry_min_ms ? o->retry_min_ms : 5 * 60 * 1000;
     m->h = o->hooks;

@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "config/config.h"
@@ -21,6 +23,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "daemon/api.h"
+#include "daemon/certs.h"
 #include "daemon/home.h"
 #include "daemon/store.h"
 #include "orch/orch.h"
@@ -36,6 +39,7 @@ static struct {
     struct rt *rt;
     struct orch *orch;
     struct api_server *api;
+    struct takod_certs *certs;
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
     char home[4096];
@@ -208,6 +212,8 @@ static void h_ps(struct api_req *r, void *data)
     char p[128], e[128], s[128];
     json_t *svcs = orch_ps(d.orch, qs(r, "project", p, sizeof(p)), qs(r, "env", e, sizeof(e)),
                            qs(r, "service", s, sizeof(s)));
+    if (d.certs)
+        certs_annotate_ps(d.certs, svcs);
     api_reply_json(r->conn, 200, json_pack("{s:o}", "services", svcs));
 }
 
@@ -246,6 +252,12 @@ static void h_events(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, json_pack("{s:o}", "events", ev));
 }
 
+static void h_certs(struct api_req *r, void *data)
+{
+    (void)data;
+    api_reply_json(r->conn, 200, json_pack("{s:o}", "certificates", certs_status(d.certs)));
+}
+
 static void h_shutdown(struct api_req *r, void *data)
 {
     (void)data;
@@ -267,6 +279,7 @@ static const struct api_route routes[] = {
     {"GET", "/v1/history", h_history},
     {"GET", "/v1/autoscale", h_autoscale},
     {"GET", "/v1/events", h_events},
+    {"GET", "/v1/certs", h_certs},
     {"POST", "/v1/shutdown", h_shutdown},
     {NULL, NULL, NULL},
 };
@@ -475,6 +488,10 @@ int cmd_daemon(int argc, char **argv)
         START_FAIL("cannot start the proxy: %s\n", strerror(errno));
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
+    curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread uses libcurl */
+    d.certs = certs_new(&d.loop, d.orch, d.proxy, d.store, home, err, sizeof(err));
+    if (!d.certs)
+        START_FAIL("%s\n", err);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
     int aerr = 0;
     d.api = api_server_new(&d.loop, path, routes, NULL, &aerr);
@@ -495,6 +512,8 @@ int cmd_daemon(int argc, char **argv)
     ev_run(&d.loop);
     /* Orderly stop: no new API requests, operations told, proxy drained. */
     api_server_free(d.api);
+    certs_free(d.certs); /* stops the ACME thread before the proxy goes */
+    d.certs = NULL;
     orch_shutdown(d.orch);
     proxy_stop(d.proxy);
     orch_free(d.orch);
