@@ -1035,7 +1035,7 @@ static void c_shutdown_wr(struct client *c)
 static bool client_tls_step(struct client *c)
 {
     if (c->tls == CT_SNIFF) {
-        unsigned char peek[16];
+        unsigned char peek[2048];
         ssize_t n = recv(c->fd, peek, sizeof(peek), MSG_PEEK);
         if (n == -1 && errno == EAGAIN) {
             c->rd = false;
@@ -1050,11 +1050,27 @@ static bool client_tls_step(struct client *c)
             /* Plain HTTP gets one line telling what to do; anything else
              * just a close. Neither costs an SSL object. */
             if (k == TLS_SNIFF_HTTP) {
+                /* consume what came (unread bytes would turn the close
+                 * into a reset that may destroy the answer), answer, and
+                 * half-close so the client reads it before the end */
+                char sink[4096];
+                ssize_t r = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
                 ssize_t w = send(c->fd, tls_plain_http_reply, strlen(tls_plain_http_reply),
                                  MSG_NOSIGNAL | MSG_DONTWAIT);
+                (void)r;
                 (void)w;
+                shutdown(c->fd, SHUT_WR);
             }
             client_close(c);
+            return false;
+        }
+        /* No SSL object (and its buffers) until the whole first record, the
+         * ClientHello, is here: a stalled or half-sent handshake costs only
+         * this struct until the header timeout closes it. Bytes arriving
+         * later bring a new edge. */
+        size_t need = n >= 5 ? 5 + ((size_t)peek[3] << 8 | peek[4]) : 5;
+        if ((size_t)n < need && (size_t)n < sizeof(peek)) {
+            c->rd = false;
             return false;
         }
         c->ssl = tls_conn_new(c->l->tls, c->fd);
