@@ -210,18 +210,20 @@ def test_plain_http_garbage_stalled_and_half_open_connections(procs, tmp_path, b
     # a normal client is served meanwhile
     head, body, _ = tls_get(https_port, "a.test", c)
     assert head.startswith("HTTP/1.1 200")
-    # cost: a few KiB per stalled connection (no SSL object before the whole
-    # ClientHello is here)
-    print("RSS growth for 1000 stalled connections: %d KiB" % grown)
-    assert grown < 4 * 1000, grown
+    # cost: bounded — no SSL object before the whole ClientHello is here, so
+    # the 1000 half-sent ones cost a few hundred bytes each; the 50 that
+    # started a handshake hold OpenSSL's state until the timeout
+    print("RSS growth for 1050 stalled connections: %d KiB" % grown)
+    assert grown < 8 * 1000, grown
     # every stalled connection is closed by the header timeout
     wait_for(lambda: fd_count(p.pid) <= base_fds, timeout=15, what="stalled connections closed")
     closed = 0
     for s in stalled:
         s.settimeout(5)
         try:
-            if s.recv(16) == b"":
-                closed += 1
+            while s.recv(65536):  # the server's handshake messages, then EOF
+                pass
+            closed += 1
         except ConnectionResetError:
             closed += 1
         s.close()
