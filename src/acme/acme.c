@@ -137,11 +137,14 @@ static int http(struct acme *a, const char *url, const char *body, bool head, st
     }
     h = curl_slist_append(h, "Accept: application/json, application/pem-certificate-chain");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    char detail[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, detail);
     CURLcode cr = curl_easy_perform(c);
     curl_slist_free_all(h);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
     if (cr != CURLE_OK) {
-        snprintf(a->err, a->errlen, "cannot reach the ACME server at %s: %s", url,
-                 curl_easy_strerror(cr));
+        snprintf(a->err, a->errlen, "cannot reach the ACME server at %s: %s%s%s%s", url,
+                 curl_easy_strerror(cr), detail[0] ? " (" : "", detail, detail[0] ? ")" : "");
         resp_free(r);
         return -EHOSTUNREACH;
     }

@@ -349,7 +349,9 @@ json_t *certs_status(struct takod_certs *c)
     for (struct ufile *f = c->files; f; f = f->next) {
         json_t *j = json_pack("{s:s,s:s,s:s,s:s}", "domain", f->ok ? f->ci.names : "-", "project",
                               f->project, "service", f->service, "source", "file");
-        const char *st = !f->ok ? "failing" : f->ci.not_after <= now ? "expired" : "valid";
+        /* failing while a broken file is there, even if the last good
+         * certificate is still served */
+        const char *st = f->err[0] || !f->ok ? "failing" : f->ci.not_after <= now ? "expired" : "valid";
         json_object_set_new(j, "state", json_string(st));
         json_object_set_new(j, "file", json_string(f->cert));
         if (f->ok) {
