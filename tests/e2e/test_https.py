@@ -302,3 +302,88 @@ def test_config_errors_name_the_key(tako):
     assert "services.web.proxy.acme: expected production, staging or an ACME directory URL" in err, err
     assert "services.web.proxy.hsts: expected true, false or a duration" in err, err
     assert "services.web.proxy.tls: give both cert and key" in err, err
+
+
+class _Conn:
+    """An HTTPS keep-alive connection to 127.0.0.1 that names DOMAIN (SNI and
+    verification), like curl --resolve."""
+
+    def __init__(self, port, ctx, host=DOMAIN):
+        import http.client
+        self.c = http.client.HTTPSConnection(host, port, context=ctx, timeout=15)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.c.sock = ctx.wrap_socket(sock, server_hostname=host)
+        self.serial = self.c.sock.getpeercert()["serialNumber"]
+
+    def get(self, path):
+        self.c.request("GET", path)
+        r = self.c.getresponse()
+        r.read()
+        return r.status
+
+    def close(self):
+        self.c.close()
+
+
+@pytest.mark.slow
+def test_renewal_under_load_zero_failed_requests(tako, procs, tmp_path):
+    """Pebble issues 30-second certificates: tako renews a third before
+    expiry and swaps the certificate while 8 clients keep requesting (each
+    reconnecting every 20 requests, so new handshakes meet the new one)."""
+    import threading
+    site = Site(tako, procs, tmp_path, validity=30)
+    assert site.deploy().returncode == 0
+    site.wait_cert()
+    first = site.peer_cert()["serialNumber"]
+    ctx = site.ctx()
+    lock = threading.Lock()
+    counts = {"ok": 0, "failed": 0, "serials": set()}
+    errors = []
+    stop = threading.Event()
+    deadline = time.monotonic() + 60
+
+    def client():
+        conn = None
+        n = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            with lock:
+                if counts["ok"] + counts["failed"] >= 200000:
+                    return
+            try:
+                if conn is None:
+                    conn = _Conn(site.https_port, ctx)
+                    with lock:
+                        counts["serials"].add(conn.serial)
+                st = conn.get("/api/instance")
+                with lock:
+                    counts["ok" if st == 200 else "failed"] += 1
+                n += 1
+                if n % 20 == 0:
+                    conn.close()
+                    conn = None
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with lock:
+                    counts["failed"] += 1
+                    errors.append(repr(e))
+                conn = None
+        if conn:
+            conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        renewed = wait_for(lambda: events(tako, "cert.renewed"), timeout=45, interval=0.5,
+                           what="renewal")
+        # keep going until new connections have seen the new certificate
+        wait_for(lambda: len(counts["serials"]) >= 2, timeout=10, what="new certificate served")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert "renewed, valid until" in renewed[0]["message"]
+    assert site.peer_cert()["serialNumber"] != first
+    assert counts["failed"] == 0, errors[:5]
+    assert counts["ok"] > 100
+    print("renewal under load: %d requests, 0 failed, serials seen %d" % (counts["ok"],
+                                                                         len(counts["serials"])))
