@@ -387,3 +387,73 @@ def test_renewal_under_load_zero_failed_requests(tako, procs, tmp_path):
     assert counts["ok"] > 100
     print("renewal under load: %d requests, 0 failed, serials seen %d" % (counts["ok"],
                                                                          len(counts["serials"])))
+
+
+@pytest.mark.slow
+def test_testssl_reports_no_vulnerability_and_no_weak_protocol(tako, procs, tmp_path):
+    """Third-party audit of the HTTPS listener with the Pebble certificate:
+    testssl.sh --protocols --vulnerable (about 25 s).
+
+    Summary of a run (2026-12-03): SSLv2, SSLv3, TLS 1, TLS 1.1 not offered;
+    TLS 1.2 and 1.3 offered; ALPN http/1.1; Heartbleed, CCS, Ticketbleed,
+    ROBOT, secure client renegotiation, CRIME, BREACH, POODLE, fallback SCSV,
+    SWEET32, FREAK, DROWN, LOGJAM, BEAST, LUCKY13, RC4: not vulnerable (OK)."""
+    site = Site(tako, procs, tmp_path, replicas=1)
+    assert site.deploy().returncode == 0
+    site.wait_cert()
+    out = str(tmp_path / "testssl.json")
+    r = subprocess.run(["testssl", "--quiet", "--color", "0", "--warnings", "off", "-p", "-U",
+                        "--ip", "127.0.0.1", "--jsonfile", out,
+                        "https://%s:%d" % (DOMAIN, site.https_port)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    findings = {e["id"]: e for e in json.load(open(out))}
+    for proto in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert findings[proto]["finding"] == "not offered", findings[proto]
+    assert findings["TLS1_2"]["finding"] == "offered"
+    assert findings["TLS1_3"]["finding"].startswith("offered")
+    assert findings["ALPN"]["finding"] == "http/1.1"
+    vulns = ["heartbleed", "CCS", "ticketbleed", "ROBOT", "secure_client_renego", "CRIME_TLS",
+             "BREACH", "POODLE_SSL", "fallback_SCSV", "SWEET32", "FREAK", "DROWN", "LOGJAM",
+             "BEAST", "LUCKY13", "RC4"]
+    for v in vulns:
+        assert findings[v]["severity"] == "OK", findings[v]
+    bad = [e for e in findings.values() if e["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL")]
+    assert bad == [], bad
+
+
+def test_headless_chromium_loads_the_https_page(tako, procs, tmp_path):
+    """Chromium trusts exactly the certificate tako got from Pebble (its SPKI
+    pinned on the command line) and shows a replica's hostname."""
+    import base64
+    import hashlib
+    import shutil
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is a test dependency (scripts/deps.sh test)"
+    site = Site(tako, procs, tmp_path)
+    assert site.deploy().returncode == 0
+    site.wait_cert()
+    pem = open(os.path.join(tako.home, "certs", DOMAIN, "cert.pem")).read()
+    leaf = pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    der = subprocess.run(["openssl", "x509", "-pubkey", "-noout"], input=leaf, capture_output=True,
+                         text=True, check=True).stdout
+    spki = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=der.encode(),
+                          capture_output=True, check=True).stdout
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    url = "https://%s:%d/" % (DOMAIN, site.https_port)
+    prof = tempfile_dir(tmp_path)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--user-data-dir=" + prof,
+                          "--host-resolver-rules=MAP %s 127.0.0.1" % DOMAIN,
+                          "--ignore-certificate-errors-spki-list=" + pin, "--dump-dom", url],
+                         capture_output=True, text=True, timeout=90).stdout
+    m = re.search(r'<h1 id="hostname">([^<]+)</h1>', dom)
+    assert m, dom[:500]
+    assert m.group(1) in ("scaling-web-1", "scaling-web-2", "scaling-web-3")
+
+
+def tempfile_dir(tmp_path):
+    d = tmp_path / "chromium-profile"
+    d.mkdir()
+    return str(d)
