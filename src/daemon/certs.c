@@ -116,9 +116,10 @@ static void drain_events(struct takod_certs *c)
         struct qev *n = e->next;
         json_t *w = owner(c, e->domain);
         char *m = xasprintf("%s: %s", e->domain, e->msg);
+        json_t *data = json_pack("{s:s}", "domain", e->domain); /* borrowed by the store */
         store_event(c->store, w ? json_string_value(json_object_get(w, "project")) : "",
-                    w ? json_string_value(json_object_get(w, "service")) : "", e->kind, m,
-                    json_pack("{s:s}", "domain", e->domain));
+                    w ? json_string_value(json_object_get(w, "service")) : "", e->kind, m, data);
+        json_decref(data);
         free(m);
         free(e->domain);
         free(e->kind);

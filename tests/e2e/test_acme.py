@@ -10,10 +10,8 @@ import pytest
 from conftest import ROOT, free_port
 from pebble import Pebble, have_pebble
 
-DRIVER = os.path.join(ROOT, os.environ.get("TAKO_BUILD", "build/rel"), "tests", "acme_driver")
-if os.environ.get("TAKO_BIN", "").startswith(os.path.join(ROOT, "build/san")) or \
-        "build/san" in os.environ.get("TAKO_BIN", ""):
-    DRIVER = os.path.join(ROOT, "build", "san", "tests", "acme_driver")
+BUILD = "build/san" if "build/san" in os.environ.get("TAKO_BIN", "") else "build/rel"
+DRIVER = os.environ.get("ACME_DRIVER_BIN", os.path.join(ROOT, BUILD, "tests", "acme_driver"))
 
 pytestmark = pytest.mark.skipif(not have_pebble(), reason="pebble not installed")
 

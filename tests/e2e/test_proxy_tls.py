@@ -214,7 +214,8 @@ def test_plain_http_garbage_stalled_and_half_open_connections(procs, tmp_path, b
     # the 1000 half-sent ones cost a few hundred bytes each; the 50 that
     # started a handshake hold OpenSSL's state until the timeout
     print("RSS growth for 1050 stalled connections: %d KiB" % grown)
-    assert grown < 8 * 1000, grown
+    # (ASan's redzones and quarantine make every allocation several times larger)
+    assert grown < 8 * 1000 * (4 if "build/san" in TAKO else 1), grown
     # every stalled connection is closed by the header timeout
     wait_for(lambda: fd_count(p.pid) <= base_fds, timeout=15, what="stalled connections closed")
     closed = 0
