@@ -432,7 +432,7 @@ int cmd_proxy(int argc, char **argv)
     if (optind < argc)
         return cli_usage_error("proxy", "unexpected argument '%s'", argv[optind]);
     if (!nlisten && !nhttps)
-        return cli_usage_error("proxy", "--listen or --https is required");
+        return cli_usage_error("proxy", "--listen is required (or --https ADDR for TLS only)");
     if (g.ncerts != g.nkeys)
         return cli_usage_error("proxy", "--tls-cert and --tls-key come in pairs (%zu certificates, %zu keys)",
                                g.ncerts, g.nkeys);
