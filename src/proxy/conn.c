@@ -3,10 +3,11 @@
  * response down (keep-alive both sides, pooled upstream connections,
  * back-pressure, 1xx, Upgrade tunnels), retry safely, time out, log.
  *
- * Everything here runs on one worker thread. Sockets are registered once,
- * edge-triggered, for reading and writing; readiness is remembered in
- * rd/wr flags that are cleared only on EAGAIN, so no epoll_ctl call happens
- * per request. An idle client connection holds no buffer: the buffers of an
+ * Everything here runs on one worker thread. Bytes move only through the
+ * transport (xprt.h): no code here reads or writes a socket. Sockets are
+ * registered once, edge-triggered, for reading and writing; the transport
+ * remembers their readiness and clears it only when the socket would block,
+ * so no epoll_ctl call happens per request. An idle client connection holds no buffer: the buffers of an
  * exchange (struct xchg) come from a per-worker free list when a request
  * starts and go back when it ends.
  */
@@ -24,33 +25,26 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
-#include "tls/tls.h"
+#include "proxy/rewrite.h"
 
 #define CBUF_MIN 16384
 #define UBUF_SIZE 16384
 #define FREE_X_MAX 256
 
 struct upconn {
-    int fd;
+    struct xconn xc;
     struct ev_io io;
     struct worker *w;
     struct backend *b;
     struct xchg *x; /* owner while in use, NULL when pooled */
     struct dlist blink, wlink;
     uint64_t idle_since;
-    bool connecting, rd, wr, reused, closed, pooled;
+    bool connecting, reused, closed, pooled;
     struct ev_defer defer;
 };
 
-/* The client connection's transport: plain TCP, or TLS in three steps
- * (first bytes sniffed, handshake, open). */
-enum ctls { CT_PLAIN, CT_SNIFF, CT_HANDSHAKE, CT_OPEN };
-
 struct client {
-    int fd;
-    SSL *ssl;         /* CT_HANDSHAKE / CT_OPEN */
-    uint8_t tls;      /* enum ctls */
-    bool tls_rd_on_wr; /* a TLS read wanted to write: retry it on EPOLLOUT */
+    struct xconn xc;
     struct ev_io io;
     struct worker *w;
     struct listener *l;
@@ -60,7 +54,7 @@ struct client {
     struct dlist link;
     uint8_t family;
     uint8_t addr[16];
-    bool rd, wr, closed;
+    bool closed;
     uint32_t nreq;
     struct ev_defer defer;
 };
@@ -205,7 +199,7 @@ static void up_close(struct upconn *u)
         return;
     u->closed = true;
     u->io.active = false; /* close() unregisters it, see client_close */
-    close(u->fd);
+    xc_close(&u->xc);
     if (u->pooled) {
         u->pooled = false;
         u->b->idle_n[u->w->idx]--;
@@ -222,7 +216,10 @@ static void up_release(struct upconn *u, bool reusable)
     struct worker *w = u->w;
     struct backend *b = u->b;
     u->x = NULL;
-    if (!reusable || w->stopping || atomic_load_explicit(&b->removed, memory_order_relaxed)) {
+    /* a connection that saw its peer's end of stream or an error never
+     * carries another request */
+    if (!reusable || !xc_reusable(&u->xc) || w->stopping ||
+        atomic_load_explicit(&b->removed, memory_order_relaxed)) {
         up_close(u);
         return;
     }
@@ -240,13 +237,15 @@ static void up_release(struct upconn *u, bool reusable)
     u->idle_since = w->loop.now;
 }
 
+/* An event on a pooled connection: anything but "would block" (end of
+ * stream, an error, bytes nobody asked for) makes it unusable. */
 static void up_idle_event(struct upconn *u)
 {
     char tmp[64];
-    ssize_t n = recv(u->fd, tmp, sizeof(tmp), MSG_DONTWAIT);
-    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+    ssize_t n = xc_can_recv(&u->xc) ? xc_recv(&u->xc, tmp, sizeof(tmp)) : -EAGAIN;
+    if ((n == -EAGAIN || n == -EINTR) && xc_reusable(&u->xc))
         return;
-    up_close(u); /* EOF, error, or bytes nobody asked for */
+    up_close(u);
 }
 
 static struct upconn *up_from_pool(struct worker *w, struct backend *b)
@@ -259,7 +258,7 @@ static struct upconn *up_from_pool(struct worker *w, struct backend *b)
         u->pooled = false;
         b->idle_n[w->idx]--;
         atomic_fetch_sub(&b->idle_conns, 1);
-        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms) {
+        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms || !xc_reusable(&u->xc)) {
             up_close(u);
             continue;
         }
@@ -277,73 +276,6 @@ void conn__close_removed_upstreams(struct worker *w)
         if (atomic_load(&u->b->removed) || w->stopping ||
             w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms)
             up_close(u);
-    }
-}
-
-/* ---- output helpers ---- */
-
-struct obuf {
-    char *p;
-    uint32_t len, cap;
-    bool overflow;
-};
-
-static void ob_put(struct obuf *o, const char *s, size_t n)
-{
-    if (o->overflow || o->len + n > o->cap) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p + o->len, s, n);
-    o->len += (uint32_t)n;
-}
-
-static void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
-
-static void ob_hdr(struct obuf *o, const struct http_header *h)
-{
-    ob_put(o, h->name, h->name_len);
-    ob_put(o, ": ", 2);
-    ob_put(o, h->value, h->value_len);
-    ob_put(o, "\r\n", 2);
-}
-
-/* Whether header h is named in the Connection header(s) of m. */
-static bool conn_listed(const struct http_msg *m, const struct http_header *h)
-{
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *c = &m->headers[i];
-        if (c->id != HTTP_H_CONNECTION)
-            continue;
-        const char *v = c->value;
-        size_t n = c->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
-                k++;
-            if (k > s && k - s == h->name_len && strncasecmp(v + s, h->name, k - s) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-static bool hop_by_hop(const struct http_msg *m, const struct http_header *h, bool keep_upgrade)
-{
-    switch (h->id) {
-    case HTTP_H_CONNECTION:
-    case HTTP_H_KEEP_ALIVE:
-    case HTTP_H_PROXY_CONNECTION:
-    case HTTP_H_TE:
-    case HTTP_H_TRAILER:
-    case HTTP_H_TRANSFER_ENCODING:
-        return true;
-    case HTTP_H_UPGRADE:
-        return !keep_upgrade;
-    default:
-        return (m->flags & HTTP_F_CONN_OTHER) && conn_listed(m, h);
     }
 }
 
@@ -378,7 +310,7 @@ static void xchg_error(struct xchg *x, int status, const char *msg)
 }
 
 /* Answer 200 (ACME key authorization) or 308 (to HTTPS) ourselves, then
- * close: extra is a complete header line or "". */
+ * close: extra is complete header lines or "". */
 static void xchg_reply(struct xchg *x, int status, const char *extra, const char *body)
 {
     xchg_error(x, status, NULL);
@@ -396,17 +328,15 @@ static void xchg_reply(struct xchg *x, int status, const char *extra, const char
 
 #define ACME_PREFIX "/.well-known/acme-challenge/"
 
-/* The plain listener's own answers before routing: HTTP-01 tokens, and
- * 308 to HTTPS for hosts that have a certificate. True when answered. */
+/* A plain listener's own answers before routing: ACME HTTP-01 tokens, and
+ * 308 to HTTPS for hosts that have a certificate (proxy_tls.c). True when
+ * answered. */
 static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
 {
     struct client *c = x->c;
     struct proxy *p = c->w->p;
-    if (c->ssl)
-        return false;
     size_t pl = sizeof(ACME_PREFIX) - 1;
-    bool acme = m->target_len > pl && memcmp(m->target, ACME_PREFIX, pl) == 0;
-    if (acme) {
+    if (m->target_len > pl && memcmp(m->target, ACME_PREFIX, pl) == 0) {
         char ka[512];
         if ((m->method == HTTP_GET || m->method == HTTP_HEAD) &&
             proxy__challenge_get(p, m->target + pl, m->target_len - pl, ka, sizeof(ka))) {
@@ -416,7 +346,7 @@ static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
         return false; /* not ours: the application may have its own */
     }
     unsigned port = atomic_load_explicit(&c->l->https_redirect, memory_order_relaxed);
-    if (!port || m->host < 0 || !p->tls)
+    if (!port || m->host < 0)
         return false;
     const struct http_header *h = &m->headers[m->host];
     size_t hl = h->value_len;
@@ -428,7 +358,7 @@ static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
         if (h->value[k - 1] < '0' || h->value[k - 1] > '9')
             break;
     }
-    if (hl == 0 || hl > 253 || !tls_server_has_name(p->tls, h->value, hl))
+    if (hl == 0 || hl > 253 || !proxy__tls_has_name(p, h->value, hl))
         return false;
     char loc[2048];
     char ps[16] = "";
@@ -520,7 +450,7 @@ static void xchg_finish(struct xchg *x, bool client_ok)
         c->x = NULL;
         xchg_put(w, x);
         client_deadline(c, w->p->o.idle_timeout_ms);
-        if (c->rd)
+        if (xc_can_recv(&c->xc))
             client_process(c);
         return;
     }
@@ -572,15 +502,16 @@ static uint64_t addr_hash(struct proxy_pool *pool, int family, const uint8_t *a)
 }
 
 /* The client address that balancing and logs use: the peer, or from a
- * trusted proxy the right-most untrusted X-Forwarded-For entry. */
-static void client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
+ * trusted proxy the right-most untrusted X-Forwarded-For entry. Returns
+ * whether the peer is a trusted proxy. */
+static bool client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
 {
     struct client *c = x->c;
     struct proxy *p = c->w->p;
     *family = c->family;
     memcpy(addr, c->addr, 16);
     if (!p->ntrusted || !trusted(p, c->family, c->addr))
-        return;
+        return false;
     /* walk every X-Forwarded-For value from the right */
     for (int i = (int)m->nheaders - 1; i >= 0; i--) {
         const struct http_header *h = &m->headers[i];
@@ -609,14 +540,15 @@ static void client_identity(struct xchg *x, const struct http_msg *m, int *famil
                     fam = AF_INET6;
             }
             if (!fam)
-                return; /* garbage: stop believing the chain here */
+                return true; /* garbage: stop believing the chain here */
             *family = fam;
             memcpy(addr, b, 16);
             if (!trusted(p, fam, b))
-                return;
+                return true;
             e = s ? s - 1 : 0;
         }
     }
+    return true;
 }
 
 static void find_cookie(struct xchg *x, const struct http_msg *m)
@@ -651,10 +583,11 @@ static void find_cookie(struct xchg *x, const struct http_msg *m)
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
 {
     struct routes *rt = atomic_load_explicit(&c->l->routes, memory_order_acquire);
-    if (rt->n && m->host >= 0) {
-        const struct http_header *h = &m->headers[m->host];
-        size_t n = h->value_len;
-        const char *v = h->value;
+    /* the authority of an absolute-form target is the host (the parser
+     * refused a Host that differs from it) */
+    const char *v = m->host >= 0 ? m->headers[m->host].value : m->authority;
+    if (rt->n && v) {
+        size_t n = m->host >= 0 ? m->headers[m->host].value_len : m->authority_len;
         /* port ignored: strip ":digits" (not inside an IPv6 literal) */
         for (size_t k = n; k > 0; k--) {
             if (v[k - 1] == ':') {
@@ -683,67 +616,26 @@ static void make_request_id(struct xchg *x, struct worker *w)
 }
 
 /* Rewrite the request head for the backend into hbuf. */
-static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid)
+static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid,
+                                bool peer_trusted, const char *peer_ip)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    ob_put(&o, m->method_s, m->method_len);
-    ob_put(&o, " ", 1);
-    ob_put(&o, m->target, m->target_len);
-    ob_str(&o, " HTTP/1.1\r\n");
-    bool xff_done = false;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        switch (h->id) {
-        case HTTP_H_X_FORWARDED_PROTO:
-        case HTTP_H_X_FORWARDED_HOST:
-            continue;
-        case HTTP_H_X_FORWARDED_FOR:
-            if (xff_done)
-                continue;
-            /* all X-Forwarded-For values, in order, then the peer */
-            ob_str(&o, "X-Forwarded-For: ");
-            for (unsigned k = i; k < m->nheaders; k++)
-                if (m->headers[k].id == HTTP_H_X_FORWARDED_FOR && m->headers[k].value_len) {
-                    ob_put(&o, m->headers[k].value, m->headers[k].value_len);
-                    ob_put(&o, ", ", 2);
-                }
-            ob_str(&o, x->client_ip);
-            ob_put(&o, "\r\n", 2);
-            xff_done = true;
-            continue;
-        default:
-            if (hop_by_hop(m, h, x->upgrade))
-                continue;
-            ob_hdr(&o, h);
-        }
-    }
-    if (m->host < 0) {
-        char la[64];
-        ob_str(&o, "Host: ");
-        ob_str(&o, net_addr_str(&x->c->l->addr, la, sizeof(la)));
-        ob_put(&o, "\r\n", 2);
-    }
-    if (!xff_done) {
-        ob_str(&o, "X-Forwarded-For: ");
-        ob_str(&o, x->client_ip);
-        ob_put(&o, "\r\n", 2);
-    }
-    ob_str(&o, x->c->ssl ? "X-Forwarded-Proto: https\r\n" : "X-Forwarded-Proto: http\r\n");
-    if (m->host >= 0) {
-        ob_str(&o, "X-Forwarded-Host: ");
-        ob_put(&o, m->headers[m->host].value, m->headers[m->host].value_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (gen_rid) {
-        ob_str(&o, "X-Request-Id: ");
-        ob_put(&o, x->rid, x->rid_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (x->rb == RB_CHUNKED)
-        ob_str(&o, "Transfer-Encoding: chunked\r\n");
-    if (x->upgrade)
-        ob_str(&o, "Connection: upgrade\r\n");
-    ob_put(&o, "\r\n", 2);
+    char la[64] = "";
+    if (m->host < 0 && !m->authority)
+        net_addr_str(&x->c->l->addr, la, sizeof(la));
+    struct rw_req r = {
+        .peer_ip = peer_ip,
+        .client_ip = x->client_ip,
+        .peer_trusted = peer_trusted,
+        .scheme = x->c->xc.ops->scheme,
+        .listen_addr = la,
+        .rid = gen_rid ? x->rid : NULL,
+        .rid_len = x->rid_len,
+        .body = x->rb == RB_CL ? RW_BODY_LENGTH : x->rb == RB_CHUNKED ? RW_BODY_CHUNKED : RW_BODY_NONE,
+        .content_length = x->rb_cl,
+        .upgrade = x->upgrade,
+    };
+    rw_request_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->h_off = 0;
@@ -807,6 +699,24 @@ static void xchg_start_upstream(struct xchg *x)
     xchg_connect(x);
 }
 
+/* The connection could not even be started (refused at once): nothing was
+ * sent, always retryable. */
+static void up_connect_failed(struct xchg *x, int err)
+{
+    struct worker *w = x->c->w;
+    struct backend *b = x->b;
+    x->up_sent = 0;
+    pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-err));
+    STAT_ADD(&b->st[w->idx].failures, 1);
+    xchg_release_backend(x, false);
+    if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
+        STAT_ADD(&b->st[w->idx].retries, 1);
+        xchg_start_upstream(x);
+    } else {
+        xchg_error(x, 502, "backend connection failed");
+    }
+}
+
 static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
@@ -816,32 +726,30 @@ static void xchg_connect(struct xchg *x)
         bool inprog;
         int fd = net_connect_tcp(&b->addr, &inprog);
         if (fd < 0) {
-            /* refused at once: nothing was sent, always retryable */
-            x->up_sent = 0;
-            pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-fd));
-            STAT_ADD(&b->st[w->idx].failures, 1);
-            xchg_release_backend(x, false);
-            if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
-                STAT_ADD(&b->st[w->idx].retries, 1);
-                xchg_start_upstream(x);
-            } else {
-                xchg_error(x, 502, "backend connection failed");
-            }
+            up_connect_failed(x, fd);
             return;
         }
         u = xcalloc(1, sizeof(*u));
-        u->fd = fd;
         u->w = w;
         u->b = b;
         u->connecting = inprog;
-        u->wr = !inprog;
         dlist_init(&u->blink);
         dlist_init(&u->wlink);
+        int ar = xc_attach(&u->xc, fd, x->pool->up_xprt, x->pool->up_xprt_arg);
+        if (ar < 0) {
+            /* the transport refused the connection: like a refused connect */
+            xc_close(&u->xc);
+            free(u);
+            up_connect_failed(x, ar);
+            return;
+        }
+        if (!inprog)
+            u->xc.ready |= XC_WR;
         ev_io_init(&u->io, fd, up_on_io, u);
         ev_io_start(&w->loop, &u->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
         client_deadline(x->c, w->p->o.connect_timeout_ms);
     } else {
-        u->wr = true;
+        u->xc.ready |= XC_WR;
         client_deadline(x->c, w->p->o.timeout_ms);
     }
     u->x = x;
@@ -884,7 +792,7 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
         x->req_read_done = true;
     }
     x->c_off = x->c_scan = m->head_len;
-    if (!c->ssl && xchg_tls_answers(x, m))
+    if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
         return;
     x->pool = route(c, m);
     if (!x->pool) {
@@ -893,18 +801,20 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
     }
     int fam;
     uint8_t a[16];
-    client_identity(x, m, &fam, a);
+    bool peer_trusted = client_identity(x, m, &fam, a);
     if (x->pool->o.strategy == LB_IP_HASH)
         x->client_hash = addr_hash(x->pool, fam, a);
     if (x->pool->o.strategy == LB_STICKY)
         find_cookie(x, m);
-    if (!build_upstream_head(x, m, gen_rid)) {
+    /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
+    char peer_ip[INET6_ADDRSTRLEN];
+    memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
+    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
+        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
+    if (!build_upstream_head(x, m, gen_rid, peer_trusted, peer_ip)) {
         xchg_error(x, 431, "request head too large");
         return;
     }
-    /* X-Forwarded-For got the peer; the log shows the believed client */
-    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
-        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
     worker__count_request(w);
     xchg_start_upstream(x);
 }
@@ -934,12 +844,7 @@ static void client_close(struct client *c)
      * watcher only has to be skipped for the rest of this batch */
     c->io.active = false;
     ev_timer_stop(&w->loop, &c->timer);
-    if (c->ssl) {
-        tls_conn_shutdown(c->ssl);
-        tls_conn_free(c->ssl);
-        c->ssl = NULL;
-    }
-    close(c->fd);
+    xc_close(&c->xc);
     dlist_del(&c->link);
     w->nclients--;
     atomic_fetch_sub(&w->p->open_conns, 1);
@@ -956,188 +861,32 @@ static void xchg_abort(struct xchg *x, int status)
     xchg_finish(x, false);
 }
 
-/* ---- the client transport: plain or TLS ---- */
-
-/* Read from the client: bytes (> 0), 0 at EOF, -1 with errno (EAGAIN).
- * *drained: no more bytes wait in the kernel or in OpenSSL. */
-static ssize_t c_recv(struct client *c, void *buf, size_t n, bool *drained)
-{
-    if (!c->ssl) {
-        ssize_t r = recv(c->fd, buf, n, 0);
-        *drained = r > 0 && (size_t)r < n;
-        return r;
-    }
-    bool ww = false;
-    ssize_t r = tls_conn_read(c->ssl, buf, n, &ww);
-    if (r > 0) {
-        /* a record may be buffered inside OpenSSL: never trust a short read */
-        *drained = false;
-        return r;
-    }
-    *drained = false;
-    if (r == -EAGAIN) {
-        if (ww) {
-            c->tls_rd_on_wr = true;
-            c->wr = false;
-        }
-        errno = EAGAIN;
-        return -1;
-    }
-    if (r == 0)
-        return 0;
-    errno = (int)-r;
-    return -1;
-}
-
-/* Per-thread staging so a response head and body go out as one TLS
- * record (one SSL_write) like one sendmsg on plain TCP. */
-static __thread char t_tls_out[16384];
-
-/* Write iov to the client: bytes taken (> 0), -1 with errno (EAGAIN). */
-static ssize_t c_send(struct client *c, const struct iovec *iov, int n)
-{
-    if (!c->ssl) {
-        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
-        return sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-    }
-    const void *p = iov[0].iov_base;
-    size_t len = iov[0].iov_len;
-    if (n > 1 && iov[0].iov_len + iov[1].iov_len <= sizeof(t_tls_out)) {
-        memcpy(t_tls_out, iov[0].iov_base, iov[0].iov_len);
-        memcpy(t_tls_out + iov[0].iov_len, iov[1].iov_base, iov[1].iov_len);
-        p = t_tls_out;
-        len = iov[0].iov_len + iov[1].iov_len;
-    }
-    bool ww = false;
-    ssize_t r = tls_conn_write(c->ssl, p, len, &ww);
-    if (r > 0)
-        return r;
-    if (r == -EAGAIN) {
-        if (!ww)
-            c->rd = false; /* wants to read first (rare: key update) */
-        errno = EAGAIN;
-        return -1;
-    }
-    errno = EPIPE;
-    return -1;
-}
-
-/* Half-close the client's side after the backend's EOF in a tunnel. */
-static void c_shutdown_wr(struct client *c)
-{
-    if (c->ssl)
-        tls_conn_shutdown(c->ssl);
-    shutdown(c->fd, SHUT_WR);
-}
-
-/* Before a TLS client's first request: sniff, then handshake. Returns true
- * when the connection is open for requests, false to wait (or closed). */
-static bool client_tls_step(struct client *c)
-{
-    if (c->tls == CT_SNIFF) {
-        unsigned char peek[2048];
-        ssize_t n = recv(c->fd, peek, sizeof(peek), MSG_PEEK);
-        if (n == -1 && errno == EAGAIN) {
-            c->rd = false;
-            return false;
-        }
-        if (n <= 0) {
-            client_close(c);
-            return false;
-        }
-        enum tls_sniff k = tls_sniff(peek, (size_t)n);
-        if (k != TLS_SNIFF_TLS) {
-            /* Plain HTTP gets one line telling what to do; anything else
-             * just a close. Neither costs an SSL object. */
-            if (k == TLS_SNIFF_HTTP) {
-                /* consume what came (unread bytes would turn the close
-                 * into a reset that may destroy the answer), answer, and
-                 * half-close so the client reads it before the end */
-                char sink[4096];
-                ssize_t r = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
-                ssize_t w = send(c->fd, tls_plain_http_reply, strlen(tls_plain_http_reply),
-                                 MSG_NOSIGNAL | MSG_DONTWAIT);
-                (void)r;
-                (void)w;
-                shutdown(c->fd, SHUT_WR);
-            }
-            client_close(c);
-            return false;
-        }
-        /* No SSL object (and its buffers) until the whole first record, the
-         * ClientHello, is here: a stalled or half-sent handshake costs only
-         * this struct until the header timeout closes it. Bytes arriving
-         * later bring a new edge. */
-        size_t need = n >= 5 ? 5 + ((size_t)peek[3] << 8 | peek[4]) : 5;
-        if ((size_t)n < need && (size_t)n < sizeof(peek)) {
-            c->rd = false;
-            return false;
-        }
-        c->ssl = tls_conn_new(c->l->tls, c->fd);
-        if (!c->ssl) {
-            client_close(c); /* no certificate at all yet */
-            return false;
-        }
-        c->tls = CT_HANDSHAKE;
-    }
-    if (c->tls == CT_HANDSHAKE) {
-        bool ww = false;
-        int r = tls_conn_handshake(c->ssl, &ww);
-        if (r == -EAGAIN) {
-            if (ww)
-                c->wr = false;
-            else
-                c->rd = false;
-            return false;
-        }
-        if (r < 0) {
-            client_close(c);
-            return false;
-        }
-        c->tls = CT_OPEN;
-        c->rd = true; /* the request may be in OpenSSL's buffer already */
-        client_deadline(c, c->w->p->o.idle_timeout_ms);
-    }
-    return true;
-}
-
 /* Read what the client sent into cbuf. Returns bytes read, 0 when nothing
  * (would block or no room), -1 when the client closed or failed. */
 static int client_fill(struct xchg *x)
 {
     struct client *c = x->c;
-    if (!c->rd || x->c_len >= x->cap)
+    if (!xc_can_recv(&c->xc) || x->c_len >= x->cap)
         return 0;
-    size_t want = x->cap - x->c_len;
-    bool drained;
-    ssize_t n = c_recv(c, x->cbuf + x->c_len, want, &drained);
+    ssize_t n = xc_recv(&c->xc, x->cbuf + x->c_len, x->cap - x->c_len);
     if (n > 0) {
-        /* A short read drained the socket: with edge-triggered epoll, bytes
-         * arriving later bring a new event, so no EAGAIN round trip. */
-        if (drained)
-            c->rd = false;
         x->c_len += (uint32_t)n;
         return (int)n;
     }
-    if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-        if (errno == EAGAIN)
-            c->rd = false;
+    if (n == -EAGAIN || n == -EINTR)
         return 0;
-    }
-    return -1;
+    return -1; /* end of stream or error */
 }
 
 static void client_process(struct client *c)
 {
     struct worker *w = c->w;
-    if (c->tls && c->tls != CT_OPEN && !client_tls_step(c))
-        return;
     for (;;) {
         if (c->closed)
             return;
         struct xchg *x = c->x;
         if (!x) {
-            if (!c->rd)
+            if (!xc_can_recv(&c->xc))
                 return;
             x = c->x = xchg_get(w);
             x->c = c;
@@ -1198,18 +947,8 @@ static void client_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
 {
     (void)loop;
     struct client *c = io->data;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        c->rd = true;
-    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
-        c->wr = true;
-        if (c->tls_rd_on_wr) {
-            c->tls_rd_on_wr = false;
-            c->rd = true;
-        }
-    }
-    if (c->tls == CT_HANDSHAKE || c->tls == CT_SNIFF)
-        client_process(c);
-    else if (c->x && c->x->st != X_HEAD)
+    xc_on_event(&c->xc, ev);
+    if (c->x && c->x->st != X_HEAD)
         xchg_run(c->x);
     else
         client_process(c);
@@ -1273,7 +1012,7 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
 void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct sockaddr_storage *ss)
 {
     struct client *c = xcalloc(1, sizeof(*c));
-    c->fd = fd;
+    int ar = xc_attach(&c->xc, fd, wl->l->xprt, wl->l->xprt_arg);
     c->w = w;
     c->l = wl->l;
     atomic_fetch_add(&c->l->refs, 1);
@@ -1296,21 +1035,16 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
     dlist_add(&w->clients, &c->link);
     w->nclients++;
     atomic_fetch_add(&c->l->open_conns, 1);
-    if (ev_io_start(&w->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+    if (ar < 0 || ev_io_start(&w->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
         client_close(c);
         return;
     }
-    c->wr = true;
-    c->rd = true; /* the request often came with the handshake: try now */
-    if (c->l->tls) {
-        /* the handshake (and the first byte) must come within the header
-         * timeout: silent or half-open TLS connections cost little and
-         * not for long */
-        c->tls = CT_SNIFF;
-        client_deadline(c, w->p->o.header_timeout_ms);
-    } else {
-        client_deadline(c, w->p->o.idle_timeout_ms);
-    }
+    /* the request often came with the handshake: try now */
+    c->xc.ready = XC_RD | XC_WR;
+    /* Over another transport (TLS) the handshake comes first, and must be
+     * done, like a request head, within the header timeout: silent or
+     * half-open connections cost little and not for long. */
+    client_deadline(c, c->xc.ops == &xprt_tcp ? w->p->o.idle_timeout_ms : w->p->o.header_timeout_ms);
     client_process(c);
 }
 
@@ -1432,23 +1166,18 @@ static int pump_request(struct xchg *x)
             client_deadline(c, c->w->p->o.timeout_ms);
         return got > 0;
     }
-    if (!u->wr)
+    if (!xc_can_send(&u->xc))
         return 0;
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t w = sendmsg(u->fd, &mh, MSG_NOSIGNAL);
-    if (w == -1) {
-        if (errno == EAGAIN) {
-            u->wr = false;
+    ssize_t w = xc_sendv(&u->xc, iov, n);
+    if (w < 0) {
+        if (w == -EAGAIN)
             return 0;
-        }
-        if (errno == EINTR)
+        if (w == -EINTR)
             return 1;
-        return upstream_failed(x, errno);
+        return upstream_failed(x, (int)-w);
     }
     x->up_sent += (uint64_t)w;
     size_t left = (size_t)w;
-    if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
-        u->wr = false; /* short write: buffer full, EPOLLOUT will come */
     if (x->h_off < x->h_len) {
         size_t k = left < x->h_len - x->h_off ? left : x->h_len - x->h_off;
         x->h_off += (uint32_t)k;
@@ -1466,54 +1195,26 @@ static int pump_request(struct xchg *x)
 static bool build_client_head(struct xchg *x, const struct http_msg *m)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    char sl[13] = "HTTP/1.1 000 ";
-    sl[9] = (char)('0' + m->status / 100 % 10);
-    sl[10] = (char)('0' + m->status / 10 % 10);
-    sl[11] = (char)('0' + m->status % 10);
-    ob_put(&o, sl, sizeof(sl));
-    if (m->reason_len)
-        ob_put(&o, m->reason, m->reason_len);
-    else
-        ob_str(&o, http_reason(m->status));
-    ob_put(&o, "\r\n", 2);
-    bool is101 = m->status == 101;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        /* passed through chunked: the codings stay as the backend said */
-        if (h->id == HTTP_H_TRANSFER_ENCODING && x->rs == RS_CHUNKED) {
-            ob_hdr(&o, h);
-            continue;
-        }
-        if (hop_by_hop(m, h, is101))
-            continue;
-        ob_hdr(&o, h);
-    }
+    struct rw_rsp r = {
+        .body = x->rs == RS_CL         ? RW_RSP_LENGTH
+                : x->rs == RS_CHUNKED  ? RW_RSP_CHUNKED
+                : x->rs == RS_NONE     ? RW_RSP_NONE
+                                       : RW_RSP_UNTIL_CLOSE,
+        .content_length = m->content_length,
+        .close = x->close_client,
+        .client_http10 = x->minor == 0,
+        .hsts_max_age = atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed),
+    };
+    char hv[17];
     if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
         struct backend *b = x->tried[x->ntried - 1];
-        char hv[17];
         snprintf(hv, sizeof(hv), "%016llx", (unsigned long long)b->id_hash);
         if (!x->cookie_ok || memcmp(hv, x->cookie, 16) != 0) {
-            ob_str(&o, "Set-Cookie: ");
-            ob_str(&o, x->pool->sticky_cookie);
-            ob_put(&o, "=", 1);
-            ob_put(&o, hv, 16);
-            ob_str(&o, "; Path=/; HttpOnly\r\n");
+            r.set_cookie_name = x->pool->sticky_cookie;
+            r.set_cookie_val = hv;
         }
     }
-    uint64_t hsts = x->c->ssl ? atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed) : 0;
-    if (hsts && m->status >= 200) {
-        char hv[64];
-        snprintf(hv, sizeof(hv), "Strict-Transport-Security: max-age=%llu\r\n",
-                 (unsigned long long)hsts);
-        ob_str(&o, hv);
-    }
-    if (is101)
-        ob_str(&o, "Connection: upgrade\r\n");
-    else if (m->status >= 200 && x->close_client)
-        ob_str(&o, "Connection: close\r\n");
-    else if (m->status >= 200 && x->minor == 0)
-        ob_str(&o, "Connection: keep-alive\r\n");
-    ob_put(&o, "\r\n", 2);
+    rw_response_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->o_off = 0;
@@ -1521,27 +1222,22 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
     return true;
 }
 
-/* Read from the backend into ubuf. 1 read, 0 nothing, -1 EOF/error (errno). */
+/* Read from the backend into ubuf. 1 read, 0 nothing, -1 end of stream or
+ * error (*err: 0 or the errno). */
 static int upstream_fill(struct xchg *x, int *err)
 {
     struct upconn *u = x->u;
-    if (!u->rd || x->u_len >= UBUF_SIZE)
+    if (!xc_can_recv(&u->xc) || x->u_len >= UBUF_SIZE)
         return 0;
-    size_t want = UBUF_SIZE - x->u_len;
-    ssize_t n = recv(u->fd, x->ubuf + x->u_len, want, 0);
+    ssize_t n = xc_recv(&u->xc, x->ubuf + x->u_len, UBUF_SIZE - x->u_len);
     if (n > 0) {
-        if ((size_t)n < want)
-            u->rd = false; /* drained, see client_fill */
         x->u_len += (uint32_t)n;
         STAT_ADD(&u->b->st[u->w->idx].bytes_in, (uint64_t)n);
         return 1;
     }
-    if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-        if (errno == EAGAIN)
-            u->rd = false;
+    if (n == -EAGAIN || n == -EINTR)
         return 0;
-    }
-    *err = n == 0 ? 0 : errno;
+    *err = n == 0 ? 0 : (int)-n;
     return -1;
 }
 
@@ -1567,11 +1263,18 @@ static int parse_response_head(struct xchg *x)
         return 1;
     }
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
-        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client */
+        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client,
+         * rewritten like a final head (our version, no hop-by-hop fields) */
         if (x->minor == 1) {
-            memcpy(x->hbuf, x->ubuf + x->u_off, (size_t)r);
+            struct obuf o = {.p = x->hbuf, .cap = x->hcap};
+            struct rw_rsp rr = {.body = RW_RSP_NONE, .content_length = -1};
+            rw_response_head(&o, m, &rr);
+            if (o.overflow) {
+                xchg_error(x, 502, "backend response head too large");
+                return 1;
+            }
             x->o_off = 0;
-            x->o_len = (uint32_t)r;
+            x->o_len = o.len;
             x->hbuf_is_output = true;
         }
         x->u_off += (uint32_t)r;
@@ -1713,22 +1416,18 @@ static int pump_response(struct xchg *x)
         iov[n++].iov_len = x->u_scan - x->u_off;
     }
     if (n > 0) {
-        if (!c->wr)
+        if (!xc_can_send(&c->xc))
             return 0;
-        ssize_t w = c_send(c, iov, n);
-        if (w == -1) {
-            if (errno == EAGAIN) {
-                c->wr = false;
+        ssize_t w = xc_sendv(&c->xc, iov, n);
+        if (w < 0) {
+            if (w == -EAGAIN)
                 return 0;
-            }
-            if (errno == EINTR)
+            if (w == -EINTR)
                 return 1;
             xchg_abort(x, x->status ? x->status : 499);
             return -1;
         }
         size_t left = (size_t)w;
-        if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
-            c->wr = false; /* short write: buffer full, EPOLLOUT will come */
         if (x->hbuf_is_output && x->o_off < x->o_len) {
             size_t k = left < x->o_len - x->o_off ? left : x->o_len - x->o_off;
             x->o_off += (uint32_t)k;
@@ -1776,45 +1475,34 @@ static int pump_response(struct xchg *x)
 }
 
 /* One direction of a tunnel: write buf[*off, *len) to `to`, and when it is
- * empty read more from `from`; EOF is passed on as a half-close. The
- * client end (from_c or to_c, the other NULL) goes through its transport.
+ * empty read more from `from`; end of stream is passed on as a half-close.
  * Returns 1 on progress, 0 when blocked, -1 on an error. */
-static int tunnel_dir(struct client *from_c, int from, bool *from_rd, struct client *to_c, int to,
-                      bool *to_wr, char *buf, uint32_t cap, uint32_t *off, uint32_t *len,
-                      bool *eof, uint64_t *sent)
+static int tunnel_dir(struct xconn *from, struct xconn *to, char *buf, uint32_t cap,
+                      uint32_t *off, uint32_t *len, bool *eof, uint64_t *sent)
 {
     int progress = 0;
-    if (*off < *len && *to_wr) {
-        struct iovec iov = {.iov_base = buf + *off, .iov_len = *len - *off};
-        ssize_t w = to_c ? c_send(to_c, &iov, 1) : send(to, buf + *off, *len - *off, MSG_NOSIGNAL);
+    if (*off < *len && xc_can_send(to)) {
+        ssize_t w = xc_send(to, buf + *off, *len - *off);
         if (w > 0) {
             *off += (uint32_t)w;
             *sent += (uint64_t)w;
             progress = 1;
-        } else if (w == -1 && errno == EAGAIN) {
-            *to_wr = false;
-        } else if (w == -1 && errno != EINTR) {
+        } else if (w != -EAGAIN && w != -EINTR) {
             return -1;
         }
     }
     if (*off == *len) {
         *off = *len = 0;
-        if (!*eof && *from_rd) {
-            bool drained;
-            ssize_t n = from_c ? c_recv(from_c, buf, cap, &drained) : recv(from, buf, cap, 0);
+        if (!*eof && xc_can_recv(from)) {
+            ssize_t n = xc_recv(from, buf, cap);
             if (n > 0) {
                 *len = (uint32_t)n;
                 progress = 1;
             } else if (n == 0) {
                 *eof = true;
-                if (to_c)
-                    c_shutdown_wr(to_c);
-                else
-                    shutdown(to, SHUT_WR);
+                xc_shutw(to);
                 progress = 1;
-            } else if (errno == EAGAIN) {
-                *from_rd = false;
-            } else if (errno != EINTR) {
+            } else if (n != -EAGAIN && n != -EINTR) {
                 return -1;
             }
         }
@@ -1828,11 +1516,11 @@ static int pump_tunnel(struct xchg *x)
     struct client *c = x->c;
     struct upconn *u = x->u;
     uint64_t up_bytes = 0;
-    int a = tunnel_dir(c, c->fd, &c->rd, NULL, u->fd, &u->wr, x->cbuf, x->cap, &x->c_off,
-                       &x->c_len, &x->t_c_eof, &up_bytes);
+    int a = tunnel_dir(&c->xc, &u->xc, x->cbuf, x->cap, &x->c_off, &x->c_len, &x->t_c_eof,
+                       &up_bytes);
     int b = a < 0 ? -1
-                  : tunnel_dir(NULL, u->fd, &u->rd, c, c->fd, &c->wr, x->ubuf, UBUF_SIZE,
-                               &x->u_off, &x->u_len, &x->t_u_eof, &x->bytes_out);
+                  : tunnel_dir(&u->xc, &c->xc, x->ubuf, UBUF_SIZE, &x->u_off, &x->u_len,
+                               &x->t_u_eof, &x->bytes_out);
     if (a < 0 || b < 0) {
         xchg_abort(x, 101);
         return -1;
@@ -1853,16 +1541,13 @@ static int pump_error(struct xchg *x)
 {
     struct client *c = x->c;
     if (x->o_off < x->o_len) {
-        if (!c->wr)
+        if (!xc_can_send(&c->xc))
             return 0;
-        struct iovec iov = {.iov_base = x->hbuf + x->o_off, .iov_len = x->o_len - x->o_off};
-        ssize_t w = c_send(c, &iov, 1);
-        if (w == -1) {
-            if (errno == EAGAIN) {
-                c->wr = false;
+        ssize_t w = xc_send(&c->xc, x->hbuf + x->o_off, x->o_len - x->o_off);
+        if (w < 0) {
+            if (w == -EAGAIN)
                 return 0;
-            }
-            if (errno == EINTR)
+            if (w == -EINTR)
                 return 1;
             xchg_abort(x, x->status);
             return -1;
@@ -1918,10 +1603,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     struct upconn *u = io->data;
     if (u->closed)
         return;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        u->rd = true;
-    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-        u->wr = true;
+    xc_on_event(&u->xc, ev);
     struct xchg *x = u->x;
     if (!x) {
         if (u->pooled && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
@@ -1933,7 +1615,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
             return;
         int err = 0;
         socklen_t l = sizeof(err);
-        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        getsockopt(u->xc.fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err) {
             if (upstream_failed(x, err) < 0)
                 return;
@@ -1941,7 +1623,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
             return;
         }
         u->connecting = false;
-        u->wr = true;
+        u->xc.ready |= XC_WR;
         client_deadline(x->c, x->c->w->p->o.timeout_ms);
     }
     xchg_run(x);

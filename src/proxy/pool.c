@@ -78,6 +78,7 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
     pool->sticky_cookie_len = strlen(pool->sticky_cookie);
     pool->o.sticky_cookie = pool->sticky_cookie;
     pool->ops = lb_ops_for(pool->o.strategy);
+    pool->up_xprt = &xprt_tcp;
     pthread_mutex_init(&pool->lock, NULL);
     struct lb_set *s = set_new(pool, 0);
     pool->ops->build(s);

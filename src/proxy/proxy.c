@@ -208,16 +208,17 @@ static struct listener *find_listener(struct proxy *p, const struct net_addr *a)
 
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
-    return proxy__listen(p, addr, default_pool, NULL);
+    return proxy_listen_xprt(p, addr, default_pool, &xprt_tcp, NULL);
 }
 
-int proxy__listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
-                  struct tls_server *tls)
+int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
+                      const struct xprt_ops *xprt, void *xprt_arg)
 {
     struct listener *l = xcalloc(1, sizeof(*l));
     l->p = p;
-    l->tls = tls;
     l->addr = *addr;
+    l->xprt = xprt;
+    l->xprt_arg = xprt_arg;
     l->fds = xcalloc(p->nworkers, sizeof(int));
     for (unsigned i = 0; i < p->nworkers; i++) {
         int fd = net_listen_tcp(&l->addr, 4096, true);
@@ -250,7 +251,7 @@ int proxy__listen(struct proxy *p, const struct net_addr *addr, struct proxy_poo
         worker__post(&p->w[i], WCMD_LISTEN, l);
     pthread_mutex_unlock(&p->lock);
     char b[64];
-    log_info("proxy: listening on %s%s", net_addr_str(&l->addr, b, sizeof(b)), tls ? " (TLS)" : "");
+    log_info("proxy: listening on %s (%s)", net_addr_str(&l->addr, b, sizeof(b)), xprt->name);
     return 0;
 }
 

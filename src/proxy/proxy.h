@@ -122,6 +122,12 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
  * (see proxy_route_host). default_pool may be NULL: unknown hosts get 404.
  * Callable while running. -EADDRINUSE etc. from bind. */
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool);
+/* proxy_listen with another transport than plain TCP (see xprt.h and
+ * docs/internals/transport.md): accepted connections are attached to xprt
+ * with xprt_arg, which must outlive the listener. */
+struct xprt_ops;
+int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
+                      const struct xprt_ops *xprt, void *xprt_arg);
 /* Route requests whose Host (case-insensitive, port ignored) is `domain` on
  * the listener at listener_addr to pool; pool NULL removes the route.
  * -ENOENT when there is no such listener. */

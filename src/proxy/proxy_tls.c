@@ -20,9 +20,10 @@ struct tls_server *proxy__tls(struct proxy *p)
     pthread_mutex_lock(&p->lock);
     if (!p->tls) {
         char err[256];
-        p->tls = tls_server_new(err, sizeof(err));
-        if (!p->tls)
+        struct tls_server *t = tls_server_new(err, sizeof(err));
+        if (!t)
             die(1, "proxy: %s", err);
+        __atomic_store_n(&p->tls, t, __ATOMIC_RELEASE);
     }
     struct tls_server *t = p->tls;
     pthread_mutex_unlock(&p->lock);
@@ -31,7 +32,14 @@ struct tls_server *proxy__tls(struct proxy *p)
 
 int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
-    return proxy__listen(p, addr, default_pool, proxy__tls(p));
+    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, proxy__tls(p));
+}
+
+bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
+{
+    /* p->tls is set once and never replaced before proxy_free */
+    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
+    return t && tls_server_has_name(t, host, len);
 }
 
 int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
