@@ -6,6 +6,7 @@ garbage, a handshake that never finishes, many half-open connections (their
 cost is bounded and they are closed by the header timeout), while normal
 clients keep being served."""
 import os
+import re
 import signal
 import socket
 import ssl
@@ -229,3 +230,57 @@ def test_plain_http_garbage_stalled_and_half_open_connections(procs, tmp_path, b
             closed += 1
         s.close()
     assert closed == 1050
+
+
+def tls_conn(port, cafile, host="a.test"):
+    ctx = ssl.create_default_context(cafile=cafile)
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                           server_hostname=host)
+
+
+def read_response(s):
+    """One response with Content-Length from s: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = s.recv(65536)
+        assert d, data
+        data += d
+    head, _, body = data.partition(b"\r\n\r\n")
+    n = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(body) < n:
+        d = s.recv(65536)
+        assert d
+        body += d
+    return head.decode(), body
+
+
+def test_large_bodies_keepalive_and_tunnel_over_tls(procs, tmp_path, backends):
+    """What the transport contract asks of a new transport: bodies larger
+    than every buffer both ways on one keep-alive connection, then an Upgrade
+    tunnel, all over TLS."""
+    c, k = make_cert(str(tmp_path), "a.test")
+    _, _, https_port = start(procs, backends, [(c, k)])
+    s = tls_conn(https_port, c)
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    for _ in range(2):  # twice on the same connection
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % len(big)
+                  + big)
+        head, body = read_response(s)
+        assert head.startswith("HTTP/1.1 200") and body == big
+    s.close()
+    s = tls_conn(https_port, c)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101")
+    rest = data.partition(b"\r\n\r\n")[2]
+    payload = os.urandom(200000)
+    s.sendall(payload)
+    got = rest
+    while len(got) < len(payload):
+        d = s.recv(65536)
+        assert d
+        got += d
+    assert got == payload
+    s.close()
