@@ -117,8 +117,11 @@ struct xchg {
     uint16_t path_len;
     char path[256];
     char client_ip[INET6_ADDRSTRLEN];
-    struct dlist wait_link;
+    struct dlist wait_link; /* w->waiting (all backends down) or w->queue (all full) */
     uint64_t wait_deadline;
+    bool queued;        /* in w->queue, counted in pool->queued */
+    uint64_t body_start; /* ms: the request head was parsed */
+    uint64_t body_got;   /* request body bytes received (framing included) */
     char *cbuf, *ubuf, *hbuf;
     uint32_t hcap;
 };
@@ -132,6 +135,8 @@ static void client_process(struct client *c);
 static void xchg_run(struct xchg *x);
 static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev);
 static void xchg_connect(struct xchg *x);
+static void xchg_start_upstream(struct xchg *x);
+static void queue_kick(struct worker *w);
 
 static uint64_t now_us(void)
 {
@@ -162,6 +167,8 @@ static struct xchg *xchg_get(struct worker *w)
     x->ubuf = base + cap;
     x->hbuf = base + cap + UBUF_SIZE;
     dlist_init(&x->wait_link);
+    x->queued = false;
+    x->body_start = x->body_got = 0;
     return x;
 }
 
@@ -176,6 +183,18 @@ static void xchg_put(struct worker *w, struct xchg *x)
     w->nfree_x++;
 }
 
+/* ---- waiting for a backend: all down, or all at their limit ---- */
+
+static void xchg_unwait(struct xchg *x)
+{
+    if (!dlist_empty(&x->wait_link))
+        dlist_del(&x->wait_link);
+    if (x->queued) {
+        x->queued = false;
+        atomic_fetch_sub_explicit(&x->pool->queued, 1, memory_order_relaxed);
+    }
+}
+
 /* ---- timers: one per client, re-armed lazily ---- */
 
 static void client_deadline(struct client *c, uint64_t after_ms)
@@ -184,6 +203,29 @@ static void client_deadline(struct client *c, uint64_t after_ms)
     c->deadline = loop->now + after_ms;
     if (!ev_timer_active(&c->timer) || c->timer.when > c->deadline + 5)
         ev_timer_start(loop, &c->timer, after_ms);
+}
+
+/* A request body must arrive within body_timeout_ms plus one second per
+ * min_body_rate bytes received (a minimum rate after a grace period): a
+ * client trickling a byte every few seconds must not hold a backend
+ * connection for as long as it likes. */
+static bool body_pending(const struct xchg *x) { return x->rb != RB_NONE && !x->req_read_done; }
+
+static uint64_t body_deadline(const struct xchg *x)
+{
+    const struct proxy_opts *o = &x->c->w->p->o;
+    return x->body_start + o->body_timeout_ms + x->body_got * 1000u / o->min_body_rate;
+}
+
+/* Arm the exchange's inactivity timeout, never past the body deadline. */
+static void xchg_deadline(struct xchg *x, uint64_t after_ms)
+{
+    if (body_pending(x)) {
+        uint64_t now = x->c->w->loop.now, bd = body_deadline(x);
+        if (bd < now + after_ms)
+            after_ms = bd > now ? bd - now : 0;
+    }
+    client_deadline(x->c, after_ms);
 }
 
 /* ---- upstream connections ---- */
@@ -287,8 +329,7 @@ static void xchg_release_backend(struct xchg *x, bool up_reusable);
 static void xchg_error(struct xchg *x, int status, const char *msg)
 {
     xchg_release_backend(x, false);
-    if (!dlist_empty(&x->wait_link))
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     x->status = status;
     x->st = X_ERROR;
     x->close_client = true;
@@ -345,6 +386,8 @@ static void xchg_release_backend(struct xchg *x, bool up_reusable)
         struct backend *b = x->b;
         x->b = NULL;
         lb_finished(atomic_load_explicit(&b->pool->cur, memory_order_acquire), b);
+        if (b->pool->o.max_conns_per_backend)
+            queue_kick(x->c->w);
     }
 }
 
@@ -374,8 +417,7 @@ static void xchg_finish(struct xchg *x, bool client_ok)
     bool reuse_up = client_ok && x->up_reusable && x->rsp_done && x->req_done &&
                     x->u_len == x->u_scan; /* no stray bytes after the response */
     xchg_release_backend(x, reuse_up);
-    if (!dlist_empty(&x->wait_link))
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     if (!client_ok || x->close_client || !x->client_ka || !x->req_done || w->stopping) {
         client_close(c);
         return;
@@ -592,11 +634,65 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
         .cookie_len = 16,
         .tried = x->tried,
         .ntried = x->ntried,
+        .maxconn = x->pool->o.max_conns_per_backend,
         .rand = worker_rand_cb,
         .rand_ctx = w,
     };
     *setp = set;
     return set->n ? set->ops->pick(set, &r) : NULL;
+}
+
+static bool xchg_tried(const struct xchg *x, const struct backend *b)
+{
+    for (unsigned i = 0; i < x->ntried; i++)
+        if (x->tried[i] == b)
+            return true;
+    return false;
+}
+
+/* Every usable backend is at max_conns_per_backend: wait in the worker's
+ * FIFO queue (HAProxy's maxconn/maxqueue) until one finishes a request, at
+ * most queue_timeout_ms, or answer 503 at once when max_queue wait. */
+static void xchg_enqueue(struct xchg *x)
+{
+    struct worker *w = x->c->w;
+    struct proxy_pool *pool = x->pool;
+    if (x->queued)
+        return; /* still full: keep its place */
+    if (atomic_fetch_add_explicit(&pool->queued, 1, memory_order_relaxed) >= pool->o.max_queue) {
+        atomic_fetch_sub_explicit(&pool->queued, 1, memory_order_relaxed);
+        xchg_error(x, 503, "every backend is at its connection limit and the queue is full");
+        return;
+    }
+    xchg_unwait(x); /* from the all-down wait, if it was there */
+    x->queued = true;
+    x->st = X_WAIT;
+    x->wait_deadline = w->loop.now + pool->o.queue_timeout_ms;
+    dlist_add(w->queue.prev, &x->wait_link);
+    client_deadline(x->c, pool->o.queue_timeout_ms + 50);
+}
+
+/* A backend finished a request on this worker: give queued exchanges their
+ * chance, in order, after the current batch of events. */
+static void queue_run(struct ev_defer *d)
+{
+    struct worker *w = DLIST_ENTRY(d, struct worker, queue_defer);
+    w->queue_kick = false;
+    while (!dlist_empty(&w->queue)) {
+        struct xchg *x = DLIST_ENTRY(w->queue.next, struct xchg, wait_link);
+        xchg_start_upstream(x);
+        if (x->queued)
+            break; /* still full: the ones behind it wait too */
+        xchg_run(x);
+    }
+}
+
+static void queue_kick(struct worker *w)
+{
+    if (w->queue_kick || dlist_empty(&w->queue))
+        return;
+    w->queue_kick = true;
+    ev_defer(&w->loop, &w->queue_defer, queue_run);
 }
 
 /* Pick a backend and connect (or wait for one to be healthy). */
@@ -606,9 +702,21 @@ static void xchg_start_upstream(struct xchg *x)
     struct lb_set *set;
     struct backend *b = xchg_pick(x, &set);
     if (!b) {
-        bool any_up = false;
-        for (size_t i = 0; i < set->n && !any_up; i++)
-            any_up = atomic_load_explicit(&set->b[i]->healthy, memory_order_relaxed);
+        bool any_up = false, any_full = false;
+        unsigned maxc = x->pool->o.max_conns_per_backend;
+        for (size_t i = 0; i < set->n; i++) {
+            struct backend *sb = set->b[i];
+            if (!atomic_load_explicit(&sb->healthy, memory_order_relaxed))
+                continue;
+            any_up = true;
+            if (maxc && atomic_load_explicit(&sb->inflight, memory_order_relaxed) >= maxc &&
+                !xchg_tried(x, sb))
+                any_full = true;
+        }
+        if (any_full && !w->stopping) {
+            xchg_enqueue(x);
+            return;
+        }
         if (any_up) {
             /* healthy ones are left, but this request failed on each */
             xchg_error(x, 502, "every backend tried failed");
@@ -626,8 +734,7 @@ static void xchg_start_upstream(struct xchg *x)
         }
         return;
     }
-    if (x->st == X_WAIT)
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     x->st = X_EXCHANGE;
     lb_started(set, b);
     x->b = b;
@@ -687,7 +794,7 @@ static void xchg_connect(struct xchg *x)
         client_deadline(x->c, w->p->o.connect_timeout_ms);
     } else {
         u->xc.ready |= XC_WR;
-        client_deadline(x->c, w->p->o.timeout_ms);
+        xchg_deadline(x, w->p->o.timeout_ms);
     }
     u->x = x;
     x->u = u;
@@ -729,6 +836,7 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
         x->req_read_done = true;
     }
     x->c_off = x->c_scan = m->head_len;
+    x->body_start = w->loop.now;
     x->pool = route(c, m);
     if (!x->pool) {
         xchg_error(x, 404, "unknown host");
@@ -771,8 +879,7 @@ static void client_close(struct client *c)
         struct xchg *x = c->x;
         c->x = NULL;
         xchg_release_backend(x, false);
-        if (!dlist_empty(&x->wait_link))
-            dlist_del(&x->wait_link);
+        xchg_unwait(x);
         xchg_put(w, x);
     }
     /* close() takes the fd out of epoll: no EPOLL_CTL_DEL syscall; the
@@ -907,10 +1014,20 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
         xchg_run(x);
         return;
     case X_WAIT:
-        xchg_error(x, 503, "no healthy backend");
+        xchg_error(x, 503, x->queued ? "timed out in the queue for a backend" : "no healthy backend");
         xchg_run(x);
         return;
     case X_EXCHANGE:
+        if (body_pending(x) && loop->now + 1 >= body_deadline(x) && !(x->u && x->u->connecting)) {
+            /* the client is too slow with its body */
+            if (!x->rsp_started && !x->hbuf_is_output) {
+                xchg_error(x, 408, "request body timeout");
+                xchg_run(x);
+            } else {
+                xchg_abort(x, 408);
+            }
+            return;
+        }
         if (x->u && x->u->connecting) {
             /* connect timeout: nothing sent, retry elsewhere */
             struct backend *b = x->b;
@@ -1039,6 +1156,7 @@ static int scan_request_body(struct xchg *x)
         if (x->rb == RB_CL) {
             uint32_t k = avail < x->rb_left ? avail : (uint32_t)x->rb_left;
             x->c_scan += k;
+            x->body_got += k;
             x->rb_left -= k;
             if (x->rb_left == 0)
                 x->req_read_done = true;
@@ -1048,6 +1166,7 @@ static int scan_request_body(struct xchg *x)
             if (r < 0)
                 return -1;
             x->c_scan += (uint32_t)r;
+            x->body_got += (uint64_t)r;
             if (x->rch.done)
                 x->req_read_done = true;
             else if (r == 0)
@@ -1095,7 +1214,7 @@ static int pump_request(struct xchg *x)
             return -1;
         }
         if (got > 0)
-            client_deadline(c, c->w->p->o.timeout_ms);
+            xchg_deadline(x, c->w->p->o.timeout_ms);
         return got > 0;
     }
     if (!xc_can_send(&u->xc))
@@ -1119,7 +1238,7 @@ static int pump_request(struct xchg *x)
     if (x->c_off == x->c_scan && x->req_read_done && x->h_off == x->h_len)
         x->req_done = true;
     else
-        client_deadline(c, c->w->p->o.timeout_ms); /* a long upload progresses */
+        xchg_deadline(x, c->w->p->o.timeout_ms); /* a long upload progresses */
     return 1;
 }
 
@@ -1326,7 +1445,7 @@ static int pump_response(struct xchg *x)
                 return upstream_failed(x, err);
             if (f > 0) {
                 x->rsp_started = true;
-                client_deadline(c, c->w->p->o.timeout_ms);
+                xchg_deadline(x, c->w->p->o.timeout_ms);
             }
             return f;
         }
@@ -1368,7 +1487,7 @@ static int pump_response(struct xchg *x)
         x->bytes_out += (uint64_t)w;
         progress = 1;
         if (x->rsp_head_done && !x->rsp_done)
-            client_deadline(c, c->w->p->o.timeout_ms); /* a slow reader still reads */
+            xchg_deadline(x, c->w->p->o.timeout_ms); /* a slow reader still reads */
         if (x->u_off == x->u_len)
             x->u_off = x->u_scan = x->u_len = 0;
     }
@@ -1401,7 +1520,7 @@ static int pump_response(struct xchg *x)
         return -1;
     }
     if (f > 0)
-        client_deadline(c, c->w->p->o.timeout_ms);
+        xchg_deadline(x, c->w->p->o.timeout_ms);
     return progress || f;
 }
 
@@ -1555,7 +1674,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
         }
         u->connecting = false;
         u->xc.ready |= XC_WR;
-        client_deadline(x->c, x->c->w->p->o.timeout_ms);
+        xchg_deadline(x, x->c->w->p->o.timeout_ms);
     }
     xchg_run(x);
 }
@@ -1564,6 +1683,16 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
 
 void conn__tick(struct worker *w)
 {
+    /* requests queued for a backend under its limit */
+    for (struct dlist *e = w->queue.next, *n; e != &w->queue; e = n) {
+        n = e->next;
+        struct xchg *x = DLIST_ENTRY(e, struct xchg, wait_link);
+        if (w->loop.now >= x->wait_deadline) {
+            xchg_error(x, 503, "timed out in the queue for a backend");
+            xchg_run(x);
+        }
+    }
+    queue_kick(w);
     /* requests waiting for a healthy backend */
     for (struct dlist *e = w->waiting.next, *n; e != &w->waiting; e = n) {
         n = e->next;

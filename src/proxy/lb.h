@@ -33,6 +33,7 @@ struct lb_req {
     size_t cookie_len;
     struct backend *const *tried;    /* backends this request already failed on */
     unsigned ntried;
+    unsigned maxconn;                /* a backend with this many in flight is full; 0: no limit */
     uint64_t (*rand)(void *ctx);     /* uniform 64-bit random numbers */
     void *rand_ctx;
 };
@@ -55,7 +56,7 @@ extern const struct lb_ops lb_round_robin_ops, lb_least_conn_ops, lb_ip_hash_ops
 /* The table, indexed by enum lb_kind. */
 const struct lb_ops *lb_ops_for(int kind);
 
-/* Whether b may take this request: healthy and not already tried. */
+/* Whether b may take this request: healthy, not already tried, not full. */
 bool lb_usable(const struct backend *b, const struct lb_req *r);
 /* Account for a request started on / finished with b (in-flight counts,
  * least-connections ordering). set may be NULL (no current set). */
