@@ -350,13 +350,13 @@ int cmd_proxy(int argc, char **argv)
                 return r;
             break;
         case O_BODY_TIMEOUT:
-            if ((r = dur("--body-timeout", a, &po.body_timeout_ms)))
+            if ((r = dur("--body-timeout", a, &pp.body_timeout_ms)))
                 return r;
             break;
         case O_MIN_BODY_RATE:
             if (parse_size_bytes(a, &v) < 0 || v < 1 || v > (1u << 30))
                 return cli_usage_error("proxy", "--min-body-rate: bytes per second from 1 to 1g, not '%s'", a);
-            po.min_body_rate = (unsigned)v;
+            pp.min_body_rate = (unsigned)v;
             break;
         case O_MAXCONNS_BE:
             if ((r = num("--max-conns-per-backend", a, 1000000, &pp.max_conns_per_backend)))

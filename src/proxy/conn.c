@@ -120,6 +120,8 @@ struct xchg {
     struct dlist wait_link; /* w->waiting (all backends down) or w->queue (all full) */
     uint64_t wait_deadline;
     bool queued;        /* in w->queue, counted in pool->queued */
+    bool stale_retried; /* sent again after a pooled connection was found closed */
+    bool fresh_only;    /* the next attempt opens a new upstream connection */
     uint64_t body_start; /* ms: the request head was parsed */
     uint64_t body_got;   /* request body bytes received (framing included) */
     char *cbuf, *ubuf, *hbuf;
@@ -167,7 +169,7 @@ static struct xchg *xchg_get(struct worker *w)
     x->ubuf = base + cap;
     x->hbuf = base + cap + UBUF_SIZE;
     dlist_init(&x->wait_link);
-    x->queued = false;
+    x->queued = x->stale_retried = x->fresh_only = false;
     x->body_start = x->body_got = 0;
     return x;
 }
@@ -213,7 +215,7 @@ static bool body_pending(const struct xchg *x) { return x->rb != RB_NONE && !x->
 
 static uint64_t body_deadline(const struct xchg *x)
 {
-    const struct proxy_opts *o = &x->c->w->p->o;
+    const struct proxy_pool_opts *o = &x->pool->o;
     return x->body_start + o->body_timeout_ms + x->body_got * 1000u / o->min_body_rate;
 }
 
@@ -287,7 +289,28 @@ static void up_idle_event(struct upconn *u)
     ssize_t n = xc_can_recv(&u->xc) ? xc_recv(&u->xc, tmp, sizeof(tmp)) : -EAGAIN;
     if ((n == -EAGAIN || n == -EINTR) && xc_reusable(&u->xc))
         return;
+    if (n == 0 || u->xc.hup) {
+        /* The backend closed it for being idle: learn its keep-alive
+         * timeout, so that no request is sent on a connection it is about
+         * to close (the race no retry can make safe for a POST). */
+        uint64_t t = u->w->loop.now - u->idle_since;
+        uint64_t cur = atomic_load_explicit(&u->b->idle_close_ms, memory_order_relaxed);
+        if (t > 0 && (cur == 0 || t < cur))
+            atomic_store_explicit(&u->b->idle_close_ms, t, memory_order_relaxed);
+    }
     up_close(u);
+}
+
+/* How long a pooled connection to b may stay idle and still be used: the
+ * pool's limit, or a quarter less than the backend's own keep-alive
+ * timeout once seen. */
+static uint64_t up_idle_limit(const struct worker *w, struct backend *b)
+{
+    uint64_t lim = w->p->o.upstream_idle_ms;
+    uint64_t ic = atomic_load_explicit(&b->idle_close_ms, memory_order_relaxed);
+    if (ic && ic - ic / 4 < lim)
+        lim = ic - ic / 4;
+    return lim;
 }
 
 static struct upconn *up_from_pool(struct worker *w, struct backend *b)
@@ -300,7 +323,7 @@ static struct upconn *up_from_pool(struct worker *w, struct backend *b)
         u->pooled = false;
         b->idle_n[w->idx]--;
         atomic_fetch_sub(&b->idle_conns, 1);
-        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms || !xc_reusable(&u->xc)) {
+        if (w->loop.now - u->idle_since >= up_idle_limit(w, b) || !xc_reusable(&u->xc)) {
             up_close(u);
             continue;
         }
@@ -316,7 +339,7 @@ void conn__close_removed_upstreams(struct worker *w)
         n = e->next;
         struct upconn *u = DLIST_ENTRY(e, struct upconn, wlink);
         if (atomic_load(&u->b->removed) || w->stopping ||
-            w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms)
+            w->loop.now - u->idle_since >= up_idle_limit(w, u->b))
             up_close(u);
     }
 }
@@ -765,7 +788,8 @@ static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
     struct backend *b = x->b;
-    struct upconn *u = up_from_pool(w, b);
+    struct upconn *u = x->fresh_only ? NULL : up_from_pool(w, b);
+    x->fresh_only = false;
     if (!u) {
         bool inprog;
         int fd = net_connect_tcp(&b->addr, &inprog);
@@ -1114,6 +1138,13 @@ static int upstream_failed(struct xchg *x, int err)
     struct backend *b = x->b;
     bool fresh = u && !u->reused;
     bool connect_phase = u && u->connecting;
+    /* A pooled connection reset with our bytes unread: the backend closed
+     * it (its keep-alive timeout) as the request went out, and never read
+     * the request, so even a POST may go again, once, on a fresh
+     * connection (bench/keepalive_race.py measures this race). */
+    bool stale = u && u->reused && !x->rsp_started && (err == ECONNRESET || err == EPIPE);
+    log_debug("proxy: %s upstream connection to %s failed: %s", fresh ? "fresh" : "pooled",
+              b->addr_s, err ? strerror(err) : "closed");
     STAT_ADD(&b->st[w->idx].failures, 1);
     if (connect_phase || (fresh && (err == ECONNRESET || err == ECONNREFUSED || err == 0)))
         pool__backend_down(atomic_load(&x->pool->cur), b,
@@ -1128,6 +1159,14 @@ static int upstream_failed(struct xchg *x, int err)
     }
     bool nothing_sent = connect_phase || x->up_sent == 0;
     bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded);
+    if (stale && !x->stale_retried && !x->body_discarded) {
+        /* same backend, fresh connection; not counted against --retries */
+        x->stale_retried = true;
+        x->fresh_only = true;
+        if (x->ntried > 0 && x->tried[x->ntried - 1] == b)
+            x->ntried--;
+        safe = true;
+    }
     if (safe && x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
         STAT_ADD(&b->st[w->idx].retries, 1);
         /* rewind the body to its start */

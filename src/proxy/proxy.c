@@ -60,10 +60,6 @@ static void opts_defaults(struct proxy_opts *o)
         o->header_timeout_ms = 10000;
     if (!o->idle_timeout_ms)
         o->idle_timeout_ms = 60000;
-    if (!o->body_timeout_ms)
-        o->body_timeout_ms = 20000;
-    if (!o->min_body_rate)
-        o->min_body_rate = 500;
     if (!o->tunnel_timeout_ms)
         o->tunnel_timeout_ms = 3600000;
     if (!o->upstream_idle_ms)

@@ -49,8 +49,6 @@ struct proxy_opts {
     uint64_t connect_timeout_ms;   /* upstream connect (default 5 s) → retry / 504 */
     uint64_t timeout_ms;           /* upstream inactivity during an exchange (60 s) → 504 */
     uint64_t header_timeout_ms;    /* first byte to end of a request head (10 s) → 408 */
-    uint64_t body_timeout_ms;      /* a request body may take this long (20 s), plus ↓ → 408 */
-    unsigned min_body_rate;        /* ... 1 s more per this many body bytes received (500 B/s) */
     uint64_t idle_timeout_ms;      /* keep-alive / fresh connection with no request (60 s) */
     uint64_t tunnel_timeout_ms;    /* Upgrade tunnel inactivity (1 h) */
     uint64_t upstream_idle_ms;     /* pooled idle upstream connection lifetime (4 s) */
@@ -83,6 +81,8 @@ struct proxy_pool_opts {
     const char *sticky_cookie;     /* cookie name for LB_STICKY ("tako_backend") */
     unsigned ipv6_prefix;          /* ip_hash: bits of an IPv6 client address hashed (64) */
     bool initial_up;               /* backends of the first set take traffic before a check */
+    uint64_t body_timeout_ms;      /* a request body may take this long (20 s), plus ↓ → 408 */
+    unsigned min_body_rate;        /* ... 1 s more per this many body bytes received (500 B/s) */
     unsigned max_conns_per_backend; /* requests in flight per backend, all threads; 0: no limit */
     unsigned max_queue;            /* requests waiting for a backend under that limit (256) → 503 */
     uint64_t queue_timeout_ms;     /* how long one may wait in that queue (5 s) → 503 */

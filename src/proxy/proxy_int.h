@@ -87,6 +87,8 @@ struct backend {
     atomic_uint inflight;        /* requests picked and not finished, all threads */
     atomic_uint_fast64_t last_pick;
     atomic_uint idle_conns;      /* pooled upstream connections, all threads */
+    atomic_uint_fast64_t idle_close_ms; /* shortest idle time after which it closed a pooled
+                                         * connection (its keep-alive timeout), 0: none seen */
     atomic_uint consecutive_failures;
     atomic_uint_fast64_t health_transitions;
     atomic_int slot;             /* index in the current set, -1 when removed */

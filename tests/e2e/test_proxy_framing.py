@@ -310,3 +310,35 @@ def test_max_conns_per_backend_queues_then_refuses(procs):
     assert sorted(results) == [b"200", b"200", b"200", b"503", b"503"], results
     assert state["max"] == 1
     assert len(b.app_requests()) == 3
+
+
+def test_backend_keepalive_timeout_is_learned(procs):
+    """2(b): a backend closes idle keep-alive connections after 300 ms. Once
+    the proxy has seen that, it no longer sends a request on a pooled
+    connection idle for most of that time (where a POST would race the
+    backend's close), but opens a new one."""
+    carried = []  # one entry per upstream connection that carried a request
+
+    def serve(c):
+        c.settimeout(0.3)
+        buf, counted = b"", False
+        while True:
+            try:
+                head, buf = read_head(c, buf)
+            except socket.timeout:
+                return  # idle: the backend's keep-alive timeout
+            if head is None:
+                return
+            if not counted and not head.startswith(b"GET /health"):
+                carried.append(1)
+                counted = True
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    b = RawBackend(serve)
+    _, port = start_proxy(procs, [b], "--health-interval", "1m")
+    req = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    time.sleep(0.45)  # the backend closes the pooled connection: learned
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    time.sleep(0.26)  # idle for most of the backend's timeout: not reused
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    assert len(carried) == 3
