@@ -139,6 +139,8 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev);
 static void xchg_connect(struct xchg *x);
 static void xchg_start_upstream(struct xchg *x);
 static void queue_kick(struct worker *w);
+enum up_fail { UF_CONNECT, UF_CONNECT_TIMEOUT, UF_IO };
+static int upstream_failed(struct xchg *x, enum up_fail why, int err);
 
 static uint64_t now_us(void)
 {
@@ -766,24 +768,6 @@ static void xchg_start_upstream(struct xchg *x)
     xchg_connect(x);
 }
 
-/* The connection could not even be started (refused at once): nothing was
- * sent, always retryable. */
-static void up_connect_failed(struct xchg *x, int err)
-{
-    struct worker *w = x->c->w;
-    struct backend *b = x->b;
-    x->up_sent = 0;
-    pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-err));
-    STAT_ADD(&b->st[w->idx].failures, 1);
-    xchg_release_backend(x, false);
-    if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
-        STAT_ADD(&b->st[w->idx].retries, 1);
-        xchg_start_upstream(x);
-    } else {
-        xchg_error(x, 502, "backend connection failed");
-    }
-}
-
 static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
@@ -794,7 +778,7 @@ static void xchg_connect(struct xchg *x)
         bool inprog;
         int fd = net_connect_tcp(&b->addr, &inprog);
         if (fd < 0) {
-            up_connect_failed(x, fd);
+            upstream_failed(x, UF_CONNECT, -fd);
             return;
         }
         u = xcalloc(1, sizeof(*u));
@@ -808,7 +792,7 @@ static void xchg_connect(struct xchg *x)
             /* the transport refused the connection: like a refused connect */
             xc_close(&u->xc);
             free(u);
-            up_connect_failed(x, ar);
+            upstream_failed(x, UF_CONNECT, -ar);
             return;
         }
         if (!inprog)
@@ -1053,17 +1037,7 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
             return;
         }
         if (x->u && x->u->connecting) {
-            /* connect timeout: nothing sent, retry elsewhere */
-            struct backend *b = x->b;
-            pool__backend_down(atomic_load(&x->pool->cur), b, "connect timeout");
-            STAT_ADD(&b->st[c->w->idx].failures, 1);
-            xchg_release_backend(x, false);
-            if (x->ntried <= x->pool->o.retries &&
-                worker__retry_allowed(c->w, x->pool->o.retry_budget)) {
-                xchg_start_upstream(x);
-            } else {
-                xchg_error(x, 504, "backend connect timeout");
-            }
+            upstream_failed(x, UF_CONNECT_TIMEOUT, ETIMEDOUT);
             xchg_run(x);
             return;
         }
@@ -1129,27 +1103,38 @@ static int pump_request(struct xchg *x);
 static int pump_response(struct xchg *x);
 static int pump_tunnel(struct xchg *x);
 
-/* An upstream failure before any response byte: retry when safe. */
-static int upstream_failed(struct xchg *x, int err)
+/* The one retry-or-fail decision for every upstream failure: a connect
+ * refused at once or failed (UF_CONNECT), a connect timeout
+ * (UF_CONNECT_TIMEOUT), a send or receive error or an end of stream during
+ * the exchange (UF_IO, err 0 for a clean close). The failure is counted, a
+ * backend that failed to connect (or reset a fresh connection) is marked
+ * down, the backend is let go; then the request goes to another backend
+ * when that is safe and within --retries and the retry budget, else the
+ * client gets 502 (504 after a connect timeout). Returns 1 when x goes on,
+ * -1 when it ended. */
+static int upstream_failed(struct xchg *x, enum up_fail why, int err)
 {
     struct client *c = x->c;
     struct worker *w = c->w;
     struct upconn *u = x->u;
     struct backend *b = x->b;
     bool fresh = u && !u->reused;
-    bool connect_phase = u && u->connecting;
+    bool connect_phase = why != UF_IO;
     /* A pooled connection reset with our bytes unread: the backend closed
      * it (its keep-alive timeout) as the request went out, and never read
      * the request, so even a POST may go again, once, on a fresh
      * connection (bench/keepalive_race.py measures this race). */
-    bool stale = u && u->reused && !x->rsp_started && (err == ECONNRESET || err == EPIPE);
-    log_debug("proxy: %s upstream connection to %s failed: %s", fresh ? "fresh" : "pooled",
-              b->addr_s, err ? strerror(err) : "closed");
+    bool stale = why == UF_IO && u && u->reused && !x->rsp_started &&
+                 (err == ECONNRESET || err == EPIPE);
+    log_debug("proxy: %s upstream connection to %s failed: %s",
+              connect_phase ? "new" : fresh ? "fresh" : "pooled", b->addr_s,
+              err ? strerror(err) : "closed");
     STAT_ADD(&b->st[w->idx].failures, 1);
     if (connect_phase || (fresh && (err == ECONNRESET || err == ECONNREFUSED || err == 0)))
         pool__backend_down(atomic_load(&x->pool->cur), b,
-                           connect_phase ? strerror(err ? err : ECONNREFUSED)
-                                         : "connection reset before a response");
+                           why == UF_CONNECT_TIMEOUT ? "connect timeout"
+                           : connect_phase          ? strerror(err ? err : ECONNREFUSED)
+                                                    : "connection reset before a response");
     xchg_release_backend(x, false);
     if (x->rsp_started || x->hbuf_is_output) {
         if (x->bytes_out || (x->hbuf_is_output && x->o_off))
@@ -1182,7 +1167,12 @@ static int upstream_failed(struct xchg *x, int err)
         xchg_start_upstream(x);
         return 1;
     }
-    xchg_error(x, 502, "backend failed before a response");
+    if (why == UF_CONNECT_TIMEOUT)
+        xchg_error(x, 504, "backend connect timeout");
+    else if (why == UF_CONNECT)
+        xchg_error(x, 502, "backend connection failed");
+    else
+        xchg_error(x, 502, "backend failed before a response");
     return 1;
 }
 
@@ -1264,7 +1254,7 @@ static int pump_request(struct xchg *x)
             return 0;
         if (w == -EINTR)
             return 1;
-        return upstream_failed(x, (int)-w);
+        return upstream_failed(x, UF_IO, (int)-w);
     }
     x->up_sent += (uint64_t)w;
     size_t left = (size_t)w;
@@ -1481,7 +1471,7 @@ static int pump_response(struct xchg *x)
             int err = 0;
             int f = upstream_fill(x, &err);
             if (f < 0)
-                return upstream_failed(x, err);
+                return upstream_failed(x, UF_IO, err);
             if (f > 0) {
                 x->rsp_started = true;
                 xchg_deadline(x, c->w->p->o.timeout_ms);
@@ -1706,7 +1696,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
         socklen_t l = sizeof(err);
         getsockopt(u->xc.fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err) {
-            if (upstream_failed(x, err) < 0)
+            if (upstream_failed(x, UF_CONNECT, err) < 0)
                 return;
             xchg_run(x);
             return;
