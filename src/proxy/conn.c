@@ -115,8 +115,13 @@ struct xchg {
     uint16_t path_len;
     char path[256];
     char client_ip[INET6_ADDRSTRLEN];
-    struct dlist wait_link;
+    struct dlist wait_link; /* w->waiting (all backends down) or w->queue (all full) */
     uint64_t wait_deadline;
+    bool queued;        /* in w->queue, counted in pool->queued */
+    bool stale_retried; /* sent again after a pooled connection was found closed */
+    bool fresh_only;    /* the next attempt opens a new upstream connection */
+    uint64_t body_start; /* ms: the request head was parsed */
+    uint64_t body_got;   /* request body bytes received (framing included) */
     char *cbuf, *ubuf, *hbuf;
     uint32_t hcap;
 };
@@ -130,6 +135,10 @@ static void client_process(struct client *c);
 static void xchg_run(struct xchg *x);
 static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev);
 static void xchg_connect(struct xchg *x);
+static void xchg_start_upstream(struct xchg *x);
+static void queue_kick(struct worker *w);
+enum up_fail { UF_CONNECT, UF_CONNECT_TIMEOUT, UF_IO };
+static int upstream_failed(struct xchg *x, enum up_fail why, int err);
 
 static uint64_t now_us(void)
 {
@@ -160,6 +169,8 @@ static struct xchg *xchg_get(struct worker *w)
     x->ubuf = base + cap;
     x->hbuf = base + cap + UBUF_SIZE;
     dlist_init(&x->wait_link);
+    x->queued = x->stale_retried = x->fresh_only = false;
+    x->body_start = x->body_got = 0;
     return x;
 }
 
@@ -174,6 +185,18 @@ static void xchg_put(struct worker *w, struct xchg *x)
     w->nfree_x++;
 }
 
+/* ---- waiting for a backend: all down, or all at their limit ---- */
+
+static void xchg_unwait(struct xchg *x)
+{
+    if (!dlist_empty(&x->wait_link))
+        dlist_del(&x->wait_link);
+    if (x->queued) {
+        x->queued = false;
+        atomic_fetch_sub_explicit(&x->pool->queued, 1, memory_order_relaxed);
+    }
+}
+
 /* ---- timers: one per client, re-armed lazily ---- */
 
 static void client_deadline(struct client *c, uint64_t after_ms)
@@ -182,6 +205,29 @@ static void client_deadline(struct client *c, uint64_t after_ms)
     c->deadline = loop->now + after_ms;
     if (!ev_timer_active(&c->timer) || c->timer.when > c->deadline + 5)
         ev_timer_start(loop, &c->timer, after_ms);
+}
+
+/* A request body must arrive within body_timeout_ms plus one second per
+ * min_body_rate bytes received (a minimum rate after a grace period): a
+ * client trickling a byte every few seconds must not hold a backend
+ * connection for as long as it likes. */
+static bool body_pending(const struct xchg *x) { return x->rb != RB_NONE && !x->req_read_done; }
+
+static uint64_t body_deadline(const struct xchg *x)
+{
+    const struct proxy_pool_opts *o = &x->pool->o;
+    return x->body_start + o->body_timeout_ms + x->body_got * 1000u / o->min_body_rate;
+}
+
+/* Arm the exchange's inactivity timeout, never past the body deadline. */
+static void xchg_deadline(struct xchg *x, uint64_t after_ms)
+{
+    if (body_pending(x)) {
+        uint64_t now = x->c->w->loop.now, bd = body_deadline(x);
+        if (bd < now + after_ms)
+            after_ms = bd > now ? bd - now : 0;
+    }
+    client_deadline(x->c, after_ms);
 }
 
 /* ---- upstream connections ---- */
@@ -243,7 +289,28 @@ static void up_idle_event(struct upconn *u)
     ssize_t n = xc_can_recv(&u->xc) ? xc_recv(&u->xc, tmp, sizeof(tmp)) : -EAGAIN;
     if ((n == -EAGAIN || n == -EINTR) && xc_reusable(&u->xc))
         return;
+    if (n == 0 || u->xc.hup) {
+        /* The backend closed it for being idle: learn its keep-alive
+         * timeout, so that no request is sent on a connection it is about
+         * to close (the race no retry can make safe for a POST). */
+        uint64_t t = u->w->loop.now - u->idle_since;
+        uint64_t cur = atomic_load_explicit(&u->b->idle_close_ms, memory_order_relaxed);
+        if (t > 0 && (cur == 0 || t < cur))
+            atomic_store_explicit(&u->b->idle_close_ms, t, memory_order_relaxed);
+    }
     up_close(u);
+}
+
+/* How long a pooled connection to b may stay idle and still be used: the
+ * pool's limit, or a quarter less than the backend's own keep-alive
+ * timeout once seen. */
+static uint64_t up_idle_limit(const struct worker *w, struct backend *b)
+{
+    uint64_t lim = w->p->o.upstream_idle_ms;
+    uint64_t ic = atomic_load_explicit(&b->idle_close_ms, memory_order_relaxed);
+    if (ic && ic - ic / 4 < lim)
+        lim = ic - ic / 4;
+    return lim;
 }
 
 static struct upconn *up_from_pool(struct worker *w, struct backend *b)
@@ -256,7 +323,7 @@ static struct upconn *up_from_pool(struct worker *w, struct backend *b)
         u->pooled = false;
         b->idle_n[w->idx]--;
         atomic_fetch_sub(&b->idle_conns, 1);
-        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms || !xc_reusable(&u->xc)) {
+        if (w->loop.now - u->idle_since >= up_idle_limit(w, b) || !xc_reusable(&u->xc)) {
             up_close(u);
             continue;
         }
@@ -272,7 +339,7 @@ void conn__close_removed_upstreams(struct worker *w)
         n = e->next;
         struct upconn *u = DLIST_ENTRY(e, struct upconn, wlink);
         if (atomic_load(&u->b->removed) || w->stopping ||
-            w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms)
+            w->loop.now - u->idle_since >= up_idle_limit(w, u->b))
             up_close(u);
     }
 }
@@ -285,8 +352,7 @@ static void xchg_release_backend(struct xchg *x, bool up_reusable);
 static void xchg_error(struct xchg *x, int status, const char *msg)
 {
     xchg_release_backend(x, false);
-    if (!dlist_empty(&x->wait_link))
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     x->status = status;
     x->st = X_ERROR;
     x->close_client = true;
@@ -406,6 +472,8 @@ static void xchg_release_backend(struct xchg *x, bool up_reusable)
         struct backend *b = x->b;
         x->b = NULL;
         lb_finished(atomic_load_explicit(&b->pool->cur, memory_order_acquire), b);
+        if (b->pool->o.max_conns_per_backend)
+            queue_kick(x->c->w);
     }
 }
 
@@ -435,8 +503,7 @@ static void xchg_finish(struct xchg *x, bool client_ok)
     bool reuse_up = client_ok && x->up_reusable && x->rsp_done && x->req_done &&
                     x->u_len == x->u_scan; /* no stray bytes after the response */
     xchg_release_backend(x, reuse_up);
-    if (!dlist_empty(&x->wait_link))
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     if (!client_ok || x->close_client || !x->client_ka || !x->req_done || w->stopping) {
         client_close(c);
         return;
@@ -609,10 +676,64 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
     struct lb_req *r = &x->lbr;
     r->tried = x->tried;
     r->ntried = x->ntried;
+    r->maxconn = x->pool->o.max_conns_per_backend;
     r->rand = worker_rand_cb;
     r->rand_ctx = w;
     *setp = set;
     return set->n ? set->ops->pick(set, r) : NULL;
+}
+
+static bool xchg_tried(const struct xchg *x, const struct backend *b)
+{
+    for (unsigned i = 0; i < x->ntried; i++)
+        if (x->tried[i] == b)
+            return true;
+    return false;
+}
+
+/* Every usable backend is at max_conns_per_backend: wait in the worker's
+ * FIFO queue (HAProxy's maxconn/maxqueue) until one finishes a request, at
+ * most queue_timeout_ms, or answer 503 at once when max_queue wait. */
+static void xchg_enqueue(struct xchg *x)
+{
+    struct worker *w = x->c->w;
+    struct proxy_pool *pool = x->pool;
+    if (x->queued)
+        return; /* still full: keep its place */
+    if (atomic_fetch_add_explicit(&pool->queued, 1, memory_order_relaxed) >= pool->o.max_queue) {
+        atomic_fetch_sub_explicit(&pool->queued, 1, memory_order_relaxed);
+        xchg_error(x, 503, "every backend is at its connection limit and the queue is full");
+        return;
+    }
+    xchg_unwait(x); /* from the all-down wait, if it was there */
+    x->queued = true;
+    x->st = X_WAIT;
+    x->wait_deadline = w->loop.now + pool->o.queue_timeout_ms;
+    dlist_add(w->queue.prev, &x->wait_link);
+    client_deadline(x->c, pool->o.queue_timeout_ms + 50);
+}
+
+/* A backend finished a request on this worker: give queued exchanges their
+ * chance, in order, after the current batch of events. */
+static void queue_run(struct ev_defer *d)
+{
+    struct worker *w = DLIST_ENTRY(d, struct worker, queue_defer);
+    w->queue_kick = false;
+    while (!dlist_empty(&w->queue)) {
+        struct xchg *x = DLIST_ENTRY(w->queue.next, struct xchg, wait_link);
+        xchg_start_upstream(x);
+        if (x->queued)
+            break; /* still full: the ones behind it wait too */
+        xchg_run(x);
+    }
+}
+
+static void queue_kick(struct worker *w)
+{
+    if (w->queue_kick || dlist_empty(&w->queue))
+        return;
+    w->queue_kick = true;
+    ev_defer(&w->loop, &w->queue_defer, queue_run);
 }
 
 /* Pick a backend and connect (or wait for one to be healthy). */
@@ -622,9 +743,21 @@ static void xchg_start_upstream(struct xchg *x)
     struct lb_set *set;
     struct backend *b = xchg_pick(x, &set);
     if (!b) {
-        bool any_up = false;
-        for (size_t i = 0; i < set->n && !any_up; i++)
-            any_up = atomic_load_explicit(&set->b[i]->healthy, memory_order_relaxed);
+        bool any_up = false, any_full = false;
+        unsigned maxc = x->pool->o.max_conns_per_backend;
+        for (size_t i = 0; i < set->n; i++) {
+            struct backend *sb = set->b[i];
+            if (!atomic_load_explicit(&sb->healthy, memory_order_relaxed))
+                continue;
+            any_up = true;
+            if (maxc && atomic_load_explicit(&sb->inflight, memory_order_relaxed) >= maxc &&
+                !xchg_tried(x, sb))
+                any_full = true;
+        }
+        if (any_full && !w->stopping) {
+            xchg_enqueue(x);
+            return;
+        }
         if (any_up) {
             /* healthy ones are left, but this request failed on each */
             xchg_error(x, 502, "every backend tried failed");
@@ -642,8 +775,7 @@ static void xchg_start_upstream(struct xchg *x)
         }
         return;
     }
-    if (x->st == X_WAIT)
-        dlist_del(&x->wait_link);
+    xchg_unwait(x);
     x->st = X_EXCHANGE;
     lb_started(set, b);
     x->b = b;
@@ -652,34 +784,17 @@ static void xchg_start_upstream(struct xchg *x)
     xchg_connect(x);
 }
 
-/* The connection could not even be started (refused at once): nothing was
- * sent, always retryable. */
-static void up_connect_failed(struct xchg *x, int err)
-{
-    struct worker *w = x->c->w;
-    struct backend *b = x->b;
-    x->up_sent = 0;
-    pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-err));
-    STAT_ADD(&b->st[w->idx].failures, 1);
-    xchg_release_backend(x, false);
-    if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
-        STAT_ADD(&b->st[w->idx].retries, 1);
-        xchg_start_upstream(x);
-    } else {
-        xchg_error(x, 502, "backend connection failed");
-    }
-}
-
 static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
     struct backend *b = x->b;
-    struct upconn *u = up_from_pool(w, b);
+    struct upconn *u = x->fresh_only ? NULL : up_from_pool(w, b);
+    x->fresh_only = false;
     if (!u) {
         bool inprog;
         int fd = net_connect_tcp(&b->addr, &inprog);
         if (fd < 0) {
-            up_connect_failed(x, fd);
+            upstream_failed(x, UF_CONNECT, -fd);
             return;
         }
         u = xcalloc(1, sizeof(*u));
@@ -693,7 +808,7 @@ static void xchg_connect(struct xchg *x)
             /* the transport refused the connection: like a refused connect */
             xc_close(&u->xc);
             free(u);
-            up_connect_failed(x, ar);
+            upstream_failed(x, UF_CONNECT, -ar);
             return;
         }
         if (!inprog)
@@ -703,7 +818,7 @@ static void xchg_connect(struct xchg *x)
         client_deadline(x->c, w->p->o.connect_timeout_ms);
     } else {
         u->xc.ready |= XC_WR;
-        client_deadline(x->c, w->p->o.timeout_ms);
+        xchg_deadline(x, w->p->o.timeout_ms);
     }
     u->x = x;
     x->u = u;
@@ -745,6 +860,7 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
         x->req_read_done = true;
     }
     x->c_off = x->c_scan = m->head_len;
+    x->body_start = w->loop.now;
     if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
         return;
     x->pool = route(c, m);
@@ -786,8 +902,7 @@ static void client_close(struct client *c)
         struct xchg *x = c->x;
         c->x = NULL;
         xchg_release_backend(x, false);
-        if (!dlist_empty(&x->wait_link))
-            dlist_del(&x->wait_link);
+        xchg_unwait(x);
         xchg_put(w, x);
     }
     /* close() takes the fd out of epoll: no EPOLL_CTL_DEL syscall; the
@@ -922,22 +1037,22 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
         xchg_run(x);
         return;
     case X_WAIT:
-        xchg_error(x, 503, "no healthy backend");
+        xchg_error(x, 503, x->queued ? "timed out in the queue for a backend" : "no healthy backend");
         xchg_run(x);
         return;
     case X_EXCHANGE:
-        if (x->u && x->u->connecting) {
-            /* connect timeout: nothing sent, retry elsewhere */
-            struct backend *b = x->b;
-            pool__backend_down(atomic_load(&x->pool->cur), b, "connect timeout");
-            STAT_ADD(&b->st[c->w->idx].failures, 1);
-            xchg_release_backend(x, false);
-            if (x->ntried <= x->pool->o.retries &&
-                worker__retry_allowed(c->w, x->pool->o.retry_budget)) {
-                xchg_start_upstream(x);
+        if (body_pending(x) && loop->now + 1 >= body_deadline(x) && !(x->u && x->u->connecting)) {
+            /* the client is too slow with its body */
+            if (!x->rsp_started && !x->hbuf_is_output) {
+                xchg_error(x, 408, "request body timeout");
+                xchg_run(x);
             } else {
-                xchg_error(x, 504, "backend connect timeout");
+                xchg_abort(x, 408);
             }
+            return;
+        }
+        if (x->u && x->u->connecting) {
+            upstream_failed(x, UF_CONNECT_TIMEOUT, ETIMEDOUT);
             xchg_run(x);
             return;
         }
@@ -1006,20 +1121,38 @@ static int pump_request(struct xchg *x);
 static int pump_response(struct xchg *x);
 static int pump_tunnel(struct xchg *x);
 
-/* An upstream failure before any response byte: retry when safe. */
-static int upstream_failed(struct xchg *x, int err)
+/* The one retry-or-fail decision for every upstream failure: a connect
+ * refused at once or failed (UF_CONNECT), a connect timeout
+ * (UF_CONNECT_TIMEOUT), a send or receive error or an end of stream during
+ * the exchange (UF_IO, err 0 for a clean close). The failure is counted, a
+ * backend that failed to connect (or reset a fresh connection) is marked
+ * down, the backend is let go; then the request goes to another backend
+ * when that is safe and within --retries and the retry budget, else the
+ * client gets 502 (504 after a connect timeout). Returns 1 when x goes on,
+ * -1 when it ended. */
+static int upstream_failed(struct xchg *x, enum up_fail why, int err)
 {
     struct client *c = x->c;
     struct worker *w = c->w;
     struct upconn *u = x->u;
     struct backend *b = x->b;
     bool fresh = u && !u->reused;
-    bool connect_phase = u && u->connecting;
+    bool connect_phase = why != UF_IO;
+    /* A pooled connection reset with our bytes unread: the backend closed
+     * it (its keep-alive timeout) as the request went out, and never read
+     * the request, so even a POST may go again, once, on a fresh
+     * connection (bench/keepalive_race.py measures this race). */
+    bool stale = why == UF_IO && u && u->reused && !x->rsp_started &&
+                 (err == ECONNRESET || err == EPIPE);
+    log_debug("proxy: %s upstream connection to %s failed: %s",
+              connect_phase ? "new" : fresh ? "fresh" : "pooled", b->addr_s,
+              err ? strerror(err) : "closed");
     STAT_ADD(&b->st[w->idx].failures, 1);
     if (connect_phase || (fresh && (err == ECONNRESET || err == ECONNREFUSED || err == 0)))
         pool__backend_down(atomic_load(&x->pool->cur), b,
-                           connect_phase ? strerror(err ? err : ECONNREFUSED)
-                                         : "connection reset before a response");
+                           why == UF_CONNECT_TIMEOUT ? "connect timeout"
+                           : connect_phase          ? strerror(err ? err : ECONNREFUSED)
+                                                    : "connection reset before a response");
     xchg_release_backend(x, false);
     if (x->rsp_started || x->hbuf_is_output) {
         if (x->bytes_out || (x->hbuf_is_output && x->o_off))
@@ -1029,6 +1162,14 @@ static int upstream_failed(struct xchg *x, int err)
     }
     bool nothing_sent = connect_phase || x->up_sent == 0;
     bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded);
+    if (stale && !x->stale_retried && !x->body_discarded) {
+        /* same backend, fresh connection; not counted against --retries */
+        x->stale_retried = true;
+        x->fresh_only = true;
+        if (x->ntried > 0 && x->tried[x->ntried - 1] == b)
+            x->ntried--;
+        safe = true;
+    }
     if (safe && x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
         STAT_ADD(&b->st[w->idx].retries, 1);
         /* rewind the body to its start */
@@ -1044,7 +1185,12 @@ static int upstream_failed(struct xchg *x, int err)
         xchg_start_upstream(x);
         return 1;
     }
-    xchg_error(x, 502, "backend failed before a response");
+    if (why == UF_CONNECT_TIMEOUT)
+        xchg_error(x, 504, "backend connect timeout");
+    else if (why == UF_CONNECT)
+        xchg_error(x, 502, "backend connection failed");
+    else
+        xchg_error(x, 502, "backend failed before a response");
     return 1;
 }
 
@@ -1057,6 +1203,7 @@ static int scan_request_body(struct xchg *x)
         if (x->rb == RB_CL) {
             uint32_t k = avail < x->rb_left ? avail : (uint32_t)x->rb_left;
             x->c_scan += k;
+            x->body_got += k;
             x->rb_left -= k;
             if (x->rb_left == 0)
                 x->req_read_done = true;
@@ -1066,6 +1213,7 @@ static int scan_request_body(struct xchg *x)
             if (r < 0)
                 return -1;
             x->c_scan += (uint32_t)r;
+            x->body_got += (uint64_t)r;
             if (x->rch.done)
                 x->req_read_done = true;
             else if (r == 0)
@@ -1113,7 +1261,7 @@ static int pump_request(struct xchg *x)
             return -1;
         }
         if (got > 0)
-            client_deadline(c, c->w->p->o.timeout_ms);
+            xchg_deadline(x, c->w->p->o.timeout_ms);
         return got > 0;
     }
     if (!xc_can_send(&u->xc))
@@ -1124,7 +1272,7 @@ static int pump_request(struct xchg *x)
             return 0;
         if (w == -EINTR)
             return 1;
-        return upstream_failed(x, (int)-w);
+        return upstream_failed(x, UF_IO, (int)-w);
     }
     x->up_sent += (uint64_t)w;
     size_t left = (size_t)w;
@@ -1137,7 +1285,7 @@ static int pump_request(struct xchg *x)
     if (x->c_off == x->c_scan && x->req_read_done && x->h_off == x->h_len)
         x->req_done = true;
     else
-        client_deadline(c, c->w->p->o.timeout_ms); /* a long upload progresses */
+        xchg_deadline(x, c->w->p->o.timeout_ms); /* a long upload progresses */
     return 1;
 }
 
@@ -1340,10 +1488,10 @@ static int pump_response(struct xchg *x)
             int err = 0;
             int f = upstream_fill(x, &err);
             if (f < 0)
-                return upstream_failed(x, err);
+                return upstream_failed(x, UF_IO, err);
             if (f > 0) {
                 x->rsp_started = true;
-                client_deadline(c, c->w->p->o.timeout_ms);
+                xchg_deadline(x, c->w->p->o.timeout_ms);
             }
             return f;
         }
@@ -1385,7 +1533,7 @@ static int pump_response(struct xchg *x)
         x->bytes_out += (uint64_t)w;
         progress = 1;
         if (x->rsp_head_done && !x->rsp_done)
-            client_deadline(c, c->w->p->o.timeout_ms); /* a slow reader still reads */
+            xchg_deadline(x, c->w->p->o.timeout_ms); /* a slow reader still reads */
         if (x->u_off == x->u_len)
             x->u_off = x->u_scan = x->u_len = 0;
     }
@@ -1418,7 +1566,7 @@ static int pump_response(struct xchg *x)
         return -1;
     }
     if (f > 0)
-        client_deadline(c, c->w->p->o.timeout_ms);
+        xchg_deadline(x, c->w->p->o.timeout_ms);
     return progress || f;
 }
 
@@ -1565,14 +1713,14 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
         socklen_t l = sizeof(err);
         getsockopt(u->xc.fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err) {
-            if (upstream_failed(x, err) < 0)
+            if (upstream_failed(x, UF_CONNECT, err) < 0)
                 return;
             xchg_run(x);
             return;
         }
         u->connecting = false;
         u->xc.ready |= XC_WR;
-        client_deadline(x->c, x->c->w->p->o.timeout_ms);
+        xchg_deadline(x, x->c->w->p->o.timeout_ms);
     }
     xchg_run(x);
 }
@@ -1581,6 +1729,16 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
 
 void conn__tick(struct worker *w)
 {
+    /* requests queued for a backend under its limit */
+    for (struct dlist *e = w->queue.next, *n; e != &w->queue; e = n) {
+        n = e->next;
+        struct xchg *x = DLIST_ENTRY(e, struct xchg, wait_link);
+        if (w->loop.now >= x->wait_deadline) {
+            xchg_error(x, 503, "timed out in the queue for a backend");
+            xchg_run(x);
+        }
+    }
+    queue_kick(w);
     /* requests waiting for a healthy backend */
     for (struct dlist *e = w->waiting.next, *n; e != &w->waiting; e = n) {
         n = e->next;
