@@ -1,0 +1,264 @@
+/* orch_pool.c — the reconciler's side of the balancer: one pool per
+ * service (replaced when its strategy or health options change), its
+ * backend set pushed when it changed (by digest), and the listeners with
+ * their Host routes recomputed from the services. */
+#include "orch/orch.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "core/assert.h"
+#include "core/ev.h"
+#include "core/log.h"
+#include "core/net.h"
+#include "core/sha256.h"
+#include "core/util.h"
+#include "orch/autoscale.h"
+#include "orch/orch_internal.h"
+#include "proxy/proxy.h"
+#include "proxy/proxy_admin.h"
+#include "runtime/rt.h"
+#include "store/store.h"
+
+static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *po, char *name,
+                         size_t namelen)
+{
+    const struct cfg_service *c = s->cfg;
+    snprintf(name, namelen, "%s-%s", s->project, s->name);
+    memset(po, 0, sizeof(*po));
+    po->name = name;
+    po->strategy = (enum lb_kind)c->lb_strategy; /* both number the rows of lb_table */
+    /* Health checks disabled: the proxy checks that the port accepts. */
+    po->health_path = c->health.enabled ? c->health.path : NULL;
+    po->health_interval_ms = c->health.interval_ms;
+    po->health_timeout_ms = c->health.timeout_ms;
+    po->rise = c->health.healthy_threshold;
+    po->fall = c->health.unhealthy_threshold;
+    po->drain_timeout_ms = c->deploy.drain_timeout_ms;
+    if (c->lb_cookie)
+        po->sticky_cookie = c->lb_cookie;
+    /* A deploy waits for a healthy replica anyway; keep the default wait. */
+}
+
+
+/* Options that, when changed, need a new pool (strategy, health, cookie):
+ * a digest of them, so no field is ever cut off. */
+static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG_LEN])
+{
+    /* The path itself is per backend (each replica is checked on its own
+     * revision's path), so a changed path needs no new pool. */
+    char head[256];
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|", (int)po->strategy,
+                     po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
+                     (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
+                     (unsigned long long)po->drain_timeout_ms);
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, head, w > 0 ? (size_t)w : 0);
+    const char *cookie = po->sticky_cookie ? po->sticky_cookie : "-";
+    sha256_update(&h, cookie, strlen(cookie) + 1);
+    sha256_final(&h, out);
+}
+
+/* The pool's backend set in slot order (the list is kept sorted): ready
+ * replicas, plus starting ones unless ready_only (the proxy gives those no
+ * traffic before their first passing check). *specs is malloc'd (caller
+ * frees; ids point into the replicas); sig is a digest of the set (id,
+ * address, health path of each), so an unchanged set is not pushed again
+ * whatever its size. Returns the count. */
+static size_t pool_specs(struct orch_service *s, bool ready_only,
+                         struct proxy_backend_spec **specs, uint8_t sig[ORCH_SIG_LEN])
+{
+    size_t cap = 0, n = 0;
+    for (struct orch_replica *r = s->replicas; r; r = r->next)
+        cap++;
+    *specs = xcalloc(cap ? cap : 1, sizeof(**specs));
+    struct sha256 h;
+    sha256_init(&h);
+    for (struct orch_replica *r = s->replicas; r; r = r->next) {
+        if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
+            continue;
+        /* The driver says where the replica is reached. */
+        char a[64];
+        struct proxy_backend_spec *sp = &(*specs)[n];
+        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &sp->addr) < 0)
+            continue;
+        sp->id = r->name;
+        sp->health_path = r->health_path[0] ? r->health_path : NULL;
+        n++;
+        /* NUL-separated fields: no two different sets hash the same input. */
+        sha256_update(&h, r->name, strlen(r->name) + 1);
+        sha256_update(&h, a, strlen(a) + 1);
+        sha256_update(&h, r->health_path, strlen(r->health_path) + 1);
+    }
+    sha256_final(&h, sig);
+    return n;
+}
+
+/* Create the service's pool, or replace it when its options changed: the
+ * new pool starts with the ready replicas taking traffic at once
+ * (initial_up), listeners are pointed at it, and the old one drains. */
+void orch__ensure_pool(struct orch_service *s)
+{
+    if (s->cfg->port == 0)
+        return;
+    struct proxy_pool_opts po;
+    char name[160];
+    uint8_t sig[ORCH_SIG_LEN];
+    pool_opts_of(s, &po, name, sizeof(name));
+    pool_opts_sig(&po, sig);
+    if (s->pool && memcmp(sig, s->pool_opts_sig, ORCH_SIG_LEN) == 0)
+        return;
+    struct proxy_pool *old = s->pool;
+    po.initial_up = old != NULL;
+    s->pool = proxy_pool_new(s->o->proxy, &po);
+    memcpy(s->pool_opts_sig, sig, ORCH_SIG_LEN);
+    s->pool_sig_set = false;
+    if (!old)
+        return;
+    /* First set: ready replicas only, so initial_up never admits an
+     * unchecked one; the next sync adds the starting ones. */
+    struct proxy_backend_spec *specs;
+    uint8_t set_sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, true, &specs, set_sig);
+    proxy_pool_set_backends(s->pool, specs, n);
+    free(specs);
+    char err[256];
+    orch__sync_listeners(s->o, err, sizeof(err));
+    proxy_pool_free(old);
+    orch__sync_pool(s);
+}
+
+/* Push the active replicas into the pool when the set changed. */
+void orch__sync_pool(struct orch_service *s)
+{
+    if (!s->pool)
+        return;
+    struct proxy_backend_spec *specs;
+    uint8_t sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, false, &specs, sig);
+    if (!s->pool_sig_set || memcmp(sig, s->pool_sig, ORCH_SIG_LEN) != 0) {
+        if (proxy_pool_set_backends(s->pool, specs, n) == 0) {
+            memcpy(s->pool_sig, sig, ORCH_SIG_LEN);
+            s->pool_sig_set = true;
+        }
+    }
+    free(specs);
+}
+
+static struct orch_listener *listener_get(struct orch *o, unsigned port, bool create)
+{
+    for (struct orch_listener *l = o->listeners; l; l = l->next)
+        if (l->port == port)
+            return l;
+    if (!create)
+        return NULL;
+    struct orch_listener *l = xcalloc(1, sizeof(*l));
+    l->port = port;
+    l->next = o->listeners;
+    o->listeners = l;
+    return l;
+}
+
+/* Recompute every listener's routes from the services and apply the
+ * difference. Returns 0, or -errno with a message when a port cannot be
+ * bound. */
+int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
+{
+    int rc = 0;
+    for (struct orch_listener *l = o->listeners; l; l = l->next)
+        l->wanted = false;
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!s->pool || s->removing)
+            continue;
+        if (s->cfg->proxy.port)
+            listener_get(o, s->cfg->proxy.port, true)->wanted = true;
+        if (s->http_port)
+            listener_get(o, s->http_port, true)->wanted = true;
+    }
+    for (struct orch_listener *l = o->listeners; l; l = l->next) {
+        if (!l->wanted)
+            continue;
+        struct net_addr a;
+        char as[32];
+        snprintf(as, sizeof(as), "0.0.0.0:%u", l->port);
+        net_parse_addr(as, NULL, &a);
+        /* Dedicated port → that pool; entrypoint → domains, plus the one
+         * domainless web service when there is exactly one. */
+        struct orch_route want[ORCH_MAX_ROUTES];
+        size_t nw = 0;
+        struct proxy_pool *def = NULL;
+        int ndef = 0;
+        bool dedicated = false;
+        for (struct orch_service *s = o->services; s; s = s->next) {
+            if (!s->pool || s->removing)
+                continue;
+            if (s->cfg->proxy.port == l->port) {
+                def = s->pool;
+                dedicated = true;
+            }
+            if (s->http_port != l->port)
+                continue;
+            for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
+                snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
+                want[nw].pool = s->pool;
+                nw++;
+            }
+            if (s->cfg->proxy.domains_len == 0 && s->cfg->proxy.port == 0 && !dedicated) {
+                def = s->pool;
+                ndef++;
+            }
+        }
+        if (!dedicated && ndef > 1)
+            def = NULL; /* several domainless services: only Host routes */
+        if (!l->bound) {
+            int r = proxy_listen(o->proxy, &a, def);
+            if (r < 0) {
+                if (rc == 0) {
+                    rc = r;
+                    snprintf(err, errlen, "cannot listen on port %u: %s", l->port, strerror(-r));
+                }
+                continue;
+            }
+            l->bound = true;
+            l->def = def;
+        } else if (l->def != def) {
+            proxy_listener_set_default(o->proxy, &a, def);
+            l->def = def;
+        }
+        /* Routes: drop the ones no longer wanted, set the others. */
+        for (size_t i = 0; i < l->nroutes; i++) {
+            bool keep = false;
+            for (size_t j = 0; j < nw; j++)
+                if (strcasecmp(l->routes[i].domain, want[j].domain) == 0)
+                    keep = true;
+            if (!keep)
+                proxy_route_host(o->proxy, &a, l->routes[i].domain, NULL);
+        }
+        for (size_t j = 0; j < nw; j++)
+            proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
+        memcpy(l->routes, want, nw * sizeof(want[0]));
+        l->nroutes = nw;
+    }
+    for (struct orch_listener **pp = &o->listeners; *pp;) {
+        struct orch_listener *l = *pp;
+        if (!l->wanted) {
+            if (l->bound) {
+                struct net_addr a;
+                char as[32];
+                snprintf(as, sizeof(as), "0.0.0.0:%u", l->port);
+                net_parse_addr(as, NULL, &a);
+                proxy_unlisten(o->proxy, &a);
+            }
+            *pp = l->next;
+            free(l);
+        } else {
+            pp = &l->next;
+        }
+    }
+    return rc;
+}
