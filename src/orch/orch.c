@@ -240,14 +240,18 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         ne++;
     }
     char *const default_argv[] = {"/bin/false", NULL};
+    bool proc = !c->runtime || strcmp(c->runtime, RT_DEFAULT_DRIVER) == 0;
     struct rt_spec spec = {
+        .driver = c->runtime,
         .project = s->project,
         .service = s->name,
+        .environment = s->env,
         .index = index,
         .revision = s->revision,
         .image = c->image,
         .build_dir = c->build,
-        .argv = c->argv ? c->argv : default_argv,
+        /* a container without command: runs its image's own */
+        .argv = c->argv ? c->argv : proc ? default_argv : NULL,
         .cwd = c->workdir ? c->workdir : c->build,
         .env = env,
         .env_len = ne,
@@ -683,6 +687,13 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
     if (!r)
         return;
     struct orch_service *s = r->svc;
+    if (new_state == RT_RUNNING && old_state == RT_STARTING && r->phase == P_STARTING) {
+        /* Its app runs from now (a container driver may have built an
+         * image first): health deadlines count from here, and the driver
+         * has an address for the pool at last. */
+        r->started_ms = orch__now(s->o);
+        orch__sync_pool(s);
+    }
     if (new_state == RT_BACKOFF || new_state == RT_CRASHLOOP) {
         struct rt_info info;
         rt_inspect(rr, &info);
@@ -696,9 +707,20 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
 
 /* ---- life cycle ---- */
 
+/* A replica being prepared says how it goes (the Docker driver's build
+ * output): into the operation's progress, like tako's own lines. */
+static void on_rt_note(struct rt_replica *rr, const char *line, void *data)
+{
+    (void)data;
+    struct orch_replica *r = rt_data(rr);
+    if (r)
+        orch__report(r->svc, "info", NULL, "%s: %s", r->name, line);
+}
+
 struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
                       struct store *store, const char *state_dir)
 {
+    rt_set_note_cb(rt, on_rt_note, NULL);
     struct orch *o = xcalloc(1, sizeof(*o));
     o->loop = loop;
     o->rt = rt;
@@ -780,8 +802,20 @@ static void on_services_loaded(void *data, int status, void *result)
     char err[256];
     if (orch__sync_listeners(o, err, sizeof(err)) < 0)
         log_error("%s", err);
-    for (struct orch_service *s = o->services; s; s = s->next)
+    for (struct orch_service *s = o->services; s; s = s->next) {
         orch__sync_pool(s);
+        /* The data plane outlived the previous takod and kept their health:
+         * a replica it sees healthy is ready now, not after re-learning. */
+        svc_snapshot(s);
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            struct proxy_backend_stats st;
+            if (r->phase == P_STARTING && backend_stats(s, r->name, &st) && st.healthy &&
+                !st.draining) {
+                rep_set_phase(r, P_READY);
+                r->was_ready = true;
+            }
+        }
+    }
     ev_timer_start(o->loop, &o->tick, ORCH_TICK_MS);
 }
 

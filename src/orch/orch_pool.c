@@ -159,6 +159,7 @@ static struct orch_listener *listener_get(struct orch *o, unsigned port, bool cr
         return NULL;
     struct orch_listener *l = xcalloc(1, sizeof(*l));
     l->port = port;
+    l->tls = false;
     l->next = o->listeners;
     o->listeners = l;
     return l;
@@ -179,6 +180,12 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
             listener_get(o, s->cfg->proxy.port, true)->wanted = true;
         if (s->http_port)
             listener_get(o, s->http_port, true)->wanted = true;
+        if (s->http_port && cfg_proxy_https(&s->cfg->proxy) && s->cfg->proxy.https_port) {
+            struct orch_listener *tl = listener_get(o, s->cfg->proxy.https_port, true);
+            tl->wanted = true;
+            if (!tl->bound)
+                tl->tls = true;
+        }
     }
     for (struct orch_listener *l = o->listeners; l; l = l->next) {
         if (!l->wanted)
@@ -194,15 +201,26 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
         struct proxy_pool *def = NULL;
         int ndef = 0;
         bool dedicated = false;
+        unsigned redirect_to = 0;
+        uint64_t hsts = 0;
         for (struct orch_service *s = o->services; s; s = s->next) {
             if (!s->pool || s->removing)
                 continue;
-            if (s->cfg->proxy.port == l->port) {
+            bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
+            if (!l->tls && s->cfg->proxy.port == l->port) {
                 def = s->pool;
                 dedicated = true;
             }
-            if (s->http_port != l->port)
+            if (https && !l->tls && s->http_port == l->port)
+                redirect_to = s->cfg->proxy.https_port;
+            if (l->tls) {
+                if (!https || s->cfg->proxy.https_port != l->port)
+                    continue;
+                if (s->cfg->proxy.hsts_s > hsts)
+                    hsts = s->cfg->proxy.hsts_s;
+            } else if (s->http_port != l->port) {
                 continue;
+            }
             for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
                 snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
                 want[nw].pool = s->pool;
@@ -216,7 +234,7 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
         if (!dedicated && ndef > 1)
             def = NULL; /* several domainless services: only Host routes */
         if (!l->bound) {
-            int r = proxy_listen(o->proxy, &a, def);
+            int r = l->tls ? proxy_listen_tls(o->proxy, &a, def) : proxy_listen(o->proxy, &a, def);
             if (r < 0) {
                 if (rc == 0) {
                     rc = r;
@@ -243,6 +261,14 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
             proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
         memcpy(l->routes, want, nw * sizeof(want[0]));
         l->nroutes = nw;
+        if (!l->tls && l->redirect_to != redirect_to) {
+            proxy_listener_https_redirect(o->proxy, &a, redirect_to);
+            l->redirect_to = redirect_to;
+        }
+        if (l->tls && l->hsts != hsts) {
+            proxy_listener_hsts(o->proxy, &a, hsts);
+            l->hsts = hsts;
+        }
     }
     for (struct orch_listener **pp = &o->listeners; *pp;) {
         struct orch_listener *l = *pp;
