@@ -168,9 +168,10 @@ static struct orch_listener *listener_get(struct orch *o, unsigned port, bool cr
 /* Recompute every listener's routes from the services and apply the
  * difference. Returns 0, or -errno with a message when a port cannot be
  * bound. */
-int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
+/* Which listeners the services want: dedicated ports, entrypoints, and
+ * the HTTPS port of services with HTTPS (TLS decided when first bound). */
+static void listeners_mark_wanted(struct orch *o)
 {
-    int rc = 0;
     for (struct orch_listener *l = o->listeners; l; l = l->next)
         l->wanted = false;
     for (struct orch_service *s = o->services; s; s = s->next) {
@@ -187,89 +188,107 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
                 tl->tls = true;
         }
     }
-    for (struct orch_listener *l = o->listeners; l; l = l->next) {
-        if (!l->wanted)
+}
+
+/* What one listener should do now. */
+struct listener_plan {
+    struct orch_route want[ORCH_MAX_ROUTES];
+    size_t nw;
+    struct proxy_pool *def; /* no Host route matched (NULL: 404) */
+    unsigned redirect_to;   /* plain listener: redirect to this HTTPS port (0 none) */
+    uint64_t hsts;          /* TLS listener: Strict-Transport-Security max-age (0 none) */
+};
+
+/* Dedicated port → that pool; entrypoint → domains, plus the one
+ * domainless web service when there is exactly one. */
+static void listener_plan(struct orch *o, const struct orch_listener *l,
+                          struct listener_plan *p)
+{
+    int ndef = 0;
+    bool dedicated = false;
+    p->nw = 0;
+    p->def = NULL;
+    p->redirect_to = 0;
+    p->hsts = 0;
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!s->pool || s->removing)
             continue;
-        struct net_addr a;
-        char as[32];
-        snprintf(as, sizeof(as), "0.0.0.0:%u", l->port);
-        net_parse_addr(as, NULL, &a);
-        /* Dedicated port → that pool; entrypoint → domains, plus the one
-         * domainless web service when there is exactly one. */
-        struct orch_route want[ORCH_MAX_ROUTES];
-        size_t nw = 0;
-        struct proxy_pool *def = NULL;
-        int ndef = 0;
-        bool dedicated = false;
-        unsigned redirect_to = 0;
-        uint64_t hsts = 0;
-        for (struct orch_service *s = o->services; s; s = s->next) {
-            if (!s->pool || s->removing)
+        bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
+        if (!l->tls && s->cfg->proxy.port == l->port) {
+            p->def = s->pool;
+            dedicated = true;
+        }
+        if (https && !l->tls && s->http_port == l->port)
+            p->redirect_to = s->cfg->proxy.https_port;
+        if (l->tls) {
+            if (!https || s->cfg->proxy.https_port != l->port)
                 continue;
-            bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
-            if (!l->tls && s->cfg->proxy.port == l->port) {
-                def = s->pool;
-                dedicated = true;
-            }
-            if (https && !l->tls && s->http_port == l->port)
-                redirect_to = s->cfg->proxy.https_port;
-            if (l->tls) {
-                if (!https || s->cfg->proxy.https_port != l->port)
-                    continue;
-                if (s->cfg->proxy.hsts_s > hsts)
-                    hsts = s->cfg->proxy.hsts_s;
-            } else if (s->http_port != l->port) {
-                continue;
-            }
-            for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
-                snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
-                want[nw].pool = s->pool;
-                nw++;
-            }
-            if (s->cfg->proxy.domains_len == 0 && s->cfg->proxy.port == 0 && !dedicated) {
-                def = s->pool;
-                ndef++;
-            }
+            if (s->cfg->proxy.hsts_s > p->hsts)
+                p->hsts = s->cfg->proxy.hsts_s;
+        } else if (s->http_port != l->port) {
+            continue;
         }
-        if (!dedicated && ndef > 1)
-            def = NULL; /* several domainless services: only Host routes */
-        if (!l->bound) {
-            int r = l->tls ? proxy_listen_tls(o->proxy, &a, def) : proxy_listen(o->proxy, &a, def);
-            if (r < 0) {
-                if (rc == 0) {
-                    rc = r;
-                    snprintf(err, errlen, "cannot listen on port %u: %s", l->port, strerror(-r));
-                }
-                continue;
-            }
-            l->bound = true;
-            l->def = def;
-        } else if (l->def != def) {
-            proxy_listener_set_default(o->proxy, &a, def);
-            l->def = def;
+        for (size_t d = 0; d < s->cfg->proxy.domains_len && p->nw < ORCH_MAX_ROUTES; d++) {
+            snprintf(p->want[p->nw].domain, sizeof(p->want[p->nw].domain), "%s",
+                     s->cfg->proxy.domains[d]);
+            p->want[p->nw].pool = s->pool;
+            p->nw++;
         }
-        /* Routes: drop the ones no longer wanted, set the others. */
-        for (size_t i = 0; i < l->nroutes; i++) {
-            bool keep = false;
-            for (size_t j = 0; j < nw; j++)
-                if (strcasecmp(l->routes[i].domain, want[j].domain) == 0)
-                    keep = true;
-            if (!keep)
-                proxy_route_host(o->proxy, &a, l->routes[i].domain, NULL);
-        }
-        for (size_t j = 0; j < nw; j++)
-            proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
-        memcpy(l->routes, want, nw * sizeof(want[0]));
-        l->nroutes = nw;
-        if (!l->tls && l->redirect_to != redirect_to) {
-            proxy_listener_https_redirect(o->proxy, &a, redirect_to);
-            l->redirect_to = redirect_to;
-        }
-        if (l->tls && l->hsts != hsts) {
-            proxy_listener_hsts(o->proxy, &a, hsts);
-            l->hsts = hsts;
+        if (s->cfg->proxy.domains_len == 0 && s->cfg->proxy.port == 0 && !dedicated) {
+            p->def = s->pool;
+            ndef++;
         }
     }
+    if (!dedicated && ndef > 1)
+        p->def = NULL; /* several domainless services: only Host routes */
+}
+
+/* Bind the listener if needed and apply the difference to its default,
+ * routes, redirect and HSTS. Returns 0 or the bind's -errno. */
+static int listener_apply(struct orch *o, struct orch_listener *l, const struct listener_plan *p)
+{
+    struct net_addr a;
+    char as[32];
+    snprintf(as, sizeof(as), "0.0.0.0:%u", l->port);
+    net_parse_addr(as, NULL, &a);
+    if (!l->bound) {
+        int r = l->tls ? proxy_listen_tls(o->proxy, &a, p->def)
+                       : proxy_listen(o->proxy, &a, p->def);
+        if (r < 0)
+            return r;
+        l->bound = true;
+        l->def = p->def;
+    } else if (l->def != p->def) {
+        proxy_listener_set_default(o->proxy, &a, p->def);
+        l->def = p->def;
+    }
+    /* Routes: drop the ones no longer wanted, set the others. */
+    for (size_t i = 0; i < l->nroutes; i++) {
+        bool keep = false;
+        for (size_t j = 0; j < p->nw; j++)
+            if (strcasecmp(l->routes[i].domain, p->want[j].domain) == 0)
+                keep = true;
+        if (!keep)
+            proxy_route_host(o->proxy, &a, l->routes[i].domain, NULL);
+    }
+    for (size_t j = 0; j < p->nw; j++)
+        proxy_route_host(o->proxy, &a, p->want[j].domain, p->want[j].pool);
+    memcpy(l->routes, p->want, p->nw * sizeof(p->want[0]));
+    l->nroutes = p->nw;
+    if (!l->tls && l->redirect_to != p->redirect_to) {
+        proxy_listener_https_redirect(o->proxy, &a, p->redirect_to);
+        l->redirect_to = p->redirect_to;
+    }
+    if (l->tls && l->hsts != p->hsts) {
+        proxy_listener_hsts(o->proxy, &a, p->hsts);
+        l->hsts = p->hsts;
+    }
+    return 0;
+}
+
+/* Close and forget the listeners nothing wants any more. */
+static void listeners_drop_unwanted(struct orch *o)
+{
     for (struct orch_listener **pp = &o->listeners; *pp;) {
         struct orch_listener *l = *pp;
         if (!l->wanted) {
@@ -286,5 +305,24 @@ int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
             pp = &l->next;
         }
     }
+}
+
+int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
+{
+    int rc = 0;
+    listeners_mark_wanted(o);
+    struct listener_plan *p = xmalloc(sizeof(*p)); /* 67 KB of routes: not on the stack */
+    for (struct orch_listener *l = o->listeners; l; l = l->next) {
+        if (!l->wanted)
+            continue;
+        listener_plan(o, l, p);
+        int r = listener_apply(o, l, p);
+        if (r < 0 && rc == 0) {
+            rc = r;
+            snprintf(err, errlen, "cannot listen on port %u: %s", l->port, strerror(-r));
+        }
+    }
+    free(p);
+    listeners_drop_unwanted(o);
     return rc;
 }
