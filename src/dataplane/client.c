@@ -330,11 +330,14 @@ static void replay(struct dpc *c)
     for (struct dpc_listener *l = c->listeners; l; l = l->next) {
         int rfds[DP_MAX_FDS];
         size_t nr = 0;
-        json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
-                              (json_int_t)(l->def ? l->def->id : 0));
-        json_t *r = c->state == DPC_UP ? call_raw(c, q, l->fds, l->nfds, rfds, &nr) : NULL;
         if (c->state != DPC_UP)
-            json_decref(q);
+            return;
+        /* Our copies go along: a data plane that restarted serves the very
+         * sockets whose queues held the connections meanwhile. */
+        json_t *r = call_raw(c,
+                             json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s,
+                                       "pool", (json_int_t)(l->def ? l->def->id : 0)),
+                             l->fds, l->nfds, rfds, &nr);
         if (!r)
             return;
         if (!json_is_true(json_object_get(r, "ok")))
