@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import TAKO, Load, free_port, wait_for
+from conftest import ROOT, TAKO, Load, free_port, wait_for
 from test_deploy import alive, config, pids_of
 
 
@@ -129,7 +129,7 @@ def test_systemctl_restart_and_binary_upgrade_lose_nothing(tako, tmp_path):
     bindir.mkdir()
     binary = str(bindir / "tako")
     shutil.copy(TAKO, binary)
-    unit = open(os.path.join(os.path.dirname(TAKO), "contrib", "tako.service")).read()
+    unit = open(os.path.join(ROOT, "contrib", "tako.service")).read()
     assert "KillMode=process" in unit and "daemon --foreground" in unit
     log = os.path.join(tako.home, "foreground.log")
     _start_foreground_takod(binary, tako.home, log)
