@@ -632,10 +632,16 @@ static int control_listen(void)
     S.lfd = fd;
     ev_io_init(&S.lio, fd, on_accept, NULL);
     ev_io_start(&S.loop, &S.lio, EPOLLIN);
-    FILE *f = fopen(S.pidfile, "w");
+    /* Written aside and renamed: a reader never sees an empty file. */
+    char ptmp[4300];
+    snprintf(ptmp, sizeof(ptmp), "%s.%d", S.pidfile, (int)getpid());
+    FILE *f = fopen(ptmp, "w");
     if (f) {
         fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
+        if (fclose(f) == 0)
+            rename(ptmp, S.pidfile);
+        else
+            unlink(ptmp);
     }
     return 0;
 }
