@@ -72,6 +72,7 @@ static struct {
     struct dp_listener *listeners;
     bool handing_over; /* a successor has our state: no more changes */
     bool handed_over;  /* it serves: we finish and exit */
+    ino_t sock_ino;    /* the path's inode as we bound it: still ours? */
     uint64_t started_ms;
 } S;
 
@@ -630,6 +631,9 @@ static int control_listen(void)
         return -e;
     }
     S.lfd = fd;
+    struct stat st;
+    if (stat(S.sock, &st) == 0)
+        S.sock_ino = st.st_ino;
     ev_io_init(&S.lio, fd, on_accept, NULL);
     ev_io_start(&S.loop, &S.lio, EPOLLIN);
     /* Written aside and renamed: a reader never sees an empty file. */
@@ -653,10 +657,18 @@ static void stop_serving(const char *why)
     log_info("dataplane: %s: finishing in-flight requests", why);
     if (S.lfd >= 0) {
         ev_io_stop(&S.loop, &S.lio);
-        if (!S.handed_over) {
-            struct stat a, b;
-            if (stat(S.sock, &a) == 0 && fstat(S.lfd, &b) == 0 && a.st_ino == b.st_ino)
-                unlink(S.sock);
+        struct stat a;
+        if (!S.handed_over && stat(S.sock, &a) == 0 && a.st_ino == S.sock_ino) {
+            unlink(S.sock);
+            FILE *f = fopen(S.pidfile, "r");
+            int pid = 0;
+            if (f) {
+                if (fscanf(f, "%d", &pid) != 1)
+                    pid = 0;
+                fclose(f);
+            }
+            if (pid == (int)getpid())
+                unlink(S.pidfile);
         }
         close(S.lfd);
         S.lfd = -1;
