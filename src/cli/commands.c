@@ -22,6 +22,7 @@ static const char help_help[] = "Usage: tako help [COMMAND]\n"
 
 const struct cli_command cli_commands[] = {
     {"deploy", cmd_deploy, "Deploy the services of an environment (rolling, zero downtime)", help_deploy},
+    {"setup", cmd_setup, "Prepare an environment's server (install tako, start takod)", help_setup},
     {"ps", cmd_ps, "List services and their replicas", help_ps},
     {"logs", cmd_logs, "Show or follow the logs of a service's replicas", help_logs},
     {"stats", cmd_stats, "Per-replica CPU, memory, requests and latency", help_stats},
@@ -33,6 +34,7 @@ const struct cli_command cli_commands[] = {
     {"rollback", cmd_rollback, "Roll back to a previous revision", help_rollback},
     {"history", cmd_history, "List deployed revisions", help_history},
     {"autoscale", cmd_autoscale, "Show autoscaling decisions and their reasons", help_autoscale},
+    {"certs", cmd_certs, "List HTTPS certificates: source, state, expiry, errors", help_certs},
     {"validate", cmd_validate, "Check tako.yaml and report every problem",
      "Usage: tako validate [-f FILE] [-e ENV] [ENV] [-q]\n"
      "\n"
@@ -79,6 +81,9 @@ const struct cli_command cli_commands[] = {
     {"daemon", cmd_daemon, "Run takod, the node agent (usually started for you)", help_daemon},
     {"version", cmd_version, "Print the version", help_version},
     {"help", cmd_help, "Show help for a command", help_help},
+    {"remote", cmd_remote, NULL, /* internal: the server's half of shipping and locking */
+     "Usage: tako remote have|receive|lock ...\n\nInternal: run on a server by the CLI through "
+     "ssh (docs/servers.md). Not meant to be run by hand.\n"},
     {"shim", cmd_shim, NULL, /* internal: the replica supervisor takod starts */
      "Usage: tako shim DIR NOTIFY_FD LOCK_FD\n\nInternal: the per-replica supervisor that takod "
      "starts. Not meant to be run by hand.\n"},

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
@@ -39,7 +40,7 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->all_down_wait_ms = 5000;
     if (!o->ipv6_prefix || o->ipv6_prefix > 128)
         o->ipv6_prefix = 64;
-    if (o->strategy >= LB_KIND_COUNT)
+    if ((size_t)o->strategy >= lb_count())
         o->strategy = LB_ROUND_ROBIN;
 }
 
@@ -84,6 +85,7 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
     pool->sticky_cookie_len = strlen(pool->sticky_cookie);
     pool->o.sticky_cookie = pool->sticky_cookie;
     pool->ops = lb_ops_for(pool->o.strategy);
+    pool->up_xprt = &xprt_tcp;
     pthread_mutex_init(&pool->lock, NULL);
     struct lb_set *s = set_new(pool, 0);
     pool->ops->build(s);
@@ -175,6 +177,7 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
             b->next = pool->all;
             pool->all = b;
         }
+        BUG_ON(atomic_load(&b->removed)); /* a set holds live backends only */
         s->b[i] = b;
     }
     pool->ops->build(s);

@@ -92,6 +92,7 @@ struct proxy *proxy_new(const struct proxy_opts *o)
     p->ctl_evfd = -1;
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->ctl_lock, NULL);
+    pthread_mutex_init(&p->chal_lock, NULL);
     if (o->ntrusted) {
         p->trusted = xcalloc(o->ntrusted, sizeof(*p->trusted));
         memcpy(p->trusted, o->trusted, o->ntrusted * sizeof(*p->trusted));
@@ -216,6 +217,7 @@ void proxy_free(struct proxy *p)
     }
     if (p->log_close)
         close(p->log_fd);
+    proxy__tls_free(p);
     free(p->w);
     free(p->trusted);
     pthread_mutex_destroy(&p->lock);
@@ -236,19 +238,40 @@ static struct listener *find_listener(struct proxy *p, const struct net_addr *a)
     return NULL;
 }
 
+static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
+                         size_t ngiven, struct proxy_pool *default_pool,
+                         const struct xprt_ops *xprt, void *xprt_arg);
+
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
     if (p->rops)
         return p->rops->listen(p, addr, default_pool);
-    return proxy_listen_fds(p, addr, NULL, 0, default_pool);
+    return listener_open(p, addr, NULL, 0, default_pool, &xprt_tcp, NULL);
+}
+
+int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
+                      const struct xprt_ops *xprt, void *xprt_arg)
+{
+    return listener_open(p, addr, NULL, 0, default_pool, xprt, xprt_arg);
 }
 
 int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *given,
                      size_t ngiven, struct proxy_pool *default_pool)
 {
+    return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL);
+}
+
+/* One listener: given sockets first (handed over by another process), the
+ * rest bound here; every accepted connection runs over xprt. */
+static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
+                         size_t ngiven, struct proxy_pool *default_pool,
+                         const struct xprt_ops *xprt, void *xprt_arg)
+{
     struct listener *l = xcalloc(1, sizeof(*l));
     l->p = p;
     l->addr = *addr;
+    l->xprt = xprt;
+    l->xprt_arg = xprt_arg;
     l->fds = xcalloc(p->nworkers, sizeof(int));
     for (unsigned i = 0; i < p->nworkers; i++) {
         /* Sockets handed over keep their queue: connections waiting in it
@@ -289,7 +312,7 @@ int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *gi
         worker__post(&p->w[i], WCMD_LISTEN, l);
     pthread_mutex_unlock(&p->lock);
     char b[64];
-    log_info("proxy: listening on %s", net_addr_str(&l->addr, b, sizeof(b)));
+    log_info("proxy: listening on %s (%s)", net_addr_str(&l->addr, b, sizeof(b)), xprt->name);
     return 0;
 }
 

@@ -361,3 +361,14 @@ class Load:
         for t in self.threads:
             t.join(60)
         return self.ok, self.failed
+
+
+# ---- test hosts (network namespaces running sshd; see hosts.py) ----
+
+@pytest.fixture(scope="session")
+def ssh_keys():
+    """Client and host keys, generated once per session."""
+    from hosts import Keys
+    k = Keys()
+    yield k
+    k.close()
