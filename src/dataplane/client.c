@@ -22,7 +22,10 @@
 #include "dataplane/wire.h"
 #include "proxy/proxy_remote.h"
 
-#define CALL_TIMEOUT_MS 2000
+/* A local process that is alive answers; a dead one closes the socket at
+ * once. The bound is for one that hangs, and generous for a loaded machine
+ * serializing the stats of a thousand backends. */
+#define CALL_TIMEOUT_MS 10000
 #define READY_TIMEOUT_MS 5000
 #define CRASHLOOP_SPAWNS 5       /* restarts ... */
 #define CRASHLOOP_WINDOW_MS 60000 /* ... within this time: stop restarting */
