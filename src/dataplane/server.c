@@ -207,11 +207,14 @@ static struct dp_pool *pool_create(json_t *opts, int64_t id)
 
 static int pool_set(struct dp_pool *p, json_t *backends)
 {
-    struct proxy_backend_spec specs[256];
-    int n = specs_parse(backends, specs, 256);
-    if (n < 0)
-        return n;
-    int r = proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    /* As many as takod sends (a service may have a thousand replicas). */
+    size_t max = json_array_size(backends);
+    if (max > DP_MAX_BACKENDS)
+        return -E2BIG;
+    struct proxy_backend_spec *specs = xcalloc(max ? max : 1, sizeof(*specs));
+    int n = specs_parse(backends, specs, max);
+    int r = n < 0 ? n : proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    free(specs);
     if (r == 0) {
         json_decref(p->backends);
         p->backends = json_deep_copy(backends);
