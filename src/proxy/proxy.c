@@ -242,6 +242,13 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
                          size_t ngiven, struct proxy_pool *default_pool,
                          const struct xprt_ops *xprt, void *xprt_arg);
 
+int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int *given,
+                        size_t ngiven, struct proxy_pool *default_pool,
+                        const struct xprt_ops *xprt, void *xprt_arg)
+{
+    return listener_open(p, addr, given, ngiven, default_pool, xprt, xprt_arg);
+}
+
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
     if (p->rops)

@@ -19,6 +19,12 @@ int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *fd
 /* The listening sockets of the listener at addr (still owned by the
  * proxy): their count, or -ENOENT. */
 int proxy_listener_fds(struct proxy *p, const struct net_addr *addr, int *fds, size_t max);
+/* The same over TLS (the proxy's certificate store). */
+int proxy_listen_tls_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
+                         struct proxy_pool *default_pool);
+/* Whether the listener at addr is TLS, its redirect port and HSTS max-age. */
+int proxy_listener_tls_info(struct proxy *p, const struct net_addr *addr, bool *tls,
+                            unsigned *https_redirect, uint64_t *hsts);
 /* Worker threads (one listening socket per listener each). */
 unsigned proxy_threads(struct proxy *p);
 
