@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT, TAKO, http_json, kill_takod_tree, wait_for
+from conftest import ROOT, TAKO, Load, http_json, kill_takod_tree, wait_for
 from hosts import Net
 
 EXAMPLE = os.path.join(ROOT, "examples", "scaling")
@@ -130,8 +130,12 @@ def test_setup_again_changes_nothing(seed):
 
 def test_redeploy_without_change_sends_no_app_bytes(seed):
     before = seed.host.tx_bytes()
+    conns = seed.host.ssh_connections()
     r = seed.run("deploy", "prod", check=0)
     sent = seed.host.tx_bytes() - before
+    # setup's checks, the lock, the file comparison, the deploy and the ps
+    # that follows: all over one TCP connection.
+    assert seed.host.ssh_connections() - conns == 1
     assert re.search(r"web: files unchanged on server prod \(\d+ files, nothing sent\)", r.stdout)
     assert "nothing changed" in r.stdout.lower() or "unchanged" in r.stdout.lower(), r.stdout
     # Everything this machine sent to the host during the command: ssh's
@@ -155,6 +159,48 @@ def test_one_changed_file_sends_about_that_file(seed):
     assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
     names = {seed.instance() for _ in range(6)}
     assert names == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+
+
+def test_ignore_files_and_secrets_mode(seed):
+    with open(os.path.join(seed.dir, ".takoignore"), "w") as f:
+        f.write("# not for the server\nnotes/\n*.log\n!keep.log\n")
+    os.makedirs(os.path.join(seed.dir, "notes"), exist_ok=True)
+    for name, text in (("notes/todo.txt", "private\n"), ("debug.log", "x\n"),
+                       ("keep.log", "kept\n"), (".env", "API_TOKEN=s3cret-value\n")):
+        with open(os.path.join(seed.dir, name), "w") as f:
+            f.write(text)
+    os.chmod(os.path.join(seed.dir, ".env"), 0o644)
+    r = seed.run("deploy", "prod", check=0)
+    assert "s3cret-value" not in r.stdout + r.stderr
+    tree = seed.keys.ssh(seed.host.ip, "sh", "-c",
+                         "'ls -t /var/lib/tako/apps/scaling/web/*.manifest | head -1'")
+    d = tree.stdout.strip()[:-len(".manifest")]
+    ls = seed.keys.ssh(seed.host.ip, "sh", "-c", "'cd %s && ls -a && stat -c %%a .env'" % d)
+    names = ls.stdout.split()
+    assert "index.js" in names and "keep.log" in names and ".env" in names, names
+    assert "notes" not in names and "debug.log" not in names and ".takoignore" in names
+    assert names[-1] == "600", ls.stdout
+
+
+def test_one_connection_per_command(seed):
+    for args in (["ps", "prod", "--instances"], ["stats", "prod"], ["history", "prod"]):
+        conns = seed.host.ssh_connections()
+        seed.run(*args, check=0)
+        assert seed.host.ssh_connections() - conns == 1, args
+
+
+@pytest.mark.slow
+def test_scale_and_restart_under_load_lose_nothing(seed):
+    with Load(80, host=seed.host.ip, headers={"Host": domain(seed.host.ip)}, clients=8,
+              max_seconds=180, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="traffic")
+        seed.run("scale", "prod", "web=5", check=0)
+        seed.run("scale", "prod", "web=1", check=0)
+        seed.run("scale", "prod", "web=3", check=0)
+        seed.run("restart", "prod", check=0)
+        ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert ok > 100
 
 
 def test_day_two_commands_on_the_server(seed):
