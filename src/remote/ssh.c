@@ -94,6 +94,9 @@ static void classify(const char *name, const char *where, const char *host, cons
         const char *p = strstr(e, "SHA256:");
         if (p)
             sscanf(p, "%127s", fp);
+        size_t fl = strlen(fp);
+        if (fl > 1 && fp[fl - 1] == '.') /* the end of ssh's sentence */
+            fp[fl - 1] = '\0';
         snprintf(msg, len,
                  "server %s (%s): its host key changed; the key it sent now has fingerprint %s. "
                  "Refusing to connect. If the server was reinstalled, remove the old key with "
