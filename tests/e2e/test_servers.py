@@ -32,11 +32,11 @@ class Remote:
         self.env = {"TAKO_HOME": home, "NO_COLOR": "1", "SERVER_HOST": host.ip}
         self.env.update(keys.tako_env())
 
-    def run(self, *args, check=None, timeout=240, env=None):
+    def run(self, *args, check=None, timeout=240, env=None, binary=TAKO):
         e = dict(os.environ)
         e.update(self.env)
         e.update(env or {})
-        r = subprocess.run([TAKO] + list(args), env=e, cwd=self.dir, capture_output=True,
+        r = subprocess.run([binary] + list(args), env=e, cwd=self.dir, capture_output=True,
                            text=True, timeout=timeout)
         if check is not None and r.returncode != check:
             raise AssertionError("tako %s exited %d (wanted %d)\nstdout:\n%s\nstderr:\n%s" % (
@@ -251,6 +251,32 @@ def test_deploy_lock_shows_the_holder_and_waits(seed):
         if holder.poll() is None:
             holder.kill()
         holder.wait()
+
+
+@pytest.mark.slow
+def test_upgrading_tako_on_the_server_drops_no_request(seed, tmp_path):
+    # Another build of tako: the same program with other bytes (an ELF file
+    # ignores what follows its sections), so its sha256 differs.
+    newer = str(tmp_path / "tako")
+    shutil.copy(TAKO, newer)
+    with open(newer, "ab") as f:
+        f.write(b"\0" * 64 + b"another build of tako")
+    os.chmod(newer, 0o755)
+    seed.run("deploy", "prod", check=0)
+    with Load(80, host=seed.host.ip, headers={"Host": domain(seed.host.ip)}, clients=8,
+              max_seconds=120, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="traffic")
+        r = seed.run("setup", "prod", check=0, binary=newer)
+        assert "server prod: tako updated at /usr/local/bin/tako" in r.stdout, r.stdout
+        assert "takod restarted" in r.stdout, r.stdout
+        after = load.ok
+        wait_for(lambda: load.ok > after + 200, timeout=30, what="traffic after the upgrade")
+        ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert len(replica_pids(seed)) == 3
+    # The new takod runs the new file, and the replicas kept serving throughout.
+    r = seed.run("setup", "prod", check=0, binary=newer)
+    assert "nothing changed" in r.stdout, r.stdout
 
 
 # ---- failures: each names the server and changes nothing ----
