@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -251,6 +252,41 @@ def test_deploy_lock_shows_the_holder_and_waits(seed):
         if holder.poll() is None:
             holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_during_a_deploy_leaves_the_server_converging(seed):
+    with open(os.path.join(seed.dir, "index.js"), "a") as f:
+        f.write("\n// interrupted deploy\n")
+    e = dict(os.environ)
+    e.update(seed.env)
+    p = subprocess.Popen([TAKO, "deploy", "prod"], env=e, cwd=seed.dir, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    rev = None
+    try:
+        for line in p.stdout:
+            m = re.search(r"deploying revision ([0-9a-f]{12})", line)
+            if m:
+                rev = m.group(1)
+            if rev and "starting scaling-web" in line:
+                p.send_signal(signal.SIGINT)
+                break
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert rev and p.returncode != 0
+    # takod on the server finishes the rollout it was given: one revision.
+
+    def converged():
+        js = json.loads(seed.run("ps", "prod", "--output", "json", check=0).stdout)
+        reps = [r for s in js["services"] for r in s["replicas"]]
+        return len(reps) == 3 and {r["revision"] for r in reps} == {rev} and \
+            all(r.get("state") == "running" for r in reps)
+    wait_for(converged, timeout=120, interval=0.5, what="the server to converge on " + rev)
+    # The interrupted deploy's lock went with its ssh session.
+    r = seed.run("deploy", "prod", check=0)
+    assert "files unchanged" in r.stdout
 
 
 @pytest.mark.slow
