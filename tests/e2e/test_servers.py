@@ -212,6 +212,20 @@ def test_day_two_commands_on_the_server(seed):
     assert "scaling-web-1" in st
     logs = seed.run("logs", "-e", "prod", "--tail", "5", check=0).stdout
     assert re.search(r"^scaling-web-\d+ \| ", logs, re.M), logs
+    # The README's `tako logs prod -f`: follows until interrupted.
+    e = dict(os.environ)
+    e.update(seed.env)
+    f = subprocess.Popen([TAKO, "logs", "prod", "-f", "--tail", "1"], env=e, cwd=seed.dir,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = f.stdout.readline()
+        assert re.match(r"scaling-web-\d+ \| ", first), first
+        f.send_signal(signal.SIGINT)
+        f.wait(30)
+    finally:
+        if f.poll() is None:
+            f.kill()
+            f.wait()
     seed.run("scale", "prod", "web=5", check=0)
     assert {seed.instance() for _ in range(10)} == {"scaling-web-%d" % i for i in range(1, 6)}
     seed.run("scale", "prod", "web=1", check=0)
