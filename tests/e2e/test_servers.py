@@ -419,3 +419,26 @@ def test_port_in_use_is_reported_before_anything_changes(fresh, procs):
     assert "server prod (root@%s:22) cannot run tako:" % fresh.host.ip in r.stderr
     assert re.search(r"port 80 is in use by another program \(.*python3", r.stderr), r.stderr
     assert nothing_installed(fresh)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    (tmp_path / "tako.yaml").write_text(
+        "project:\n  name: tiny\nservers:\n  prod:\n    host: 192.0.2.10\n"
+        "    hostKeys: sometimes\nenvironments:\n  production:\n    servers: [prod]\n"
+        "    services:\n      web:\n        command: [sleep, '100']\n")
+    r = subprocess.run([TAKO, "validate"], cwd=str(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(r"tako\.yaml:6:\d+: servers\.prod\.hostKeys: invalid value \"sometimes\" "
+                     r"\(expected accept-new or strict\)", r.stderr + r.stdout), r.stderr
+
+
+def test_missing_ssh_key_file_is_named(tmp_path):
+    (tmp_path / "tako.yaml").write_text(
+        "project:\n  name: tiny\nservers:\n  prod:\n    host: 192.0.2.10\n"
+        "    sshKey: ~/.ssh/nope\nenvironments:\n  production:\n    servers: [prod]\n"
+        "    services:\n      web:\n        command: [sleep, '100']\n")
+    env = dict(os.environ, HOME=str(tmp_path), TAKO_HOME=str(tmp_path / "home"))
+    r = subprocess.run([TAKO, "deploy", "prod"], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "server prod: sshKey %s/.ssh/nope: No such file or directory" % tmp_path in r.stderr
