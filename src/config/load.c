@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "config/internal.h"
+#include "acme/acme.h"
+#include "tls/tls.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
 #include "runtime/docker_api.h"
@@ -669,6 +671,9 @@ void cfg__service_clear(struct cfg_service *s)
             free(s->proxy.domains[i]);
     free(s->proxy.domains);
     free(s->proxy.email);
+    free(s->proxy.tls_cert);
+    free(s->proxy.tls_key);
+    free(s->proxy.acme);
     cfg__kv_free(s->env, s->env_len);
     memset(s, 0, sizeof(*s));
 }
@@ -904,11 +909,80 @@ static void load_env(struct cfg__ctx *c, const yaml_node_t *envfile, const yaml_
     free(ep);
 }
 
+bool cfg_proxy_https(const struct cfg_proxy *p)
+{
+    return p->tls_cert || (p->domains_len && p->email);
+}
+
+/* proxy.tls {cert, key}, proxy.hsts, proxy.acme. */
+static void load_proxy_tls(struct cfg__ctx *c, const yaml_node_t *tls, const yaml_node_t *hsts,
+                           const yaml_node_t *acme, const char *pp, struct cfg_service *s)
+{
+    if (tls && !is_null(tls)) {
+        enum { T_CERT, T_KEY };
+        static const char *const tk[] = {"cert", "key"};
+        const yaml_node_t *t[ARRAY_LEN(tk)];
+        char *tp = kpath(pp, "tls");
+        if (walk_map(c, tls, tp, tk, ARRAY_LEN(tk), t)) {
+            char *cert = NULL, *key = NULL;
+            set_str(c, t[T_CERT], tp, "cert", &cert);
+            set_str(c, t[T_KEY], tp, "key", &key);
+            if (!cert || !key) {
+                err_at(c, tls, tp, "give both cert and key (PEM files)");
+            } else {
+                s->proxy.tls_cert = cfg__path_join(c->dir, cert);
+                s->proxy.tls_key = cfg__path_join(c->dir, key);
+                struct tls_cert_info ci;
+                int r = tls_cert_info_file(s->proxy.tls_cert, &ci);
+                if (r == -EINVAL)
+                    err_key(c, t[T_CERT], tp, "cert", "%s is not a PEM certificate",
+                            s->proxy.tls_cert);
+                else if (r < 0)
+                    err_key(c, t[T_CERT], tp, "cert", "%s: %s", s->proxy.tls_cert, strerror(-r));
+                if (access(s->proxy.tls_key, R_OK) != 0)
+                    err_key(c, t[T_KEY], tp, "key", "%s: %s", s->proxy.tls_key, strerror(errno));
+            }
+            free(cert);
+            free(key);
+        }
+        free(tp);
+    }
+    if (hsts && !is_null(hsts)) {
+        char *v = scalar(c, hsts, pp, "hsts", "true, false or a duration");
+        uint64_t ms;
+        if (!v) {
+        } else if (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0) {
+            s->proxy.hsts_s = 31536000; /* one year */
+        } else if (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0) {
+            s->proxy.hsts_s = 0;
+        } else if (parse_duration_ms(v, &ms) == 0 && ms >= 1000) {
+            s->proxy.hsts_s = ms / 1000;
+        } else {
+            err_key(c, hsts, pp, "hsts", "expected true, false or a duration like 8760h, got \"%s\"", v);
+        }
+        free(v);
+    }
+    if (acme && !is_null(acme)) {
+        char *v = scalar(c, acme, pp, "acme", "production, staging or a directory URL");
+        if (v && strcmp(v, "production") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT);
+        } else if (v && strcmp(v, "staging") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT_STAGING);
+        } else if (v && (str_starts_with(v, "https://") || str_starts_with(v, "http://"))) {
+            s->proxy.acme = xstrdup(v);
+        } else if (v) {
+            err_key(c, acme, pp, "acme",
+                    "expected production, staging or an ACME directory URL (https://…), got \"%s\"", v);
+        }
+        free(v);
+    }
+}
+
 static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
                        struct cfg_service *s)
 {
-    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL };
-    static const char *const keys[] = {"domain", "domains", "port", "email"};
+    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL, K_TLS, K_HSTS, K_ACME };
+    static const char *const keys[] = {"domain", "domains", "port", "email", "tls", "hsts", "acme"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     char *pp = kpath(path, "proxy");
     if (!walk_map(c, n, pp, keys, ARRAY_LEN(keys), v))
@@ -941,6 +1015,10 @@ static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *pat
     if (s->proxy.email && !strchr(s->proxy.email, '@'))
         err_key(c, v[K_EMAIL], pp, "email", "expected an e-mail address, got \"%s\"",
                 s->proxy.email);
+    load_proxy_tls(c, v[K_TLS], v[K_HSTS], v[K_ACME], pp, s);
+    if (s->proxy.email && s->proxy.domains_len == 0 && !s->proxy.tls_cert)
+        warn_at(c, v[K_EMAIL], pp,
+                "email is set but no domain: there is nothing to get a certificate for");
 out:
     free(pp);
 }
@@ -1228,11 +1306,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP, K_RUNTIME };
-    static const char *const keys[] = {"servers", "services", "http", "runtime"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME };
+    static const char *const keys[] = {"servers", "services", "http", "https", "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
+    e->https_port = c->is_root ? 443 : 8443;
     e->servers = xcalloc(1, sizeof(char *));
     if (!plain_name(name))
         err_at(c, knode, path, "invalid environment name \"%s\" (letters, digits, - _ .)", name);
@@ -1244,10 +1323,16 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     /* On a server takod runs as root (or through sudo), whoever runs the CLI. */
     for (size_t i = 0; i < e->servers_len; i++) {
         const struct cfg_server *sv = cfg_find_server(f, e->servers[i]);
-        if (sv && !cfg_server_is_local(sv))
+        if (sv && !cfg_server_is_local(sv)) {
             e->http_port = 80;
+            e->https_port = 443;
+        }
     }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
+    set_uint(c, v[K_HTTPS], path, "https", 1, 65535, &e->https_port);
+    if (e->https_port == e->http_port)
+        err_key(c, v[K_HTTPS] ? v[K_HTTPS] : v[K_HTTP], path, v[K_HTTPS] ? "https" : "http",
+                "http and https must be different ports (both %u)", e->http_port);
     int ert = 0;
     char *erp = kpath(path, "runtime");
     if (!is_null(v[K_RUNTIME]) && set_enum(c, v[K_RUNTIME], path, "runtime", "runtime",
@@ -1277,6 +1362,8 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     c->env_runtime_node = NULL;
     c->env_runtime_path = NULL;
     free(erp);
+    for (size_t i = 0; i < e->services_len; i++)
+        e->services[i].proxy.https_port = e->https_port;
     check_env(c, f, e, n, v[K_SERVERS], path);
 }
 

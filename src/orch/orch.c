@@ -266,6 +266,7 @@ static struct orch_listener *listener_get(struct orch *o, unsigned port, bool cr
         return NULL;
     struct orch_listener *l = xcalloc(1, sizeof(*l));
     l->port = port;
+    l->tls = false;
     l->next = o->listeners;
     o->listeners = l;
     return l;
@@ -286,6 +287,12 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             listener_get(o, s->cfg->proxy.port, true)->wanted = true;
         if (s->http_port)
             listener_get(o, s->http_port, true)->wanted = true;
+        if (s->http_port && cfg_proxy_https(&s->cfg->proxy) && s->cfg->proxy.https_port) {
+            struct orch_listener *tl = listener_get(o, s->cfg->proxy.https_port, true);
+            tl->wanted = true;
+            if (!tl->bound)
+                tl->tls = true;
+        }
     }
     for (struct orch_listener *l = o->listeners; l; l = l->next) {
         if (!l->wanted)
@@ -301,15 +308,26 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         struct proxy_pool *def = NULL;
         int ndef = 0;
         bool dedicated = false;
+        unsigned redirect_to = 0;
+        uint64_t hsts = 0;
         for (struct orch_service *s = o->services; s; s = s->next) {
             if (!s->pool || s->removing)
                 continue;
-            if (s->cfg->proxy.port == l->port) {
+            bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
+            if (!l->tls && s->cfg->proxy.port == l->port) {
                 def = s->pool;
                 dedicated = true;
             }
-            if (s->http_port != l->port)
+            if (https && !l->tls && s->http_port == l->port)
+                redirect_to = s->cfg->proxy.https_port;
+            if (l->tls) {
+                if (!https || s->cfg->proxy.https_port != l->port)
+                    continue;
+                if (s->cfg->proxy.hsts_s > hsts)
+                    hsts = s->cfg->proxy.hsts_s;
+            } else if (s->http_port != l->port) {
                 continue;
+            }
             for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
                 snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
                 want[nw].pool = s->pool;
@@ -323,7 +341,7 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         if (!dedicated && ndef > 1)
             def = NULL; /* several domainless services: only Host routes */
         if (!l->bound) {
-            int r = proxy_listen(o->proxy, &a, def);
+            int r = l->tls ? proxy_listen_tls(o->proxy, &a, def) : proxy_listen(o->proxy, &a, def);
             if (r < 0) {
                 if (rc == 0) {
                     rc = r;
@@ -350,6 +368,14 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
         memcpy(l->routes, want, nw * sizeof(want[0]));
         l->nroutes = nw;
+        if (!l->tls && l->redirect_to != redirect_to) {
+            proxy_listener_https_redirect(o->proxy, &a, redirect_to);
+            l->redirect_to = redirect_to;
+        }
+        if (l->tls && l->hsts != hsts) {
+            proxy_listener_hsts(o->proxy, &a, hsts);
+            l->hsts = hsts;
+        }
     }
     for (struct orch_listener **pp = &o->listeners; *pp;) {
         struct orch_listener *l = *pp;
@@ -709,10 +735,17 @@ static void svc_reconcile(struct orch_service *s)
                 continue;
             }
             if (s->pool) {
+                /* A new replica that never passed is given up on no sooner
+                 * than unhealthy_threshold checks at the configured interval
+                 * would take: the balancer checks a backend that is not up
+                 * yet more often (to bring it in fast), which must not make
+                 * a slow-starting app fail sooner. */
                 struct proxy_backend_stats st;
+                uint64_t grace = c->health.start_period_ms +
+                                 (uint64_t)c->health.unhealthy_threshold * c->health.interval_ms;
                 if (backend_stats(s, r->name, &st) && !st.ever_healthy &&
                     st.consecutive_failures >= c->health.unhealthy_threshold &&
-                    now - r->started_ms > c->health.start_period_ms + c->health.interval_ms) {
+                    now - r->started_ms > grace) {
                     char why[128];
                     snprintf(why, sizeof(why), "failed %u health checks on %s without passing one",
                              st.consecutive_failures, c->health.path);
