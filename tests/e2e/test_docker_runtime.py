@@ -108,6 +108,8 @@ def test_seed_monitoring_commands_and_rotation_over_container_hostnames(dtako, d
     assert sorted(l.split()[-1] for l in ps) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
     logs = sh(dk, "docker logs scaling-web-1")
     assert re.search(r"^whoami scaling-web-1 listening on port \d+$", logs.stdout, re.M), logs
+    follow = sh(dk, "timeout 2 docker logs -f scaling-web-1", check=False)
+    assert follow.returncode == 124 and "whoami scaling-web-1 listening" in follow.stdout
     stats = sh(dk, "docker stats --no-stream scaling-web-1 scaling-web-2 scaling-web-3").stdout
     rows = stats.splitlines()
     assert rows[0].split()[:3] == ["CONTAINER", "ID", "NAME"]
@@ -236,8 +238,28 @@ def test_takod_kill9_adopts_containers_by_label(dtako, dk):
     assert dtako.takod_pid() != old
     assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
                                                     "scaling-web-3"}
-    # Adopted containers are still watched: a kill is noticed and repaired.
-    dk.docker("kill", "scaling-web-1")
+    # Adopted containers are still watched: a kill is noticed and repaired,
+    # and `tako logs --follow` goes on with the new container's lines.
+    from conftest import TAKO
+    env = dict(os.environ)
+    env.update(dtako.env)
+    fol = subprocess.Popen([TAKO, "logs", "--follow", "--tail", "0", "scaling-web-1"],
+                           cwd=dtako.dir, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # the follow is set up before the kill
+        dk.docker("kill", "scaling-web-1")
+        import select
+        deadline = time.monotonic() + 60
+        line = ""
+        while "listening" not in line and time.monotonic() < deadline:
+            if select.select([fol.stdout], [], [], 1.0)[0]:
+                line = fol.stdout.readline()
+                if not line:
+                    break
+        assert re.search(r"scaling-web-1 .*whoami scaling-web-1 listening", line), line
+    finally:
+        fol.kill()
+        fol.wait()
     wait_for(lambda: dk.inspect("scaling-web-1") and
              dk.inspect("scaling-web-1")["Id"] != ids["scaling-web-1"] and
              dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
