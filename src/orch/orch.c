@@ -686,7 +686,10 @@ static void svc_reconcile(struct orch_service *s)
                     continue;
                 }
             }
-            if (now - r->started_ms > start_deadline_ms(c)) {
+            /* Still being prepared by its driver (an image build): the
+             * health deadline starts when the app runs; the driver bounds
+             * the preparation itself. */
+            if (info.state != RT_STARTING && now - r->started_ms > start_deadline_ms(c)) {
                 rep_start_failed(r, "did not become healthy in time");
                 continue;
             }

@@ -84,6 +84,12 @@ struct hub {
     struct msg *head, *tail;
     struct dk_client *cli;
     pthread_mutex_t build_mu; /* one build at a time: replicas of one revision share it */
+    /* builds finished (read under mu, written under both) and the last
+     * failure (under build_mu): replicas that waited for a build share its
+     * outcome instead of building again */
+    unsigned long builds_done, failed_at;
+    char failed_tag[512];
+    char *failed_err;
     char sock[108];
 };
 
@@ -102,6 +108,7 @@ static void hub_unref(struct hub *h)
     if (h->efd >= 0)
         close(h->efd);
     dk_close(h->cli);
+    free(h->failed_err);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->build_mu);
     free(h);
@@ -323,7 +330,17 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
     json_decref(info);
     if (rc != -ENOENT)
         return rc;
-    pthread_mutex_lock(&j->hub->build_mu);
+    struct hub *h = j->hub;
+    pthread_mutex_lock(&h->mu);
+    unsigned long seen = h->builds_done;
+    pthread_mutex_unlock(&h->mu);
+    /* a build that ends after this point was waited for */
+    pthread_mutex_lock(&h->build_mu);
+    if (h->failed_at > seen && strcmp(h->failed_tag, image) == 0) {
+        snprintf(err, errlen, "%s", h->failed_err ? h->failed_err : "the build failed");
+        pthread_mutex_unlock(&h->build_mu);
+        return -EIO;
+    }
     info = NULL;
     rc = dk_image_inspect(c, image, &info, err, errlen); /* another replica built it meanwhile */
     json_decref(info);
@@ -337,8 +354,17 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
                                   .progress = on_build_line,
                                   .data = &nc};
         rc = dk_build(c, &o, NULL, 0, err, errlen);
+        pthread_mutex_lock(&h->mu);
+        h->builds_done++;
+        pthread_mutex_unlock(&h->mu);
+        if (rc < 0) {
+            h->failed_at = h->builds_done;
+            snprintf(h->failed_tag, sizeof(h->failed_tag), "%s", image);
+            free(h->failed_err);
+            h->failed_err = xstrdup(err);
+        }
     }
-    pthread_mutex_unlock(&j->hub->build_mu);
+    pthread_mutex_unlock(&h->build_mu);
     return rc;
 }
 

@@ -215,6 +215,59 @@ class DockerD:
         assert r.returncode == 0, r.stderr.decode()
         shutil.rmtree(rootfs)
 
+    def import_node_base(self, name="node:20-slim"):
+        """A local stand-in for the seed Dockerfile's base image, made with
+        `docker import` from this machine's node and npm (no registry): node
+        and its libraries, npm, busybox for RUN's /bin/sh, a `node` user."""
+        rootfs = os.path.join(self.dir, "noderoot")
+        node = shutil.which("node")
+        libs = subprocess.run(["ldd", node], capture_output=True, text=True).stdout
+        files = [os.path.realpath(node)]
+        for line in libs.splitlines():
+            for part in line.split():
+                if part.startswith("/"):
+                    files.append(part)
+        for f in files:
+            dst = os.path.join(rootfs, f.lstrip("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(os.path.realpath(f), dst)
+        os.makedirs(os.path.join(rootfs, "usr", "local", "bin"), exist_ok=True)
+        if os.path.realpath(node) != "/usr/bin/node":
+            os.makedirs(os.path.join(rootfs, "usr", "bin"), exist_ok=True)
+            os.symlink(os.path.realpath(node), os.path.join(rootfs, "usr", "bin", "node"))
+        npm_cli = os.path.realpath(shutil.which("npm"))
+        npm_root = npm_cli[:npm_cli.index("/bin/npm-cli.js")]
+        shutil.copytree(npm_root, os.path.join(rootfs, npm_root.lstrip("/")), symlinks=True)
+        os.symlink(npm_cli, os.path.join(rootfs, "usr", "local", "bin", "npm"))
+        os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
+        shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
+        for a in APPLETS:
+            os.symlink("busybox", os.path.join(rootfs, "bin", a))
+        os.makedirs(os.path.join(rootfs, "usr", "bin"), exist_ok=True)
+        os.symlink("/bin/busybox", os.path.join(rootfs, "usr", "bin", "env"))  # npm's #! line
+        for d in ("etc", "tmp", "root", "home/node"):
+            os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        with open(os.path.join(rootfs, "etc", "passwd"), "w") as f:
+            f.write("root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n")
+        with open(os.path.join(rootfs, "etc", "group"), "w") as f:
+            f.write("root:x:0:\nnode:x:1000:\n")
+        os.chown(os.path.join(rootfs, "home", "node"), 1000, 1000)
+        # the host's CA bundle (npm ci reaches the registry through it), as
+        # the real image carries ca-certificates
+        bundle = "/etc/ssl/certs/ca-certificates.crt"
+        os.makedirs(os.path.join(rootfs, "etc", "ssl", "certs"), exist_ok=True)
+        shutil.copy(bundle, os.path.join(rootfs, bundle.lstrip("/")))
+        tar = subprocess.run(["tar", "-C", rootfs, "-c", "."], capture_output=True,
+                             check=True).stdout
+        env = dict(os.environ)
+        env.update(self.env)
+        r = subprocess.run(["docker", "import", "-c", "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+                            "-c", "ENV NODE_EXTRA_CA_CERTS=" + bundle, "-", name],
+                           input=tar, env=env, capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr.decode()
+        shutil.rmtree(rootfs)
+
     def build_whoami_static(self):
         """examples/whoami linked statically, to COPY into images FROM scratch."""
         out = os.path.join(self.dir, "whoami")

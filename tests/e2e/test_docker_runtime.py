@@ -372,3 +372,40 @@ def test_dockerd_dying_mid_deploy_fails_it_and_what_served_keeps_serving(dtako, 
     assert ps["revision"] == rev1
     # (The engine stays dead: the next test gets a fresh one, and the
     # fixture ends these containers by the PIDs containerd recorded.)
+
+
+@pytest.mark.slow
+def test_seed_node_example_dockerfile_under_the_docker_runtime(dtako, dk):
+    """The seed's own example (examples/scaling: Dockerfile FROM node:20-slim,
+    RUN npm ci, USER node), built against a local node:20-slim made with
+    docker import; npm ci fetches packages from the npm registry."""
+    import shutil
+    from conftest import ROOT
+    dk.import_node_base("node:20-slim")
+    shutil.rmtree(dtako.dir)
+    shutil.copytree(os.path.join(ROOT, "examples", "scaling"), dtako.dir,
+                    ignore=shutil.ignore_patterns("node_modules", ".env"))
+    path = os.path.join(dtako.dir, "tako.yaml")
+    text = open(path).read()
+    # The seed's file but for the shared entrypoint's port and the runtime.
+    text = text.replace("  production:\n", "  production:\n    http: %d\n    runtime: docker\n"
+                        % dtako.http_port, 1)
+    open(path, "w").write(text)
+    dtako.env["SERVER_HOST"] = "127.0.0.1"
+    dtako.env["CART_STORE"] = "memory"
+    r = dtako.run("deploy", "prod", check=0, timeout=900)
+    assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+    assert "npm ci" in r.stdout
+    ps = sh(dk, "docker ps | grep scaling-web").stdout.splitlines()
+    assert len(ps) == 3, ps
+    domain = "scaling.127.0.0.1.sslip.io"
+    names = []
+    for _ in range(6):
+        st, body = http_json(dtako.http_port, "/api/instance", headers={"Host": domain})
+        assert st == 200, body
+        names.append(body["os_hostname"])
+    start = names.index("scaling-web-1")
+    assert (names[start:] + names[:start]) == ["scaling-web-1", "scaling-web-2",
+                                                 "scaling-web-3"] * 2, names
+    c = dk.inspect("scaling-web-1")
+    assert c["Config"]["User"] == "node"
