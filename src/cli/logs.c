@@ -168,6 +168,12 @@ int cmd_logs(int argc, char **argv)
         instance = argv[optind++];
     if (optind < argc)
         return cli_usage_error("logs", "unexpected argument '%s'", argv[optind]);
+    /* `tako logs prod -f`: replica names always have a '-', so a word
+     * without one names the environment. */
+    if (instance && !t.env && !strchr(instance, '-')) {
+        t.env = instance;
+        instance = NULL;
+    }
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;

@@ -19,6 +19,7 @@ struct rt {
     char *state_dir;
     rt_event_cb cb;
     void *cb_data;
+    const struct rt_driver_ops *const *table; /* rt_driver_table, or a test's */
     struct rt_driver *drivers[RT_MAX_DRIVERS]; /* by table index, made on first use */
     rt_note_cb note_cb;
     void *note_data;
@@ -37,33 +38,33 @@ void rt__note(struct rt_replica *r, const char *line)
         rt->note_cb(r, line, rt->note_data);
 }
 
-static int driver_index(const char *name)
+static int table_index(const struct rt_driver_ops *const *table, const char *name)
 {
     if (!name || !*name)
         return 0;
-    for (int i = 0; rt_driver_table[i] && i < RT_MAX_DRIVERS; i++)
-        if (strcmp(rt_driver_table[i]->name, name) == 0)
+    for (int i = 0; table[i] && i < RT_MAX_DRIVERS; i++)
+        if (strcmp(table[i]->name, name) == 0)
             return i;
     return -1;
 }
 
 bool rt_driver_known(const char *name)
 {
-    return driver_index(name) >= 0;
+    return table_index(rt_driver_table, name) >= 0;
 }
 
 struct rt_driver *rt__driver(struct rt *rt, const char *name, char *err, size_t errlen)
 {
-    int i = driver_index(name);
+    int i = table_index(rt->table, name);
     if (i < 0) {
         snprintf(err, errlen, "unknown runtime '%s'", name);
         return NULL;
     }
     if (!rt->drivers[i]) {
         struct rt_driver *d = NULL;
-        if (rt_driver_table[i]->create(rt, &d, err, errlen) < 0)
+        if (rt->table[i]->create(rt, &d, err, errlen) < 0)
             return NULL;
-        d->ops = rt_driver_table[i];
+        d->ops = rt->table[i];
         d->rt = rt;
         rt->drivers[i] = d;
     }
@@ -82,7 +83,14 @@ void rt__emit(struct rt_replica *r, enum rt_state old_state, enum rt_state new_s
 
 struct rt *rt_new(struct ev_loop *loop, const char *state_dir, rt_event_cb cb, void *cb_data)
 {
+    return rt_new_with(loop, state_dir, cb, cb_data, rt_driver_table);
+}
+
+struct rt *rt_new_with(struct ev_loop *loop, const char *state_dir, rt_event_cb cb,
+                       void *cb_data, const struct rt_driver_ops *const *table)
+{
     struct rt *rt = xcalloc(1, sizeof(*rt));
+    rt->table = table;
     rt->loop = loop;
     rt->state_dir = xstrdup(state_dir);
     rt->cb = cb;
@@ -141,12 +149,11 @@ int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
     *out = NULL;
     *n = 0;
     int rc = 0;
-    for (int i = 0; rt_driver_table[i] && i < RT_MAX_DRIVERS; i++) {
+    for (int i = 0; rt->table[i] && i < RT_MAX_DRIVERS; i++) {
         char err[256];
-        struct rt_driver *d = rt__driver(rt, rt_driver_table[i]->name, err, sizeof(err));
+        struct rt_driver *d = rt__driver(rt, rt->table[i]->name, err, sizeof(err));
         if (!d) {
-            log_warn("runtime %s: %s; its replicas are not adopted", rt_driver_table[i]->name,
-                     err);
+            log_warn("runtime %s: %s; its replicas are not adopted", rt->table[i]->name, err);
             continue;
         }
         struct rt_replica **v = NULL;
@@ -164,11 +171,16 @@ int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
     return *n ? 0 : rc;
 }
 
-void rt_info(struct rt_replica *r, struct rt_info *info)
+void rt_inspect(struct rt_replica *r, struct rt_info *info)
 {
     memset(info, 0, sizeof(*info));
     r->drv->ops->inspect(r, info);
     snprintf(info->driver, sizeof(info->driver), "%s", r->drv->ops->name);
+}
+
+void rt_info(struct rt_replica *r, struct rt_info *info)
+{
+    rt_inspect(r, info);
     if (info->state == RT_RUNNING || info->state == RT_STOPPING || info->state == RT_STARTING)
         r->drv->ops->stats(r, &info->cpu_percent, &info->rss_bytes);
 }
@@ -218,9 +230,9 @@ int rt_logs_list(struct rt *rt, const char *project, const char *service,
 {
     *out = NULL;
     *n = 0;
-    for (int i = 0; rt_driver_table[i] && i < RT_MAX_DRIVERS; i++) {
+    for (int i = 0; rt->table[i] && i < RT_MAX_DRIVERS; i++) {
         char err[256];
-        struct rt_driver *d = rt__driver(rt, rt_driver_table[i]->name, err, sizeof(err));
+        struct rt_driver *d = rt__driver(rt, rt->table[i]->name, err, sizeof(err));
         if (d)
             d->ops->logs_list(d, project, service, out, n);
     }

@@ -122,7 +122,12 @@ void rt_forget(struct rt_replica *r);
  * malloc'd array the caller frees (not the replicas). */
 int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n);
 
+/* Everything about the replica, CPU and memory included (those may take a
+ * sample of every replica of the driver, at most every 500 ms). */
 void rt_info(struct rt_replica *r, struct rt_info *info);
+/* The same without CPU and memory (cpu_percent, rss_bytes 0): cheap, for
+ * callers that look at every replica often (the reconciler's tick). */
+void rt_inspect(struct rt_replica *r, struct rt_info *info);
 const struct rt_spec *rt_spec(struct rt_replica *r);
 const char *rt_name(struct rt_replica *r);
 /* The address the replica serves on, "host:port", as the balancer reaches

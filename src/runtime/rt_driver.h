@@ -115,6 +115,9 @@ void rt__spec_free(struct rt__owned_spec *s);
 
 /* The table (rt_drivers.c), NULL-terminated; the first is the default. */
 extern const struct rt_driver_ops *const rt_driver_table[];
+/* rt_new with another table (tests: a fake driver under the reconciler). */
+struct rt *rt_new_with(struct ev_loop *loop, const char *state_dir, rt_event_cb cb,
+                       void *cb_data, const struct rt_driver_ops *const *table);
 
 /* For drivers: the loop and the state dir of rt, the state change report,
  * and the instance of another driver (created on first use, NULL when it
