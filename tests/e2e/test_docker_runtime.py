@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Load, free_port, http_json, wait_for
+from conftest import Load, free_port, http_json, kill_takod_tree, wait_for
 from dockerd import dk, dockerd  # noqa: F401  (fixtures)
 
 
@@ -74,7 +74,10 @@ def dtako(tako, dk):
     tako.env.update(dk.env)
     tako.proxy_port = free_port()
     tako.http_port = free_port()
-    return tako
+    yield tako
+    # takod first: removing its containers while it runs would have it
+    # start them again behind the cleanup's back.
+    kill_takod_tree(tako.home)
 
 
 def deploy(t, dk, check=0, **kw):
