@@ -521,6 +521,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         .revision = s->revision,
         .image = c->image,
         .build_dir = c->build,
+        .network = c->network && strcmp(c->network, "bridge") == 0 ? c->network : NULL,
+        .app_port = (uint16_t)c->port,
         /* a container without command: runs its image's own */
         .argv = c->argv ? c->argv : proc ? default_argv : NULL,
         .cwd = c->workdir ? c->workdir : c->build,

@@ -586,6 +586,15 @@ int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_
     return rc;
 }
 
+int dk_network_inspect(struct dk_client *c, const char *name, json_t **out, char *err,
+                       size_t errlen)
+{
+    char *n = esc(name);
+    int rc = json_call(c, "GET", xasprintf("/networks/%s", n), NULL, 30, out, err, errlen);
+    free(n);
+    return rc;
+}
+
 /* ---- containers ---- */
 
 int dk_container_create(struct dk_client *c, const struct dk_create *o, char id[72], char *err,

@@ -77,6 +77,10 @@ int dk_image_remove(struct dk_client *c, const char *name, bool force, char *err
 int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_t **out,
                   char *err, size_t errlen);
 
+/* GET /networks/NAME into *out (new reference), or -ENOENT. */
+int dk_network_inspect(struct dk_client *c, const char *name, json_t **out, char *err,
+                       size_t errlen);
+
 /* ---- containers ---- */
 
 struct dk_create {

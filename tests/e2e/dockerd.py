@@ -67,7 +67,7 @@ def _mounts_under(*dirs):
 
 
 class DockerD:
-    def __init__(self):
+    def __init__(self, bridge=False):
         # Short: the socket path must fit sun_path (108 bytes).
         self.dir = tempfile.mkdtemp(prefix="tkd%d-" % os.getpid(), dir="/tmp")
         self.data_root = os.path.join(self.dir, "d")
@@ -82,17 +82,28 @@ class DockerD:
         self.containerd_pids = []
         self.base_image = BASE_IMAGE
         self.whoami_static = None
+        # bridge=True: a bridge of its own (unique name and subnet) instead
+        # of --bridge=none; published ports go through docker-proxy, so no
+        # iptables rule is needed.
+        self.bridge = "tkb%d" % (os.getpid() % 100000) if bridge else None
+        self.bridge_net = "10.217.%d" % (os.getpid() % 200 + 20)
 
     # ---- lifecycle ----
     def start(self, timeout=60.0):
         os.makedirs(self.data_root)
         os.makedirs(self.exec_root)
+        if self.bridge:
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", self.bridge_net + ".1/24", "dev", self.bridge],
+                           check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         self._spawn(timeout)
 
     def _spawn(self, timeout=60.0):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
+            ["dockerd", "--bridge=" + (self.bridge or "none"), "--iptables=false",
+             "--ip6tables=false",
              "--data-root", self.data_root, "--exec-root", self.exec_root,
              "-H", self.host, "--pidfile", self.pidfile],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -157,6 +168,8 @@ class DockerD:
         self.kill_orphan_containers()
         for mp in _mounts_under(self.data_root, self.exec_root):
             subprocess.run(["umount", "-l", mp], capture_output=True)
+        if self.bridge:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def kill_orphan_containers(self):

@@ -412,3 +412,54 @@ def test_seed_node_example_dockerfile_under_the_docker_runtime(dtako, dk):
                                                  "scaling-web-3"] * 2, names
     c = dk.inspect("scaling-web-1")
     assert c["Config"]["User"] == "node"
+
+
+@pytest.fixture(scope="module")
+def bridged():
+    """A second private engine that has a bridge network (its own bridge
+    interface on a private subnet, docker-proxy for published ports)."""
+    import dockerd as dm
+    d = dm.DockerD(bridge=True)
+    try:
+        d.start()
+        d.build_whoami_static()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_network_bridge_publishes_each_replica_on_loopback(tako, bridged, dk):
+    t = tako
+    t.env.update(bridged.env)
+    t.proxy_port, t.http_port = free_port(), free_port()
+    try:
+        app(t, bridged)
+        # (startPeriod: docker-proxy accepts before the app listens; its
+        # first checks fail on a loaded machine)
+        t.write("tako.yaml", config(t.proxy_port, t.http_port).replace(
+            "        port: 3000\n", "        port: 3000\n        network: bridge\n").replace(
+            "          interval: 300ms\n", "          interval: 300ms\n          startPeriod: 5s\n"))
+        r = t.run("deploy", check=0, timeout=300)
+        assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+        names = hostnames(t.proxy_port, 6)
+        assert sorted(set(names)) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+        c = bridged.inspect("scaling-web-1")
+        assert c["HostConfig"]["NetworkMode"] == "default"
+        (binding,) = c["HostConfig"]["PortBindings"]["3000/tcp"]
+        assert binding["HostIp"] == "127.0.0.1" and int(binding["HostPort"]) > 0
+        assert "PORT=3000" in c["Config"]["Env"]  # the app's own port, inside its network
+        ps = sh(bridged, "docker ps | grep scaling-web").stdout
+        assert "127.0.0.1:%s->3000/tcp" % binding["HostPort"] in ps, ps
+        t.run("down", check=0)
+        assert containers(bridged) == []
+    finally:
+        kill_takod_tree(t.home)
+        bridged.remove_containers(containers(bridged))
+    # An engine without a bridge network (--bridge=none) says so in the deploy.
+    t2_home = t.home
+    t.env.update(dk.env)
+    app(t, dk)
+    r = t.run("deploy", check=1, timeout=300)
+    assert "has no bridge network" in (r.stdout + r.stderr), r.stdout + r.stderr
+    assert containers(dk) == []
+    kill_takod_tree(t2_home)
