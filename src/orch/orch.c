@@ -250,6 +250,8 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         .revision = s->revision,
         .image = c->image,
         .build_dir = c->build,
+        .network = c->network && strcmp(c->network, "bridge") == 0 ? c->network : NULL,
+        .app_port = (uint16_t)c->port,
         /* a container without command: runs its image's own */
         .argv = c->argv ? c->argv : proc ? default_argv : NULL,
         .cwd = c->workdir ? c->workdir : c->build,
@@ -469,7 +471,10 @@ static void observe_starting(struct orch_service *s, const struct cfg_service *c
         rep_start_failed(r, why);
         return;
     }
-    if (now - r->started_ms > start_deadline_ms(c))
+    /* Still being prepared by its driver (an image build): the health
+     * deadline starts when the app runs; the driver bounds the preparation
+     * itself. */
+    if (info->state != RT_STARTING && now - r->started_ms > start_deadline_ms(c))
         rep_start_failed(r, "did not become healthy in time");
 }
 
