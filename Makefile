@@ -115,6 +115,15 @@ $(RT_DRIVER): $(BUILD)/tests/drivers/rt_driver.o $(LIBTAKO)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# ---- Docker client test tool ------------------------------------------------
+# tests/drivers/dk_tool.c runs one Docker Engine API call of
+# src/runtime/docker_api.h per invocation, for tests/e2e/test_docker_api.py.
+DK_TOOL := $(BUILD)/tests/dk_tool
+all: $(DK_TOOL)
+$(DK_TOOL): $(BUILD)/tests/drivers/dk_tool.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # ---- ACME test driver -------------------------------------------------------
 # tests/drivers/acme_driver.c runs one ACME order (src/acme) against the
 # Pebble CA that tests/e2e/test_acme.py starts. Built as part of `all`.

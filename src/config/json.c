@@ -7,6 +7,7 @@
 
 #include "config/internal.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
@@ -41,6 +42,7 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(j, "build", str_or_null(s->build));
     json_object_set_new(j, "workdir", str_or_null(s->workdir));
     json_object_set_new(j, "image", str_or_null(s->image));
+    json_object_set_new(j, "runtime", json_string(s->runtime ? s->runtime : "process"));
     json_object_set_new(j, "port", json_integer(s->port));
     json_object_set_new(j, "replicas", json_integer(s->replicas));
     const struct cfg_autoscale *a = &s->autoscale;
@@ -96,6 +98,7 @@ json_t *cfg_env_to_json(const struct cfg_env *e)
     json_object_set_new(j, "name", json_string(e->name));
     json_object_set_new(j, "servers", str_array(e->servers, e->servers_len));
     json_object_set_new(j, "http_port", json_integer(e->http_port));
+    json_object_set_new(j, "runtime", json_string(e->runtime ? e->runtime : "process"));
     json_object_set_new(j, "https_port", json_integer(e->https_port));
     json_t *svcs = json_array();
     for (size_t i = 0; i < e->services_len; i++)
@@ -121,6 +124,8 @@ json_t *cfg_file_to_json(const struct cfg_file *f)
         json_object_set_new(o, "user", str_or_null(s->user));
         json_object_set_new(o, "port", json_integer(s->port));
         json_object_set_new(o, "ssh_key", str_or_null(s->ssh_key));
+        json_object_set_new(o, "host_keys",
+                            json_string(s->strict_host_keys ? "strict" : "accept-new"));
         json_object_set_new(o, "labels", kv_object(s->labels, s->labels_len));
         json_array_append_new(servers, o);
     }
@@ -274,6 +279,9 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     s->build = rd_str(&r, j, "build", "service", true);
     s->workdir = rd_str(&r, j, "workdir", "service", true);
     s->image = rd_str(&r, j, "image", "service", true);
+    /* revisions stored before runtime: existed ran as processes */
+    json_t *rtv = json_object_get(j, "runtime");
+    s->runtime = xstrdup(json_is_string(rtv) ? json_string_value(rtv) : "process");
     s->port = (unsigned)rd_uint(&r, j, "port", "service", 65535);
     s->replicas = (unsigned)rd_uint(&r, j, "replicas", "service", CFG_MAX_REPLICAS);
 
@@ -291,7 +299,7 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
 
     json_t *lb = rd_get(&r, j, "load_balancer", "service");
     s->lb_strategy = (enum cfg_lb)rd_enum(&r, lb, "strategy", "service.load_balancer", lb_name_i,
-                                          CFG_LB_P2C + 1);
+                                          (int)lb_count());
     s->lb_cookie = rd_str(&r, lb, "cookie", "service.load_balancer", false);
 
     json_t *h = rd_get(&r, j, "health", "service");

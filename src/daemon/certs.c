@@ -17,7 +17,7 @@
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "daemon/store.h"
+#include "store/store.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
@@ -118,7 +118,7 @@ static void drain_events(struct takod_certs *c)
         char *m = xasprintf("%s: %s", e->domain, e->msg);
         json_t *data = json_pack("{s:s}", "domain", e->domain); /* borrowed by the store */
         store_event(c->store, w ? json_string_value(json_object_get(w, "project")) : "",
-                    w ? json_string_value(json_object_get(w, "service")) : "", e->kind, m, data);
+                    w ? json_string_value(json_object_get(w, "service")) : "", e->kind, m, data, NULL, NULL);
         json_decref(data);
         free(m);
         free(e->domain);
@@ -145,7 +145,7 @@ static void file_refresh(struct takod_certs *c, struct ufile *f)
         if (strcmp(e, f->err) != 0) {
             snprintf(f->err, sizeof(f->err), "%s", e);
             log_warn("certificate %s: %s%s", f->cert, e, f->ok ? " (the loaded one stays in use)" : "");
-            store_event(c->store, f->project, f->service, "cert.failed", e, NULL);
+            store_event(c->store, f->project, f->service, "cert.failed", e, NULL, NULL, NULL);
         }
         return;
     }
@@ -160,7 +160,7 @@ static void file_refresh(struct takod_certs *c, struct ufile *f)
         snprintf(f->err, sizeof(f->err), "%s", err);
         char *m = xasprintf("%s%s", err, f->ok ? " (the loaded certificate stays in use)" : "");
         log_warn("certificate: %s", m);
-        store_event(c->store, f->project, f->service, "cert.failed", m, NULL);
+        store_event(c->store, f->project, f->service, "cert.failed", m, NULL, NULL, NULL);
         free(m);
         return;
     }
@@ -170,7 +170,7 @@ static void file_refresh(struct takod_certs *c, struct ufile *f)
     tls_cert_info_file(f->cert, &f->ci);
     char *m = xasprintf("%s %s (%s)", reload ? "reloaded" : "loaded", f->cert, f->ci.names);
     log_info("certificate: %s", m);
-    store_event(c->store, f->project, f->service, reload ? "cert.reloaded" : "cert.loaded", m, NULL);
+    store_event(c->store, f->project, f->service, reload ? "cert.reloaded" : "cert.loaded", m, NULL, NULL, NULL);
     free(m);
 }
 

@@ -107,9 +107,7 @@ struct xchg {
     bool t_c_eof, t_u_eof;
     /* log and routing */
     uint64_t t_start;   /* µs */
-    uint64_t client_hash;
-    bool cookie_ok;
-    char cookie[17];
+    struct lb_req lbr; /* what the pool's strategy took from the request */
     char rid[40];
     uint8_t rid_len;
     char method_s[16];
@@ -489,18 +487,6 @@ static bool trusted(struct proxy *p, int family, const uint8_t *a)
     return false;
 }
 
-static uint64_t addr_hash(struct proxy_pool *pool, int family, const uint8_t *a)
-{
-    if (family == AF_INET)
-        return lb_hash64(a, 4, 4);
-    uint8_t m[16] = {0};
-    unsigned bits = pool->o.ipv6_prefix, full = bits / 8, rem = bits % 8;
-    memcpy(m, a, full);
-    if (rem)
-        m[full] = (uint8_t)(a[full] & (0xff << (8 - rem)));
-    return lb_hash64(m, 16, 6);
-}
-
 /* The client address that balancing and logs use: the peer, or from a
  * trusted proxy the right-most untrusted X-Forwarded-For entry. Returns
  * whether the peer is a trusted proxy. */
@@ -549,35 +535,6 @@ static bool client_identity(struct xchg *x, const struct http_msg *m, int *famil
         }
     }
     return true;
-}
-
-static void find_cookie(struct xchg *x, const struct http_msg *m)
-{
-    const char *name = x->pool->sticky_cookie;
-    size_t nl = x->pool->sticky_cookie_len;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        if (h->id != HTTP_H_COOKIE)
-            continue;
-        const char *v = h->value;
-        size_t n = h->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == ';'))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ';')
-                k++;
-            if (k - s > nl && memcmp(v + s, name, nl) == 0 && v[s + nl] == '=') {
-                size_t vl = k - s - nl - 1;
-                if (vl == 16) {
-                    memcpy(x->cookie, v + s + nl + 1, 16);
-                    x->cookie[16] = '\0';
-                    x->cookie_ok = true;
-                }
-                return;
-            }
-        }
-    }
 }
 
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
@@ -649,17 +606,13 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
 {
     struct worker *w = x->c->w;
     struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
-    struct lb_req r = {
-        .client_hash = x->client_hash,
-        .cookie = x->cookie_ok ? x->cookie : NULL,
-        .cookie_len = 16,
-        .tried = x->tried,
-        .ntried = x->ntried,
-        .rand = worker_rand_cb,
-        .rand_ctx = w,
-    };
+    struct lb_req *r = &x->lbr;
+    r->tried = x->tried;
+    r->ntried = x->ntried;
+    r->rand = worker_rand_cb;
+    r->rand_ctx = w;
     *setp = set;
-    return set->n ? set->ops->pick(set, &r) : NULL;
+    return set->n ? set->ops->pick(set, r) : NULL;
 }
 
 /* Pick a backend and connect (or wait for one to be healthy). */
@@ -802,10 +755,7 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
     int fam;
     uint8_t a[16];
     bool peer_trusted = client_identity(x, m, &fam, a);
-    if (x->pool->o.strategy == LB_IP_HASH)
-        x->client_hash = addr_hash(x->pool, fam, a);
-    if (x->pool->o.strategy == LB_STICKY)
-        find_cookie(x, m);
+    lb_request(x->pool, m, fam, a, &x->lbr); /* what the strategy needs, nothing more */
     /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
     char peer_ip[INET6_ADDRSTRLEN];
     memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
@@ -1205,14 +1155,12 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
         .client_http10 = x->minor == 0,
         .hsts_max_age = atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed),
     };
-    char hv[17];
-    if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
-        struct backend *b = x->tried[x->ntried - 1];
-        snprintf(hv, sizeof(hv), "%016llx", (unsigned long long)b->id_hash);
-        if (!x->cookie_ok || memcmp(hv, x->cookie, 16) != 0) {
-            r.set_cookie_name = x->pool->sticky_cookie;
+    char hv[LB_KEY_MAX];
+    if (x->ntried && m->status >= 200) {
+        /* The strategy may pin the client to the backend that answered. */
+        r.set_cookie_name = lb_response(x->pool, &x->lbr, x->tried[x->ntried - 1], hv);
+        if (r.set_cookie_name)
             r.set_cookie_val = hv;
-        }
     }
     rw_response_head(&o, m, &r);
     if (o.overflow)
@@ -1650,13 +1598,27 @@ void conn__tick(struct worker *w)
     }
 }
 
+/* While stopping, a keep-alive connection between requests is closed only
+ * once it has been quiet for a moment and has no unread bytes: a busy client
+ * gets `Connection: close` on its next response instead, so no request
+ * races the close (a close with a request on the wire loses it). */
+#define STOP_IDLE_QUIET_MS 250
+
 void conn__close_idle_clients(struct worker *w)
 {
+    uint64_t now = w->loop.now;
     for (struct dlist *e = w->clients.next, *n; e != &w->clients; e = n) {
         n = e->next;
         struct client *c = DLIST_ENTRY(e, struct client, link);
-        if (!c->x || (c->x->st == X_HEAD && c->x->c_len == 0))
-            client_close(c);
+        if (c->x && !(c->x->st == X_HEAD && c->x->c_len == 0))
+            continue;
+        uint64_t idle_since = c->deadline - w->p->o.idle_timeout_ms;
+        if (!c->x && now < idle_since + STOP_IDLE_QUIET_MS)
+            continue;
+        char b;
+        if (recv(c->xc.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+            continue; /* a request arrived: answer it (with Connection: close) */
+        client_close(c);
     }
 }
 

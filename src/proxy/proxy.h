@@ -18,6 +18,8 @@
 struct proxy;      /* owns worker threads, listeners, pools, the control thread */
 struct proxy_pool; /* one load-balanced set of backends (one per service) */
 
+/* A strategy's number: its row in lb_table (lb_table.c). The first rows
+ * have names here; a strategy added later is simply the next number. */
 enum lb_kind {
     LB_ROUND_ROBIN = 0,
     LB_LEAST_CONN,
@@ -25,12 +27,14 @@ enum lb_kind {
     LB_RANDOM,
     LB_STICKY,
     LB_P2C,
-    LB_KIND_COUNT,
 };
 
 /* "round_robin", "least_connections", ... → kind; returns 0 or -EINVAL. */
 int lb_kind_parse(const char *name, enum lb_kind *out);
+/* The strategy's name ("?" for none). */
 const char *lb_kind_name(enum lb_kind kind);
+/* How many strategies there are (kinds 0 … lb_count()-1). */
+size_t lb_count(void);
 
 enum proxy_log_format { PROXY_LOG_TEXT = 0, PROXY_LOG_JSON };
 
@@ -70,6 +74,10 @@ struct proxy_pool_opts {
     const char *health_path;       /* NULL: TCP connect check instead of HTTP GET */
     uint64_t health_interval_ms;   /* default 2 s */
     uint64_t health_timeout_ms;    /* default 1 s */
+    /* Between checks of a backend that is down, not yet up, or up with a
+     * failure streak (HAProxy's downinter/fastinter): 250 ms, at most the
+     * interval. Healthy backends are checked every health_interval_ms. */
+    uint64_t health_fast_interval_ms;
     unsigned rise;                 /* passes to come back after a failure (2) */
     unsigned fall;                 /* failures to be marked down (3) */
     unsigned retries;              /* extra attempts on another backend (2); see _set */
@@ -90,6 +98,9 @@ struct proxy_backend_spec {
      * hold replicas of two revisions with different health paths during a
      * deploy. A kept id with another path (or address) is a new backend. */
     const char *health_path;
+    /* Known healthy elsewhere (the previous data-plane process): a new
+     * backend takes traffic before its first check here. */
+    bool up;
 };
 
 struct proxy_backend_stats {

@@ -15,6 +15,7 @@
 #include "http/http.h"
 #include "proxy/lb.h"
 #include "proxy/proxy.h"
+#include "proxy/proxy_remote.h"
 #include "proxy/xprt.h"
 
 #define PROXY_MAX_THREADS 256
@@ -102,6 +103,7 @@ struct backend {
 
 struct proxy_pool {
     struct proxy *p;
+    void *remote; /* the remote implementation's pool (p->rops set) */
     struct proxy_pool_opts o;
     char *name, *health_path, *sticky_cookie;
     size_t sticky_cookie_len;
@@ -209,6 +211,10 @@ struct worker {
 };
 
 struct proxy {
+    /* Set for a proxy served by another process (proxy_remote.h): every
+     * public call goes to rops, nothing below is used. */
+    const struct proxy_remote_ops *rops;
+    void *remote;
     struct proxy_opts o;
     unsigned nworkers;
     struct worker *w;
