@@ -6,10 +6,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,12 +54,24 @@ struct dpc_listener {
     size_t nroutes;
     int fds[DP_MAX_FDS]; /* our copies of the data plane's sockets */
     size_t nfds;
+    bool tls;          /* HTTPS entrypoint (protocol 2) */
+    unsigned redirect; /* plain: 308 to this HTTPS port */
+    uint64_t hsts;     /* TLS: Strict-Transport-Security max-age */
     struct dpc_listener *next;
 };
 
 enum dpc_state { DPC_UP, DPC_DOWN, DPC_CRASHLOOP, DPC_FENCED, DPC_DETACHED };
 
 struct dpc {
+    /* takod calls the proxy API from its loop thread and from the ACME
+     * thread (certificates, challenges): one exchange at a time, and the
+     * mirror changes under this lock (recursive: replay calls the same
+     * functions). Watchers and timers are only touched on the loop thread;
+     * another thread that loses the connection kicks the loop. */
+    pthread_mutex_t lock;
+    pthread_t loop_thread;
+    int kick_fd;
+    struct ev_io kick_io;
     struct ev_loop *loop;
     struct proxy *proxy;
     char sock[4200], exe[4096], logpath[4200];
@@ -80,6 +94,10 @@ struct dpc {
     void *data;
     struct dpc_pool *pools;
     struct dpc_listener *listeners;
+    int proto; /* agreed with the connected data plane */
+    /* HTTPS state to replay: {id: {cert, key}} (PEM; never logged),
+     * {token: keyauth} */
+    json_t *certs, *chals;
 };
 
 static void event(struct dpc *c, const char *level, const char *kind, const char *fmt, ...)
@@ -97,7 +115,9 @@ static void event(struct dpc *c, const char *level, const char *kind, const char
         log_warn("%s", msg);
     else
         log_info("%s", msg);
-    if (c->on_event)
+    /* takod's events are recorded on its loop thread (the store is not
+     * shared with the ACME thread); from elsewhere the log has it */
+    if (c->on_event && pthread_equal(pthread_self(), c->loop_thread))
         c->on_event(c->data, level, kind, msg);
 }
 
@@ -110,9 +130,11 @@ static void on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     (void)loop;
     (void)ev;
     struct dpc *c = io->data;
+    pthread_mutex_lock(&c->lock);
     /* The data plane never speaks first: readable means it went away. */
-    if (dpw_fill(c->fd, &c->in) < 0 || c->in.len)
+    if (c->fd >= 0 && (dpw_fill(c->fd, &c->in) < 0 || c->in.len))
         disconnected(c, "the data plane closed the control connection");
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void drop_conn(struct dpc *c)
@@ -299,8 +321,33 @@ static int open_conn(struct dpc *c)
     return 0;
 }
 
+static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen);
+static json_t *listen_msg(struct dpc *c, struct dpc_listener *l);
+static void send_listener_https(struct dpc *c, struct dpc_listener *l);
+
 static void replay(struct dpc *c)
 {
+    /* Certificates before the TLS listeners, so no handshake finds none. */
+    if (c->proto >= 2) {
+        const char *id;
+        json_t *v;
+        json_object_foreach(c->certs, id, v)
+        {
+            char err[512];
+            if (send_cert(c, id, v, err, sizeof(err)) < 0 && c->state == DPC_UP)
+                event(c, "error", "dataplane", "data plane refused certificate %s: %s", id, err);
+        }
+        json_object_foreach(c->chals, id, v)
+            reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "challenge_set", "token", id,
+                                       "keyauth", v)));
+        if (c->state != DPC_UP)
+            return;
+    } else if (json_object_size(c->certs)) {
+        event(c, "error", "dataplane",
+              "data plane %s speaks protocol %d: it cannot serve HTTPS (protocol 2); "
+              "its certificates stay unset until it is upgraded",
+              c->dp_version, c->proto);
+    }
     for (struct dpc_pool *p = c->pools; p; p = p->next) {
         if (p->freed)
             continue;
@@ -330,8 +377,13 @@ static void replay(struct dpc *c)
     for (struct dpc_listener *l = c->listeners; l; l = l->next) {
         int rfds[DP_MAX_FDS];
         size_t nr = 0;
-        json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
-                              (json_int_t)(l->def ? l->def->id : 0));
+        if (l->tls && c->proto < 2) {
+            event(c, "error", "dataplane",
+                  "data plane %s speaks protocol %d: it cannot serve HTTPS on %s (needs 2)",
+                  c->dp_version, c->proto, l->addr_s);
+            continue;
+        }
+        json_t *q = listen_msg(c, l);
         json_t *r = c->state == DPC_UP ? call_raw(c, q, l->fds, l->nfds, rfds, &nr) : NULL;
         if (c->state != DPC_UP)
             json_decref(q);
@@ -351,7 +403,64 @@ static void replay(struct dpc *c)
             reply_rc(call(c, json_pack("{s:s, s:s, s:s, s:I}", "op", "route", "addr", l->addr_s,
                                        "domain", l->routes[i].domain, "pool",
                                        (json_int_t)l->routes[i].pool->id)));
+        send_listener_https(c, l);
     }
+}
+
+/* ---- HTTPS (protocol 2) ---- */
+
+static json_t *listen_msg(struct dpc *c, struct dpc_listener *l)
+{
+    (void)c;
+    json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
+                          (json_int_t)(l->def ? l->def->id : 0));
+    if (l->tls) /* only sent to a data plane that speaks 2: 1 would listen in plain */
+        json_object_set_new(q, "tls", json_true());
+    return q;
+}
+
+/* The redirect or HSTS of a listener, as set (also 0: the data plane turns
+ * off what a previous takod left on at sync_done only when not re-sent). */
+static void send_listener_https(struct dpc *c, struct dpc_listener *l)
+{
+    if (c->proto < 2 || (!l->tls && !l->redirect) || (l->tls && !l->hsts))
+        return;
+    if (l->tls)
+        reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", l->addr_s, "max_age",
+                                   (json_int_t)l->hsts)));
+    else
+        reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "redirect", "addr", l->addr_s,
+                                   "https_port", (int)l->redirect)));
+}
+
+/* cert_set of one mirrored pair. 0 when applied or not reachable (then the
+ * replay sends it), else -errno with the data plane's message in err. */
+static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen)
+{
+    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "cert_id", id, "cert",
+                                  json_object_get(pair, "cert"), "key",
+                                  json_object_get(pair, "key")));
+    if (r && !json_is_true(json_object_get(r, "ok")))
+        snprintf(err, errlen, "%s", json_string_value(json_object_get(r, "error")) ?: "refused");
+    return reply_rc(r);
+}
+
+/* Zero a PEM key before its memory is freed. */
+static void secret_free(json_t *pair)
+{
+    json_t *k = json_object_get(pair, "key");
+    if (json_is_string(k))
+        explicit_bzero((char *)json_string_value(k), json_string_length(k));
+}
+
+/* What a data plane of protocol 1 answers for HTTPS: refused, clearly. */
+static int old_dataplane(struct dpc *c, const char *what)
+{
+    event(c, "error", "dataplane",
+          "data plane %s (build %s) speaks protocol %d and cannot %s (needs protocol 2); "
+          "restart takod to upgrade it",
+          c->dp_version, c->dp_build, c->proto, what);
+    return -EPROTONOSUPPORT;
 }
 
 /* Connect to the data plane at the path, or start one; become its driver.
@@ -403,6 +512,7 @@ static int attach(struct dpc *c, bool initial, char *err, size_t errlen)
             return r;
         }
         c->epoch = want;
+        c->proto = (int)json_integer_value(json_object_get(st, "proto"));
         c->dp_pid = (pid_t)json_integer_value(json_object_get(st, "pid"));
         snprintf(c->dp_version, sizeof(c->dp_version), "%s",
                  json_string_value(json_object_get(st, "version")) ?: "?");
@@ -432,10 +542,8 @@ static int attach(struct dpc *c, bool initial, char *err, size_t errlen)
     }
 }
 
-static void reconnect(struct ev_loop *loop, struct ev_timer *t)
+static void reconnect_locked(struct dpc *c)
 {
-    (void)loop;
-    struct dpc *c = t->data;
     if (c->state != DPC_DOWN)
         return;
     uint64_t now = ev_time_ms();
@@ -473,15 +581,52 @@ static void reconnect(struct ev_loop *loop, struct ev_timer *t)
         log_info("data plane: attached to pid %d (was %d)", (int)c->dp_pid, (int)old);
 }
 
+static void reconnect(struct ev_loop *loop, struct ev_timer *t)
+{
+    (void)loop;
+    struct dpc *c = t->data;
+    pthread_mutex_lock(&c->lock);
+    reconnect_locked(c);
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void disconnected(struct dpc *c, const char *why)
 {
-    drop_conn(c);
+    bool on_loop = pthread_equal(pthread_self(), c->loop_thread);
+    if (on_loop)
+        drop_conn(c);
+    else if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR); /* no more exchanges; the loop drops it */
     if (c->state != DPC_UP)
         return;
     c->state = DPC_DOWN;
     c->down_since = ev_time_ms();
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
-    ev_timer_start(c->loop, &c->retry, 0);
+    if (on_loop) {
+        ev_timer_start(c->loop, &c->retry, 0);
+    } else {
+        uint64_t one = 1;
+        ssize_t w = write(c->kick_fd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
+/* Another thread lost the connection: drop it and reconnect from here. */
+static void on_kick(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
+{
+    (void)loop;
+    (void)ev;
+    struct dpc *c = io->data;
+    uint64_t n;
+    ssize_t r = read(c->kick_fd, &n, sizeof(n));
+    (void)r;
+    pthread_mutex_lock(&c->lock);
+    if (c->state == DPC_DOWN) {
+        drop_conn(c);
+        if (!ev_timer_active(&c->retry))
+            ev_timer_start(c->loop, &c->retry, 0);
+    }
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* ---- the proxy API ---- */
@@ -528,6 +673,15 @@ static void r_free(struct proxy *p)
         free(l->routes);
         free(l);
     }
+    const char *id;
+    json_t *v;
+    json_object_foreach(c->certs, id, v)
+        secret_free(v);
+    json_decref(c->certs);
+    json_decref(c->chals);
+    ev_io_stop(c->loop, &c->kick_io);
+    close(c->kick_fd);
+    pthread_mutex_destroy(&c->lock);
     free(c->access_log);
     free(c);
 }
@@ -550,10 +704,16 @@ static struct proxy_pool *r_pool_new(struct proxy *p, const struct proxy_pool_op
     return q->handle;
 }
 
-static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy_pool *def,
+                         bool tls)
 {
     struct dpc *c = impl(p);
     char as[64];
+    if (tls && c->state == DPC_UP && c->proto < 2) {
+        char what[96];
+        snprintf(what, sizeof(what), "serve HTTPS on %s", net_addr_str(a, as, sizeof(as)));
+        return old_dataplane(c, what);
+    }
     struct dpc_listener *l = lfind(c, a, as, sizeof(as));
     if (!l) {
         l = xcalloc(1, sizeof(*l));
@@ -561,15 +721,13 @@ static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool
         l->next = c->listeners;
         c->listeners = l;
     }
+    l->tls = tls;
     l->def = def ? proxy_remote_pool_impl(def) : NULL;
     if (c->state != DPC_UP)
         return 0;
     int rfds[DP_MAX_FDS];
     size_t nr = 0;
-    json_t *r = call_raw(c,
-                         json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", as, "pool",
-                                   (json_int_t)(l->def ? l->def->id : 0)),
-                         NULL, 0, rfds, &nr);
+    json_t *r = call_raw(c, listen_msg(c, l), NULL, 0, rfds, &nr);
     if (nr) {
         for (size_t i = 0; i < l->nfds; i++)
             close(l->fds[i]);
@@ -589,6 +747,146 @@ static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool
         free(l);
     }
     return rc;
+}
+
+static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+{
+    return listen_common(p, a, def, false);
+}
+
+static int r_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+{
+    return listen_common(p, a, def, true);
+}
+
+static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
+                          const char *key_pem, size_t key_len, char *err, size_t errlen)
+{
+    struct dpc *c = impl(p);
+    if (c->state == DPC_UP && c->proto < 2) {
+        snprintf(err, errlen, "the data plane speaks protocol %d and cannot serve HTTPS",
+                 c->proto);
+        return old_dataplane(c, "install certificates");
+    }
+    json_t *pair = json_pack("{s:s%, s:s%}", "cert", cert_pem, cert_len, "key", key_pem, key_len);
+    if (!pair) {
+        snprintf(err, errlen, "certificate %s: not text (PEM expected)", id);
+        return -EINVAL;
+    }
+    int r = send_cert(c, id, pair, err, errlen);
+    if (r < 0) { /* refused: the previous one stays, here as there */
+        secret_free(pair);
+        json_decref(pair);
+        return r;
+    }
+    json_t *old = json_object_get(c->certs, id);
+    if (old)
+        secret_free(old);
+    json_object_set_new(c->certs, id, pair);
+    return 0;
+}
+
+static int r_tls_del_cert(struct proxy *p, const char *id)
+{
+    struct dpc *c = impl(p);
+    json_t *old = json_object_get(c->certs, id);
+    if (!old)
+        return -ENOENT;
+    secret_free(old);
+    json_object_del(c->certs, id);
+    if (c->proto < 2)
+        return 0;
+    return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "cert_del", "cert_id", id)));
+}
+
+static bool r_tls_has_name(struct proxy *p, const char *host)
+{
+    struct dpc *c = impl(p);
+    if (c->proto < 2)
+        return false;
+    json_t *r = call(c, json_pack("{s:s, s:s}", "op", "tls_has_name", "host", host));
+    bool has = r && json_is_true(json_object_get(r, "has"));
+    json_decref(r);
+    return has;
+}
+
+static int r_https_setting(struct proxy *p, const struct net_addr *a, bool tls, uint64_t v)
+{
+    struct dpc *c = impl(p);
+    char as[64];
+    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
+    if (!l)
+        return -ENOENT;
+    if (tls)
+        l->hsts = v;
+    else
+        l->redirect = (unsigned)v;
+    if (c->proto < 2) {
+        if (!v)
+            return 0;
+        return old_dataplane(c, tls ? "send HSTS" : "redirect HTTP to HTTPS");
+    }
+    if (tls)
+        return reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", as, "max_age",
+                                          (json_int_t)v)));
+    return reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "redirect", "addr", as,
+                                      "https_port", (int)v)));
+}
+
+static int r_https_redirect(struct proxy *p, const struct net_addr *a, unsigned https_port)
+{
+    return r_https_setting(p, a, false, https_port);
+}
+
+static int r_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
+{
+    return r_https_setting(p, a, true, max_age_s);
+}
+
+static void r_challenge_set(struct proxy *p, const char *token, const char *keyauth)
+{
+    struct dpc *c = impl(p);
+    json_object_set_new(c->chals, token, json_string(keyauth));
+    if (c->proto < 2) {
+        old_dataplane(c, "answer ACME HTTP-01 challenges");
+        return;
+    }
+    reply_rc(call(c, json_pack("{s:s, s:s, s:s}", "op", "challenge_set", "token", token, "keyauth",
+                               keyauth)));
+}
+
+static void r_challenge_del(struct proxy *p, const char *token)
+{
+    struct dpc *c = impl(p);
+    json_object_del(c->chals, token);
+    if (c->proto >= 2)
+        reply_rc(call(c, json_pack("{s:s, s:s}", "op", "challenge_del", "token", token)));
+}
+
+static int r_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    struct dpc *c = impl(p);
+    memset(out, 0, sizeof(*out));
+    if (c->state != DPC_UP)
+        return -EAGAIN;
+    if (c->proto < 2)
+        return -EPROTONOSUPPORT;
+    json_t *r = call(c, json_pack("{s:s}", "op", "tls_stats"));
+    if (!r || !json_is_true(json_object_get(r, "ok"))) {
+        json_decref(r);
+        return -EAGAIN;
+    }
+#define U(f) (uint64_t) json_integer_value(json_object_get(r, f))
+    out->handshakes = U("handshakes");
+    out->resumed = U("resumed");
+    out->handshake_failures = U("handshake_failures");
+    out->no_certificate = U("no_certificate");
+    out->plain_http = U("plain_http");
+    out->not_tls = U("not_tls");
+    out->certificates = (unsigned)U("certificates");
+#undef U
+    json_decref(r);
+    return 0;
 }
 
 static int r_route_host(struct proxy *p, const struct net_addr *a, const char *domain,
@@ -744,18 +1042,92 @@ static char *r_metrics(struct proxy *p)
     return s;
 }
 
+/* The ops table: each call under the client's lock (see struct dpc). */
+#define LOCKED(c, expr)                                                                       \
+    do {                                                                                      \
+        pthread_mutex_lock(&(c)->lock);                                                       \
+        expr;                                                                                 \
+        pthread_mutex_unlock(&(c)->lock);                                                     \
+    } while (0)
+#define POOL_DPC(pool) (((struct dpc_pool *)proxy_remote_pool_impl(pool))->c)
+
+static void l_stop(struct proxy *p) { LOCKED(impl(p), r_stop(p)); }
+static struct proxy_pool *l_pool_new(struct proxy *p, const struct proxy_pool_opts *o)
+{
+    struct proxy_pool *r;
+    LOCKED(impl(p), r = r_pool_new(p, o));
+    return r;
+}
+#define L_INT(name, params, args, c)                                                          \
+    static int l_##name params                                                                \
+    {                                                                                         \
+        int r_;                                                                               \
+        LOCKED(c, r_ = r_##name args);                                                        \
+        return r_;                                                                            \
+    }
+L_INT(listen, (struct proxy * p, const struct net_addr *a, struct proxy_pool *def), (p, a, def),
+      impl(p))
+L_INT(listen_tls, (struct proxy * p, const struct net_addr *a, struct proxy_pool *def),
+      (p, a, def), impl(p))
+L_INT(route_host,
+      (struct proxy * p, const struct net_addr *a, const char *domain, struct proxy_pool *pool),
+      (p, a, domain, pool), impl(p))
+L_INT(unlisten, (struct proxy * p, const struct net_addr *a), (p, a), impl(p))
+L_INT(set_default, (struct proxy * p, const struct net_addr *a, struct proxy_pool *pool),
+      (p, a, pool), impl(p))
+L_INT(pool_set, (struct proxy_pool * pool, const struct proxy_backend_spec *b, size_t n),
+      (pool, b, n), POOL_DPC(pool))
+L_INT(pool_stats, (struct proxy_pool * pool, struct proxy_backend_stats **out, size_t *n),
+      (pool, out, n), POOL_DPC(pool))
+L_INT(tls_set_cert,
+      (struct proxy * p, const char *id, const char *cp, size_t cl, const char *kp, size_t kl,
+       char *err, size_t errlen),
+      (p, id, cp, cl, kp, kl, err, errlen), impl(p))
+L_INT(tls_del_cert, (struct proxy * p, const char *id), (p, id), impl(p))
+L_INT(https_redirect, (struct proxy * p, const struct net_addr *a, unsigned port), (p, a, port),
+      impl(p))
+L_INT(hsts, (struct proxy * p, const struct net_addr *a, uint64_t s), (p, a, s), impl(p))
+L_INT(tls_stats, (struct proxy * p, struct proxy_tls_stats *out), (p, out), impl(p))
+static bool l_tls_has_name(struct proxy *p, const char *host)
+{
+    bool r;
+    LOCKED(impl(p), r = r_tls_has_name(p, host));
+    return r;
+}
+static void l_pool_free(struct proxy_pool *pool) { LOCKED(POOL_DPC(pool), r_pool_free(pool)); }
+static void l_challenge_set(struct proxy *p, const char *t, const char *k)
+{
+    LOCKED(impl(p), r_challenge_set(p, t, k));
+}
+static void l_challenge_del(struct proxy *p, const char *t) { LOCKED(impl(p), r_challenge_del(p, t)); }
+static char *l_metrics(struct proxy *p)
+{
+    char *r;
+    LOCKED(impl(p), r = r_metrics(p));
+    return r;
+}
+
 static const struct proxy_remote_ops dpc_ops = {
-    .stop = r_stop,
-    .free = r_free,
-    .pool_new = r_pool_new,
-    .listen = r_listen,
-    .route_host = r_route_host,
-    .unlisten = r_unlisten,
-    .set_default = r_set_default,
-    .pool_set = r_pool_set,
-    .pool_free = r_pool_free,
-    .pool_stats = r_pool_stats,
-    .metrics = r_metrics,
+    .stop = l_stop,
+    .free = r_free, /* takod's threads are gone by then */
+    .pool_new = l_pool_new,
+    .listen = l_listen,
+    .route_host = l_route_host,
+    .unlisten = l_unlisten,
+    .set_default = l_set_default,
+    .pool_set = l_pool_set,
+    .pool_free = l_pool_free,
+    .pool_stats = l_pool_stats,
+    .metrics = l_metrics,
+    .listen_tls = l_listen_tls,
+    .tls_set_cert = l_tls_set_cert,
+    .tls_del_cert = l_tls_del_cert,
+    .tls_has_name = l_tls_has_name,
+    .https_redirect = l_https_redirect,
+    .hsts = l_hsts,
+    .challenge_set = l_challenge_set,
+    .challenge_del = l_challenge_del,
+    .tls_stats = l_tls_stats,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,
@@ -777,8 +1149,26 @@ struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o
         *del = '\0';
     ev_timer_init(&c->retry, reconnect, c);
     c->state = DPC_DOWN;
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&c->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
+    c->loop_thread = pthread_self();
+    c->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->kick_fd < 0)
+        die(1, "eventfd: %s", strerror(errno));
+    ev_io_init(&c->kick_io, c->kick_fd, on_kick, c);
+    ev_io_start(loop, &c->kick_io, EPOLLIN);
+    c->certs = json_object();
+    c->chals = json_object();
     if (attach(c, true, err, errlen) < 0) {
         drop_conn(c);
+        ev_io_stop(loop, &c->kick_io);
+        close(c->kick_fd);
+        pthread_mutex_destroy(&c->lock);
+        json_decref(c->certs);
+        json_decref(c->chals);
         free(c->access_log);
         free(c);
         return NULL;
@@ -790,7 +1180,9 @@ struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o
 void dp_client_sync_done(struct proxy *p)
 {
     struct dpc *c = impl(p);
+    pthread_mutex_lock(&c->lock);
     json_t *r = call(c, json_pack("{s:s}", "op", "sync_done"));
+    pthread_mutex_unlock(&c->lock);
     if (r && (json_integer_value(json_object_get(r, "pools_dropped")) ||
               json_integer_value(json_object_get(r, "listeners_closed"))))
         log_info("data plane: dropped %lld pools and %lld listeners nothing uses any more",
@@ -802,6 +1194,7 @@ void dp_client_sync_done(struct proxy *p)
 json_t *dp_client_status(struct proxy *p)
 {
     struct dpc *c = impl(p);
+    pthread_mutex_lock(&c->lock);
     static const char *const names[] = {"running", "restarting", "crashloop", "fenced",
                                         "detached"};
     json_t *j = json_pack("{s:s, s:i, s:s, s:s, s:i, s:I}", "state", names[c->state], "pid",
@@ -809,5 +1202,6 @@ json_t *dp_client_status(struct proxy *p)
                           "restarts", (int)c->restarts, "epoch", (json_int_t)c->epoch);
     if (c->state != DPC_UP && c->last_error[0])
         json_object_set_new(j, "last_error", json_string(c->last_error));
+    pthread_mutex_unlock(&c->lock);
     return j;
 }

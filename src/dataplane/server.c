@@ -43,6 +43,10 @@ struct dp_listener {
     int64_t def;    /* default pool id, 0: none */
     json_t *routes; /* {domain: pool id} */
     bool claimed;
+    bool tls;             /* HTTPS entrypoint (protocol 2) */
+    unsigned redirect;    /* plain: 308 to this HTTPS port, 0: off */
+    uint64_t hsts;        /* TLS: Strict-Transport-Security max-age, 0: none */
+    bool https_claimed;   /* redirect/hsts set by the current driver */
     struct dp_listener *next;
 };
 
@@ -52,6 +56,7 @@ struct dp_conn {
     struct dpw_in in;
     bool handing_over; /* sent our state to a successor, waiting for "done" */
     pid_t pid;
+    int proto; /* agreed in hello */
     struct dp_conn *next;
 };
 
@@ -70,6 +75,10 @@ static struct {
     struct dp_pool *pools;
     int64_t next_pool;
     struct dp_listener *listeners;
+    /* HTTPS state, kept while no takod drives us and handed to a successor:
+     * {id: {cert, key}} (PEM text; never logged), {token: keyauth}, and the
+     * tokens set by the current driver. */
+    json_t *certs, *chals, *chals_claimed;
     bool handing_over; /* a successor has our state: no more changes */
     bool handed_over;  /* it serves: we finish and exit */
     uint64_t started_ms;
@@ -301,10 +310,12 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         for (struct dp_pool *p = S.pools; p; p = p->next)
             p->claimed = false;
         for (struct dp_listener *l = S.listeners; l; l = l->next)
-            l->claimed = false;
+            l->claimed = l->https_claimed = false;
+        json_object_clear(S.chals_claimed);
         log_info("dataplane: driven by takod pid %d, epoch %lld", (int)pid, (long long)epoch);
     }
     c->pid = (pid_t)json_integer_value(json_object_get(q, "pid"));
+    c->proto = (int)use;
     json_t *r = status_json();
     json_object_set_new(r, "proto", json_integer(use));
     return r;
@@ -337,7 +348,15 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
         return err_reply(EINVAL, "listen needs addr");
     }
     int64_t def = json_integer_value(json_object_get(q, "pool"));
+    bool tls = json_is_true(json_object_get(q, "tls"));
     struct dp_listener *l = listener_by_addr(a);
+    if (l && l->tls != tls) {
+        /* the same port changed between HTTP and HTTPS while no takod ran:
+         * serve it the new way (on the sockets takod sent, if any) */
+        log_info("dataplane: %s becomes %s", a, tls ? "HTTPS" : "plain HTTP");
+        listener_remove(l);
+        l = NULL;
+    }
     if (l) {
         for (size_t i = 0; i < nfds; i++) /* ours are the same sockets */
             close(fds[i]);
@@ -345,10 +364,12 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
             proxy_listener_set_default(S.proxy, &l->addr, pool_ptr(def));
         l->def = def;
     } else {
-        int r = proxy_listen_fds(S.proxy, &na, fds, nfds, pool_ptr(def));
+        int r = tls ? proxy_listen_fds_tls(S.proxy, &na, fds, nfds, pool_ptr(def))
+                    : proxy_listen_fds(S.proxy, &na, fds, nfds, pool_ptr(def));
         if (r < 0)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
         l = xcalloc(1, sizeof(*l));
+        l->tls = tls;
         snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
         l->addr = na;
         l->def = def;
@@ -387,6 +408,125 @@ static json_t *h_route(json_t *q, bool set_default)
     return ok_reply();
 }
 
+/* ---- HTTPS (protocol 2) ---- */
+
+static void listener_https_apply(struct dp_listener *l)
+{
+    if (l->tls)
+        proxy_listener_hsts(S.proxy, &l->addr, l->hsts);
+    else
+        proxy_listener_https_redirect(S.proxy, &l->addr, l->redirect);
+}
+
+/* Zero a PEM key before its memory goes back to the allocator. */
+static void secret_free(json_t *pair)
+{
+    json_t *k = json_object_get(pair, "key");
+    if (json_is_string(k))
+        explicit_bzero((char *)json_string_value(k), json_string_length(k));
+}
+
+static int cert_install(const char *id, json_t *cert, json_t *key, char *err, size_t errlen)
+{
+    if (!json_is_string(cert) || !json_is_string(key)) {
+        snprintf(err, errlen, "cert_set needs cert and key (PEM text)");
+        return -EINVAL;
+    }
+    int r = proxy_tls_set_cert(S.proxy, id, json_string_value(cert), json_string_length(cert),
+                               json_string_value(key), json_string_length(key), err, errlen);
+    if (r < 0)
+        return r;
+    json_t *old = json_object_get(S.certs, id);
+    if (old)
+        secret_free(old);
+    json_object_set_new(S.certs, id, json_pack("{s:O, s:O}", "cert", cert, "key", key));
+    return 0;
+}
+
+static json_t *h_https(const char *op, json_t *q)
+{
+    const char *id = json_string_value(json_object_get(q, "cert_id"));
+    if (strcmp(op, "cert_set") == 0) {
+        if (!id || !*id)
+            return err_reply(EINVAL, "cert_set needs cert_id");
+        char err[512] = "";
+        int r = cert_install(id, json_object_get(q, "cert"), json_object_get(q, "key"), err,
+                             sizeof(err));
+        /* the message names the problem (parse, key mismatch), never the key */
+        return r < 0 ? err_reply(-r, "certificate %s: %s", id, err) : ok_reply();
+    }
+    if (strcmp(op, "cert_del") == 0) {
+        if (!id)
+            return err_reply(EINVAL, "cert_del needs cert_id");
+        json_t *old = json_object_get(S.certs, id);
+        if (old)
+            secret_free(old);
+        json_object_del(S.certs, id);
+        int r = proxy_tls_del_cert(S.proxy, id);
+        return r < 0 ? err_reply(-r, "certificate %s: %s", id, strerror(-r)) : ok_reply();
+    }
+    const char *tok = json_string_value(json_object_get(q, "token"));
+    if (strcmp(op, "challenge_set") == 0 || strcmp(op, "challenge_del") == 0) {
+        if (!tok || !*tok)
+            return err_reply(EINVAL, "%s needs token", op);
+        if (strcmp(op, "challenge_del") == 0) {
+            proxy_challenge_del(S.proxy, tok);
+            json_object_del(S.chals, tok);
+            json_object_del(S.chals_claimed, tok);
+            return ok_reply();
+        }
+        const char *ka = json_string_value(json_object_get(q, "keyauth"));
+        if (!ka)
+            return err_reply(EINVAL, "challenge_set needs keyauth");
+        if (json_object_get(S.chals, tok))
+            proxy_challenge_del(S.proxy, tok);
+        proxy_challenge_set(S.proxy, tok, ka);
+        json_object_set_new(S.chals, tok, json_string(ka));
+        json_object_set_new(S.chals_claimed, tok, json_true());
+        return ok_reply();
+    }
+    /* redirect / hsts: per listener */
+    const char *a = json_string_value(json_object_get(q, "addr"));
+    struct dp_listener *l = a ? listener_by_addr(a) : NULL;
+    if (!l)
+        return err_reply(ENOENT, "no listener %s", a ? a : "(none)");
+    if (strcmp(op, "redirect") == 0) {
+        if (l->tls)
+            return err_reply(EINVAL, "%s is an HTTPS listener: it cannot redirect to HTTPS", a);
+        l->redirect = (unsigned)json_integer_value(json_object_get(q, "https_port"));
+    } else {
+        if (!l->tls)
+            return err_reply(EINVAL, "%s is a plain HTTP listener: HSTS needs HTTPS", a);
+        l->hsts = (uint64_t)json_integer_value(json_object_get(q, "max_age"));
+    }
+    l->https_claimed = true;
+    listener_https_apply(l);
+    return ok_reply();
+}
+
+static void https_state_free(void)
+{
+    const char *cid;
+    json_t *cv;
+    json_object_foreach(S.certs, cid, cv)
+        secret_free(cv);
+    json_decref(S.certs);
+    json_decref(S.chals);
+    json_decref(S.chals_claimed);
+    S.certs = S.chals = S.chals_claimed = NULL;
+}
+
+static json_t *tls_stats_json(void)
+{
+    struct proxy_tls_stats t;
+    proxy_tls_stats(S.proxy, &t);
+    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "ok", 1, "handshakes",
+                     (json_int_t)t.handshakes, "resumed", (json_int_t)t.resumed,
+                     "handshake_failures", (json_int_t)t.handshake_failures, "no_certificate",
+                     (json_int_t)t.no_certificate, "plain_http", (json_int_t)t.plain_http,
+                     "not_tls", (json_int_t)t.not_tls, "certificates", (int)t.certificates);
+}
+
 static json_t *h_sync_done(void)
 {
     int pools = 0, listeners = 0;
@@ -403,6 +543,23 @@ static json_t *h_sync_done(void)
             pool_release(p);
             pools++;
         }
+    /* A redirect or HSTS the new driver did not ask for is off now; so is
+     * a challenge of an order the previous takod left unfinished.
+     * Certificates stay: the new takod replaces them (same id) when its
+     * certificate manager has loaded them, and until then they serve. */
+    for (struct dp_listener *l = S.listeners; l; l = l->next)
+        if (!l->https_claimed && (l->redirect || l->hsts)) {
+            l->redirect = 0;
+            l->hsts = 0;
+            listener_https_apply(l);
+        }
+    const char *tok;
+    json_t *v, *tmp;
+    json_object_foreach_safe(S.chals, tmp, tok, v)
+        if (!json_object_get(S.chals_claimed, tok)) {
+            proxy_challenge_del(S.proxy, tok);
+            json_object_del(S.chals, tok);
+        }
     return json_pack("{s:b, s:i, s:i}", "ok", 1, "pools_dropped", pools, "listeners_closed",
                      listeners);
 }
@@ -414,6 +571,15 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
 {
     if (S.handed_over)
         return err_reply(EALREADY, "already handed over");
+    bool https = json_object_size(S.certs) > 0;
+    for (struct dp_listener *l = S.listeners; l; l = l->next)
+        https |= l->tls;
+    if (https && c->proto < 2)
+        /* it would serve the TLS sockets as plain HTTP and drop the
+         * certificates: keep serving here instead */
+        return err_reply(EPROTONOSUPPORT,
+                         "the successor speaks protocol %d and cannot serve HTTPS (needs 2)",
+                         c->proto);
     json_t *pools = json_array(), *ls = json_array();
     for (struct dp_pool *p = S.pools; p; p = p->next) {
         if (p->freed)
@@ -443,8 +609,15 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
         if (k < 0)
             k = 0;
         n += (size_t)k;
-        json_array_append_new(ls, json_pack("{s:s, s:I, s:O, s:i}", "addr", l->addr_s, "pool",
-                                            (json_int_t)l->def, "routes", l->routes, "fds", k));
+        json_t *lj = json_pack("{s:s, s:I, s:O, s:i}", "addr", l->addr_s, "pool",
+                               (json_int_t)l->def, "routes", l->routes, "fds", k);
+        if (l->tls)
+            json_object_set_new(lj, "tls", json_true());
+        if (l->redirect)
+            json_object_set_new(lj, "https_redirect", json_integer(l->redirect));
+        if (l->hsts)
+            json_object_set_new(lj, "hsts", json_integer((json_int_t)l->hsts));
+        json_array_append_new(ls, lj);
     }
     *nout = n;
     c->handing_over = true;
@@ -454,9 +627,11 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
     if (S.driver)
         conn_close(S.driver);
     log_info("dataplane: handing over %zu listening sockets to pid %d", n, (int)c->pid);
-    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o}}", "ok", 1, "state", "threads",
+    /* certificates with their keys: this socket is the owner's only (0600) */
+    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o, s:O, s:O}}", "ok", 1, "state", "threads",
                      (int)proxy_threads(S.proxy), "epoch", (json_int_t)S.epoch, "next_pool",
-                     (json_int_t)S.next_pool, "pools", pools, "listeners", ls);
+                     (json_int_t)S.next_pool, "pools", pools, "listeners", ls, "certs", S.certs,
+                     "challenges", S.chals);
 }
 
 static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *out,
@@ -483,13 +658,20 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
     }
     if (strcmp(op, "handover") == 0)
         return h_handover(c, out, nout);
+    if (strcmp(op, "tls_stats") == 0)
+        return tls_stats_json();
+    if (strcmp(op, "tls_has_name") == 0) {
+        const char *h = json_string_value(json_object_get(q, "host"));
+        return json_pack("{s:b, s:b}", "ok", 1, "has", h && proxy_tls_has_name(S.proxy, h));
+    }
     if (strcmp(op, "handover_done") == 0 && c->handing_over) {
         S.handed_over = true;
         return ok_reply();
     }
-    static const char *const mutating[] = {"pool_new", "pool_set",    "pool_free", "listen",
-                                           "unlisten", "route",       "set_default",
-                                           "sync_done"};
+    static const char *const mutating[] = {
+        "pool_new", "pool_set",      "pool_free",     "listen",   "unlisten", "route",
+        "set_default", "sync_done",  "cert_set",      "cert_del", "challenge_set",
+        "challenge_del", "redirect", "hsts"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_LEN(mutating); i++)
         known |= strcmp(op, mutating[i]) == 0;
@@ -515,6 +697,9 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         return h_route(q, true);
     if (strcmp(op, "sync_done") == 0)
         return h_sync_done();
+    if (strncmp(op, "cert_", 5) == 0 || strncmp(op, "challenge_", 10) == 0 ||
+        strcmp(op, "redirect") == 0 || strcmp(op, "hsts") == 0)
+        return h_https(op, q);
     if (strcmp(op, "unlisten") == 0) {
         const char *a = json_string_value(json_object_get(q, "addr"));
         struct dp_listener *l = a ? listener_by_addr(a) : NULL;
@@ -733,6 +918,21 @@ static int take_over(char *err, size_t errlen)
         pool_set(dp, json_object_get(p, "backends"));
         dp->claimed = json_is_true(json_object_get(p, "claimed"));
     }
+    /* certificates before the TLS listeners: no handshake finds none */
+    const char *cid;
+    json_t *cv;
+    json_object_foreach(json_object_get(st, "certs"), cid, cv)
+    {
+        char cerr[512];
+        if (cert_install(cid, json_object_get(cv, "cert"), json_object_get(cv, "key"), cerr,
+                         sizeof(cerr)) < 0)
+            log_error("dataplane: certificate %s from the previous process: %s", cid, cerr);
+    }
+    json_object_foreach(json_object_get(st, "challenges"), cid, cv)
+        if (json_is_string(cv)) {
+            proxy_challenge_set(S.proxy, cid, json_string_value(cv));
+            json_object_set(S.chals, cid, cv);
+        }
     size_t off = 0;
     json_t *l;
     json_array_foreach(json_object_get(st, "listeners"), i, l)
@@ -743,7 +943,9 @@ static int take_over(char *err, size_t errlen)
         if (!a || off + k > nfds || net_parse_addr(a, NULL, &na) < 0)
             break;
         int64_t def = json_integer_value(json_object_get(l, "pool"));
-        int lr = proxy_listen_fds(S.proxy, &na, fds + off, k, pool_ptr(def));
+        bool tls = json_is_true(json_object_get(l, "tls"));
+        int lr = tls ? proxy_listen_fds_tls(S.proxy, &na, fds + off, k, pool_ptr(def))
+                     : proxy_listen_fds(S.proxy, &na, fds + off, k, pool_ptr(def));
         off += k;
         if (lr < 0) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));
@@ -755,6 +957,12 @@ static int take_over(char *err, size_t errlen)
         dl->def = def;
         dl->routes = json_deep_copy(json_object_get(l, "routes"));
         dl->claimed = true;
+        dl->tls = tls;
+        dl->redirect = (unsigned)json_integer_value(json_object_get(l, "https_redirect"));
+        dl->hsts = (uint64_t)json_integer_value(json_object_get(l, "hsts"));
+        dl->https_claimed = true;
+        if (dl->redirect || dl->hsts)
+            listener_https_apply(dl);
         const char *dom;
         json_t *pv;
         json_object_foreach(dl->routes, dom, pv)
@@ -831,6 +1039,9 @@ int cmd_dataplane(int argc, char **argv)
         fprintf(stderr, "tako dataplane: epoll: %s\n", strerror(errno));
         return EXIT_FAILED;
     }
+    S.certs = json_object();
+    S.chals = json_object();
+    S.chals_claimed = json_object();
     char err[8800];
     int rc;
     if (takeover) {
@@ -853,6 +1064,7 @@ int cmd_dataplane(int argc, char **argv)
         }
         if (S.proxy)
             proxy_free(S.proxy);
+        https_state_free();
         return EXIT_FAILED;
     }
     ev_signal_start(&S.loop, &S.sigterm, SIGTERM, on_stop_signal, NULL);
@@ -884,6 +1096,7 @@ int cmd_dataplane(int argc, char **argv)
         json_decref(l->routes);
         free(l);
     }
+    https_state_free();
     ev_loop_close(&S.loop);
     log_info("dataplane pid %d stopped", (int)getpid());
     return EXIT_OK;

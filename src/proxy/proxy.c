@@ -261,6 +261,13 @@ int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *gi
     return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL);
 }
 
+int proxy_listen_fds_tls(struct proxy *p, const struct net_addr *addr, const int *given,
+                         size_t ngiven, struct proxy_pool *default_pool)
+{
+    proxy__tls(p); /* the store exists before the first handshake */
+    return listener_open(p, addr, given, ngiven, default_pool, &xprt_tls, p);
+}
+
 /* One listener: given sockets first (handed over by another process), the
  * rest bound here; every accepted connection runs over xprt. */
 static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,

@@ -16,6 +16,9 @@ int proxy_listener_set_default(struct proxy *p, const struct net_addr *addr,
  * missing ones are bound here). n 0 is proxy_listen. */
 int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
                      struct proxy_pool *default_pool);
+/* proxy_listen_fds for a TLS listener (as proxy_listen_tls). */
+int proxy_listen_fds_tls(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
+                         struct proxy_pool *default_pool);
 /* The listening sockets of the listener at addr (still owned by the
  * proxy): their count, or -ENOENT. */
 int proxy_listener_fds(struct proxy *p, const struct net_addr *addr, int *fds, size_t max);

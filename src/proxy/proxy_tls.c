@@ -3,8 +3,12 @@
  * redirects and HSTS per listener, ticket key rotation, and the table of
  * ACME HTTP-01 tokens the plain listeners answer. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/util.h"
@@ -32,7 +36,10 @@ struct tls_server *proxy__tls(struct proxy *p)
 
 int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
-    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, proxy__tls(p));
+    if (p->rops)
+        return p->rops->listen_tls(p, addr, default_pool);
+    proxy__tls(p); /* the store exists before the first handshake */
+    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, p);
 }
 
 bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
@@ -45,23 +52,73 @@ bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
 int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
                        const char *key_pem, size_t key_len, char *err, size_t errlen)
 {
+    if (p->rops)
+        return p->rops->tls_set_cert(p, id, cert_pem, cert_len, key_pem, key_len, err, errlen);
     return tls_server_set_cert(proxy__tls(p), id, cert_pem, cert_len, key_pem, key_len, err,
                                errlen);
+}
+
+#define PEM_FILE_MAX (1u << 20)
+
+/* A PEM file's text (NUL-terminated, *len without it); NULL with a message
+ * naming the file in err. */
+static char *pem_read(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    if (st.st_size > PEM_FILE_MAX) {
+        snprintf(err, errlen, "%s: larger than 1 MiB, not a PEM certificate or key", path);
+        close(fd);
+        return NULL;
+    }
+    char *b = xmalloc((size_t)st.st_size + 1);
+    size_t n = 0;
+    ssize_t k;
+    while (n < (size_t)st.st_size && (k = read(fd, b + n, (size_t)st.st_size - n)) > 0)
+        n += (size_t)k;
+    close(fd);
+    b[n] = '\0';
+    *len = n;
+    return b;
 }
 
 int proxy_tls_set_cert_files(struct proxy *p, const char *id, const char *cert_path,
                              const char *key_path, char *err, size_t errlen)
 {
+    if (p->rops) {
+        /* the files are read here and travel as text: the data plane needs
+         * no access to them */
+        size_t cl = 0, kl = 0;
+        char *c = pem_read(cert_path, &cl, err, errlen);
+        char *k = c ? pem_read(key_path, &kl, err, errlen) : NULL;
+        int r = k ? p->rops->tls_set_cert(p, id, c, cl, k, kl, err, errlen) : -EINVAL;
+        if (k) {
+            explicit_bzero(k, kl);
+            free(k);
+        }
+        free(c);
+        return r;
+    }
     return tls_server_set_cert_files(proxy__tls(p), id, cert_path, key_path, err, errlen);
 }
 
 int proxy_tls_del_cert(struct proxy *p, const char *id)
 {
+    if (p->rops)
+        return p->rops->tls_del_cert(p, id);
     return tls_server_del_cert(proxy__tls(p), id);
 }
 
 bool proxy_tls_has_name(struct proxy *p, const char *host)
 {
+    if (p->rops)
+        return p->rops->tls_has_name(p, host);
     return tls_server_has_name(proxy__tls(p), host, strlen(host));
 }
 
@@ -75,6 +132,8 @@ static struct listener *find(struct proxy *p, const struct net_addr *a)
 
 int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, unsigned https_port)
 {
+    if (p->rops)
+        return p->rops->https_redirect(p, addr, https_port);
     if (https_port)
         proxy__tls(p); /* has_name must find a store */
     pthread_mutex_lock(&p->lock);
@@ -87,6 +146,8 @@ int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, 
 
 int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t max_age_s)
 {
+    if (p->rops)
+        return p->rops->hsts(p, addr, max_age_s);
     pthread_mutex_lock(&p->lock);
     struct listener *l = find(p, addr);
     if (l)
@@ -97,6 +158,10 @@ int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t m
 
 void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth)
 {
+    if (p->rops) {
+        p->rops->challenge_set(p, token, keyauth);
+        return;
+    }
     struct chal *c = xcalloc(1, sizeof(*c));
     c->token = xstrdup(token);
     c->keyauth = xstrdup(keyauth);
@@ -109,6 +174,10 @@ void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth
 
 void proxy_challenge_del(struct proxy *p, const char *token)
 {
+    if (p->rops) {
+        p->rops->challenge_del(p, token);
+        return;
+    }
     pthread_mutex_lock(&p->chal_lock);
     for (struct chal **pp = &p->chals; *pp; pp = &(*pp)->next) {
         struct chal *c = *pp;
@@ -138,6 +207,22 @@ bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *
         }
     pthread_mutex_unlock(&p->chal_lock);
     return found;
+}
+
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    if (p->rops)
+        return p->rops->tls_stats(p, out);
+    memset(out, 0, sizeof(*out));
+    out->handshakes = atomic_load_explicit(&p->tls_handshakes, memory_order_relaxed);
+    out->resumed = atomic_load_explicit(&p->tls_resumed, memory_order_relaxed);
+    out->handshake_failures = atomic_load_explicit(&p->tls_failures, memory_order_relaxed);
+    out->no_certificate = atomic_load_explicit(&p->tls_nocert, memory_order_relaxed);
+    out->plain_http = atomic_load_explicit(&p->tls_plain, memory_order_relaxed);
+    out->not_tls = atomic_load_explicit(&p->tls_garbage, memory_order_relaxed);
+    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
+    out->certificates = t ? (unsigned)tls_server_ncerts(t) : 0;
+    return 0;
 }
 
 void proxy__tls_tick(struct proxy *p, uint64_t now_ms)
