@@ -297,12 +297,12 @@ struct takod_certs *certs_new(struct ev_loop *loop, struct orch *orch, struct pr
         .hooks = {.install = h_install, .present = h_present, .cleanup = h_cleanup,
                   .event = h_event, .arg = c},
     };
+    ev_timer_init(&c->tick, on_tick, c); /* before any path to certs_free */
     c->mgr = certmgr_new(&o, err, errlen);
     if (!c->mgr) {
         certs_free(c);
         return NULL;
     }
-    ev_timer_init(&c->tick, on_tick, c);
     ev_timer_start(loop, &c->tick, 10);
     return c;
 }
