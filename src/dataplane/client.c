@@ -411,11 +411,23 @@ static void replay(struct dpc *c)
 
 static json_t *listen_msg(struct dpc *c, struct dpc_listener *l)
 {
-    (void)c;
     json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
                           (json_int_t)(l->def ? l->def->id : 0));
-    if (l->tls) /* only sent to a data plane that speaks 2: 1 would listen in plain */
+    if (c->proto < 2)
+        return q;
+    if (l->tls) /* never to a data plane of protocol 1: it would listen in plain */
         json_object_set_new(q, "tls", json_true());
+    /* what the listener needs before its first accept: a restarted data
+     * plane finds connections waiting in the queue of the sockets we send */
+    json_t *rt = json_object();
+    for (size_t i = 0; i < l->nroutes; i++)
+        if (l->routes[i].pool->id)
+            json_object_set_new(rt, l->routes[i].domain, json_integer(l->routes[i].pool->id));
+    json_object_set_new(q, "routes", rt);
+    if (!l->tls && l->redirect)
+        json_object_set_new(q, "https_redirect", json_integer(l->redirect));
+    if (l->tls && l->hsts)
+        json_object_set_new(q, "hsts", json_integer((json_int_t)l->hsts));
     return q;
 }
 

@@ -124,6 +124,20 @@ const char *dp_build_id(void)
     return id;
 }
 
+/* The highest protocol version served: DP_PROTO_MAX, or lower with
+ * TAKO_DATAPLANE_PROTO_MAX, so this build can stand in for an older data
+ * plane (what a new takod must handle during an upgrade). */
+static int proto_max(void)
+{
+    static int v;
+    if (!v) {
+        const char *e = getenv("TAKO_DATAPLANE_PROTO_MAX");
+        int n = e ? atoi(e) : 0;
+        v = n >= DP_PROTO_MIN && n <= DP_PROTO_MAX ? n : DP_PROTO_MAX;
+    }
+    return v;
+}
+
 /* ---- state ---- */
 
 static struct dp_pool *pool_by_id(int64_t id)
@@ -274,7 +288,7 @@ static json_t *status_json(void)
     for (struct dp_pool *p = S.pools; p; p = p->next)
         np += !p->freed;
     return json_pack("{s:b, s:i, s:s, s:s, s:i, s:I, s:i, s:i, s:o, s:I, s:I}", "ok", 1, "proto",
-                     DP_PROTO_MAX, "version", TAKO_VERSION, "build", dp_build_id(), "pid",
+                     proto_max(), "version", TAKO_VERSION, "build", dp_build_id(), "pid",
                      (int)getpid(), "epoch", (json_int_t)S.epoch, "driver_pid",
                      S.driver ? (int)S.driver_pid : 0, "threads", (int)proxy_threads(S.proxy),
                      "listeners", ls, "pools", (json_int_t)np, "uptime_ms",
@@ -287,11 +301,11 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
     json_int_t their_min = json_integer_value(json_object_get(q, "min_proto"));
     if (their_min <= 0)
         their_min = 1;
-    json_int_t use = their_max < DP_PROTO_MAX ? their_max : DP_PROTO_MAX;
+    json_int_t use = their_max < proto_max() ? their_max : proto_max();
     if (use < DP_PROTO_MIN || use < their_min)
         return err_reply(EPROTONOSUPPORT,
                          "no common protocol version (data plane speaks %d..%d, peer %d..%d)",
-                         DP_PROTO_MIN, DP_PROTO_MAX, (int)their_min, (int)their_max);
+                         DP_PROTO_MIN, proto_max(), (int)their_min, (int)their_max);
     const char *role = json_string_value(json_object_get(q, "role"));
     if (role && strcmp(role, "driver") == 0) {
         json_int_t epoch = json_integer_value(json_object_get(q, "epoch"));
@@ -338,6 +352,55 @@ static json_t *h_pool_new(json_t *q)
     return json_pack("{s:b, s:I, s:b}", "ok", 1, "pool", (json_int_t)p->id, "adopted", 0);
 }
 
+static void listener_https_apply(struct dp_listener *l);
+
+/* A listener with everything in place before its first accept: routes
+ * ({domain: pool id}), redirect, HSTS (a data plane that restarted, or a
+ * successor, has connections waiting in the queue already). fds are
+ * consumed. NULL with *rc on failure. */
+static struct dp_listener *listener_start(const char *a, const struct net_addr *na, int64_t def,
+                                          bool tls, const json_t *routes, unsigned redirect,
+                                          uint64_t hsts, const int *fds, size_t nfds, int *rc)
+{
+    size_t n = json_object_size(routes), i = 0;
+    const char **doms = xcalloc(n + 1, sizeof(*doms));
+    struct proxy_pool **pools = xcalloc(n + 1, sizeof(*pools));
+    json_t *kept = json_object();
+    const char *dom;
+    json_t *pv;
+    json_object_foreach((json_t *)routes, dom, pv)
+    {
+        struct proxy_pool *pp = pool_ptr(json_integer_value(pv));
+        if (!pp)
+            continue;
+        doms[i] = dom;
+        pools[i++] = pp;
+        json_object_set(kept, dom, pv);
+    }
+    struct proxy_listen_spec spec = {.fds = fds, .nfds = nfds, .def = pool_ptr(def), .tls = tls,
+                                     .domains = doms, .pools = pools, .nroutes = i,
+                                     .https_redirect = tls ? 0 : redirect,
+                                     .hsts_s = tls ? hsts : 0};
+    *rc = proxy_listen_spec(S.proxy, na, &spec);
+    free(doms);
+    free(pools);
+    if (*rc < 0) {
+        json_decref(kept);
+        return NULL;
+    }
+    struct dp_listener *l = xcalloc(1, sizeof(*l));
+    snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
+    l->addr = *na;
+    l->def = def;
+    l->tls = tls;
+    l->routes = kept;
+    l->redirect = spec.https_redirect;
+    l->hsts = spec.hsts_s;
+    l->next = S.listeners;
+    S.listeners = l;
+    return l;
+}
+
 static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout)
 {
     const char *a = json_string_value(json_object_get(q, "addr"));
@@ -357,25 +420,34 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
         listener_remove(l);
         l = NULL;
     }
+    /* protocol 2: the listener's routes, redirect and HSTS may come with it
+     * (a replay), so it never accepts a connection without them */
+    json_t *routes = json_object_get(q, "routes");
+    unsigned redirect = (unsigned)json_integer_value(json_object_get(q, "https_redirect"));
+    uint64_t hsts = (uint64_t)json_integer_value(json_object_get(q, "hsts"));
     if (l) {
         for (size_t i = 0; i < nfds; i++) /* ours are the same sockets */
             close(fds[i]);
         if (l->def != def)
             proxy_listener_set_default(S.proxy, &l->addr, pool_ptr(def));
         l->def = def;
+        const char *dom;
+        json_t *pv;
+        json_object_foreach(routes, dom, pv)
+            if (pool_ptr(json_integer_value(pv)) &&
+                proxy_route_host(S.proxy, &l->addr, dom, pool_ptr(json_integer_value(pv))) == 0)
+                json_object_set(l->routes, dom, pv);
     } else {
-        int r = tls ? proxy_listen_fds_tls(S.proxy, &na, fds, nfds, pool_ptr(def))
-                    : proxy_listen_fds(S.proxy, &na, fds, nfds, pool_ptr(def));
-        if (r < 0)
+        int r;
+        l = listener_start(a, &na, def, tls, routes, redirect, hsts, fds, nfds, &r);
+        if (!l)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
-        l = xcalloc(1, sizeof(*l));
-        l->tls = tls;
-        snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
-        l->addr = na;
-        l->def = def;
-        l->routes = json_object();
-        l->next = S.listeners;
-        S.listeners = l;
+    }
+    if (redirect || hsts) {
+        l->redirect = tls ? 0 : redirect;
+        l->hsts = tls ? hsts : 0;
+        l->https_claimed = true;
+        listener_https_apply(l);
     }
     l->claimed = true;
     int n = proxy_listener_fds(S.proxy, &l->addr, out, DP_MAX_FDS);
@@ -870,7 +942,7 @@ static int take_over(char *err, size_t errlen)
     }
     net_set_nonblock(fd);
     struct dpw_in in = {0};
-    json_t *q = json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "op", "hello", "proto", DP_PROTO_MAX,
+    json_t *q = json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "op", "hello", "proto", proto_max(),
                           "min_proto", DP_PROTO_MIN, "pid", (int)getpid(), "role", "successor",
                           "id", 1);
     json_t *r = NULL;
@@ -943,32 +1015,18 @@ static int take_over(char *err, size_t errlen)
         if (!a || off + k > nfds || net_parse_addr(a, NULL, &na) < 0)
             break;
         int64_t def = json_integer_value(json_object_get(l, "pool"));
-        bool tls = json_is_true(json_object_get(l, "tls"));
-        int lr = tls ? proxy_listen_fds_tls(S.proxy, &na, fds + off, k, pool_ptr(def))
-                     : proxy_listen_fds(S.proxy, &na, fds + off, k, pool_ptr(def));
+        int lr;
+        struct dp_listener *dl = listener_start(
+            a, &na, def, json_is_true(json_object_get(l, "tls")), json_object_get(l, "routes"),
+            (unsigned)json_integer_value(json_object_get(l, "https_redirect")),
+            (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k, &lr);
         off += k;
-        if (lr < 0) {
+        if (!dl) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));
             continue;
         }
-        struct dp_listener *dl = xcalloc(1, sizeof(*dl));
-        snprintf(dl->addr_s, sizeof(dl->addr_s), "%s", a);
-        dl->addr = na;
-        dl->def = def;
-        dl->routes = json_deep_copy(json_object_get(l, "routes"));
         dl->claimed = true;
-        dl->tls = tls;
-        dl->redirect = (unsigned)json_integer_value(json_object_get(l, "https_redirect"));
-        dl->hsts = (uint64_t)json_integer_value(json_object_get(l, "hsts"));
         dl->https_claimed = true;
-        if (dl->redirect || dl->hsts)
-            listener_https_apply(dl);
-        const char *dom;
-        json_t *pv;
-        json_object_foreach(dl->routes, dom, pv)
-            proxy_route_host(S.proxy, &na, dom, pool_ptr(json_integer_value(pv)));
-        dl->next = S.listeners;
-        S.listeners = dl;
     }
     for (; off < nfds; off++)
         close(fds[off]);

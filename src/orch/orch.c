@@ -735,10 +735,17 @@ static void svc_reconcile(struct orch_service *s)
                 continue;
             }
             if (s->pool) {
+                /* A new replica that never passed is given up on no sooner
+                 * than unhealthy_threshold checks at the configured interval
+                 * would take: the balancer checks a backend that is not up
+                 * yet more often (to bring it in fast), which must not make
+                 * a slow-starting app fail sooner. */
                 struct proxy_backend_stats st;
+                uint64_t grace = c->health.start_period_ms +
+                                 (uint64_t)c->health.unhealthy_threshold * c->health.interval_ms;
                 if (backend_stats(s, r->name, &st) && !st.ever_healthy &&
                     st.consecutive_failures >= c->health.unhealthy_threshold &&
-                    now - r->started_ms > c->health.start_period_ms + c->health.interval_ms) {
+                    now - r->started_ms > grace) {
                     char why[128];
                     snprintf(why, sizeof(why), "failed %u health checks on %s without passing one",
                              st.consecutive_failures, c->health.path);

@@ -21,6 +21,7 @@ struct tls_xc {
     struct tls_server *srv;
     SSL *ssl;
     uint8_t st;
+    uint64_t since_ms; /* accepted, then: the handshake finished */
 };
 
 /* Per-thread staging so a response head and body go out as one TLS record
@@ -33,6 +34,7 @@ static int tls_attach(struct xconn *c, void *arg)
     t->p = arg;
     t->srv = t->p->tls; /* made before the listener (proxy_listen_tls) */
     t->st = TS_SNIFF;
+    t->since_ms = ev_time_ms();
     c->ctx = t;
     return 0;
 }
@@ -103,6 +105,7 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
             return -EPROTO;
         }
         atomic_fetch_add_explicit(&t->p->tls_handshakes, 1, memory_order_relaxed);
+        t->since_ms = ev_time_ms();
         if (SSL_session_reused(t->ssl))
             atomic_fetch_add_explicit(&t->p->tls_resumed, 1, memory_order_relaxed);
         t->st = TS_OPEN;
@@ -201,6 +204,24 @@ static void tls_close(struct xconn *c)
     c->fd = -1;
 }
 
+/* A client sends its ClientHello right after connecting, and its request
+ * right after its handshake, but maybe as separate packets: a connection
+ * accepted or done with its handshake within this time, with a handshake
+ * under way, or with bytes waiting inside OpenSSL is not idle. */
+#define TLS_SETTLE_MS 250
+
+static bool tls_busy(const struct xconn *c)
+{
+    const struct tls_xc *t = c->ctx;
+    if (!t)
+        return false;
+    if (t->st == TS_HANDSHAKE)
+        return true;
+    if (t->st == TS_OPEN && SSL_has_pending(t->ssl))
+        return true;
+    return ev_time_ms() - t->since_ms < TLS_SETTLE_MS;
+}
+
 const struct xprt_ops xprt_tls = {
     .name = "tls",
     .scheme = "https",
@@ -209,4 +230,5 @@ const struct xprt_ops xprt_tls = {
     .sendv = tls_sendv,
     .shutw = tls_shutw,
     .close = tls_close,
+    .busy = tls_busy,
 };
