@@ -448,7 +448,7 @@ def test_headless_chromium_loads_the_https_page(tako, procs, tmp_path):
                           "--disable-component-update", "--disable-sync", "--user-data-dir=" + prof,
                           "--host-resolver-rules=MAP %s 127.0.0.1" % DOMAIN,
                           "--ignore-certificate-errors-spki-list=" + pin, "--dump-dom", url],
-                         capture_output=True, text=True, timeout=90).stdout
+                         capture_output=True, text=True, timeout=240).stdout
     m = re.search(r'<h1 id="hostname">([^<]+)</h1>', dom)
     assert m, dom[:500]
     assert m.group(1) in ("scaling-web-1", "scaling-web-2", "scaling-web-3")
