@@ -375,11 +375,21 @@ static void replay(struct dpc *c)
         if (c->state != DPC_UP)
             return;
         /* Our copies go along: a data plane that restarted serves the very
-         * sockets whose queues held the connections meanwhile. */
+         * sockets whose queues held the connections meanwhile. Routes,
+         * redirect and HSTS travel in the same message, so no queued
+         * connection is accepted before they are in place (a data plane
+         * that predates them ignores these keys; the messages below still
+         * set them). */
+        json_t *routes = json_object();
+        for (size_t i = 0; i < l->nroutes; i++)
+            json_object_set_new(routes, l->routes[i].domain,
+                                json_integer((json_int_t)l->routes[i].pool->id));
         json_t *r = call_raw(c,
-                             json_pack("{s:s, s:s, s:I, s:b}", "op", "listen", "addr",
-                                       l->addr_s, "pool", (json_int_t)(l->def ? l->def->id : 0),
-                                       "tls", l->tls),
+                             json_pack("{s:s, s:s, s:I, s:b, s:o, s:i, s:I}", "op", "listen",
+                                       "addr", l->addr_s, "pool",
+                                       (json_int_t)(l->def ? l->def->id : 0), "tls", l->tls,
+                                       "routes", routes, "redirect", (int)l->redirect, "hsts",
+                                       (json_int_t)l->hsts),
                              l->fds, l->nfds, rfds, &nr);
         if (!r)
             return;
@@ -717,6 +727,31 @@ static bool r_tls_has_name(struct proxy *p, const char *host)
     return has;
 }
 
+/* TLS counters of the data plane; -ENOSYS from one that predates them. */
+static int r_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    json_t *r = call(impl(p), json_pack("{s:s}", "op", "tls_stats"));
+    if (!r)
+        return -EAGAIN;
+    if (!json_is_true(json_object_get(r, "ok"))) {
+        int rc = -(int)json_integer_value(json_object_get(r, "errno"));
+        json_decref(r);
+        return rc ? rc : -EIO;
+    }
+#define U(f) (uint64_t) json_integer_value(json_object_get(r, f))
+    out->handshakes = U("handshakes");
+    out->resumed = U("resumed");
+    out->handshake_failures = U("handshake_failures");
+    out->no_certificate = U("no_certificate");
+    out->plain_http = U("plain_http");
+    out->not_tls = U("not_tls");
+    out->certificates = (unsigned)U("certificates");
+#undef U
+    json_decref(r);
+    return 0;
+}
+
 static int r_https_flag(struct proxy *p, const struct net_addr *a, bool redirect, uint64_t v)
 {
     struct dpc *c = impl(p);
@@ -997,6 +1032,10 @@ static void l_challenge_del(struct proxy *p, const char *token)
 {
     LOCKED_VOID(PC(p), r_challenge_del(p, token));
 }
+static int l_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    return LOCKED(PC(p), r_tls_stats(p, out));
+}
 
 static const struct proxy_remote_ops dpc_ops = {
     .stop = l_stop,
@@ -1018,6 +1057,7 @@ static const struct proxy_remote_ops dpc_ops = {
     .hsts = l_hsts,
     .challenge_set = l_challenge_set,
     .challenge_del = l_challenge_del,
+    .tls_stats = l_tls_stats,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,

@@ -345,6 +345,61 @@ static json_t *h_pool_new(json_t *q)
     return json_pack("{s:b, s:I, s:b}", "ok", 1, "pool", (json_int_t)p->id, "adopted", 0);
 }
 
+/* Start a listener on handed-over (or new) sockets with its routes
+ * {domain: pool id}, redirect and HSTS in place before the first accept: a
+ * connection that waited in a handed-over queue is routed, not answered
+ * 404. Returns the listener (linked) or NULL with *rc = -errno. */
+static struct dp_listener *listener_start(const char *a, const struct net_addr *na, int64_t def,
+                                          bool tls, json_t *routes, unsigned redirect,
+                                          uint64_t hsts, int *fds, size_t nfds, int *rc)
+{
+    size_t nr = json_is_object(routes) ? json_object_size(routes) : 0, k = 0;
+    const char **doms = xcalloc(nr ? nr : 1, sizeof(*doms));
+    struct proxy_pool **pools = xcalloc(nr ? nr : 1, sizeof(*pools));
+    json_t *kept = json_object();
+    const char *dom;
+    json_t *pv;
+    if (nr)
+        json_object_foreach(routes, dom, pv)
+        {
+            struct proxy_pool *pp = pool_ptr(json_integer_value(pv));
+            if (!pp)
+                continue;
+            doms[k] = dom;
+            pools[k++] = pp;
+            json_object_set_new(kept, dom, json_integer(json_integer_value(pv)));
+        }
+    struct proxy_listen_spec spec = {
+        .fds = fds,
+        .nfds = nfds,
+        .def = pool_ptr(def),
+        .tls = tls,
+        .domains = doms,
+        .pools = pools,
+        .nroutes = k,
+        .https_redirect = tls ? 0 : redirect,
+        .hsts_s = tls ? hsts : 0,
+    };
+    *rc = proxy_listen_spec(S.proxy, na, &spec);
+    free(doms);
+    free(pools);
+    if (*rc < 0) {
+        json_decref(kept);
+        return NULL;
+    }
+    struct dp_listener *l = xcalloc(1, sizeof(*l));
+    snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
+    l->addr = *na;
+    l->def = def;
+    l->tls = tls;
+    l->redirect = spec.https_redirect;
+    l->hsts = spec.hsts_s;
+    l->routes = kept;
+    l->next = S.listeners;
+    S.listeners = l;
+    return l;
+}
+
 static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout)
 {
     const char *a = json_string_value(json_object_get(q, "addr"));
@@ -364,18 +419,13 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
         l->def = def;
     } else {
         bool tls = json_is_true(json_object_get(q, "tls"));
-        int r = tls ? proxy_listen_tls_fds(S.proxy, &na, fds, nfds, pool_ptr(def))
-                    : proxy_listen_fds(S.proxy, &na, fds, nfds, pool_ptr(def));
-        if (r < 0)
+        int r;
+        l = listener_start(a, &na, def, tls, json_object_get(q, "routes"),
+                           (unsigned)json_integer_value(json_object_get(q, "redirect")),
+                           (uint64_t)json_integer_value(json_object_get(q, "hsts")), fds, nfds,
+                           &r);
+        if (!l)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
-        l = xcalloc(1, sizeof(*l));
-        snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
-        l->addr = na;
-        l->def = def;
-        l->tls = tls;
-        l->routes = json_object();
-        l->next = S.listeners;
-        S.listeners = l;
     }
     l->claimed = true;
     int n = proxy_listener_fds(S.proxy, &l->addr, out, DP_MAX_FDS);
@@ -457,15 +507,10 @@ static json_t *h_sync_done(void)
             pool_release(p);
             pools++;
         }
-    const char *id;
-    json_t *cv, *tmp;
-    json_object_foreach_safe(S.certs, tmp, id, cv)
-    {
-        if (!json_is_true(json_object_get(cv, "claimed"))) {
-            proxy_tls_del_cert(S.proxy, id);
-            json_object_del(S.certs, id);
-        }
-    }
+    /* Certificates are not dropped here: a takod that just started installs
+     * its certificates when its certificate manager has read them, which
+     * may be after its replay ends; until then handshakes keep getting the
+     * last good ones. takod removes a certificate with cert_del. */
     return json_pack("{s:b, s:i, s:i}", "ok", 1, "pools_dropped", pools, "listeners_closed",
                      listeners);
 }
@@ -546,6 +591,16 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         if (!p)
             return err_reply(ENOENT, "no such pool");
         return json_pack("{s:b, s:o}", "ok", 1, "backends", stats_json(p->pool));
+    }
+    if (strcmp(op, "tls_stats") == 0) {
+        struct proxy_tls_stats t;
+        proxy_tls_stats(S.proxy, &t);
+        return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "ok", 1, "handshakes",
+                         (json_int_t)t.handshakes, "resumed", (json_int_t)t.resumed,
+                         "handshake_failures", (json_int_t)t.handshake_failures,
+                         "no_certificate", (json_int_t)t.no_certificate, "plain_http",
+                         (json_int_t)t.plain_http, "not_tls", (json_int_t)t.not_tls,
+                         "certificates", (int)t.certificates);
     }
     if (strcmp(op, "has_name") == 0) {
         const char *h = json_string_value(json_object_get(q, "host"));
@@ -876,32 +931,18 @@ static int take_over(char *err, size_t errlen)
             break;
         int64_t def = json_integer_value(json_object_get(l, "pool"));
         bool tls = json_is_true(json_object_get(l, "tls"));
-        int lr = tls ? proxy_listen_tls_fds(S.proxy, &na, fds + off, k, pool_ptr(def))
-                     : proxy_listen_fds(S.proxy, &na, fds + off, k, pool_ptr(def));
+        int lr;
+        struct dp_listener *dl =
+            listener_start(a, &na, def, tls, json_object_get(l, "routes"),
+                           (unsigned)json_integer_value(json_object_get(l, "redirect")),
+                           (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k,
+                           &lr);
         off += k;
-        if (lr < 0) {
+        if (!dl) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));
             continue;
         }
-        struct dp_listener *dl = xcalloc(1, sizeof(*dl));
-        snprintf(dl->addr_s, sizeof(dl->addr_s), "%s", a);
-        dl->addr = na;
-        dl->def = def;
-        dl->routes = json_deep_copy(json_object_get(l, "routes"));
         dl->claimed = true;
-        dl->tls = tls;
-        dl->redirect = (unsigned)json_integer_value(json_object_get(l, "redirect"));
-        dl->hsts = (uint64_t)json_integer_value(json_object_get(l, "hsts"));
-        if (dl->redirect)
-            proxy_listener_https_redirect(S.proxy, &na, dl->redirect);
-        if (dl->hsts)
-            proxy_listener_hsts(S.proxy, &na, dl->hsts);
-        const char *dom;
-        json_t *pv;
-        json_object_foreach(dl->routes, dom, pv)
-            proxy_route_host(S.proxy, &na, dom, pool_ptr(json_integer_value(pv)));
-        dl->next = S.listeners;
-        S.listeners = dl;
     }
     for (; off < nfds; off++)
         close(fds[off]);

@@ -484,6 +484,8 @@ void conn__close_idle_clients(struct worker *w)
         uint64_t idle_since = c->deadline - w->p->o.idle_timeout_ms;
         if (!c->x && now < idle_since + STOP_IDLE_QUIET_MS)
             continue;
+        if (c->xc.ops->busy && c->xc.ops->busy(&c->xc))
+            continue; /* e.g. mid TLS handshake: the request follows it */
         char b;
         if (recv(c->xc.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
             continue; /* a request arrived: answer it (with Connection: close) */

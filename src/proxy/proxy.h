@@ -205,6 +205,19 @@ int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t m
 void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth);
 void proxy_challenge_del(struct proxy *p, const char *token);
 
+/* TLS counters since the proxy started (all TLS listeners). */
+struct proxy_tls_stats {
+    uint64_t handshakes;         /* completed */
+    uint64_t resumed;            /* of those, resumed from a session ticket */
+    uint64_t handshake_failures; /* failed, timed out or closed mid-handshake */
+    uint64_t no_certificate;     /* no certificate installed at all */
+    uint64_t plain_http;         /* plain HTTP sent to a TLS port (answered 400) */
+    uint64_t not_tls;            /* other bytes that are not TLS (closed) */
+    unsigned certificates;       /* installed now */
+};
+/* -EAGAIN when the counters cannot be had now (a remote data plane away). */
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out);
+
 /* Prometheus text exposition of everything (what the metrics endpoint
  * serves). Caller frees. */
 char *proxy_metrics_text(struct proxy *p);

@@ -256,6 +256,9 @@ struct proxy {
     struct chal *chals;       /* ACME HTTP-01 tokens being validated */
     atomic_uint nchals;       /* fast path: no lock when zero */
     uint64_t tickets_rotated; /* control loop ms */
+    /* TLS counters (xprt_tls.c), read by proxy_tls_stats and the metrics */
+    atomic_uint_fast64_t tls_handshakes, tls_resumed, tls_failures, tls_nocert, tls_plain,
+        tls_garbage;
 };
 
 struct chal {
@@ -327,7 +330,8 @@ int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int 
 bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
 /* Whether a certificate names host[0..len) (no store yet: false). */
 bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len);
-/* The TLS transport (xprt_tls.c); its argument is the struct tls_server. */
+/* The TLS transport (xprt_tls.c); its argument is the struct proxy (its
+ * certificate store and counters). */
 extern const struct xprt_ops xprt_tls;
 void proxy__tls_tick(struct proxy *p, uint64_t now_ms);
 void proxy__tls_free(struct proxy *p);

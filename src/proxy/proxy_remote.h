@@ -31,6 +31,7 @@ struct proxy_remote_ops {
     int (*hsts)(struct proxy *p, const struct net_addr *a, uint64_t max_age_s);
     void (*challenge_set)(struct proxy *p, const char *token, const char *keyauth);
     void (*challenge_del)(struct proxy *p, const char *token);
+    int (*tls_stats)(struct proxy *p, struct proxy_tls_stats *out);
 };
 
 /* A proxy whose calls go to ops; impl is the implementation's state. */

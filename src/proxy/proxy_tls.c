@@ -57,7 +57,8 @@ struct tls_server *proxy__tls(struct proxy *p)
 int proxy_listen_tls_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
                          struct proxy_pool *default_pool)
 {
-    return proxy__listen_given(p, addr, fds, n, default_pool, &xprt_tls, proxy__tls(p));
+    proxy__tls(p); /* the store exists before the first handshake */
+    return proxy__listen_given(p, addr, fds, n, default_pool, &xprt_tls, p);
 }
 
 /* The listener's HTTPS flags, for a handover. */
@@ -79,7 +80,8 @@ int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_
 {
     if (p->rops)
         return p->rops->listen_tls(p, addr, default_pool);
-    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, proxy__tls(p));
+    proxy__tls(p); /* the store exists before the first handshake */
+    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, p);
 }
 
 bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
@@ -121,6 +123,22 @@ int proxy_tls_del_cert(struct proxy *p, const char *id)
     if (p->rops)
         return p->rops->tls_del_cert(p, id);
     return tls_server_del_cert(proxy__tls(p), id);
+}
+
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    if (p->rops)
+        return p->rops->tls_stats(p, out);
+    memset(out, 0, sizeof(*out));
+    out->handshakes = atomic_load_explicit(&p->tls_handshakes, memory_order_relaxed);
+    out->resumed = atomic_load_explicit(&p->tls_resumed, memory_order_relaxed);
+    out->handshake_failures = atomic_load_explicit(&p->tls_failures, memory_order_relaxed);
+    out->no_certificate = atomic_load_explicit(&p->tls_nocert, memory_order_relaxed);
+    out->plain_http = atomic_load_explicit(&p->tls_plain, memory_order_relaxed);
+    out->not_tls = atomic_load_explicit(&p->tls_garbage, memory_order_relaxed);
+    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
+    out->certificates = t ? (unsigned)tls_server_ncerts(t) : 0;
+    return 0;
 }
 
 bool proxy_tls_has_name(struct proxy *p, const char *host)
