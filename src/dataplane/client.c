@@ -23,7 +23,10 @@
 #include "dataplane/wire.h"
 #include "proxy/proxy_remote.h"
 
-#define CALL_TIMEOUT_MS 2000
+/* A local process that is alive answers; a dead one closes the socket at
+ * once. The bound is for one that hangs, and generous for a loaded machine
+ * serializing the stats of a thousand backends. */
+#define CALL_TIMEOUT_MS 10000
 #define READY_TIMEOUT_MS 5000
 #define CRASHLOOP_SPAWNS 5       /* restarts ... */
 #define CRASHLOOP_WINDOW_MS 60000 /* ... within this time: stop restarting */
@@ -156,6 +159,10 @@ static json_t *call_raw(struct dpc *c, json_t *q, const int *fds, size_t nfds, i
 {
     if (nrfds)
         *nrfds = 0;
+    if (!q) { /* a request we could not build: a bug here, not a dead peer */
+        log_error("data plane: request not built (invalid value)");
+        return json_pack("{s:b, s:i, s:s}", "ok", 0, "errno", EINVAL, "error", "invalid request");
+    }
     if (c->fd < 0) {
         json_decref(q);
         return NULL;
@@ -383,10 +390,12 @@ static void replay(struct dpc *c)
                   c->dp_version, c->proto, l->addr_s);
             continue;
         }
-        json_t *q = listen_msg(c, l);
-        json_t *r = c->state == DPC_UP ? call_raw(c, q, l->fds, l->nfds, rfds, &nr) : NULL;
         if (c->state != DPC_UP)
-            json_decref(q);
+            return;
+        /* Our copies go along: a data plane that restarted serves the very
+         * sockets whose queues held the connections meanwhile. call_raw
+         * consumes the request, also when the data plane goes away. */
+        json_t *r = call_raw(c, listen_msg(c, l), l->fds, l->nfds, rfds, &nr);
         if (!r)
             return;
         if (!json_is_true(json_object_get(r, "ok")))
@@ -441,15 +450,15 @@ static void send_listener_https(struct dpc *c, struct dpc_listener *l)
         reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", l->addr_s, "max_age",
                                    (json_int_t)l->hsts)));
     else
-        reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "redirect", "addr", l->addr_s,
-                                   "https_port", (int)l->redirect)));
+        reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr", l->addr_s,
+                                   "port", (int)l->redirect)));
 }
 
 /* cert_set of one mirrored pair. 0 when applied or not reachable (then the
  * replay sends it), else -errno with the data plane's message in err. */
 static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen)
 {
-    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "cert_id", id, "cert",
+    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", id, "cert",
                                   json_object_get(pair, "cert"), "key",
                                   json_object_get(pair, "key")));
     if (r && !json_is_true(json_object_get(r, "ok")))
@@ -615,6 +624,7 @@ static void disconnected(struct dpc *c, const char *why)
     c->down_since = ev_time_ms();
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
     if (on_loop) {
+        log_warn("data plane pid %d: %s; reconnecting", (int)c->dp_pid, why);
         ev_timer_start(c->loop, &c->retry, 0);
     } else {
         uint64_t one = 1;
@@ -808,7 +818,7 @@ static int r_tls_del_cert(struct proxy *p, const char *id)
     json_object_del(c->certs, id);
     if (c->proto < 2)
         return 0;
-    return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "cert_del", "cert_id", id)));
+    return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "cert_del", "name", id)));
 }
 
 static bool r_tls_has_name(struct proxy *p, const char *host)
@@ -816,7 +826,7 @@ static bool r_tls_has_name(struct proxy *p, const char *host)
     struct dpc *c = impl(p);
     if (c->proto < 2)
         return false;
-    json_t *r = call(c, json_pack("{s:s, s:s}", "op", "tls_has_name", "host", host));
+    json_t *r = call(c, json_pack("{s:s, s:s}", "op", "has_name", "host", host));
     bool has = r && json_is_true(json_object_get(r, "has"));
     json_decref(r);
     return has;
@@ -841,8 +851,8 @@ static int r_https_setting(struct proxy *p, const struct net_addr *a, bool tls, 
     if (tls)
         return reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", as, "max_age",
                                           (json_int_t)v)));
-    return reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "redirect", "addr", as,
-                                      "https_port", (int)v)));
+    return reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr", as,
+                                      "port", (int)v)));
 }
 
 static int r_https_redirect(struct proxy *p, const struct net_addr *a, unsigned https_port)

@@ -81,6 +81,7 @@ static struct {
     json_t *certs, *chals, *chals_claimed;
     bool handing_over; /* a successor has our state: no more changes */
     bool handed_over;  /* it serves: we finish and exit */
+    ino_t sock_ino;    /* the path's inode as we bound it: still ours? */
     uint64_t started_ms;
 } S;
 
@@ -123,6 +124,8 @@ const char *dp_build_id(void)
     id[12] = '\0';
     return id;
 }
+
+static void conn_close(struct dp_conn *c);
 
 /* The highest protocol version served: DP_PROTO_MAX, or lower with
  * TAKO_DATAPLANE_PROTO_MAX, so this build can stand in for an older data
@@ -312,6 +315,10 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         pid_t pid = (pid_t)json_integer_value(json_object_get(q, "pid"));
         if (S.handing_over || S.handed_over || S.lfd < 0)
             return err_reply(EAGAIN, "handing over to a new data-plane process: retry");
+        /* The same takod coming back on a new connection before we saw its
+         * old one close: the old one is dead to it. */
+        if (S.driver && S.driver != c && pid == S.driver_pid && (uint64_t)epoch == S.epoch)
+            conn_close(S.driver);
         if (S.driver && S.driver != c)
             return err_reply(EBUSY, "already driven by takod pid %d (epoch %llu)",
                              (int)S.driver_pid, (unsigned long long)S.epoch);
@@ -517,10 +524,10 @@ static int cert_install(const char *id, json_t *cert, json_t *key, char *err, si
 
 static json_t *h_https(const char *op, json_t *q)
 {
-    const char *id = json_string_value(json_object_get(q, "cert_id"));
+    const char *id = json_string_value(json_object_get(q, "name"));
     if (strcmp(op, "cert_set") == 0) {
         if (!id || !*id)
-            return err_reply(EINVAL, "cert_set needs cert_id");
+            return err_reply(EINVAL, "cert_set needs name");
         char err[512] = "";
         int r = cert_install(id, json_object_get(q, "cert"), json_object_get(q, "key"), err,
                              sizeof(err));
@@ -529,7 +536,7 @@ static json_t *h_https(const char *op, json_t *q)
     }
     if (strcmp(op, "cert_del") == 0) {
         if (!id)
-            return err_reply(EINVAL, "cert_del needs cert_id");
+            return err_reply(EINVAL, "cert_del needs name");
         json_t *old = json_object_get(S.certs, id);
         if (old)
             secret_free(old);
@@ -562,10 +569,10 @@ static json_t *h_https(const char *op, json_t *q)
     struct dp_listener *l = a ? listener_by_addr(a) : NULL;
     if (!l)
         return err_reply(ENOENT, "no listener %s", a ? a : "(none)");
-    if (strcmp(op, "redirect") == 0) {
+    if (strcmp(op, "https_redirect") == 0) {
         if (l->tls)
             return err_reply(EINVAL, "%s is an HTTPS listener: it cannot redirect to HTTPS", a);
-        l->redirect = (unsigned)json_integer_value(json_object_get(q, "https_port"));
+        l->redirect = (unsigned)json_integer_value(json_object_get(q, "port"));
     } else {
         if (!l->tls)
             return err_reply(EINVAL, "%s is a plain HTTP listener: HSTS needs HTTPS", a);
@@ -732,7 +739,7 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         return h_handover(c, out, nout);
     if (strcmp(op, "tls_stats") == 0)
         return tls_stats_json();
-    if (strcmp(op, "tls_has_name") == 0) {
+    if (strcmp(op, "has_name") == 0) {
         const char *h = json_string_value(json_object_get(q, "host"));
         return json_pack("{s:b, s:b}", "ok", 1, "has", h && proxy_tls_has_name(S.proxy, h));
     }
@@ -743,7 +750,7 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
     static const char *const mutating[] = {
         "pool_new", "pool_set",      "pool_free",     "listen",   "unlisten", "route",
         "set_default", "sync_done",  "cert_set",      "cert_del", "challenge_set",
-        "challenge_del", "redirect", "hsts"};
+        "challenge_del", "https_redirect", "hsts"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_LEN(mutating); i++)
         known |= strcmp(op, mutating[i]) == 0;
@@ -770,7 +777,7 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
     if (strcmp(op, "sync_done") == 0)
         return h_sync_done();
     if (strncmp(op, "cert_", 5) == 0 || strncmp(op, "challenge_", 10) == 0 ||
-        strcmp(op, "redirect") == 0 || strcmp(op, "hsts") == 0)
+        strcmp(op, "https_redirect") == 0 || strcmp(op, "hsts") == 0)
         return h_https(op, q);
     if (strcmp(op, "unlisten") == 0) {
         const char *a = json_string_value(json_object_get(q, "addr"));
@@ -887,12 +894,21 @@ static int control_listen(void)
         return -e;
     }
     S.lfd = fd;
+    struct stat st;
+    if (stat(S.sock, &st) == 0)
+        S.sock_ino = st.st_ino;
     ev_io_init(&S.lio, fd, on_accept, NULL);
     ev_io_start(&S.loop, &S.lio, EPOLLIN);
-    FILE *f = fopen(S.pidfile, "w");
+    /* Written aside and renamed: a reader never sees an empty file. */
+    char ptmp[4300];
+    snprintf(ptmp, sizeof(ptmp), "%s.%d", S.pidfile, (int)getpid());
+    FILE *f = fopen(ptmp, "w");
     if (f) {
         fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
+        if (fclose(f) == 0)
+            rename(ptmp, S.pidfile);
+        else
+            unlink(ptmp);
     }
     return 0;
 }
@@ -904,10 +920,18 @@ static void stop_serving(const char *why)
     log_info("dataplane: %s: finishing in-flight requests", why);
     if (S.lfd >= 0) {
         ev_io_stop(&S.loop, &S.lio);
-        if (!S.handed_over) {
-            struct stat a, b;
-            if (stat(S.sock, &a) == 0 && fstat(S.lfd, &b) == 0 && a.st_ino == b.st_ino)
-                unlink(S.sock);
+        struct stat a;
+        if (!S.handed_over && stat(S.sock, &a) == 0 && a.st_ino == S.sock_ino) {
+            unlink(S.sock);
+            FILE *f = fopen(S.pidfile, "r");
+            int pid = 0;
+            if (f) {
+                if (fscanf(f, "%d", &pid) != 1)
+                    pid = 0;
+                fclose(f);
+            }
+            if (pid == (int)getpid())
+                unlink(S.pidfile);
         }
         close(S.lfd);
         S.lfd = -1;

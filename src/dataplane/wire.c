@@ -161,10 +161,11 @@ int dpw_recv(int fd, struct dpw_in *in, json_t **msg, int *fds, size_t *nfds, in
         int r = dpw_take(in, msg, fds, nfds);
         if (r != 0)
             return r < 0 ? r : 0;
-        if ((r = dpw_fill(fd, in)) < 0)
-            return r;
-        if (dpw_take(in, msg, fds, nfds) == 1)
-            return 0;
+        int f = dpw_fill(fd, in);
+        if ((r = dpw_take(in, msg, fds, nfds)) != 0) /* what came before the end counts */
+            return r < 0 ? r : 0;
+        if (f < 0)
+            return f;
         if ((r = wait_fd(fd, POLLIN, deadline)) < 0)
             return r;
     }
