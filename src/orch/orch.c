@@ -146,6 +146,11 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
     po->drain_timeout_ms = c->deploy.drain_timeout_ms;
     if (c->lb_cookie)
         po->sticky_cookie = c->lb_cookie;
+    po->max_conns_per_backend = c->lb_max_conns;
+    po->max_queue = c->lb_max_queue;
+    po->queue_timeout_ms = c->lb_queue_timeout_ms;
+    po->body_timeout_ms = c->lb_body_timeout_ms;
+    po->min_body_rate = c->lb_min_body_rate;
     /* A deploy waits for a healthy replica anyway; keep the default wait. */
 }
 
@@ -161,10 +166,13 @@ static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG
     /* The path itself is per backend (each replica is checked on its own
      * revision's path), so a changed path needs no new pool. */
     char head[256];
-    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|", (int)po->strategy,
-                     po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|%u|%u|%llu|%llu|%u|",
+                     (int)po->strategy, po->health_path ? "http" : "tcp",
+                     (unsigned long long)po->health_interval_ms,
                      (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
-                     (unsigned long long)po->drain_timeout_ms);
+                     (unsigned long long)po->drain_timeout_ms, po->max_conns_per_backend,
+                     po->max_queue, (unsigned long long)po->queue_timeout_ms,
+                     (unsigned long long)po->body_timeout_ms, po->min_body_rate);
     struct sha256 h;
     sha256_init(&h);
     sha256_update(&h, head, w > 0 ? (size_t)w : 0);
