@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +127,13 @@ const char *dp_build_id(void)
 }
 
 static void conn_close(struct dp_conn *c);
+
+/* Whether the peer of c has closed its end (it died or went away). */
+static bool conn_peer_closed(struct dp_conn *c)
+{
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
 
 /* The highest protocol version served: DP_PROTO_MAX, or lower with
  * TAKO_DATAPLANE_PROTO_MAX, so this build can stand in for an older data
@@ -324,6 +332,10 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         /* The same takod coming back on a new connection before we saw its
          * old one close: the old one is dead to it. */
         if (S.driver && S.driver != c && pid == S.driver_pid && (uint64_t)epoch == S.epoch)
+            conn_close(S.driver);
+        /* A driver that died (its end closed) but whose close this loop has
+         * not handled yet — both may be in one batch of events — is gone. */
+        if (S.driver && S.driver != c && conn_peer_closed(S.driver))
             conn_close(S.driver);
         if (S.driver && S.driver != c)
             return err_reply(EBUSY, "already driven by takod pid %d (epoch %llu)",

@@ -266,7 +266,7 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
         # A driver with a newer epoch holds it: a takod starting now is
         # refused rather than driving the same data plane twice.
         r = c.call(op="hello", proto=1, role="driver", epoch=epoch + 1, pid=os.getpid())
-        assert r["ok"]
+        assert r["ok"], r
         r = tako.run("daemon", "--foreground", check=None, timeout=30)
         assert r.returncode != 0 and "already driven" in r.stderr, r.stderr
     finally:
