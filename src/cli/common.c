@@ -97,7 +97,10 @@ int cli_target_load(struct cli_target *t, bool need_file, bool need_env)
         fprintf(stderr, "\n");
         return EXIT_USAGE;
     }
-    return cli_remote_open(t);
+    int rc = cli_remote_open(t);
+    if (rc)
+        cli_target_free(t); /* callers return at once on an error */
+    return rc;
 }
 
 void cli_target_free(struct cli_target *t)

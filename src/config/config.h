@@ -133,6 +133,7 @@ struct cfg_service {
     char *workdir;   /* absolute; default: build */
     char *image;     /* NULL when not set */
     char *runtime;   /* "process" (default) | "docker"; the environment's runtime: when unset */
+    char *network;   /* runtime docker: "host" (default) | "bridge" */
     /* where runtime (or the service) is written, "FILE:LINE:COL" and its key
      * path, for errors found later (Docker not reachable); "" unknown */
     char runtime_at[300];

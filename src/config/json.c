@@ -43,6 +43,7 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(j, "workdir", str_or_null(s->workdir));
     json_object_set_new(j, "image", str_or_null(s->image));
     json_object_set_new(j, "runtime", json_string(s->runtime ? s->runtime : "process"));
+    json_object_set_new(j, "network", json_string(s->network ? s->network : "host"));
     json_object_set_new(j, "port", json_integer(s->port));
     json_object_set_new(j, "replicas", json_integer(s->replicas));
     const struct cfg_autoscale *a = &s->autoscale;
@@ -296,6 +297,8 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     /* revisions stored before runtime: existed ran as processes */
     json_t *rtv = json_object_get(j, "runtime");
     s->runtime = xstrdup(json_is_string(rtv) ? json_string_value(rtv) : "process");
+    json_t *nwv = json_object_get(j, "network");
+    s->network = xstrdup(json_is_string(nwv) ? json_string_value(nwv) : "host");
     s->port = (unsigned)rd_uint(&r, j, "port", "service", 65535);
     s->replicas = (unsigned)rd_uint(&r, j, "replicas", "service", CFG_MAX_REPLICAS);
 

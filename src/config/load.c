@@ -581,6 +581,7 @@ static bool valid_env_key(const char *s)
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 static const char *const runtime_names[] = {"process", "docker"};
+static const char *const network_names[] = {"host", "bridge"};
 
 /* The strategies are the balancer's table (proxy/lb_table.c): a strategy
  * added there is valid here with no change. */
@@ -624,6 +625,7 @@ void cfg__service_defaults(struct cfg_service *s, const char *dir)
 {
     s->build = xstrdup(dir);
     s->runtime = xstrdup("process");
+    s->network = xstrdup("host");
     s->replicas = 1;
     s->autoscale = (struct cfg_autoscale){
         .enabled = false,
@@ -669,6 +671,7 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->workdir);
     free(s->image);
     free(s->runtime);
+    free(s->network);
     free(s->lb_cookie);
     free(s->health.path);
     if (s->proxy.domains)
@@ -1098,12 +1101,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_ENVFILE,
         K_RESTART,
         K_RESOURCES,
-        K_RUNTIME
+        K_RUNTIME,
+        K_NETWORK
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources",    "runtime"};
+                                       "restart", "resources",    "runtime",      "network"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -1230,6 +1234,18 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     free(rp);
 
     load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    int nw = 0;
+    if (set_enum(c, v[K_NETWORK], path, "network", "network", network_names,
+                 ARRAY_LEN(network_names), &nw)) {
+        free(s->network);
+        s->network = xstrdup(network_names[nw]);
+        if (nw == 1 && strcmp(s->runtime, "docker") != 0)
+            err_key(c, v[K_NETWORK], path, "network",
+                    "network: bridge is for runtime: docker (a process shares the host's network)");
+        if (nw == 1 && !has_port)
+            err_key(c, v[K_NETWORK], path, "network",
+                    "network: bridge publishes the service's port; the service has none");
+    }
     if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");

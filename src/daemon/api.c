@@ -224,6 +224,8 @@ void api_stream_end(struct api_conn *c)
 
 bool api_conn_alive(const struct api_conn *c) { return !c->sock_closed; }
 
+size_t api_conn_pending(const struct api_conn *c) { return c->out_len - c->out_off; }
+
 static int hexval(char ch)
 {
     if (ch >= '0' && ch <= '9')

@@ -991,6 +991,9 @@ static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *
     int rc = q->id ? reply_rc(call(q->c, json_pack("{s:s, s:I, s:o}", "op", "pool_set", "pool",
                                                    (json_int_t)q->id, "backends", bs)))
                    : 0;
+    if (rc < 0)
+        log_error("data plane refused the %zu backends of pool %s: %s", n,
+                  json_string_value(json_object_get(q->opts, "name")), strerror(-rc));
     if (!q->id)
         json_decref(bs);
     return rc;

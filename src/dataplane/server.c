@@ -233,16 +233,13 @@ static struct dp_pool *pool_create(json_t *opts, int64_t id)
 
 static int pool_set(struct dp_pool *p, json_t *backends)
 {
-    /* Sized from the message: a set holds every replica plus the surge of
-     * a rolling update, up to the configuration's replica limit and more. */
-    size_t max = json_is_array(backends) ? json_array_size(backends) : 0;
+    /* As many as takod sends (a service may have a thousand replicas). */
+    size_t max = json_array_size(backends);
+    if (max > DP_MAX_BACKENDS)
+        return -E2BIG;
     struct proxy_backend_spec *specs = xcalloc(max ? max : 1, sizeof(*specs));
     int n = specs_parse(backends, specs, max);
-    if (n < 0) {
-        free(specs);
-        return n;
-    }
-    int r = proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    int r = n < 0 ? n : proxy_pool_set_backends(p->pool, specs, (size_t)n);
     free(specs);
     if (r == 0) {
         json_decref(p->backends);

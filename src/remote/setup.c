@@ -148,6 +148,8 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
     kv(out, "systemd", systemd, sizeof(systemd));
     kv(out, "home", home, sizeof(home));
     kv(out, "takod", takod, sizeof(takod));
+    if (strspn(takod, "0123456789") != strlen(takod)) /* a pid, or not running */
+        takod[0] = '\0';
     kv(out, "port", port, sizeof(port));
     kv(out, "free_kb", freekb, sizeof(freekb));
     kv(out, "unit", unit, sizeof(unit));
@@ -276,8 +278,15 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         /* No systemd: takod detaches itself (double fork, own session), so it
          * outlives this ssh session; any later command starts it again through
          * `tako daemon --stdio` if it is gone. */
-        char *cmd = xasprintf("%ssh -c '%s" REMOTE_BIN " daemon >/dev/null'", sudo,
-                              takod[0] ? REMOTE_BIN " daemon --stop >/dev/null; " : "");
+        /* A restart waits (up to 10 s) for the old takod to be gone, so the new
+         * one takes over the data plane now rather than on the next command. */
+        char *stop = takod[0] ? xasprintf(REMOTE_BIN " daemon --stop >/dev/null; i=0; "
+                                          "while kill -0 %s 2>/dev/null && [ $i -lt 200 ]; do "
+                                          "sleep 0.05; i=$((i+1)); done; ",
+                                          takod)
+                              : xstrdup("");
+        char *cmd = xasprintf("%ssh -c '%s" REMOTE_BIN " daemon >/dev/null'", sudo, stop);
+        free(stop);
         int r = must(c, "starting takod", cmd, -1, err, errlen);
         free(cmd);
         if (r < 0)

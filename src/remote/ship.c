@@ -343,6 +343,7 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
     int rc = -1;
     char *man = NULL, *out = NULL, *eout = NULL;
     int pfd = -1;
+    char **lines = NULL;
     if (walk_dir(&w, "", 0) < 0) {
         snprintf(err, errlen, "cannot read the build directory: %s", w.err);
         goto out;
@@ -352,7 +353,7 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         if (w.e[i].type == 'f' && is_secret_name(w.e[i].path))
             w.e[i].mode = 0600;
     size_t mlen = 0;
-    char **lines = manifest_lines(&w);
+    lines = manifest_lines(&w);
     man = join_lines(lines, w.n, &mlen);
     struct sha256 h;
     sha256_init(&h);
@@ -418,9 +419,6 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         dprintf(pfd, "B %s %llu\n", e->sha, e->size);
         if (pack_file(pfd, ap, e->size) < 0) {
             snprintf(err, errlen, "%s: changed while being sent, or unreadable", ap);
-            for (size_t k = 0; k < w.n; k++)
-                free(lines[k]);
-            free(lines);
             for (size_t k = 0; k < nbsha; k++)
                 free(bsha[k]);
             free(bsha);
@@ -453,9 +451,6 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         dprintf(pfd, "M %zu\n", mlen);
         write_all(pfd, man, mlen);
     }
-    for (size_t k = 0; k < w.n; k++)
-        free(lines[k]);
-    free(lines);
     for (size_t k = 0; k < nbsha; k++)
         free(bsha[k]);
     free(bsha);
@@ -482,6 +477,9 @@ out:
     free(out);
     free(eout);
     free(man);
+    for (size_t i = 0; lines && i < w.n; i++)
+        free(lines[i]);
+    free(lines);
     for (size_t i = 0; i < w.n; i++) {
         free(w.e[i].path);
         free(w.e[i].link);

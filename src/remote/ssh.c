@@ -18,8 +18,6 @@
 #define SSH_MAX_ARGS 48
 #define SSH_MAX_SESSIONS 64
 
-unsigned long long ssh_bytes_sent;
-
 struct ssh_conn {
     char name[128];
     char where[512];
@@ -94,6 +92,9 @@ static void classify(const char *name, const char *where, const char *host, cons
         const char *p = strstr(e, "SHA256:");
         if (p)
             sscanf(p, "%127s", fp);
+        size_t fl = strlen(fp);
+        if (fl > 1 && fp[fl - 1] == '.') /* the end of ssh's sentence */
+            fp[fl - 1] = '\0';
         snprintf(msg, len,
                  "server %s (%s): its host key changed; the key it sent now has fingerprint %s. "
                  "Refusing to connect. If the server was reinstalled, remove the old key with "
@@ -175,11 +176,6 @@ int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *
         if (efd >= 0)
             close(efd);
         return -e;
-    }
-    if (in_fd >= 0) {
-        struct stat st;
-        if (fstat(in_fd, &st) == 0 && S_ISREG(st.st_mode))
-            ssh_bytes_sent += (unsigned long long)st.st_size;
     }
     const char *argv[SSH_MAX_ARGS];
     char ctlopt[256], hkopt[64];

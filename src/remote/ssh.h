@@ -59,8 +59,4 @@ int ssh_exec(struct ssh_conn *c, const char *cmd);
  * the ssh pid or -errno. */
 pid_t ssh_spawn(struct ssh_conn *c, const char *cmd, int *fd);
 
-/* Bytes this command sent to / received from servers through ssh_run's
- * inputs and outputs (not counting ssh's own framing). */
-extern unsigned long long ssh_bytes_sent;
-
 #endif

@@ -166,6 +166,11 @@ class Host:
         with open("/sys/class/net/%s/statistics/tx_bytes" % self.veth) as f:
             return int(f.read())
 
+    def ssh_connections(self):
+        """TCP connections sshd accepted so far (its log says one line each)."""
+        with open(self.log_path, errors="replace") as f:
+            return sum(1 for line in f if line.startswith("Connection from "))
+
     def nsexec(self, *argv, timeout=30):
         return subprocess.run(["ip", "netns", "exec", self.ns] + list(argv), capture_output=True,
                               text=True, timeout=timeout)

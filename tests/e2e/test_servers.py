@@ -8,13 +8,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 
 import pytest
 
-from conftest import ROOT, TAKO, http_json, kill_takod_tree, wait_for
+from conftest import ROOT, TAKO, Load, http_json, kill_takod_tree, wait_for
 from hosts import Net
 
 EXAMPLE = os.path.join(ROOT, "examples", "scaling")
@@ -32,11 +33,11 @@ class Remote:
         self.env = {"TAKO_HOME": home, "NO_COLOR": "1", "SERVER_HOST": host.ip}
         self.env.update(keys.tako_env())
 
-    def run(self, *args, check=None, timeout=240, env=None):
+    def run(self, *args, check=None, timeout=240, env=None, binary=TAKO):
         e = dict(os.environ)
         e.update(self.env)
         e.update(env or {})
-        r = subprocess.run([TAKO] + list(args), env=e, cwd=self.dir, capture_output=True,
+        r = subprocess.run([binary] + list(args), env=e, cwd=self.dir, capture_output=True,
                            text=True, timeout=timeout)
         if check is not None and r.returncode != check:
             raise AssertionError("tako %s exited %d (wanted %d)\nstdout:\n%s\nstderr:\n%s" % (
@@ -130,8 +131,12 @@ def test_setup_again_changes_nothing(seed):
 
 def test_redeploy_without_change_sends_no_app_bytes(seed):
     before = seed.host.tx_bytes()
+    conns = seed.host.ssh_connections()
     r = seed.run("deploy", "prod", check=0)
     sent = seed.host.tx_bytes() - before
+    # setup's checks, the lock, the file comparison, the deploy and the ps
+    # that follows: all over one TCP connection.
+    assert seed.host.ssh_connections() - conns == 1
     assert re.search(r"web: files unchanged on server prod \(\d+ files, nothing sent\)", r.stdout)
     assert "nothing changed" in r.stdout.lower() or "unchanged" in r.stdout.lower(), r.stdout
     # Everything this machine sent to the host during the command: ssh's
@@ -157,6 +162,48 @@ def test_one_changed_file_sends_about_that_file(seed):
     assert names == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
 
 
+def test_ignore_files_and_secrets_mode(seed):
+    with open(os.path.join(seed.dir, ".takoignore"), "w") as f:
+        f.write("# not for the server\nnotes/\n*.log\n!keep.log\n")
+    os.makedirs(os.path.join(seed.dir, "notes"), exist_ok=True)
+    for name, text in (("notes/todo.txt", "private\n"), ("debug.log", "x\n"),
+                       ("keep.log", "kept\n"), (".env", "API_TOKEN=s3cret-value\n")):
+        with open(os.path.join(seed.dir, name), "w") as f:
+            f.write(text)
+    os.chmod(os.path.join(seed.dir, ".env"), 0o644)
+    r = seed.run("deploy", "prod", check=0)
+    assert "s3cret-value" not in r.stdout + r.stderr
+    tree = seed.keys.ssh(seed.host.ip, "sh", "-c",
+                         "'ls -t /var/lib/tako/apps/scaling/web/*.manifest | head -1'")
+    d = tree.stdout.strip()[:-len(".manifest")]
+    ls = seed.keys.ssh(seed.host.ip, "sh", "-c", "'cd %s && ls -a && stat -c %%a .env'" % d)
+    names = ls.stdout.split()
+    assert "index.js" in names and "keep.log" in names and ".env" in names, names
+    assert "notes" not in names and "debug.log" not in names and ".takoignore" in names
+    assert names[-1] == "600", ls.stdout
+
+
+def test_one_connection_per_command(seed):
+    for args in (["ps", "prod", "--instances"], ["stats", "prod"], ["history", "prod"]):
+        conns = seed.host.ssh_connections()
+        seed.run(*args, check=0)
+        assert seed.host.ssh_connections() - conns == 1, args
+
+
+@pytest.mark.slow
+def test_scale_and_restart_under_load_lose_nothing(seed):
+    with Load(80, host=seed.host.ip, headers={"Host": domain(seed.host.ip)}, clients=8,
+              max_seconds=180, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="traffic")
+        seed.run("scale", "prod", "web=5", check=0)
+        seed.run("scale", "prod", "web=1", check=0)
+        seed.run("scale", "prod", "web=3", check=0)
+        seed.run("restart", "prod", check=0)
+        ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert ok > 100
+
+
 def test_day_two_commands_on_the_server(seed):
     assert len(replica_pids(seed)) == 3
     ps = seed.run("ps", "prod", "--instances", check=0).stdout
@@ -165,6 +212,20 @@ def test_day_two_commands_on_the_server(seed):
     assert "scaling-web-1" in st
     logs = seed.run("logs", "-e", "prod", "--tail", "5", check=0).stdout
     assert re.search(r"^scaling-web-\d+ \| ", logs, re.M), logs
+    # The README's `tako logs prod -f`: follows until interrupted.
+    e = dict(os.environ)
+    e.update(seed.env)
+    f = subprocess.Popen([TAKO, "logs", "prod", "-f", "--tail", "1"], env=e, cwd=seed.dir,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = f.stdout.readline()
+        assert re.match(r"scaling-web-\d+ \| ", first), first
+        f.send_signal(signal.SIGINT)
+        f.wait(30)
+    finally:
+        if f.poll() is None:
+            f.kill()
+            f.wait()
     seed.run("scale", "prod", "web=5", check=0)
     assert {seed.instance() for _ in range(10)} == {"scaling-web-%d" % i for i in range(1, 6)}
     seed.run("scale", "prod", "web=1", check=0)
@@ -205,6 +266,67 @@ def test_deploy_lock_shows_the_holder_and_waits(seed):
         if holder.poll() is None:
             holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_during_a_deploy_leaves_the_server_converging(seed):
+    with open(os.path.join(seed.dir, "index.js"), "a") as f:
+        f.write("\n// interrupted deploy\n")
+    e = dict(os.environ)
+    e.update(seed.env)
+    p = subprocess.Popen([TAKO, "deploy", "prod"], env=e, cwd=seed.dir, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    rev = None
+    try:
+        for line in p.stdout:
+            m = re.search(r"deploying revision ([0-9a-f]{12})", line)
+            if m:
+                rev = m.group(1)
+            if rev and "starting scaling-web" in line:
+                p.send_signal(signal.SIGINT)
+                break
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert rev and p.returncode != 0
+    # takod on the server finishes the rollout it was given: one revision.
+
+    def converged():
+        js = json.loads(seed.run("ps", "prod", "--output", "json", check=0).stdout)
+        reps = [r for s in js["services"] for r in s["replicas"]]
+        return len(reps) == 3 and {r["revision"] for r in reps} == {rev} and \
+            all(r.get("state") == "running" for r in reps)
+    wait_for(converged, timeout=120, interval=0.5, what="the server to converge on " + rev)
+    # The interrupted deploy's lock went with its ssh session.
+    r = seed.run("deploy", "prod", check=0)
+    assert "files unchanged" in r.stdout
+
+
+@pytest.mark.slow
+def test_upgrading_tako_on_the_server_drops_no_request(seed, tmp_path):
+    # Another build of tako: the same program with other bytes (an ELF file
+    # ignores what follows its sections), so its sha256 differs.
+    newer = str(tmp_path / "tako")
+    shutil.copy(TAKO, newer)
+    with open(newer, "ab") as f:
+        f.write(b"\0" * 64 + b"another build of tako")
+    os.chmod(newer, 0o755)
+    seed.run("deploy", "prod", check=0)
+    with Load(80, host=seed.host.ip, headers={"Host": domain(seed.host.ip)}, clients=8,
+              max_seconds=120, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="traffic")
+        r = seed.run("setup", "prod", check=0, binary=newer)
+        assert "server prod: tako updated at /usr/local/bin/tako" in r.stdout, r.stdout
+        assert "takod restarted" in r.stdout, r.stdout
+        after = load.ok
+        wait_for(lambda: load.ok > after + 200, timeout=30, what="traffic after the upgrade")
+        ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    assert len(replica_pids(seed)) == 3
+    # The new takod runs the new file, and the replicas kept serving throughout.
+    r = seed.run("setup", "prod", check=0, binary=newer)
+    assert "nothing changed" in r.stdout, r.stdout
 
 
 # ---- failures: each names the server and changes nothing ----
@@ -297,3 +419,26 @@ def test_port_in_use_is_reported_before_anything_changes(fresh, procs):
     assert "server prod (root@%s:22) cannot run tako:" % fresh.host.ip in r.stderr
     assert re.search(r"port 80 is in use by another program \(.*python3", r.stderr), r.stderr
     assert nothing_installed(fresh)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    (tmp_path / "tako.yaml").write_text(
+        "project:\n  name: tiny\nservers:\n  prod:\n    host: 192.0.2.10\n"
+        "    hostKeys: sometimes\nenvironments:\n  production:\n    servers: [prod]\n"
+        "    services:\n      web:\n        command: [sleep, '100']\n")
+    r = subprocess.run([TAKO, "validate"], cwd=str(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(r"tako\.yaml:6:\d+: servers\.prod\.hostKeys: invalid value \"sometimes\" "
+                     r"\(expected accept-new or strict\)", r.stderr + r.stdout), r.stderr
+
+
+def test_missing_ssh_key_file_is_named(tmp_path):
+    (tmp_path / "tako.yaml").write_text(
+        "project:\n  name: tiny\nservers:\n  prod:\n    host: 192.0.2.10\n"
+        "    sshKey: ~/.ssh/nope\nenvironments:\n  production:\n    servers: [prod]\n"
+        "    services:\n      web:\n        command: [sleep, '100']\n")
+    env = dict(os.environ, HOME=str(tmp_path), TAKO_HOME=str(tmp_path / "home"))
+    r = subprocess.run([TAKO, "deploy", "prod"], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "server prod: sshKey %s/.ssh/nope: No such file or directory" % tmp_path in r.stderr
