@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -56,15 +57,24 @@ struct dpc_listener {
     size_t nroutes;
     int fds[DP_MAX_FDS]; /* our copies of the data plane's sockets */
     size_t nfds;
-    bool tls;
-    unsigned redirect; /* HTTPS redirect port */
-    uint64_t hsts;
+    bool tls;          /* HTTPS entrypoint (protocol 2) */
+    unsigned redirect; /* plain: 308 to this HTTPS port */
+    uint64_t hsts;     /* TLS: Strict-Transport-Security max-age */
     struct dpc_listener *next;
 };
 
 enum dpc_state { DPC_UP, DPC_DOWN, DPC_CRASHLOOP, DPC_FENCED, DPC_DETACHED };
 
 struct dpc {
+    /* takod calls the proxy API from its loop thread and from the ACME
+     * thread (certificates, challenges): one exchange at a time, and the
+     * mirror changes under this lock (recursive: replay calls the same
+     * functions). Watchers and timers are only touched on the loop thread;
+     * another thread that loses the connection kicks the loop. */
+    pthread_mutex_t lock;
+    pthread_t loop_thread;
+    int kick_fd;
+    struct ev_io kick_io;
     struct ev_loop *loop;
     struct proxy *proxy;
     char sock[4200], exe[4096], logpath[4200];
@@ -87,16 +97,10 @@ struct dpc {
     void *data;
     struct dpc_pool *pools;
     struct dpc_listener *listeners;
-    json_t *certs; /* {id: {cert, key}} PEM text, replayed into a new data plane */
-    json_t *chals; /* {token: keyauth} */
-    /* The proxy API may be called from any thread (the ACME thread installs
-     * certificates and tokens): one call on the connection at a time. Timers
-     * and the watcher belong to the loop thread; another thread that finds
-     * the connection broken shuts it down, and the loop thread's watcher
-     * then sees the end and reconnects. */
-    pthread_mutex_t lock;
-    pthread_t loop_thread;
-    bool broken;
+    int proto; /* agreed with the connected data plane */
+    /* HTTPS state to replay: {id: {cert, key}} (PEM; never logged),
+     * {token: keyauth} */
+    json_t *certs, *chals;
 };
 
 static void event(struct dpc *c, const char *level, const char *kind, const char *fmt, ...)
@@ -114,7 +118,9 @@ static void event(struct dpc *c, const char *level, const char *kind, const char
         log_warn("%s", msg);
     else
         log_info("%s", msg);
-    if (c->on_event)
+    /* takod's events are recorded on its loop thread (the store is not
+     * shared with the ACME thread); from elsewhere the log has it */
+    if (c->on_event && pthread_equal(pthread_self(), c->loop_thread))
         c->on_event(c->data, level, kind, msg);
 }
 
@@ -129,9 +135,7 @@ static void on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     struct dpc *c = io->data;
     pthread_mutex_lock(&c->lock);
     /* The data plane never speaks first: readable means it went away. */
-    if (c->broken)
-        disconnected(c, c->last_error[0] ? c->last_error : "connection broken");
-    else if (dpw_fill(c->fd, &c->in) < 0 || c->in.len)
+    if (c->fd >= 0 && (dpw_fill(c->fd, &c->in) < 0 || c->in.len))
         disconnected(c, "the data plane closed the control connection");
     pthread_mutex_unlock(&c->lock);
 }
@@ -140,7 +144,6 @@ static void drop_conn(struct dpc *c)
 {
     if (c->fd < 0)
         return;
-    c->broken = false;
     ev_io_stop(c->loop, &c->io);
     close(c->fd);
     c->fd = -1;
@@ -160,7 +163,7 @@ static json_t *call_raw(struct dpc *c, json_t *q, const int *fds, size_t nfds, i
         log_error("data plane: request not built (invalid value)");
         return json_pack("{s:b, s:i, s:s}", "ok", 0, "errno", EINVAL, "error", "invalid request");
     }
-    if (c->fd < 0 || c->broken) {
+    if (c->fd < 0) {
         json_decref(q);
         return NULL;
     }
@@ -325,23 +328,32 @@ static int open_conn(struct dpc *c)
     return 0;
 }
 
+static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen);
+static json_t *listen_msg(struct dpc *c, struct dpc_listener *l);
+static void send_listener_https(struct dpc *c, struct dpc_listener *l);
+
 static void replay(struct dpc *c)
 {
-    const char *name;
-    json_t *v;
-    json_object_foreach(c->certs, name, v)
-    {
-        json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", name,
-                                      "cert", json_object_get(v, "cert"), "key",
-                                      json_object_get(v, "key")));
-        if (!r)
+    /* Certificates before the TLS listeners, so no handshake finds none. */
+    if (c->proto >= 2) {
+        const char *id;
+        json_t *v;
+        json_object_foreach(c->certs, id, v)
+        {
+            char err[512];
+            if (send_cert(c, id, v, err, sizeof(err)) < 0 && c->state == DPC_UP)
+                event(c, "error", "dataplane", "data plane refused certificate %s: %s", id, err);
+        }
+        json_object_foreach(c->chals, id, v)
+            reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "challenge_set", "token", id,
+                                       "keyauth", v)));
+        if (c->state != DPC_UP)
             return;
-        json_decref(r);
-    }
-    json_object_foreach(c->chals, name, v)
-    {
-        reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "challenge_set", "token", name,
-                                   "keyauth", v)));
+    } else if (json_object_size(c->certs)) {
+        event(c, "error", "dataplane",
+              "data plane %s speaks protocol %d: it cannot serve HTTPS (protocol 2); "
+              "its certificates stay unset until it is upgraded",
+              c->dp_version, c->proto);
     }
     for (struct dpc_pool *p = c->pools; p; p = p->next) {
         if (p->freed)
@@ -372,25 +384,18 @@ static void replay(struct dpc *c)
     for (struct dpc_listener *l = c->listeners; l; l = l->next) {
         int rfds[DP_MAX_FDS];
         size_t nr = 0;
+        if (l->tls && c->proto < 2) {
+            event(c, "error", "dataplane",
+                  "data plane %s speaks protocol %d: it cannot serve HTTPS on %s (needs 2)",
+                  c->dp_version, c->proto, l->addr_s);
+            continue;
+        }
         if (c->state != DPC_UP)
             return;
         /* Our copies go along: a data plane that restarted serves the very
-         * sockets whose queues held the connections meanwhile. Routes,
-         * redirect and HSTS travel in the same message, so no queued
-         * connection is accepted before they are in place (a data plane
-         * that predates them ignores these keys; the messages below still
-         * set them). */
-        json_t *routes = json_object();
-        for (size_t i = 0; i < l->nroutes; i++)
-            json_object_set_new(routes, l->routes[i].domain,
-                                json_integer((json_int_t)l->routes[i].pool->id));
-        json_t *r = call_raw(c,
-                             json_pack("{s:s, s:s, s:I, s:b, s:o, s:i, s:I}", "op", "listen",
-                                       "addr", l->addr_s, "pool",
-                                       (json_int_t)(l->def ? l->def->id : 0), "tls", l->tls,
-                                       "routes", routes, "redirect", (int)l->redirect, "hsts",
-                                       (json_int_t)l->hsts),
-                             l->fds, l->nfds, rfds, &nr);
+         * sockets whose queues held the connections meanwhile. call_raw
+         * consumes the request, also when the data plane goes away. */
+        json_t *r = call_raw(c, listen_msg(c, l), l->fds, l->nfds, rfds, &nr);
         if (!r)
             return;
         if (!json_is_true(json_object_get(r, "ok")))
@@ -403,17 +408,80 @@ static void replay(struct dpc *c)
             memcpy(l->fds, rfds, nr * sizeof(int));
             l->nfds = nr;
         }
-        if (l->redirect)
-            reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr",
-                                       l->addr_s, "port", (int)l->redirect)));
-        if (l->hsts)
-            reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", l->addr_s,
-                                       "max_age", (json_int_t)l->hsts)));
         for (size_t i = 0; i < l->nroutes; i++)
             reply_rc(call(c, json_pack("{s:s, s:s, s:s, s:I}", "op", "route", "addr", l->addr_s,
                                        "domain", l->routes[i].domain, "pool",
                                        (json_int_t)l->routes[i].pool->id)));
+        send_listener_https(c, l);
     }
+}
+
+/* ---- HTTPS (protocol 2) ---- */
+
+static json_t *listen_msg(struct dpc *c, struct dpc_listener *l)
+{
+    json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
+                          (json_int_t)(l->def ? l->def->id : 0));
+    if (c->proto < 2)
+        return q;
+    if (l->tls) /* never to a data plane of protocol 1: it would listen in plain */
+        json_object_set_new(q, "tls", json_true());
+    /* what the listener needs before its first accept: a restarted data
+     * plane finds connections waiting in the queue of the sockets we send */
+    json_t *rt = json_object();
+    for (size_t i = 0; i < l->nroutes; i++)
+        if (l->routes[i].pool->id)
+            json_object_set_new(rt, l->routes[i].domain, json_integer(l->routes[i].pool->id));
+    json_object_set_new(q, "routes", rt);
+    if (!l->tls && l->redirect)
+        json_object_set_new(q, "https_redirect", json_integer(l->redirect));
+    if (l->tls && l->hsts)
+        json_object_set_new(q, "hsts", json_integer((json_int_t)l->hsts));
+    return q;
+}
+
+/* The redirect or HSTS of a listener, as set (also 0: the data plane turns
+ * off what a previous takod left on at sync_done only when not re-sent). */
+static void send_listener_https(struct dpc *c, struct dpc_listener *l)
+{
+    if (c->proto < 2 || (!l->tls && !l->redirect) || (l->tls && !l->hsts))
+        return;
+    if (l->tls)
+        reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", l->addr_s, "max_age",
+                                   (json_int_t)l->hsts)));
+    else
+        reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr", l->addr_s,
+                                   "port", (int)l->redirect)));
+}
+
+/* cert_set of one mirrored pair. 0 when applied or not reachable (then the
+ * replay sends it), else -errno with the data plane's message in err. */
+static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen)
+{
+    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", id, "cert",
+                                  json_object_get(pair, "cert"), "key",
+                                  json_object_get(pair, "key")));
+    if (r && !json_is_true(json_object_get(r, "ok")))
+        snprintf(err, errlen, "%s", json_string_value(json_object_get(r, "error")) ?: "refused");
+    return reply_rc(r);
+}
+
+/* Zero a PEM key before its memory is freed. */
+static void secret_free(json_t *pair)
+{
+    json_t *k = json_object_get(pair, "key");
+    if (json_is_string(k))
+        explicit_bzero((char *)json_string_value(k), json_string_length(k));
+}
+
+/* What a data plane of protocol 1 answers for HTTPS: refused, clearly. */
+static int old_dataplane(struct dpc *c, const char *what)
+{
+    event(c, "error", "dataplane",
+          "data plane %s (build %s) speaks protocol %d and cannot %s (needs protocol 2); "
+          "restart takod to upgrade it",
+          c->dp_version, c->dp_build, c->proto, what);
+    return -EPROTONOSUPPORT;
 }
 
 /* Connect to the data plane at the path, or start one; become its driver.
@@ -465,6 +533,7 @@ static int attach(struct dpc *c, bool initial, char *err, size_t errlen)
             return r;
         }
         c->epoch = want;
+        c->proto = (int)json_integer_value(json_object_get(st, "proto"));
         c->dp_pid = (pid_t)json_integer_value(json_object_get(st, "pid"));
         snprintf(c->dp_version, sizeof(c->dp_version), "%s",
                  json_string_value(json_object_get(st, "version")) ?: "?");
@@ -492,17 +561,6 @@ static int attach(struct dpc *c, bool initial, char *err, size_t errlen)
         }
         return 0;
     }
-}
-
-static void reconnect_locked(struct dpc *c);
-
-static void reconnect(struct ev_loop *loop, struct ev_timer *t)
-{
-    (void)loop;
-    struct dpc *c = t->data;
-    pthread_mutex_lock(&c->lock);
-    reconnect_locked(c);
-    pthread_mutex_unlock(&c->lock);
 }
 
 static void reconnect_locked(struct dpc *c)
@@ -544,24 +602,53 @@ static void reconnect_locked(struct dpc *c)
         log_info("data plane: attached to pid %d (was %d)", (int)c->dp_pid, (int)old);
 }
 
+static void reconnect(struct ev_loop *loop, struct ev_timer *t)
+{
+    (void)loop;
+    struct dpc *c = t->data;
+    pthread_mutex_lock(&c->lock);
+    reconnect_locked(c);
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void disconnected(struct dpc *c, const char *why)
 {
-    if (!pthread_equal(pthread_self(), c->loop_thread)) {
-        if (c->fd >= 0 && !c->broken) {
-            c->broken = true;
-            snprintf(c->last_error, sizeof(c->last_error), "%s", why);
-            shutdown(c->fd, SHUT_RDWR);
-        }
-        return;
-    }
-    drop_conn(c);
+    bool on_loop = pthread_equal(pthread_self(), c->loop_thread);
+    if (on_loop)
+        drop_conn(c);
+    else if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR); /* no more exchanges; the loop drops it */
     if (c->state != DPC_UP)
         return;
     c->state = DPC_DOWN;
     c->down_since = ev_time_ms();
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
-    log_warn("data plane pid %d: %s; reconnecting", (int)c->dp_pid, why);
-    ev_timer_start(c->loop, &c->retry, 0);
+    if (on_loop) {
+        log_warn("data plane pid %d: %s; reconnecting", (int)c->dp_pid, why);
+        ev_timer_start(c->loop, &c->retry, 0);
+    } else {
+        uint64_t one = 1;
+        ssize_t w = write(c->kick_fd, &one, sizeof(one));
+        (void)w;
+    }
+}
+
+/* Another thread lost the connection: drop it and reconnect from here. */
+static void on_kick(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
+{
+    (void)loop;
+    (void)ev;
+    struct dpc *c = io->data;
+    uint64_t n;
+    ssize_t r = read(c->kick_fd, &n, sizeof(n));
+    (void)r;
+    pthread_mutex_lock(&c->lock);
+    if (c->state == DPC_DOWN) {
+        drop_conn(c);
+        if (!ev_timer_active(&c->retry))
+            ev_timer_start(c->loop, &c->retry, 0);
+    }
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* ---- the proxy API ---- */
@@ -608,8 +695,14 @@ static void r_free(struct proxy *p)
         free(l->routes);
         free(l);
     }
+    const char *id;
+    json_t *v;
+    json_object_foreach(c->certs, id, v)
+        secret_free(v);
     json_decref(c->certs);
     json_decref(c->chals);
+    ev_io_stop(c->loop, &c->kick_io);
+    close(c->kick_fd);
     pthread_mutex_destroy(&c->lock);
     free(c->access_log);
     free(c);
@@ -633,10 +726,16 @@ static struct proxy_pool *r_pool_new(struct proxy *p, const struct proxy_pool_op
     return q->handle;
 }
 
-static int listen_any(struct proxy *p, const struct net_addr *a, struct proxy_pool *def, bool tls)
+static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy_pool *def,
+                         bool tls)
 {
     struct dpc *c = impl(p);
     char as[64];
+    if (tls && c->state == DPC_UP && c->proto < 2) {
+        char what[96];
+        snprintf(what, sizeof(what), "serve HTTPS on %s", net_addr_str(a, as, sizeof(as)));
+        return old_dataplane(c, what);
+    }
     struct dpc_listener *l = lfind(c, a, as, sizeof(as));
     if (!l) {
         l = xcalloc(1, sizeof(*l));
@@ -644,16 +743,13 @@ static int listen_any(struct proxy *p, const struct net_addr *a, struct proxy_po
         l->next = c->listeners;
         c->listeners = l;
     }
-    l->def = def ? proxy_remote_pool_impl(def) : NULL;
     l->tls = tls;
+    l->def = def ? proxy_remote_pool_impl(def) : NULL;
     if (c->state != DPC_UP)
         return 0;
     int rfds[DP_MAX_FDS];
     size_t nr = 0;
-    json_t *r = call_raw(c,
-                         json_pack("{s:s, s:s, s:I, s:b}", "op", "listen", "addr", as, "pool",
-                                   (json_int_t)(l->def ? l->def->id : 0), "tls", tls),
-                         NULL, 0, rfds, &nr);
+    json_t *r = call_raw(c, listen_msg(c, l), NULL, 0, rfds, &nr);
     if (nr) {
         for (size_t i = 0; i < l->nfds; i++)
             close(l->fds[i]);
@@ -677,67 +773,130 @@ static int listen_any(struct proxy *p, const struct net_addr *a, struct proxy_po
 
 static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_any(p, a, def, false);
+    return listen_common(p, a, def, false);
 }
 
 static int r_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_any(p, a, def, true);
+    return listen_common(p, a, def, true);
 }
 
-static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert, size_t cert_len,
-                          const char *key, size_t key_len, char *err, size_t errlen)
+static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
+                          const char *key_pem, size_t key_len, char *err, size_t errlen)
 {
     struct dpc *c = impl(p);
-    json_t *cj = json_stringn(cert, cert_len), *kj = json_stringn(key, key_len);
-    if (!cj || !kj) {
-        json_decref(cj);
-        json_decref(kj);
-        snprintf(err, errlen, "certificate or key is not text");
+    if (c->state == DPC_UP && c->proto < 2) {
+        snprintf(err, errlen, "the data plane speaks protocol %d and cannot serve HTTPS",
+                 c->proto);
+        return old_dataplane(c, "install certificates");
+    }
+    json_t *pair = json_pack("{s:s%, s:s%}", "cert", cert_pem, cert_len, "key", key_pem, key_len);
+    if (!pair) {
+        snprintf(err, errlen, "certificate %s: not text (PEM expected)", id);
         return -EINVAL;
     }
-    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", id, "cert", cj,
-                                  "key", kj));
-    if (r && !json_is_true(json_object_get(r, "ok"))) {
-        /* refused: the previous one stays, there and here */
-        snprintf(err, errlen, "%s", json_string_value(json_object_get(r, "error")) ?: "refused");
-        int e = (int)json_integer_value(json_object_get(r, "errno"));
-        json_decref(r);
-        json_decref(cj);
-        json_decref(kj);
-        return -(e ? e : EINVAL);
+    int r = send_cert(c, id, pair, err, errlen);
+    if (r < 0) { /* refused: the previous one stays, here as there */
+        secret_free(pair);
+        json_decref(pair);
+        return r;
     }
-    json_decref(r);
-    json_object_set_new(c->certs, id, json_pack("{s:o, s:o}", "cert", cj, "key", kj));
+    json_t *old = json_object_get(c->certs, id);
+    if (old)
+        secret_free(old);
+    json_object_set_new(c->certs, id, pair);
     return 0;
 }
 
 static int r_tls_del_cert(struct proxy *p, const char *id)
 {
     struct dpc *c = impl(p);
+    json_t *old = json_object_get(c->certs, id);
+    if (!old)
+        return -ENOENT;
+    secret_free(old);
     json_object_del(c->certs, id);
+    if (c->proto < 2)
+        return 0;
     return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "cert_del", "name", id)));
 }
 
 static bool r_tls_has_name(struct proxy *p, const char *host)
 {
-    json_t *r = call(impl(p), json_pack("{s:s, s:s}", "op", "has_name", "host", host));
-    bool has = json_is_true(json_object_get(r, "has"));
+    struct dpc *c = impl(p);
+    if (c->proto < 2)
+        return false;
+    json_t *r = call(c, json_pack("{s:s, s:s}", "op", "has_name", "host", host));
+    bool has = r && json_is_true(json_object_get(r, "has"));
     json_decref(r);
     return has;
 }
 
-/* TLS counters of the data plane; -ENOSYS from one that predates them. */
+static int r_https_setting(struct proxy *p, const struct net_addr *a, bool tls, uint64_t v)
+{
+    struct dpc *c = impl(p);
+    char as[64];
+    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
+    if (!l)
+        return -ENOENT;
+    if (tls)
+        l->hsts = v;
+    else
+        l->redirect = (unsigned)v;
+    if (c->proto < 2) {
+        if (!v)
+            return 0;
+        return old_dataplane(c, tls ? "send HSTS" : "redirect HTTP to HTTPS");
+    }
+    if (tls)
+        return reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", as, "max_age",
+                                          (json_int_t)v)));
+    return reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr", as,
+                                      "port", (int)v)));
+}
+
+static int r_https_redirect(struct proxy *p, const struct net_addr *a, unsigned https_port)
+{
+    return r_https_setting(p, a, false, https_port);
+}
+
+static int r_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
+{
+    return r_https_setting(p, a, true, max_age_s);
+}
+
+static void r_challenge_set(struct proxy *p, const char *token, const char *keyauth)
+{
+    struct dpc *c = impl(p);
+    json_object_set_new(c->chals, token, json_string(keyauth));
+    if (c->proto < 2) {
+        old_dataplane(c, "answer ACME HTTP-01 challenges");
+        return;
+    }
+    reply_rc(call(c, json_pack("{s:s, s:s, s:s}", "op", "challenge_set", "token", token, "keyauth",
+                               keyauth)));
+}
+
+static void r_challenge_del(struct proxy *p, const char *token)
+{
+    struct dpc *c = impl(p);
+    json_object_del(c->chals, token);
+    if (c->proto >= 2)
+        reply_rc(call(c, json_pack("{s:s, s:s}", "op", "challenge_del", "token", token)));
+}
+
 static int r_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
 {
+    struct dpc *c = impl(p);
     memset(out, 0, sizeof(*out));
-    json_t *r = call(impl(p), json_pack("{s:s}", "op", "tls_stats"));
-    if (!r)
+    if (c->state != DPC_UP)
         return -EAGAIN;
-    if (!json_is_true(json_object_get(r, "ok"))) {
-        int rc = -(int)json_integer_value(json_object_get(r, "errno"));
+    if (c->proto < 2)
+        return -EPROTONOSUPPORT;
+    json_t *r = call(c, json_pack("{s:s}", "op", "tls_stats"));
+    if (!r || !json_is_true(json_object_get(r, "ok"))) {
         json_decref(r);
-        return rc ? rc : -EIO;
+        return -EAGAIN;
     }
 #define U(f) (uint64_t) json_integer_value(json_object_get(r, f))
     out->handshakes = U("handshakes");
@@ -750,48 +909,6 @@ static int r_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
 #undef U
     json_decref(r);
     return 0;
-}
-
-static int r_https_flag(struct proxy *p, const struct net_addr *a, bool redirect, uint64_t v)
-{
-    struct dpc *c = impl(p);
-    char as[64];
-    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
-    if (!l)
-        return -ENOENT;
-    if (redirect)
-        l->redirect = (unsigned)v;
-    else
-        l->hsts = v;
-    return reply_rc(call(c, redirect ? json_pack("{s:s, s:s, s:i}", "op", "https_redirect",
-                                                 "addr", as, "port", (int)v)
-                                     : json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", as,
-                                                 "max_age", (json_int_t)v)));
-}
-
-static int r_https_redirect(struct proxy *p, const struct net_addr *a, unsigned port)
-{
-    return r_https_flag(p, a, true, port);
-}
-
-static int r_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
-{
-    return r_https_flag(p, a, false, max_age_s);
-}
-
-static void r_challenge_set(struct proxy *p, const char *token, const char *keyauth)
-{
-    struct dpc *c = impl(p);
-    json_object_set_new(c->chals, token, json_string(keyauth));
-    reply_rc(call(c, json_pack("{s:s, s:s, s:s}", "op", "challenge_set", "token", token,
-                               "keyauth", keyauth)));
-}
-
-static void r_challenge_del(struct proxy *p, const char *token)
-{
-    struct dpc *c = impl(p);
-    json_object_del(c->chals, token);
-    reply_rc(call(c, json_pack("{s:s, s:s}", "op", "challenge_del", "token", token)));
 }
 
 static int r_route_host(struct proxy *p, const struct net_addr *a, const char *domain,
@@ -950,96 +1067,74 @@ static char *r_metrics(struct proxy *p)
     return s;
 }
 
-/* Every entry point holds the client's lock (any thread may call). */
-#define PC(p) ((struct dpc *)proxy_remote_impl(p))
-#define QC(pool) (((struct dpc_pool *)proxy_remote_pool_impl(pool))->c)
-#define LOCKED(c, expr)                                                                            \
-    ({                                                                                             \
-        pthread_mutex_lock(&(c)->lock);                                                            \
-        __typeof__(expr) r_ = (expr);                                                              \
-        pthread_mutex_unlock(&(c)->lock);                                                          \
-        r_;                                                                                        \
-    })
-#define LOCKED_VOID(c, stmt)                                                                       \
-    do {                                                                                           \
-        pthread_mutex_lock(&(c)->lock);                                                            \
-        stmt;                                                                                      \
-        pthread_mutex_unlock(&(c)->lock);                                                          \
+/* The ops table: each call under the client's lock (see struct dpc). */
+#define LOCKED(c, expr)                                                                       \
+    do {                                                                                      \
+        pthread_mutex_lock(&(c)->lock);                                                       \
+        expr;                                                                                 \
+        pthread_mutex_unlock(&(c)->lock);                                                     \
     } while (0)
+#define POOL_DPC(pool) (((struct dpc_pool *)proxy_remote_pool_impl(pool))->c)
 
-static void l_stop(struct proxy *p) { LOCKED_VOID(PC(p), r_stop(p)); }
+static void l_stop(struct proxy *p) { LOCKED(impl(p), r_stop(p)); }
 static struct proxy_pool *l_pool_new(struct proxy *p, const struct proxy_pool_opts *o)
 {
-    return LOCKED(PC(p), r_pool_new(p, o));
+    struct proxy_pool *r;
+    LOCKED(impl(p), r = r_pool_new(p, o));
+    return r;
 }
-static int l_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *d)
-{
-    return LOCKED(PC(p), r_listen(p, a, d));
-}
-static int l_route_host(struct proxy *p, const struct net_addr *a, const char *dom,
-                        struct proxy_pool *pool)
-{
-    return LOCKED(PC(p), r_route_host(p, a, dom, pool));
-}
-static int l_unlisten(struct proxy *p, const struct net_addr *a)
-{
-    return LOCKED(PC(p), r_unlisten(p, a));
-}
-static int l_set_default(struct proxy *p, const struct net_addr *a, struct proxy_pool *pool)
-{
-    return LOCKED(PC(p), r_set_default(p, a, pool));
-}
-static int l_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n)
-{
-    return LOCKED(QC(pool), r_pool_set(pool, b, n));
-}
-static void l_pool_free(struct proxy_pool *pool) { LOCKED_VOID(QC(pool), r_pool_free(pool)); }
-static int l_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n)
-{
-    return LOCKED(QC(pool), r_pool_stats(pool, out, n));
-}
-static char *l_metrics(struct proxy *p) { return LOCKED(PC(p), r_metrics(p)); }
-static int l_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *d)
-{
-    return LOCKED(PC(p), r_listen_tls(p, a, d));
-}
-static int l_tls_set_cert(struct proxy *p, const char *id, const char *cert, size_t cl,
-                          const char *key, size_t kl, char *err, size_t errlen)
-{
-    return LOCKED(PC(p), r_tls_set_cert(p, id, cert, cl, key, kl, err, errlen));
-}
-static int l_tls_del_cert(struct proxy *p, const char *id)
-{
-    return LOCKED(PC(p), r_tls_del_cert(p, id));
-}
+#define L_INT(name, params, args, c)                                                          \
+    static int l_##name params                                                                \
+    {                                                                                         \
+        int r_;                                                                               \
+        LOCKED(c, r_ = r_##name args);                                                        \
+        return r_;                                                                            \
+    }
+L_INT(listen, (struct proxy * p, const struct net_addr *a, struct proxy_pool *def), (p, a, def),
+      impl(p))
+L_INT(listen_tls, (struct proxy * p, const struct net_addr *a, struct proxy_pool *def),
+      (p, a, def), impl(p))
+L_INT(route_host,
+      (struct proxy * p, const struct net_addr *a, const char *domain, struct proxy_pool *pool),
+      (p, a, domain, pool), impl(p))
+L_INT(unlisten, (struct proxy * p, const struct net_addr *a), (p, a), impl(p))
+L_INT(set_default, (struct proxy * p, const struct net_addr *a, struct proxy_pool *pool),
+      (p, a, pool), impl(p))
+L_INT(pool_set, (struct proxy_pool * pool, const struct proxy_backend_spec *b, size_t n),
+      (pool, b, n), POOL_DPC(pool))
+L_INT(pool_stats, (struct proxy_pool * pool, struct proxy_backend_stats **out, size_t *n),
+      (pool, out, n), POOL_DPC(pool))
+L_INT(tls_set_cert,
+      (struct proxy * p, const char *id, const char *cp, size_t cl, const char *kp, size_t kl,
+       char *err, size_t errlen),
+      (p, id, cp, cl, kp, kl, err, errlen), impl(p))
+L_INT(tls_del_cert, (struct proxy * p, const char *id), (p, id), impl(p))
+L_INT(https_redirect, (struct proxy * p, const struct net_addr *a, unsigned port), (p, a, port),
+      impl(p))
+L_INT(hsts, (struct proxy * p, const struct net_addr *a, uint64_t s), (p, a, s), impl(p))
+L_INT(tls_stats, (struct proxy * p, struct proxy_tls_stats *out), (p, out), impl(p))
 static bool l_tls_has_name(struct proxy *p, const char *host)
 {
-    return LOCKED(PC(p), r_tls_has_name(p, host));
+    bool r;
+    LOCKED(impl(p), r = r_tls_has_name(p, host));
+    return r;
 }
-static int l_https_redirect(struct proxy *p, const struct net_addr *a, unsigned port)
+static void l_pool_free(struct proxy_pool *pool) { LOCKED(POOL_DPC(pool), r_pool_free(pool)); }
+static void l_challenge_set(struct proxy *p, const char *t, const char *k)
 {
-    return LOCKED(PC(p), r_https_redirect(p, a, port));
+    LOCKED(impl(p), r_challenge_set(p, t, k));
 }
-static int l_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
+static void l_challenge_del(struct proxy *p, const char *t) { LOCKED(impl(p), r_challenge_del(p, t)); }
+static char *l_metrics(struct proxy *p)
 {
-    return LOCKED(PC(p), r_hsts(p, a, max_age_s));
-}
-static void l_challenge_set(struct proxy *p, const char *token, const char *keyauth)
-{
-    LOCKED_VOID(PC(p), r_challenge_set(p, token, keyauth));
-}
-static void l_challenge_del(struct proxy *p, const char *token)
-{
-    LOCKED_VOID(PC(p), r_challenge_del(p, token));
-}
-static int l_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
-{
-    return LOCKED(PC(p), r_tls_stats(p, out));
+    char *r;
+    LOCKED(impl(p), r = r_metrics(p));
+    return r;
 }
 
 static const struct proxy_remote_ops dpc_ops = {
     .stop = l_stop,
-    .free = r_free, /* the last call: no other thread uses the proxy then */
+    .free = r_free, /* takod's threads are gone by then */
     .pool_new = l_pool_new,
     .listen = l_listen,
     .route_host = l_route_host,
@@ -1079,19 +1174,26 @@ struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o
         *del = '\0';
     ev_timer_init(&c->retry, reconnect, c);
     c->state = DPC_DOWN;
-    c->certs = json_object();
-    c->chals = json_object();
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&c->lock, &ma);
     pthread_mutexattr_destroy(&ma);
     c->loop_thread = pthread_self();
+    c->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->kick_fd < 0)
+        die(1, "eventfd: %s", strerror(errno));
+    ev_io_init(&c->kick_io, c->kick_fd, on_kick, c);
+    ev_io_start(loop, &c->kick_io, EPOLLIN);
+    c->certs = json_object();
+    c->chals = json_object();
     if (attach(c, true, err, errlen) < 0) {
         drop_conn(c);
+        ev_io_stop(loop, &c->kick_io);
+        close(c->kick_fd);
+        pthread_mutex_destroy(&c->lock);
         json_decref(c->certs);
         json_decref(c->chals);
-        pthread_mutex_destroy(&c->lock);
         free(c->access_log);
         free(c);
         return NULL;
@@ -1105,13 +1207,13 @@ void dp_client_sync_done(struct proxy *p)
     struct dpc *c = impl(p);
     pthread_mutex_lock(&c->lock);
     json_t *r = call(c, json_pack("{s:s}", "op", "sync_done"));
+    pthread_mutex_unlock(&c->lock);
     if (r && (json_integer_value(json_object_get(r, "pools_dropped")) ||
               json_integer_value(json_object_get(r, "listeners_closed"))))
         log_info("data plane: dropped %lld pools and %lld listeners nothing uses any more",
                  (long long)json_integer_value(json_object_get(r, "pools_dropped")),
                  (long long)json_integer_value(json_object_get(r, "listeners_closed")));
     json_decref(r);
-    pthread_mutex_unlock(&c->lock);
 }
 
 json_t *dp_client_status(struct proxy *p)

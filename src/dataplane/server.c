@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,10 +43,11 @@ struct dp_listener {
     struct net_addr addr;
     int64_t def;    /* default pool id, 0: none */
     json_t *routes; /* {domain: pool id} */
-    bool tls;
-    unsigned redirect; /* HTTPS redirect port, 0: none */
-    uint64_t hsts;
     bool claimed;
+    bool tls;             /* HTTPS entrypoint (protocol 2) */
+    unsigned redirect;    /* plain: 308 to this HTTPS port, 0: off */
+    uint64_t hsts;        /* TLS: Strict-Transport-Security max-age, 0: none */
+    bool https_claimed;   /* redirect/hsts set by the current driver */
     struct dp_listener *next;
 };
 
@@ -55,6 +57,7 @@ struct dp_conn {
     struct dpw_in in;
     bool handing_over; /* sent our state to a successor, waiting for "done" */
     pid_t pid;
+    int proto; /* agreed in hello */
     struct dp_conn *next;
 };
 
@@ -73,8 +76,10 @@ static struct {
     struct dp_pool *pools;
     int64_t next_pool;
     struct dp_listener *listeners;
-    json_t *certs; /* {id: {cert, key, claimed}}: PEM text, for a successor */
-    json_t *chals; /* {token: keyauth} */
+    /* HTTPS state, kept while no takod drives us and handed to a successor:
+     * {id: {cert, key}} (PEM text; never logged), {token: keyauth}, and the
+     * tokens set by the current driver. */
+    json_t *certs, *chals, *chals_claimed;
     bool handing_over; /* a successor has our state: no more changes */
     bool handed_over;  /* it serves: we finish and exit */
     ino_t sock_ino;    /* the path's inode as we bound it: still ours? */
@@ -122,6 +127,27 @@ const char *dp_build_id(void)
 }
 
 static void conn_close(struct dp_conn *c);
+
+/* Whether the peer of c has closed its end (it died or went away). */
+static bool conn_peer_closed(struct dp_conn *c)
+{
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* The highest protocol version served: DP_PROTO_MAX, or lower with
+ * TAKO_DATAPLANE_PROTO_MAX, so this build can stand in for an older data
+ * plane (what a new takod must handle during an upgrade). */
+static int proto_max(void)
+{
+    static int v;
+    if (!v) {
+        const char *e = getenv("TAKO_DATAPLANE_PROTO_MAX");
+        int n = e ? atoi(e) : 0;
+        v = n >= DP_PROTO_MIN && n <= DP_PROTO_MAX ? n : DP_PROTO_MAX;
+    }
+    return v;
+}
 
 /* ---- state ---- */
 
@@ -276,7 +302,7 @@ static json_t *status_json(void)
     for (struct dp_pool *p = S.pools; p; p = p->next)
         np += !p->freed;
     return json_pack("{s:b, s:i, s:s, s:s, s:i, s:I, s:i, s:i, s:o, s:I, s:I}", "ok", 1, "proto",
-                     DP_PROTO_MAX, "version", TAKO_VERSION, "build", dp_build_id(), "pid",
+                     proto_max(), "version", TAKO_VERSION, "build", dp_build_id(), "pid",
                      (int)getpid(), "epoch", (json_int_t)S.epoch, "driver_pid",
                      S.driver ? (int)S.driver_pid : 0, "threads", (int)proxy_threads(S.proxy),
                      "listeners", ls, "pools", (json_int_t)np, "uptime_ms",
@@ -289,11 +315,11 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
     json_int_t their_min = json_integer_value(json_object_get(q, "min_proto"));
     if (their_min <= 0)
         their_min = 1;
-    json_int_t use = their_max < DP_PROTO_MAX ? their_max : DP_PROTO_MAX;
+    json_int_t use = their_max < proto_max() ? their_max : proto_max();
     if (use < DP_PROTO_MIN || use < their_min)
         return err_reply(EPROTONOSUPPORT,
                          "no common protocol version (data plane speaks %d..%d, peer %d..%d)",
-                         DP_PROTO_MIN, DP_PROTO_MAX, (int)their_min, (int)their_max);
+                         DP_PROTO_MIN, proto_max(), (int)their_min, (int)their_max);
     const char *role = json_string_value(json_object_get(q, "role"));
     if (role && strcmp(role, "driver") == 0) {
         json_int_t epoch = json_integer_value(json_object_get(q, "epoch"));
@@ -303,6 +329,10 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         /* The same takod coming back on a new connection before we saw its
          * old one close: the old one is dead to it. */
         if (S.driver && S.driver != c && pid == S.driver_pid && (uint64_t)epoch == S.epoch)
+            conn_close(S.driver);
+        /* A driver that died (its end closed) but whose close this loop has
+         * not handled yet — both may be in one batch of events — is gone. */
+        if (S.driver && S.driver != c && conn_peer_closed(S.driver))
             conn_close(S.driver);
         if (S.driver && S.driver != c)
             return err_reply(EBUSY, "already driven by takod pid %d (epoch %llu)",
@@ -316,13 +346,12 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         for (struct dp_pool *p = S.pools; p; p = p->next)
             p->claimed = false;
         for (struct dp_listener *l = S.listeners; l; l = l->next)
-            l->claimed = false;
-        const char *cid;
-        json_t *cv;
-        json_object_foreach(S.certs, cid, cv) json_object_set_new(cv, "claimed", json_false());
+            l->claimed = l->https_claimed = false;
+        json_object_clear(S.chals_claimed);
         log_info("dataplane: driven by takod pid %d, epoch %lld", (int)pid, (long long)epoch);
     }
     c->pid = (pid_t)json_integer_value(json_object_get(q, "pid"));
+    c->proto = (int)use;
     json_t *r = status_json();
     json_object_set_new(r, "proto", json_integer(use));
     return r;
@@ -345,41 +374,35 @@ static json_t *h_pool_new(json_t *q)
     return json_pack("{s:b, s:I, s:b}", "ok", 1, "pool", (json_int_t)p->id, "adopted", 0);
 }
 
-/* Start a listener on handed-over (or new) sockets with its routes
- * {domain: pool id}, redirect and HSTS in place before the first accept: a
- * connection that waited in a handed-over queue is routed, not answered
- * 404. Returns the listener (linked) or NULL with *rc = -errno. */
+static void listener_https_apply(struct dp_listener *l);
+
+/* A listener with everything in place before its first accept: routes
+ * ({domain: pool id}), redirect, HSTS (a data plane that restarted, or a
+ * successor, has connections waiting in the queue already). fds are
+ * consumed. NULL with *rc on failure. */
 static struct dp_listener *listener_start(const char *a, const struct net_addr *na, int64_t def,
-                                          bool tls, json_t *routes, unsigned redirect,
-                                          uint64_t hsts, int *fds, size_t nfds, int *rc)
+                                          bool tls, const json_t *routes, unsigned redirect,
+                                          uint64_t hsts, const int *fds, size_t nfds, int *rc)
 {
-    size_t nr = json_is_object(routes) ? json_object_size(routes) : 0, k = 0;
-    const char **doms = xcalloc(nr ? nr : 1, sizeof(*doms));
-    struct proxy_pool **pools = xcalloc(nr ? nr : 1, sizeof(*pools));
+    size_t n = json_object_size(routes), i = 0;
+    const char **doms = xcalloc(n + 1, sizeof(*doms));
+    struct proxy_pool **pools = xcalloc(n + 1, sizeof(*pools));
     json_t *kept = json_object();
     const char *dom;
     json_t *pv;
-    if (nr)
-        json_object_foreach(routes, dom, pv)
-        {
-            struct proxy_pool *pp = pool_ptr(json_integer_value(pv));
-            if (!pp)
-                continue;
-            doms[k] = dom;
-            pools[k++] = pp;
-            json_object_set_new(kept, dom, json_integer(json_integer_value(pv)));
-        }
-    struct proxy_listen_spec spec = {
-        .fds = fds,
-        .nfds = nfds,
-        .def = pool_ptr(def),
-        .tls = tls,
-        .domains = doms,
-        .pools = pools,
-        .nroutes = k,
-        .https_redirect = tls ? 0 : redirect,
-        .hsts_s = tls ? hsts : 0,
-    };
+    json_object_foreach((json_t *)routes, dom, pv)
+    {
+        struct proxy_pool *pp = pool_ptr(json_integer_value(pv));
+        if (!pp)
+            continue;
+        doms[i] = dom;
+        pools[i++] = pp;
+        json_object_set(kept, dom, pv);
+    }
+    struct proxy_listen_spec spec = {.fds = fds, .nfds = nfds, .def = pool_ptr(def), .tls = tls,
+                                     .domains = doms, .pools = pools, .nroutes = i,
+                                     .https_redirect = tls ? 0 : redirect,
+                                     .hsts_s = tls ? hsts : 0};
     *rc = proxy_listen_spec(S.proxy, na, &spec);
     free(doms);
     free(pools);
@@ -392,9 +415,9 @@ static struct dp_listener *listener_start(const char *a, const struct net_addr *
     l->addr = *na;
     l->def = def;
     l->tls = tls;
+    l->routes = kept;
     l->redirect = spec.https_redirect;
     l->hsts = spec.hsts_s;
-    l->routes = kept;
     l->next = S.listeners;
     S.listeners = l;
     return l;
@@ -410,22 +433,43 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
         return err_reply(EINVAL, "listen needs addr");
     }
     int64_t def = json_integer_value(json_object_get(q, "pool"));
+    bool tls = json_is_true(json_object_get(q, "tls"));
     struct dp_listener *l = listener_by_addr(a);
+    if (l && l->tls != tls) {
+        /* the same port changed between HTTP and HTTPS while no takod ran:
+         * serve it the new way (on the sockets takod sent, if any) */
+        log_info("dataplane: %s becomes %s", a, tls ? "HTTPS" : "plain HTTP");
+        listener_remove(l);
+        l = NULL;
+    }
+    /* protocol 2: the listener's routes, redirect and HSTS may come with it
+     * (a replay), so it never accepts a connection without them */
+    json_t *routes = json_object_get(q, "routes");
+    unsigned redirect = (unsigned)json_integer_value(json_object_get(q, "https_redirect"));
+    uint64_t hsts = (uint64_t)json_integer_value(json_object_get(q, "hsts"));
     if (l) {
         for (size_t i = 0; i < nfds; i++) /* ours are the same sockets */
             close(fds[i]);
         if (l->def != def)
             proxy_listener_set_default(S.proxy, &l->addr, pool_ptr(def));
         l->def = def;
+        const char *dom;
+        json_t *pv;
+        json_object_foreach(routes, dom, pv)
+            if (pool_ptr(json_integer_value(pv)) &&
+                proxy_route_host(S.proxy, &l->addr, dom, pool_ptr(json_integer_value(pv))) == 0)
+                json_object_set(l->routes, dom, pv);
     } else {
-        bool tls = json_is_true(json_object_get(q, "tls"));
         int r;
-        l = listener_start(a, &na, def, tls, json_object_get(q, "routes"),
-                           (unsigned)json_integer_value(json_object_get(q, "redirect")),
-                           (uint64_t)json_integer_value(json_object_get(q, "hsts")), fds, nfds,
-                           &r);
+        l = listener_start(a, &na, def, tls, routes, redirect, hsts, fds, nfds, &r);
         if (!l)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
+    }
+    if (redirect || hsts) {
+        l->redirect = tls ? 0 : redirect;
+        l->hsts = tls ? hsts : 0;
+        l->https_claimed = true;
+        listener_https_apply(l);
     }
     l->claimed = true;
     int n = proxy_listener_fds(S.proxy, &l->addr, out, DP_MAX_FDS);
@@ -458,37 +502,123 @@ static json_t *h_route(json_t *q, bool set_default)
     return ok_reply();
 }
 
-static json_t *h_https(json_t *q, const char *op)
+/* ---- HTTPS (protocol 2) ---- */
+
+static void listener_https_apply(struct dp_listener *l)
 {
+    if (l->tls)
+        proxy_listener_hsts(S.proxy, &l->addr, l->hsts);
+    else
+        proxy_listener_https_redirect(S.proxy, &l->addr, l->redirect);
+}
+
+/* Zero a PEM key before its memory goes back to the allocator. */
+static void secret_free(json_t *pair)
+{
+    json_t *k = json_object_get(pair, "key");
+    if (json_is_string(k))
+        explicit_bzero((char *)json_string_value(k), json_string_length(k));
+}
+
+static int cert_install(const char *id, json_t *cert, json_t *key, char *err, size_t errlen)
+{
+    if (!json_is_string(cert) || !json_is_string(key)) {
+        snprintf(err, errlen, "cert_set needs cert and key (PEM text)");
+        return -EINVAL;
+    }
+    int r = proxy_tls_set_cert(S.proxy, id, json_string_value(cert), json_string_length(cert),
+                               json_string_value(key), json_string_length(key), err, errlen);
+    if (r < 0)
+        return r;
+    json_t *old = json_object_get(S.certs, id);
+    if (old)
+        secret_free(old);
+    json_object_set_new(S.certs, id, json_pack("{s:O, s:O}", "cert", cert, "key", key));
+    return 0;
+}
+
+static json_t *h_https(const char *op, json_t *q)
+{
+    const char *id = json_string_value(json_object_get(q, "name"));
+    if (strcmp(op, "cert_set") == 0) {
+        if (!id || !*id)
+            return err_reply(EINVAL, "cert_set needs name");
+        char err[512] = "";
+        int r = cert_install(id, json_object_get(q, "cert"), json_object_get(q, "key"), err,
+                             sizeof(err));
+        /* the message names the problem (parse, key mismatch), never the key */
+        return r < 0 ? err_reply(-r, "certificate %s: %s", id, err) : ok_reply();
+    }
+    if (strcmp(op, "cert_del") == 0) {
+        if (!id)
+            return err_reply(EINVAL, "cert_del needs name");
+        json_t *old = json_object_get(S.certs, id);
+        if (old)
+            secret_free(old);
+        json_object_del(S.certs, id);
+        int r = proxy_tls_del_cert(S.proxy, id);
+        return r < 0 ? err_reply(-r, "certificate %s: %s", id, strerror(-r)) : ok_reply();
+    }
+    const char *tok = json_string_value(json_object_get(q, "token"));
+    if (strcmp(op, "challenge_set") == 0 || strcmp(op, "challenge_del") == 0) {
+        if (!tok || !*tok)
+            return err_reply(EINVAL, "%s needs token", op);
+        if (strcmp(op, "challenge_del") == 0) {
+            proxy_challenge_del(S.proxy, tok);
+            json_object_del(S.chals, tok);
+            json_object_del(S.chals_claimed, tok);
+            return ok_reply();
+        }
+        const char *ka = json_string_value(json_object_get(q, "keyauth"));
+        if (!ka)
+            return err_reply(EINVAL, "challenge_set needs keyauth");
+        if (json_object_get(S.chals, tok))
+            proxy_challenge_del(S.proxy, tok);
+        proxy_challenge_set(S.proxy, tok, ka);
+        json_object_set_new(S.chals, tok, json_string(ka));
+        json_object_set_new(S.chals_claimed, tok, json_true());
+        return ok_reply();
+    }
+    /* redirect / hsts: per listener */
     const char *a = json_string_value(json_object_get(q, "addr"));
     struct dp_listener *l = a ? listener_by_addr(a) : NULL;
     if (!l)
         return err_reply(ENOENT, "no listener %s", a ? a : "(none)");
     if (strcmp(op, "https_redirect") == 0) {
+        if (l->tls)
+            return err_reply(EINVAL, "%s is an HTTPS listener: it cannot redirect to HTTPS", a);
         l->redirect = (unsigned)json_integer_value(json_object_get(q, "port"));
-        proxy_listener_https_redirect(S.proxy, &l->addr, l->redirect);
     } else {
+        if (!l->tls)
+            return err_reply(EINVAL, "%s is a plain HTTP listener: HSTS needs HTTPS", a);
         l->hsts = (uint64_t)json_integer_value(json_object_get(q, "max_age"));
-        proxy_listener_hsts(S.proxy, &l->addr, l->hsts);
     }
+    l->https_claimed = true;
+    listener_https_apply(l);
     return ok_reply();
 }
 
-static json_t *h_cert_set(json_t *q)
+static void https_state_free(void)
 {
-    /* "name": "id" is the request's own */
-    const char *id = json_string_value(json_object_get(q, "name"));
-    const char *c = json_string_value(json_object_get(q, "cert"));
-    const char *k = json_string_value(json_object_get(q, "key"));
-    if (!id || !c || !k)
-        return err_reply(EINVAL, "cert_set needs name, cert and key");
-    char err[512] = "";
-    int r = proxy_tls_set_cert(S.proxy, id, c, strlen(c), k, strlen(k), err, sizeof(err));
-    if (r < 0)
-        return err_reply(-r, "%s", err[0] ? err : strerror(-r));
-    json_object_set_new(S.certs, id,
-                        json_pack("{s:s, s:s, s:b}", "cert", c, "key", k, "claimed", 1));
-    return ok_reply();
+    const char *cid;
+    json_t *cv;
+    json_object_foreach(S.certs, cid, cv)
+        secret_free(cv);
+    json_decref(S.certs);
+    json_decref(S.chals);
+    json_decref(S.chals_claimed);
+    S.certs = S.chals = S.chals_claimed = NULL;
+}
+
+static json_t *tls_stats_json(void)
+{
+    struct proxy_tls_stats t;
+    proxy_tls_stats(S.proxy, &t);
+    return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "ok", 1, "handshakes",
+                     (json_int_t)t.handshakes, "resumed", (json_int_t)t.resumed,
+                     "handshake_failures", (json_int_t)t.handshake_failures, "no_certificate",
+                     (json_int_t)t.no_certificate, "plain_http", (json_int_t)t.plain_http,
+                     "not_tls", (json_int_t)t.not_tls, "certificates", (int)t.certificates);
 }
 
 static json_t *h_sync_done(void)
@@ -507,10 +637,23 @@ static json_t *h_sync_done(void)
             pool_release(p);
             pools++;
         }
-    /* Certificates are not dropped here: a takod that just started installs
-     * its certificates when its certificate manager has read them, which
-     * may be after its replay ends; until then handshakes keep getting the
-     * last good ones. takod removes a certificate with cert_del. */
+    /* A redirect or HSTS the new driver did not ask for is off now; so is
+     * a challenge of an order the previous takod left unfinished.
+     * Certificates stay: the new takod replaces them (same id) when its
+     * certificate manager has loaded them, and until then they serve. */
+    for (struct dp_listener *l = S.listeners; l; l = l->next)
+        if (!l->https_claimed && (l->redirect || l->hsts)) {
+            l->redirect = 0;
+            l->hsts = 0;
+            listener_https_apply(l);
+        }
+    const char *tok;
+    json_t *v, *tmp;
+    json_object_foreach_safe(S.chals, tmp, tok, v)
+        if (!json_object_get(S.chals_claimed, tok)) {
+            proxy_challenge_del(S.proxy, tok);
+            json_object_del(S.chals, tok);
+        }
     return json_pack("{s:b, s:i, s:i}", "ok", 1, "pools_dropped", pools, "listeners_closed",
                      listeners);
 }
@@ -522,6 +665,15 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
 {
     if (S.handed_over)
         return err_reply(EALREADY, "already handed over");
+    bool https = json_object_size(S.certs) > 0;
+    for (struct dp_listener *l = S.listeners; l; l = l->next)
+        https |= l->tls;
+    if (https && c->proto < 2)
+        /* it would serve the TLS sockets as plain HTTP and drop the
+         * certificates: keep serving here instead */
+        return err_reply(EPROTONOSUPPORT,
+                         "the successor speaks protocol %d and cannot serve HTTPS (needs 2)",
+                         c->proto);
     json_t *pools = json_array(), *ls = json_array();
     for (struct dp_pool *p = S.pools; p; p = p->next) {
         if (p->freed)
@@ -551,10 +703,15 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
         if (k < 0)
             k = 0;
         n += (size_t)k;
-        json_array_append_new(ls, json_pack("{s:s, s:I, s:O, s:i, s:b, s:i, s:I}", "addr",
-                                            l->addr_s, "pool", (json_int_t)l->def, "routes",
-                                            l->routes, "fds", k, "tls", l->tls, "redirect",
-                                            (int)l->redirect, "hsts", (json_int_t)l->hsts));
+        json_t *lj = json_pack("{s:s, s:I, s:O, s:i}", "addr", l->addr_s, "pool",
+                               (json_int_t)l->def, "routes", l->routes, "fds", k);
+        if (l->tls)
+            json_object_set_new(lj, "tls", json_true());
+        if (l->redirect)
+            json_object_set_new(lj, "https_redirect", json_integer(l->redirect));
+        if (l->hsts)
+            json_object_set_new(lj, "hsts", json_integer((json_int_t)l->hsts));
+        json_array_append_new(ls, lj);
     }
     *nout = n;
     c->handing_over = true;
@@ -564,10 +721,11 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
     if (S.driver)
         conn_close(S.driver);
     log_info("dataplane: handing over %zu listening sockets to pid %d", n, (int)c->pid);
-    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o, s:O, s:O}}", "ok", 1, "state",
-                     "threads", (int)proxy_threads(S.proxy), "epoch", (json_int_t)S.epoch,
-                     "next_pool", (json_int_t)S.next_pool, "pools", pools, "listeners", ls,
-                     "certs", S.certs, "chals", S.chals);
+    /* certificates with their keys: this socket is the owner's only (0600) */
+    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o, s:O, s:O}}", "ok", 1, "state", "threads",
+                     (int)proxy_threads(S.proxy), "epoch", (json_int_t)S.epoch, "next_pool",
+                     (json_int_t)S.next_pool, "pools", pools, "listeners", ls, "certs", S.certs,
+                     "challenges", S.chals);
 }
 
 static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *out,
@@ -592,30 +750,22 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
             return err_reply(ENOENT, "no such pool");
         return json_pack("{s:b, s:o}", "ok", 1, "backends", stats_json(p->pool));
     }
-    if (strcmp(op, "tls_stats") == 0) {
-        struct proxy_tls_stats t;
-        proxy_tls_stats(S.proxy, &t);
-        return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "ok", 1, "handshakes",
-                         (json_int_t)t.handshakes, "resumed", (json_int_t)t.resumed,
-                         "handshake_failures", (json_int_t)t.handshake_failures,
-                         "no_certificate", (json_int_t)t.no_certificate, "plain_http",
-                         (json_int_t)t.plain_http, "not_tls", (json_int_t)t.not_tls,
-                         "certificates", (int)t.certificates);
-    }
+    if (strcmp(op, "handover") == 0)
+        return h_handover(c, out, nout);
+    if (strcmp(op, "tls_stats") == 0)
+        return tls_stats_json();
     if (strcmp(op, "has_name") == 0) {
         const char *h = json_string_value(json_object_get(q, "host"));
         return json_pack("{s:b, s:b}", "ok", 1, "has", h && proxy_tls_has_name(S.proxy, h));
     }
-    if (strcmp(op, "handover") == 0)
-        return h_handover(c, out, nout);
     if (strcmp(op, "handover_done") == 0 && c->handing_over) {
         S.handed_over = true;
         return ok_reply();
     }
     static const char *const mutating[] = {
-        "pool_new", "pool_set", "pool_free",     "listen",         "unlisten",
-        "route",    "set_default", "sync_done",  "cert_set",       "cert_del",
-        "challenge_set", "challenge_del", "https_redirect", "hsts"};
+        "pool_new", "pool_set",      "pool_free",     "listen",   "unlisten", "route",
+        "set_default", "sync_done",  "cert_set",      "cert_del", "challenge_set",
+        "challenge_del", "https_redirect", "hsts"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_LEN(mutating); i++)
         known |= strcmp(op, mutating[i]) == 0;
@@ -641,32 +791,9 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         return h_route(q, true);
     if (strcmp(op, "sync_done") == 0)
         return h_sync_done();
-    if (strcmp(op, "https_redirect") == 0 || strcmp(op, "hsts") == 0)
-        return h_https(q, op);
-    if (strcmp(op, "cert_set") == 0)
-        return h_cert_set(q);
-    if (strcmp(op, "cert_del") == 0) {
-        const char *id = json_string_value(json_object_get(q, "name"));
-        if (!id)
-            return err_reply(EINVAL, "cert_del needs name");
-        json_object_del(S.certs, id);
-        int r = proxy_tls_del_cert(S.proxy, id);
-        return r < 0 ? err_reply(-r, "%s", strerror(-r)) : ok_reply();
-    }
-    if (strcmp(op, "challenge_set") == 0 || strcmp(op, "challenge_del") == 0) {
-        const char *t = json_string_value(json_object_get(q, "token"));
-        const char *ka = json_string_value(json_object_get(q, "keyauth"));
-        if (!t || (op[10] == 's' && !ka))
-            return err_reply(EINVAL, "%s needs token%s", op, op[10] == 's' ? " and keyauth" : "");
-        if (op[10] == 's') {
-            proxy_challenge_set(S.proxy, t, ka);
-            json_object_set_new(S.chals, t, json_string(ka));
-        } else {
-            proxy_challenge_del(S.proxy, t);
-            json_object_del(S.chals, t);
-        }
-        return ok_reply();
-    }
+    if (strncmp(op, "cert_", 5) == 0 || strncmp(op, "challenge_", 10) == 0 ||
+        strcmp(op, "https_redirect") == 0 || strcmp(op, "hsts") == 0)
+        return h_https(op, q);
     if (strcmp(op, "unlisten") == 0) {
         const char *a = json_string_value(json_object_get(q, "addr"));
         struct dp_listener *l = a ? listener_by_addr(a) : NULL;
@@ -854,7 +981,7 @@ static int take_over(char *err, size_t errlen)
     }
     net_set_nonblock(fd);
     struct dpw_in in = {0};
-    json_t *q = json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "op", "hello", "proto", DP_PROTO_MAX,
+    json_t *q = json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "op", "hello", "proto", proto_max(),
                           "min_proto", DP_PROTO_MIN, "pid", (int)getpid(), "role", "successor",
                           "id", 1);
     json_t *r = NULL;
@@ -902,24 +1029,21 @@ static int take_over(char *err, size_t errlen)
         pool_set(dp, json_object_get(p, "backends"));
         dp->claimed = json_is_true(json_object_get(p, "claimed"));
     }
+    /* certificates before the TLS listeners: no handshake finds none */
     const char *cid;
     json_t *cv;
     json_object_foreach(json_object_get(st, "certs"), cid, cv)
     {
-        const char *c = json_string_value(json_object_get(cv, "cert"));
-        const char *k = json_string_value(json_object_get(cv, "key"));
         char cerr[512];
-        if (c && k &&
-            proxy_tls_set_cert(S.proxy, cid, c, strlen(c), k, strlen(k), cerr, sizeof(cerr)) == 0)
-            json_object_set(S.certs, cid, cv);
-        else
-            log_error("dataplane: certificate %s not taken over", cid);
+        if (cert_install(cid, json_object_get(cv, "cert"), json_object_get(cv, "key"), cerr,
+                         sizeof(cerr)) < 0)
+            log_error("dataplane: certificate %s from the previous process: %s", cid, cerr);
     }
-    json_object_foreach(json_object_get(st, "chals"), cid, cv)
-    {
-        proxy_challenge_set(S.proxy, cid, json_string_value(cv) ?: "");
-        json_object_set(S.chals, cid, cv);
-    }
+    json_object_foreach(json_object_get(st, "challenges"), cid, cv)
+        if (json_is_string(cv)) {
+            proxy_challenge_set(S.proxy, cid, json_string_value(cv));
+            json_object_set(S.chals, cid, cv);
+        }
     size_t off = 0;
     json_t *l;
     json_array_foreach(json_object_get(st, "listeners"), i, l)
@@ -930,19 +1054,18 @@ static int take_over(char *err, size_t errlen)
         if (!a || off + k > nfds || net_parse_addr(a, NULL, &na) < 0)
             break;
         int64_t def = json_integer_value(json_object_get(l, "pool"));
-        bool tls = json_is_true(json_object_get(l, "tls"));
         int lr;
-        struct dp_listener *dl =
-            listener_start(a, &na, def, tls, json_object_get(l, "routes"),
-                           (unsigned)json_integer_value(json_object_get(l, "redirect")),
-                           (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k,
-                           &lr);
+        struct dp_listener *dl = listener_start(
+            a, &na, def, json_is_true(json_object_get(l, "tls")), json_object_get(l, "routes"),
+            (unsigned)json_integer_value(json_object_get(l, "https_redirect")),
+            (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k, &lr);
         off += k;
         if (!dl) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));
             continue;
         }
         dl->claimed = true;
+        dl->https_claimed = true;
     }
     for (; off < nfds; off++)
         close(fds[off]);
@@ -975,8 +1098,6 @@ int cmd_dataplane(int argc, char **argv)
     bool takeover = false;
     memset(&S, 0, sizeof(S));
     S.lfd = -1;
-    S.certs = json_object();
-    S.chals = json_object();
     int o;
     optind = 1;
     opterr = 0;
@@ -1015,6 +1136,9 @@ int cmd_dataplane(int argc, char **argv)
         fprintf(stderr, "tako dataplane: epoll: %s\n", strerror(errno));
         return EXIT_FAILED;
     }
+    S.certs = json_object();
+    S.chals = json_object();
+    S.chals_claimed = json_object();
     char err[8800];
     int rc;
     if (takeover) {
@@ -1037,8 +1161,7 @@ int cmd_dataplane(int argc, char **argv)
         }
         if (S.proxy)
             proxy_free(S.proxy);
-        json_decref(S.certs);
-        json_decref(S.chals);
+        https_state_free();
         return EXIT_FAILED;
     }
     ev_signal_start(&S.loop, &S.sigterm, SIGTERM, on_stop_signal, NULL);
@@ -1070,8 +1193,7 @@ int cmd_dataplane(int argc, char **argv)
         json_decref(l->routes);
         free(l);
     }
-    json_decref(S.certs);
-    json_decref(S.chals);
+    https_state_free();
     ev_loop_close(&S.loop);
     log_info("dataplane pid %d stopped", (int)getpid());
     return EXIT_OK;

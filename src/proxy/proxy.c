@@ -243,13 +243,6 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
                          const struct xprt_ops *xprt, void *xprt_arg,
                          const struct proxy_listen_spec *spec);
 
-int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int *given,
-                        size_t ngiven, struct proxy_pool *default_pool,
-                        const struct xprt_ops *xprt, void *xprt_arg)
-{
-    return listener_open(p, addr, given, ngiven, default_pool, xprt, xprt_arg, NULL);
-}
-
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
     if (p->rops)
@@ -335,9 +328,6 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
      * one accepts. */
     for (size_t k = p->nworkers; k < ngiven; k++)
         close(given[k]);
-    /* Routes, redirect and HSTS are in place before any worker accepts:
-     * connections waiting in a handed-over queue never meet a listener
-     * without them. */
     size_t nr = spec ? spec->nroutes : 0;
     struct routes *rt = xcalloc(1, sizeof(*rt) + nr * sizeof(struct route));
     rt->def = default_pool;

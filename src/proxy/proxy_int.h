@@ -321,11 +321,6 @@ void alog__flush(struct worker *w);
 
 /* ---- proxy_tls.c ---- */
 struct tls_server *proxy__tls(struct proxy *p);
-/* A listener on sockets given by another process (or bound when n is 0),
- * over xprt. */
-int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int *given,
-                        size_t ngiven, struct proxy_pool *default_pool,
-                        const struct xprt_ops *xprt, void *xprt_arg);
 /* Copy the key authorization for token into buf; false when unknown. */
 bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
 /* Whether a certificate names host[0..len) (no store yet: false). */

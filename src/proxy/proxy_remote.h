@@ -21,10 +21,11 @@ struct proxy_remote_ops {
     void (*pool_free)(struct proxy_pool *pool);
     int (*pool_stats)(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n);
     char *(*metrics)(struct proxy *p);
-    /* HTTPS: certificates (PEM text), ACME tokens, per-listener flags */
+    /* HTTPS: what proxy_tls.c does in-process (see proxy.h). Certificate
+     * files are read by the caller's side and travel as PEM text. */
     int (*listen_tls)(struct proxy *p, const struct net_addr *a, struct proxy_pool *def);
-    int (*tls_set_cert)(struct proxy *p, const char *id, const char *cert, size_t cert_len,
-                        const char *key, size_t key_len, char *err, size_t errlen);
+    int (*tls_set_cert)(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
+                        const char *key_pem, size_t key_len, char *err, size_t errlen);
     int (*tls_del_cert)(struct proxy *p, const char *id);
     bool (*tls_has_name)(struct proxy *p, const char *host);
     int (*https_redirect)(struct proxy *p, const struct net_addr *a, unsigned https_port);

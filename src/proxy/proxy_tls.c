@@ -3,41 +3,21 @@
  * redirects and HSTS per listener, ticket key rotation, and the table of
  * ACME HTTP-01 tokens the plain listeners answer. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/util.h"
-#include "proxy/proxy_admin.h"
 #include "proxy/proxy_int.h"
 #include "tls/tls.h"
 
 /* Session ticket keys: a new one this often; the previous one still
  * decrypts, so a ticket lives for up to two periods. */
 #define TICKET_ROTATE_MS (12ull * 3600 * 1000)
-
-static struct listener *find(struct proxy *p, const struct net_addr *a);
-
-/* A whole small file (at most max bytes), NUL-terminated; NULL and errno. */
-static char *read_file(const char *path, size_t max, size_t *len)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return NULL;
-    char *b = xmalloc(max + 1);
-    size_t n = fread(b, 1, max, f);
-    bool bad = ferror(f) || !feof(f);
-    fclose(f);
-    if (bad) {
-        free(b);
-        errno = EFBIG;
-        return NULL;
-    }
-    b[n] = '\0';
-    *len = n;
-    return b;
-}
 
 struct tls_server *proxy__tls(struct proxy *p)
 {
@@ -52,28 +32,6 @@ struct tls_server *proxy__tls(struct proxy *p)
     struct tls_server *t = p->tls;
     pthread_mutex_unlock(&p->lock);
     return t;
-}
-
-int proxy_listen_tls_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
-                         struct proxy_pool *default_pool)
-{
-    proxy__tls(p); /* the store exists before the first handshake */
-    return proxy__listen_given(p, addr, fds, n, default_pool, &xprt_tls, p);
-}
-
-/* The listener's HTTPS flags, for a handover. */
-int proxy_listener_tls_info(struct proxy *p, const struct net_addr *addr, bool *tls,
-                            unsigned *https_redirect, uint64_t *hsts)
-{
-    pthread_mutex_lock(&p->lock);
-    struct listener *l = find(p, addr);
-    if (l) {
-        *tls = l->xprt == &xprt_tls;
-        *https_redirect = atomic_load(&l->https_redirect);
-        *hsts = atomic_load(&l->hsts);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return l ? 0 : -ENOENT;
 }
 
 int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
@@ -100,19 +58,51 @@ int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, si
                                errlen);
 }
 
+#define PEM_FILE_MAX (1u << 20)
+
+/* A PEM file's text (NUL-terminated, *len without it); NULL with a message
+ * naming the file in err. */
+static char *pem_read(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    if (st.st_size > PEM_FILE_MAX) {
+        snprintf(err, errlen, "%s: larger than 1 MiB, not a PEM certificate or key", path);
+        close(fd);
+        return NULL;
+    }
+    char *b = xmalloc((size_t)st.st_size + 1);
+    size_t n = 0;
+    ssize_t k;
+    while (n < (size_t)st.st_size && (k = read(fd, b + n, (size_t)st.st_size - n)) > 0)
+        n += (size_t)k;
+    close(fd);
+    b[n] = '\0';
+    *len = n;
+    return b;
+}
+
 int proxy_tls_set_cert_files(struct proxy *p, const char *id, const char *cert_path,
                              const char *key_path, char *err, size_t errlen)
 {
-    if (p->rops) { /* the data plane gets the text: the files are read here */
+    if (p->rops) {
+        /* the files are read here and travel as text: the data plane needs
+         * no access to them */
         size_t cl = 0, kl = 0;
-        char *c = read_file(cert_path, 1 << 20, &cl), *k = c ? read_file(key_path, 1 << 20, &kl) : NULL;
-        int r = -EINVAL;
-        if (!c || !k)
-            snprintf(err, errlen, "cannot read %s: %s", c ? key_path : cert_path, strerror(errno));
-        else
-            r = p->rops->tls_set_cert(p, id, c, cl, k, kl, err, errlen);
+        char *c = pem_read(cert_path, &cl, err, errlen);
+        char *k = c ? pem_read(key_path, &kl, err, errlen) : NULL;
+        int r = k ? p->rops->tls_set_cert(p, id, c, cl, k, kl, err, errlen) : -EINVAL;
+        if (k) {
+            explicit_bzero(k, kl);
+            free(k);
+        }
         free(c);
-        free(k);
         return r;
     }
     return tls_server_set_cert_files(proxy__tls(p), id, cert_path, key_path, err, errlen);
@@ -123,22 +113,6 @@ int proxy_tls_del_cert(struct proxy *p, const char *id)
     if (p->rops)
         return p->rops->tls_del_cert(p, id);
     return tls_server_del_cert(proxy__tls(p), id);
-}
-
-int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
-{
-    if (p->rops)
-        return p->rops->tls_stats(p, out);
-    memset(out, 0, sizeof(*out));
-    out->handshakes = atomic_load_explicit(&p->tls_handshakes, memory_order_relaxed);
-    out->resumed = atomic_load_explicit(&p->tls_resumed, memory_order_relaxed);
-    out->handshake_failures = atomic_load_explicit(&p->tls_failures, memory_order_relaxed);
-    out->no_certificate = atomic_load_explicit(&p->tls_nocert, memory_order_relaxed);
-    out->plain_http = atomic_load_explicit(&p->tls_plain, memory_order_relaxed);
-    out->not_tls = atomic_load_explicit(&p->tls_garbage, memory_order_relaxed);
-    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
-    out->certificates = t ? (unsigned)tls_server_ncerts(t) : 0;
-    return 0;
 }
 
 bool proxy_tls_has_name(struct proxy *p, const char *host)
@@ -233,6 +207,22 @@ bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *
         }
     pthread_mutex_unlock(&p->chal_lock);
     return found;
+}
+
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    if (p->rops)
+        return p->rops->tls_stats(p, out);
+    memset(out, 0, sizeof(*out));
+    out->handshakes = atomic_load_explicit(&p->tls_handshakes, memory_order_relaxed);
+    out->resumed = atomic_load_explicit(&p->tls_resumed, memory_order_relaxed);
+    out->handshake_failures = atomic_load_explicit(&p->tls_failures, memory_order_relaxed);
+    out->no_certificate = atomic_load_explicit(&p->tls_nocert, memory_order_relaxed);
+    out->plain_http = atomic_load_explicit(&p->tls_plain, memory_order_relaxed);
+    out->not_tls = atomic_load_explicit(&p->tls_garbage, memory_order_relaxed);
+    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
+    out->certificates = t ? (unsigned)tls_server_ncerts(t) : 0;
+    return 0;
 }
 
 void proxy__tls_tick(struct proxy *p, uint64_t now_ms)

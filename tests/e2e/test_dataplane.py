@@ -234,10 +234,13 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
     c = DpClient(tako.home)
     try:
-        # A newer peer (speaks up to 2) and this data plane agree on 1.
-        r = c.call(op="hello", proto=2, min_proto=1, role="observer", pid=os.getpid(),
+        # A newer peer (speaks up to 3) and this data plane agree on 2; an
+        # older one (1: no HTTPS) on 1.
+        r = c.call(op="hello", proto=3, min_proto=1, role="observer", pid=os.getpid(),
                    future_field={"x": 1})
-        assert r["ok"] and r["proto"] == 1 and r["driver_pid"] == tako.takod_pid()
+        assert r["ok"] and r["proto"] == 2 and r["driver_pid"] == tako.takod_pid()
+        r = c.call(op="hello", proto=1, min_proto=1, role="observer", pid=os.getpid())
+        assert r["ok"] and r["proto"] == 1
         r = c.call(op="hello", proto=5, min_proto=5, role="observer")
         assert not r["ok"] and "no common protocol version" in r["error"]
         r = c.call(op="some_future_op")
@@ -263,7 +266,7 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
         # A driver with a newer epoch holds it: a takod starting now is
         # refused rather than driving the same data plane twice.
         r = c.call(op="hello", proto=1, role="driver", epoch=epoch + 1, pid=os.getpid())
-        assert r["ok"]
+        assert r["ok"], r
         r = tako.run("daemon", "--foreground", check=None, timeout=30)
         assert r.returncode != 0 and "already driven" in r.stderr, r.stderr
     finally:

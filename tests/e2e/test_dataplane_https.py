@@ -1,8 +1,9 @@
-"""HTTPS across the data-plane boundary: the data plane serves TLS on its
-own while takod is killed, keeps its certificates, redirect and HSTS
-through a handover to a new build, and gets them back from takod (routes
-included, before it accepts) when it is itself killed and restarted. Each
-load is bounded in requests and time and counts failed requests."""
+"""HTTPS across the data-plane boundary (protocol 2): the data plane serves
+TLS on its own while takod is killed, keeps its certificates, redirect and
+HSTS through a handover to a new build, gets them back from takod when it
+is itself killed and restarted, and an older data plane (protocol 1) is
+refused HTTPS cleanly while plain HTTP keeps serving. Each load is bounded
+in requests and time and counts failed requests."""
 import http.client as http_client
 import json
 import os
@@ -243,7 +244,7 @@ def test_dataplane_kill9_gets_https_back_from_takod(tako):
     # the TLS counters of the new process, as takod reads them
     c = DpClient(tako.home)
     try:
-        assert c.call(op="hello", proto=1, min_proto=1, role="observer")["ok"]
+        assert c.call(op="hello", proto=2, min_proto=1, role="observer")["proto"] == 2
         st = c.call(op="tls_stats")
         assert st["ok"] and st["certificates"] == 1 and st["handshakes"] >= 1, st
         text = c.call(op="metrics")["text"]
@@ -252,3 +253,57 @@ def test_dataplane_kill9_gets_https_back_from_takod(tako):
     finally:
         c.close()
     print("data plane kill -9 under HTTPS load: %d of %d failed" % (failed, ok + failed))
+
+
+def test_protocol2_https_ops_and_successor_without_https_refused(tako):
+    http_port, https_port, cert, der = deploy_https(tako)
+    c = DpClient(tako.home)
+    try:
+        r = c.call(op="hello", proto=3, min_proto=1, role="observer", pid=os.getpid())
+        assert r["ok"] and r["proto"] == 2
+        # only the driver installs certificates or challenge answers
+        r = c.call(op="cert_set", cert_id="x", cert="a", key="b")
+        assert not r["ok"] and r["errno"] == 1  # EPERM
+        r = c.call(op="challenge_set", token="t", keyauth="k")
+        assert not r["ok"] and r["errno"] == 1
+        # a successor that speaks only protocol 1 would serve the TLS
+        # sockets as plain HTTP and lose the certificates: refused
+        s = DpClient(tako.home)
+        try:
+            r = s.call(op="hello", proto=1, min_proto=1, role="successor", pid=os.getpid())
+            assert r["ok"] and r["proto"] == 1
+            r = s.call(op="handover")
+            assert not r["ok"] and r["errno"] == 93, r  # EPROTONOSUPPORT
+            assert "cannot serve HTTPS" in r["error"]
+        finally:
+            s.close()
+    finally:
+        c.close()
+    # nothing was disturbed: same process, same certificate, takod drives
+    assert served(https_port, cert)[0] == der
+    ps = tako.ps_json()
+    assert ps["dataplane"]["state"] == "running"
+    r = tako.run("scale", "web=2", "production", check=None)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_older_dataplane_refuses_https_cleanly_plain_http_serves(tako):
+    """A data plane that speaks only protocol 1 (as an older tako would; this
+    build stands in for it with TAKO_DATAPLANE_PROTO_MAX=1): takod does not
+    send it TLS listeners it would serve in plain, says why, and the plain
+    HTTP entrypoint keeps serving."""
+    tako.env["TAKO_DATAPLANE_PROTO_MAX"] = "1"
+    http_port, https_port, cert = site(tako)
+    r = tako.run("deploy", "production", check=None)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "cannot listen on port %d" % https_port in out, out
+    ev = events(tako)
+    assert "speaks protocol 1" in ev and "needs protocol 2" in ev, ev
+    # nothing listens on the HTTPS port; plain HTTP answers (no redirect:
+    # there is no HTTPS to send anyone to)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", https_port)) != 0
+    st, hdrs, body = wait_for(lambda: (lambda x: x[0] == 200 and x)(
+        http(http_port, "/api/instance", headers={"Host": NAME})), timeout=20,
+        what="plain HTTP served")
+    assert json.loads(body)["hostname"]
