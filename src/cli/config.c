@@ -218,6 +218,11 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
         else
             fputs("    servers: []  # this machine\n", f);
         fprintf(f, "    http: %u\n", e->http_port);
+        if (e->metrics_addr && e->metrics_token)
+            fprintf(f, "    metrics: {address: %s, token: %s}\n", e->metrics_addr,
+                    show_secrets ? e->metrics_token : "******");
+        else
+            fprintf(f, "    metrics: %s\n", e->metrics_addr ? e->metrics_addr : "~  # off");
         fputs("    services:\n", f);
         for (size_t j = 0; j < e->services_len; j++)
             explain_service(f, &e->services[j], show_secrets);

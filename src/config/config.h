@@ -149,6 +149,12 @@ struct cfg_env {
     char **servers; /* names in cfg_file.servers; NULL-terminated, empty = this machine */
     size_t servers_len;
     unsigned http_port; /* shared listener: 80 when loaded as root, else 8080 */
+    /* `metrics:` — where takod serves /metrics and the dashboard for this
+     * environment; NULL = off (the default). Normalised "HOST:PORT" (a port
+     * alone means 127.0.0.1). A non-loopback host requires a token. */
+    char *metrics_addr;
+    char *metrics_token; /* NULL when not set */
+    unsigned metrics_line, metrics_col; /* of the address, for errors found later */
     struct cfg_service *services;
     size_t services_len;
 };

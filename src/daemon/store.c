@@ -35,7 +35,8 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL, project TEXT,"
     "  service TEXT, kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);"
-    "CREATE INDEX IF NOT EXISTS events_by_service ON events(project, service, id);";
+    "CREATE INDEX IF NOT EXISTS events_by_service ON events(project, service, id);"
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 struct store *store_open(const char *path, char *err, size_t errlen)
 {
@@ -338,4 +339,61 @@ json_t *store_events_list(struct store *s, const char *project, const char *serv
     }
     sqlite3_finalize(st);
     return arr;
+}
+
+int store_kv_set(struct store *s, const char *key, const char *value)
+{
+    sqlite3_stmt *st = value ? prep(s, "INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)")
+                             : prep(s, "DELETE FROM kv WHERE key = ?");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (value)
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    return step_done(s, st);
+}
+
+char *store_kv_get(struct store *s, const char *key)
+{
+    sqlite3_stmt *st = prep(s, "SELECT value FROM kv WHERE key = ?");
+    if (!st)
+        return NULL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    char *v = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        v = xstrdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return v;
+}
+
+int store_kv_prefix(struct store *s, const char *prefix,
+                    void (*cb)(void *data, const char *key, const char *value), void *data)
+{
+    sqlite3_stmt *st = prep(s, "SELECT key, value FROM kv WHERE substr(key, 1, length(?1)) = ?1"
+                               " ORDER BY key");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        cb(data, (const char *)sqlite3_column_text(st, 0),
+           (const char *)sqlite3_column_text(st, 1));
+    sqlite3_finalize(st);
+    return 0;
+}
+
+int store_events_count(struct store *s, const char *kind,
+                       void (*cb)(void *data, const char *project, const char *service,
+                                  uint64_t n),
+                       void *data)
+{
+    sqlite3_stmt *st = prep(s, "SELECT project, service, COUNT(*) FROM events WHERE kind = ?"
+                               " GROUP BY project, service");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW)
+        cb(data, (const char *)sqlite3_column_text(st, 0) ?: "",
+           (const char *)sqlite3_column_text(st, 1) ?: "", (uint64_t)sqlite3_column_int64(st, 2));
+    sqlite3_finalize(st);
+    return 0;
 }

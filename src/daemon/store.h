@@ -57,4 +57,19 @@ int store_event(struct store *s, const char *project, const char *service, const
 json_t *store_events_list(struct store *s, const char *project, const char *service,
                           const char *kind, int limit);
 
+/* Events of one kind counted per (project, service), for counters that
+ * must survive restarts (deploys, rollbacks, scale events). */
+int store_events_count(struct store *s, const char *kind,
+                       void (*cb)(void *data, const char *project, const char *service,
+                                  uint64_t n),
+                       void *data);
+
+/* Small named settings and blobs (metrics listeners, counter totals).
+ * value NULL deletes. store_kv_get returns a heap string or NULL. */
+int store_kv_set(struct store *s, const char *key, const char *value);
+char *store_kv_get(struct store *s, const char *key);
+/* Every key starting with prefix, in key order. */
+int store_kv_prefix(struct store *s, const char *prefix,
+                    void (*cb)(void *data, const char *key, const char *value), void *data);
+
 #endif

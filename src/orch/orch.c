@@ -1055,7 +1055,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         s->http_port = req->http_port;
         svc_ensure_pool(s);
         svc_persist(s);
-        report(s, "info", NULL, "deploying revision %s: %u replica%s", s->revision, svc_desired(s),
+        report(s, "info", "deploy", "deploying revision %s: %u replica%s", s->revision, svc_desired(s),
             svc_desired(s) == 1 ? "" : "s");
     }
     if (req->prune && !req->only_service) {

@@ -175,6 +175,27 @@ char *proxy_metrics_text(struct proxy *p)
     return b.p;
 }
 
+uint64_t proxy_instance_id(const struct proxy *p) { return p->instance_id; }
+
+int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n)
+{
+    pthread_mutex_lock(&p->lock);
+    size_t cap = 0;
+    for (struct listener *l = p->listeners; l; l = l->next)
+        cap++;
+    struct proxy_listener_stats *v = xcalloc(cap ? cap : 1, sizeof(*v));
+    size_t k = 0;
+    for (struct listener *l = p->listeners; l; l = l->next, k++) {
+        net_addr_str(&l->addr, v[k].addr, sizeof(v[k].addr));
+        v[k].open_conns = atomic_load(&l->open_conns);
+        v[k].accepted = (uint64_t)atomic_load(&l->accepted);
+    }
+    pthread_mutex_unlock(&p->lock);
+    *out = v;
+    *n = k;
+    return 0;
+}
+
 /* ---- the endpoint ---- */
 
 struct mconn {

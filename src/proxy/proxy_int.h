@@ -17,7 +17,7 @@
 #include "proxy/proxy.h"
 
 #define PROXY_MAX_THREADS 256
-#define PROXY_NHIST 16 /* latency histogram buckets, the last is +Inf */
+#define PROXY_NHIST PROXY_HIST_BUCKETS /* latency histogram buckets, the last is +Inf */
 #define PROXY_MAX_TRIES 8
 
 /* Relaxed counters written by one thread, read by any. */
@@ -231,6 +231,7 @@ struct proxy {
     int metrics_fd;
     struct ev_io metrics_io;
     struct dlist metrics_conns;
+    uint64_t instance_id; /* random, see proxy_instance_id() */
 };
 
 /* ---- pool.c ---- */

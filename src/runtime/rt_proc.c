@@ -778,6 +778,8 @@ void rt_info(struct rt_replica *r, struct rt_info *info)
         info->cpu_percent = r->cpu;
         info->rss_bytes = r->rss;
     }
+    long hz = sysconf(_SC_CLK_TCK);
+    info->cpu_seconds = (double)r->sample_ticks / (double)(hz > 0 ? hz : 100);
     info->hostname_shared = r->st.hostname_shared;
     snprintf(info->last_error, sizeof(info->last_error), "%s", r->last_error);
     snprintf(info->revision, sizeof(info->revision), "%s", r->spec.spec.revision);
