@@ -58,8 +58,9 @@ int cmd_rollback(int argc, char **argv);
 int cmd_history(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_autoscale(int argc, char **argv);
+int cmd_dashboard(int argc, char **argv);
 extern const char help_deploy[], help_ps[], help_stats[], help_logs[], help_scale[],
     help_restart[], help_stop[], help_start[], help_down[], help_rollback[], help_history[],
-    help_daemon[], help_autoscale[];
+    help_daemon[], help_autoscale[], help_dashboard[];
 
 #endif

@@ -982,11 +982,7 @@ struct obs_buf *obs_state(struct obs *m)
         json_t *j = state_json(m);
         char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
         json_decref(j);
-        size_t l = text ? strlen(text) : 0;
-        struct obs_buf *b = xmalloc(sizeof(*b) + l + 1);
-        b->refs = 1;
-        b->len = l;
-        memcpy(b->data, text ? text : "", l + 1);
+        struct obs_buf *b = obs_buf_new(text ? text : "", text ? strlen(text) : 0);
         free(text);
         obs_buf_unref(m->state);
         m->state = b;
@@ -994,6 +990,16 @@ struct obs_buf *obs_state(struct obs *m)
     }
     m->state->refs++;
     return m->state;
+}
+
+struct obs_buf *obs_buf_new(const char *data, size_t len)
+{
+    struct obs_buf *b = xmalloc(sizeof(*b) + len + 1);
+    b->refs = 1;
+    b->len = len;
+    memcpy(b->data, data, len);
+    b->data[len] = '\0';
+    return b;
 }
 
 void obs_buf_unref(struct obs_buf *b)
@@ -1036,6 +1042,13 @@ static void bind_drop(struct obs *m, struct obs_bind *b)
     free(b->token);
     free(b);
 }
+
+static char *src_metrics(void *ctx, bool om, size_t *len)
+{
+    return obs_metrics_text(ctx, om, len);
+}
+
+static struct obs_buf *src_state(void *ctx) { return obs_state(ctx); }
 
 static bool same_token(const char *a, const char *b)
 {
@@ -1107,7 +1120,8 @@ int obs_bind(struct obs *m, const char *project, const char *env, const char *ad
             h = NULL;
         }
         int rc = 0;
-        h = obs_http_new(m, m->loop, addr, token, &rc);
+        struct obs_http_src src = {src_metrics, src_state, m};
+        h = obs_http_new(&src, m->loop, addr, token, &rc);
         if (!h)
             return bind_err(err, errlen, where, addr, rc);
     }

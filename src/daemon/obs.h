@@ -40,6 +40,8 @@ struct obs_buf {
     size_t len;
     char data[];
 };
+/* A buffer holding a copy of data (refs 1). */
+struct obs_buf *obs_buf_new(const char *data, size_t len);
 struct obs_buf *obs_state(struct obs *m);
 void obs_buf_unref(struct obs_buf *b);
 
@@ -59,9 +61,20 @@ const char *obs_bound_addr(struct obs *m, const char *project, const char *env, 
                            size_t len);
 
 /* ---- obs_http.c: the listeners ---- */
+/* Where a listener's answers come from: takod's own obs, or (for `tako
+ * dashboard`) takod's control API reached through the CLI's endpoint. */
+struct obs_http_src {
+    /* The exposition (caller frees), or NULL: 503. */
+    char *(*metrics)(void *ctx, bool openmetrics, size_t *len);
+    /* The dashboard state (a reference), or NULL: 503, "takod unreachable". */
+    struct obs_buf *(*state)(void *ctx);
+    void *ctx;
+};
 struct obs_http;
-struct obs_http *obs_http_new(struct obs *m, struct ev_loop *loop, const char *addr,
-                              const char *token, int *err);
+/* Listen on addr ("HOST:PORT"; port 0 picks one). token NULL: none asked.
+ * NULL with -errno in *err. src is copied. */
+struct obs_http *obs_http_new(const struct obs_http_src *src, struct ev_loop *loop,
+                              const char *addr, const char *token, int *err);
 void obs_http_free(struct obs_http *h);
 const char *obs_http_addr(const struct obs_http *h, char *buf, size_t len);
 

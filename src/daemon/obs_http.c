@@ -23,7 +23,7 @@
 struct oh_conn;
 
 struct obs_http {
-    struct obs *m;
+    struct obs_http_src src;
     struct ev_loop *loop;
     int fd;
     struct ev_io io;
@@ -234,7 +234,11 @@ static void handle(struct oh_conn *c)
         bool om = header(c->in, "Accept", acc, sizeof(acc)) &&
                   strstr(acc, "application/openmetrics-text");
         size_t len;
-        c->body_own = obs_metrics_text(h->m, om, &len);
+        c->body_own = h->src.metrics ? h->src.metrics(h->src.ctx, om, &len) : NULL;
+        if (!c->body_own) {
+            reply_text(c, 503, "Service Unavailable", "takod unreachable\n");
+            return;
+        }
         reply(c, 200, "OK",
               om ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
                  : "text/plain; version=0.0.4; charset=utf-8",
@@ -242,7 +246,13 @@ static void handle(struct oh_conn *c)
         return;
     }
     if (strcmp(target, "/api/state") == 0) {
-        c->body_buf = obs_state(h->m);
+        c->body_buf = h->src.state(h->src.ctx);
+        if (!c->body_buf) {
+            static const char e[] = "{\"error\":\"takod unreachable\"}\n";
+            reply(c, 503, "Service Unavailable", "application/json", NULL, e, sizeof(e) - 1,
+                  head_only);
+            return;
+        }
         reply(c, 200, "OK", "application/json", NULL, c->body_buf->data, c->body_buf->len,
               head_only);
         return;
@@ -335,8 +345,8 @@ static void on_accept(struct ev_loop *loop, struct ev_io *w, uint32_t ev)
     }
 }
 
-struct obs_http *obs_http_new(struct obs *m, struct ev_loop *loop, const char *addr,
-                              const char *token, int *err)
+struct obs_http *obs_http_new(const struct obs_http_src *src, struct ev_loop *loop,
+                              const char *addr, const char *token, int *err)
 {
     struct net_addr a;
     if (net_parse_addr(addr, "127.0.0.1", &a) < 0) {
@@ -349,7 +359,7 @@ struct obs_http *obs_http_new(struct obs *m, struct ev_loop *loop, const char *a
         return NULL;
     }
     struct obs_http *h = xcalloc(1, sizeof(*h));
-    h->m = m;
+    h->src = *src;
     h->loop = loop;
     h->fd = fd;
     h->addr = a;

@@ -31,7 +31,7 @@ function replicaRow(r) {
   const pct = Math.round(r.share * 1000) / 10;
   const share = el("td", { class: "share", "data-field": "share" },
     el("span", { class: "bar" }), `${r.requests_1m} (${pct}%)`);
-  share.firstChild.style.width = Math.max(0, Math.min(100, pct)) * 0.8 + "px";
+  share.firstChild.style.width = Math.max(0, Math.min(100, pct)) + "px";
   const tr = el("tr", { "data-replica": r.name, "data-health": r.health,
                         "data-requests-1m": r.requests_1m, "data-requests": r.requests },
     el("td", { "data-field": "name" }, r.name),
