@@ -31,7 +31,7 @@ const char help_dashboard[] =
     "Open the live dashboard: every service with its replicas (server, health,\n"
     "requests per second, p50/p99, errors, CPU, memory, restarts), the share of\n"
     "requests each replica took over the last minute, and a timeline of deploys,\n"
-    "scaling, autoscaler decisions and health changes. It updates itself every second.\n"
+    "scaling, autoscaler decisions and health changes. It updates itself twice a second.\n"
     "\n"
     "The page is served by this command on 127.0.0.1 and reads takod through its\n"
     "control socket, so takod needs no open port. The printed address carries a\n"

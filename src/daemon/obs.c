@@ -390,7 +390,7 @@ static void on_replica(void *data, const struct orch_service_view *sv,
     }
     /* health transitions for the timeline: between healthy and unhealthy,
      * as the dashboard shows them */
-    if (r->present && health_shown(v->health) && health_shown(r->health) &&
+    if (health_shown(v->health) && health_shown(r->health) &&
         strcmp(v->health, r->health) != 0) {
         char msg[256];
         snprintf(msg, sizeof(msg), "%s is %s", r->name, v->health);

@@ -1,8 +1,8 @@
-// app.js — the tako dashboard: polls api/state once a second and redraws.
+// app.js — the tako dashboard: polls api/state twice a second and redraws.
 // Plain DOM, no framework, nothing fetched from elsewhere.
 "use strict";
 
-const POLL_MS = 1000;
+const POLL_MS = 500;
 const TIMEOUT_MS = 3000;
 let failingSince = 0;
 
@@ -33,7 +33,7 @@ function replicaRow(r) {
     el("span", { class: "bar" }), `${r.requests_1m} (${pct}%)`);
   share.firstChild.style.width = Math.max(0, Math.min(100, pct)) + "px";
   const tr = el("tr", { "data-replica": r.name, "data-health": r.health,
-                        "data-requests-1m": r.requests_1m, "data-requests": r.requests },
+                        "data-requests-minute": r.requests_1m, "data-requests": r.requests },
     el("td", { "data-field": "name" }, r.name),
     el("td", { class: "server", "data-field": "server" }, r.server),
     el("td", { class: "health", "data-field": "health" },
