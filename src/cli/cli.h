@@ -44,7 +44,7 @@ extern const char help_proxy[];
 
 
 /* Project commands (src/cli/deploy.c, ps.c, logs.c, lifecycle.c, history.c)
- * and takod (src/daemon/takod.c). */
+ * and takod (src/cli/daemon.c). */
 int cmd_deploy(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
@@ -59,8 +59,10 @@ int cmd_history(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_autoscale(int argc, char **argv);
 int cmd_dashboard(int argc, char **argv);
+int cmd_setup(int argc, char **argv);  /* servers.c */
+int cmd_remote(int argc, char **argv); /* servers.c: internal, runs on a server */
 extern const char help_deploy[], help_ps[], help_stats[], help_logs[], help_scale[],
     help_restart[], help_stop[], help_start[], help_down[], help_rollback[], help_history[],
-    help_daemon[], help_autoscale[], help_dashboard[];
+    help_daemon[], help_autoscale[], help_setup[], help_dashboard[];
 
 #endif

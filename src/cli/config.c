@@ -195,6 +195,7 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
             put_kv(f, 4, "user", s->user);
             fprintf(f, "    port: %u\n", s->port);
             put_kv(f, 4, "sshKey", s->ssh_key);
+            put_kv(f, 4, "hostKeys", s->strict_host_keys ? "strict" : "accept-new");
             if (s->labels_len) {
                 fputs("    labels:\n", f);
                 for (size_t j = 0; j < s->labels_len; j++) {

@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/common.h"
 #include "core/ev.h"
 #include "core/util.h"
 #include "daemon/obs.h"
@@ -26,7 +27,7 @@
 #define DASH_STATE_MIN_MS 250
 
 const char help_dashboard[] =
-    "Usage: tako dashboard [--port PORT] [--no-open]\n"
+    "Usage: tako dashboard [ENV] [-f FILE] [--port PORT] [--no-open]\n"
     "\n"
     "Open the live dashboard: every service with its replicas (server, health,\n"
     "requests per second, p50/p99, errors, CPU, memory, restarts), the share of\n"
@@ -34,12 +35,16 @@ const char help_dashboard[] =
     "scaling, autoscaler decisions and health changes. It updates itself twice a second.\n"
     "\n"
     "The page is served by this command on 127.0.0.1 and reads takod through its\n"
-    "control socket, so takod needs no open port. The printed address carries a\n"
+    "control socket, so takod needs no open port. With ENV (or -e) whose servers:\n"
+    "name another machine, it reads that server's takod over SSH, like tako ps.\n"
+    "The printed address carries a\n"
     "one-time token: other users of this machine cannot read the page. Ctrl-C stops\n"
     "it. To serve the page from takod itself (e.g. for a team, with Prometheus), set\n"
     "metrics: in tako.yaml (see docs/observability.md).\n"
     "\n"
     "Options:\n"
+    "  -f, --file FILE  the configuration (default ./tako.yaml), to find ENV's server\n"
+    "  -e, --env ENV    the environment whose server to show (default: this machine)\n"
     "  --port PORT   listen on 127.0.0.1:PORT (default: a free port)\n"
     "  --no-open     do not start a browser ($BROWSER, else xdg-open); just print\n"
     "                the address\n"
@@ -173,18 +178,23 @@ static void open_browser(const char *url)
 
 int cmd_dashboard(int argc, char **argv)
 {
-    static const struct option opts[] = {{"port", required_argument, NULL, 'p'},
+    static const struct option opts[] = {{"file", required_argument, NULL, 'f'},
+                                         {"env", required_argument, NULL, 'e'},
+                                         {"port", required_argument, NULL, 'P'},
                                          {"no-open", no_argument, NULL, 'n'},
                                          {"help", no_argument, NULL, 'h'},
                                          {0}};
+    struct cli_target t = {.cmd = "dashboard"};
     unsigned port = 0;
     bool no_open = false;
     int o;
     optind = 1;
     opterr = 0;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "hf:e:", opts, NULL)) != -1) {
         switch (o) {
-        case 'p': {
+        case 'f': t.file = optarg; break;
+        case 'e': t.env = optarg; break;
+        case 'P': {
             uint64_t v;
             if (parse_uint(optarg, 65535, &v) < 0)
                 return cli_usage_error("dashboard", "invalid --port '%s'", optarg);
@@ -197,7 +207,14 @@ int cmd_dashboard(int argc, char **argv)
         }
     }
     if (optind < argc)
+        t.env = argv[optind++];
+    if (optind < argc)
         return cli_usage_error("dashboard", "unexpected argument '%s'", argv[optind]);
+    /* Only to find the environment's server: without ENV nor a tako.yaml
+     * naming a remote one, this machine's takod. */
+    int trc = (t.env || t.file) ? cli_target_load(&t, true, true) : 0;
+    if (trc)
+        return trc;
 
     /* takod is not started for a read-only page, but say so at once. */
     int fd = client_connect(false);
@@ -210,6 +227,8 @@ int cmd_dashboard(int argc, char **argv)
     unsigned char rnd[16];
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         fprintf(stderr, "tako dashboard: no randomness for the token: %s\n", strerror(errno));
+        if (t.env || t.file)
+            cli_target_free(&t);
         return EXIT_FAILED;
     }
     char token[33];
@@ -226,6 +245,8 @@ int cmd_dashboard(int argc, char **argv)
     struct ev_loop loop;
     if (ev_loop_init(&loop) < 0) {
         fprintf(stderr, "tako dashboard: epoll: %s\n", strerror(errno));
+        if (t.env || t.file)
+            cli_target_free(&t);
         return EXIT_FAILED;
     }
     struct dash d = {0};
@@ -237,6 +258,8 @@ int cmd_dashboard(int argc, char **argv)
     if (!h) {
         fprintf(stderr, "tako dashboard: cannot listen on %s: %s\n", addr, strerror(-err));
         ev_loop_close(&loop);
+        if (t.env || t.file)
+            cli_target_free(&t);
         return EXIT_FAILED;
     }
     char bound[64], url[160];
@@ -253,5 +276,7 @@ int cmd_dashboard(int argc, char **argv)
     obs_http_free(h);
     obs_buf_unref(d.state);
     ev_loop_close(&loop);
+    if (t.env || t.file)
+        cli_target_free(&t);
     return EXIT_OK;
 }

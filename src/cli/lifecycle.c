@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -19,6 +20,7 @@ const char help_scale[] =
     "The count is kept in takod's state as an override and shown by `tako ps`.\n"
     "The next deploy keeps it and warns while tako.yaml asks for another count; once\n"
     "you change replicas in tako.yaml, the file wins and the override is dropped.\n"
+    "COUNT is 0 to 1000, the limit per service (as for replicas in tako.yaml).\n"
     "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
     "their bounds in tako.yaml.\n"
     "\n"
@@ -131,6 +133,29 @@ int cmd_scale(int argc, char **argv)
     return rc;
 }
 
+/* Does WORD select an environment of the tako.yaml at hand (`tako restart
+ * prod`, `tako rollback prod`)? */
+static bool names_env(const struct cli_target *t, const char *word)
+{
+    const char *file = t->file ? t->file : "tako.yaml";
+    if (access(file, F_OK) != 0)
+        return false;
+    struct cfg_diag *d = cfg_diag_new();
+    struct cfg_file *f = cfg_load_file(file, d);
+    bool yes = f && cfg_select_env(f, word, d) != NULL;
+    for (size_t i = 0; yes && i < f->envs_len; i++) /* a service of that name wins */
+        if (cfg_env_service(&f->envs[i], word))
+            yes = false;
+    cfg_free(f);
+    cfg_diag_free(d);
+    return yes;
+}
+
+static bool is_revision(const char *w)
+{
+    return strlen(w) >= 4 && strspn(w, "0123456789abcdef") == strlen(w);
+}
+
 static int simple_action(const char *kind, int argc, char **argv, bool service_pos)
 {
     struct cli_target t = {.cmd = kind};
@@ -142,7 +167,9 @@ static int simple_action(const char *kind, int argc, char **argv, bool service_p
     snprintf(path, sizeof(path), "/v1/%s", kind);
     const char *revision = NULL;
     for (int i = 0; i < 2 && pos[i]; i++) {
-        if (strcmp(kind, "rollback") == 0 && !revision)
+        if (!t.env && !is_revision(pos[i]) && names_env(&t, pos[i]))
+            t.env = pos[i];
+        else if (strcmp(kind, "rollback") == 0 && !revision)
             revision = pos[i];
         else if (service_pos && !t.service)
             t.service = pos[i];

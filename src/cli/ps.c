@@ -216,6 +216,17 @@ static int ps_or_stats(int argc, char **argv, bool stats)
         return rc;
     }
     json_t *svcs = json_object_get(resp, "services");
+    json_t *dp = json_object_get(resp, "dataplane");
+    const char *dps = json_string_value(json_object_get(dp, "state"));
+    if (!t.json && dps && strcmp(dps, "running") != 0) {
+        /* Traffic depends on it: say so before the table. */
+        const char *why = json_string_value(json_object_get(dp, "last_error"));
+        printf("data plane: %s%s%s%s\n", strcmp(dps, "crashloop") == 0 ? "crash loop" : dps,
+               why ? " (" : "", why ? why : "", why ? ")" : "");
+        if (strcmp(dps, "crashloop") == 0)
+            printf("  not restarted again; see %s/dataplane.log, then restart takod\n",
+                   json_string_value(json_object_get(dp, "home")) ?: "$TAKO_HOME");
+    }
     if (t.json) {
         cli_print_json(resp);
     } else if (json_array_size(svcs) == 0) {

@@ -52,6 +52,9 @@ void cfg_diag_add(struct cfg_diag *d, enum cfg_severity sev, const char *file, u
 
 /* ---- typed configuration ---------------------------------------------- */
 
+/* A strategy's number is its row in the balancer's table (proxy/lb_table.c,
+ * the same as enum lb_kind); the first rows are named here, a strategy
+ * added later is the next number and needs nothing in the config code. */
 enum cfg_lb {
     CFG_LB_ROUND_ROBIN,
     CFG_LB_LEAST_CONNECTIONS,
@@ -140,6 +143,7 @@ struct cfg_server {
     char *user;    /* "root" */
     unsigned port; /* 22 */
     char *ssh_key; /* as written (may start with ~/); NULL when not set */
+    bool strict_host_keys; /* hostKeys: strict (refuse unknown keys); default accept-new */
     struct cfg_kv *labels;
     size_t labels_len;
 };

@@ -7,6 +7,7 @@
 
 #include "config/internal.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
@@ -115,6 +116,8 @@ json_t *cfg_file_to_json(const struct cfg_file *f)
         json_object_set_new(o, "user", str_or_null(s->user));
         json_object_set_new(o, "port", json_integer(s->port));
         json_object_set_new(o, "ssh_key", str_or_null(s->ssh_key));
+        json_object_set_new(o, "host_keys",
+                            json_string(s->strict_host_keys ? "strict" : "accept-new"));
         json_object_set_new(o, "labels", kv_object(s->labels, s->labels_len));
         json_array_append_new(servers, o);
     }
@@ -285,7 +288,7 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
 
     json_t *lb = rd_get(&r, j, "load_balancer", "service");
     s->lb_strategy = (enum cfg_lb)rd_enum(&r, lb, "strategy", "service.load_balancer", lb_name_i,
-                                          CFG_LB_P2C + 1);
+                                          (int)lb_count());
     s->lb_cookie = rd_str(&r, lb, "cookie", "service.load_balancer", false);
 
     json_t *h = rd_get(&r, j, "health", "service");

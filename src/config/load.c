@@ -14,6 +14,7 @@
 #include "config/internal.h"
 #include "core/net.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 #define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
 #define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
@@ -575,20 +576,31 @@ static bool valid_env_key(const char *s)
 
 /* ---- enums and defaults ----------------------------------------------- */
 
-static const char *const lb_names[] = {"round_robin", "least_connections", "ip_hash",
-                                       "random",      "sticky",            "p2c"};
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 
+/* The strategies are the balancer's table (proxy/lb_table.c): a strategy
+ * added there is valid here with no change. */
+#define LB_NAMES_MAX 32
+static size_t lb_names(const char *out[LB_NAMES_MAX])
+{
+    size_t n = lb_count() < LB_NAMES_MAX ? lb_count() : LB_NAMES_MAX;
+    for (size_t i = 0; i < n; i++)
+        out[i] = lb_kind_name((enum lb_kind)i);
+    return n;
+}
+
 const char *cfg_lb_name(enum cfg_lb lb)
 {
-    return (unsigned)lb < ARRAY_LEN(lb_names) ? lb_names[lb] : "?";
+    return lb_kind_name((enum lb_kind)lb);
 }
 
 int cfg_lb_parse(const char *s, enum cfg_lb *out)
 {
-    for (size_t i = 0; i < ARRAY_LEN(lb_names); i++)
-        if (strcmp(s, lb_names[i]) == 0) {
+    const char *names[LB_NAMES_MAX];
+    size_t n = lb_names(names);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) {
             *out = (enum cfg_lb)i;
             return 0;
         }
@@ -660,10 +672,17 @@ void cfg__service_clear(struct cfg_service *s)
 
 /* ---- services --------------------------------------------------------- */
 
+/* Where the user wrote a health interval and timeout (NULL: not written),
+ * so defaults can follow the written values and a conflict names both. */
+struct health_written {
+    const yaml_node_t *interval, *timeout;
+    char *interval_path, *timeout_path;
+};
+
 /* Health settings: `healthCheck` and tako-cli's `loadBalancer.healthCheck`
  * share one key set. Returns true when `enabled` was given. */
 static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
-                        struct cfg_health *h, bool *enabled_set)
+                        struct cfg_health *h, bool *enabled_set, struct health_written *hw)
 {
     enum { K_ENABLED, K_PATH, K_INTERVAL, K_TIMEOUT, K_HEALTHY, K_UNHEALTHY, K_RETRIES, K_START };
     static const char *const keys[] = {"enabled",          "path",
@@ -690,6 +709,16 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     }
     set_duration(c, v[K_INTERVAL], path, "interval", 1, &h->interval_ms);
     set_duration(c, v[K_TIMEOUT], path, "timeout", 1, &h->timeout_ms);
+    if (v[K_INTERVAL] && !is_null(v[K_INTERVAL])) {
+        hw->interval = v[K_INTERVAL];
+        free(hw->interval_path);
+        hw->interval_path = kpath(path, "interval");
+    }
+    if (v[K_TIMEOUT] && !is_null(v[K_TIMEOUT])) {
+        hw->timeout = v[K_TIMEOUT];
+        free(hw->timeout_path);
+        hw->timeout_path = kpath(path, "timeout");
+    }
     set_uint(c, v[K_HEALTHY], path, "healthyThreshold", 1, 100, &h->healthy_threshold);
     if (v[K_UNHEALTHY] && v[K_RETRIES])
         err_key(c, v[K_RETRIES], path, "retries",
@@ -698,6 +727,27 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     set_uint(c, v[K_RETRIES], path, "retries", 1, 100, &h->unhealthy_threshold);
     set_duration(c, v[K_START], path, "startPeriod", 0, &h->start_period_ms);
     return true;
+}
+
+/* Defaults follow what the user wrote: an unwritten timeout is at most the
+ * interval, an unwritten interval at least the timeout. Only two written
+ * values can conflict, and the error names both places. */
+static void health_defaults(struct cfg__ctx *c, struct cfg_health *h, struct health_written *hw)
+{
+    if (hw->interval && !hw->timeout && h->timeout_ms > h->interval_ms)
+        h->timeout_ms = h->interval_ms;
+    if (hw->timeout && !hw->interval && h->interval_ms < h->timeout_ms)
+        h->interval_ms = h->timeout_ms;
+    if (hw->interval && hw->timeout && h->timeout_ms > h->interval_ms)
+        err_at(c, hw->timeout, hw->timeout_path,
+               "timeout (%llums) must not be longer than %s (%llums, at %s:%u:%u)",
+               (unsigned long long)h->timeout_ms, hw->interval_path,
+               (unsigned long long)h->interval_ms, c->name,
+               (unsigned)hw->interval->start_mark.line + 1,
+               (unsigned)hw->interval->start_mark.column + 1);
+    free(hw->interval_path);
+    free(hw->timeout_path);
+    memset(hw, 0, sizeof(*hw));
 }
 
 static void load_replicas(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
@@ -958,26 +1008,25 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
+    struct health_written hw = {0};
     s->health.enabled = has_port;
     if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
         int strat = (int)s->lb_strategy;
-        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", lb_names, ARRAY_LEN(lb_names),
-                     &strat))
+        const char *names[LB_NAMES_MAX];
+        size_t nn = lb_names(names);
+        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", names, nn, &strat))
             s->lb_strategy = (enum cfg_lb)strat;
         set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
             err_key(c, lb[L_COOKIE], lp, "cookie", "invalid cookie name \"%s\"", s->lb_cookie);
         char *hp = kpath(lp, "healthCheck");
-        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set);
+        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set, &hw);
         free(hp);
     }
     free(lp);
     char *hp = kpath(path, "healthCheck");
-    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set);
-    if (s->health.timeout_ms > s->health.interval_ms)
-        err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
-               "timeout (%llums) must not be longer than interval (%llums)",
-               (unsigned long long)s->health.timeout_ms, (unsigned long long)s->health.interval_ms);
+    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set, &hw);
+    health_defaults(c, &s->health, &hw);
     if (!has_port && s->health.enabled) {
         err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
                "an HTTP health check needs the service's port (a service without port is a "
@@ -1044,8 +1093,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
 static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                         const yaml_node_t *n, const char *path, struct cfg_server *sv)
 {
-    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS };
-    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels"};
+    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS, K_HOSTKEYS };
+    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels", "hostKeys"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     sv->name = xstrdup(name);
     sv->user = xstrdup("root");
@@ -1062,6 +1111,14 @@ static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t 
     set_str(c, v[K_USER], path, "user", &sv->user);
     set_uint(c, v[K_PORT], path, "port", 1, 65535, &sv->port);
     set_str(c, v[K_KEY], path, "sshKey", &sv->ssh_key);
+    char *hk = NULL;
+    set_str(c, v[K_HOSTKEYS], path, "hostKeys", &hk);
+    if (hk && strcmp(hk, "strict") == 0)
+        sv->strict_host_keys = true;
+    else if (hk && strcmp(hk, "accept-new") != 0)
+        err_key(c, v[K_HOSTKEYS], path, "hostKeys",
+                "invalid value \"%s\" (expected accept-new or strict)", hk);
+    free(hk);
     struct pair *pairs;
     char *lp = kpath(path, "labels");
     size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
@@ -1187,6 +1244,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     set_str_list(c, v[K_SERVERS], path, "servers", &e->servers, &e->servers_len);
     if (!e->servers)
         e->servers = xcalloc(1, sizeof(char *));
+    /* On a server takod runs as root (or through sudo), whoever runs the CLI. */
+    for (size_t i = 0; i < e->servers_len; i++) {
+        const struct cfg_server *sv = cfg_find_server(f, e->servers[i]);
+        if (sv && !cfg_server_is_local(sv))
+            e->http_port = 80;
+    }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
     load_metrics(c, v[K_METRICS], path, e);
 

@@ -13,10 +13,10 @@
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "daemon/store.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
+#include "store/store.h"
 
 #define OBS_SAMPLE_MS 500     /* health transitions and rates are seen this often */
 #define OBS_SAVE_MS 30000     /* totals saved at least this often when they moved */
@@ -325,7 +325,6 @@ static const struct obs_slot *ring_since(const struct obs_rep *r, uint64_t now_m
 
 struct visit_ctx {
     struct obs *m;
-    uint64_t proxy_id;
 };
 
 static void on_service(void *data, const struct orch_service_view *v)
@@ -375,7 +374,9 @@ static void on_replica(void *data, const struct orch_service_view *sv,
         c[C_LAT_US] = (uint64_t)llround(b->latency_sum_s * 1e6);
         for (size_t k = 0; k < PROXY_HIST_BUCKETS; k++)
             c[C_HIST + k] = b->hist[k];
-        uint64_t id = fnv(x->proxy_id ^ 0x9e3779b97f4a7c15ull, b->addr);
+        /* the counting proxy's identity comes with its numbers: a data
+         * plane restarted between two looks cannot be mistaken for the old */
+        uint64_t id = fnv(b->instance ^ 0x9e3779b97f4a7c15ull, b->addr);
         if (tot_feed(&r->px, id, c, now))
             m->dirty = true;
         r->inflight += b->inflight;
@@ -394,8 +395,9 @@ static void on_replica(void *data, const struct orch_service_view *sv,
         strcmp(v->health, r->health) != 0) {
         char msg[256];
         snprintf(msg, sizeof(msg), "%s is %s", r->name, v->health);
-        store_event(m->store, sv->project, sv->name, "health", msg,
-                    json_pack("{s:s, s:s}", "replica", r->name, "health", v->health));
+        json_t *ev = json_pack("{s:s, s:s}", "replica", r->name, "health", v->health);
+        store_event(m->store, sv->project, sv->name, "health", msg, ev, NULL, NULL);
+        json_decref(ev);
     }
     snprintf(r->health, sizeof(r->health), "%s", v->health);
     snprintf(r->phase, sizeof(r->phase), "%s", v->phase);
@@ -418,7 +420,7 @@ static void sample(struct obs *m)
         r->present = false;
     for (struct obs_svc *s = m->svcs; s; s = s->next)
         s->present = false;
-    struct visit_ctx x = {.m = m, .proxy_id = proxy_instance_id(m->proxy)};
+    struct visit_ctx x = {.m = m};
     static const struct orch_visitor vis = {on_service, on_replica};
     orch_visit(m->orch, &vis, &x);
     /* A service gone from the reconciler (down, pruned) takes its replicas'
@@ -457,7 +459,7 @@ static void sample(struct obs *m)
         for (size_t i = 0; i < nls; i++) {
             struct obs_lis *l = lis_get(m, ls[i].addr);
             uint64_t v = ls[i].accepted;
-            if (tot_feed(&l->acc, x.proxy_id, &v, m->now_ms))
+            if (tot_feed(&l->acc, ls[i].instance, &v, m->now_ms))
                 m->dirty = true;
             l->open = ls[i].open_conns;
             l->present = true;
@@ -485,21 +487,33 @@ static void save(struct obs *m)
     json_t *j = json_pack("{s:i, s:o, s:o}", "version", 1, "replicas", reps, "listeners", lis);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    if (text && store_kv_set(m->store, OBS_KV_TOTALS, text) == 0) {
+    /* Waited for: a scrape is answered only once its numbers are stored
+     * (the SQLite store answers before the call returns). */
+    struct store_result res = {0};
+    if (text && store_kv_set(m->store, OBS_KV_TOTALS, text, store_keep_json, &res) == 0 &&
+        res.done && res.rc == 0) {
         m->dirty = false;
         m->saved_ms = ev_time_ms();
+    } else if (text) {
+        log_warn("metrics: could not save the counter totals (rc %d)", res.rc);
     }
+    store_result_clear(&res);
     free(text);
 }
 
 static void load(struct obs *m)
 {
-    char *text = store_kv_get(m->store, OBS_KV_TOTALS);
-    if (!text)
+    struct store_result res = {0};
+    const char *text = NULL;
+    if (store_kv_list(m->store, OBS_KV_TOTALS, store_keep_json, &res) == 0 && res.done)
+        text = json_string_value(json_object_get(res.json, OBS_KV_TOTALS));
+    if (!text) {
+        store_result_clear(&res);
         return;
+    }
     json_error_t je;
     json_t *j = json_loads(text, 0, &je);
-    free(text);
+    store_result_clear(&res);
     if (!j) {
         log_warn("metrics: saved totals unreadable (%s); counters start from zero", je.text);
         return;
@@ -616,24 +630,16 @@ static void svc_labels(const char *project, const char *env, const char *name, c
 static const char *const health_states[] = {"healthy", "unhealthy", "starting", "draining",
                                             "none"};
 
-struct count_ctx {
-    struct obs *m;
-    json_t *map; /* "project\tenv\tservice" → count; events know project and service */
-};
-
-static void count_cb(void *data, const char *project, const char *service, uint64_t n)
-{
-    struct count_ctx *c = data;
-    char k[256];
-    snprintf(k, sizeof(k), "%s\t%s", project, service);
-    json_object_set_new(c->map, k, json_integer((json_int_t)n));
-}
-
+/* {"project\tservice": count} (events know project and service). */
 static json_t *event_counts(struct obs *m, const char *kind)
 {
-    struct count_ctx c = {m, json_object()};
-    store_events_count(m->store, kind, count_cb, &c);
-    return c.map;
+    struct store_result res = {0};
+    json_t *map = NULL;
+    if (store_events_count(m->store, kind, store_keep_json, &res) == 0 && res.done &&
+        res.rc == 0)
+        map = json_incref(res.json);
+    store_result_clear(&res);
+    return map ? map : json_object();
 }
 
 static uint64_t count_of(json_t *map, const struct obs_svc *s)
@@ -952,7 +958,12 @@ static json_t *state_json(struct obs *m)
         json_object_set_new(sj, "replicas", reps);
         json_array_append_new(svcs, sj);
     }
-    json_t *all = store_events_list(m->store, NULL, NULL, NULL, 400);
+    struct store_result res = {0};
+    json_t *all = NULL;
+    if (store_events_list(m->store, NULL, NULL, NULL, 400, store_keep_json, &res) == 0 &&
+        res.done)
+        all = json_incref(res.json);
+    store_result_clear(&res);
     json_t *tl = json_array();
     size_t i;
     json_t *e;
@@ -1071,14 +1082,14 @@ static void persist_bind(struct obs *m, const char *project, const char *env,
     char key[256];
     snprintf(key, sizeof(key), OBS_KV_LISTEN "%s/%s", project, env);
     if (!b) {
-        store_kv_set(m->store, key, NULL);
+        store_kv_set(m->store, key, NULL, NULL, NULL);
         return;
     }
     json_t *j = json_pack("{s:s, s:s?, s:s}", "address", b->addr, "token", b->token, "where",
                           b->where);
     char *t = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    store_kv_set(m->store, key, t);
+    store_kv_set(m->store, key, t, NULL, NULL);
     free(t);
 }
 
@@ -1159,13 +1170,6 @@ const char *obs_bound_addr(struct obs *m, const char *project, const char *env, 
     return b && b->http ? obs_http_addr(b->http, buf, len) : NULL;
 }
 
-static void collect_cb(void *data, const char *key, const char *value)
-{
-    json_object_set_new(data, key, json_string(value));
-}
-
-/* Bindings are collected first: binding writes the row again, which a
- * running SELECT over the table would meet again. */
 static void rebind_cb(void *data, const char *key, const char *value)
 {
     struct obs *m = data;
@@ -1199,13 +1203,14 @@ struct obs *obs_new(struct ev_loop *loop, struct orch *orch, struct proxy *proxy
     if (gethostname(m->host, sizeof(m->host) - 1) != 0)
         snprintf(m->host, sizeof(m->host), "localhost");
     load(m);
-    json_t *binds = json_object();
-    store_kv_prefix(store, OBS_KV_LISTEN, collect_cb, binds);
-    const char *key;
-    json_t *val;
-    json_object_foreach(binds, key, val)
-        rebind_cb(m, key, json_string_value(val));
-    json_decref(binds);
+    struct store_result res = {0};
+    if (store_kv_list(store, OBS_KV_LISTEN, store_keep_json, &res) == 0 && res.done) {
+        const char *key;
+        json_t *val;
+        json_object_foreach(res.json, key, val)
+            rebind_cb(m, key, json_string_value(val));
+    }
+    store_result_clear(&res);
     ev_timer_init(&m->timer, on_timer, m);
     ev_timer_start(loop, &m->timer, OBS_SAMPLE_MS);
     return m;

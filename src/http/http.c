@@ -69,6 +69,10 @@ static enum http_hdr_id header_id(const char *n, size_t len)
     case 2:
         H("te", HTTP_H_TE);
         break;
+    case 9:
+        H("forwarded", HTTP_H_FORWARDED);
+        H("x-real-ip", HTTP_H_X_REAL_IP);
+        break;
     case 4:
         H("host", HTTP_H_HOST);
         break;
@@ -334,12 +338,60 @@ static int apply_headers(struct http_msg *m, bool request)
     return 0;
 }
 
+/* Split the request-target into path and authority (RFC 9112 3.2). An
+ * absolute-form target's authority replaces Host (3.2.2): a Host that
+ * differs is refused, so the backend can never see another host than the
+ * one the request was routed on. */
+static int split_target(struct http_msg *m)
+{
+    const char *t = m->target;
+    size_t n = m->target_len, k;
+    if (t[0] == '/') {
+        m->path = t;
+        m->path_len = (uint32_t)n;
+        return 0;
+    }
+    if (n == 1 && t[0] == '*')
+        return m->method == HTTP_OPTIONS ? (m->path = t, m->path_len = 1, 0) : HTTP_E_BAD;
+    if (n > 7 && strncasecmp(t, "http://", 7) == 0)
+        k = 7;
+    else if (n > 8 && strncasecmp(t, "https://", 8) == 0)
+        k = 8;
+    else
+        return HTTP_E_BAD;
+    size_t a = k;
+    while (k < n && t[k] != '/' && t[k] != '?' && t[k] != '#')
+        k++;
+    if (k == a || (k < n && t[k] == '#'))
+        return HTTP_E_BAD;
+    for (size_t i = a; i < k; i++)
+        if (!IS(t[i], C_HOST) || t[i] == '@')
+            return HTTP_E_BAD; /* userinfo or junk in the authority */
+    m->authority = t + a;
+    m->authority_len = (uint32_t)(k - a);
+    if (k == n) {
+        m->path = "/";
+        m->path_len = 1;
+    } else {
+        m->path = t + k;
+        m->path_len = (uint32_t)(n - k);
+    }
+    if (m->host >= 0) {
+        const struct http_header *h = &m->headers[m->host];
+        if (h->value_len != m->authority_len || strncasecmp(h->value, m->authority, h->value_len) != 0)
+            return HTTP_E_BAD;
+    }
+    return 0;
+}
+
 static void msg_reset(struct http_msg *m)
 {
     m->method = HTTP_OTHER;
     m->method_s = m->target = m->reason = NULL;
+    m->path = m->authority = NULL;
     m->method_len = 0;
     m->target_len = m->reason_len = 0;
+    m->path_len = m->authority_len = 0;
     m->status = 0;
     m->minor = 1;
     m->flags = 0;
@@ -398,6 +450,9 @@ int http_parse_request(const char *buf, size_t len, struct http_msg *m, unsigned
         return r;
     if (m->method == HTTP_CONNECT)
         return HTTP_E_NOT_IMPL;
+    r = split_target(m);
+    if (r < 0)
+        return r;
     m->head_len = (uint32_t)(p - buf);
     return (int)m->head_len;
 }
@@ -506,6 +561,7 @@ enum {
     CH_DATA_CR,   /* CR after the data */
     CH_DATA_LF,   /* LF after the data */
     CH_TRAILER,   /* start of a trailer line, or the final CR */
+    CH_TRAILER_NAME,
     CH_TRAILER_LINE,
     CH_TRAILER_LF,
     CH_END_LF, /* final LF */
@@ -515,6 +571,22 @@ enum {
 #define CH_MAX_SIZE_DIGITS 15 /* < 2^60: no overflow, absurd sizes refused */
 
 void http_chunked_init(struct http_chunked *c) { memset(c, 0, sizeof(*c)); }
+
+/* Fields that frame, route or are hop-by-hop: never in a trailer section
+ * (RFC 9110 6.5.1), where a recipient that merged them would reframe. */
+static bool trailer_name_refused(const struct http_chunked *c)
+{
+    static const char *const refused[] = {
+        "content-length", "transfer-encoding", "host", "connection", "keep-alive",
+        "te", "upgrade", "proxy-connection",
+    };
+    if (c->name_len > sizeof(c->name))
+        return false; /* longer than any refused name */
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        if (strlen(refused[i]) == c->name_len && memcmp(refused[i], c->name, c->name_len) == 0)
+            return true;
+    return false;
+}
 
 long http_chunked_feed(struct http_chunked *c, const char *p, size_t n, size_t *data_len)
 {
@@ -585,10 +657,25 @@ long http_chunked_feed(struct http_chunked *c, const char *p, size_t n, size_t *
             if (ch == '\r') {
                 c->state = CH_END_LF;
             } else if (IS(ch, C_TOKEN)) {
-                c->state = CH_TRAILER_LINE;
+                c->state = CH_TRAILER_NAME;
                 c->line_len = 1;
+                c->name[0] = (char)(ch | (ch >= 'A' && ch <= 'Z' ? 0x20 : 0));
+                c->name_len = 1;
             } else {
                 return -1;
+            }
+            break;
+        case CH_TRAILER_NAME:
+            if (ch == ':') {
+                if (trailer_name_refused(c))
+                    return -1;
+                c->state = CH_TRAILER_LINE;
+            } else if (!IS(ch, C_TOKEN) || ++c->line_len > CH_MAX_LINE) {
+                return -1; /* not a field line: "GET /x HTTP/1.1" is no trailer */
+            } else if (c->name_len < sizeof(c->name)) {
+                c->name[c->name_len++] = (char)(ch | (ch >= 'A' && ch <= 'Z' ? 0x20 : 0));
+            } else {
+                c->name_len = sizeof(c->name) + 1; /* too long to be a refused name */
             }
             break;
         case CH_TRAILER_LINE:

@@ -50,6 +50,8 @@ enum http_hdr_id {
     HTTP_H_COOKIE,
     HTTP_H_PROXY_AUTHORIZATION,
     HTTP_H_PROXY_AUTHENTICATE,
+    HTTP_H_FORWARDED,
+    HTTP_H_X_REAL_IP,
 };
 
 struct http_header {
@@ -77,6 +79,12 @@ struct http_msg {
     const char *target;
     uint16_t method_len;
     uint32_t target_len;
+    /* The target split (RFC 9112 3.2): path is the origin-form to forward
+     * ("/p?q", or "*" for OPTIONS), authority the host[:port] of an
+     * absolute-form target (NULL otherwise; a Host header that differs from
+     * it is refused). */
+    const char *path, *authority;
+    uint32_t path_len, authority_len;
     /* status line (responses) */
     int status;
     const char *reason;
@@ -101,7 +109,10 @@ enum {
     HTTP_E_VERSION = -505,   /* not HTTP/1.0 or HTTP/1.1 */
 };
 
-/* Parse a request head at buf[0..len). Returns the head length (> 0) when a
+/* Parse a request head at buf[0..len). The request-target must be
+ * origin-form ("/..."), absolute-form with an http or https scheme (its
+ * authority must equal Host when both are there; no userinfo), or "*" for
+ * OPTIONS; anything else is HTTP_E_BAD. Returns the head length (> 0) when a
  * complete, valid head is there, HTTP_INCOMPLETE when more bytes are needed,
  * or a negative HTTP_E_* (the status to answer, negated). Empty lines before
  * the request line are skipped (RFC 9112 2.2) and counted in head_len.
@@ -127,11 +138,16 @@ struct http_chunked {
     uint8_t state;
     uint8_t size_digits;
     uint16_t line_len; /* bytes in the current trailer/extension line */
+    uint8_t name_len;  /* trailer field name bytes kept in name[] */
+    char name[20];     /* its start, lower-cased: enough to know the refused names */
     uint64_t left;     /* data bytes left in the current chunk */
     bool done;
 };
 
 void http_chunked_init(struct http_chunked *c);
+/* Trailer fields (after the last chunk) must be header fields, "name:
+ * value" with the head's rules; Content-Length, Transfer-Encoding, Host and
+ * the hop-by-hop fields are refused there (a framing error). */
 /* Feed p[0..n). Returns the bytes consumed (0 ≤ r ≤ n) or -1 on a framing
  * error. Each call consumes either chunk data or framing: when it consumed
  * data, *data_len = r (the data starts at p); else *data_len = 0. After the

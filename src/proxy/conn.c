@@ -3,10 +3,11 @@
  * response down (keep-alive both sides, pooled upstream connections,
  * back-pressure, 1xx, Upgrade tunnels), retry safely, time out, log.
  *
- * Everything here runs on one worker thread. Sockets are registered once,
- * edge-triggered, for reading and writing; readiness is remembered in
- * rd/wr flags that are cleared only on EAGAIN, so no epoll_ctl call happens
- * per request. An idle client connection holds no buffer: the buffers of an
+ * Everything here runs on one worker thread. Bytes move only through the
+ * transport (xprt.h): no code here reads or writes a socket. Sockets are
+ * registered once, edge-triggered, for reading and writing; the transport
+ * remembers their readiness and clears it only when the socket would block,
+ * so no epoll_ctl call happens per request. An idle client connection holds no buffer: the buffers of an
  * exchange (struct xchg) come from a per-worker free list when a request
  * starts and go back when it ends.
  */
@@ -24,25 +25,26 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
+#include "proxy/rewrite.h"
 
 #define CBUF_MIN 16384
 #define UBUF_SIZE 16384
 #define FREE_X_MAX 256
 
 struct upconn {
-    int fd;
+    struct xconn xc;
     struct ev_io io;
     struct worker *w;
     struct backend *b;
     struct xchg *x; /* owner while in use, NULL when pooled */
     struct dlist blink, wlink;
     uint64_t idle_since;
-    bool connecting, rd, wr, reused, closed, pooled;
+    bool connecting, reused, closed, pooled;
     struct ev_defer defer;
 };
 
 struct client {
-    int fd;
+    struct xconn xc;
     struct ev_io io;
     struct worker *w;
     struct listener *l;
@@ -52,7 +54,7 @@ struct client {
     struct dlist link;
     uint8_t family;
     uint8_t addr[16];
-    bool rd, wr, closed;
+    bool closed;
     uint32_t nreq;
     struct ev_defer defer;
 };
@@ -105,9 +107,7 @@ struct xchg {
     bool t_c_eof, t_u_eof;
     /* log and routing */
     uint64_t t_start;   /* µs */
-    uint64_t client_hash;
-    bool cookie_ok;
-    char cookie[17];
+    struct lb_req lbr; /* what the pool's strategy took from the request */
     char rid[40];
     uint8_t rid_len;
     char method_s[16];
@@ -197,7 +197,7 @@ static void up_close(struct upconn *u)
         return;
     u->closed = true;
     u->io.active = false; /* close() unregisters it, see client_close */
-    close(u->fd);
+    xc_close(&u->xc);
     if (u->pooled) {
         u->pooled = false;
         u->b->idle_n[u->w->idx]--;
@@ -214,7 +214,10 @@ static void up_release(struct upconn *u, bool reusable)
     struct worker *w = u->w;
     struct backend *b = u->b;
     u->x = NULL;
-    if (!reusable || w->stopping || atomic_load_explicit(&b->removed, memory_order_relaxed)) {
+    /* a connection that saw its peer's end of stream or an error never
+     * carries another request */
+    if (!reusable || !xc_reusable(&u->xc) || w->stopping ||
+        atomic_load_explicit(&b->removed, memory_order_relaxed)) {
         up_close(u);
         return;
     }
@@ -232,13 +235,15 @@ static void up_release(struct upconn *u, bool reusable)
     u->idle_since = w->loop.now;
 }
 
+/* An event on a pooled connection: anything but "would block" (end of
+ * stream, an error, bytes nobody asked for) makes it unusable. */
 static void up_idle_event(struct upconn *u)
 {
     char tmp[64];
-    ssize_t n = recv(u->fd, tmp, sizeof(tmp), MSG_DONTWAIT);
-    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+    ssize_t n = xc_can_recv(&u->xc) ? xc_recv(&u->xc, tmp, sizeof(tmp)) : -EAGAIN;
+    if ((n == -EAGAIN || n == -EINTR) && xc_reusable(&u->xc))
         return;
-    up_close(u); /* EOF, error, or bytes nobody asked for */
+    up_close(u);
 }
 
 static struct upconn *up_from_pool(struct worker *w, struct backend *b)
@@ -251,7 +256,7 @@ static struct upconn *up_from_pool(struct worker *w, struct backend *b)
         u->pooled = false;
         b->idle_n[w->idx]--;
         atomic_fetch_sub(&b->idle_conns, 1);
-        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms) {
+        if (w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms || !xc_reusable(&u->xc)) {
             up_close(u);
             continue;
         }
@@ -269,73 +274,6 @@ void conn__close_removed_upstreams(struct worker *w)
         if (atomic_load(&u->b->removed) || w->stopping ||
             w->loop.now - u->idle_since >= w->p->o.upstream_idle_ms)
             up_close(u);
-    }
-}
-
-/* ---- output helpers ---- */
-
-struct obuf {
-    char *p;
-    uint32_t len, cap;
-    bool overflow;
-};
-
-static void ob_put(struct obuf *o, const char *s, size_t n)
-{
-    if (o->overflow || o->len + n > o->cap) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p + o->len, s, n);
-    o->len += (uint32_t)n;
-}
-
-static void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
-
-static void ob_hdr(struct obuf *o, const struct http_header *h)
-{
-    ob_put(o, h->name, h->name_len);
-    ob_put(o, ": ", 2);
-    ob_put(o, h->value, h->value_len);
-    ob_put(o, "\r\n", 2);
-}
-
-/* Whether header h is named in the Connection header(s) of m. */
-static bool conn_listed(const struct http_msg *m, const struct http_header *h)
-{
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *c = &m->headers[i];
-        if (c->id != HTTP_H_CONNECTION)
-            continue;
-        const char *v = c->value;
-        size_t n = c->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
-                k++;
-            if (k > s && k - s == h->name_len && strncasecmp(v + s, h->name, k - s) == 0)
-                return true;
-        }
-    }
-    return false;
-}
-
-static bool hop_by_hop(const struct http_msg *m, const struct http_header *h, bool keep_upgrade)
-{
-    switch (h->id) {
-    case HTTP_H_CONNECTION:
-    case HTTP_H_KEEP_ALIVE:
-    case HTTP_H_PROXY_CONNECTION:
-    case HTTP_H_TE:
-    case HTTP_H_TRAILER:
-    case HTTP_H_TRANSFER_ENCODING:
-        return true;
-    case HTTP_H_UPGRADE:
-        return !keep_upgrade;
-    default:
-        return (m->flags & HTTP_F_CONN_OTHER) && conn_listed(m, h);
     }
 }
 
@@ -447,7 +385,7 @@ static void xchg_finish(struct xchg *x, bool client_ok)
         c->x = NULL;
         xchg_put(w, x);
         client_deadline(c, w->p->o.idle_timeout_ms);
-        if (c->rd)
+        if (xc_can_recv(&c->xc))
             client_process(c);
         return;
     }
@@ -486,28 +424,17 @@ static bool trusted(struct proxy *p, int family, const uint8_t *a)
     return false;
 }
 
-static uint64_t addr_hash(struct proxy_pool *pool, int family, const uint8_t *a)
-{
-    if (family == AF_INET)
-        return lb_hash64(a, 4, 4);
-    uint8_t m[16] = {0};
-    unsigned bits = pool->o.ipv6_prefix, full = bits / 8, rem = bits % 8;
-    memcpy(m, a, full);
-    if (rem)
-        m[full] = (uint8_t)(a[full] & (0xff << (8 - rem)));
-    return lb_hash64(m, 16, 6);
-}
-
 /* The client address that balancing and logs use: the peer, or from a
- * trusted proxy the right-most untrusted X-Forwarded-For entry. */
-static void client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
+ * trusted proxy the right-most untrusted X-Forwarded-For entry. Returns
+ * whether the peer is a trusted proxy. */
+static bool client_identity(struct xchg *x, const struct http_msg *m, int *family, uint8_t *addr)
 {
     struct client *c = x->c;
     struct proxy *p = c->w->p;
     *family = c->family;
     memcpy(addr, c->addr, 16);
     if (!p->ntrusted || !trusted(p, c->family, c->addr))
-        return;
+        return false;
     /* walk every X-Forwarded-For value from the right */
     for (int i = (int)m->nheaders - 1; i >= 0; i--) {
         const struct http_header *h = &m->headers[i];
@@ -536,52 +463,25 @@ static void client_identity(struct xchg *x, const struct http_msg *m, int *famil
                     fam = AF_INET6;
             }
             if (!fam)
-                return; /* garbage: stop believing the chain here */
+                return true; /* garbage: stop believing the chain here */
             *family = fam;
             memcpy(addr, b, 16);
             if (!trusted(p, fam, b))
-                return;
+                return true;
             e = s ? s - 1 : 0;
         }
     }
-}
-
-static void find_cookie(struct xchg *x, const struct http_msg *m)
-{
-    const char *name = x->pool->sticky_cookie;
-    size_t nl = x->pool->sticky_cookie_len;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        if (h->id != HTTP_H_COOKIE)
-            continue;
-        const char *v = h->value;
-        size_t n = h->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == ';'))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ';')
-                k++;
-            if (k - s > nl && memcmp(v + s, name, nl) == 0 && v[s + nl] == '=') {
-                size_t vl = k - s - nl - 1;
-                if (vl == 16) {
-                    memcpy(x->cookie, v + s + nl + 1, 16);
-                    x->cookie[16] = '\0';
-                    x->cookie_ok = true;
-                }
-                return;
-            }
-        }
-    }
+    return true;
 }
 
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
 {
     struct routes *rt = atomic_load_explicit(&c->l->routes, memory_order_acquire);
-    if (rt->n && m->host >= 0) {
-        const struct http_header *h = &m->headers[m->host];
-        size_t n = h->value_len;
-        const char *v = h->value;
+    /* the authority of an absolute-form target is the host (the parser
+     * refused a Host that differs from it) */
+    const char *v = m->host >= 0 ? m->headers[m->host].value : m->authority;
+    if (rt->n && v) {
+        size_t n = m->host >= 0 ? m->headers[m->host].value_len : m->authority_len;
         /* port ignored: strip ":digits" (not inside an IPv6 literal) */
         for (size_t k = n; k > 0; k--) {
             if (v[k - 1] == ':') {
@@ -610,67 +510,26 @@ static void make_request_id(struct xchg *x, struct worker *w)
 }
 
 /* Rewrite the request head for the backend into hbuf. */
-static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid)
+static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool gen_rid,
+                                bool peer_trusted, const char *peer_ip)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    ob_put(&o, m->method_s, m->method_len);
-    ob_put(&o, " ", 1);
-    ob_put(&o, m->target, m->target_len);
-    ob_str(&o, " HTTP/1.1\r\n");
-    bool xff_done = false;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        switch (h->id) {
-        case HTTP_H_X_FORWARDED_PROTO:
-        case HTTP_H_X_FORWARDED_HOST:
-            continue;
-        case HTTP_H_X_FORWARDED_FOR:
-            if (xff_done)
-                continue;
-            /* all X-Forwarded-For values, in order, then the peer */
-            ob_str(&o, "X-Forwarded-For: ");
-            for (unsigned k = i; k < m->nheaders; k++)
-                if (m->headers[k].id == HTTP_H_X_FORWARDED_FOR && m->headers[k].value_len) {
-                    ob_put(&o, m->headers[k].value, m->headers[k].value_len);
-                    ob_put(&o, ", ", 2);
-                }
-            ob_str(&o, x->client_ip);
-            ob_put(&o, "\r\n", 2);
-            xff_done = true;
-            continue;
-        default:
-            if (hop_by_hop(m, h, x->upgrade))
-                continue;
-            ob_hdr(&o, h);
-        }
-    }
-    if (m->host < 0) {
-        char la[64];
-        ob_str(&o, "Host: ");
-        ob_str(&o, net_addr_str(&x->c->l->addr, la, sizeof(la)));
-        ob_put(&o, "\r\n", 2);
-    }
-    if (!xff_done) {
-        ob_str(&o, "X-Forwarded-For: ");
-        ob_str(&o, x->client_ip);
-        ob_put(&o, "\r\n", 2);
-    }
-    ob_str(&o, "X-Forwarded-Proto: http\r\n");
-    if (m->host >= 0) {
-        ob_str(&o, "X-Forwarded-Host: ");
-        ob_put(&o, m->headers[m->host].value, m->headers[m->host].value_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (gen_rid) {
-        ob_str(&o, "X-Request-Id: ");
-        ob_put(&o, x->rid, x->rid_len);
-        ob_put(&o, "\r\n", 2);
-    }
-    if (x->rb == RB_CHUNKED)
-        ob_str(&o, "Transfer-Encoding: chunked\r\n");
-    if (x->upgrade)
-        ob_str(&o, "Connection: upgrade\r\n");
-    ob_put(&o, "\r\n", 2);
+    char la[64] = "";
+    if (m->host < 0 && !m->authority)
+        net_addr_str(&x->c->l->addr, la, sizeof(la));
+    struct rw_req r = {
+        .peer_ip = peer_ip,
+        .client_ip = x->client_ip,
+        .peer_trusted = peer_trusted,
+        .scheme = x->c->xc.ops->scheme,
+        .listen_addr = la,
+        .rid = gen_rid ? x->rid : NULL,
+        .rid_len = x->rid_len,
+        .body = x->rb == RB_CL ? RW_BODY_LENGTH : x->rb == RB_CHUNKED ? RW_BODY_CHUNKED : RW_BODY_NONE,
+        .content_length = x->rb_cl,
+        .upgrade = x->upgrade,
+    };
+    rw_request_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->h_off = 0;
@@ -684,17 +543,13 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
 {
     struct worker *w = x->c->w;
     struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
-    struct lb_req r = {
-        .client_hash = x->client_hash,
-        .cookie = x->cookie_ok ? x->cookie : NULL,
-        .cookie_len = 16,
-        .tried = x->tried,
-        .ntried = x->ntried,
-        .rand = worker_rand_cb,
-        .rand_ctx = w,
-    };
+    struct lb_req *r = &x->lbr;
+    r->tried = x->tried;
+    r->ntried = x->ntried;
+    r->rand = worker_rand_cb;
+    r->rand_ctx = w;
     *setp = set;
-    return set->n ? set->ops->pick(set, &r) : NULL;
+    return set->n ? set->ops->pick(set, r) : NULL;
 }
 
 /* Pick a backend and connect (or wait for one to be healthy). */
@@ -734,6 +589,24 @@ static void xchg_start_upstream(struct xchg *x)
     xchg_connect(x);
 }
 
+/* The connection could not even be started (refused at once): nothing was
+ * sent, always retryable. */
+static void up_connect_failed(struct xchg *x, int err)
+{
+    struct worker *w = x->c->w;
+    struct backend *b = x->b;
+    x->up_sent = 0;
+    pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-err));
+    STAT_ADD(&b->st[w->idx].failures, 1);
+    xchg_release_backend(x, false);
+    if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
+        STAT_ADD(&b->st[w->idx].retries, 1);
+        xchg_start_upstream(x);
+    } else {
+        xchg_error(x, 502, "backend connection failed");
+    }
+}
+
 static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
@@ -743,32 +616,30 @@ static void xchg_connect(struct xchg *x)
         bool inprog;
         int fd = net_connect_tcp(&b->addr, &inprog);
         if (fd < 0) {
-            /* refused at once: nothing was sent, always retryable */
-            x->up_sent = 0;
-            pool__backend_down(atomic_load(&x->pool->cur), b, strerror(-fd));
-            STAT_ADD(&b->st[w->idx].failures, 1);
-            xchg_release_backend(x, false);
-            if (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
-                STAT_ADD(&b->st[w->idx].retries, 1);
-                xchg_start_upstream(x);
-            } else {
-                xchg_error(x, 502, "backend connection failed");
-            }
+            up_connect_failed(x, fd);
             return;
         }
         u = xcalloc(1, sizeof(*u));
-        u->fd = fd;
         u->w = w;
         u->b = b;
         u->connecting = inprog;
-        u->wr = !inprog;
         dlist_init(&u->blink);
         dlist_init(&u->wlink);
+        int ar = xc_attach(&u->xc, fd, x->pool->up_xprt, x->pool->up_xprt_arg);
+        if (ar < 0) {
+            /* the transport refused the connection: like a refused connect */
+            xc_close(&u->xc);
+            free(u);
+            up_connect_failed(x, ar);
+            return;
+        }
+        if (!inprog)
+            u->xc.ready |= XC_WR;
         ev_io_init(&u->io, fd, up_on_io, u);
         ev_io_start(&w->loop, &u->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
         client_deadline(x->c, w->p->o.connect_timeout_ms);
     } else {
-        u->wr = true;
+        u->xc.ready |= XC_WR;
         client_deadline(x->c, w->p->o.timeout_ms);
     }
     u->x = x;
@@ -818,18 +689,17 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
     }
     int fam;
     uint8_t a[16];
-    client_identity(x, m, &fam, a);
-    if (x->pool->o.strategy == LB_IP_HASH)
-        x->client_hash = addr_hash(x->pool, fam, a);
-    if (x->pool->o.strategy == LB_STICKY)
-        find_cookie(x, m);
-    if (!build_upstream_head(x, m, gen_rid)) {
+    bool peer_trusted = client_identity(x, m, &fam, a);
+    lb_request(x->pool, m, fam, a, &x->lbr); /* what the strategy needs, nothing more */
+    /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
+    char peer_ip[INET6_ADDRSTRLEN];
+    memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
+    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
+        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
+    if (!build_upstream_head(x, m, gen_rid, peer_trusted, peer_ip)) {
         xchg_error(x, 431, "request head too large");
         return;
     }
-    /* X-Forwarded-For got the peer; the log shows the believed client */
-    if (fam != c->family || memcmp(a, c->addr, 16) != 0)
-        inet_ntop(fam, a, x->client_ip, sizeof(x->client_ip));
     worker__count_request(w);
     xchg_start_upstream(x);
 }
@@ -859,7 +729,7 @@ static void client_close(struct client *c)
      * watcher only has to be skipped for the rest of this batch */
     c->io.active = false;
     ev_timer_stop(&w->loop, &c->timer);
-    close(c->fd);
+    xc_close(&c->xc);
     dlist_del(&c->link);
     w->nclients--;
     atomic_fetch_sub(&w->p->open_conns, 1);
@@ -881,24 +751,16 @@ static void xchg_abort(struct xchg *x, int status)
 static int client_fill(struct xchg *x)
 {
     struct client *c = x->c;
-    if (!c->rd || x->c_len >= x->cap)
+    if (!xc_can_recv(&c->xc) || x->c_len >= x->cap)
         return 0;
-    size_t want = x->cap - x->c_len;
-    ssize_t n = recv(c->fd, x->cbuf + x->c_len, want, 0);
+    ssize_t n = xc_recv(&c->xc, x->cbuf + x->c_len, x->cap - x->c_len);
     if (n > 0) {
-        /* A short read drained the socket: with edge-triggered epoll, bytes
-         * arriving later bring a new event, so no EAGAIN round trip. */
-        if ((size_t)n < want)
-            c->rd = false;
         x->c_len += (uint32_t)n;
         return (int)n;
     }
-    if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-        if (errno == EAGAIN)
-            c->rd = false;
+    if (n == -EAGAIN || n == -EINTR)
         return 0;
-    }
-    return -1;
+    return -1; /* end of stream or error */
 }
 
 static void client_process(struct client *c)
@@ -909,7 +771,7 @@ static void client_process(struct client *c)
             return;
         struct xchg *x = c->x;
         if (!x) {
-            if (!c->rd)
+            if (!xc_can_recv(&c->xc))
                 return;
             x = c->x = xchg_get(w);
             x->c = c;
@@ -970,10 +832,7 @@ static void client_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
 {
     (void)loop;
     struct client *c = io->data;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        c->rd = true;
-    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-        c->wr = true;
+    xc_on_event(&c->xc, ev);
     if (c->x && c->x->st != X_HEAD)
         xchg_run(c->x);
     else
@@ -1038,7 +897,7 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
 void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct sockaddr_storage *ss)
 {
     struct client *c = xcalloc(1, sizeof(*c));
-    c->fd = fd;
+    int ar = xc_attach(&c->xc, fd, wl->l->xprt, wl->l->xprt_arg);
     c->w = w;
     c->l = wl->l;
     atomic_fetch_add(&c->l->refs, 1);
@@ -1061,12 +920,12 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
     dlist_add(&w->clients, &c->link);
     w->nclients++;
     atomic_fetch_add(&c->l->open_conns, 1);
-    if (ev_io_start(&w->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
+    if (ar < 0 || ev_io_start(&w->loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) < 0) {
         client_close(c);
         return;
     }
-    c->wr = true;
-    c->rd = true; /* the request often came with the handshake: try now */
+    /* the request often came with the handshake: try now */
+    c->xc.ready = XC_RD | XC_WR;
     client_deadline(c, w->p->o.idle_timeout_ms);
     client_process(c);
 }
@@ -1189,23 +1048,18 @@ static int pump_request(struct xchg *x)
             client_deadline(c, c->w->p->o.timeout_ms);
         return got > 0;
     }
-    if (!u->wr)
+    if (!xc_can_send(&u->xc))
         return 0;
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t w = sendmsg(u->fd, &mh, MSG_NOSIGNAL);
-    if (w == -1) {
-        if (errno == EAGAIN) {
-            u->wr = false;
+    ssize_t w = xc_sendv(&u->xc, iov, n);
+    if (w < 0) {
+        if (w == -EAGAIN)
             return 0;
-        }
-        if (errno == EINTR)
+        if (w == -EINTR)
             return 1;
-        return upstream_failed(x, errno);
+        return upstream_failed(x, (int)-w);
     }
     x->up_sent += (uint64_t)w;
     size_t left = (size_t)w;
-    if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
-        u->wr = false; /* short write: buffer full, EPOLLOUT will come */
     if (x->h_off < x->h_len) {
         size_t k = left < x->h_len - x->h_off ? left : x->h_len - x->h_off;
         x->h_off += (uint32_t)k;
@@ -1223,47 +1077,23 @@ static int pump_request(struct xchg *x)
 static bool build_client_head(struct xchg *x, const struct http_msg *m)
 {
     struct obuf o = {.p = x->hbuf, .cap = x->hcap};
-    char sl[13] = "HTTP/1.1 000 ";
-    sl[9] = (char)('0' + m->status / 100 % 10);
-    sl[10] = (char)('0' + m->status / 10 % 10);
-    sl[11] = (char)('0' + m->status % 10);
-    ob_put(&o, sl, sizeof(sl));
-    if (m->reason_len)
-        ob_put(&o, m->reason, m->reason_len);
-    else
-        ob_str(&o, http_reason(m->status));
-    ob_put(&o, "\r\n", 2);
-    bool is101 = m->status == 101;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        /* passed through chunked: the codings stay as the backend said */
-        if (h->id == HTTP_H_TRANSFER_ENCODING && x->rs == RS_CHUNKED) {
-            ob_hdr(&o, h);
-            continue;
-        }
-        if (hop_by_hop(m, h, is101))
-            continue;
-        ob_hdr(&o, h);
+    struct rw_rsp r = {
+        .body = x->rs == RS_CL         ? RW_RSP_LENGTH
+                : x->rs == RS_CHUNKED  ? RW_RSP_CHUNKED
+                : x->rs == RS_NONE     ? RW_RSP_NONE
+                                       : RW_RSP_UNTIL_CLOSE,
+        .content_length = m->content_length,
+        .close = x->close_client,
+        .client_http10 = x->minor == 0,
+    };
+    char hv[LB_KEY_MAX];
+    if (x->ntried && m->status >= 200) {
+        /* The strategy may pin the client to the backend that answered. */
+        r.set_cookie_name = lb_response(x->pool, &x->lbr, x->tried[x->ntried - 1], hv);
+        if (r.set_cookie_name)
+            r.set_cookie_val = hv;
     }
-    if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
-        struct backend *b = x->tried[x->ntried - 1];
-        char hv[17];
-        snprintf(hv, sizeof(hv), "%016llx", (unsigned long long)b->id_hash);
-        if (!x->cookie_ok || memcmp(hv, x->cookie, 16) != 0) {
-            ob_str(&o, "Set-Cookie: ");
-            ob_str(&o, x->pool->sticky_cookie);
-            ob_put(&o, "=", 1);
-            ob_put(&o, hv, 16);
-            ob_str(&o, "; Path=/; HttpOnly\r\n");
-        }
-    }
-    if (is101)
-        ob_str(&o, "Connection: upgrade\r\n");
-    else if (m->status >= 200 && x->close_client)
-        ob_str(&o, "Connection: close\r\n");
-    else if (m->status >= 200 && x->minor == 0)
-        ob_str(&o, "Connection: keep-alive\r\n");
-    ob_put(&o, "\r\n", 2);
+    rw_response_head(&o, m, &r);
     if (o.overflow)
         return false;
     x->o_off = 0;
@@ -1271,27 +1101,22 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
     return true;
 }
 
-/* Read from the backend into ubuf. 1 read, 0 nothing, -1 EOF/error (errno). */
+/* Read from the backend into ubuf. 1 read, 0 nothing, -1 end of stream or
+ * error (*err: 0 or the errno). */
 static int upstream_fill(struct xchg *x, int *err)
 {
     struct upconn *u = x->u;
-    if (!u->rd || x->u_len >= UBUF_SIZE)
+    if (!xc_can_recv(&u->xc) || x->u_len >= UBUF_SIZE)
         return 0;
-    size_t want = UBUF_SIZE - x->u_len;
-    ssize_t n = recv(u->fd, x->ubuf + x->u_len, want, 0);
+    ssize_t n = xc_recv(&u->xc, x->ubuf + x->u_len, UBUF_SIZE - x->u_len);
     if (n > 0) {
-        if ((size_t)n < want)
-            u->rd = false; /* drained, see client_fill */
         x->u_len += (uint32_t)n;
         STAT_ADD(&u->b->st[u->w->idx].bytes_in, (uint64_t)n);
         return 1;
     }
-    if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-        if (errno == EAGAIN)
-            u->rd = false;
+    if (n == -EAGAIN || n == -EINTR)
         return 0;
-    }
-    *err = n == 0 ? 0 : errno;
+    *err = n == 0 ? 0 : (int)-n;
     return -1;
 }
 
@@ -1317,11 +1142,18 @@ static int parse_response_head(struct xchg *x)
         return 1;
     }
     if (m->status >= 100 && m->status < 200 && m->status != 101) {
-        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client */
+        /* interim (100 Continue, 103): pass it on to an HTTP/1.1 client,
+         * rewritten like a final head (our version, no hop-by-hop fields) */
         if (x->minor == 1) {
-            memcpy(x->hbuf, x->ubuf + x->u_off, (size_t)r);
+            struct obuf o = {.p = x->hbuf, .cap = x->hcap};
+            struct rw_rsp rr = {.body = RW_RSP_NONE, .content_length = -1};
+            rw_response_head(&o, m, &rr);
+            if (o.overflow) {
+                xchg_error(x, 502, "backend response head too large");
+                return 1;
+            }
             x->o_off = 0;
-            x->o_len = (uint32_t)r;
+            x->o_len = o.len;
             x->hbuf_is_output = true;
         }
         x->u_off += (uint32_t)r;
@@ -1463,23 +1295,18 @@ static int pump_response(struct xchg *x)
         iov[n++].iov_len = x->u_scan - x->u_off;
     }
     if (n > 0) {
-        if (!c->wr)
+        if (!xc_can_send(&c->xc))
             return 0;
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        if (w == -1) {
-            if (errno == EAGAIN) {
-                c->wr = false;
+        ssize_t w = xc_sendv(&c->xc, iov, n);
+        if (w < 0) {
+            if (w == -EAGAIN)
                 return 0;
-            }
-            if (errno == EINTR)
+            if (w == -EINTR)
                 return 1;
             xchg_abort(x, x->status ? x->status : 499);
             return -1;
         }
         size_t left = (size_t)w;
-        if (left < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0))
-            c->wr = false; /* short write: buffer full, EPOLLOUT will come */
         if (x->hbuf_is_output && x->o_off < x->o_len) {
             size_t k = left < x->o_len - x->o_off ? left : x->o_len - x->o_off;
             x->o_off += (uint32_t)k;
@@ -1527,38 +1354,34 @@ static int pump_response(struct xchg *x)
 }
 
 /* One direction of a tunnel: write buf[*off, *len) to `to`, and when it is
- * empty read more from `from`; EOF is passed on as a half-close. Returns 1
- * on progress, 0 when blocked, -1 on an error. */
-static int tunnel_dir(int from, bool *from_rd, int to, bool *to_wr, char *buf, uint32_t cap,
+ * empty read more from `from`; end of stream is passed on as a half-close.
+ * Returns 1 on progress, 0 when blocked, -1 on an error. */
+static int tunnel_dir(struct xconn *from, struct xconn *to, char *buf, uint32_t cap,
                       uint32_t *off, uint32_t *len, bool *eof, uint64_t *sent)
 {
     int progress = 0;
-    if (*off < *len && *to_wr) {
-        ssize_t w = send(to, buf + *off, *len - *off, MSG_NOSIGNAL);
+    if (*off < *len && xc_can_send(to)) {
+        ssize_t w = xc_send(to, buf + *off, *len - *off);
         if (w > 0) {
             *off += (uint32_t)w;
             *sent += (uint64_t)w;
             progress = 1;
-        } else if (w == -1 && errno == EAGAIN) {
-            *to_wr = false;
-        } else if (w == -1 && errno != EINTR) {
+        } else if (w != -EAGAIN && w != -EINTR) {
             return -1;
         }
     }
     if (*off == *len) {
         *off = *len = 0;
-        if (!*eof && *from_rd) {
-            ssize_t n = recv(from, buf, cap, 0);
+        if (!*eof && xc_can_recv(from)) {
+            ssize_t n = xc_recv(from, buf, cap);
             if (n > 0) {
                 *len = (uint32_t)n;
                 progress = 1;
             } else if (n == 0) {
                 *eof = true;
-                shutdown(to, SHUT_WR);
+                xc_shutw(to);
                 progress = 1;
-            } else if (errno == EAGAIN) {
-                *from_rd = false;
-            } else if (errno != EINTR) {
+            } else if (n != -EAGAIN && n != -EINTR) {
                 return -1;
             }
         }
@@ -1572,11 +1395,11 @@ static int pump_tunnel(struct xchg *x)
     struct client *c = x->c;
     struct upconn *u = x->u;
     uint64_t up_bytes = 0;
-    int a = tunnel_dir(c->fd, &c->rd, u->fd, &u->wr, x->cbuf, x->cap, &x->c_off, &x->c_len,
-                       &x->t_c_eof, &up_bytes);
+    int a = tunnel_dir(&c->xc, &u->xc, x->cbuf, x->cap, &x->c_off, &x->c_len, &x->t_c_eof,
+                       &up_bytes);
     int b = a < 0 ? -1
-                  : tunnel_dir(u->fd, &u->rd, c->fd, &c->wr, x->ubuf, UBUF_SIZE, &x->u_off,
-                               &x->u_len, &x->t_u_eof, &x->bytes_out);
+                  : tunnel_dir(&u->xc, &c->xc, x->ubuf, UBUF_SIZE, &x->u_off, &x->u_len,
+                               &x->t_u_eof, &x->bytes_out);
     if (a < 0 || b < 0) {
         xchg_abort(x, 101);
         return -1;
@@ -1597,15 +1420,13 @@ static int pump_error(struct xchg *x)
 {
     struct client *c = x->c;
     if (x->o_off < x->o_len) {
-        if (!c->wr)
+        if (!xc_can_send(&c->xc))
             return 0;
-        ssize_t w = send(c->fd, x->hbuf + x->o_off, x->o_len - x->o_off, MSG_NOSIGNAL);
-        if (w == -1) {
-            if (errno == EAGAIN) {
-                c->wr = false;
+        ssize_t w = xc_send(&c->xc, x->hbuf + x->o_off, x->o_len - x->o_off);
+        if (w < 0) {
+            if (w == -EAGAIN)
                 return 0;
-            }
-            if (errno == EINTR)
+            if (w == -EINTR)
                 return 1;
             xchg_abort(x, x->status);
             return -1;
@@ -1661,10 +1482,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     struct upconn *u = io->data;
     if (u->closed)
         return;
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-        u->rd = true;
-    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-        u->wr = true;
+    xc_on_event(&u->xc, ev);
     struct xchg *x = u->x;
     if (!x) {
         if (u->pooled && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
@@ -1676,7 +1494,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
             return;
         int err = 0;
         socklen_t l = sizeof(err);
-        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        getsockopt(u->xc.fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err) {
             if (upstream_failed(x, err) < 0)
                 return;
@@ -1684,7 +1502,7 @@ static void up_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
             return;
         }
         u->connecting = false;
-        u->wr = true;
+        u->xc.ready |= XC_WR;
         client_deadline(x->c, x->c->w->p->o.timeout_ms);
     }
     xchg_run(x);
@@ -1711,13 +1529,27 @@ void conn__tick(struct worker *w)
     }
 }
 
+/* While stopping, a keep-alive connection between requests is closed only
+ * once it has been quiet for a moment and has no unread bytes: a busy client
+ * gets `Connection: close` on its next response instead, so no request
+ * races the close (a close with a request on the wire loses it). */
+#define STOP_IDLE_QUIET_MS 250
+
 void conn__close_idle_clients(struct worker *w)
 {
+    uint64_t now = w->loop.now;
     for (struct dlist *e = w->clients.next, *n; e != &w->clients; e = n) {
         n = e->next;
         struct client *c = DLIST_ENTRY(e, struct client, link);
-        if (!c->x || (c->x->st == X_HEAD && c->x->c_len == 0))
-            client_close(c);
+        if (c->x && !(c->x->st == X_HEAD && c->x->c_len == 0))
+            continue;
+        uint64_t idle_since = c->deadline - w->p->o.idle_timeout_ms;
+        if (!c->x && now < idle_since + STOP_IDLE_QUIET_MS)
+            continue;
+        char b;
+        if (recv(c->xc.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+            continue; /* a request arrived: answer it (with Connection: close) */
+        client_close(c);
     }
 }
 

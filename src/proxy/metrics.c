@@ -76,6 +76,8 @@ static void sum(struct proxy *p, struct backend *b, struct bsum *s)
 
 char *proxy_metrics_text(struct proxy *p)
 {
+    if (p->rops)
+        return p->rops->metrics(p);
     struct sbuf b = {.p = xmalloc(8192), .cap = 8192};
     static const char *metrics[][3] = {
         {"tako_proxy_backend_up", "gauge", "1 when the backend takes traffic (healthy), else 0."},
@@ -175,10 +177,22 @@ char *proxy_metrics_text(struct proxy *p)
     return b.p;
 }
 
-uint64_t proxy_instance_id(const struct proxy *p) { return p->instance_id; }
+uint64_t proxy_instance_id(const struct proxy *p)
+{
+    if (p->rops)
+        return p->rops->instance_id ? p->rops->instance_id((struct proxy *)p) : 0;
+    return p->instance_id;
+}
 
 int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n)
 {
+    if (p->rops) {
+        if (p->rops->listener_stats)
+            return p->rops->listener_stats(p, out, n);
+        *out = xcalloc(1, sizeof(**out));
+        *n = 0;
+        return 0;
+    }
     pthread_mutex_lock(&p->lock);
     size_t cap = 0;
     for (struct listener *l = p->listeners; l; l = l->next)
@@ -189,6 +203,7 @@ int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, siz
         net_addr_str(&l->addr, v[k].addr, sizeof(v[k].addr));
         v[k].open_conns = atomic_load(&l->open_conns);
         v[k].accepted = (uint64_t)atomic_load(&l->accepted);
+        v[k].instance = p->instance_id;
     }
     pthread_mutex_unlock(&p->lock);
     *out = v;

@@ -18,6 +18,8 @@
 struct proxy;      /* owns worker threads, listeners, pools, the control thread */
 struct proxy_pool; /* one load-balanced set of backends (one per service) */
 
+/* A strategy's number: its row in lb_table (lb_table.c). The first rows
+ * have names here; a strategy added later is simply the next number. */
 enum lb_kind {
     LB_ROUND_ROBIN = 0,
     LB_LEAST_CONN,
@@ -25,12 +27,14 @@ enum lb_kind {
     LB_RANDOM,
     LB_STICKY,
     LB_P2C,
-    LB_KIND_COUNT,
 };
 
 /* "round_robin", "least_connections", ... → kind; returns 0 or -EINVAL. */
 int lb_kind_parse(const char *name, enum lb_kind *out);
+/* The strategy's name ("?" for none). */
 const char *lb_kind_name(enum lb_kind kind);
+/* How many strategies there are (kinds 0 … lb_count()-1). */
+size_t lb_count(void);
 
 enum proxy_log_format { PROXY_LOG_TEXT = 0, PROXY_LOG_JSON };
 
@@ -70,6 +74,10 @@ struct proxy_pool_opts {
     const char *health_path;       /* NULL: TCP connect check instead of HTTP GET */
     uint64_t health_interval_ms;   /* default 2 s */
     uint64_t health_timeout_ms;    /* default 1 s */
+    /* Between checks of a backend that is down, not yet up, or up with a
+     * failure streak (HAProxy's downinter/fastinter): 250 ms, at most the
+     * interval. Healthy backends are checked every health_interval_ms. */
+    uint64_t health_fast_interval_ms;
     unsigned rise;                 /* passes to come back after a failure (2) */
     unsigned fall;                 /* failures to be marked down (3) */
     unsigned retries;              /* extra attempts on another backend (2); see _set */
@@ -90,6 +98,9 @@ struct proxy_backend_spec {
      * hold replicas of two revisions with different health paths during a
      * deploy. A kept id with another path (or address) is a new backend. */
     const char *health_path;
+    /* Known healthy elsewhere (the previous data-plane process): a new
+     * backend takes traffic before its first check here. */
+    bool up;
 };
 
 /* Latency histogram of a backend: bucket i counts requests that took at most
@@ -113,6 +124,7 @@ struct proxy_backend_stats {
     uint64_t status_none;                /* requests that got no response from it */
     uint64_t hist[PROXY_HIST_BUCKETS];   /* see PROXY_HIST_BUCKETS */
     double latency_sum_s;                /* sum of the durations counted in hist */
+    uint64_t instance;                   /* proxy_instance_id() of the counting proxy */
 };
 
 /* Identity of this proxy instance (random, fixed for its life). Counters of
@@ -125,6 +137,7 @@ struct proxy_listener_stats {
     char addr[64];      /* "127.0.0.1:8080" as bound */
     unsigned open_conns;
     uint64_t accepted;
+    uint64_t instance; /* proxy_instance_id() of the counting proxy */
 };
 /* Snapshot of every listener. Caller frees *out (free()). */
 int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n);
@@ -147,6 +160,12 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
  * (see proxy_route_host). default_pool may be NULL: unknown hosts get 404.
  * Callable while running. -EADDRINUSE etc. from bind. */
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool);
+/* proxy_listen with another transport than plain TCP (see xprt.h and
+ * docs/internals/transport.md): accepted connections are attached to xprt
+ * with xprt_arg, which must outlive the listener. */
+struct xprt_ops;
+int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
+                      const struct xprt_ops *xprt, void *xprt_arg);
 /* Route requests whose Host (case-insensitive, port ignored) is `domain` on
  * the listener at listener_addr to pool; pool NULL removes the route.
  * -ENOENT when there is no such listener. */

@@ -15,6 +15,8 @@
 #include "http/http.h"
 #include "proxy/lb.h"
 #include "proxy/proxy.h"
+#include "proxy/proxy_remote.h"
+#include "proxy/xprt.h"
 
 #define PROXY_MAX_THREADS 256
 #define PROXY_NHIST PROXY_HIST_BUCKETS /* latency histogram buckets, the last is +Inf */
@@ -101,10 +103,13 @@ struct backend {
 
 struct proxy_pool {
     struct proxy *p;
+    void *remote; /* the remote implementation's pool (p->rops set) */
     struct proxy_pool_opts o;
     char *name, *health_path, *sticky_cookie;
     size_t sticky_cookie_len;
     const struct lb_ops *ops;
+    const struct xprt_ops *up_xprt; /* transport to its backends (TCP) */
+    void *up_xprt_arg;
     _Atomic(struct lb_set *) cur;
     atomic_uint_fast64_t rr; /* round-robin cursor shared by all threads */
     pthread_mutex_t lock;    /* control side: all, set swaps */
@@ -143,6 +148,8 @@ struct listener {
     struct proxy *p;
     struct net_addr addr;   /* as bound (port resolved) */
     int *fds;               /* [nworkers] SO_REUSEPORT sockets */
+    const struct xprt_ops *xprt; /* transport of accepted connections */
+    void *xprt_arg;              /* its argument (TLS: the context), not owned */
     _Atomic(struct routes *) routes;
     atomic_uint open_conns;
     atomic_uint_fast64_t accepted;
@@ -202,6 +209,10 @@ struct worker {
 };
 
 struct proxy {
+    /* Set for a proxy served by another process (proxy_remote.h): every
+     * public call goes to rops, nothing below is used. */
+    const struct proxy_remote_ops *rops;
+    void *remote;
     struct proxy_opts o;
     unsigned nworkers;
     struct worker *w;

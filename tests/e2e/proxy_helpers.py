@@ -245,3 +245,55 @@ def write_file(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+class RawBackend:
+    """A backend whose every connection is served by `serve(sock)` in a
+    thread: for answers a real server would not give (no length, a close
+    right after the answer, a header naming framing in Connection)."""
+
+    def __init__(self, serve, name="raw"):
+        self.name = name
+        self.serve = serve
+        self.port = free_port()
+        self.accepted = 0
+        self.stopped = False
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", self.port))
+        self.ls.listen(256)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._run, args=(c,), daemon=True).start()
+
+    def _run(self, c):
+        try:
+            self.serve(c)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopped = True
+        try:
+            self.ls.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.ls.close()
+
+
+def read_head(sock, buf=b""):
+    """Read up to the end of a head; returns (head, rest) or (None, buf)."""
+    return _read_until(sock, buf, b"\r\n\r\n")

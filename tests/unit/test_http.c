@@ -190,6 +190,50 @@ TEST(chunked_framing)
     CHECK_INT(chunk_all("0\r\n\n", 64, out, &ol, &used), -1);
 }
 
+/* Issue defect 4: after the last chunk only field lines may follow; a
+ * request line there, and framing or routing fields, are refused. */
+TEST(chunked_trailers_validated)
+{
+    char out[256];
+    size_t ol, used;
+    for (size_t step = 1; step < 8; step++) {
+        CHECK_INT(chunk_all("0\r\nGET /SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\nContent-Length: 5\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\ntransfer-ENCODING: chunked\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\nHost: evil\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\nX: a\r\n : folded\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\nNoColon\r\n\r\n", step, out, &ol, &used), -1);
+        CHECK_INT(chunk_all("0\r\nX-Checksum: abc\r\nX-Content-Length-Like-But-Longer-Name: 1\r\n\r\n",
+                            step, out, &ol, &used), 1);
+    }
+}
+
+/* Issue defect 3: an absolute-form target's authority is the host. */
+TEST(request_target_forms)
+{
+    CHECK_INT(req("GET http://evil.example/abs HTTP/1.1\r\nHost: good.example\r\n\r\n"), HTTP_E_BAD);
+    const char *s = "GET http://Good.Example:8080/abs?x HTTP/1.1\r\nHost: good.example:8080\r\n\r\n";
+    CHECK_INT(req(s), (int)strlen(s));
+    CHECK_INT(m.authority_len, 17);
+    CHECK(memcmp(m.authority, "Good.Example:8080", 17) == 0);
+    CHECK_INT(m.path_len, 6);
+    CHECK(memcmp(m.path, "/abs?x", 6) == 0);
+    s = "GET https://h HTTP/1.0\r\n\r\n";
+    CHECK_INT(req(s), (int)strlen(s));
+    CHECK_INT(m.path_len, 1);
+    CHECK(m.path[0] == '/');
+    CHECK_INT(req("GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n"), HTTP_E_BAD);
+    CHECK_INT(req("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"), HTTP_E_BAD);
+    CHECK_INT(req("GET ftp://h/x HTTP/1.1\r\nHost: h\r\n\r\n"), HTTP_E_BAD);
+    CHECK_INT(req("GET x/y HTTP/1.1\r\nHost: h\r\n\r\n"), HTTP_E_BAD);
+    CHECK_INT(req("GET * HTTP/1.1\r\nHost: h\r\n\r\n"), HTTP_E_BAD);
+    s = "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n";
+    CHECK_INT(req(s), (int)strlen(s));
+    s = "GET /p HTTP/1.1\r\nHost: h\r\n\r\n";
+    CHECK_INT(req(s), (int)strlen(s));
+    CHECK(m.authority == NULL && m.path == m.target);
+}
+
 TEST(list_and_token)
 {
     CHECK(http_list_has("a, keep-alive ,b", 16, "Keep-Alive"));

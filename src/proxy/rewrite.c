@@ -1,0 +1,276 @@
+/* rewrite.c — request and response heads as the proxy forwards them. */
+#include "proxy/rewrite.h"
+
+#include <string.h>
+#include <strings.h>
+
+void ob_put(struct obuf *o, const char *s, size_t n)
+{
+    if (o->overflow || n > o->cap - o->len) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += (uint32_t)n;
+}
+
+void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
+
+static void ob_hdr(struct obuf *o, const struct http_header *h)
+{
+    ob_put(o, h->name, h->name_len);
+    ob_put(o, ": ", 2);
+    ob_put(o, h->value, h->value_len);
+    ob_put(o, "\r\n", 2);
+}
+
+static void ob_u64(struct obuf *o, uint64_t v)
+{
+    char b[24];
+    int i = (int)sizeof(b);
+    do {
+        b[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    ob_put(o, b + i, sizeof(b) - (size_t)i);
+}
+
+/* Whether header h is named in the Connection header(s) of m. */
+static bool conn_listed(const struct http_msg *m, const struct http_header *h)
+{
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct http_header *c = &m->headers[i];
+        if (c->id != HTTP_H_CONNECTION)
+            continue;
+        const char *v = c->value;
+        size_t n = c->value_len, k = 0;
+        while (k < n) {
+            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
+                k++;
+            size_t s = k;
+            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
+                k++;
+            if (k > s && k - s == h->name_len && strncasecmp(v + s, h->name, k - s) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+bool rw_name_forwardable(const char *name, size_t len) { return memchr(name, '_', len) == NULL; }
+
+/* Headers removed as hop-by-hop (RFC 9110 7.6.1). The fixed ones always;
+ * others when the Connection header names them — except that a Connection
+ * header never removes a field meant for every recipient: everything with
+ * a known id (framing, Host, identity, X-Request-Id, Cookie, Expect...) is
+ * decided by the rules of the caller, never by the sender's list. */
+static bool hop_by_hop(const struct http_msg *m, const struct http_header *h, bool keep_upgrade)
+{
+    switch (h->id) {
+    case HTTP_H_CONNECTION:
+    case HTTP_H_KEEP_ALIVE:
+    case HTTP_H_PROXY_CONNECTION:
+    case HTTP_H_TE:
+    case HTTP_H_TRAILER:
+        return true;
+    case HTTP_H_UPGRADE:
+        return !keep_upgrade;
+    case HTTP_H_OTHER:
+        return (m->flags & HTTP_F_CONN_OTHER) && conn_listed(m, h);
+    default:
+        return false;
+    }
+}
+
+static bool is_identity(unsigned id)
+{
+    return id == HTTP_H_X_FORWARDED_FOR || id == HTTP_H_X_FORWARDED_PROTO ||
+           id == HTTP_H_X_FORWARDED_HOST || id == HTTP_H_FORWARDED || id == HTTP_H_X_REAL_IP;
+}
+
+/* The values of every header `id` of m, comma-joined, in order; false when
+ * there is none. */
+static bool put_joined(struct obuf *o, const struct http_msg *m, unsigned id)
+{
+    bool any = false;
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (h->id != id || h->value_len == 0)
+            continue;
+        if (any)
+            ob_put(o, ", ", 2);
+        ob_put(o, h->value, h->value_len);
+        any = true;
+    }
+    return any;
+}
+
+static const struct http_header *first(const struct http_msg *m, unsigned id)
+{
+    for (unsigned i = 0; i < m->nheaders; i++)
+        if (m->headers[i].id == id && m->headers[i].value_len)
+            return &m->headers[i];
+    return NULL;
+}
+
+/* A Forwarded node (RFC 7239 6): IPv6 in brackets and quotes. */
+static void put_forwarded_for(struct obuf *o, const char *ip)
+{
+    if (strchr(ip, ':')) {
+        ob_str(o, "for=\"[");
+        ob_str(o, ip);
+        ob_str(o, "]\"");
+    } else {
+        ob_str(o, "for=");
+        ob_str(o, ip);
+    }
+}
+
+/* A quoted-string value: the host is token-ish but may hold ':' or '['. */
+static void put_quoted(struct obuf *o, const char *v, size_t n)
+{
+    ob_put(o, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '"' || v[i] == '\\')
+            ob_put(o, "\\", 1);
+        ob_put(o, v + i, 1);
+    }
+    ob_put(o, "\"", 1);
+}
+
+void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_req *r)
+{
+    ob_put(o, m->method_s, m->method_len);
+    ob_put(o, " ", 1);
+    ob_put(o, m->path, m->path_len); /* origin-form: an absolute URI's authority went to Host */
+    ob_str(o, " HTTP/1.1\r\n");
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (!rw_name_forwardable(h->name, h->name_len))
+            continue;
+        if (h->id == HTTP_H_CONTENT_LENGTH || h->id == HTTP_H_TRANSFER_ENCODING)
+            continue; /* framing is ours, written below */
+        if (is_identity(h->id))
+            continue; /* written below, from the peer or a trusted proxy */
+        if (hop_by_hop(m, h, r->upgrade))
+            continue;
+        ob_hdr(o, h);
+    }
+    const char *host = NULL;
+    size_t host_len = 0;
+    if (m->host >= 0) {
+        host = m->headers[m->host].value;
+        host_len = m->headers[m->host].value_len;
+    } else if (m->authority) {
+        host = m->authority;
+        host_len = m->authority_len;
+        ob_str(o, "Host: ");
+        ob_put(o, host, host_len);
+        ob_put(o, "\r\n", 2);
+    } else {
+        ob_str(o, "Host: ");
+        ob_str(o, r->listen_addr);
+        ob_put(o, "\r\n", 2);
+    }
+    if (r->body == RW_BODY_LENGTH || (r->body == RW_BODY_NONE && m->content_length == 0)) {
+        ob_str(o, "Content-Length: ");
+        ob_u64(o, r->body == RW_BODY_LENGTH ? r->content_length : 0);
+        ob_put(o, "\r\n", 2);
+    } else if (r->body == RW_BODY_CHUNKED) {
+        ob_str(o, "Transfer-Encoding: chunked\r\n");
+    }
+    /* identity: a trusted proxy's chain is kept and extended, anyone else's
+     * claims are dropped and replaced by what this hop knows */
+    ob_str(o, "X-Forwarded-For: ");
+    if (r->peer_trusted && put_joined(o, m, HTTP_H_X_FORWARDED_FOR))
+        ob_put(o, ", ", 2);
+    ob_str(o, r->peer_ip);
+    ob_put(o, "\r\n", 2);
+    const struct http_header *tp = r->peer_trusted ? first(m, HTTP_H_X_FORWARDED_PROTO) : NULL;
+    ob_str(o, "X-Forwarded-Proto: ");
+    if (tp)
+        ob_put(o, tp->value, tp->value_len);
+    else
+        ob_str(o, r->scheme);
+    ob_put(o, "\r\n", 2);
+    const struct http_header *th = r->peer_trusted ? first(m, HTTP_H_X_FORWARDED_HOST) : NULL;
+    if (th || host) {
+        ob_str(o, "X-Forwarded-Host: ");
+        if (th)
+            ob_put(o, th->value, th->value_len);
+        else
+            ob_put(o, host, host_len);
+        ob_put(o, "\r\n", 2);
+    }
+    ob_str(o, "X-Real-IP: ");
+    ob_str(o, r->client_ip);
+    ob_put(o, "\r\n", 2);
+    ob_str(o, "Forwarded: ");
+    if (r->peer_trusted && put_joined(o, m, HTTP_H_FORWARDED))
+        ob_put(o, ", ", 2);
+    put_forwarded_for(o, r->peer_ip);
+    if (host) {
+        ob_str(o, ";host=");
+        put_quoted(o, host, host_len);
+    }
+    ob_str(o, ";proto=");
+    ob_str(o, r->scheme);
+    ob_put(o, "\r\n", 2);
+    if (r->rid) {
+        ob_str(o, "X-Request-Id: ");
+        ob_put(o, r->rid, r->rid_len);
+        ob_put(o, "\r\n", 2);
+    }
+    if (r->upgrade)
+        ob_str(o, "Connection: upgrade\r\n");
+    ob_put(o, "\r\n", 2);
+}
+
+void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_rsp *r)
+{
+    char sl[13] = "HTTP/1.1 000 ";
+    sl[9] = (char)('0' + m->status / 100 % 10);
+    sl[10] = (char)('0' + m->status / 10 % 10);
+    sl[11] = (char)('0' + m->status % 10);
+    ob_put(o, sl, sizeof(sl));
+    if (m->reason_len)
+        ob_put(o, m->reason, m->reason_len);
+    else
+        ob_str(o, http_reason(m->status));
+    ob_put(o, "\r\n", 2);
+    bool is101 = m->status == 101;
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (h->id == HTTP_H_CONTENT_LENGTH)
+            continue; /* framing is ours, written below */
+        if (h->id == HTTP_H_TRANSFER_ENCODING) {
+            /* passed through chunked: the codings stay as the backend said */
+            if (r->body == RW_RSP_CHUNKED)
+                ob_hdr(o, h);
+            continue;
+        }
+        if (hop_by_hop(m, h, is101))
+            continue;
+        ob_hdr(o, h);
+    }
+    if (r->body == RW_RSP_LENGTH ||
+        (r->body == RW_RSP_NONE && r->content_length >= 0 && m->status >= 200 && m->status != 204)) {
+        ob_str(o, "Content-Length: ");
+        ob_u64(o, (uint64_t)r->content_length);
+        ob_put(o, "\r\n", 2);
+    }
+    if (r->set_cookie_name) {
+        ob_str(o, "Set-Cookie: ");
+        ob_str(o, r->set_cookie_name);
+        ob_put(o, "=", 1);
+        ob_str(o, r->set_cookie_val);
+        ob_str(o, "; Path=/; HttpOnly\r\n");
+    }
+    if (is101)
+        ob_str(o, "Connection: upgrade\r\n");
+    else if (m->status >= 200 && r->close)
+        ob_str(o, "Connection: close\r\n");
+    else if (m->status >= 200 && r->client_http10)
+        ob_str(o, "Connection: keep-alive\r\n");
+    ob_put(o, "\r\n", 2);
+}
