@@ -325,6 +325,7 @@ static const struct obs_slot *ring_since(const struct obs_rep *r, uint64_t now_m
 
 struct visit_ctx {
     struct obs *m;
+    bool with_stats;
 };
 
 static void on_service(void *data, const struct orch_service_view *v)
@@ -404,25 +405,29 @@ static void on_replica(void *data, const struct orch_service_view *sv,
     snprintf(r->state, sizeof(r->state), "%s", rt_state_name(ri->state));
     snprintf(r->revision, sizeof(r->revision), "%s", v->revision);
     r->index = v->index;
-    r->cpu_pct = ri->cpu_percent;
-    r->rss = ri->rss_bytes;
+    if (x->with_stats) {
+        r->cpu_pct = ri->cpu_percent;
+        r->rss = ri->rss_bytes;
+    }
     r->has_pool = sv->has_pool;
     r->present = true;
     r->present_ms = now;
     ring_put(r, now);
 }
 
-/* One pass over the reconciler and the proxy's listeners. O(replicas). */
-static void sample(struct obs *m)
+/* One pass over the reconciler and the proxy's listeners. O(replicas).
+ * with_stats: CPU and memory too (what a reader shows); the timer's passes
+ * (rates, health transitions) leave them as last seen. */
+static void sample_ex(struct obs *m, bool with_stats)
 {
     m->now_ms = ev_time_ms();
     for (struct obs_rep *r = m->reps; r; r = r->next)
         r->present = false;
     for (struct obs_svc *s = m->svcs; s; s = s->next)
         s->present = false;
-    struct visit_ctx x = {.m = m};
+    struct visit_ctx x = {.m = m, .with_stats = with_stats};
     static const struct orch_visitor vis = {on_service, on_replica};
-    orch_visit(m->orch, &vis, &x);
+    orch_visit(m->orch, &vis, &x, with_stats);
     /* A service gone from the reconciler (down, pruned) takes its replicas'
      * totals with it; a new deployment of that name starts from zero. */
     for (struct obs_svc **pp = &m->svcs; *pp;) {
@@ -469,6 +474,8 @@ static void sample(struct obs *m)
     for (struct obs_lis *l = m->lis; l; l = l->next)
         tot_age(&l->acc, m->now_ms);
 }
+
+static void sample(struct obs *m) { sample_ex(m, true); }
 
 /* ---- persistence ---- */
 
@@ -549,7 +556,7 @@ static void load(struct obs *m)
 static void on_timer(struct ev_loop *loop, struct ev_timer *t)
 {
     struct obs *m = t->data;
-    sample(m);
+    sample_ex(m, false);
     if (m->dirty && ev_time_ms() - m->saved_ms >= OBS_SAVE_MS)
         save(m);
     ev_timer_start(loop, t, OBS_SAMPLE_MS);

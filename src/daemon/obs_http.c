@@ -1,6 +1,7 @@
 /* obs_http.c — the `metrics:` listener: /metrics for Prometheus, the
  * dashboard page and its /api/state, on takod's loop. One request per
  * connection, bounded in connections, request size and time. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,6 +193,24 @@ static bool authorized(struct oh_conn *c, const char *query, bool page)
     return false;
 }
 
+/* Host is an IP literal or localhost (any port), or absent (HTTP/1.0). */
+static bool host_is_literal(const char *head)
+{
+    char v[300], host[300];
+    if (!header(head, "Host", v, sizeof(v)))
+        return true;
+    if (v[0] == '[')
+        return strchr(v, ']') != NULL;
+    snprintf(host, sizeof(host), "%s", v);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = '\0';
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    struct in_addr a4;
+    return inet_pton(AF_INET, host, &a4) == 1;
+}
+
 static void handle(struct oh_conn *c)
 {
     struct obs_http *h = c->h;
@@ -216,6 +235,14 @@ static void handle(struct oh_conn *c)
     char *query = strchr(target, '?');
     if (query)
         *query++ = '\0';
+    if (!h->token && !host_is_literal(c->in)) {
+        /* Without a token, only this machine can connect; a page elsewhere
+         * could still reach it through a name that resolves to 127.0.0.1
+         * (DNS rebinding). Such a request names the host: refuse it. */
+        reply_text(c, 421, "Misdirected Request",
+                   "use the address itself (e.g. http://127.0.0.1:9100/), not a host name\n");
+        return;
+    }
     const struct obs_asset *asset = obs_asset_find(target);
     bool page = asset && strcmp(target, "/") == 0;
     if (strcmp(target, "/metrics") != 0 && strcmp(target, "/api/state") != 0 && !asset) {

@@ -119,7 +119,9 @@ struct orch_visitor {
     void (*replica)(void *data, const struct orch_service_view *s,
                     const struct orch_replica_view *r);
 };
-void orch_visit(struct orch *o, const struct orch_visitor *v, void *data);
+/* with_stats: fill rt's CPU and memory too (a sample of every replica's
+ * processes, at most every 500 ms); without, they are 0. */
+void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool with_stats);
 
 /* Stop every operation and timer (takod shutting down; replicas keep
  * running and are adopted by the next takod). */

@@ -248,7 +248,7 @@ json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env
     return arr;
 }
 
-void orch_visit(struct orch *o, const struct orch_visitor *v, void *data)
+void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool with_stats)
 {
     for (struct orch_service *s = o->services; s; s = s->next) {
         struct orch_service_view sv = {
@@ -279,7 +279,7 @@ void orch_visit(struct orch *o, const struct orch_visitor *v, void *data)
         bool crashloop = false, changing = false;
         for (struct orch_replica *r = s->replicas; r; r = r->next) {
             struct rt_info info;
-            rt_info(r->rt, &info);
+            rt_inspect(r->rt, &info);
             const struct proxy_backend_stats *b = orch__find_stats(s->snap, s->nsnap, r->name);
             const char *h = health_of(r, b);
             if (r->phase == P_READY && (strcmp(h, "healthy") == 0 || strcmp(h, "none") == 0) &&
@@ -311,7 +311,10 @@ void orch_visit(struct orch *o, const struct orch_visitor *v, void *data)
                 if (strcmp(q->name, r->name) == 0 && q->phase <= P_READY)
                     shown = q; /* the live one speaks for the name */
             struct rt_info info;
-            rt_info(shown->rt, &info);
+            if (with_stats)
+                rt_info(shown->rt, &info);
+            else
+                rt_inspect(shown->rt, &info);
             struct orch_replica_view rv = {
                 .name = shown->name,
                 .index = shown->index,

@@ -354,6 +354,11 @@ def test_hostile_requests_and_many_clients_cost_bounded_memory(deployed):
     assert st == 404
     st, _, _ = http(mp, "/metrics", method="POST", body=b"x")
     assert st == 405
+    # A page elsewhere reaching the loopback address through a name (DNS
+    # rebinding) is refused; the address itself and localhost are fine.
+    st, _, _ = http(mp, "/api/state", headers={"Host": "evil.example:%d" % mp})
+    assert st == 421
+    assert http(mp, "/api/state", headers={"Host": "localhost:%d" % mp})[0] == 200
     # Many clients at once: 400 idle connections plus 200 polling ones.
     idle = []
     try:
