@@ -61,6 +61,17 @@ environments:
         print("deployed %d replicas in %.1f s" % (n, time.monotonic() - t0))
         for _ in range(3 * n):  # every replica answers a few requests
             urllib.request.urlopen("http://127.0.0.1:%d/" % hp, timeout=10).read()
+        def cpu_ms(name):
+            try:
+                pid = int(open(os.path.join(home, name)).read())
+                f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+                return (int(f[11]) + int(f[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError):
+                return 0
+        c0 = {n: cpu_ms(n) for n in ("takod.pid", "dataplane.pid")}
+        time.sleep(10)
+        print("idle 10 s: takod %d ms CPU, data plane %d ms CPU" % tuple(
+            cpu_ms(n) - c0[n] for n in ("takod.pid", "dataplane.pid")))
         for path, label in (("/metrics", "metrics"), ("/api/state", "state")):
             times, size = [], 0
             for _ in range(scrapes):
@@ -76,8 +87,16 @@ environments:
                                    scrapes, times[len(times) // 2], times[int(len(times) * 0.9)],
                                    times[-1]))
     finally:
-        subprocess.run([TAKO, "down"], cwd=work, env=env, capture_output=True, timeout=600)
+        try:
+            subprocess.run([TAKO, "down"], cwd=work, env=env, capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            print("tako down did not finish; stopping takod anyway")
         subprocess.run([TAKO, "daemon", "--stop"], env=env, capture_output=True, timeout=60)
+        # the data plane outlives takod by design: stop it by its pid file
+        try:
+            os.kill(int(open(os.path.join(home, "dataplane.pid")).read()), 15)
+        except (OSError, ValueError):
+            pass
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
     return 0

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/net.h"
@@ -215,11 +216,17 @@ static struct dp_pool *pool_create(json_t *opts, int64_t id)
 
 static int pool_set(struct dp_pool *p, json_t *backends)
 {
-    struct proxy_backend_spec specs[256];
-    int n = specs_parse(backends, specs, 256);
-    if (n < 0)
+    /* as many as the configuration allows (CFG_MAX_REPLICAS per service),
+     * plus the replicas a rolling deploy adds for a moment */
+    size_t max = 2 * CFG_MAX_REPLICAS;
+    struct proxy_backend_spec *specs = xcalloc(max, sizeof(*specs));
+    int n = specs_parse(backends, specs, max);
+    if (n < 0) {
+        free(specs);
         return n;
+    }
     int r = proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    free(specs);
     if (r == 0) {
         json_decref(p->backends);
         p->backends = json_deep_copy(backends);
