@@ -159,6 +159,15 @@ static void explain_service(FILE *f, const struct cfg_service *s, bool show_secr
     put_list(f, 10, "domains", s->proxy.domains, s->proxy.domains_len);
     fprintf(f, "          port: %u%s\n", s->proxy.port, s->proxy.port ? "" : "  # no dedicated listener");
     put_kv(f, 10, "email", s->proxy.email);
+    if (s->proxy.acme)
+        put_kv(f, 10, "acme", s->proxy.acme);
+    if (s->proxy.tls_cert) {
+        fputs("          tls:\n", f);
+        put_kv(f, 12, "cert", s->proxy.tls_cert);
+        put_kv(f, 12, "key", s->proxy.tls_key);
+    }
+    if (s->proxy.hsts_s)
+        fprintf(f, "          hsts: %llus\n", (unsigned long long)s->proxy.hsts_s);
     if (s->env_len) {
         fputs("        env:\n", f);
         for (size_t i = 0; i < s->env_len; i++) {
@@ -219,6 +228,7 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
         else
             fputs("    servers: []  # this machine\n", f);
         fprintf(f, "    http: %u\n", e->http_port);
+        fprintf(f, "    https: %u\n", e->https_port);
         if (e->metrics_addr && e->metrics_token)
             fprintf(f, "    metrics: {address: %s, token: %s}\n", e->metrics_addr,
                     show_secrets ? e->metrics_token : "******");

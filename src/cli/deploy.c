@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runtime/docker_api.h"
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/common.h"
@@ -95,12 +96,28 @@ int cmd_deploy(int argc, char **argv)
         }
     }
     json_t *services = json_array();
+    bool docker_checked = false;
     for (size_t i = 0; i < env->services_len; i++) {
         const struct cfg_service *s = &env->services[i];
-        if (!s->argv) {
+        bool docker = s->runtime && strcmp(s->runtime, "docker") == 0;
+        if (docker && !docker_checked) {
+            /* takod talks to the engine; say here, at the key that asks for
+             * it, when there is none to talk to */
+            char why[512];
+            struct dk_client *dc = NULL;
+            if (dk_open(NULL, &dc, why, sizeof(why)) < 0) {
+                fprintf(stderr, "%s: %s: %s\n", s->runtime_at, s->runtime_path, why);
+                json_decref(services);
+                cli_target_free(&t);
+                return EXIT_USAGE;
+            }
+            dk_close(dc);
+            docker_checked = true;
+        }
+        if (!s->argv && !docker) {
             fprintf(stderr,
                     "tako deploy: service %s has no command; the process runtime needs "
-                    "'command' (image-only services need the Docker runtime, not available yet)\n",
+                    "'command' (or set runtime: docker to run its image)\n",
                     s->name);
             json_decref(services);
             if (lock_fd >= 0)

@@ -42,6 +42,7 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(j, "build", str_or_null(s->build));
     json_object_set_new(j, "workdir", str_or_null(s->workdir));
     json_object_set_new(j, "image", str_or_null(s->image));
+    json_object_set_new(j, "runtime", json_string(s->runtime ? s->runtime : "process"));
     json_object_set_new(j, "port", json_integer(s->port));
     json_object_set_new(j, "replicas", json_integer(s->replicas));
     const struct cfg_autoscale *a = &s->autoscale;
@@ -75,6 +76,12 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(p, "domains", str_array(s->proxy.domains, s->proxy.domains_len));
     json_object_set_new(p, "port", json_integer(s->proxy.port));
     json_object_set_new(p, "email", str_or_null(s->proxy.email));
+    json_object_set_new(p, "https_port", json_integer(s->proxy.https_port));
+    json_object_set_new(p, "tls", s->proxy.tls_cert ? json_pack("{s:s,s:s}", "cert", s->proxy.tls_cert,
+                                                                "key", s->proxy.tls_key)
+                                                    : json_null());
+    json_object_set_new(p, "hsts", json_integer((json_int_t)s->proxy.hsts_s));
+    json_object_set_new(p, "acme", str_or_null(s->proxy.acme));
     json_object_set_new(j, "proxy", p);
     json_object_set_new(j, "env", kv_object(s->env, s->env_len));
     json_object_set_new(j, "restart", json_string(cfg_restart_name(s->restart)));
@@ -91,6 +98,8 @@ json_t *cfg_env_to_json(const struct cfg_env *e)
     json_object_set_new(j, "name", json_string(e->name));
     json_object_set_new(j, "servers", str_array(e->servers, e->servers_len));
     json_object_set_new(j, "http_port", json_integer(e->http_port));
+    json_object_set_new(j, "runtime", json_string(e->runtime ? e->runtime : "process"));
+    json_object_set_new(j, "https_port", json_integer(e->https_port));
     json_object_set_new(j, "metrics", e->metrics_addr ? json_string(e->metrics_addr) : json_null());
     json_t *svcs = json_array();
     for (size_t i = 0; i < e->services_len; i++)
@@ -271,6 +280,9 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     s->build = rd_str(&r, j, "build", "service", true);
     s->workdir = rd_str(&r, j, "workdir", "service", true);
     s->image = rd_str(&r, j, "image", "service", true);
+    /* revisions stored before runtime: existed ran as processes */
+    json_t *rtv = json_object_get(j, "runtime");
+    s->runtime = xstrdup(json_is_string(rtv) ? json_string_value(rtv) : "process");
     s->port = (unsigned)rd_uint(&r, j, "port", "service", 65535);
     s->replicas = (unsigned)rd_uint(&r, j, "replicas", "service", CFG_MAX_REPLICAS);
 
@@ -318,6 +330,19 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
         s->proxy.domains = xcalloc(1, sizeof(char *));
     s->proxy.port = (unsigned)rd_uint(&r, p, "port", "service.proxy", 65535);
     s->proxy.email = rd_str(&r, p, "email", "service.proxy", true);
+    /* HTTPS keys came later: revisions stored before them lack them */
+    json_t *hp = json_object_get(p, "https_port");
+    s->proxy.https_port = json_is_integer(hp) ? (unsigned)json_integer_value(hp) : 0;
+    json_t *tls = json_object_get(p, "tls");
+    if (json_is_object(tls) && json_is_string(json_object_get(tls, "cert")) &&
+        json_is_string(json_object_get(tls, "key"))) {
+        s->proxy.tls_cert = xstrdup(json_string_value(json_object_get(tls, "cert")));
+        s->proxy.tls_key = xstrdup(json_string_value(json_object_get(tls, "key")));
+    }
+    json_t *hs = json_object_get(p, "hsts");
+    s->proxy.hsts_s = json_is_integer(hs) ? (uint64_t)json_integer_value(hs) : 0;
+    json_t *ac = json_object_get(p, "acme");
+    s->proxy.acme = json_is_string(ac) ? xstrdup(json_string_value(ac)) : NULL;
 
     json_t *env = rd_get(&r, j, "env", "service");
     if (env && !json_is_object(env))

@@ -12,9 +12,12 @@
 #include <unistd.h>
 
 #include "config/internal.h"
+#include "acme/acme.h"
+#include "tls/tls.h"
 #include "core/net.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
+#include "runtime/docker_api.h"
 
 #define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
 #define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
@@ -578,6 +581,7 @@ static bool valid_env_key(const char *s)
 
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
+static const char *const runtime_names[] = {"process", "docker"};
 
 /* The strategies are the balancer's table (proxy/lb_table.c): a strategy
  * added there is valid here with no change. */
@@ -620,6 +624,7 @@ const char *cfg_restart_name(enum cfg_restart r)
 void cfg__service_defaults(struct cfg_service *s, const char *dir)
 {
     s->build = xstrdup(dir);
+    s->runtime = xstrdup("process");
     s->replicas = 1;
     s->autoscale = (struct cfg_autoscale){
         .enabled = false,
@@ -659,6 +664,7 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->build);
     free(s->workdir);
     free(s->image);
+    free(s->runtime);
     free(s->lb_cookie);
     free(s->health.path);
     if (s->proxy.domains)
@@ -666,6 +672,9 @@ void cfg__service_clear(struct cfg_service *s)
             free(s->proxy.domains[i]);
     free(s->proxy.domains);
     free(s->proxy.email);
+    free(s->proxy.tls_cert);
+    free(s->proxy.tls_key);
+    free(s->proxy.acme);
     cfg__kv_free(s->env, s->env_len);
     memset(s, 0, sizeof(*s));
 }
@@ -901,11 +910,80 @@ static void load_env(struct cfg__ctx *c, const yaml_node_t *envfile, const yaml_
     free(ep);
 }
 
+bool cfg_proxy_https(const struct cfg_proxy *p)
+{
+    return p->tls_cert || (p->domains_len && p->email);
+}
+
+/* proxy.tls {cert, key}, proxy.hsts, proxy.acme. */
+static void load_proxy_tls(struct cfg__ctx *c, const yaml_node_t *tls, const yaml_node_t *hsts,
+                           const yaml_node_t *acme, const char *pp, struct cfg_service *s)
+{
+    if (tls && !is_null(tls)) {
+        enum { T_CERT, T_KEY };
+        static const char *const tk[] = {"cert", "key"};
+        const yaml_node_t *t[ARRAY_LEN(tk)];
+        char *tp = kpath(pp, "tls");
+        if (walk_map(c, tls, tp, tk, ARRAY_LEN(tk), t)) {
+            char *cert = NULL, *key = NULL;
+            set_str(c, t[T_CERT], tp, "cert", &cert);
+            set_str(c, t[T_KEY], tp, "key", &key);
+            if (!cert || !key) {
+                err_at(c, tls, tp, "give both cert and key (PEM files)");
+            } else {
+                s->proxy.tls_cert = cfg__path_join(c->dir, cert);
+                s->proxy.tls_key = cfg__path_join(c->dir, key);
+                struct tls_cert_info ci;
+                int r = tls_cert_info_file(s->proxy.tls_cert, &ci);
+                if (r == -EINVAL)
+                    err_key(c, t[T_CERT], tp, "cert", "%s is not a PEM certificate",
+                            s->proxy.tls_cert);
+                else if (r < 0)
+                    err_key(c, t[T_CERT], tp, "cert", "%s: %s", s->proxy.tls_cert, strerror(-r));
+                if (access(s->proxy.tls_key, R_OK) != 0)
+                    err_key(c, t[T_KEY], tp, "key", "%s: %s", s->proxy.tls_key, strerror(errno));
+            }
+            free(cert);
+            free(key);
+        }
+        free(tp);
+    }
+    if (hsts && !is_null(hsts)) {
+        char *v = scalar(c, hsts, pp, "hsts", "true, false or a duration");
+        uint64_t ms;
+        if (!v) {
+        } else if (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0) {
+            s->proxy.hsts_s = 31536000; /* one year */
+        } else if (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0) {
+            s->proxy.hsts_s = 0;
+        } else if (parse_duration_ms(v, &ms) == 0 && ms >= 1000) {
+            s->proxy.hsts_s = ms / 1000;
+        } else {
+            err_key(c, hsts, pp, "hsts", "expected true, false or a duration like 8760h, got \"%s\"", v);
+        }
+        free(v);
+    }
+    if (acme && !is_null(acme)) {
+        char *v = scalar(c, acme, pp, "acme", "production, staging or a directory URL");
+        if (v && strcmp(v, "production") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT);
+        } else if (v && strcmp(v, "staging") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT_STAGING);
+        } else if (v && (str_starts_with(v, "https://") || str_starts_with(v, "http://"))) {
+            s->proxy.acme = xstrdup(v);
+        } else if (v) {
+            err_key(c, acme, pp, "acme",
+                    "expected production, staging or an ACME directory URL (https://…), got \"%s\"", v);
+        }
+        free(v);
+    }
+}
+
 static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
                        struct cfg_service *s)
 {
-    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL };
-    static const char *const keys[] = {"domain", "domains", "port", "email"};
+    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL, K_TLS, K_HSTS, K_ACME };
+    static const char *const keys[] = {"domain", "domains", "port", "email", "tls", "hsts", "acme"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     char *pp = kpath(path, "proxy");
     if (!walk_map(c, n, pp, keys, ARRAY_LEN(keys), v))
@@ -938,8 +1016,64 @@ static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *pat
     if (s->proxy.email && !strchr(s->proxy.email, '@'))
         err_key(c, v[K_EMAIL], pp, "email", "expected an e-mail address, got \"%s\"",
                 s->proxy.email);
+    load_proxy_tls(c, v[K_TLS], v[K_HSTS], v[K_ACME], pp, s);
+    if (s->proxy.email && s->proxy.domains_len == 0 && !s->proxy.tls_cert)
+        warn_at(c, v[K_EMAIL], pp,
+                "email is set but no domain: there is nothing to get a certificate for");
 out:
     free(pp);
+}
+
+static void where(struct cfg__ctx *c, const yaml_node_t *n, const char *path, struct cfg_service *s)
+{
+    snprintf(s->runtime_at, sizeof(s->runtime_at), "%s:%u:%u", c->name,
+             n ? (unsigned)n->start_mark.line + 1 : 0, n ? (unsigned)n->start_mark.column + 1 : 0);
+    snprintf(s->runtime_path, sizeof(s->runtime_path), "%s", path);
+}
+
+/* runtime: (the service's, else the environment's) and what it needs:
+ * docker runs image: (a valid reference) or builds the build directory's
+ * Dockerfile; process needs nothing more here. */
+static void load_runtime(struct cfg__ctx *c, const yaml_node_t *rn, const yaml_node_t *in,
+                         const yaml_node_t *knode, const char *path, struct cfg_service *s)
+{
+    int rt = 0;
+    const yaml_node_t *at = rn;
+    char *rpath = kpath(path, "runtime");
+    if (!is_null(rn)) {
+        if (!set_enum(c, rn, path, "runtime", "runtime", runtime_names, ARRAY_LEN(runtime_names),
+                      &rt)) {
+            free(rpath);
+            return;
+        }
+    } else if (c->env_runtime) {
+        rt = strcmp(c->env_runtime, "docker") == 0 ? 1 : 0;
+        at = c->env_runtime_node;
+        free(rpath);
+        rpath = xstrdup(c->env_runtime_path);
+    } else {
+        at = knode;
+    }
+    free(s->runtime);
+    s->runtime = xstrdup(runtime_names[rt]);
+    where(c, at ? at : knode, rpath, s);
+    free(rpath);
+    if (rt != 1)
+        return;
+    if (s->image) {
+        char why[256];
+        if (dk_ref_check(s->image, why, sizeof(why)) < 0)
+            err_key(c, in, path, "image", "%s", why);
+        return;
+    }
+    char *df = xasprintf("%s/Dockerfile", s->build);
+    struct stat st;
+    if (stat(df, &st) == -1 || !S_ISREG(st.st_mode))
+        err_at(c, at ? at : knode, s->runtime_path,
+               "no Dockerfile in %s: runtime docker builds the service's build directory (add a "
+               "Dockerfile there, set build: to the directory that has one, or name an image:)",
+               s->build);
+    free(df);
 }
 
 static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
@@ -959,12 +1093,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_ENV,
         K_ENVFILE,
         K_RESTART,
-        K_RESOURCES
+        K_RESOURCES,
+        K_RUNTIME
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources"};
+                                       "restart", "resources",    "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -1083,7 +1218,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     }
     free(rp);
 
-    if (!s->argv && !s->image)
+    load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");
 }
@@ -1231,11 +1367,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP, K_METRICS };
-    static const char *const keys[] = {"servers", "services", "http", "metrics"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME, K_METRICS };
+    static const char *const keys[] = {"servers", "services", "http", "https", "runtime", "metrics"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
+    e->https_port = c->is_root ? 443 : 8443;
     e->servers = xcalloc(1, sizeof(char *));
     if (!plain_name(name))
         err_at(c, knode, path, "invalid environment name \"%s\" (letters, digits, - _ .)", name);
@@ -1247,10 +1384,25 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     /* On a server takod runs as root (or through sudo), whoever runs the CLI. */
     for (size_t i = 0; i < e->servers_len; i++) {
         const struct cfg_server *sv = cfg_find_server(f, e->servers[i]);
-        if (sv && !cfg_server_is_local(sv))
+        if (sv && !cfg_server_is_local(sv)) {
             e->http_port = 80;
+            e->https_port = 443;
+        }
     }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
+    set_uint(c, v[K_HTTPS], path, "https", 1, 65535, &e->https_port);
+    if (e->https_port == e->http_port)
+        err_key(c, v[K_HTTPS] ? v[K_HTTPS] : v[K_HTTP], path, v[K_HTTPS] ? "https" : "http",
+                "http and https must be different ports (both %u)", e->http_port);
+    int ert = 0;
+    char *erp = kpath(path, "runtime");
+    if (!is_null(v[K_RUNTIME]) && set_enum(c, v[K_RUNTIME], path, "runtime", "runtime",
+                                           runtime_names, ARRAY_LEN(runtime_names), &ert)) {
+        c->env_runtime = runtime_names[ert];
+        c->env_runtime_node = v[K_RUNTIME];
+        c->env_runtime_path = erp;
+    }
+    e->runtime = xstrdup(runtime_names[ert]);
     load_metrics(c, v[K_METRICS], path, e);
 
     struct pair *pairs;
@@ -1268,6 +1420,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     }
     pairs_free(pairs, np);
     free(sp);
+    c->env_runtime = NULL;
+    c->env_runtime_node = NULL;
+    c->env_runtime_path = NULL;
+    free(erp);
+    for (size_t i = 0; i < e->services_len; i++)
+        e->services[i].proxy.https_port = e->https_port;
     check_env(c, f, e, n, v[K_SERVERS], path);
 }
 
@@ -1341,6 +1499,7 @@ void cfg_free(struct cfg_file *f)
     for (size_t i = 0; i < f->envs_len; i++) {
         struct cfg_env *e = &f->envs[i];
         free(e->name);
+        free(e->runtime);
         free(e->metrics_addr);
         free(e->metrics_token);
         for (size_t j = 0; j < e->servers_len; j++)

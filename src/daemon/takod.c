@@ -14,11 +14,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "daemon/api.h"
+#include "daemon/certs.h"
 #include "daemon/home.h"
 #include "daemon/logs.h"
 #include "daemon/obs.h"
@@ -39,6 +42,7 @@ static struct {
     struct rt *rt;
     struct orch *orch;
     struct api_server *api;
+    struct takod_certs *certs;
     struct obs *obs;
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
@@ -245,6 +249,8 @@ static void h_ps(struct api_req *r, void *data)
     char p[128], e[128], s[128];
     json_t *svcs = orch_ps(d.orch, qs(r, "project", p, sizeof(p)), qs(r, "env", e, sizeof(e)),
                            qs(r, "service", s, sizeof(s)));
+    if (d.certs)
+        certs_annotate_ps(d.certs, svcs);
     json_t *resp = json_pack("{s:o}", "services", svcs);
     if (!d.embedded)
         json_object_set_new(resp, "dataplane", dp_client_status(d.proxy));
@@ -311,6 +317,12 @@ static void h_logs(struct api_req *r, void *data)
     logs_handle(r, d.rt, &d.loop);
 }
 
+static void h_certs(struct api_req *r, void *data)
+{
+    (void)data;
+    api_reply_json(r->conn, 200, json_pack("{s:o}", "certificates", certs_status(d.certs)));
+}
+
 static void h_metrics(struct api_req *r, void *data)
 {
     (void)data;
@@ -356,6 +368,7 @@ static const struct api_route routes[] = {
     {"GET", "/v1/autoscale", h_autoscale},
     {"GET", "/v1/events", h_events},
     {"GET", "/v1/logs", h_logs},
+    {"GET", "/v1/certs", h_certs},
     {"GET", "/v1/metrics", h_metrics},
     {"GET", "/v1/dashboard", h_dashboard},
     {"POST", "/v1/shutdown", h_shutdown},
@@ -525,6 +538,10 @@ int takod_run(const struct takod_opts *o)
     }
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
+    curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread uses libcurl */
+    d.certs = certs_new(&d.loop, d.orch, d.proxy, d.store, home, err, sizeof(err));
+    if (!d.certs)
+        START_FAIL("%s\n", err);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
     int aerr = 0;
     d.api = api_server_new(&d.loop, path, routes, NULL, &aerr);
@@ -548,6 +565,8 @@ int takod_run(const struct takod_opts *o)
     ev_run(&d.loop);
     /* Orderly stop: no new API requests, operations told, proxy drained. */
     api_server_free(d.api);
+    certs_free(d.certs); /* stops the ACME thread before the proxy goes */
+    d.certs = NULL;
     orch_shutdown(d.orch);
     proxy_stop(d.proxy);
     obs_free(d.obs); /* after the proxy finished its requests: they count */

@@ -266,6 +266,7 @@ static struct orch_listener *listener_get(struct orch *o, unsigned port, bool cr
         return NULL;
     struct orch_listener *l = xcalloc(1, sizeof(*l));
     l->port = port;
+    l->tls = false;
     l->next = o->listeners;
     o->listeners = l;
     return l;
@@ -286,6 +287,12 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             listener_get(o, s->cfg->proxy.port, true)->wanted = true;
         if (s->http_port)
             listener_get(o, s->http_port, true)->wanted = true;
+        if (s->http_port && cfg_proxy_https(&s->cfg->proxy) && s->cfg->proxy.https_port) {
+            struct orch_listener *tl = listener_get(o, s->cfg->proxy.https_port, true);
+            tl->wanted = true;
+            if (!tl->bound)
+                tl->tls = true;
+        }
     }
     for (struct orch_listener *l = o->listeners; l; l = l->next) {
         if (!l->wanted)
@@ -301,15 +308,26 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         struct proxy_pool *def = NULL;
         int ndef = 0;
         bool dedicated = false;
+        unsigned redirect_to = 0;
+        uint64_t hsts = 0;
         for (struct orch_service *s = o->services; s; s = s->next) {
             if (!s->pool || s->removing)
                 continue;
-            if (s->cfg->proxy.port == l->port) {
+            bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
+            if (!l->tls && s->cfg->proxy.port == l->port) {
                 def = s->pool;
                 dedicated = true;
             }
-            if (s->http_port != l->port)
+            if (https && !l->tls && s->http_port == l->port)
+                redirect_to = s->cfg->proxy.https_port;
+            if (l->tls) {
+                if (!https || s->cfg->proxy.https_port != l->port)
+                    continue;
+                if (s->cfg->proxy.hsts_s > hsts)
+                    hsts = s->cfg->proxy.hsts_s;
+            } else if (s->http_port != l->port) {
                 continue;
+            }
             for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
                 snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
                 want[nw].pool = s->pool;
@@ -323,7 +341,7 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         if (!dedicated && ndef > 1)
             def = NULL; /* several domainless services: only Host routes */
         if (!l->bound) {
-            int r = proxy_listen(o->proxy, &a, def);
+            int r = l->tls ? proxy_listen_tls(o->proxy, &a, def) : proxy_listen(o->proxy, &a, def);
             if (r < 0) {
                 if (rc == 0) {
                     rc = r;
@@ -350,6 +368,14 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
         memcpy(l->routes, want, nw * sizeof(want[0]));
         l->nroutes = nw;
+        if (!l->tls && l->redirect_to != redirect_to) {
+            proxy_listener_https_redirect(o->proxy, &a, redirect_to);
+            l->redirect_to = redirect_to;
+        }
+        if (l->tls && l->hsts != hsts) {
+            proxy_listener_hsts(o->proxy, &a, hsts);
+            l->hsts = hsts;
+        }
     }
     for (struct orch_listener **pp = &o->listeners; *pp;) {
         struct orch_listener *l = *pp;
@@ -485,14 +511,18 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         ne++;
     }
     char *const default_argv[] = {"/bin/false", NULL};
+    bool proc = !c->runtime || strcmp(c->runtime, RT_DEFAULT_DRIVER) == 0;
     struct rt_spec spec = {
+        .driver = c->runtime,
         .project = s->project,
         .service = s->name,
+        .environment = s->env,
         .index = index,
         .revision = s->revision,
         .image = c->image,
         .build_dir = c->build,
-        .argv = c->argv ? c->argv : default_argv,
+        /* a container without command: runs its image's own */
+        .argv = c->argv ? c->argv : proc ? default_argv : NULL,
         .cwd = c->workdir ? c->workdir : c->build,
         .env = env,
         .env_len = ne,
@@ -705,10 +735,17 @@ static void svc_reconcile(struct orch_service *s)
                 continue;
             }
             if (s->pool) {
+                /* A new replica that never passed is given up on no sooner
+                 * than unhealthy_threshold checks at the configured interval
+                 * would take: the balancer checks a backend that is not up
+                 * yet more often (to bring it in fast), which must not make
+                 * a slow-starting app fail sooner. */
                 struct proxy_backend_stats st;
+                uint64_t grace = c->health.start_period_ms +
+                                 (uint64_t)c->health.unhealthy_threshold * c->health.interval_ms;
                 if (backend_stats(s, r->name, &st) && !st.ever_healthy &&
                     st.consecutive_failures >= c->health.unhealthy_threshold &&
-                    now - r->started_ms > c->health.start_period_ms + c->health.interval_ms) {
+                    now - r->started_ms > grace) {
                     char why[128];
                     snprintf(why, sizeof(why), "failed %u health checks on %s without passing one",
                              st.consecutive_failures, c->health.path);
@@ -1441,6 +1478,13 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
     if (!r)
         return;
     struct orch_service *s = r->svc;
+    if (new_state == RT_RUNNING && old_state == RT_STARTING && r->phase == P_STARTING) {
+        /* Its app runs from now (a container driver may have built an
+         * image first): health deadlines count from here, and the driver
+         * has an address for the pool at last. */
+        r->started_ms = now_ms(s->o);
+        svc_sync_pool(s);
+    }
     if (new_state == RT_BACKOFF || new_state == RT_CRASHLOOP) {
         struct rt_info info;
         rt_inspect(rr, &info);
@@ -1454,9 +1498,20 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
 
 /* ---- life cycle ---- */
 
+/* A replica being prepared says how it goes (the Docker driver's build
+ * output): into the operation's progress, like tako's own lines. */
+static void on_rt_note(struct rt_replica *rr, const char *line, void *data)
+{
+    (void)data;
+    struct orch_replica *r = rt_data(rr);
+    if (r)
+        report(r->svc, "info", NULL, "%s: %s", r->name, line);
+}
+
 struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
                       struct store *store, const char *state_dir)
 {
+    rt_set_note_cb(rt, on_rt_note, NULL);
     struct orch *o = xcalloc(1, sizeof(*o));
     o->loop = loop;
     o->rt = rt;

@@ -86,6 +86,9 @@ json_t *orch_replica_names(struct orch *o, const char *project, const char *env,
 json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env,
                             const char *service);
 
+/* Services served over HTTPS: [{project, env, service, domains, and either
+ * cert + key (own files) or email (+ acme directory)}] (new reference). */
+json_t *orch_tls_wanted(struct orch *o);
 /* A read-only walk over every service and replica for metrics and the
  * dashboard: no allocation, no proxy lock (the counters are the pool's
  * snapshot copied by the last tick, at most ORCH_TICK_MS old). Pointers are

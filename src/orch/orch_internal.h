@@ -95,6 +95,9 @@ struct orch_route {
 
 struct orch_listener {
     unsigned port;
+    bool tls;                /* the HTTPS entrypoint of HTTPS services */
+    unsigned redirect_to;    /* plain: the HTTPS port it redirects to (0 none) */
+    uint64_t hsts;           /* TLS: max-age pushed */
     bool wanted, bound;
     struct proxy_pool *def;
     struct orch_route routes[ORCH_MAX_ROUTES];

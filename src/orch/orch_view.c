@@ -248,6 +248,32 @@ json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env
     return arr;
 }
 
+json_t *orch_tls_wanted(struct orch *o)
+{
+    json_t *arr = json_array();
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        const struct cfg_proxy *px = &s->cfg->proxy;
+        if (s->removing || !s->pool || !cfg_proxy_https(px))
+            continue;
+        json_t *j = json_pack("{s:s,s:s,s:s}", "project", s->project, "env", s->env, "service",
+                              s->name);
+        json_t *doms = json_array();
+        for (size_t d = 0; d < px->domains_len; d++)
+            json_array_append_new(doms, json_string(px->domains[d]));
+        json_object_set_new(j, "domains", doms);
+        if (px->tls_cert) {
+            json_object_set_new(j, "cert", json_string(px->tls_cert));
+            json_object_set_new(j, "key", json_string(px->tls_key));
+        } else {
+            json_object_set_new(j, "email", json_string(px->email));
+            if (px->acme)
+                json_object_set_new(j, "acme", json_string(px->acme));
+        }
+        json_array_append_new(arr, j);
+    }
+    return arr;
+}
+
 void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool with_stats)
 {
     for (struct orch_service *s = o->services; s; s = s->next) {

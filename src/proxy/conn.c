@@ -307,6 +307,69 @@ static void xchg_error(struct xchg *x, int status, const char *msg)
     x->bytes_out = 0;
 }
 
+/* Answer 200 (ACME key authorization) or 308 (to HTTPS) ourselves, then
+ * close: extra is complete header lines or "". */
+static void xchg_reply(struct xchg *x, int status, const char *extra, const char *body)
+{
+    xchg_error(x, status, NULL);
+    size_t bl = strlen(body);
+    int n = snprintf(x->hbuf, x->hcap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s\r\n%s",
+                     status, http_reason(status), bl, extra, x->method == HTTP_HEAD ? "" : body);
+    if (n < 0 || (uint32_t)n >= x->hcap) {
+        xchg_error(x, 500, "answer too large");
+        return;
+    }
+    x->o_len = (uint32_t)n;
+}
+
+#define ACME_PREFIX "/.well-known/acme-challenge/"
+
+/* A plain listener's own answers before routing: ACME HTTP-01 tokens, and
+ * 308 to HTTPS for hosts that have a certificate (proxy_tls.c). True when
+ * answered. */
+static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
+{
+    struct client *c = x->c;
+    struct proxy *p = c->w->p;
+    size_t pl = sizeof(ACME_PREFIX) - 1;
+    if (m->target_len > pl && memcmp(m->target, ACME_PREFIX, pl) == 0) {
+        char ka[512];
+        if ((m->method == HTTP_GET || m->method == HTTP_HEAD) &&
+            proxy__challenge_get(p, m->target + pl, m->target_len - pl, ka, sizeof(ka))) {
+            xchg_reply(x, 200, "", ka);
+            return true;
+        }
+        return false; /* not ours: the application may have its own */
+    }
+    unsigned port = atomic_load_explicit(&c->l->https_redirect, memory_order_relaxed);
+    if (!port || m->host < 0)
+        return false;
+    const struct http_header *h = &m->headers[m->host];
+    size_t hl = h->value_len;
+    for (size_t k = hl; k > 0; k--) { /* strip ":port" */
+        if (h->value[k - 1] == ':') {
+            hl = k - 1;
+            break;
+        }
+        if (h->value[k - 1] < '0' || h->value[k - 1] > '9')
+            break;
+    }
+    if (hl == 0 || hl > 253 || !proxy__tls_has_name(p, h->value, hl))
+        return false;
+    char loc[2048];
+    char ps[16] = "";
+    if (port != 443)
+        snprintf(ps, sizeof(ps), ":%u", port);
+    int n = snprintf(loc, sizeof(loc), "Location: https://%.*s%s%.*s\r\n", (int)hl, h->value, ps,
+                     (int)m->target_len, m->target);
+    if (n < 0 || (size_t)n >= sizeof(loc))
+        return false;
+    xchg_reply(x, 308, loc, "Permanent Redirect to HTTPS\n");
+    return true;
+}
+
 /* ---- finishing ---- */
 
 static void xchg_log(struct xchg *x)
@@ -682,6 +745,8 @@ static void xchg_begin(struct xchg *x, const struct http_msg *m)
         x->req_read_done = true;
     }
     x->c_off = x->c_scan = m->head_len;
+    if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
+        return;
     x->pool = route(c, m);
     if (!x->pool) {
         xchg_error(x, 404, "unknown host");
@@ -926,7 +991,10 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
     }
     /* the request often came with the handshake: try now */
     c->xc.ready = XC_RD | XC_WR;
-    client_deadline(c, w->p->o.idle_timeout_ms);
+    /* Over another transport (TLS) the handshake comes first, and must be
+     * done, like a request head, within the header timeout: silent or
+     * half-open connections cost little and not for long. */
+    client_deadline(c, c->xc.ops == &xprt_tcp ? w->p->o.idle_timeout_ms : w->p->o.header_timeout_ms);
     client_process(c);
 }
 
@@ -1085,6 +1153,7 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
         .content_length = m->content_length,
         .close = x->close_client,
         .client_http10 = x->minor == 0,
+        .hsts_max_age = atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed),
     };
     char hv[LB_KEY_MAX];
     if (x->ntried && m->status >= 200) {

@@ -175,6 +175,7 @@ static void ctl_on_tick(struct ev_loop *loop, struct ev_timer *t)
     struct proxy *p = t->data;
     schedule_checks(p);
     pool__reclaim(p, loop->now);
+    proxy__tls_tick(p, loop->now);
     ev_timer_start(loop, t, CTL_TICK_MS);
 }
 

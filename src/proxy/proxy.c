@@ -102,6 +102,7 @@ struct proxy *proxy_new(const struct proxy_opts *o)
         p->instance_id ^= (uint64_t)time(NULL);
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->ctl_lock, NULL);
+    pthread_mutex_init(&p->chal_lock, NULL);
     if (o->ntrusted) {
         p->trusted = xcalloc(o->ntrusted, sizeof(*p->trusted));
         memcpy(p->trusted, o->trusted, o->ntrusted * sizeof(*p->trusted));
@@ -226,6 +227,7 @@ void proxy_free(struct proxy *p)
     }
     if (p->log_close)
         close(p->log_fd);
+    proxy__tls_free(p);
     free(p->w);
     free(p->trusted);
     pthread_mutex_destroy(&p->lock);

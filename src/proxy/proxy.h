@@ -194,6 +194,39 @@ void proxy_pool_free(struct proxy_pool *pool);
 int proxy_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n);
 void proxy_pool_stats_free(struct proxy_backend_stats *s);
 
+/* ---- HTTPS (proxy_tls.c; certificates in src/tls) ----
+ *
+ * What crosses from takod to the data plane is data only: certificate and
+ * key PEM text, ACME challenge tokens, ports and flags. */
+
+/* Listen with TLS on addr: like proxy_listen, but every connection first
+ * completes a TLS handshake (certificate chosen by SNI from the proxy's
+ * store; the handshake is bounded by header_timeout_ms). Plain HTTP sent
+ * to it gets a 400 naming https://, other bytes a close. Requests carry
+ * X-Forwarded-Proto: https. Callable while running. */
+int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool);
+/* Install or replace the certificate known as id (PEM chain + key); new
+ * handshakes get it, open connections keep theirs. -EINVAL with a message
+ * in err when it is unusable; the previous one stays then. */
+int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
+                       const char *key_pem, size_t key_len, char *err, size_t errlen);
+int proxy_tls_set_cert_files(struct proxy *p, const char *id, const char *cert_path,
+                             const char *key_path, char *err, size_t errlen);
+int proxy_tls_del_cert(struct proxy *p, const char *id);
+/* Whether a certificate names host (port ignored). */
+bool proxy_tls_has_name(struct proxy *p, const char *host);
+/* On the plain listener at addr: answer requests for hosts that have a
+ * certificate with 308 to https://host[:https_port]/… (443 is left out),
+ * except /.well-known/acme-challenge/. https_port 0 turns it off. */
+int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, unsigned https_port);
+/* On the TLS listener at addr: add Strict-Transport-Security with this
+ * max-age to every response (0: none). */
+int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t max_age_s);
+/* HTTP-01: answer GET /.well-known/acme-challenge/<token> on every plain
+ * listener with keyauth (text/plain) while it is set. */
+void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth);
+void proxy_challenge_del(struct proxy *p, const char *token);
+
 /* Prometheus text exposition of everything (what the metrics endpoint
  * serves). Caller frees. */
 char *proxy_metrics_text(struct proxy *p);

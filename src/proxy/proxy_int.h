@@ -154,6 +154,8 @@ struct listener {
     atomic_uint open_conns;
     atomic_uint_fast64_t accepted;
     atomic_int refs;        /* workers still holding it */
+    _Atomic unsigned https_redirect; /* plain listener: 308 to this HTTPS port (0: off) */
+    _Atomic uint64_t hsts;           /* TLS listener: Strict-Transport-Security max-age */
     bool closed;
     struct listener *next;  /* p->listeners, under p->lock */
 };
@@ -243,6 +245,17 @@ struct proxy {
     struct ev_io metrics_io;
     struct dlist metrics_conns;
     uint64_t instance_id; /* random, see proxy_instance_id() */
+    /* HTTPS (proxy_tls.c) */
+    struct tls_server *tls;   /* made with the first TLS listener or certificate */
+    pthread_mutex_t chal_lock;
+    struct chal *chals;       /* ACME HTTP-01 tokens being validated */
+    atomic_uint nchals;       /* fast path: no lock when zero */
+    uint64_t tickets_rotated; /* control loop ms */
+};
+
+struct chal {
+    struct chal *next;
+    char *token, *keyauth;
 };
 
 /* ---- pool.c ---- */
@@ -297,6 +310,17 @@ struct alog_rec {
 };
 void alog__write(struct worker *w, const struct alog_rec *r);
 void alog__flush(struct worker *w);
+
+/* ---- proxy_tls.c ---- */
+struct tls_server *proxy__tls(struct proxy *p);
+/* Copy the key authorization for token into buf; false when unknown. */
+bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
+/* Whether a certificate names host[0..len) (no store yet: false). */
+bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len);
+/* The TLS transport (xprt_tls.c); its argument is the struct tls_server. */
+extern const struct xprt_ops xprt_tls;
+void proxy__tls_tick(struct proxy *p, uint64_t now_ms);
+void proxy__tls_free(struct proxy *p);
 
 /* ---- metrics ---- */
 void metrics__observe(struct bstat *st, int status, uint64_t dur_us);

@@ -21,7 +21,22 @@ struct rt {
     void *cb_data;
     const struct rt_driver_ops *const *table; /* rt_driver_table, or a test's */
     struct rt_driver *drivers[RT_MAX_DRIVERS]; /* by table index, made on first use */
+    rt_note_cb note_cb;
+    void *note_data;
 };
+
+void rt_set_note_cb(struct rt *rt, rt_note_cb cb, void *data)
+{
+    rt->note_cb = cb;
+    rt->note_data = data;
+}
+
+void rt__note(struct rt_replica *r, const char *line)
+{
+    struct rt *rt = r->drv->rt;
+    if (rt->note_cb)
+        rt->note_cb(r, line, rt->note_data);
+}
 
 static int table_index(const struct rt_driver_ops *const *table, const char *name)
 {

@@ -34,6 +34,7 @@ struct rt_env_kv {
 struct rt_spec {
     const char *driver; /* NULL → RT_DEFAULT_DRIVER; a name of rt_drivers.c's table */
     const char *project, *service;
+    const char *environment; /* the deploy environment ("production"), NULL none: labels only */
     unsigned index; /* replica n → name "<project>-<service>-<n>" */
     const char *revision;
     const char *image; /* container drivers: the image to run (NULL: build from build_dir) */
@@ -92,6 +93,10 @@ typedef void (*rt_event_cb)(struct rt_replica *r, enum rt_state old_state,
 struct rt *rt_new(struct ev_loop *loop, const char *state_dir, rt_event_cb cb, void *cb_data);
 /* Forget all replicas and free rt. Does NOT stop them: they survive takod. */
 void rt_free(struct rt *rt);
+/* Progress notes of a replica being prepared (the Docker driver's build
+ * output, one line per call), for the operation that started it. */
+typedef void (*rt_note_cb)(struct rt_replica *r, const char *line, void *data);
+void rt_set_note_cb(struct rt *rt, rt_note_cb cb, void *data);
 /* Is name a driver of the table? */
 bool rt_driver_known(const char *name);
 

@@ -125,6 +125,7 @@ struct rt *rt_new_with(struct ev_loop *loop, const char *state_dir, rt_event_cb 
 struct ev_loop *rt__loop(struct rt *rt);
 const char *rt__state_dir(struct rt *rt);
 void rt__emit(struct rt_replica *r, enum rt_state old_state, enum rt_state new_state);
+void rt__note(struct rt_replica *r, const char *line);
 struct rt_driver *rt__driver(struct rt *rt, const char *name, char *err, size_t errlen);
 
 #endif
