@@ -1,6 +1,7 @@
 /* obs.c — counter totals, the Prometheus / OpenMetrics exposition and the
  * dashboard's state of takod (see obs.h; listeners in obs_http.c). */
 #include "daemon/obs.h"
+#include "daemon/obs_total.h"
 
 #include <errno.h>
 #include <math.h>
@@ -21,10 +22,8 @@
 #define OBS_SAMPLE_MS 500     /* health transitions and rates are seen this often */
 #define OBS_SAVE_MS 30000     /* totals saved at least this often when they moved */
 #define OBS_STATE_MIN_MS 250  /* one dashboard state shared by clients polling at once */
-#define OBS_FORGET_MS 10000   /* an instance unseen this long is folded into the base */
 #define OBS_RING 64           /* one slot a second: the last minute of rates */
 #define OBS_HRING 8           /* one slot each 10 s: latency over the last minute */
-#define OBS_MAX_INST 4
 #define OBS_TIMELINE 60
 #define OBS_KV_TOTALS "metrics.totals"
 #define OBS_KV_LISTEN "metrics.listen."
@@ -40,24 +39,10 @@ enum {
     C_HIST,
     C_NPROXY = C_HIST + PROXY_HIST_BUCKETS,
 };
+_Static_assert(C_NPROXY <= OBS_MAXC, "a replica's proxy counters fit one total");
+
 /* Runtime counters of a replica. */
 enum { R_RESTARTS, R_CPU_US, R_N };
-#define OBS_MAXC C_NPROXY
-
-/* A counter group that only goes up: values of instances (a backend of one
- * proxy, a supervisor) that start from zero when they are new, plus the
- * base folded from instances gone or restarted. */
-struct obs_inst {
-    uint64_t id;
-    uint64_t v[OBS_MAXC];
-    uint64_t seen_ms;
-};
-struct obs_total {
-    size_t n;
-    uint64_t base[OBS_MAXC];
-    struct obs_inst inst[OBS_MAX_INST];
-    size_t ninst;
-};
 
 struct obs_slot {
     uint64_t sec;
@@ -125,113 +110,6 @@ struct obs {
     char host[256];
 };
 
-/* ---- totals ---- */
-
-static uint64_t fnv(uint64_t h, const char *s)
-{
-    if (!h)
-        h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static void tot_fold(struct obs_total *t, size_t i)
-{
-    for (size_t k = 0; k < t->n; k++)
-        t->base[k] += t->inst[i].v[k];
-    t->inst[i] = t->inst[--t->ninst];
-}
-
-/* One instance's current values. Returns true when the total moved. */
-static bool tot_feed(struct obs_total *t, uint64_t id, const uint64_t *v, uint64_t now)
-{
-    size_t i = 0;
-    while (i < t->ninst && t->inst[i].id != id)
-        i++;
-    if (i < t->ninst) {
-        for (size_t k = 0; k < t->n; k++)
-            if (v[k] < t->inst[i].v[k]) { /* restarted under the same identity */
-                tot_fold(t, i);
-                i = t->ninst;
-                break;
-            }
-    }
-    if (i == t->ninst) {
-        if (t->ninst == OBS_MAX_INST) { /* fold the one seen longest ago */
-            size_t old = 0;
-            for (size_t k = 1; k < t->ninst; k++)
-                if (t->inst[k].seen_ms < t->inst[old].seen_ms)
-                    old = k;
-            tot_fold(t, old);
-        }
-        i = t->ninst++;
-        memset(&t->inst[i], 0, sizeof(t->inst[i]));
-        t->inst[i].id = id;
-    }
-    bool moved = memcmp(t->inst[i].v, v, t->n * sizeof(*v)) != 0;
-    memcpy(t->inst[i].v, v, t->n * sizeof(*v));
-    t->inst[i].seen_ms = now;
-    return moved;
-}
-
-/* Instances not seen for a while are gone: their counts join the base (the
- * total does not change). Kept until then so one that shows up again (a
- * proxy that outlived takod) continues instead of counting twice. */
-static void tot_age(struct obs_total *t, uint64_t now)
-{
-    for (size_t i = 0; i < t->ninst;)
-        if (now - t->inst[i].seen_ms > OBS_FORGET_MS)
-            tot_fold(t, i);
-        else
-            i++;
-}
-
-static uint64_t tot_get(const struct obs_total *t, size_t k)
-{
-    uint64_t v = t->base[k];
-    for (size_t i = 0; i < t->ninst; i++)
-        v += t->inst[i].v[k];
-    return v;
-}
-
-static json_t *tot_json(const struct obs_total *t)
-{
-    json_t *b = json_array(), *in = json_array();
-    for (size_t k = 0; k < t->n; k++)
-        json_array_append_new(b, json_integer((json_int_t)t->base[k]));
-    for (size_t i = 0; i < t->ninst; i++) {
-        json_t *v = json_array();
-        for (size_t k = 0; k < t->n; k++)
-            json_array_append_new(v, json_integer((json_int_t)t->inst[i].v[k]));
-        /* ids are 64-bit hashes: as text, JSON numbers would round them */
-        char id[24];
-        snprintf(id, sizeof(id), "%llx", (unsigned long long)t->inst[i].id);
-        json_array_append_new(in, json_pack("[s, o]", id, v));
-    }
-    return json_pack("{s:o, s:o}", "base", b, "inst", in);
-}
-
-static void tot_load(struct obs_total *t, json_t *j, uint64_t now)
-{
-    json_t *b = json_object_get(j, "base"), *in = json_object_get(j, "inst");
-    for (size_t k = 0; k < t->n && k < json_array_size(b); k++)
-        t->base[k] = (uint64_t)json_integer_value(json_array_get(b, k));
-    for (size_t i = 0; i < json_array_size(in) && t->ninst < OBS_MAX_INST; i++) {
-        json_t *e = json_array_get(in, i);
-        const char *id = json_string_value(json_array_get(e, 0));
-        json_t *v = json_array_get(e, 1);
-        if (!id)
-            continue;
-        struct obs_inst *x = &t->inst[t->ninst++];
-        memset(x, 0, sizeof(*x));
-        x->id = strtoull(id, NULL, 16);
-        x->seen_ms = now;
-        for (size_t k = 0; k < t->n && k < json_array_size(v); k++)
-            x->v[k] = (uint64_t)json_integer_value(json_array_get(v, k));
-    }
-}
-
 /* ---- the model: replicas, services, listeners ---- */
 
 static struct obs_rep *rep_get(struct obs *m, const char *project, const char *env,
@@ -290,8 +168,8 @@ static void ring_put(struct obs_rep *r, uint64_t now_ms)
     uint64_t sec = now_ms / 1000;
     uint64_t req = 0;
     for (int c = 0; c < 5; c++)
-        req += tot_get(&r->px, C_REQ1 + (size_t)c);
-    uint64_t err = tot_get(&r->px, C_REQ5) + tot_get(&r->px, C_FAIL);
+        req += obs_total_get(&r->px, C_REQ1 + (size_t)c);
+    uint64_t err = obs_total_get(&r->px, C_REQ5) + obs_total_get(&r->px, C_FAIL);
     struct obs_slot *s = &r->ring[sec % OBS_RING];
     if (s->sec != sec) {
         s->sec = sec;
@@ -303,7 +181,7 @@ static void ring_put(struct obs_rep *r, uint64_t now_ms)
     if (h->tick != tick) {
         h->tick = tick;
         for (size_t b = 0; b < PROXY_HIST_BUCKETS; b++)
-            h->h[b] = tot_get(&r->px, C_HIST + b);
+            h->h[b] = obs_total_get(&r->px, C_HIST + b);
     }
 }
 
@@ -377,8 +255,8 @@ static void on_replica(void *data, const struct orch_service_view *sv,
             c[C_HIST + k] = b->hist[k];
         /* the counting proxy's identity comes with its numbers: a data
          * plane restarted between two looks cannot be mistaken for the old */
-        uint64_t id = fnv(b->instance ^ 0x9e3779b97f4a7c15ull, b->addr);
-        if (tot_feed(&r->px, id, c, now))
+        uint64_t id = obs_fnv(b->instance ^ 0x9e3779b97f4a7c15ull, b->addr);
+        if (obs_total_feed(&r->px, id, c, now))
             m->dirty = true;
         r->inflight += b->inflight;
     }
@@ -387,7 +265,7 @@ static void on_replica(void *data, const struct orch_service_view *sv,
         uint64_t c[R_N] = {ri->restarts, (uint64_t)llround(ri->cpu_seconds * 1e6)};
         char key[192];
         snprintf(key, sizeof(key), "%d/%s", (int)ri->supervisor_pid, ri->name);
-        if (tot_feed(&r->rt, fnv(0, key), c, now))
+        if (obs_total_feed(&r->rt, obs_fnv(0, key), c, now))
             m->dirty = true;
     }
     /* health transitions for the timeline: between healthy and unhealthy,
@@ -451,8 +329,8 @@ static void sample_ex(struct obs *m, bool with_stats)
         free(s);
     }
     for (struct obs_rep *r = m->reps; r; r = r->next) {
-        tot_age(&r->px, m->now_ms);
-        tot_age(&r->rt, m->now_ms);
+        obs_total_age(&r->px, m->now_ms);
+        obs_total_age(&r->rt, m->now_ms);
         if (!r->present)
             r->health[0] = '\0';
     }
@@ -464,7 +342,7 @@ static void sample_ex(struct obs *m, bool with_stats)
         for (size_t i = 0; i < nls; i++) {
             struct obs_lis *l = lis_get(m, ls[i].addr);
             uint64_t v = ls[i].accepted;
-            if (tot_feed(&l->acc, ls[i].instance, &v, m->now_ms))
+            if (obs_total_feed(&l->acc, ls[i].instance, &v, m->now_ms))
                 m->dirty = true;
             l->open = ls[i].open_conns;
             l->present = true;
@@ -472,7 +350,7 @@ static void sample_ex(struct obs *m, bool with_stats)
         free(ls);
     }
     for (struct obs_lis *l = m->lis; l; l = l->next)
-        tot_age(&l->acc, m->now_ms);
+        obs_total_age(&l->acc, m->now_ms);
 }
 
 static void sample(struct obs *m) { sample_ex(m, true); }
@@ -485,12 +363,12 @@ static void save(struct obs *m)
     for (struct obs_rep *r = m->reps; r; r = r->next)
         json_array_append_new(reps, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o}", "project",
                                               r->project, "env", r->env, "service", r->service,
-                                              "replica", r->name, "proxy", tot_json(&r->px),
-                                              "runtime", tot_json(&r->rt)));
+                                              "replica", r->name, "proxy", obs_total_json(&r->px),
+                                              "runtime", obs_total_json(&r->rt)));
     json_t *lis = json_array();
     for (struct obs_lis *l = m->lis; l; l = l->next)
         json_array_append_new(lis, json_pack("{s:s, s:o}", "listener", l->addr, "accepted",
-                                             tot_json(&l->acc)));
+                                             obs_total_json(&l->acc)));
     json_t *j = json_pack("{s:i, s:o, s:o}", "version", 1, "replicas", reps, "listeners", lis);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
@@ -536,8 +414,8 @@ static void load(struct obs *m)
         if (!p || !en || !s || !n)
             continue;
         struct obs_rep *r = rep_get(m, p, en, s, n);
-        tot_load(&r->px, json_object_get(e, "proxy"), now);
-        tot_load(&r->rt, json_object_get(e, "runtime"), now);
+        obs_total_load(&r->px, json_object_get(e, "proxy"), now);
+        obs_total_load(&r->rt, json_object_get(e, "runtime"), now);
         /* The services are known again at the first sample; until then the
          * replica must not be dropped as belonging to no service. */
         struct obs_svc *sv = svc_get(m, p, en, s);
@@ -548,7 +426,7 @@ static void load(struct obs *m)
         json_t *e = json_array_get(lis, i);
         const char *a = json_string_value(json_object_get(e, "listener"));
         if (a)
-            tot_load(&lis_get(m, a)->acc, json_object_get(e, "accepted"), now);
+            obs_total_load(&lis_get(m, a)->acc, json_object_get(e, "accepted"), now);
     }
     json_decref(j);
 }
@@ -677,7 +555,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
         rep_labels(r, lbl, sizeof(lbl));
         for (int c = 0; c < 5; c++)
             sb_printf(&b, "tako_replica_requests_total{%s,code=\"%dxx\"} %llu\n", lbl, c + 1,
-                      (unsigned long long)tot_get(&r->px, C_REQ1 + (size_t)c));
+                      (unsigned long long)obs_total_get(&r->px, C_REQ1 + (size_t)c));
     }
     static const struct {
         const char *name, *help;
@@ -694,7 +572,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
                 continue;
             rep_labels(r, lbl, sizeof(lbl));
             sb_printf(&b, "%s{%s} %llu\n", pcs[i].name, lbl,
-                      (unsigned long long)tot_get(&r->px, (size_t)pcs[i].k));
+                      (unsigned long long)obs_total_get(&r->px, (size_t)pcs[i].k));
         }
     }
     family(&b, om, "tako_replica_requests_in_flight", "gauge",
@@ -714,7 +592,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
         rep_labels(r, lbl, sizeof(lbl));
         uint64_t acc = 0;
         for (size_t k = 0; k < PROXY_HIST_BUCKETS; k++) {
-            acc += tot_get(&r->px, C_HIST + k);
+            acc += obs_total_get(&r->px, C_HIST + k);
             if (k < PROXY_HIST_BUCKETS - 1)
                 sb_printf(&b, "tako_replica_request_duration_seconds_bucket{%s,le=\"%g\"} %llu\n",
                           lbl, bounds[k], (unsigned long long)acc);
@@ -724,7 +602,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
                           lbl, (unsigned long long)acc);
         }
         sb_printf(&b, "tako_replica_request_duration_seconds_sum{%s} %.6f\n", lbl,
-                  (double)tot_get(&r->px, C_LAT_US) / 1e6);
+                  (double)obs_total_get(&r->px, C_LAT_US) / 1e6);
         sb_printf(&b, "tako_replica_request_duration_seconds_count{%s} %llu\n", lbl,
                   (unsigned long long)acc);
     }
@@ -755,7 +633,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
             continue;
         rep_labels(r, lbl, sizeof(lbl));
         sb_printf(&b, "tako_replica_restarts_total{%s} %llu\n", lbl,
-                  (unsigned long long)tot_get(&r->rt, R_RESTARTS));
+                  (unsigned long long)obs_total_get(&r->rt, R_RESTARTS));
     }
     family(&b, om, "tako_replica_cpu_seconds_total", "counter",
            "CPU time (user + system) of the replica's processes.");
@@ -764,7 +642,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
             continue;
         rep_labels(r, lbl, sizeof(lbl));
         sb_printf(&b, "tako_replica_cpu_seconds_total{%s} %.6f\n", lbl,
-                  (double)tot_get(&r->rt, R_CPU_US) / 1e6);
+                  (double)obs_total_get(&r->rt, R_CPU_US) / 1e6);
     }
     family(&b, om, "tako_replica_memory_bytes", "gauge",
            "Resident memory of the replica's processes.");
@@ -834,7 +712,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
     for (struct obs_lis *l = m->lis; l; l = l->next)
         if (l->present)
             sb_printf(&b, "tako_listener_connections_total{listener=\"%s\"} %llu\n", l->addr,
-                      (unsigned long long)tot_get(&l->acc, 0));
+                      (unsigned long long)obs_total_get(&l->acc, 0));
     if (om)
         sb_printf(&b, "# EOF\n");
     /* Whatever this scrape shows must still be there after a restart. */
@@ -871,8 +749,8 @@ static json_t *rep_state(struct obs *m, const struct obs_rep *r, uint64_t *req_1
     uint64_t now = m->now_ms;
     uint64_t req = 0;
     for (int c = 0; c < 5; c++)
-        req += tot_get(&r->px, C_REQ1 + (size_t)c);
-    uint64_t err = tot_get(&r->px, C_REQ5) + tot_get(&r->px, C_FAIL);
+        req += obs_total_get(&r->px, C_REQ1 + (size_t)c);
+    uint64_t err = obs_total_get(&r->px, C_REQ5) + obs_total_get(&r->px, C_FAIL);
     const struct obs_slot *m1 = ring_since(r, now, 60), *s10 = ring_since(r, now, 10);
     uint64_t r1 = m1 ? req - m1->req : 0, e1 = m1 ? err - m1->err : 0;
     double rps = 0;
@@ -888,7 +766,7 @@ static json_t *rep_state(struct obs *m, const struct obs_rep *r, uint64_t *req_1
             old = x;
     }
     for (size_t k = 0; k < PROXY_HIST_BUCKETS; k++)
-        h[k] = tot_get(&r->px, C_HIST + k) - (old ? old->h[k] : 0);
+        h[k] = obs_total_get(&r->px, C_HIST + k) - (old ? old->h[k] : 0);
     *req_1m = r1;
     json_t *j = json_object();
     json_object_set_new(j, "name", json_string(r->name));
@@ -907,7 +785,7 @@ static json_t *rep_state(struct obs *m, const struct obs_rep *r, uint64_t *req_1
     json_object_set_new(j, "inflight", json_integer((json_int_t)r->inflight));
     json_object_set_new(j, "cpu_percent", json_real(round(r->cpu_pct * 10) / 10));
     json_object_set_new(j, "memory_bytes", json_integer((json_int_t)r->rss));
-    json_object_set_new(j, "restarts", json_integer((json_int_t)tot_get(&r->rt, R_RESTARTS)));
+    json_object_set_new(j, "restarts", json_integer((json_int_t)obs_total_get(&r->rt, R_RESTARTS)));
     return j;
 }
 
