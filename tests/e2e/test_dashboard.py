@@ -169,7 +169,7 @@ def test_page_follows_requests_scale_and_a_killed_replica(tako, browser):
     tako.run("deploy", check=0)
     r = browser.cmd(op="goto", url="http://127.0.0.1:%d/" % mp)
     assert r["status"] == 200
-    wait_for(lambda: [x["health"] for x in rows(browser)] == ["healthy"] * 3, timeout=15,
+    wait_for(lambda: [x["health"] for x in rows(browser)] == ["healthy"] * 3, timeout=30,
              what="three healthy rows")
     names = [x["name"] for x in rows(browser)]
     assert names == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
@@ -184,14 +184,14 @@ def test_page_follows_requests_scale_and_a_killed_replica(tako, browser):
         h = json.loads(body)["hostname"]
         seen[h] = seen.get(h, 0) + 1
     assert seen == {"scaling-web-1": 10, "scaling-web-2": 10, "scaling-web-3": 10}
-    wait_for(lambda: {x["name"]: x["req1m"] for x in rows(browser)} == seen, timeout=15,
+    wait_for(lambda: {x["name"]: x["req1m"] for x in rows(browser)} == seen, timeout=30,
              what="the page's per-replica requests equal to those sent")
     assert [x["share"] for x in rows(browser)] == ["10 (33.3%)"] * 3
 
     # `tako scale web=5` shows without a reload.
     tako.run("scale", "web=5", check=0)
     wait_for(lambda: len(rows(browser)) == 5 and
-             all(x["health"] == "healthy" for x in rows(browser)), timeout=20,
+             all(x["health"] == "healthy" for x in rows(browser)), timeout=30,
              what="five healthy rows")
     assert browser.eval("window.__notReloaded") == 42
 
@@ -204,11 +204,11 @@ def test_page_follows_requests_scale_and_a_killed_replica(tako, browser):
     pid = [x["pid"] for s in tako.ps_json()["services"] for x in s["replicas"]
            if x["name"] == "scaling-web-2"][0]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: "unhealthy" in (browser.eval("window.__health") or []), timeout=15,
+    wait_for(lambda: "unhealthy" in (browser.eval("window.__health") or []), timeout=30,
              what="scaling-web-2 shown unhealthy")
     wait_for(lambda: browser.eval("window.__health").index("unhealthy") <
              len(browser.eval("window.__health")) - 1 and
-             browser.eval("window.__health")[-1] == "healthy", timeout=20,
+             browser.eval("window.__health")[-1] == "healthy", timeout=30,
              what="scaling-web-2 shown healthy again")
     wait_for(lambda: [x["restarts"] for x in rows(browser) if x["name"] == "scaling-web-2"] ==
              ["1"], timeout=10, what="its restart counted")
@@ -243,19 +243,19 @@ def test_tako_dashboard_shows_takod_unreachable_and_recovers(tako, browser, proc
     assert st == 401
     r = browser.cmd(op="goto", url=url)
     assert r["status"] == 200 and r["url"] == base  # the token left the address bar
-    wait_for(lambda: len(rows(browser)) == 2, timeout=15, what="two rows")
+    wait_for(lambda: len(rows(browser)) == 2, timeout=30, what="two rows")
     browser.eval("window.__notReloaded = 7")
     assert browser.eval("document.getElementById('status').dataset.state") == "live"
 
     tako.run("daemon", "--stop", check=0)
     wait_for(lambda: browser.eval("document.getElementById('status').dataset.state") ==
-             "unreachable", timeout=15, what="takod unreachable shown")
+             "unreachable", timeout=30, what="takod unreachable shown")
     assert browser.eval("document.getElementById('unreachable').hidden") is False
     assert "takod unreachable" in browser.eval("document.body.innerText")
 
-    wait_for(lambda: tako.run("ps").returncode == 0, timeout=20, what="takod back")
+    wait_for(lambda: tako.run("ps").returncode == 0, timeout=30, what="takod back")
     wait_for(lambda: browser.eval("document.getElementById('status').dataset.state") == "live",
-             timeout=15, what="live again")
+             timeout=30, what="live again")
     assert browser.eval("document.getElementById('unreachable').hidden") is True
     assert len(rows(browser)) == 2
     assert browser.eval("window.__notReloaded") == 7
