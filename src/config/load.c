@@ -637,6 +637,11 @@ void cfg__service_defaults(struct cfg_service *s, const char *dir)
     };
     s->lb_strategy = CFG_LB_ROUND_ROBIN;
     s->lb_cookie = xstrdup("tako_sticky");
+    s->lb_max_conns = 0;
+    s->lb_max_queue = 256;
+    s->lb_queue_timeout_ms = 5000;
+    s->lb_body_timeout_ms = 20000;
+    s->lb_min_body_rate = 500;
     s->health = (struct cfg_health){
         .enabled = true,
         .path = xstrdup("/health"),
@@ -1138,8 +1143,10 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     load_replicas(c, v[K_REPLICAS], path, s);
 
     /* loadBalancer */
-    enum { L_STRATEGY, L_HEALTH, L_COOKIE };
-    static const char *const lb_keys[] = {"strategy", "healthCheck", "cookie"};
+    enum { L_STRATEGY, L_HEALTH, L_COOKIE, L_MAXCONNS, L_MAXQUEUE, L_QTIMEOUT, L_BTIMEOUT, L_BRATE };
+    static const char *const lb_keys[] = {"strategy",     "healthCheck", "cookie",
+                                          "maxConnsPerReplica", "maxQueue", "queueTimeout",
+                                          "bodyTimeout",  "minBodyRate"};
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
@@ -1154,6 +1161,11 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
             err_key(c, lb[L_COOKIE], lp, "cookie", "invalid cookie name \"%s\"", s->lb_cookie);
+        set_uint(c, lb[L_MAXCONNS], lp, "maxConnsPerReplica", 0, 1000000, &s->lb_max_conns);
+        set_uint(c, lb[L_MAXQUEUE], lp, "maxQueue", 1, 1000000, &s->lb_max_queue);
+        set_duration(c, lb[L_QTIMEOUT], lp, "queueTimeout", 1, &s->lb_queue_timeout_ms);
+        set_duration(c, lb[L_BTIMEOUT], lp, "bodyTimeout", 1, &s->lb_body_timeout_ms);
+        set_uint(c, lb[L_BRATE], lp, "minBodyRate", 1, 1u << 30, &s->lb_min_body_rate);
         char *hp = kpath(lp, "healthCheck");
         load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set, &hw);
         free(hp);

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/net.h"
@@ -216,10 +215,10 @@ static struct dp_pool *pool_create(json_t *opts, int64_t id)
 
 static int pool_set(struct dp_pool *p, json_t *backends)
 {
-    /* as many as the configuration allows (CFG_MAX_REPLICAS per service),
-     * plus the replicas a rolling deploy adds for a moment */
-    size_t max = 2 * CFG_MAX_REPLICAS;
-    struct proxy_backend_spec *specs = xcalloc(max, sizeof(*specs));
+    /* Sized from the message: a set holds every replica plus the surge of
+     * a rolling update, up to the configuration's replica limit and more. */
+    size_t max = json_is_array(backends) ? json_array_size(backends) : 0;
+    struct proxy_backend_spec *specs = xcalloc(max ? max : 1, sizeof(*specs));
     int n = specs_parse(backends, specs, max);
     if (n < 0) {
         free(specs);

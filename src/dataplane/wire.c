@@ -197,6 +197,13 @@ json_t *dpw_pool_opts_json(const struct proxy_pool_opts *o)
         json_object_set_new(j, "health_path", json_string(o->health_path));
     if (o->sticky_cookie)
         json_object_set_new(j, "sticky_cookie", json_string(o->sticky_cookie));
+    /* Request limits (protocol 1 data planes ignore them: defaults apply). */
+    json_object_set_new(j, "body_timeout_ms", json_integer((json_int_t)o->body_timeout_ms));
+    json_object_set_new(j, "min_body_rate", json_integer((json_int_t)o->min_body_rate));
+    json_object_set_new(j, "max_conns_per_backend",
+                        json_integer((json_int_t)o->max_conns_per_backend));
+    json_object_set_new(j, "max_queue", json_integer((json_int_t)o->max_queue));
+    json_object_set_new(j, "queue_timeout_ms", json_integer((json_int_t)o->queue_timeout_ms));
     return j;
 }
 
@@ -229,4 +236,9 @@ void dpw_pool_opts_parse(const json_t *j, struct proxy_pool_opts *o)
     o->sticky_cookie = json_string_value(json_object_get(j, "sticky_cookie"));
     o->ipv6_prefix = (unsigned)u64(j, "ipv6_prefix");
     o->initial_up = json_is_true(json_object_get(j, "initial_up"));
+    o->body_timeout_ms = u64(j, "body_timeout_ms");
+    o->min_body_rate = (unsigned)u64(j, "min_body_rate");
+    o->max_conns_per_backend = (unsigned)u64(j, "max_conns_per_backend");
+    o->max_queue = (unsigned)u64(j, "max_queue");
+    o->queue_timeout_ms = u64(j, "queue_timeout_ms");
 }

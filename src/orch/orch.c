@@ -146,10 +146,17 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
     po->drain_timeout_ms = c->deploy.drain_timeout_ms;
     if (c->lb_cookie)
         po->sticky_cookie = c->lb_cookie;
+    po->max_conns_per_backend = c->lb_max_conns;
+    po->max_queue = c->lb_max_queue;
+    po->queue_timeout_ms = c->lb_queue_timeout_ms;
+    po->body_timeout_ms = c->lb_body_timeout_ms;
+    po->min_body_rate = c->lb_min_body_rate;
     /* A deploy waits for a healthy replica anyway; keep the default wait. */
 }
 
 static void svc_sync_pool(struct orch_service *s);
+static void svc_push_pool(struct orch_service *s);
+static void pools_flush(struct orch *o);
 static int orch_sync_listeners(struct orch *o, char *err, size_t errlen);
 
 /* Options that, when changed, need a new pool (strategy, health, cookie):
@@ -159,10 +166,13 @@ static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG
     /* The path itself is per backend (each replica is checked on its own
      * revision's path), so a changed path needs no new pool. */
     char head[256];
-    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|", (int)po->strategy,
-                     po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|%u|%u|%llu|%llu|%u|",
+                     (int)po->strategy, po->health_path ? "http" : "tcp",
+                     (unsigned long long)po->health_interval_ms,
                      (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
-                     (unsigned long long)po->drain_timeout_ms);
+                     (unsigned long long)po->drain_timeout_ms, po->max_conns_per_backend,
+                     po->max_queue, (unsigned long long)po->queue_timeout_ms,
+                     (unsigned long long)po->body_timeout_ms, po->min_body_rate);
     struct sha256 h;
     sha256_init(&h);
     sha256_update(&h, head, w > 0 ? (size_t)w : 0);
@@ -237,12 +247,37 @@ static void svc_ensure_pool(struct orch_service *s)
     char err[256];
     orch_sync_listeners(s->o, err, sizeof(err));
     proxy_pool_free(old);
-    svc_sync_pool(s);
+    svc_push_pool(s);
+}
+
+/* The service's backend set changed: push it once this turn of the loop is
+ * over. Starting N replicas in one turn then costs one push of N backends
+ * instead of N pushes of growing sets (O(N²) bytes to the data plane). */
+static void svc_sync_pool(struct orch_service *s)
+{
+    s->pool_dirty = true;
+    if (!ev_timer_active(&s->o->flush))
+        ev_timer_start(s->o->loop, &s->o->flush, 0);
+}
+
+static void pools_flush(struct orch *o)
+{
+    ev_timer_stop(o->loop, &o->flush);
+    for (struct orch_service *s = o->services; s; s = s->next)
+        if (s->pool_dirty)
+            svc_push_pool(s);
+}
+
+static void on_flush(struct ev_loop *loop, struct ev_timer *t)
+{
+    (void)loop;
+    pools_flush(t->data);
 }
 
 /* Push the active replicas into the pool when the set changed. */
-static void svc_sync_pool(struct orch_service *s)
+static void svc_push_pool(struct orch_service *s)
 {
+    s->pool_dirty = false;
     if (!s->pool)
         return;
     struct proxy_backend_spec *specs;
@@ -1008,6 +1043,7 @@ void orch__tick(struct orch *o)
         }
         svc_reconcile(s);
     }
+    pools_flush(o);
     for (struct orch_op *op = o->ops, *next; op; op = next) {
         next = op->next;
         if (project_settled(o, op->project))
@@ -1522,6 +1558,7 @@ struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
     gethostname(host, sizeof(host) - 1);
     snprintf(o->owner, sizeof(o->owner), "takod:%.63s:%d", host, (int)getpid());
     ev_timer_init(&o->tick, tick, o);
+    ev_timer_init(&o->flush, on_flush, o);
     return o;
 }
 
@@ -1594,7 +1631,7 @@ static void on_services_loaded(void *data, int status, void *result)
     if (orch_sync_listeners(o, err, sizeof(err)) < 0)
         log_error("%s", err);
     for (struct orch_service *s = o->services; s; s = s->next) {
-        svc_sync_pool(s);
+        svc_push_pool(s); /* now: the snapshot below reads the set back */
         /* The data plane outlived the previous takod and kept their health:
          * a replica it sees healthy is ready now, not after re-learning. */
         svc_snapshot(s);
@@ -1619,6 +1656,7 @@ int orch_resume(struct orch *o)
 void orch_shutdown(struct orch *o)
 {
     ev_timer_stop(o->loop, &o->tick);
+    pools_flush(o);
     while (o->ops) {
         struct orch_op *op = o->ops;
         op->failed = true;

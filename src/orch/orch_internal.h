@@ -64,6 +64,7 @@ struct orch_service {
     size_t nsnap;
     uint8_t pool_sig[ORCH_SIG_LEN];      /* digest of the backend set last pushed */
     bool pool_sig_set;
+    bool pool_dirty; /* the backend set changed since it was last pushed */
     uint8_t pool_opts_sig[ORCH_SIG_LEN]; /* digest of the options the pool was made with */
     struct orch_replica *replicas;
     struct orch_service *next;
@@ -116,6 +117,7 @@ struct orch {
     uint64_t op_seq;
     char state_dir[4096];
     struct ev_timer tick;
+    struct ev_timer flush; /* pushes changed backend sets once the loop turn ends */
     struct orch_service *services;
     struct orch_op *ops;
     struct orch_listener *listeners;

@@ -89,6 +89,11 @@ struct proxy_pool_opts {
     const char *sticky_cookie;     /* cookie name for LB_STICKY ("tako_backend") */
     unsigned ipv6_prefix;          /* ip_hash: bits of an IPv6 client address hashed (64) */
     bool initial_up;               /* backends of the first set take traffic before a check */
+    uint64_t body_timeout_ms;      /* a request body may take this long (20 s), plus ↓ → 408 */
+    unsigned min_body_rate;        /* ... 1 s more per this many body bytes received (500 B/s) */
+    unsigned max_conns_per_backend; /* requests in flight per backend, all threads; 0: no limit */
+    unsigned max_queue;            /* requests waiting for a backend under that limit (256) → 503 */
+    uint64_t queue_timeout_ms;     /* how long one may wait in that queue (5 s) → 503 */
 };
 
 struct proxy_backend_spec {

@@ -88,6 +88,8 @@ struct backend {
     atomic_uint inflight;        /* requests picked and not finished, all threads */
     atomic_uint_fast64_t last_pick;
     atomic_uint idle_conns;      /* pooled upstream connections, all threads */
+    atomic_uint_fast64_t idle_close_ms; /* shortest idle time after which it closed a pooled
+                                         * connection (its keep-alive timeout), 0: none seen */
     atomic_uint consecutive_failures;
     atomic_uint_fast64_t health_transitions;
     atomic_int slot;             /* index in the current set, -1 when removed */
@@ -109,6 +111,7 @@ struct proxy_pool {
     size_t sticky_cookie_len;
     const struct lb_ops *ops;
     const struct xprt_ops *up_xprt; /* transport to its backends (TCP) */
+    atomic_uint queued;      /* requests waiting for a backend under max_conns_per_backend */
     void *up_xprt_arg;
     _Atomic(struct lb_set *) cur;
     atomic_uint_fast64_t rr; /* round-robin cursor shared by all threads */
@@ -191,6 +194,9 @@ struct worker {
     struct dlist clients;   /* every open client connection */
     struct dlist idle_up;   /* every pooled upstream connection */
     struct dlist waiting;   /* exchanges waiting for a healthy backend */
+    struct dlist queue;     /* exchanges waiting for a backend under its limit, FIFO */
+    bool queue_kick;        /* queue_defer is scheduled */
+    struct ev_defer queue_defer;
     unsigned nclients;
     struct xchg *free_x;
     unsigned nfree_x;
