@@ -45,7 +45,16 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(LIBTAKO): $(OBJ_LIB)
+# The dashboard's files are built into the binary (src/daemon/obs_assets.c).
+DASH_ASSETS := web/dashboard/index.html web/dashboard/app.js web/dashboard/app.css
+DASH_OBJ    := $(BUILD)/gen/dash_assets.o
+$(BUILD)/gen/dash_assets.c: $(DASH_ASSETS)
+	@mkdir -p $(dir $@)
+	@{ for f in $(DASH_ASSETS); do xxd -i $$f; done; } > $@.tmp && mv $@.tmp $@
+$(DASH_OBJ): $(BUILD)/gen/dash_assets.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBTAKO): $(OBJ_LIB) $(DASH_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 

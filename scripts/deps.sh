@@ -25,7 +25,7 @@ esac
 # that is a path ("/usr/bin/npm") is satisfied by any installed package that
 # owns that file (e.g. a nodejs build that bundles npm and conflicts with
 # Debian's npm package).
-build_deps=(gcc make pkg-config libyaml-dev libjansson-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev)
+build_deps=(gcc make pkg-config xxd libyaml-dev libjansson-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev)
 
 # libFuzzer ships in compiler-rt, versioned like clang itself.
 clang_rt() {

@@ -58,12 +58,13 @@ int cmd_rollback(int argc, char **argv);
 int cmd_history(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_autoscale(int argc, char **argv);
+int cmd_dashboard(int argc, char **argv);
 int cmd_setup(int argc, char **argv);  /* servers.c */
 int cmd_remote(int argc, char **argv); /* servers.c: internal, runs on a server */
 int cmd_certs(int argc, char **argv); /* certs.c */
 extern const char help_certs[];
 extern const char help_deploy[], help_ps[], help_stats[], help_logs[], help_scale[],
     help_restart[], help_stop[], help_start[], help_down[], help_rollback[], help_history[],
-    help_daemon[], help_autoscale[], help_setup[];
+    help_daemon[], help_autoscale[], help_setup[], help_dashboard[];
 
 #endif

@@ -35,6 +35,7 @@ const struct cli_command cli_commands[] = {
     {"history", cmd_history, "List deployed revisions", help_history},
     {"autoscale", cmd_autoscale, "Show autoscaling decisions and their reasons", help_autoscale},
     {"certs", cmd_certs, "List HTTPS certificates: source, state, expiry, errors", help_certs},
+    {"dashboard", cmd_dashboard, "Open the live dashboard of services and replicas", help_dashboard},
     {"validate", cmd_validate, "Check tako.yaml and report every problem",
      "Usage: tako validate [-f FILE] [-e ENV] [ENV] [-q]\n"
      "\n"

@@ -234,6 +234,11 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
             fputs("    servers: []  # this machine\n", f);
         fprintf(f, "    http: %u\n", e->http_port);
         fprintf(f, "    https: %u\n", e->https_port);
+        if (e->metrics_addr && e->metrics_token)
+            fprintf(f, "    metrics: {address: %s, token: %s}\n", e->metrics_addr,
+                    show_secrets ? e->metrics_token : "******");
+        else
+            fprintf(f, "    metrics: %s\n", e->metrics_addr ? e->metrics_addr : "~  # off");
         fputs("    services:\n", f);
         for (size_t j = 0; j < e->services_len; j++)
             explain_service(f, &e->services[j], show_secrets);

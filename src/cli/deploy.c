@@ -148,6 +148,17 @@ int cmd_deploy(int argc, char **argv)
                              "force", force);
     if (t.service)
         json_object_set_new(body, "service", json_string(t.service));
+    if (env->metrics_addr) {
+        /* takod binds it; its error names this place in tako.yaml */
+        char where[4400];
+        snprintf(where, sizeof(where), "%s:%u:%u: environments.%s.metrics", t.cfg->path,
+                 env->metrics_line, env->metrics_col, env->name);
+        json_object_set_new(body, "metrics",
+                            json_pack("{s:s, s:s?, s:s}", "address", env->metrics_addr, "token",
+                                      env->metrics_token, "where", where));
+    } else {
+        json_object_set_new(body, "metrics", json_null());
+    }
     if (!t.json && t.remote)
         printf("Deploying %s (%s) to server %s (%s) from %s\n", t.cfg->project.name, env->name,
                t.server->name, ssh_where(t.remote), t.cfg->path);

@@ -175,6 +175,12 @@ struct cfg_env {
     unsigned http_port; /* shared listener: 80 when loaded as root, else 8080 */
     char *runtime;      /* the services' default runtime: "process" unless set */
     unsigned https_port; /* HTTPS listener: 443 as root, else 8443 */
+    /* `metrics:` — where takod serves /metrics and the dashboard for this
+     * environment; NULL = off (the default). Normalised "HOST:PORT" (a port
+     * alone means 127.0.0.1). A non-loopback host requires a token. */
+    char *metrics_addr;
+    char *metrics_token; /* NULL when not set */
+    unsigned metrics_line, metrics_col; /* of the address, for errors found later */
     struct cfg_service *services;
     size_t services_len;
 };

@@ -106,6 +106,7 @@ json_t *cfg_env_to_json(const struct cfg_env *e)
     json_object_set_new(j, "http_port", json_integer(e->http_port));
     json_object_set_new(j, "runtime", json_string(e->runtime ? e->runtime : "process"));
     json_object_set_new(j, "https_port", json_integer(e->https_port));
+    json_object_set_new(j, "metrics", e->metrics_addr ? json_string(e->metrics_addr) : json_null());
     json_t *svcs = json_array();
     for (size_t i = 0; i < e->services_len; i++)
         json_array_append_new(svcs, cfg_service_to_json(&e->services[i]));

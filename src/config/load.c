@@ -14,6 +14,7 @@
 #include "config/internal.h"
 #include "acme/acme.h"
 #include "tls/tls.h"
+#include "core/net.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
 #include "runtime/docker_api.h"
@@ -1330,12 +1331,72 @@ static void check_env(struct cfg__ctx *c, const struct cfg_file *f, struct cfg_e
     }
 }
 
+/* `metrics: ADDRESS` or `metrics: {address: ADDRESS, token: TOKEN}`. */
+static void load_metrics(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                         struct cfg_env *e)
+{
+    if (is_null(n))
+        return;
+    char *mp = kpath(path, "metrics");
+    const yaml_node_t *an = n, *tn = NULL;
+    const char *akey = "metrics";
+    if (n->type == YAML_MAPPING_NODE) {
+        enum { K_ADDRESS, K_TOKEN };
+        static const char *const keys[] = {"address", "token"};
+        const yaml_node_t *v[ARRAY_LEN(keys)];
+        if (!walk_map(c, n, mp, keys, ARRAY_LEN(keys), v))
+            goto out;
+        an = v[K_ADDRESS];
+        tn = v[K_TOKEN];
+        akey = "metrics.address";
+        if (is_null(an)) {
+            err_at(c, n, mp, "metrics needs address: (e.g. address: 127.0.0.1:9100)");
+            goto out;
+        }
+        set_str(c, tn, mp, "token", &e->metrics_token);
+        if (e->metrics_token && strlen(e->metrics_token) < 16)
+            err_key(c, tn, mp, "token", "a token of at least 16 characters is needed (got %zu)",
+                    strlen(e->metrics_token));
+        for (const char *q = e->metrics_token; q && *q; q++)
+            if (*q <= ' ' || *q >= 127 || strchr(";,\"\\", *q)) {
+                err_key(c, tn, mp, "token",
+                        "the token goes into a cookie and a header: use letters, digits and "
+                        "punctuation other than ; , \" \\ (no spaces)");
+                break;
+            }
+    }
+    char *v = scalar(c, an, path, akey, "an address like 127.0.0.1:9100");
+    if (!v)
+        goto out;
+    struct net_addr a;
+    if (net_parse_addr(v, "127.0.0.1", &a) < 0 || net_addr_port(&a) == 0) {
+        err_key(c, an, path, akey,
+                "expected HOST:PORT or PORT with a numeric host (e.g. 127.0.0.1:9100), got \"%s\"",
+                v);
+        free(v);
+        goto out;
+    }
+    free(v);
+    char buf[64];
+    e->metrics_addr = xstrdup(net_addr_str(&a, buf, sizeof(buf)));
+    e->metrics_line = (unsigned)an->start_mark.line + 1;
+    e->metrics_col = (unsigned)an->start_mark.column + 1;
+    if (!net_addr_is_loopback(&a) && !e->metrics_token)
+        err_key(c, an, path, akey,
+                "%s is reachable from other machines: set metrics.token too (e.g. metrics: "
+                "{address: %s, token: ${METRICS_TOKEN}}), or use a loopback address and "
+                "`tako dashboard`",
+                e->metrics_addr, e->metrics_addr);
+out:
+    free(mp);
+}
+
 static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char *name,
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME };
-    static const char *const keys[] = {"servers", "services", "http", "https", "runtime"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME, K_METRICS };
+    static const char *const keys[] = {"servers", "services", "http", "https", "runtime", "metrics"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
@@ -1370,6 +1431,7 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
         c->env_runtime_path = erp;
     }
     e->runtime = xstrdup(runtime_names[ert]);
+    load_metrics(c, v[K_METRICS], path, e);
 
     struct pair *pairs;
     char *sp = kpath(path, "services");
@@ -1466,6 +1528,8 @@ void cfg_free(struct cfg_file *f)
         struct cfg_env *e = &f->envs[i];
         free(e->name);
         free(e->runtime);
+        free(e->metrics_addr);
+        free(e->metrics_token);
         for (size_t j = 0; j < e->servers_len; j++)
             free(e->servers[j]);
         free(e->servers);

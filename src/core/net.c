@@ -81,6 +81,21 @@ const char *net_addr_str(const struct net_addr *a, char *buf, size_t len)
     return buf;
 }
 
+bool net_addr_is_loopback(const struct net_addr *a)
+{
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)&a->ss;
+        return (ntohl(in4->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (a->ss.ss_family == AF_INET6) {
+        const struct in6_addr *x = &((const struct sockaddr_in6 *)&a->ss)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(x))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127;
+    }
+    return false;
+}
+
 uint16_t net_addr_port(const struct net_addr *a)
 {
     if (a->ss.ss_family == AF_INET6)

@@ -19,6 +19,8 @@ int net_parse_addr(const char *s, const char *default_host, struct net_addr *out
 /* "127.0.0.1:8080" / "[::1]:8080" into buf. */
 const char *net_addr_str(const struct net_addr *a, char *buf, size_t len);
 uint16_t net_addr_port(const struct net_addr *a);
+/* True for 127.0.0.0/8 and ::1 (and ::ffff:127.0.0.0/104). */
+bool net_addr_is_loopback(const struct net_addr *a);
 
 /* Non-blocking, close-on-exec TCP listener. reuseport lets several threads
  * each own a listener on one address. Returns the fd or -errno. */

@@ -167,6 +167,22 @@ void api_reply_json(struct api_conn *c, int status, json_t *j)
     conn_maybe_free(c);
 }
 
+void api_reply_raw(struct api_conn *c, int status, const char *content_type, const char *body,
+                   size_t len)
+{
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     status, status_text(status), content_type, len);
+    out_append(c, head, (size_t)n);
+    out_append(c, body, len);
+    c->close_after = true;
+    c->owner_done = true;
+    conn_flush(c);
+    conn_maybe_free(c);
+}
+
 void api_reply_error(struct api_conn *c, int status, const char *fmt, ...)
 {
     char msg[1024];

@@ -38,6 +38,9 @@ void api_server_free(struct api_server *s);
 
 /* Answer and close. Steals the reference to j. */
 void api_reply_json(struct api_conn *c, int status, json_t *j);
+/* Answer with a body of any type (copied) and close. */
+void api_reply_raw(struct api_conn *c, int status, const char *content_type, const char *body,
+                   size_t len);
 /* Answer {"error": msg} with status. */
 void api_reply_error(struct api_conn *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

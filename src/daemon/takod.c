@@ -24,6 +24,7 @@
 #include "daemon/certs.h"
 #include "daemon/home.h"
 #include "daemon/logs.h"
+#include "daemon/obs.h"
 #include "daemon/takod.h"
 #include "dataplane/dataplane.h"
 #include "orch/orch.h"
@@ -42,6 +43,7 @@ static struct {
     struct orch *orch;
     struct api_server *api;
     struct takod_certs *certs;
+    struct obs *obs;
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
     char home[4096];
@@ -159,10 +161,37 @@ static void h_deploy(struct api_req *r, void *data)
         .only_service = body_str(r, "service"),
     };
     char err[1024];
-    /* Begin the stream first: progress may be emitted while starting. */
+    /* `metrics:` first: an address in use or not allowed refuses the deploy
+     * before anything changes; a deploy refused later puts the old one back. */
+    json_t *mj = json_object_get(r->body, "metrics");
+    json_t *old_metrics = obs_binding(d.obs, project, env);
+    int mrc = obs_bind(d.obs, project, env, json_string_value(json_object_get(mj, "address")),
+                       json_string_value(json_object_get(mj, "token")),
+                       json_string_value(json_object_get(mj, "where")), err, sizeof(err));
     OP_BEGIN(r->conn);
+    if (mrc < 0) {
+        free(items);
+        json_decref(old_metrics);
+        stream_refused(r->conn, mrc, err);
+        return;
+    }
+    if (json_is_object(mj)) {
+        char a[64], line[160];
+        if (obs_bound_addr(d.obs, project, env, a, sizeof(a))) {
+            snprintf(line, sizeof(line), "metrics and dashboard on http://%s/", a);
+            progress(r->conn, NULL, "info", line, false, true);
+        }
+    }
+    /* Begin the stream first: progress may be emitted while starting. */
     int rc = orch_deploy(d.orch, &req, progress, r->conn, err, sizeof(err));
     free(items);
+    if (rc < 0) {
+        char e2[256];
+        obs_bind(d.obs, project, env, json_string_value(json_object_get(old_metrics, "address")),
+                 json_string_value(json_object_get(old_metrics, "token")),
+                 json_string_value(json_object_get(old_metrics, "where")), e2, sizeof(e2));
+    }
+    json_decref(old_metrics);
     if (rc == 1) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:b, s:b}", "type", "result", "level", "info",
                               "message", err, "ok", 1, "unchanged", 1);
@@ -207,6 +236,9 @@ static void h_action(struct api_req *r, void *data)
     else
         rc = orch_action(d.orch, kind, project, body_str(r, "env"), body_str(r, "service"),
                          progress, r->conn, err, sizeof(err));
+    /* `tako down` of a whole environment closes its metrics address too. */
+    if (rc >= 0 && strcmp(kind, "down") == 0 && !body_str(r, "service") && body_str(r, "env"))
+        obs_bind(d.obs, project, body_str(r, "env"), NULL, NULL, NULL, err, sizeof(err));
     if (rc < 0)
         stream_refused(r->conn, rc, err);
 }
@@ -291,6 +323,29 @@ static void h_certs(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, json_pack("{s:o}", "certificates", certs_status(d.certs)));
 }
 
+static void h_metrics(struct api_req *r, void *data)
+{
+    (void)data;
+    char f[64];
+    const char *fmt = qs(r, "format", f, sizeof(f));
+    bool om = fmt && strcmp(fmt, "openmetrics") == 0;
+    size_t len;
+    char *text = obs_metrics_text(d.obs, om, &len);
+    api_reply_raw(r->conn, 200,
+                  om ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                     : "text/plain; version=0.0.4; charset=utf-8",
+                  text, len);
+    free(text);
+}
+
+static void h_dashboard(struct api_req *r, void *data)
+{
+    (void)data;
+    struct obs_buf *b = obs_state(d.obs);
+    api_reply_raw(r->conn, 200, "application/json", b->data, b->len);
+    obs_buf_unref(b);
+}
+
 static void h_shutdown(struct api_req *r, void *data)
 {
     (void)data;
@@ -314,6 +369,8 @@ static const struct api_route routes[] = {
     {"GET", "/v1/events", h_events},
     {"GET", "/v1/logs", h_logs},
     {"GET", "/v1/certs", h_certs},
+    {"GET", "/v1/metrics", h_metrics},
+    {"GET", "/v1/dashboard", h_dashboard},
     {"POST", "/v1/shutdown", h_shutdown},
     {NULL, NULL, NULL},
 };
@@ -493,6 +550,7 @@ int takod_run(const struct takod_opts *o)
     orch_resume(d.orch);
     if (!d.embedded) /* pools and listeners nothing claimed are dropped */
         dp_client_sync_done(d.proxy);
+    d.obs = obs_new(&d.loop, d.orch, d.proxy, d.store);
     ev_signal_start(&d.loop, &d.sigterm, SIGTERM, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sigint, SIGINT, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sighup, SIGHUP, on_hup, NULL);
@@ -511,6 +569,7 @@ int takod_run(const struct takod_opts *o)
     d.certs = NULL;
     orch_shutdown(d.orch);
     proxy_stop(d.proxy);
+    obs_free(d.obs); /* after the proxy finished its requests: they count */
     orch_free(d.orch);
     rt_free(d.rt);
     proxy_free(d.proxy);

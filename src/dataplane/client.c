@@ -101,6 +101,7 @@ struct dpc {
     /* HTTPS state to replay: {id: {cert, key}} (PEM; never logged),
      * {token: keyauth} */
     json_t *certs, *chals;
+    uint64_t instance; /* proxy_instance_id() of the process last heard from */
 };
 
 static void event(struct dpc *c, const char *level, const char *kind, const char *fmt, ...)
@@ -1007,6 +1008,15 @@ static void r_pool_free(struct proxy_pool *pool)
         reply_rc(call(q->c, json_pack("{s:s, s:I}", "op", "pool_free", "pool", (json_int_t)q->id)));
 }
 
+/* Which data-plane process answered: its counters start from zero when it
+ * is a new one (restart, upgrade). */
+static void instance_note(struct dpc *c, json_t *r)
+{
+    const char *id = json_string_value(json_object_get(r, "instance"));
+    if (id)
+        c->instance = strtoull(id, NULL, 16);
+}
+
 static void stats_parse(struct dpc_pool *q, json_t *arr)
 {
     size_t n = json_array_size(arr), i;
@@ -1031,9 +1041,16 @@ static void stats_parse(struct dpc_pool *q, json_t *arr)
         s->status_5xx = U("status_5xx");
         s->failures = U("failures");
         s->health_transitions = U("health_transitions");
-#undef U
+        s->retries = U("retries");
+        s->status_none = U("status_none");
+        json_t *h = json_object_get(b, "hist");
+        for (size_t k = 0; k < PROXY_HIST_BUCKETS && k < json_array_size(h); k++)
+            s->hist[k] = (uint64_t)json_integer_value(json_array_get(h, k));
+        s->latency_sum_s = json_number_value(json_object_get(b, "latency_sum_s"));
+        s->instance = q->c->instance;
         s->p50_ms = json_number_value(json_object_get(b, "p50_ms"));
         s->p99_ms = json_number_value(json_object_get(b, "p99_ms"));
+#undef U
     }
     free(q->stats);
     q->stats = v;
@@ -1046,8 +1063,10 @@ static int r_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **ou
     if (q->id) {
         json_t *r = call(q->c, json_pack("{s:s, s:I}", "op", "pool_stats", "pool",
                                          (json_int_t)q->id));
-        if (r && json_is_true(json_object_get(r, "ok")))
+        if (r && json_is_true(json_object_get(r, "ok"))) {
+            instance_note(q->c, r);
             stats_parse(q, json_object_get(r, "backends"));
+        }
         json_decref(r);
     }
     /* Away: the last known state (ready replicas stay ready meanwhile). */
@@ -1055,6 +1074,32 @@ static int r_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **ou
     if (q->nstats)
         memcpy(*out, q->stats, q->nstats * sizeof(**out));
     *n = q->nstats;
+    return 0;
+}
+
+static uint64_t r_instance_id(struct proxy *p) { return impl(p)->instance; }
+
+static int r_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n)
+{
+    struct dpc *c = impl(p);
+    json_t *r = call(c, json_pack("{s:s}", "op", "listener_stats"));
+    json_t *arr = r && json_is_true(json_object_get(r, "ok")) ? json_object_get(r, "listeners")
+                                                            : NULL;
+    if (r)
+        instance_note(c, r);
+    size_t k = json_array_size(arr), i;
+    *out = xcalloc(k ? k : 1, sizeof(**out));
+    json_t *l;
+    json_array_foreach(arr, i, l)
+    {
+        snprintf((*out)[i].addr, sizeof((*out)[i].addr), "%s",
+                 json_string_value(json_object_get(l, "addr")) ?: "");
+        (*out)[i].open_conns = (unsigned)json_integer_value(json_object_get(l, "open_conns"));
+        (*out)[i].instance = c->instance;
+        (*out)[i].accepted = (uint64_t)json_integer_value(json_object_get(l, "accepted"));
+    }
+    *n = k;
+    json_decref(r);
     return 0;
 }
 
@@ -1113,6 +1158,14 @@ L_INT(https_redirect, (struct proxy * p, const struct net_addr *a, unsigned port
       impl(p))
 L_INT(hsts, (struct proxy * p, const struct net_addr *a, uint64_t s), (p, a, s), impl(p))
 L_INT(tls_stats, (struct proxy * p, struct proxy_tls_stats *out), (p, out), impl(p))
+L_INT(listener_stats, (struct proxy * p, struct proxy_listener_stats **out, size_t *n),
+      (p, out, n), impl(p))
+static uint64_t l_instance_id(struct proxy *p)
+{
+    uint64_t r;
+    LOCKED(impl(p), r = r_instance_id(p));
+    return r;
+}
 static bool l_tls_has_name(struct proxy *p, const char *host)
 {
     bool r;
@@ -1153,6 +1206,8 @@ static const struct proxy_remote_ops dpc_ops = {
     .challenge_set = l_challenge_set,
     .challenge_del = l_challenge_del,
     .tls_stats = l_tls_stats,
+    .instance_id = l_instance_id,
+    .listener_stats = l_listener_stats,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,

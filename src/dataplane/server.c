@@ -187,6 +187,15 @@ static int specs_parse(const json_t *j, struct proxy_backend_spec *v, size_t max
     return (int)json_array_size(j);
 }
 
+/* The identity of this process's counters, as text (JSON numbers are
+ * doubles for many readers). */
+static json_t *instance_json(void)
+{
+    char id[24];
+    snprintf(id, sizeof(id), "%llx", (unsigned long long)proxy_instance_id(S.proxy));
+    return json_string(id);
+}
+
 static json_t *stats_json(struct proxy_pool *pool)
 {
     struct proxy_backend_stats *st = NULL;
@@ -208,6 +217,13 @@ static json_t *stats_json(struct proxy_pool *pool)
                            (json_int_t)b->status_5xx, "failures", (json_int_t)b->failures,
                            "p50_ms", b->p50_ms, "p99_ms", b->p99_ms, "health_transitions",
                            (json_int_t)b->health_transitions));
+        json_t *o = json_array_get(arr, json_array_size(arr) - 1), *h = json_array();
+        for (size_t k = 0; k < PROXY_HIST_BUCKETS; k++)
+            json_array_append_new(h, json_integer((json_int_t)b->hist[k]));
+        json_object_set_new(o, "hist", h);
+        json_object_set_new(o, "retries", json_integer((json_int_t)b->retries));
+        json_object_set_new(o, "status_none", json_integer((json_int_t)b->status_none));
+        json_object_set_new(o, "latency_sum_s", json_real(b->latency_sum_s));
     }
     proxy_pool_stats_free(st);
     return arr;
@@ -748,7 +764,21 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         struct dp_pool *p = pool_by_id(json_integer_value(json_object_get(q, "pool")));
         if (!p)
             return err_reply(ENOENT, "no such pool");
-        return json_pack("{s:b, s:o}", "ok", 1, "backends", stats_json(p->pool));
+        return json_pack("{s:b, s:o, s:o}", "ok", 1, "backends", stats_json(p->pool),
+                         "instance", instance_json());
+    }
+    if (strcmp(op, "listener_stats") == 0) {
+        struct proxy_listener_stats *ls = NULL;
+        size_t n = 0;
+        json_t *arr = json_array();
+        if (proxy_listener_stats(S.proxy, &ls, &n) == 0)
+            for (size_t i = 0; i < n; i++)
+                json_array_append_new(arr, json_pack("{s:s, s:i, s:I}", "addr", ls[i].addr,
+                                                     "open_conns", (int)ls[i].open_conns,
+                                                     "accepted", (json_int_t)ls[i].accepted));
+        free(ls);
+        return json_pack("{s:b, s:o, s:o}", "ok", 1, "listeners", arr, "instance",
+                         instance_json());
     }
     if (strcmp(op, "handover") == 0)
         return h_handover(c, out, nout);

@@ -89,6 +89,42 @@ json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env
 /* Services served over HTTPS: [{project, env, service, domains, and either
  * cert + key (own files) or email (+ acme directory)}] (new reference). */
 json_t *orch_tls_wanted(struct orch *o);
+/* A read-only walk over every service and replica for metrics and the
+ * dashboard: no allocation, no proxy lock (the counters are the pool's
+ * snapshot copied by the last tick, at most ORCH_TICK_MS old). Pointers are
+ * valid during the callback only. Runs on takod's loop thread. */
+struct orch_service_view {
+    const char *project, *env, *name;
+    const char *strategy;     /* "round_robin", ... */
+    const char *status;       /* as in `tako ps` */
+    const char *revision;
+    unsigned desired, ready;  /* ready: replicas admitted and healthy */
+    bool has_pool;            /* false for workers (no port) */
+    bool autoscaled;
+    unsigned autoscale_min, autoscale_max;
+    int autoscale_recommended; /* last evaluation's count before bounds/stabilisation; -1 none */
+};
+struct orch_replica_view {
+    const char *name;         /* "scaling-web-1" */
+    unsigned index;
+    const char *health;       /* healthy | unhealthy | starting | draining | none */
+    const char *phase;        /* starting | ready | draining | stopping */
+    const char *revision;
+    struct rt_info *rt;       /* runtime view (state, restarts, cpu, memory) */
+    /* Every backend instance of this replica in the pool's snapshot: the
+     * current one, and during a deploy the one of the old process still
+     * draining under the same name. */
+    const struct proxy_backend_stats *backends[4];
+    size_t nbackends;
+};
+struct orch_visitor {
+    void (*service)(void *data, const struct orch_service_view *s);
+    void (*replica)(void *data, const struct orch_service_view *s,
+                    const struct orch_replica_view *r);
+};
+/* with_stats: fill rt's CPU and memory too (a sample of every replica's
+ * processes, at most every 500 ms); without, they are 0. */
+void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool with_stats);
 
 /* Stop every operation and timer (takod shutting down; replicas keep
  * running and are adopted by the next takod). */

@@ -321,7 +321,7 @@ static void deploy_item(struct orch *o, const struct orch_deploy_req *req,
     s->http_port = req->http_port;
     orch__ensure_pool(s);
     orch__persist(s);
-    orch__report(s, "info", NULL, "deploying revision %s: %u replica%s", s->revision,
+    orch__report(s, "info", "deploy", "deploying revision %s: %u replica%s", s->revision,
                  orch__desired(s), orch__desired(s) == 1 ? "" : "s");
 }
 

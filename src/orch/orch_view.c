@@ -273,3 +273,86 @@ json_t *orch_tls_wanted(struct orch *o)
     }
     return arr;
 }
+
+void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool with_stats)
+{
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        struct orch_service_view sv = {
+            .project = s->project,
+            .env = s->env,
+            .name = s->name,
+            .strategy = cfg_lb_name(s->cfg->lb_strategy),
+            .revision = s->revision,
+            .desired = desired_of(s),
+            .has_pool = s->pool != NULL,
+            .autoscaled = s->cfg->autoscale.enabled,
+            .autoscale_min = s->cfg->autoscale.min,
+            .autoscale_max = s->cfg->autoscale.max,
+            .autoscale_recommended = -1,
+        };
+        if (sv.autoscaled) {
+            json_t *as = orch_autoscale_view(s);
+            json_t *last = json_object_get(as, "last");
+            json_t *raw = json_object_get(last, "raw");
+            if (!json_is_integer(raw))
+                raw = json_object_get(as, "desired");
+            if (json_is_integer(raw))
+                sv.autoscale_recommended = (int)json_integer_value(raw);
+            json_decref(as);
+        }
+        /* First pass: readiness and status, as `ps` counts them. */
+        unsigned ready = 0;
+        bool crashloop = false, changing = false;
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            struct rt_info info;
+            rt_inspect(r->rt, &info);
+            const struct proxy_backend_stats *b = orch__find_stats(s->snap, s->nsnap, r->name);
+            const char *h = health_of(r, b);
+            if (r->phase == P_READY && (strcmp(h, "healthy") == 0 || strcmp(h, "none") == 0) &&
+                info.state == RT_RUNNING)
+                ready++;
+            if (info.state == RT_CRASHLOOP)
+                crashloop = true;
+            if (strcmp(r->revision, s->revision) != 0 || r->gen != s->gen ||
+                r->phase != P_READY || r->index > sv.desired)
+                changing = true;
+        }
+        sv.ready = ready > sv.desired ? sv.desired : ready;
+        sv.status = service_status(s, sv.ready, sv.desired, crashloop, changing);
+        if (v->service)
+            v->service(data, &sv);
+        if (!v->replica)
+            continue;
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            /* Two replicas of one name (old draining, new starting) are one
+             * series: report the name once, with every backend instance. */
+            bool dup = false;
+            for (struct orch_replica *q = s->replicas; q != r; q = q->next)
+                if (strcmp(q->name, r->name) == 0)
+                    dup = true;
+            if (dup)
+                continue;
+            struct orch_replica *shown = r;
+            for (struct orch_replica *q = r->next; q; q = q->next)
+                if (strcmp(q->name, r->name) == 0 && q->phase <= P_READY)
+                    shown = q; /* the live one speaks for the name */
+            struct rt_info info;
+            if (with_stats)
+                rt_info(shown->rt, &info);
+            else
+                rt_inspect(shown->rt, &info);
+            struct orch_replica_view rv = {
+                .name = shown->name,
+                .index = shown->index,
+                .phase = orch_phase_name(shown->phase),
+                .revision = shown->revision,
+                .rt = &info,
+            };
+            for (size_t i = 0; i < s->nsnap && rv.nbackends < ARRAY_LEN(rv.backends); i++)
+                if (strcmp(s->snap[i].id, r->name) == 0)
+                    rv.backends[rv.nbackends++] = &s->snap[i];
+            rv.health = health_of(shown, orch__find_stats(s->snap, s->nsnap, shown->name));
+            v->replica(data, &sv, &rv);
+        }
+    }
+}

@@ -198,6 +198,40 @@ char *proxy_metrics_text(struct proxy *p)
     return b.p;
 }
 
+uint64_t proxy_instance_id(const struct proxy *p)
+{
+    if (p->rops)
+        return p->rops->instance_id ? p->rops->instance_id((struct proxy *)p) : 0;
+    return p->instance_id;
+}
+
+int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n)
+{
+    if (p->rops) {
+        if (p->rops->listener_stats)
+            return p->rops->listener_stats(p, out, n);
+        *out = xcalloc(1, sizeof(**out));
+        *n = 0;
+        return 0;
+    }
+    pthread_mutex_lock(&p->lock);
+    size_t cap = 0;
+    for (struct listener *l = p->listeners; l; l = l->next)
+        cap++;
+    struct proxy_listener_stats *v = xcalloc(cap ? cap : 1, sizeof(*v));
+    size_t k = 0;
+    for (struct listener *l = p->listeners; l; l = l->next, k++) {
+        net_addr_str(&l->addr, v[k].addr, sizeof(v[k].addr));
+        v[k].open_conns = atomic_load(&l->open_conns);
+        v[k].accepted = (uint64_t)atomic_load(&l->accepted);
+        v[k].instance = p->instance_id;
+    }
+    pthread_mutex_unlock(&p->lock);
+    *out = v;
+    *n = k;
+    return 0;
+}
+
 /* ---- the endpoint ---- */
 
 struct mconn {

@@ -16,6 +16,14 @@ const double proxy_hist_bounds_ms[PROXY_NHIST - 1] = {0.5, 1,   2.5,  5,    10, 
                                                       100, 250, 500, 1000, 2500, 5000, 10000,
                                                       30000};
 
+const double *proxy_hist_bounds_s(void)
+{
+    static const double s[PROXY_NHIST - 1] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                              0.025,  0.05,  0.1,    0.25,  0.5,
+                                              1,      2.5,   5,      10,    30};
+    return s;
+}
+
 static void set_defaults(struct proxy_pool_opts *o)
 {
     if (!o->health_interval_ms)
@@ -394,11 +402,14 @@ static void fill_stats(struct proxy *p, struct backend *b, struct proxy_backend_
     o->consecutive_failures = atomic_load(&b->consecutive_failures);
     o->inflight = atomic_load(&b->inflight);
     o->health_transitions = atomic_load(&b->health_transitions);
-    uint64_t hist[PROXY_NHIST] = {0};
+    uint64_t *hist = o->hist, lat_us = 0;
     for (unsigned w = 0; w < p->nworkers; w++) {
         struct bstat *st = &b->st[w];
         o->requests += STAT_GET(&st->requests);
         o->failures += STAT_GET(&st->failures);
+        o->retries += STAT_GET(&st->retries);
+        o->status_none += STAT_GET(&st->status[0]);
+        lat_us += STAT_GET(&st->lat_sum_us);
         o->status_2xx += STAT_GET(&st->status[2]);
         o->status_3xx += STAT_GET(&st->status[3]);
         o->status_4xx += STAT_GET(&st->status[4]);
@@ -406,6 +417,8 @@ static void fill_stats(struct proxy *p, struct backend *b, struct proxy_backend_
         for (int i = 0; i < PROXY_NHIST; i++)
             hist[i] += STAT_GET(&st->hist[i]);
     }
+    o->latency_sum_s = (double)lat_us / 1e6;
+    o->instance = p->instance_id;
     o->p50_ms = hist_quantile(hist, 0.50);
     o->p99_ms = hist_quantile(hist, 0.99);
 }

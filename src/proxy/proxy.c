@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -90,6 +92,14 @@ struct proxy *proxy_new(const struct proxy_opts *o)
     p->log_fd = -1;
     p->metrics_fd = -1;
     p->ctl_evfd = -1;
+    /* Only needs to differ from the previous instance's: a reader keeping
+     * totals across restarts folds the old instance's counters when it
+     * changes. Time and pid make a repeat practically impossible. */
+    p->instance_id = ((uint64_t)ev_time_ms() << 20) ^ ((uint64_t)getpid() << 1) ^
+                     (uint64_t)(uintptr_t)p;
+    if (getrandom(&p->instance_id, sizeof(p->instance_id), GRND_NONBLOCK) !=
+        (ssize_t)sizeof(p->instance_id))
+        p->instance_id ^= (uint64_t)time(NULL);
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->ctl_lock, NULL);
     pthread_mutex_init(&p->chal_lock, NULL);

@@ -108,6 +108,13 @@ struct proxy_backend_spec {
     bool up;
 };
 
+/* Latency histogram of a backend: bucket i counts requests that took at most
+ * proxy_hist_bounds_s()[i] seconds (and more than bucket i-1's bound); the
+ * last bucket has no upper bound (+Inf). Not cumulative. */
+#define PROXY_HIST_BUCKETS 16
+/* The PROXY_HIST_BUCKETS - 1 finite upper bounds, in seconds, ascending. */
+const double *proxy_hist_bounds_s(void);
+
 struct proxy_backend_stats {
     char id[64];
     char addr[64];
@@ -118,7 +125,27 @@ struct proxy_backend_stats {
     uint64_t inflight, requests, status_2xx, status_3xx, status_4xx, status_5xx, failures;
     double p50_ms, p99_ms;
     uint64_t health_transitions;
+    uint64_t retries;                    /* requests retried elsewhere after failing here */
+    uint64_t status_none;                /* requests that got no response from it */
+    uint64_t hist[PROXY_HIST_BUCKETS];   /* see PROXY_HIST_BUCKETS */
+    double latency_sum_s;                /* sum of the durations counted in hist */
+    uint64_t instance;                   /* proxy_instance_id() of the counting proxy */
 };
+
+/* Identity of this proxy instance (random, fixed for its life). Counters of
+ * one instance only grow; a backend's counters are those of one backend
+ * instance (an id with a new address or check is a new instance, from 0). A
+ * reader keeping totals across proxy restarts keys them by this. */
+uint64_t proxy_instance_id(const struct proxy *p);
+
+struct proxy_listener_stats {
+    char addr[64];      /* "127.0.0.1:8080" as bound */
+    unsigned open_conns;
+    uint64_t accepted;
+    uint64_t instance; /* proxy_instance_id() of the counting proxy */
+};
+/* Snapshot of every listener. Caller frees *out (free()). */
+int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, size_t *n);
 
 /* Create a proxy (no threads yet). Returns NULL and sets errno on failure
  * (e.g. the access log cannot be opened). */

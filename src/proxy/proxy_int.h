@@ -19,7 +19,7 @@
 #include "proxy/xprt.h"
 
 #define PROXY_MAX_THREADS 256
-#define PROXY_NHIST 16 /* latency histogram buckets, the last is +Inf */
+#define PROXY_NHIST PROXY_HIST_BUCKETS /* latency histogram buckets, the last is +Inf */
 #define PROXY_MAX_TRIES 8
 
 /* Relaxed counters written by one thread, read by any. */
@@ -250,6 +250,7 @@ struct proxy {
     int metrics_fd;
     struct ev_io metrics_io;
     struct dlist metrics_conns;
+    uint64_t instance_id; /* random, see proxy_instance_id() */
     /* HTTPS (proxy_tls.c) */
     struct tls_server *tls;   /* made with the first TLS listener or certificate */
     pthread_mutex_t chal_lock;

@@ -33,6 +33,9 @@ struct proxy_remote_ops {
     void (*challenge_set)(struct proxy *p, const char *token, const char *keyauth);
     void (*challenge_del)(struct proxy *p, const char *token);
     int (*tls_stats)(struct proxy *p, struct proxy_tls_stats *out);
+    /* the serving process's proxy_instance_id(); NULL: 0 */
+    uint64_t (*instance_id)(struct proxy *p);
+    int (*listener_stats)(struct proxy *p, struct proxy_listener_stats **out, size_t *n);
 };
 
 /* A proxy whose calls go to ops; impl is the implementation's state. */

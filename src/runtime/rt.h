@@ -76,6 +76,8 @@ struct rt_info {
     uint64_t uptime_ms;
     double cpu_percent; /* of one CPU, over the last sample interval */
     uint64_t rss_bytes; /* the app and all its descendants */
+    double cpu_seconds; /* CPU time of the replica's processes since its supervisor
+                         * started (app restarts included); grows until then */
     bool hostname_shared; /* no own UTS namespace: HOSTNAME env only */
     char last_error[256]; /* exec failure cause, or last exit + last output line */
     char revision[64];

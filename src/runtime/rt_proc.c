@@ -726,6 +726,9 @@ static void proc_inspect(struct rt_replica *rr, struct rt_info *info)
     info->started_at_ms = live ? r->started_wall : 0;
     if (live && r->started_mono)
         info->uptime_ms = ev_time_ms() - r->started_mono;
+    /* the total of the last sample (stats takes a new one): a counter */
+    long hz = sysconf(_SC_CLK_TCK);
+    info->cpu_seconds = (double)r->sample_ticks / (double)(hz > 0 ? hz : 100);
     info->hostname_shared = r->st.hostname_shared;
     snprintf(info->last_error, sizeof(info->last_error), "%s", r->last_error);
     snprintf(info->revision, sizeof(info->revision), "%s", r->spec.spec.revision);

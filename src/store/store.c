@@ -74,6 +74,21 @@ int store_events_list(struct store *s, const char *project, const char *service,
     return s->ops->events_list(s, project, service, kind, limit, cb, data);
 }
 
+int store_kv_set(struct store *s, const char *key, const char *value, store_cb cb, void *data)
+{
+    return s->ops->kv_set ? s->ops->kv_set(s, key, value, cb, data) : -ENOSYS;
+}
+
+int store_kv_list(struct store *s, const char *prefix, store_cb cb, void *data)
+{
+    return s->ops->kv_list ? s->ops->kv_list(s, prefix, cb, data) : -ENOSYS;
+}
+
+int store_events_count(struct store *s, const char *kind, store_cb cb, void *data)
+{
+    return s->ops->events_count ? s->ops->events_count(s, kind, cb, data) : -ENOSYS;
+}
+
 int store_lock(struct store *s, const char *key, const char *owner, const char *info,
                uint64_t ttl_ms, store_cb cb, void *data)
 {

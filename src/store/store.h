@@ -74,6 +74,9 @@ struct store_ops {
     int (*lock)(struct store *s, const char *key, const char *owner, const char *info,
                 uint64_t ttl_ms, store_cb cb, void *data);
     int (*unlock)(struct store *s, const char *key, const char *owner, store_cb cb, void *data);
+    int (*kv_set)(struct store *s, const char *key, const char *value, store_cb cb, void *data);
+    int (*kv_list)(struct store *s, const char *prefix, store_cb cb, void *data);
+    int (*events_count)(struct store *s, const char *kind, store_cb cb, void *data);
 };
 
 /* Embedded first in every implementation's handle. */
@@ -124,6 +127,16 @@ int store_events_list(struct store *s, const char *project, const char *service,
 int store_lock(struct store *s, const char *key, const char *owner, const char *info,
                uint64_t ttl_ms, store_cb cb, void *data);
 int store_unlock(struct store *s, const char *key, const char *owner, store_cb cb, void *data);
+
+/* Small named values (metrics listeners, counter totals): value NULL
+ * deletes. kv_list's result: json_t * object {key: value} of the keys that
+ * start with prefix. */
+int store_kv_set(struct store *s, const char *key, const char *value, store_cb cb, void *data);
+int store_kv_list(struct store *s, const char *prefix, store_cb cb, void *data);
+/* Events of one kind counted per project and service, for counters that
+ * survive restarts (deploys, rollbacks). Result: json_t * object
+ * {"PROJECT\tSERVICE": count}. */
+int store_events_count(struct store *s, const char *kind, store_cb cb, void *data);
 
 /* ---- for callers that continue only with the answer ----
  * cb = store_keep, data = &struct store_result: done tells whether the

@@ -56,7 +56,8 @@ static const char schema[] =
     "  key TEXT PRIMARY KEY, owner TEXT NOT NULL, info TEXT NOT NULL,"
     "  acquired_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
     /* One takod per database (takod.lock): a previous one's leases are void. */
-    "DELETE FROM leases;";
+    "DELETE FROM leases;"
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 struct store *store_sqlite_open(const char *path, char *err, size_t errlen)
 {
@@ -376,6 +377,56 @@ static int sq_events_list(struct store *s, const char *project, const char *serv
     return 0;
 }
 
+static int sq_kv_set(struct store *s, const char *key, const char *value, store_cb cb,
+                     void *data)
+{
+    sqlite3_stmt *st = value ? prep(s, "INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)")
+                             : prep(s, "DELETE FROM kv WHERE key = ?");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (value)
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    return write_done(s, st, cb, data);
+}
+
+static int sq_kv_list(struct store *s, const char *prefix, store_cb cb, void *data)
+{
+    sqlite3_stmt *st = prep(s, "SELECT key, value FROM kv WHERE substr(key, 1, length(?1)) = ?1"
+                               " ORDER BY key");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+    json_t *obj = json_object();
+    while (sqlite3_step(st) == SQLITE_ROW)
+        json_object_set_new(obj, (const char *)sqlite3_column_text(st, 0),
+                            json_string((const char *)sqlite3_column_text(st, 1) ?: ""));
+    sqlite3_finalize(st);
+    done(cb, data, 0, obj);
+    json_decref(obj);
+    return 0;
+}
+
+static int sq_events_count(struct store *s, const char *kind, store_cb cb, void *data)
+{
+    sqlite3_stmt *st = prep(s, "SELECT project, service, COUNT(*) FROM events WHERE kind = ?"
+                               " GROUP BY project, service");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+    json_t *obj = json_object();
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char k[256];
+        snprintf(k, sizeof(k), "%s\t%s", (const char *)sqlite3_column_text(st, 0) ?: "",
+                 (const char *)sqlite3_column_text(st, 1) ?: "");
+        json_object_set_new(obj, k, json_integer(sqlite3_column_int64(st, 2)));
+    }
+    sqlite3_finalize(st);
+    done(cb, data, 0, obj);
+    json_decref(obj);
+    return 0;
+}
+
 /* ---- leases ---- */
 
 static int sq_lock(struct store *s, const char *key, const char *owner, const char *info,
@@ -453,4 +504,7 @@ static const struct store_ops sq_ops = {
     .events_list = sq_events_list,
     .lock = sq_lock,
     .unlock = sq_unlock,
+    .kv_set = sq_kv_set,
+    .kv_list = sq_kv_list,
+    .events_count = sq_events_count,
 };

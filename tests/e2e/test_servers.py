@@ -327,6 +327,36 @@ def test_upgrading_tako_on_the_server_drops_no_request(seed, tmp_path):
     # The new takod runs the new file, and the replicas kept serving throughout.
     r = seed.run("setup", "prod", check=0, binary=newer)
     assert "nothing changed" in r.stdout, r.stdout
+def test_dashboard_reads_the_servers_takod_over_ssh(seed):
+    """`tako dashboard prod` serves the page here and its data comes from the
+    server's takod over SSH; nothing listens on the server for it."""
+    e = dict(os.environ)
+    e.update(seed.env)
+    p = subprocess.Popen([TAKO, "dashboard", "prod", "--no-open"], cwd=seed.dir, env=e,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        url = p.stdout.readline().split()[-1]
+        m = re.match(r"http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]{32})$", url)
+        assert m, url
+        port, token = int(m.group(1)), m.group(2)
+        cookie = {"Cookie": "tako_dashboard=" + token}
+
+        def web_replicas():
+            st, body = http_json(port, "/api/state", headers=cookie)
+            if st != 200:
+                return None
+            svcs = [s for s in body["services"] if s["name"] == "web"]
+            return svcs and sorted(r["name"] for r in svcs[0]["replicas"])
+
+        assert wait_for(web_replicas, timeout=30, what="the server's replicas") == [
+            "scaling-web-1", "scaling-web-2", "scaling-web-3"]
+        # The numbers are the server's: no takod was started on this machine.
+        assert not os.path.exists(os.path.join(seed.home, "takod.sock"))
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, 15)
+        p.wait(10)
 
 
 # ---- failures: each names the server and changes nothing ----
