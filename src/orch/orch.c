@@ -753,6 +753,16 @@ static void orphan_stopped(struct rt_replica *rr, void *data)
 }
 
 /* The services as stored: targets first, then the replicas that run. */
+/* Whether a deployed service runs on the driver (adoption warns only then). */
+static bool runtime_in_use(const char *driver, void *data)
+{
+    struct orch *o = data;
+    for (struct orch_service *s = o->services; s; s = s->next)
+        if (s->cfg && s->cfg->runtime && strcmp(s->cfg->runtime, driver) == 0)
+            return true;
+    return false;
+}
+
 static void on_services_loaded(void *data, int status, void *result)
 {
     struct orch *o = data;
@@ -778,7 +788,7 @@ static void on_services_loaded(void *data, int status, void *result)
     }
     struct rt_replica **adopted = NULL;
     size_t na = 0;
-    rt_adopt_all(o->rt, &adopted, &na);
+    rt_adopt_all(o->rt, runtime_in_use, o, &adopted, &na);
     for (size_t i = 0; i < na; i++) {
         const struct rt_spec *sp = rt_spec(adopted[i]);
         struct orch_service *s = orch__svc_find(o, sp->project, sp->service);

@@ -144,7 +144,8 @@ void rt_forget(struct rt_replica *r)
     r->drv->ops->forget(r);
 }
 
-int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
+int rt_adopt_all(struct rt *rt, bool (*expected)(const char *driver, void *data), void *data,
+                 struct rt_replica ***out, size_t *n)
 {
     *out = NULL;
     *n = 0;
@@ -153,7 +154,11 @@ int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
         char err[256];
         struct rt_driver *d = rt__driver(rt, rt->table[i]->name, err, sizeof(err));
         if (!d) {
-            log_warn("runtime %s: %s; its replicas are not adopted", rt->table[i]->name, err);
+            if (!expected || expected(rt->table[i]->name, data))
+                log_warn("runtime %s: %s; its replicas are not adopted", rt->table[i]->name, err);
+            else
+                log_debug("runtime %s: %s (no deployed service uses it)", rt->table[i]->name,
+                          err);
             continue;
         }
         struct rt_replica **v = NULL;

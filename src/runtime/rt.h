@@ -124,8 +124,13 @@ int rt_signal(struct rt_replica *r, int sig);
 void rt_forget(struct rt_replica *r);
 /* After a takod restart: ask every driver for its live replicas and
  * re-attach them; dead ones are cleaned up (their logs stay). *out is a
- * malloc'd array the caller frees (not the replicas). */
-int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n);
+ * malloc'd array the caller frees (not the replicas). A driver that cannot
+ * be reached (Docker not running) is warned about when expected(name,
+ * data) says deployed services use it (expected NULL: always), else noted
+ * at debug level: a machine without Docker is not a problem until a
+ * service asks for it. */
+int rt_adopt_all(struct rt *rt, bool (*expected)(const char *driver, void *data), void *data,
+                 struct rt_replica ***out, size_t *n);
 
 /* Everything about the replica, CPU and memory included (those may take a
  * sample of every replica of the driver, at most every 500 ms). */

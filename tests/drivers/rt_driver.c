@@ -187,7 +187,7 @@ static void command(char *line)
     if (strcmp(line, "adopt") == 0) {
         struct rt_replica **v;
         size_t n;
-        int res = rt_adopt_all(rt, &v, &n);
+        int res = rt_adopt_all(rt, NULL, NULL, &v, &n);
         if (res < 0) {
             reply_err(strerror(-res), -res);
             return;
