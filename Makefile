@@ -38,7 +38,7 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 LIBTAKO  := $(BUILD)/libtako.a
 
-.PHONY: all clean test unit e2e demo install deps fuzz bench bench-lb check-format
+.PHONY: all clean test unit e2e demo install deps fuzz bench bench-lb check-format print-ldlibs
 all: $(TAKO) $(WHOAMI) $(UNIT_BIN)
 
 $(BUILD)/%.o: %.c
@@ -70,6 +70,10 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/tests/unit/unit.o $(LIBTAKO)
 
 deps:
 	@scripts/deps.sh build
+
+# The link libraries, for scripts/fuzz.sh.
+print-ldlibs:
+	@echo $(LDLIBS)
 
 # `make test`: unit + e2e, then the same again under ASan/UBSan; the last
 # line is "N passed, N failed".

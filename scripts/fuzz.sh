@@ -19,7 +19,8 @@ OUT=build/fuzz
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
 CC_FUZZ=${CC_FUZZ:-clang}
 CFLAGS_FUZZ=(-D_GNU_SOURCE -DTAKO_VERSION='"fuzz"' -Isrc -std=gnu11 -g -O1)
-LIBS=(-lyaml -ljansson -lsqlite3 -lm -pthread)
+# The libraries tako links, from the Makefile (one list for both builds).
+read -r -a LIBS <<<"$(make -s --no-print-directory print-ldlibs)"
 
 case "$SECONDS_PER_TARGET" in
 '' | *[!0-9]*)
@@ -63,6 +64,9 @@ failed=0
 # libFuzzer's main; each target links them with -fsanitize=fuzzer.
 lib_ok=1
 mapfile -t srcs < <(find src -name '*.c' ! -path src/main.c | sort)
+# The dashboard's files, built into the binary as generated C (Makefile).
+make -s --no-print-directory build/rel/gen/dash_assets.c
+srcs+=(build/rel/gen/dash_assets.c)
 export CC_FUZZ OUT
 printf '%s\n' "${srcs[@]}" | xargs -r -P "$(nproc)" -I{} sh -c '
     o="$OUT/obj/$(echo "{}" | sed "s/\.c$/.o/")"
