@@ -6,7 +6,10 @@ whole process tree (master + workers + threads), then opens N client
 connections that each complete one GET and stay idle, samples again and
 reports the difference per connection that is still open at that moment.
 
-  idle_conns.py --port 8080 --pid 1234 [--conns 5000] [--path /api/instance]
+  idle_conns.py --port 8080 --pid 1234 [--conns 5000] [--path /api/instance] [--tls]
+
+With --tls every connection completes a TLS handshake first (certificate not
+verified: the benchmark's own self-signed one) and stays idle over TLS.
 
 Prints one JSON object on stdout. Exit status 0 on a measurement, 1 when
 the proxy could not be measured (it died, refused connections, ...).
@@ -107,6 +110,12 @@ def one_request(s, req):
 
 def still_open(s):
     """True when the peer has not closed the (idle) connection."""
+    if hasattr(s, "pending"):  # TLS: peek on the socket under it
+        raw = socket.socket(fileno=os.dup(s.fileno()))
+        try:
+            return still_open(raw)
+        finally:
+            raw.close()
     s.setblocking(False)
     try:
         data = s.recv(1, socket.MSG_PEEK)
@@ -124,7 +133,18 @@ def main():
     ap.add_argument("--conns", type=int, default=5000)
     ap.add_argument("--path", default="/api/instance")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds before a sample")
+    ap.add_argument("--tls", action="store_true", help="connect with TLS")
     a = ap.parse_args()
+    connect = socket.create_connection
+    if a.tls:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def connect(addr, timeout):
+            return ctx.wrap_socket(socket.create_connection(addr, timeout=timeout),
+                                   server_hostname="bench.test")
 
     need = a.conns + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -146,7 +166,7 @@ def main():
     # Warm-up on a few connections, so lazy start-up allocations (upstream
     # connections, pools, first-use buffers) are in the "before" sample.
     for _ in range(20):
-        s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+        s = connect(addr, timeout=IO_TIMEOUT)
         for _ in range(5):
             one_request(s, req)
         s.close()
@@ -160,7 +180,7 @@ def main():
     t0 = time.monotonic()
     for _ in range(a.conns):
         try:
-            s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+            s = connect(addr, timeout=IO_TIMEOUT)
         except OSError:
             bad += 1
             continue

@@ -29,6 +29,7 @@ struct mdom {
     char *name, *email, *directory;
     enum cert_state st;
     bool wanted;
+    bool was_wanted;    /* before the current certmgr_set_domains */
     bool loaded;        /* the store was looked at */
     bool have;          /* a certificate is installed */
     int64_t not_before, not_after;
@@ -402,8 +403,10 @@ struct certmgr *certmgr_new(const struct certmgr_opts *o, char *err, size_t errl
 void certmgr_set_domains(struct certmgr *m, const struct certmgr_domain *dd, size_t n)
 {
     pthread_mutex_lock(&m->lock);
-    for (struct mdom *d = m->doms; d; d = d->next)
+    for (struct mdom *d = m->doms; d; d = d->next) {
+        d->was_wanted = d->wanted;
         d->wanted = false;
+    }
     for (size_t i = 0; i < n; i++) {
         struct mdom *d = m->doms;
         while (d && strcasecmp(d->name, dd[i].name) != 0)
@@ -419,8 +422,14 @@ void certmgr_set_domains(struct certmgr *m, const struct certmgr_domain *dd, siz
         d->email = dd[i].email ? xstrdup(dd[i].email) : NULL;
         free(d->directory);
         d->directory = dd[i].directory ? xstrdup(dd[i].directory) : NULL;
-        if (!d->wanted && d->next_ms != UINT64_MAX && (!d->loaded || d->st == CERT_NONE))
+        if (!d->was_wanted && !d->wanted && d->next_ms != UINT64_MAX) {
+            /* new, or back after it was dropped (and its certificate left
+             * the proxy): look at the store again now */
+            d->loaded = false;
+            d->have = false;
+            d->st = CERT_NONE;
             d->next_ms = 0;
+        }
         d->wanted = true;
     }
     pthread_cond_signal(&m->cond);

@@ -22,6 +22,7 @@
 #include "core/util.h"
 #include "daemon/home.h"
 #include "remote/remote.h"
+#include "http/http.h"
 
 #define CLIENT_MAX_RESPONSE (64u << 20)
 #define CLIENT_START_WAIT_MS 10000
@@ -258,66 +259,48 @@ static int rd_fill(struct rd *r)
     }
 }
 
-/* Read one CRLF/LF-terminated line into out (NUL-terminated, without EOL). */
-static int rd_line(struct rd *r, char *out, size_t outlen)
+/* Read the response head with the proxy's strict parser (src/http,
+ * fuzzed). Returns the status, sets *chunked / *clen (-1: until close). */
+static int read_head(struct rd *r, bool *chunked, long long *clen)
 {
+    struct http_msg m;
     for (;;) {
-        char *nl = memchr(r->buf + r->off, '\n', r->len - r->off);
-        if (nl) {
-            size_t l = (size_t)(nl - (r->buf + r->off));
-            size_t cl = l > 0 && nl[-1] == '\r' ? l - 1 : l;
-            if (cl >= outlen)
-                cl = outlen - 1;
-            memcpy(out, r->buf + r->off, cl);
-            out[cl] = '\0';
-            r->off += l + 1;
-            return 0;
+        int n = http_parse_response(r->buf + r->off, r->len - r->off, &m, HTTP_MAX_HEADERS);
+        if (n < 0)
+            return -EPROTO;
+        if (n > 0) {
+            r->off += (size_t)n;
+            *chunked = (m.flags & HTTP_F_CHUNKED) != 0;
+            *clen = m.content_length;
+            return m.status;
         }
-        int n = rd_fill(r);
-        if (n <= 0)
-            return n < 0 ? n : -ECONNRESET;
-    }
-}
-
-static int rd_exact(struct rd *r, char *out, size_t n)
-{
-    while (r->len - r->off < n) {
-        size_t have = r->len - r->off;
-        memcpy(out, r->buf + r->off, have);
-        out += have;
-        n -= have;
-        r->off = r->len = 0;
         int k = rd_fill(r);
         if (k <= 0)
             return k < 0 ? k : -ECONNRESET;
     }
-    memcpy(out, r->buf + r->off, n);
-    r->off += n;
-    return 0;
 }
 
-/* Read status line + headers. Returns status, sets *chunked / *clen. */
-static int read_head(struct rd *r, bool *chunked, long long *clen)
+/* Deliver a chunked body through out(data...) as its data arrive, decoded
+ * by the same framer as the proxy's. 0 at its end, -1 when cut or bad. */
+static int read_chunked(struct rd *r, void (*out)(const char *p, size_t n, void *arg), void *arg)
 {
-    char line[8192];
-    int status = -EPROTO;
-    *chunked = false;
-    *clen = -1;
-    if (rd_line(r, line, sizeof(line)) < 0)
-        return -ECONNRESET;
-    if (sscanf(line, "HTTP/1.%*c %d", &status) != 1)
-        return -EPROTO;
-    for (;;) {
-        if (rd_line(r, line, sizeof(line)) < 0)
-            return -ECONNRESET;
-        if (!line[0])
-            break;
-        if (strncasecmp(line, "transfer-encoding:", 18) == 0 && strcasestr(line, "chunked"))
-            *chunked = true;
-        else if (strncasecmp(line, "content-length:", 15) == 0)
-            *clen = atoll(line + 15);
+    struct http_chunked ch;
+    http_chunked_init(&ch);
+    while (!ch.done) {
+        if (r->off == r->len) {
+            r->off = r->len = 0;
+            if (rd_fill(r) <= 0)
+                return -1;
+        }
+        size_t dl;
+        long k = http_chunked_feed(&ch, r->buf + r->off, r->len - r->off, &dl);
+        if (k < 0)
+            return -1;
+        if (dl)
+            out(r->buf + r->off, dl, arg);
+        r->off += (size_t)k;
     }
-    return status;
+    return 0;
 }
 
 /* Feed complete lines of data to cb (JSON per line). */
@@ -340,6 +323,26 @@ static void feed_lines(char **acc, size_t *acc_len, const char *p, size_t n, cli
     }
     memmove(*acc, *acc + start, *acc_len - start);
     *acc_len -= start;
+}
+
+/* Where a chunked body's data go: lines to cb, or one buffer. */
+struct body_sink {
+    client_line_cb cb;
+    void *data;
+    char **acc, **whole;
+    size_t *acc_len, *whole_len;
+};
+
+static void body_sink_put(const char *p, size_t n, void *arg)
+{
+    struct body_sink *s = arg;
+    if (s->cb) {
+        feed_lines(s->acc, s->acc_len, p, n, s->cb, s->data);
+    } else if (*s->whole_len + n <= CLIENT_MAX_RESPONSE) {
+        *s->whole = xrealloc(*s->whole, *s->whole_len + n + 1);
+        memcpy(*s->whole + *s->whole_len, p, n);
+        *s->whole_len += n;
+    }
 }
 
 static int do_request(const char *method, const char *path, json_t *body, client_line_cb cb,
@@ -365,31 +368,9 @@ static int do_request(const char *method, const char *path, json_t *body, client
     if (status < 0)
         goto out;
     if (chunked) {
-        char line[128];
-        for (;;) {
-            if (rd_line(rd, line, sizeof(line)) < 0)
-                break;
-            unsigned long sz = strtoul(line, NULL, 16);
-            if (sz == 0)
-                break;
-            if (sz > CLIENT_MAX_RESPONSE)
-                break;
-            char *chunk = xmalloc(sz);
-            if (rd_exact(rd, chunk, sz) < 0) {
-                free(chunk);
-                break;
-            }
-            if (cb)
-                feed_lines(&acc, &acc_len, chunk, sz, cb, data);
-            else {
-                whole = xrealloc(whole, whole_len + sz + 1);
-                memcpy(whole + whole_len, chunk, sz);
-                whole_len += sz;
-            }
-            free(chunk);
-            if (rd_line(rd, line, sizeof(line)) < 0)
-                break;
-        }
+        struct body_sink sink = {.cb = cb, .data = data, .acc = &acc, .acc_len = &acc_len,
+                                 .whole = &whole, .whole_len = &whole_len};
+        read_chunked(rd, body_sink_put, &sink);
     } else {
         /* Content-Length, or until close. */
         for (;;) {

@@ -139,6 +139,11 @@ static void explain_service(FILE *f, const struct cfg_service *s, bool show_secr
     fputs("        loadBalancer:\n", f);
     fprintf(f, "          strategy: %s\n", cfg_lb_name(s->lb_strategy));
     put_kv(f, 10, "cookie", s->lb_cookie);
+    fprintf(f, "          maxConnsPerReplica: %u%s\n", s->lb_max_conns, s->lb_max_conns ? "" : "  # no limit");
+    fprintf(f, "          maxQueue: %u\n", s->lb_max_queue);
+    fprintf(f, "          queueTimeout: %s\n", dur(s->lb_queue_timeout_ms, b, sizeof(b)));
+    fprintf(f, "          bodyTimeout: %s\n", dur(s->lb_body_timeout_ms, b, sizeof(b)));
+    fprintf(f, "          minBodyRate: %u\n", s->lb_min_body_rate);
     const struct cfg_health *h = &s->health;
     fputs("        healthCheck:\n", f);
     fprintf(f, "          enabled: %s\n", h->enabled ? "true" : "false");

@@ -166,12 +166,21 @@ int cmd_daemon(int argc, char **argv)
         close(fd);
         int st = client_call(stop ? "POST" : "GET", stop ? "/v1/shutdown" : "/v1/version", NULL,
                              &resp);
-        if (status && st == 200)
+        json_t *dp = json_object_get(resp, "dataplane");
+        if (status && st == 200) {
             printf("takod %s running, pid %lld, state in %s\n",
                    json_string_value(json_object_get(resp, "version")),
                    (long long)json_integer_value(json_object_get(resp, "pid")), home);
-        else if (stop)
-            printf("takod stopped\n");
+            if (dp)
+                printf("data plane %s, pid %lld, build %s\n",
+                       json_string_value(json_object_get(dp, "state")),
+                       (long long)json_integer_value(json_object_get(dp, "pid")),
+                       json_string_value(json_object_get(dp, "build")));
+        } else if (stop) {
+            printf("takod stopped (the data plane keeps serving; SIGTERM to the pid in "
+                   "%s/dataplane.pid stops it)\n",
+                   home);
+        }
         json_decref(resp);
         return st == 200 ? EXIT_OK : EXIT_FAILED;
     }

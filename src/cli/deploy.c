@@ -100,9 +100,10 @@ int cmd_deploy(int argc, char **argv)
     for (size_t i = 0; i < env->services_len; i++) {
         const struct cfg_service *s = &env->services[i];
         bool docker = s->runtime && strcmp(s->runtime, "docker") == 0;
-        if (docker && !docker_checked) {
-            /* takod talks to the engine; say here, at the key that asks for
-             * it, when there is none to talk to */
+        if (docker && !docker_checked && !t.remote) {
+            /* takod talks to the engine of its own machine; for this one,
+             * say here, at the key that asks for it, when there is none to
+             * talk to (a remote takod reports its own in the deploy) */
             char why[512];
             struct dk_client *dc = NULL;
             if (dk_open(NULL, &dc, why, sizeof(why)) < 0) {

@@ -44,11 +44,19 @@ const char help_proxy[] =
     "  --connect-timeout DUR    upstream connect (5s); then retry or 504\n"
     "  --timeout DUR            upstream inactivity during a request (60s); then 504\n"
     "  --header-timeout DUR     to receive a request head (10s); then 408\n"
+    "  --body-timeout DUR       a request body may take this long (20s), plus 1s per\n"
+    "                           --min-body-rate bytes received; then 408\n"
+    "  --min-body-rate SIZE     bytes per second a body must keep up after that (500)\n"
     "  --idle-timeout DUR       keep-alive connection without a request (60s)\n"
     "  --tunnel-timeout DUR     Upgrade (WebSocket) tunnel inactivity (1h)\n"
     "  --drain-timeout DUR      how long a removed backend is reported draining (30s)\n"
     "  --all-down-wait DUR      wait for a healthy backend before 503 (5s; 0 = none)\n"
     "  --max-conns N            open client connections, all threads (10000)\n"
+    "  --max-conns-per-backend N  requests in flight per backend (0 = no limit);\n"
+    "                           more wait in a queue\n"
+    "  --max-queue N            requests waiting for a backend under that limit (256);\n"
+    "                           more get 503\n"
+    "  --queue-timeout DUR      how long a request may wait in that queue (5s); then 503\n"
     "  --max-header-size SIZE   request line + headers (8k); more gets 431\n"
     "  --sticky-cookie NAME     cookie of the sticky strategy (tako_backend)\n"
     "  --ipv6-prefix BITS       ip_hash: IPv6 client prefix hashed (64)\n"
@@ -71,7 +79,7 @@ enum {
     O_FALL, O_THREADS, O_ALOG, O_ALOG_FMT, O_METRICS, O_RETRIES, O_CTIMEOUT, O_TIMEOUT,
     O_HDR_TIMEOUT, O_IDLE_TIMEOUT, O_TUN_TIMEOUT, O_DRAIN, O_ALLDOWN, O_MAXCONNS, O_MAXHDR,
     O_STICKY, O_V6PREFIX, O_TRUSTED, O_LOGLEVEL, O_HTTPS, O_TLS_CERT, O_TLS_KEY, O_REDIRECT,
-    O_HSTS,
+    O_HSTS, O_BODY_TIMEOUT, O_MIN_BODY_RATE, O_MAXCONNS_BE, O_MAXQUEUE, O_QUEUE_TIMEOUT,
 };
 
 static const struct option opts[] = {
@@ -107,6 +115,11 @@ static const struct option opts[] = {
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"redirect-https", no_argument, NULL, O_REDIRECT},
     {"hsts", required_argument, NULL, O_HSTS},
+    {"body-timeout", required_argument, NULL, O_BODY_TIMEOUT},
+    {"min-body-rate", required_argument, NULL, O_MIN_BODY_RATE},
+    {"max-conns-per-backend", required_argument, NULL, O_MAXCONNS_BE},
+    {"max-queue", required_argument, NULL, O_MAXQUEUE},
+    {"queue-timeout", required_argument, NULL, O_QUEUE_TIMEOUT},
     {NULL, 0, NULL, 0},
 };
 
@@ -397,6 +410,27 @@ int cmd_proxy(int argc, char **argv)
             break;
         case O_MAXCONNS:
             if ((r = num("--max-conns", a, 10000000, &po.max_conns)))
+                return r;
+            break;
+        case O_BODY_TIMEOUT:
+            if ((r = dur("--body-timeout", a, &pp.body_timeout_ms)))
+                return r;
+            break;
+        case O_MIN_BODY_RATE:
+            if (parse_size_bytes(a, &v) < 0 || v < 1 || v > (1u << 30))
+                return cli_usage_error("proxy", "--min-body-rate: bytes per second from 1 to 1g, not '%s'", a);
+            pp.min_body_rate = (unsigned)v;
+            break;
+        case O_MAXCONNS_BE:
+            if ((r = num("--max-conns-per-backend", a, 1000000, &pp.max_conns_per_backend)))
+                return r;
+            break;
+        case O_MAXQUEUE:
+            if ((r = num("--max-queue", a, 1000000, &pp.max_queue)))
+                return r;
+            break;
+        case O_QUEUE_TIMEOUT:
+            if ((r = dur("--queue-timeout", a, &pp.queue_timeout_ms)))
                 return r;
             break;
         case O_MAXHDR:

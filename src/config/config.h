@@ -133,6 +133,7 @@ struct cfg_service {
     char *workdir;   /* absolute; default: build */
     char *image;     /* NULL when not set */
     char *runtime;   /* "process" (default) | "docker"; the environment's runtime: when unset */
+    char *network;   /* runtime docker: "host" (default) | "bridge" */
     /* where runtime (or the service) is written, "FILE:LINE:COL" and its key
      * path, for errors found later (Docker not reachable); "" unknown */
     char runtime_at[300];
@@ -142,6 +143,11 @@ struct cfg_service {
     struct cfg_autoscale autoscale;
     enum cfg_lb lb_strategy; /* round_robin */
     char *lb_cookie;         /* cookie name for sticky: "tako_sticky" */
+    unsigned lb_max_conns;   /* requests in flight per replica, 0 = no limit */
+    unsigned lb_max_queue;   /* requests waiting for a replica under that limit: 256 */
+    uint64_t lb_queue_timeout_ms; /* 5 s */
+    uint64_t lb_body_timeout_ms;  /* a request body's grace period: 20 s */
+    unsigned lb_min_body_rate;    /* bytes/s a body keeps up after it: 500 */
     struct cfg_health health;
     struct cfg_deploy deploy;
     struct cfg_proxy proxy;

@@ -43,6 +43,7 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(j, "workdir", str_or_null(s->workdir));
     json_object_set_new(j, "image", str_or_null(s->image));
     json_object_set_new(j, "runtime", json_string(s->runtime ? s->runtime : "process"));
+    json_object_set_new(j, "network", json_string(s->network ? s->network : "host"));
     json_object_set_new(j, "port", json_integer(s->port));
     json_object_set_new(j, "replicas", json_integer(s->replicas));
     const struct cfg_autoscale *a = &s->autoscale;
@@ -55,8 +56,13 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
                   "down_stabilization_ms", (json_int_t)a->down_stabilization_ms, "tolerance",
                   a->tolerance));
     json_object_set_new(j, "load_balancer",
-                        json_pack("{s:s, s:s}", "strategy", cfg_lb_name(s->lb_strategy), "cookie",
-                                  s->lb_cookie ? s->lb_cookie : ""));
+                        json_pack("{s:s, s:s, s:i, s:i, s:I, s:I, s:i}", "strategy",
+                                  cfg_lb_name(s->lb_strategy), "cookie",
+                                  s->lb_cookie ? s->lb_cookie : "", "max_conns", (int)s->lb_max_conns,
+                                  "max_queue", (int)s->lb_max_queue, "queue_timeout_ms",
+                                  (json_int_t)s->lb_queue_timeout_ms, "body_timeout_ms",
+                                  (json_int_t)s->lb_body_timeout_ms, "min_body_rate",
+                                  (int)s->lb_min_body_rate));
     const struct cfg_health *h = &s->health;
     json_object_set_new(
         j, "health",
@@ -192,6 +198,15 @@ static uint64_t rd_uint(struct rd *r, json_t *o, const char *key, const char *wh
     return (uint64_t)json_integer_value(v);
 }
 
+/* rd_uint for a key that may be missing (then def). */
+static uint64_t rd_uint_or(struct rd *r, json_t *o, const char *key, const char *where, uint64_t max,
+                           uint64_t def)
+{
+    if (!json_is_object(o) || !json_object_get(o, key))
+        return def;
+    return rd_uint(r, o, key, where, max);
+}
+
 static double rd_num(struct rd *r, json_t *o, const char *key, const char *where)
 {
     json_t *v = rd_get(r, o, key, where);
@@ -282,6 +297,8 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     /* revisions stored before runtime: existed ran as processes */
     json_t *rtv = json_object_get(j, "runtime");
     s->runtime = xstrdup(json_is_string(rtv) ? json_string_value(rtv) : "process");
+    json_t *nwv = json_object_get(j, "network");
+    s->network = xstrdup(json_is_string(nwv) ? json_string_value(nwv) : "host");
     s->port = (unsigned)rd_uint(&r, j, "port", "service", 65535);
     s->replicas = (unsigned)rd_uint(&r, j, "replicas", "service", CFG_MAX_REPLICAS);
 
@@ -301,6 +318,12 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     s->lb_strategy = (enum cfg_lb)rd_enum(&r, lb, "strategy", "service.load_balancer", lb_name_i,
                                           (int)lb_count());
     s->lb_cookie = rd_str(&r, lb, "cookie", "service.load_balancer", false);
+    /* added later: a revision stored before has none and gets the defaults */
+    s->lb_max_conns = (unsigned)rd_uint_or(&r, lb, "max_conns", "service.load_balancer", 1000000, 0);
+    s->lb_max_queue = (unsigned)rd_uint_or(&r, lb, "max_queue", "service.load_balancer", 1000000, 256);
+    s->lb_queue_timeout_ms = rd_uint_or(&r, lb, "queue_timeout_ms", "service.load_balancer", UINT32_MAX, 5000);
+    s->lb_body_timeout_ms = rd_uint_or(&r, lb, "body_timeout_ms", "service.load_balancer", UINT32_MAX, 20000);
+    s->lb_min_body_rate = (unsigned)rd_uint_or(&r, lb, "min_body_rate", "service.load_balancer", 1u << 30, 500);
 
     json_t *h = rd_get(&r, j, "health", "service");
     w = "service.health";

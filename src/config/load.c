@@ -581,6 +581,7 @@ static bool valid_env_key(const char *s)
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
 static const char *const runtime_names[] = {"process", "docker"};
+static const char *const network_names[] = {"host", "bridge"};
 
 /* The strategies are the balancer's table (proxy/lb_table.c): a strategy
  * added there is valid here with no change. */
@@ -624,6 +625,7 @@ void cfg__service_defaults(struct cfg_service *s, const char *dir)
 {
     s->build = xstrdup(dir);
     s->runtime = xstrdup("process");
+    s->network = xstrdup("host");
     s->replicas = 1;
     s->autoscale = (struct cfg_autoscale){
         .enabled = false,
@@ -636,6 +638,11 @@ void cfg__service_defaults(struct cfg_service *s, const char *dir)
     };
     s->lb_strategy = CFG_LB_ROUND_ROBIN;
     s->lb_cookie = xstrdup("tako_sticky");
+    s->lb_max_conns = 0;
+    s->lb_max_queue = 256;
+    s->lb_queue_timeout_ms = 5000;
+    s->lb_body_timeout_ms = 20000;
+    s->lb_min_body_rate = 500;
     s->health = (struct cfg_health){
         .enabled = true,
         .path = xstrdup("/health"),
@@ -664,6 +671,7 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->workdir);
     free(s->image);
     free(s->runtime);
+    free(s->network);
     free(s->lb_cookie);
     free(s->health.path);
     if (s->proxy.domains)
@@ -1093,12 +1101,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_ENVFILE,
         K_RESTART,
         K_RESOURCES,
-        K_RUNTIME
+        K_RUNTIME,
+        K_NETWORK
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources",    "runtime"};
+                                       "restart", "resources",    "runtime",      "network"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -1137,8 +1146,10 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     load_replicas(c, v[K_REPLICAS], path, s);
 
     /* loadBalancer */
-    enum { L_STRATEGY, L_HEALTH, L_COOKIE };
-    static const char *const lb_keys[] = {"strategy", "healthCheck", "cookie"};
+    enum { L_STRATEGY, L_HEALTH, L_COOKIE, L_MAXCONNS, L_MAXQUEUE, L_QTIMEOUT, L_BTIMEOUT, L_BRATE };
+    static const char *const lb_keys[] = {"strategy",     "healthCheck", "cookie",
+                                          "maxConnsPerReplica", "maxQueue", "queueTimeout",
+                                          "bodyTimeout",  "minBodyRate"};
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
@@ -1153,6 +1164,11 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
             err_key(c, lb[L_COOKIE], lp, "cookie", "invalid cookie name \"%s\"", s->lb_cookie);
+        set_uint(c, lb[L_MAXCONNS], lp, "maxConnsPerReplica", 0, 1000000, &s->lb_max_conns);
+        set_uint(c, lb[L_MAXQUEUE], lp, "maxQueue", 1, 1000000, &s->lb_max_queue);
+        set_duration(c, lb[L_QTIMEOUT], lp, "queueTimeout", 1, &s->lb_queue_timeout_ms);
+        set_duration(c, lb[L_BTIMEOUT], lp, "bodyTimeout", 1, &s->lb_body_timeout_ms);
+        set_uint(c, lb[L_BRATE], lp, "minBodyRate", 1, 1u << 30, &s->lb_min_body_rate);
         char *hp = kpath(lp, "healthCheck");
         load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set, &hw);
         free(hp);
@@ -1218,6 +1234,18 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     free(rp);
 
     load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    int nw = 0;
+    if (set_enum(c, v[K_NETWORK], path, "network", "network", network_names,
+                 ARRAY_LEN(network_names), &nw)) {
+        free(s->network);
+        s->network = xstrdup(network_names[nw]);
+        if (nw == 1 && strcmp(s->runtime, "docker") != 0)
+            err_key(c, v[K_NETWORK], path, "network",
+                    "network: bridge is for runtime: docker (a process shares the host's network)");
+        if (nw == 1 && !has_port)
+            err_key(c, v[K_NETWORK], path, "network",
+                    "network: bridge publishes the service's port; the service has none");
+    }
     if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");

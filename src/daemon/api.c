@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/net.h"
 #include "core/util.h"
+#include "http/http.h"
 
 #define API_HEAD_MAX 16384
 #define API_BODY_MAX (8u << 20)
@@ -223,6 +224,8 @@ void api_stream_end(struct api_conn *c)
 
 bool api_conn_alive(const struct api_conn *c) { return !c->sock_closed; }
 
+size_t api_conn_pending(const struct api_conn *c) { return c->out_len - c->out_off; }
+
 static int hexval(char ch)
 {
     if (ch >= '0' && ch <= '9')
@@ -309,45 +312,40 @@ static void dispatch(struct api_conn *c)
         api_reply_error(c, 404, "no such endpoint: %s %s", c->method, c->path);
 }
 
-/* Parse the head; returns 0 when complete, 1 when more input is needed,
- * or an HTTP status on error. */
+/* Parse the head with the proxy's strict parser (src/http, fuzzed);
+ * returns 0 when complete, 1 when more input is needed, or an HTTP status
+ * on error. */
 static int parse_head(struct api_conn *c)
 {
-    char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
-    if (!end)
+    static struct http_msg m; /* the API server runs on takod's one loop thread */
+    int r = http_parse_request(c->in, c->in_len, &m, HTTP_MAX_HEADERS);
+    if (r == HTTP_INCOMPLETE)
         return c->in_len >= API_HEAD_MAX ? 431 : 1;
-    c->head_len = (size_t)(end - c->in) + 4;
-    *end = '\0';
-    char *line_end = strstr(c->in, "\r\n");
-    if (line_end)
-        *line_end = '\0';
-    char target[1536];
-    if (sscanf(c->in, "%15s %1535s HTTP/1.%*c", c->method, target) != 2)
-        return 400;
-    char *q = strchr(target, '?');
+    if (r < 0)
+        return -r; /* 400, 431, 501, 505 */
+    if ((size_t)r > API_HEAD_MAX)
+        return 431;
+    if (m.flags & HTTP_F_CHUNKED)
+        return 400; /* clients send Content-Length */
+    if (m.content_length > (int64_t)API_BODY_MAX)
+        return 413;
+    if (m.method_len >= sizeof(c->method) || m.path_len >= sizeof(c->path) + sizeof(c->query))
+        return 414;
+    memcpy(c->method, m.method_s, m.method_len);
+    c->method[m.method_len] = '\0';
+    const char *q = memchr(m.path, '?', m.path_len);
+    size_t pl = q ? (size_t)(q - m.path) : m.path_len;
+    if (pl >= sizeof(c->path) || (q && m.path_len - pl - 1 >= sizeof(c->query)))
+        return 414;
+    memcpy(c->path, m.path, pl);
+    c->path[pl] = '\0';
+    c->query[0] = '\0';
     if (q) {
-        *q = '\0';
-        snprintf(c->query, sizeof(c->query), "%s", q + 1);
+        memcpy(c->query, q + 1, m.path_len - pl - 1);
+        c->query[m.path_len - pl - 1] = '\0';
     }
-    snprintf(c->path, sizeof(c->path), "%s", target);
-    c->body_len = 0;
-    for (char *h = line_end ? line_end + 2 : NULL; h && *h;) {
-        char *e = strstr(h, "\r\n");
-        if (e)
-            *e = '\0';
-        if (strncasecmp(h, "content-length:", 15) == 0) {
-            uint64_t v;
-            char *val = h + 15;
-            while (*val == ' ' || *val == '\t')
-                val++;
-            if (parse_uint(val, API_BODY_MAX, &v) < 0)
-                return 413;
-            c->body_len = (size_t)v;
-        } else if (strncasecmp(h, "transfer-encoding:", 18) == 0) {
-            return 400; /* clients send Content-Length */
-        }
-        h = e ? e + 2 : NULL;
-    }
+    c->head_len = (size_t)r;
+    c->body_len = m.content_length > 0 ? (size_t)m.content_length : 0;
     return 0;
 }
 

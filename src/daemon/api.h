@@ -49,6 +49,10 @@ void api_stream_json(struct api_conn *c, json_t *j); /* steals j */
 void api_stream_end(struct api_conn *c);
 /* Take a reference so the connection outlives the handler (streams). */
 bool api_conn_alive(const struct api_conn *c);
+/* Bytes written to the stream and not yet taken by the client: a producer
+ * that can wait (a long log tail) keeps this low instead of being dropped
+ * at the 16 MiB limit. */
+size_t api_conn_pending(const struct api_conn *c);
 
 /* Query helpers: value of key in "a=1&b=2" (URL-decoded) into buf, or NULL. */
 const char *api_query(const struct api_req *r, const char *key, char *buf, size_t len);

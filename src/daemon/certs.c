@@ -10,8 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "acme/acme.h"
 #include "core/ev.h"
@@ -53,6 +56,8 @@ struct takod_certs {
     struct ufile *files;
     pthread_mutex_t qlock;
     struct qev *q, **qtail;
+    int efd; /* eventfd: an event is queued (recorded at once, not at the next tick) */
+    struct ev_io eio;
 };
 
 /* ---- hooks called on the ACME thread: proxy API (thread-safe) or queue ---- */
@@ -89,6 +94,11 @@ static void h_event(void *arg, const char *domain, const char *kind, const char 
     *c->qtail = e;
     c->qtail = &e->next;
     pthread_mutex_unlock(&c->qlock);
+    uint64_t one = 1;
+    if (c->efd >= 0) {
+        ssize_t w = write(c->efd, &one, sizeof(one));
+        (void)w;
+    }
 }
 
 /* ---- the loop thread ---- */
@@ -265,6 +275,17 @@ static void sync_wanted(struct takod_certs *c)
     c->files = keep;
 }
 
+static void on_event_fd(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
+{
+    (void)loop;
+    (void)ev;
+    struct takod_certs *c = io->data;
+    uint64_t n;
+    ssize_t r = read(c->efd, &n, sizeof(n));
+    (void)r;
+    drain_events(c);
+}
+
 static void on_tick(struct ev_loop *loop, struct ev_timer *t)
 {
     struct takod_certs *c = t->data;
@@ -285,6 +306,11 @@ struct takod_certs *certs_new(struct ev_loop *loop, struct orch *orch, struct pr
     c->wanted = json_array();
     pthread_mutex_init(&c->qlock, NULL);
     c->qtail = &c->q;
+    c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (c->efd >= 0) { /* without it, events wait for the next tick */
+        ev_io_init(&c->eio, c->efd, on_event_fd, c);
+        ev_io_start(loop, &c->eio, EPOLLIN);
+    }
     char dir[4200];
     snprintf(dir, sizeof(dir), "%s/certs", home);
     uint64_t retry = 0;
@@ -297,12 +323,12 @@ struct takod_certs *certs_new(struct ev_loop *loop, struct orch *orch, struct pr
         .hooks = {.install = h_install, .present = h_present, .cleanup = h_cleanup,
                   .event = h_event, .arg = c},
     };
+    ev_timer_init(&c->tick, on_tick, c); /* before any path to certs_free */
     c->mgr = certmgr_new(&o, err, errlen);
     if (!c->mgr) {
         certs_free(c);
         return NULL;
     }
-    ev_timer_init(&c->tick, on_tick, c);
     ev_timer_start(loop, &c->tick, 10);
     return c;
 }
@@ -316,6 +342,10 @@ void certs_free(struct takod_certs *c)
     certmgr_free(c->mgr); /* joins the thread: no hook runs after this */
     c->mgr = NULL;
     drain_events(c);
+    if (c->efd >= 0) {
+        ev_io_stop(c->loop, &c->eio);
+        close(c->efd);
+    }
     for (struct ufile *f = c->files, *n; f; f = n) {
         n = f->next;
         free(f->cert);

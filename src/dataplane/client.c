@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,10 @@
 #include "dataplane/wire.h"
 #include "proxy/proxy_remote.h"
 
-#define CALL_TIMEOUT_MS 2000
+/* A local process that is alive answers; a dead one closes the socket at
+ * once. The bound is for one that hangs, and generous for a loaded machine
+ * serializing the stats of a thousand backends. */
+#define CALL_TIMEOUT_MS 10000
 #define READY_TIMEOUT_MS 5000
 #define CRASHLOOP_SPAWNS 5       /* restarts ... */
 #define CRASHLOOP_WINDOW_MS 60000 /* ... within this time: stop restarting */
@@ -52,6 +56,9 @@ struct dpc_listener {
     size_t nroutes;
     int fds[DP_MAX_FDS]; /* our copies of the data plane's sockets */
     size_t nfds;
+    bool tls;
+    unsigned redirect; /* HTTPS redirect port */
+    uint64_t hsts;
     struct dpc_listener *next;
 };
 
@@ -80,6 +87,16 @@ struct dpc {
     void *data;
     struct dpc_pool *pools;
     struct dpc_listener *listeners;
+    json_t *certs; /* {id: {cert, key}} PEM text, replayed into a new data plane */
+    json_t *chals; /* {token: keyauth} */
+    /* The proxy API may be called from any thread (the ACME thread installs
+     * certificates and tokens): one call on the connection at a time. Timers
+     * and the watcher belong to the loop thread; another thread that finds
+     * the connection broken shuts it down, and the loop thread's watcher
+     * then sees the end and reconnects. */
+    pthread_mutex_t lock;
+    pthread_t loop_thread;
+    bool broken;
 };
 
 static void event(struct dpc *c, const char *level, const char *kind, const char *fmt, ...)
@@ -110,15 +127,20 @@ static void on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
     (void)loop;
     (void)ev;
     struct dpc *c = io->data;
+    pthread_mutex_lock(&c->lock);
     /* The data plane never speaks first: readable means it went away. */
-    if (dpw_fill(c->fd, &c->in) < 0 || c->in.len)
+    if (c->broken)
+        disconnected(c, c->last_error[0] ? c->last_error : "connection broken");
+    else if (dpw_fill(c->fd, &c->in) < 0 || c->in.len)
         disconnected(c, "the data plane closed the control connection");
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void drop_conn(struct dpc *c)
 {
     if (c->fd < 0)
         return;
+    c->broken = false;
     ev_io_stop(c->loop, &c->io);
     close(c->fd);
     c->fd = -1;
@@ -134,7 +156,11 @@ static json_t *call_raw(struct dpc *c, json_t *q, const int *fds, size_t nfds, i
 {
     if (nrfds)
         *nrfds = 0;
-    if (c->fd < 0) {
+    if (!q) { /* a request we could not build: a bug here, not a dead peer */
+        log_error("data plane: request not built (invalid value)");
+        return json_pack("{s:b, s:i, s:s}", "ok", 0, "errno", EINVAL, "error", "invalid request");
+    }
+    if (c->fd < 0 || c->broken) {
         json_decref(q);
         return NULL;
     }
@@ -301,6 +327,22 @@ static int open_conn(struct dpc *c)
 
 static void replay(struct dpc *c)
 {
+    const char *name;
+    json_t *v;
+    json_object_foreach(c->certs, name, v)
+    {
+        json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", name,
+                                      "cert", json_object_get(v, "cert"), "key",
+                                      json_object_get(v, "key")));
+        if (!r)
+            return;
+        json_decref(r);
+    }
+    json_object_foreach(c->chals, name, v)
+    {
+        reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "challenge_set", "token", name,
+                                   "keyauth", v)));
+    }
     for (struct dpc_pool *p = c->pools; p; p = p->next) {
         if (p->freed)
             continue;
@@ -330,11 +372,25 @@ static void replay(struct dpc *c)
     for (struct dpc_listener *l = c->listeners; l; l = l->next) {
         int rfds[DP_MAX_FDS];
         size_t nr = 0;
-        json_t *q = json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", l->addr_s, "pool",
-                              (json_int_t)(l->def ? l->def->id : 0));
-        json_t *r = c->state == DPC_UP ? call_raw(c, q, l->fds, l->nfds, rfds, &nr) : NULL;
         if (c->state != DPC_UP)
-            json_decref(q);
+            return;
+        /* Our copies go along: a data plane that restarted serves the very
+         * sockets whose queues held the connections meanwhile. Routes,
+         * redirect and HSTS travel in the same message, so no queued
+         * connection is accepted before they are in place (a data plane
+         * that predates them ignores these keys; the messages below still
+         * set them). */
+        json_t *routes = json_object();
+        for (size_t i = 0; i < l->nroutes; i++)
+            json_object_set_new(routes, l->routes[i].domain,
+                                json_integer((json_int_t)l->routes[i].pool->id));
+        json_t *r = call_raw(c,
+                             json_pack("{s:s, s:s, s:I, s:b, s:o, s:i, s:I}", "op", "listen",
+                                       "addr", l->addr_s, "pool",
+                                       (json_int_t)(l->def ? l->def->id : 0), "tls", l->tls,
+                                       "routes", routes, "redirect", (int)l->redirect, "hsts",
+                                       (json_int_t)l->hsts),
+                             l->fds, l->nfds, rfds, &nr);
         if (!r)
             return;
         if (!json_is_true(json_object_get(r, "ok")))
@@ -347,6 +403,12 @@ static void replay(struct dpc *c)
             memcpy(l->fds, rfds, nr * sizeof(int));
             l->nfds = nr;
         }
+        if (l->redirect)
+            reply_rc(call(c, json_pack("{s:s, s:s, s:i}", "op", "https_redirect", "addr",
+                                       l->addr_s, "port", (int)l->redirect)));
+        if (l->hsts)
+            reply_rc(call(c, json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", l->addr_s,
+                                       "max_age", (json_int_t)l->hsts)));
         for (size_t i = 0; i < l->nroutes; i++)
             reply_rc(call(c, json_pack("{s:s, s:s, s:s, s:I}", "op", "route", "addr", l->addr_s,
                                        "domain", l->routes[i].domain, "pool",
@@ -432,10 +494,19 @@ static int attach(struct dpc *c, bool initial, char *err, size_t errlen)
     }
 }
 
+static void reconnect_locked(struct dpc *c);
+
 static void reconnect(struct ev_loop *loop, struct ev_timer *t)
 {
     (void)loop;
     struct dpc *c = t->data;
+    pthread_mutex_lock(&c->lock);
+    reconnect_locked(c);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void reconnect_locked(struct dpc *c)
+{
     if (c->state != DPC_DOWN)
         return;
     uint64_t now = ev_time_ms();
@@ -475,12 +546,21 @@ static void reconnect(struct ev_loop *loop, struct ev_timer *t)
 
 static void disconnected(struct dpc *c, const char *why)
 {
+    if (!pthread_equal(pthread_self(), c->loop_thread)) {
+        if (c->fd >= 0 && !c->broken) {
+            c->broken = true;
+            snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+            shutdown(c->fd, SHUT_RDWR);
+        }
+        return;
+    }
     drop_conn(c);
     if (c->state != DPC_UP)
         return;
     c->state = DPC_DOWN;
     c->down_since = ev_time_ms();
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    log_warn("data plane pid %d: %s; reconnecting", (int)c->dp_pid, why);
     ev_timer_start(c->loop, &c->retry, 0);
 }
 
@@ -528,6 +608,9 @@ static void r_free(struct proxy *p)
         free(l->routes);
         free(l);
     }
+    json_decref(c->certs);
+    json_decref(c->chals);
+    pthread_mutex_destroy(&c->lock);
     free(c->access_log);
     free(c);
 }
@@ -550,7 +633,7 @@ static struct proxy_pool *r_pool_new(struct proxy *p, const struct proxy_pool_op
     return q->handle;
 }
 
-static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+static int listen_any(struct proxy *p, const struct net_addr *a, struct proxy_pool *def, bool tls)
 {
     struct dpc *c = impl(p);
     char as[64];
@@ -562,13 +645,14 @@ static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool
         c->listeners = l;
     }
     l->def = def ? proxy_remote_pool_impl(def) : NULL;
+    l->tls = tls;
     if (c->state != DPC_UP)
         return 0;
     int rfds[DP_MAX_FDS];
     size_t nr = 0;
     json_t *r = call_raw(c,
-                         json_pack("{s:s, s:s, s:I}", "op", "listen", "addr", as, "pool",
-                                   (json_int_t)(l->def ? l->def->id : 0)),
+                         json_pack("{s:s, s:s, s:I, s:b}", "op", "listen", "addr", as, "pool",
+                                   (json_int_t)(l->def ? l->def->id : 0), "tls", tls),
                          NULL, 0, rfds, &nr);
     if (nr) {
         for (size_t i = 0; i < l->nfds; i++)
@@ -589,6 +673,125 @@ static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool
         free(l);
     }
     return rc;
+}
+
+static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+{
+    return listen_any(p, a, def, false);
+}
+
+static int r_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
+{
+    return listen_any(p, a, def, true);
+}
+
+static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert, size_t cert_len,
+                          const char *key, size_t key_len, char *err, size_t errlen)
+{
+    struct dpc *c = impl(p);
+    json_t *cj = json_stringn(cert, cert_len), *kj = json_stringn(key, key_len);
+    if (!cj || !kj) {
+        json_decref(cj);
+        json_decref(kj);
+        snprintf(err, errlen, "certificate or key is not text");
+        return -EINVAL;
+    }
+    json_t *r = call(c, json_pack("{s:s, s:s, s:O, s:O}", "op", "cert_set", "name", id, "cert", cj,
+                                  "key", kj));
+    if (r && !json_is_true(json_object_get(r, "ok"))) {
+        /* refused: the previous one stays, there and here */
+        snprintf(err, errlen, "%s", json_string_value(json_object_get(r, "error")) ?: "refused");
+        int e = (int)json_integer_value(json_object_get(r, "errno"));
+        json_decref(r);
+        json_decref(cj);
+        json_decref(kj);
+        return -(e ? e : EINVAL);
+    }
+    json_decref(r);
+    json_object_set_new(c->certs, id, json_pack("{s:o, s:o}", "cert", cj, "key", kj));
+    return 0;
+}
+
+static int r_tls_del_cert(struct proxy *p, const char *id)
+{
+    struct dpc *c = impl(p);
+    json_object_del(c->certs, id);
+    return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "cert_del", "name", id)));
+}
+
+static bool r_tls_has_name(struct proxy *p, const char *host)
+{
+    json_t *r = call(impl(p), json_pack("{s:s, s:s}", "op", "has_name", "host", host));
+    bool has = json_is_true(json_object_get(r, "has"));
+    json_decref(r);
+    return has;
+}
+
+/* TLS counters of the data plane; -ENOSYS from one that predates them. */
+static int r_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    json_t *r = call(impl(p), json_pack("{s:s}", "op", "tls_stats"));
+    if (!r)
+        return -EAGAIN;
+    if (!json_is_true(json_object_get(r, "ok"))) {
+        int rc = -(int)json_integer_value(json_object_get(r, "errno"));
+        json_decref(r);
+        return rc ? rc : -EIO;
+    }
+#define U(f) (uint64_t) json_integer_value(json_object_get(r, f))
+    out->handshakes = U("handshakes");
+    out->resumed = U("resumed");
+    out->handshake_failures = U("handshake_failures");
+    out->no_certificate = U("no_certificate");
+    out->plain_http = U("plain_http");
+    out->not_tls = U("not_tls");
+    out->certificates = (unsigned)U("certificates");
+#undef U
+    json_decref(r);
+    return 0;
+}
+
+static int r_https_flag(struct proxy *p, const struct net_addr *a, bool redirect, uint64_t v)
+{
+    struct dpc *c = impl(p);
+    char as[64];
+    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
+    if (!l)
+        return -ENOENT;
+    if (redirect)
+        l->redirect = (unsigned)v;
+    else
+        l->hsts = v;
+    return reply_rc(call(c, redirect ? json_pack("{s:s, s:s, s:i}", "op", "https_redirect",
+                                                 "addr", as, "port", (int)v)
+                                     : json_pack("{s:s, s:s, s:I}", "op", "hsts", "addr", as,
+                                                 "max_age", (json_int_t)v)));
+}
+
+static int r_https_redirect(struct proxy *p, const struct net_addr *a, unsigned port)
+{
+    return r_https_flag(p, a, true, port);
+}
+
+static int r_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
+{
+    return r_https_flag(p, a, false, max_age_s);
+}
+
+static void r_challenge_set(struct proxy *p, const char *token, const char *keyauth)
+{
+    struct dpc *c = impl(p);
+    json_object_set_new(c->chals, token, json_string(keyauth));
+    reply_rc(call(c, json_pack("{s:s, s:s, s:s}", "op", "challenge_set", "token", token,
+                               "keyauth", keyauth)));
+}
+
+static void r_challenge_del(struct proxy *p, const char *token)
+{
+    struct dpc *c = impl(p);
+    json_object_del(c->chals, token);
+    reply_rc(call(c, json_pack("{s:s, s:s}", "op", "challenge_del", "token", token)));
 }
 
 static int r_route_host(struct proxy *p, const struct net_addr *a, const char *domain,
@@ -671,6 +874,9 @@ static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *
     int rc = q->id ? reply_rc(call(q->c, json_pack("{s:s, s:I, s:o}", "op", "pool_set", "pool",
                                                    (json_int_t)q->id, "backends", bs)))
                    : 0;
+    if (rc < 0)
+        log_error("data plane refused the %zu backends of pool %s: %s", n,
+                  json_string_value(json_object_get(q->opts, "name")), strerror(-rc));
     if (!q->id)
         json_decref(bs);
     return rc;
@@ -744,18 +950,114 @@ static char *r_metrics(struct proxy *p)
     return s;
 }
 
+/* Every entry point holds the client's lock (any thread may call). */
+#define PC(p) ((struct dpc *)proxy_remote_impl(p))
+#define QC(pool) (((struct dpc_pool *)proxy_remote_pool_impl(pool))->c)
+#define LOCKED(c, expr)                                                                            \
+    ({                                                                                             \
+        pthread_mutex_lock(&(c)->lock);                                                            \
+        __typeof__(expr) r_ = (expr);                                                              \
+        pthread_mutex_unlock(&(c)->lock);                                                          \
+        r_;                                                                                        \
+    })
+#define LOCKED_VOID(c, stmt)                                                                       \
+    do {                                                                                           \
+        pthread_mutex_lock(&(c)->lock);                                                            \
+        stmt;                                                                                      \
+        pthread_mutex_unlock(&(c)->lock);                                                          \
+    } while (0)
+
+static void l_stop(struct proxy *p) { LOCKED_VOID(PC(p), r_stop(p)); }
+static struct proxy_pool *l_pool_new(struct proxy *p, const struct proxy_pool_opts *o)
+{
+    return LOCKED(PC(p), r_pool_new(p, o));
+}
+static int l_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *d)
+{
+    return LOCKED(PC(p), r_listen(p, a, d));
+}
+static int l_route_host(struct proxy *p, const struct net_addr *a, const char *dom,
+                        struct proxy_pool *pool)
+{
+    return LOCKED(PC(p), r_route_host(p, a, dom, pool));
+}
+static int l_unlisten(struct proxy *p, const struct net_addr *a)
+{
+    return LOCKED(PC(p), r_unlisten(p, a));
+}
+static int l_set_default(struct proxy *p, const struct net_addr *a, struct proxy_pool *pool)
+{
+    return LOCKED(PC(p), r_set_default(p, a, pool));
+}
+static int l_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n)
+{
+    return LOCKED(QC(pool), r_pool_set(pool, b, n));
+}
+static void l_pool_free(struct proxy_pool *pool) { LOCKED_VOID(QC(pool), r_pool_free(pool)); }
+static int l_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n)
+{
+    return LOCKED(QC(pool), r_pool_stats(pool, out, n));
+}
+static char *l_metrics(struct proxy *p) { return LOCKED(PC(p), r_metrics(p)); }
+static int l_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *d)
+{
+    return LOCKED(PC(p), r_listen_tls(p, a, d));
+}
+static int l_tls_set_cert(struct proxy *p, const char *id, const char *cert, size_t cl,
+                          const char *key, size_t kl, char *err, size_t errlen)
+{
+    return LOCKED(PC(p), r_tls_set_cert(p, id, cert, cl, key, kl, err, errlen));
+}
+static int l_tls_del_cert(struct proxy *p, const char *id)
+{
+    return LOCKED(PC(p), r_tls_del_cert(p, id));
+}
+static bool l_tls_has_name(struct proxy *p, const char *host)
+{
+    return LOCKED(PC(p), r_tls_has_name(p, host));
+}
+static int l_https_redirect(struct proxy *p, const struct net_addr *a, unsigned port)
+{
+    return LOCKED(PC(p), r_https_redirect(p, a, port));
+}
+static int l_hsts(struct proxy *p, const struct net_addr *a, uint64_t max_age_s)
+{
+    return LOCKED(PC(p), r_hsts(p, a, max_age_s));
+}
+static void l_challenge_set(struct proxy *p, const char *token, const char *keyauth)
+{
+    LOCKED_VOID(PC(p), r_challenge_set(p, token, keyauth));
+}
+static void l_challenge_del(struct proxy *p, const char *token)
+{
+    LOCKED_VOID(PC(p), r_challenge_del(p, token));
+}
+static int l_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    return LOCKED(PC(p), r_tls_stats(p, out));
+}
+
 static const struct proxy_remote_ops dpc_ops = {
-    .stop = r_stop,
-    .free = r_free,
-    .pool_new = r_pool_new,
-    .listen = r_listen,
-    .route_host = r_route_host,
-    .unlisten = r_unlisten,
-    .set_default = r_set_default,
-    .pool_set = r_pool_set,
-    .pool_free = r_pool_free,
-    .pool_stats = r_pool_stats,
-    .metrics = r_metrics,
+    .stop = l_stop,
+    .free = r_free, /* the last call: no other thread uses the proxy then */
+    .pool_new = l_pool_new,
+    .listen = l_listen,
+    .route_host = l_route_host,
+    .unlisten = l_unlisten,
+    .set_default = l_set_default,
+    .pool_set = l_pool_set,
+    .pool_free = l_pool_free,
+    .pool_stats = l_pool_stats,
+    .metrics = l_metrics,
+    .listen_tls = l_listen_tls,
+    .tls_set_cert = l_tls_set_cert,
+    .tls_del_cert = l_tls_del_cert,
+    .tls_has_name = l_tls_has_name,
+    .https_redirect = l_https_redirect,
+    .hsts = l_hsts,
+    .challenge_set = l_challenge_set,
+    .challenge_del = l_challenge_del,
+    .tls_stats = l_tls_stats,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,
@@ -777,8 +1079,19 @@ struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o
         *del = '\0';
     ev_timer_init(&c->retry, reconnect, c);
     c->state = DPC_DOWN;
+    c->certs = json_object();
+    c->chals = json_object();
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&c->lock, &ma);
+    pthread_mutexattr_destroy(&ma);
+    c->loop_thread = pthread_self();
     if (attach(c, true, err, errlen) < 0) {
         drop_conn(c);
+        json_decref(c->certs);
+        json_decref(c->chals);
+        pthread_mutex_destroy(&c->lock);
         free(c->access_log);
         free(c);
         return NULL;
@@ -790,6 +1103,7 @@ struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o
 void dp_client_sync_done(struct proxy *p)
 {
     struct dpc *c = impl(p);
+    pthread_mutex_lock(&c->lock);
     json_t *r = call(c, json_pack("{s:s}", "op", "sync_done"));
     if (r && (json_integer_value(json_object_get(r, "pools_dropped")) ||
               json_integer_value(json_object_get(r, "listeners_closed"))))
@@ -797,11 +1111,13 @@ void dp_client_sync_done(struct proxy *p)
                  (long long)json_integer_value(json_object_get(r, "pools_dropped")),
                  (long long)json_integer_value(json_object_get(r, "listeners_closed")));
     json_decref(r);
+    pthread_mutex_unlock(&c->lock);
 }
 
 json_t *dp_client_status(struct proxy *p)
 {
     struct dpc *c = impl(p);
+    pthread_mutex_lock(&c->lock);
     static const char *const names[] = {"running", "restarting", "crashloop", "fenced",
                                         "detached"};
     json_t *j = json_pack("{s:s, s:i, s:s, s:s, s:i, s:I}", "state", names[c->state], "pid",
@@ -809,5 +1125,6 @@ json_t *dp_client_status(struct proxy *p)
                           "restarts", (int)c->restarts, "epoch", (json_int_t)c->epoch);
     if (c->state != DPC_UP && c->last_error[0])
         json_object_set_new(j, "last_error", json_string(c->last_error));
+    pthread_mutex_unlock(&c->lock);
     return j;
 }

@@ -42,6 +42,9 @@ struct dp_listener {
     struct net_addr addr;
     int64_t def;    /* default pool id, 0: none */
     json_t *routes; /* {domain: pool id} */
+    bool tls;
+    unsigned redirect; /* HTTPS redirect port, 0: none */
+    uint64_t hsts;
     bool claimed;
     struct dp_listener *next;
 };
@@ -70,8 +73,11 @@ static struct {
     struct dp_pool *pools;
     int64_t next_pool;
     struct dp_listener *listeners;
+    json_t *certs; /* {id: {cert, key, claimed}}: PEM text, for a successor */
+    json_t *chals; /* {token: keyauth} */
     bool handing_over; /* a successor has our state: no more changes */
     bool handed_over;  /* it serves: we finish and exit */
+    ino_t sock_ino;    /* the path's inode as we bound it: still ours? */
     uint64_t started_ms;
 } S;
 
@@ -114,6 +120,8 @@ const char *dp_build_id(void)
     id[12] = '\0';
     return id;
 }
+
+static void conn_close(struct dp_conn *c);
 
 /* ---- state ---- */
 
@@ -199,11 +207,14 @@ static struct dp_pool *pool_create(json_t *opts, int64_t id)
 
 static int pool_set(struct dp_pool *p, json_t *backends)
 {
-    struct proxy_backend_spec specs[256];
-    int n = specs_parse(backends, specs, 256);
-    if (n < 0)
-        return n;
-    int r = proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    /* As many as takod sends (a service may have a thousand replicas). */
+    size_t max = json_array_size(backends);
+    if (max > DP_MAX_BACKENDS)
+        return -E2BIG;
+    struct proxy_backend_spec *specs = xcalloc(max ? max : 1, sizeof(*specs));
+    int n = specs_parse(backends, specs, max);
+    int r = n < 0 ? n : proxy_pool_set_backends(p->pool, specs, (size_t)n);
+    free(specs);
     if (r == 0) {
         json_decref(p->backends);
         p->backends = json_deep_copy(backends);
@@ -289,6 +300,10 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
         pid_t pid = (pid_t)json_integer_value(json_object_get(q, "pid"));
         if (S.handing_over || S.handed_over || S.lfd < 0)
             return err_reply(EAGAIN, "handing over to a new data-plane process: retry");
+        /* The same takod coming back on a new connection before we saw its
+         * old one close: the old one is dead to it. */
+        if (S.driver && S.driver != c && pid == S.driver_pid && (uint64_t)epoch == S.epoch)
+            conn_close(S.driver);
         if (S.driver && S.driver != c)
             return err_reply(EBUSY, "already driven by takod pid %d (epoch %llu)",
                              (int)S.driver_pid, (unsigned long long)S.epoch);
@@ -302,6 +317,9 @@ static json_t *h_hello(struct dp_conn *c, json_t *q)
             p->claimed = false;
         for (struct dp_listener *l = S.listeners; l; l = l->next)
             l->claimed = false;
+        const char *cid;
+        json_t *cv;
+        json_object_foreach(S.certs, cid, cv) json_object_set_new(cv, "claimed", json_false());
         log_info("dataplane: driven by takod pid %d, epoch %lld", (int)pid, (long long)epoch);
     }
     c->pid = (pid_t)json_integer_value(json_object_get(q, "pid"));
@@ -327,6 +345,61 @@ static json_t *h_pool_new(json_t *q)
     return json_pack("{s:b, s:I, s:b}", "ok", 1, "pool", (json_int_t)p->id, "adopted", 0);
 }
 
+/* Start a listener on handed-over (or new) sockets with its routes
+ * {domain: pool id}, redirect and HSTS in place before the first accept: a
+ * connection that waited in a handed-over queue is routed, not answered
+ * 404. Returns the listener (linked) or NULL with *rc = -errno. */
+static struct dp_listener *listener_start(const char *a, const struct net_addr *na, int64_t def,
+                                          bool tls, json_t *routes, unsigned redirect,
+                                          uint64_t hsts, int *fds, size_t nfds, int *rc)
+{
+    size_t nr = json_is_object(routes) ? json_object_size(routes) : 0, k = 0;
+    const char **doms = xcalloc(nr ? nr : 1, sizeof(*doms));
+    struct proxy_pool **pools = xcalloc(nr ? nr : 1, sizeof(*pools));
+    json_t *kept = json_object();
+    const char *dom;
+    json_t *pv;
+    if (nr)
+        json_object_foreach(routes, dom, pv)
+        {
+            struct proxy_pool *pp = pool_ptr(json_integer_value(pv));
+            if (!pp)
+                continue;
+            doms[k] = dom;
+            pools[k++] = pp;
+            json_object_set_new(kept, dom, json_integer(json_integer_value(pv)));
+        }
+    struct proxy_listen_spec spec = {
+        .fds = fds,
+        .nfds = nfds,
+        .def = pool_ptr(def),
+        .tls = tls,
+        .domains = doms,
+        .pools = pools,
+        .nroutes = k,
+        .https_redirect = tls ? 0 : redirect,
+        .hsts_s = tls ? hsts : 0,
+    };
+    *rc = proxy_listen_spec(S.proxy, na, &spec);
+    free(doms);
+    free(pools);
+    if (*rc < 0) {
+        json_decref(kept);
+        return NULL;
+    }
+    struct dp_listener *l = xcalloc(1, sizeof(*l));
+    snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
+    l->addr = *na;
+    l->def = def;
+    l->tls = tls;
+    l->redirect = spec.https_redirect;
+    l->hsts = spec.hsts_s;
+    l->routes = kept;
+    l->next = S.listeners;
+    S.listeners = l;
+    return l;
+}
+
 static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout)
 {
     const char *a = json_string_value(json_object_get(q, "addr"));
@@ -345,16 +418,14 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
             proxy_listener_set_default(S.proxy, &l->addr, pool_ptr(def));
         l->def = def;
     } else {
-        int r = proxy_listen_fds(S.proxy, &na, fds, nfds, pool_ptr(def));
-        if (r < 0)
+        bool tls = json_is_true(json_object_get(q, "tls"));
+        int r;
+        l = listener_start(a, &na, def, tls, json_object_get(q, "routes"),
+                           (unsigned)json_integer_value(json_object_get(q, "redirect")),
+                           (uint64_t)json_integer_value(json_object_get(q, "hsts")), fds, nfds,
+                           &r);
+        if (!l)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
-        l = xcalloc(1, sizeof(*l));
-        snprintf(l->addr_s, sizeof(l->addr_s), "%s", a);
-        l->addr = na;
-        l->def = def;
-        l->routes = json_object();
-        l->next = S.listeners;
-        S.listeners = l;
     }
     l->claimed = true;
     int n = proxy_listener_fds(S.proxy, &l->addr, out, DP_MAX_FDS);
@@ -387,6 +458,39 @@ static json_t *h_route(json_t *q, bool set_default)
     return ok_reply();
 }
 
+static json_t *h_https(json_t *q, const char *op)
+{
+    const char *a = json_string_value(json_object_get(q, "addr"));
+    struct dp_listener *l = a ? listener_by_addr(a) : NULL;
+    if (!l)
+        return err_reply(ENOENT, "no listener %s", a ? a : "(none)");
+    if (strcmp(op, "https_redirect") == 0) {
+        l->redirect = (unsigned)json_integer_value(json_object_get(q, "port"));
+        proxy_listener_https_redirect(S.proxy, &l->addr, l->redirect);
+    } else {
+        l->hsts = (uint64_t)json_integer_value(json_object_get(q, "max_age"));
+        proxy_listener_hsts(S.proxy, &l->addr, l->hsts);
+    }
+    return ok_reply();
+}
+
+static json_t *h_cert_set(json_t *q)
+{
+    /* "name": "id" is the request's own */
+    const char *id = json_string_value(json_object_get(q, "name"));
+    const char *c = json_string_value(json_object_get(q, "cert"));
+    const char *k = json_string_value(json_object_get(q, "key"));
+    if (!id || !c || !k)
+        return err_reply(EINVAL, "cert_set needs name, cert and key");
+    char err[512] = "";
+    int r = proxy_tls_set_cert(S.proxy, id, c, strlen(c), k, strlen(k), err, sizeof(err));
+    if (r < 0)
+        return err_reply(-r, "%s", err[0] ? err : strerror(-r));
+    json_object_set_new(S.certs, id,
+                        json_pack("{s:s, s:s, s:b}", "cert", c, "key", k, "claimed", 1));
+    return ok_reply();
+}
+
 static json_t *h_sync_done(void)
 {
     int pools = 0, listeners = 0;
@@ -403,6 +507,10 @@ static json_t *h_sync_done(void)
             pool_release(p);
             pools++;
         }
+    /* Certificates are not dropped here: a takod that just started installs
+     * its certificates when its certificate manager has read them, which
+     * may be after its replay ends; until then handshakes keep getting the
+     * last good ones. takod removes a certificate with cert_del. */
     return json_pack("{s:b, s:i, s:i}", "ok", 1, "pools_dropped", pools, "listeners_closed",
                      listeners);
 }
@@ -443,8 +551,10 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
         if (k < 0)
             k = 0;
         n += (size_t)k;
-        json_array_append_new(ls, json_pack("{s:s, s:I, s:O, s:i}", "addr", l->addr_s, "pool",
-                                            (json_int_t)l->def, "routes", l->routes, "fds", k));
+        json_array_append_new(ls, json_pack("{s:s, s:I, s:O, s:i, s:b, s:i, s:I}", "addr",
+                                            l->addr_s, "pool", (json_int_t)l->def, "routes",
+                                            l->routes, "fds", k, "tls", l->tls, "redirect",
+                                            (int)l->redirect, "hsts", (json_int_t)l->hsts));
     }
     *nout = n;
     c->handing_over = true;
@@ -454,9 +564,10 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
     if (S.driver)
         conn_close(S.driver);
     log_info("dataplane: handing over %zu listening sockets to pid %d", n, (int)c->pid);
-    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o}}", "ok", 1, "state", "threads",
-                     (int)proxy_threads(S.proxy), "epoch", (json_int_t)S.epoch, "next_pool",
-                     (json_int_t)S.next_pool, "pools", pools, "listeners", ls);
+    return json_pack("{s:b, s:{s:i, s:I, s:I, s:o, s:o, s:O, s:O}}", "ok", 1, "state",
+                     "threads", (int)proxy_threads(S.proxy), "epoch", (json_int_t)S.epoch,
+                     "next_pool", (json_int_t)S.next_pool, "pools", pools, "listeners", ls,
+                     "certs", S.certs, "chals", S.chals);
 }
 
 static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *out,
@@ -481,15 +592,30 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
             return err_reply(ENOENT, "no such pool");
         return json_pack("{s:b, s:o}", "ok", 1, "backends", stats_json(p->pool));
     }
+    if (strcmp(op, "tls_stats") == 0) {
+        struct proxy_tls_stats t;
+        proxy_tls_stats(S.proxy, &t);
+        return json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:i}", "ok", 1, "handshakes",
+                         (json_int_t)t.handshakes, "resumed", (json_int_t)t.resumed,
+                         "handshake_failures", (json_int_t)t.handshake_failures,
+                         "no_certificate", (json_int_t)t.no_certificate, "plain_http",
+                         (json_int_t)t.plain_http, "not_tls", (json_int_t)t.not_tls,
+                         "certificates", (int)t.certificates);
+    }
+    if (strcmp(op, "has_name") == 0) {
+        const char *h = json_string_value(json_object_get(q, "host"));
+        return json_pack("{s:b, s:b}", "ok", 1, "has", h && proxy_tls_has_name(S.proxy, h));
+    }
     if (strcmp(op, "handover") == 0)
         return h_handover(c, out, nout);
     if (strcmp(op, "handover_done") == 0 && c->handing_over) {
         S.handed_over = true;
         return ok_reply();
     }
-    static const char *const mutating[] = {"pool_new", "pool_set",    "pool_free", "listen",
-                                           "unlisten", "route",       "set_default",
-                                           "sync_done"};
+    static const char *const mutating[] = {
+        "pool_new", "pool_set", "pool_free",     "listen",         "unlisten",
+        "route",    "set_default", "sync_done",  "cert_set",       "cert_del",
+        "challenge_set", "challenge_del", "https_redirect", "hsts"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_LEN(mutating); i++)
         known |= strcmp(op, mutating[i]) == 0;
@@ -515,6 +641,32 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         return h_route(q, true);
     if (strcmp(op, "sync_done") == 0)
         return h_sync_done();
+    if (strcmp(op, "https_redirect") == 0 || strcmp(op, "hsts") == 0)
+        return h_https(q, op);
+    if (strcmp(op, "cert_set") == 0)
+        return h_cert_set(q);
+    if (strcmp(op, "cert_del") == 0) {
+        const char *id = json_string_value(json_object_get(q, "name"));
+        if (!id)
+            return err_reply(EINVAL, "cert_del needs name");
+        json_object_del(S.certs, id);
+        int r = proxy_tls_del_cert(S.proxy, id);
+        return r < 0 ? err_reply(-r, "%s", strerror(-r)) : ok_reply();
+    }
+    if (strcmp(op, "challenge_set") == 0 || strcmp(op, "challenge_del") == 0) {
+        const char *t = json_string_value(json_object_get(q, "token"));
+        const char *ka = json_string_value(json_object_get(q, "keyauth"));
+        if (!t || (op[10] == 's' && !ka))
+            return err_reply(EINVAL, "%s needs token%s", op, op[10] == 's' ? " and keyauth" : "");
+        if (op[10] == 's') {
+            proxy_challenge_set(S.proxy, t, ka);
+            json_object_set_new(S.chals, t, json_string(ka));
+        } else {
+            proxy_challenge_del(S.proxy, t);
+            json_object_del(S.chals, t);
+        }
+        return ok_reply();
+    }
     if (strcmp(op, "unlisten") == 0) {
         const char *a = json_string_value(json_object_get(q, "addr"));
         struct dp_listener *l = a ? listener_by_addr(a) : NULL;
@@ -630,12 +782,21 @@ static int control_listen(void)
         return -e;
     }
     S.lfd = fd;
+    struct stat st;
+    if (stat(S.sock, &st) == 0)
+        S.sock_ino = st.st_ino;
     ev_io_init(&S.lio, fd, on_accept, NULL);
     ev_io_start(&S.loop, &S.lio, EPOLLIN);
-    FILE *f = fopen(S.pidfile, "w");
+    /* Written aside and renamed: a reader never sees an empty file. */
+    char ptmp[4300];
+    snprintf(ptmp, sizeof(ptmp), "%s.%d", S.pidfile, (int)getpid());
+    FILE *f = fopen(ptmp, "w");
     if (f) {
         fprintf(f, "%d\n", (int)getpid());
-        fclose(f);
+        if (fclose(f) == 0)
+            rename(ptmp, S.pidfile);
+        else
+            unlink(ptmp);
     }
     return 0;
 }
@@ -647,10 +808,18 @@ static void stop_serving(const char *why)
     log_info("dataplane: %s: finishing in-flight requests", why);
     if (S.lfd >= 0) {
         ev_io_stop(&S.loop, &S.lio);
-        if (!S.handed_over) {
-            struct stat a, b;
-            if (stat(S.sock, &a) == 0 && fstat(S.lfd, &b) == 0 && a.st_ino == b.st_ino)
-                unlink(S.sock);
+        struct stat a;
+        if (!S.handed_over && stat(S.sock, &a) == 0 && a.st_ino == S.sock_ino) {
+            unlink(S.sock);
+            FILE *f = fopen(S.pidfile, "r");
+            int pid = 0;
+            if (f) {
+                if (fscanf(f, "%d", &pid) != 1)
+                    pid = 0;
+                fclose(f);
+            }
+            if (pid == (int)getpid())
+                unlink(S.pidfile);
         }
         close(S.lfd);
         S.lfd = -1;
@@ -733,6 +902,24 @@ static int take_over(char *err, size_t errlen)
         pool_set(dp, json_object_get(p, "backends"));
         dp->claimed = json_is_true(json_object_get(p, "claimed"));
     }
+    const char *cid;
+    json_t *cv;
+    json_object_foreach(json_object_get(st, "certs"), cid, cv)
+    {
+        const char *c = json_string_value(json_object_get(cv, "cert"));
+        const char *k = json_string_value(json_object_get(cv, "key"));
+        char cerr[512];
+        if (c && k &&
+            proxy_tls_set_cert(S.proxy, cid, c, strlen(c), k, strlen(k), cerr, sizeof(cerr)) == 0)
+            json_object_set(S.certs, cid, cv);
+        else
+            log_error("dataplane: certificate %s not taken over", cid);
+    }
+    json_object_foreach(json_object_get(st, "chals"), cid, cv)
+    {
+        proxy_challenge_set(S.proxy, cid, json_string_value(cv) ?: "");
+        json_object_set(S.chals, cid, cv);
+    }
     size_t off = 0;
     json_t *l;
     json_array_foreach(json_object_get(st, "listeners"), i, l)
@@ -743,24 +930,19 @@ static int take_over(char *err, size_t errlen)
         if (!a || off + k > nfds || net_parse_addr(a, NULL, &na) < 0)
             break;
         int64_t def = json_integer_value(json_object_get(l, "pool"));
-        int lr = proxy_listen_fds(S.proxy, &na, fds + off, k, pool_ptr(def));
+        bool tls = json_is_true(json_object_get(l, "tls"));
+        int lr;
+        struct dp_listener *dl =
+            listener_start(a, &na, def, tls, json_object_get(l, "routes"),
+                           (unsigned)json_integer_value(json_object_get(l, "redirect")),
+                           (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k,
+                           &lr);
         off += k;
-        if (lr < 0) {
+        if (!dl) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));
             continue;
         }
-        struct dp_listener *dl = xcalloc(1, sizeof(*dl));
-        snprintf(dl->addr_s, sizeof(dl->addr_s), "%s", a);
-        dl->addr = na;
-        dl->def = def;
-        dl->routes = json_deep_copy(json_object_get(l, "routes"));
         dl->claimed = true;
-        const char *dom;
-        json_t *pv;
-        json_object_foreach(dl->routes, dom, pv)
-            proxy_route_host(S.proxy, &na, dom, pool_ptr(json_integer_value(pv)));
-        dl->next = S.listeners;
-        S.listeners = dl;
     }
     for (; off < nfds; off++)
         close(fds[off]);
@@ -793,6 +975,8 @@ int cmd_dataplane(int argc, char **argv)
     bool takeover = false;
     memset(&S, 0, sizeof(S));
     S.lfd = -1;
+    S.certs = json_object();
+    S.chals = json_object();
     int o;
     optind = 1;
     opterr = 0;
@@ -853,6 +1037,8 @@ int cmd_dataplane(int argc, char **argv)
         }
         if (S.proxy)
             proxy_free(S.proxy);
+        json_decref(S.certs);
+        json_decref(S.chals);
         return EXIT_FAILED;
     }
     ev_signal_start(&S.loop, &S.sigterm, SIGTERM, on_stop_signal, NULL);
@@ -884,6 +1070,8 @@ int cmd_dataplane(int argc, char **argv)
         json_decref(l->routes);
         free(l);
     }
+    json_decref(S.certs);
+    json_decref(S.chals);
     ev_loop_close(&S.loop);
     log_info("dataplane pid %d stopped", (int)getpid());
     return EXIT_OK;

@@ -161,10 +161,11 @@ int dpw_recv(int fd, struct dpw_in *in, json_t **msg, int *fds, size_t *nfds, in
         int r = dpw_take(in, msg, fds, nfds);
         if (r != 0)
             return r < 0 ? r : 0;
-        if ((r = dpw_fill(fd, in)) < 0)
-            return r;
-        if (dpw_take(in, msg, fds, nfds) == 1)
-            return 0;
+        int f = dpw_fill(fd, in);
+        if ((r = dpw_take(in, msg, fds, nfds)) != 0) /* what came before the end counts */
+            return r < 0 ? r : 0;
+        if (f < 0)
+            return f;
         if ((r = wait_fd(fd, POLLIN, deadline)) < 0)
             return r;
     }
@@ -197,6 +198,13 @@ json_t *dpw_pool_opts_json(const struct proxy_pool_opts *o)
         json_object_set_new(j, "health_path", json_string(o->health_path));
     if (o->sticky_cookie)
         json_object_set_new(j, "sticky_cookie", json_string(o->sticky_cookie));
+    /* Request limits (protocol 1 data planes ignore them: defaults apply). */
+    json_object_set_new(j, "body_timeout_ms", json_integer((json_int_t)o->body_timeout_ms));
+    json_object_set_new(j, "min_body_rate", json_integer((json_int_t)o->min_body_rate));
+    json_object_set_new(j, "max_conns_per_backend",
+                        json_integer((json_int_t)o->max_conns_per_backend));
+    json_object_set_new(j, "max_queue", json_integer((json_int_t)o->max_queue));
+    json_object_set_new(j, "queue_timeout_ms", json_integer((json_int_t)o->queue_timeout_ms));
     return j;
 }
 
@@ -229,4 +237,9 @@ void dpw_pool_opts_parse(const json_t *j, struct proxy_pool_opts *o)
     o->sticky_cookie = json_string_value(json_object_get(j, "sticky_cookie"));
     o->ipv6_prefix = (unsigned)u64(j, "ipv6_prefix");
     o->initial_up = json_is_true(json_object_get(j, "initial_up"));
+    o->body_timeout_ms = u64(j, "body_timeout_ms");
+    o->min_body_rate = (unsigned)u64(j, "min_body_rate");
+    o->max_conns_per_backend = (unsigned)u64(j, "max_conns_per_backend");
+    o->max_queue = (unsigned)u64(j, "max_queue");
+    o->queue_timeout_ms = u64(j, "queue_timeout_ms");
 }

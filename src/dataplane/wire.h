@@ -16,6 +16,7 @@
 
 #define DP_MAX_FDS 64          /* descriptors in one message */
 #define DP_MAX_LINE (8u << 20) /* a longer line is a protocol error */
+#define DP_MAX_BACKENDS 65536  /* in one pool_set */
 
 /* A connection's input: bytes read and descriptors received, not yet
  * handed out as a message. */

@@ -42,9 +42,9 @@ bool http_token_eq(const char *p, size_t n, const char *lit)
     return strlen(lit) == n && strncasecmp(p, lit, n) == 0;
 }
 
-bool http_list_has(const char *v, size_t n, const char *lit)
+bool http_list_next(const char *v, size_t n, size_t *pos, const char **tok, size_t *tlen)
 {
-    size_t i = 0;
+    size_t i = *pos;
     while (i < n) {
         while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
             i++;
@@ -54,9 +54,24 @@ bool http_list_has(const char *v, size_t n, const char *lit)
         size_t e = i;
         while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
             e--;
-        if (e > s && http_token_eq(v + s, e - s, lit))
+        if (e > s) {
+            *pos = i;
+            *tok = v + s;
+            *tlen = e - s;
             return true;
+        }
     }
+    *pos = n;
+    return false;
+}
+
+bool http_list_has(const char *v, size_t n, const char *lit)
+{
+    size_t pos = 0, tl;
+    const char *t;
+    while (http_list_next(v, n, &pos, &t, &tl))
+        if (http_token_eq(t, tl, lit))
+            return true;
     return false;
 }
 
@@ -274,20 +289,14 @@ static int apply_headers(struct http_msg *m, bool request)
             if (m->connection < 0)
                 m->connection = (int)i;
             {
-                size_t k = 0;
-                while (k < n) {
-                    while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
-                        k++;
-                    size_t s = k;
-                    while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
-                        k++;
-                    if (k == s)
-                        continue;
-                    if (http_token_eq(v + s, k - s, "close"))
+                size_t pos = 0, tl;
+                const char *t;
+                while (http_list_next(v, n, &pos, &t, &tl)) {
+                    if (http_token_eq(t, tl, "close"))
                         m->flags |= HTTP_F_CLOSE;
-                    else if (http_token_eq(v + s, k - s, "keep-alive"))
+                    else if (http_token_eq(t, tl, "keep-alive"))
                         m->flags |= HTTP_F_KEEPALIVE;
-                    else if (http_token_eq(v + s, k - s, "upgrade"))
+                    else if (http_token_eq(t, tl, "upgrade"))
                         conn_upgrade = true;
                     else
                         m->flags |= HTTP_F_CONN_OTHER;

@@ -131,6 +131,11 @@ const char *http_reason(int status);
 bool http_token_eq(const char *p, size_t n, const char *lit);
 /* Whether the comma-separated list value contains token `lit` (any case). */
 bool http_list_has(const char *v, size_t n, const char *lit);
+/* The list tokenizer every list-valued field goes through (RFC 9110 5.6.1:
+ * elements separated by commas, optional whitespace around them, empty
+ * elements skipped): puts the next element at *tok / *tlen and returns
+ * true, or false at the end. Start with *pos = 0. */
+bool http_list_next(const char *v, size_t n, size_t *pos, const char **tok, size_t *tlen);
 
 /* ---- chunked bodies ---- */
 

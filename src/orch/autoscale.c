@@ -101,6 +101,71 @@ static unsigned ceil_ratio(unsigned current, double metric, double target)
     return (unsigned)d;
 }
 
+/* From the raw recommendation to the desired count: the stabilization
+ * windows (the highest recommendation of the up window, the lowest of the
+ * down window) and the step limits; *rule names what decided. */
+static unsigned as_stabilize(struct orch_autoscale *as, const struct cfg_autoscale *a,
+                             uint64_t now, unsigned current, unsigned raw, const char **rule)
+{
+    unsigned desired = raw;
+    if (desired > current) {
+        unsigned up_limit = current * 2 > current + 4 ? current * 2 : current + 4;
+        unsigned stab = hist_extreme(as, now, a->up_stabilization_ms, false, desired);
+        if (stab < desired) {
+            desired = stab > current ? stab : current;
+            *rule = "scale-up stabilization window";
+        } else {
+            *rule = "scale up";
+        }
+        if (desired > up_limit) {
+            desired = up_limit;
+            *rule = "scale-up step limit (max(+100%, +4))";
+        }
+    } else if (desired < current) {
+        unsigned stab = hist_extreme(as, now, a->down_stabilization_ms, true, desired);
+        if (stab > desired) {
+            desired = stab < current ? stab : current;
+            *rule = desired == current ? "scale-down stabilization window (holding)"
+                                      : "scale-down stabilization window";
+        } else {
+            *rule = "scale down";
+        }
+        unsigned down_limit = (current + 1) / 2;
+        if (desired < down_limit) {
+            desired = down_limit;
+            *rule = "scale-down step limit (-50%)";
+        }
+    } else if (strcmp(*rule, "unchanged") == 0) {
+        *rule = "within tolerance or on target";
+    }
+    return desired;
+}
+
+/* The ready replicas' count and CPU sum (runtime stats), and the pool's
+ * request total; returns whether the pool's counters were there. */
+static bool as_inputs(struct orch_service *s, unsigned *ready, double *cpu_sum,
+                      uint64_t *total_requests)
+{
+    for (struct orch_replica *r = s->replicas; r; r = r->next) {
+        if (r->phase != P_READY)
+            continue;
+        struct rt_info info;
+        rt_info(r->rt, &info);
+        if (info.state != RT_RUNNING)
+            continue;
+        (*ready)++;
+        *cpu_sum += info.cpu_percent;
+    }
+    struct proxy_backend_stats *st = NULL;
+    size_t n = 0;
+    if (!s->pool || proxy_pool_stats(s->pool, &st, &n) < 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        *total_requests += st[i].requests;
+    proxy_pool_stats_free(st);
+    return true;
+}
+
 /* One evaluation. Returns true when the desired count changed. */
 bool orch_autoscale_eval(struct orch_service *s, uint64_t now)
 {
@@ -116,28 +181,8 @@ bool orch_autoscale_eval(struct orch_service *s, uint64_t now)
     /* Inputs: ready replicas only. */
     unsigned ready = 0;
     double cpu_sum = 0;
-    for (struct orch_replica *r = s->replicas; r; r = r->next) {
-        if (r->phase != P_READY)
-            continue;
-        struct rt_info info;
-        rt_info(r->rt, &info);
-        if (info.state != RT_RUNNING)
-            continue;
-        ready++;
-        cpu_sum += info.cpu_percent;
-    }
     uint64_t total_requests = 0;
-    bool have_pool_stats = false;
-    if (s->pool) {
-        struct proxy_backend_stats *st = NULL;
-        size_t n = 0;
-        if (proxy_pool_stats(s->pool, &st, &n) == 0) {
-            have_pool_stats = true;
-            for (size_t i = 0; i < n; i++)
-                total_requests += st[i].requests;
-            proxy_pool_stats_free(st);
-        }
-    }
+    bool have_pool_stats = as_inputs(s, &ready, &cpu_sum, &total_requests);
     unsigned current = as->desired;
     json_t *ev = json_object();
     json_object_set_new(ev, "current", json_integer(current));
@@ -211,37 +256,7 @@ bool orch_autoscale_eval(struct orch_service *s, uint64_t now)
         }
         json_object_set_new(ev, "raw", json_integer(raw));
         hist_add(as, now, raw);
-        desired = raw;
-        if (desired > current) {
-            unsigned up_limit = current * 2 > current + 4 ? current * 2 : current + 4;
-            unsigned stab = hist_extreme(as, now, a->up_stabilization_ms, false, desired);
-            if (stab < desired) {
-                desired = stab > current ? stab : current;
-                rule = "scale-up stabilization window";
-            } else {
-                rule = "scale up";
-            }
-            if (desired > up_limit) {
-                desired = up_limit;
-                rule = "scale-up step limit (max(+100%, +4))";
-            }
-        } else if (desired < current) {
-            unsigned stab = hist_extreme(as, now, a->down_stabilization_ms, true, desired);
-            if (stab > desired) {
-                desired = stab < current ? stab : current;
-                rule = desired == current ? "scale-down stabilization window (holding)"
-                                          : "scale-down stabilization window";
-            } else {
-                rule = "scale down";
-            }
-            unsigned down_limit = (current + 1) / 2;
-            if (desired < down_limit) {
-                desired = down_limit;
-                rule = "scale-down step limit (-50%)";
-            }
-        } else if (strcmp(rule, "unchanged") == 0) {
-            rule = "within tolerance or on target";
-        }
+        desired = as_stabilize(as, a, now, current, raw, &rule);
     }
     if (desired < a->min) {
         desired = a->min;

@@ -64,6 +64,7 @@ struct orch_service {
     size_t nsnap;
     uint8_t pool_sig[ORCH_SIG_LEN];      /* digest of the backend set last pushed */
     bool pool_sig_set;
+    bool pool_dirty; /* the backend set changed since it was last pushed */
     uint8_t pool_opts_sig[ORCH_SIG_LEN]; /* digest of the options the pool was made with */
     struct orch_replica *replicas;
     struct orch_service *next;
@@ -116,12 +117,56 @@ struct orch {
     uint64_t op_seq;
     char state_dir[4096];
     struct ev_timer tick;
+    struct ev_timer flush; /* pushes changed backend sets once the loop turn ends */
     struct orch_service *services;
     struct orch_op *ops;
     struct orch_listener *listeners;
 };
 
 const char *orch_phase_name(enum orch_phase p);
+/* ---- shared by orch.c (replicas, the tick), orch_pool.c (pools and
+ * listeners) and orch_op.c (operations) ---- */
+
+/* The reconciler's clock (ms, monotonic): the loop's, or a test's. */
+uint64_t orch__now(struct orch *o);
+/* How many replicas the service should run now (0 when stopped/removing). */
+unsigned orch__desired(struct orch_service *s);
+/* A replica of the target revision and restart generation? Starting or ready? */
+bool orch__rep_current(const struct orch_service *s, const struct orch_replica *r);
+bool orch__rep_active(const struct orch_replica *r);
+/* Every slot 1..n holds a ready current replica and nothing else runs. */
+bool orch__converged(struct orch_service *s);
+/* What happened to a service: with a level, logged and streamed to the
+ * project's running operation; with a kind, also recorded as an event. */
+void orch__report(struct orch_service *s, const char *level, const char *kind, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
+struct orch_service *orch__svc_find(struct orch *o, const char *project, const char *name);
+/* Save the service's target to the store (fire and forget). */
+void orch__persist(struct orch_service *s);
+
+/* orch_pool.c */
+void orch__ensure_pool(struct orch_service *s);
+/* The backend set changed: pushed once the loop turn ends (coalesced). */
+void orch__sync_pool(struct orch_service *s);
+/* Push the backend set now when it changed. */
+void orch__push_pool(struct orch_service *s);
+/* Push every changed set now; orch__on_flush is o->flush's callback. */
+void orch__flush_pools(struct orch *o);
+void orch__on_flush(struct ev_loop *loop, struct ev_timer *t);
+/* Recompute every listener's routes and apply the difference: 0, or
+ * -errno with a message when a port cannot be bound. */
+int orch__sync_listeners(struct orch *o, char *err, size_t errlen);
+
+/* orch_op.c */
+void orch__op_finish(struct orch *o, struct orch_op *op);
+void orch__ops_renew(struct orch *o, uint64_t now);
+/* A new service, appended (ps lists them in deploy order). */
+struct orch_service *orch__svc_new(struct orch *o, const char *project, const char *env,
+                                   const char *name);
+/* Set the target configuration (takes cfg and j); the old one becomes prev. */
+void orch__set_target(struct orch_service *s, struct cfg_service *cfg, json_t *j,
+                      const char *revision);
+
 /* For tests: one reconcile step of every service (what the timer runs
  * every ORCH_TICK_MS), and the clock the reconciler reads (ms, monotonic). */
 void orch__tick(struct orch *o);

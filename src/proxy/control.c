@@ -44,9 +44,12 @@ static void hc_done(struct proxy *p, struct backend *b, bool ok, const char *why
             pool__backend_set_health(b, false);
         }
     }
-    /* A settled healthy backend waits the full interval; one that is down
-     * or changing state is checked fast so it comes back (or leaves) soon. */
-    bool settled = atomic_load(&b->healthy) && atomic_load(&b->consecutive_failures) == 0;
+    /* A settled healthy backend waits the full interval; one that served
+     * and is down, or is changing state, is checked fast so it comes back
+     * (or leaves) soon. A new backend that never passed keeps the interval:
+     * a thousand replicas starting at once must not multiply the checks. */
+    bool settled = atomic_load(&b->healthy) ? atomic_load(&b->consecutive_failures) == 0
+                                            : !atomic_load(&b->ever_healthy);
     h->due = p->ctl_loop.now +
              (settled ? pool->o.health_interval_ms : pool->o.health_fast_interval_ms);
 }
@@ -158,7 +161,8 @@ static void schedule_checks(struct proxy *p)
              * check is checked again at the fast pace, not a full interval
              * after a check that passed. */
             uint64_t due = b->hc.due;
-            if (!atomic_load(&b->healthy) && b->hc.started + pool->o.health_fast_interval_ms < due)
+            if (!atomic_load(&b->healthy) && atomic_load(&b->ever_healthy) &&
+                b->hc.started + pool->o.health_fast_interval_ms < due)
                 due = b->hc.started + pool->o.health_fast_interval_ms;
             if (!b->hc.running && now >= due)
                 hc_start(p, b);

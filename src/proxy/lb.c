@@ -85,7 +85,7 @@ bool lb_usable(const struct backend *b, const struct lb_req *r)
     for (unsigned i = 0; i < r->ntried; i++)
         if (r->tried[i] == b)
             return false;
-    return true;
+    return !r->maxconn || atomic_load_explicit(&b->inflight, memory_order_relaxed) < r->maxconn;
 }
 
 void lb_started(struct lb_set *set, struct backend *b)

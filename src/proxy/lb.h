@@ -44,6 +44,7 @@ struct lb_req {
     char key[LB_KEY_MAX];            /* storage for what on_request takes (cookie points here) */
     struct backend *const *tried;    /* backends this request already failed on */
     unsigned ntried;
+    unsigned maxconn;                /* a backend with this many in flight is full; 0: no limit */
     uint64_t (*rand)(void *ctx);     /* uniform 64-bit random numbers */
     void *rand_ctx;
 };
@@ -87,7 +88,7 @@ void lb_request(const struct proxy_pool *pool, const struct http_msg *m, int fam
 const char *lb_response(const struct proxy_pool *pool, const struct lb_req *r,
                         const struct backend *b, char val[LB_KEY_MAX]);
 
-/* Whether b may take this request: healthy and not already tried. */
+/* Whether b may take this request: healthy, not already tried, not full. */
 bool lb_usable(const struct backend *b, const struct lb_req *r);
 /* Account for a request started on / finished with b (in-flight counts,
  * least-connections ordering). set may be NULL (no current set). */

@@ -174,6 +174,27 @@ char *proxy_metrics_text(struct proxy *p)
     help(&b, "tako_proxy_open_connections", "gauge", "Client connections open, all listeners.");
     sb_printf(&b, "tako_proxy_open_connections %u\n", atomic_load(&p->open_conns));
     pthread_mutex_unlock(&p->lock);
+    struct proxy_tls_stats ts;
+    if (__atomic_load_n(&p->tls, __ATOMIC_ACQUIRE) && proxy_tls_stats(p, &ts) == 0) {
+        help(&b, "tako_proxy_tls_handshakes_total", "counter",
+             "TLS connections by outcome: ok (of which resumed), failed, no_certificate, "
+             "plain_http (answered 400), not_tls (closed).");
+        sb_printf(&b, "tako_proxy_tls_handshakes_total{result=\"ok\"} %llu\n",
+                  (unsigned long long)ts.handshakes);
+        sb_printf(&b, "tako_proxy_tls_handshakes_total{result=\"failed\"} %llu\n",
+                  (unsigned long long)ts.handshake_failures);
+        sb_printf(&b, "tako_proxy_tls_handshakes_total{result=\"no_certificate\"} %llu\n",
+                  (unsigned long long)ts.no_certificate);
+        sb_printf(&b, "tako_proxy_tls_handshakes_total{result=\"plain_http\"} %llu\n",
+                  (unsigned long long)ts.plain_http);
+        sb_printf(&b, "tako_proxy_tls_handshakes_total{result=\"not_tls\"} %llu\n",
+                  (unsigned long long)ts.not_tls);
+        help(&b, "tako_proxy_tls_resumed_total", "counter",
+             "Completed TLS handshakes that resumed a session (ticket).");
+        sb_printf(&b, "tako_proxy_tls_resumed_total %llu\n", (unsigned long long)ts.resumed);
+        help(&b, "tako_proxy_tls_certificates", "gauge", "Certificates installed.");
+        sb_printf(&b, "tako_proxy_tls_certificates %u\n", ts.certificates);
+    }
     return b.p;
 }
 

@@ -38,6 +38,14 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->drain_timeout_ms = 30000;
     if (!o->all_down_wait_set && !o->all_down_wait_ms)
         o->all_down_wait_ms = 5000;
+    if (!o->body_timeout_ms)
+        o->body_timeout_ms = 20000;
+    if (!o->min_body_rate)
+        o->min_body_rate = 500;
+    if (!o->max_queue)
+        o->max_queue = 256;
+    if (!o->queue_timeout_ms)
+        o->queue_timeout_ms = 5000;
     if (!o->ipv6_prefix || o->ipv6_prefix > 128)
         o->ipv6_prefix = 64;
     if ((size_t)o->strategy >= lb_count())

@@ -240,32 +240,68 @@ static struct listener *find_listener(struct proxy *p, const struct net_addr *a)
 
 static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
                          size_t ngiven, struct proxy_pool *default_pool,
-                         const struct xprt_ops *xprt, void *xprt_arg);
+                         const struct xprt_ops *xprt, void *xprt_arg,
+                         const struct proxy_listen_spec *spec);
+
+int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int *given,
+                        size_t ngiven, struct proxy_pool *default_pool,
+                        const struct xprt_ops *xprt, void *xprt_arg)
+{
+    return listener_open(p, addr, given, ngiven, default_pool, xprt, xprt_arg, NULL);
+}
 
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
     if (p->rops)
         return p->rops->listen(p, addr, default_pool);
-    return listener_open(p, addr, NULL, 0, default_pool, &xprt_tcp, NULL);
+    return listener_open(p, addr, NULL, 0, default_pool, &xprt_tcp, NULL, NULL);
 }
 
 int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
                       const struct xprt_ops *xprt, void *xprt_arg)
 {
-    return listener_open(p, addr, NULL, 0, default_pool, xprt, xprt_arg);
+    return listener_open(p, addr, NULL, 0, default_pool, xprt, xprt_arg, NULL);
 }
 
 int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *given,
                      size_t ngiven, struct proxy_pool *default_pool)
 {
-    return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL);
+    return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL, NULL);
+}
+
+int proxy_listen_spec(struct proxy *p, const struct net_addr *addr,
+                      const struct proxy_listen_spec *s)
+{
+    if (s->tls)
+        proxy__tls(p); /* the store exists before the first handshake */
+    return listener_open(p, addr, s->fds, s->nfds, s->def, s->tls ? &xprt_tls : &xprt_tcp,
+                         s->tls ? p : NULL, s);
+}
+
+/* r = domain → pool; the domain string lives as long as the proxy (routes
+ * share it). Under p->lock. */
+static void route_fill(struct proxy *p, struct route *r, const char *domain,
+                       struct proxy_pool *pool)
+{
+    size_t dl = strlen(domain);
+    struct domain_str *ds = xmalloc(sizeof(*ds) + dl + 1);
+    memcpy(ds->s, domain, dl + 1);
+    ds->next = p->domains;
+    p->domains = ds;
+    for (char *c = ds->s; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+    r->domain = ds->s;
+    r->len = dl;
+    r->pool = pool;
 }
 
 /* One listener: given sockets first (handed over by another process), the
  * rest bound here; every accepted connection runs over xprt. */
 static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
                          size_t ngiven, struct proxy_pool *default_pool,
-                         const struct xprt_ops *xprt, void *xprt_arg)
+                         const struct xprt_ops *xprt, void *xprt_arg,
+                         const struct proxy_listen_spec *spec)
 {
     struct listener *l = xcalloc(1, sizeof(*l));
     l->p = p;
@@ -299,11 +335,22 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
      * one accepts. */
     for (size_t k = p->nworkers; k < ngiven; k++)
         close(given[k]);
-    struct routes *rt = xcalloc(1, sizeof(*rt));
+    /* Routes, redirect and HSTS are in place before any worker accepts:
+     * connections waiting in a handed-over queue never meet a listener
+     * without them. */
+    size_t nr = spec ? spec->nroutes : 0;
+    struct routes *rt = xcalloc(1, sizeof(*rt) + nr * sizeof(struct route));
     rt->def = default_pool;
-    atomic_init(&l->routes, rt);
     atomic_init(&l->refs, 1 + (int)p->nworkers);
+    if (spec) {
+        atomic_init(&l->https_redirect, spec->https_redirect);
+        atomic_init(&l->hsts, spec->hsts_s);
+    }
     pthread_mutex_lock(&p->lock);
+    for (size_t i = 0; i < nr; i++)
+        if (spec->domains[i] && spec->pools[i])
+            route_fill(p, &rt->r[rt->n++], spec->domains[i], spec->pools[i]);
+    atomic_init(&l->routes, rt);
     struct listener **tail = &p->listeners;
     while (*tail)
         tail = &(*tail)->next;
@@ -365,21 +412,8 @@ int proxy_route_host(struct proxy *p, const struct net_addr *listener_addr, cons
             continue;
         rt->r[rt->n++] = old->r[i];
     }
-    if (pool) {
-        /* domain strings live as long as the proxy (routes share them) */
-        struct domain_str *ds = xmalloc(sizeof(*ds) + dl + 1);
-        memcpy(ds->s, domain, dl + 1);
-        ds->next = p->domains;
-        p->domains = ds;
-        char *d = ds->s;
-        for (char *c = d; *c; c++)
-            if (*c >= 'A' && *c <= 'Z')
-                *c = (char)(*c - 'A' + 'a');
-        rt->r[rt->n].domain = d;
-        rt->r[rt->n].len = dl;
-        rt->r[rt->n].pool = pool;
-        rt->n++;
-    }
+    if (pool)
+        route_fill(p, &rt->r[rt->n++], domain, pool);
     atomic_store(&l->routes, rt);
     pthread_mutex_unlock(&p->lock);
     pool__retire_ptr(p, old, free_routes);

@@ -89,6 +89,11 @@ struct proxy_pool_opts {
     const char *sticky_cookie;     /* cookie name for LB_STICKY ("tako_backend") */
     unsigned ipv6_prefix;          /* ip_hash: bits of an IPv6 client address hashed (64) */
     bool initial_up;               /* backends of the first set take traffic before a check */
+    uint64_t body_timeout_ms;      /* a request body may take this long (20 s), plus ↓ → 408 */
+    unsigned min_body_rate;        /* ... 1 s more per this many body bytes received (500 B/s) */
+    unsigned max_conns_per_backend; /* requests in flight per backend, all threads; 0: no limit */
+    unsigned max_queue;            /* requests waiting for a backend under that limit (256) → 503 */
+    uint64_t queue_timeout_ms;     /* how long one may wait in that queue (5 s) → 503 */
 };
 
 struct proxy_backend_spec {
@@ -199,6 +204,19 @@ int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t m
  * listener with keyauth (text/plain) while it is set. */
 void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth);
 void proxy_challenge_del(struct proxy *p, const char *token);
+
+/* TLS counters since the proxy started (all TLS listeners). */
+struct proxy_tls_stats {
+    uint64_t handshakes;         /* completed */
+    uint64_t resumed;            /* of those, resumed from a session ticket */
+    uint64_t handshake_failures; /* failed, timed out or closed mid-handshake */
+    uint64_t no_certificate;     /* no certificate installed at all */
+    uint64_t plain_http;         /* plain HTTP sent to a TLS port (answered 400) */
+    uint64_t not_tls;            /* other bytes that are not TLS (closed) */
+    unsigned certificates;       /* installed now */
+};
+/* -EAGAIN when the counters cannot be had now (a remote data plane away). */
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out);
 
 /* Prometheus text exposition of everything (what the metrics endpoint
  * serves). Caller frees. */

@@ -16,9 +16,33 @@ int proxy_listener_set_default(struct proxy *p, const struct net_addr *addr,
  * missing ones are bound here). n 0 is proxy_listen. */
 int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
                      struct proxy_pool *default_pool);
+/* Listen on addr with everything a listener of a restarted or successor
+ * process had: handed-over sockets, default pool, transport, Host routes,
+ * redirect and HSTS, all in place before the first connection is accepted
+ * (connections waiting in a handed-over queue must not meet a listener
+ * without its routes). */
+struct proxy_listen_spec {
+    const int *fds; /* handed over, owned by the proxy from now on, also on failure */
+    size_t nfds;
+    struct proxy_pool *def;
+    bool tls;
+    const char *const *domains; /* Host routes: domains[i] → pools[i] */
+    struct proxy_pool *const *pools;
+    size_t nroutes;
+    unsigned https_redirect; /* plain: as proxy_listener_https_redirect */
+    uint64_t hsts_s;         /* TLS: as proxy_listener_hsts */
+};
+int proxy_listen_spec(struct proxy *p, const struct net_addr *addr,
+                      const struct proxy_listen_spec *s);
 /* The listening sockets of the listener at addr (still owned by the
  * proxy): their count, or -ENOENT. */
 int proxy_listener_fds(struct proxy *p, const struct net_addr *addr, int *fds, size_t max);
+/* The same over TLS (the proxy's certificate store). */
+int proxy_listen_tls_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
+                         struct proxy_pool *default_pool);
+/* Whether the listener at addr is TLS, its redirect port and HSTS max-age. */
+int proxy_listener_tls_info(struct proxy *p, const struct net_addr *addr, bool *tls,
+                            unsigned *https_redirect, uint64_t *hsts);
 /* Worker threads (one listening socket per listener each). */
 unsigned proxy_threads(struct proxy *p);
 

@@ -88,6 +88,8 @@ struct backend {
     atomic_uint inflight;        /* requests picked and not finished, all threads */
     atomic_uint_fast64_t last_pick;
     atomic_uint idle_conns;      /* pooled upstream connections, all threads */
+    atomic_uint_fast64_t idle_close_ms; /* shortest idle time after which it closed a pooled
+                                         * connection (its keep-alive timeout), 0: none seen */
     atomic_uint consecutive_failures;
     atomic_uint_fast64_t health_transitions;
     atomic_int slot;             /* index in the current set, -1 when removed */
@@ -109,6 +111,7 @@ struct proxy_pool {
     size_t sticky_cookie_len;
     const struct lb_ops *ops;
     const struct xprt_ops *up_xprt; /* transport to its backends (TCP) */
+    atomic_uint queued;      /* requests waiting for a backend under max_conns_per_backend */
     void *up_xprt_arg;
     _Atomic(struct lb_set *) cur;
     atomic_uint_fast64_t rr; /* round-robin cursor shared by all threads */
@@ -191,6 +194,9 @@ struct worker {
     struct dlist clients;   /* every open client connection */
     struct dlist idle_up;   /* every pooled upstream connection */
     struct dlist waiting;   /* exchanges waiting for a healthy backend */
+    struct dlist queue;     /* exchanges waiting for a backend under its limit, FIFO */
+    bool queue_kick;        /* queue_defer is scheduled */
+    struct ev_defer queue_defer;
     unsigned nclients;
     struct xchg *free_x;
     unsigned nfree_x;
@@ -250,6 +256,9 @@ struct proxy {
     struct chal *chals;       /* ACME HTTP-01 tokens being validated */
     atomic_uint nchals;       /* fast path: no lock when zero */
     uint64_t tickets_rotated; /* control loop ms */
+    /* TLS counters (xprt_tls.c), read by proxy_tls_stats and the metrics */
+    atomic_uint_fast64_t tls_handshakes, tls_resumed, tls_failures, tls_nocert, tls_plain,
+        tls_garbage;
 };
 
 struct chal {
@@ -312,11 +321,17 @@ void alog__flush(struct worker *w);
 
 /* ---- proxy_tls.c ---- */
 struct tls_server *proxy__tls(struct proxy *p);
+/* A listener on sockets given by another process (or bound when n is 0),
+ * over xprt. */
+int proxy__listen_given(struct proxy *p, const struct net_addr *addr, const int *given,
+                        size_t ngiven, struct proxy_pool *default_pool,
+                        const struct xprt_ops *xprt, void *xprt_arg);
 /* Copy the key authorization for token into buf; false when unknown. */
 bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
 /* Whether a certificate names host[0..len) (no store yet: false). */
 bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len);
-/* The TLS transport (xprt_tls.c); its argument is the struct tls_server. */
+/* The TLS transport (xprt_tls.c); its argument is the struct proxy (its
+ * certificate store and counters). */
 extern const struct xprt_ops xprt_tls;
 void proxy__tls_tick(struct proxy *p, uint64_t now_ms);
 void proxy__tls_free(struct proxy *p);

@@ -21,6 +21,17 @@ struct proxy_remote_ops {
     void (*pool_free)(struct proxy_pool *pool);
     int (*pool_stats)(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n);
     char *(*metrics)(struct proxy *p);
+    /* HTTPS: certificates (PEM text), ACME tokens, per-listener flags */
+    int (*listen_tls)(struct proxy *p, const struct net_addr *a, struct proxy_pool *def);
+    int (*tls_set_cert)(struct proxy *p, const char *id, const char *cert, size_t cert_len,
+                        const char *key, size_t key_len, char *err, size_t errlen);
+    int (*tls_del_cert)(struct proxy *p, const char *id);
+    bool (*tls_has_name)(struct proxy *p, const char *host);
+    int (*https_redirect)(struct proxy *p, const struct net_addr *a, unsigned https_port);
+    int (*hsts)(struct proxy *p, const struct net_addr *a, uint64_t max_age_s);
+    void (*challenge_set)(struct proxy *p, const char *token, const char *keyauth);
+    void (*challenge_del)(struct proxy *p, const char *token);
+    int (*tls_stats)(struct proxy *p, struct proxy_tls_stats *out);
 };
 
 /* A proxy whose calls go to ops; impl is the implementation's state. */

@@ -3,17 +3,41 @@
  * redirects and HSTS per listener, ticket key rotation, and the table of
  * ACME HTTP-01 tokens the plain listeners answer. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/log.h"
 #include "core/util.h"
+#include "proxy/proxy_admin.h"
 #include "proxy/proxy_int.h"
 #include "tls/tls.h"
 
 /* Session ticket keys: a new one this often; the previous one still
  * decrypts, so a ticket lives for up to two periods. */
 #define TICKET_ROTATE_MS (12ull * 3600 * 1000)
+
+static struct listener *find(struct proxy *p, const struct net_addr *a);
+
+/* A whole small file (at most max bytes), NUL-terminated; NULL and errno. */
+static char *read_file(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    char *b = xmalloc(max + 1);
+    size_t n = fread(b, 1, max, f);
+    bool bad = ferror(f) || !feof(f);
+    fclose(f);
+    if (bad) {
+        free(b);
+        errno = EFBIG;
+        return NULL;
+    }
+    b[n] = '\0';
+    *len = n;
+    return b;
+}
 
 struct tls_server *proxy__tls(struct proxy *p)
 {
@@ -30,9 +54,34 @@ struct tls_server *proxy__tls(struct proxy *p)
     return t;
 }
 
+int proxy_listen_tls_fds(struct proxy *p, const struct net_addr *addr, const int *fds, size_t n,
+                         struct proxy_pool *default_pool)
+{
+    proxy__tls(p); /* the store exists before the first handshake */
+    return proxy__listen_given(p, addr, fds, n, default_pool, &xprt_tls, p);
+}
+
+/* The listener's HTTPS flags, for a handover. */
+int proxy_listener_tls_info(struct proxy *p, const struct net_addr *addr, bool *tls,
+                            unsigned *https_redirect, uint64_t *hsts)
+{
+    pthread_mutex_lock(&p->lock);
+    struct listener *l = find(p, addr);
+    if (l) {
+        *tls = l->xprt == &xprt_tls;
+        *https_redirect = atomic_load(&l->https_redirect);
+        *hsts = atomic_load(&l->hsts);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return l ? 0 : -ENOENT;
+}
+
 int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
-    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, proxy__tls(p));
+    if (p->rops)
+        return p->rops->listen_tls(p, addr, default_pool);
+    proxy__tls(p); /* the store exists before the first handshake */
+    return proxy_listen_xprt(p, addr, default_pool, &xprt_tls, p);
 }
 
 bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
@@ -45,6 +94,8 @@ bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len)
 int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
                        const char *key_pem, size_t key_len, char *err, size_t errlen)
 {
+    if (p->rops)
+        return p->rops->tls_set_cert(p, id, cert_pem, cert_len, key_pem, key_len, err, errlen);
     return tls_server_set_cert(proxy__tls(p), id, cert_pem, cert_len, key_pem, key_len, err,
                                errlen);
 }
@@ -52,16 +103,48 @@ int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, si
 int proxy_tls_set_cert_files(struct proxy *p, const char *id, const char *cert_path,
                              const char *key_path, char *err, size_t errlen)
 {
+    if (p->rops) { /* the data plane gets the text: the files are read here */
+        size_t cl = 0, kl = 0;
+        char *c = read_file(cert_path, 1 << 20, &cl), *k = c ? read_file(key_path, 1 << 20, &kl) : NULL;
+        int r = -EINVAL;
+        if (!c || !k)
+            snprintf(err, errlen, "cannot read %s: %s", c ? key_path : cert_path, strerror(errno));
+        else
+            r = p->rops->tls_set_cert(p, id, c, cl, k, kl, err, errlen);
+        free(c);
+        free(k);
+        return r;
+    }
     return tls_server_set_cert_files(proxy__tls(p), id, cert_path, key_path, err, errlen);
 }
 
 int proxy_tls_del_cert(struct proxy *p, const char *id)
 {
+    if (p->rops)
+        return p->rops->tls_del_cert(p, id);
     return tls_server_del_cert(proxy__tls(p), id);
+}
+
+int proxy_tls_stats(struct proxy *p, struct proxy_tls_stats *out)
+{
+    if (p->rops)
+        return p->rops->tls_stats(p, out);
+    memset(out, 0, sizeof(*out));
+    out->handshakes = atomic_load_explicit(&p->tls_handshakes, memory_order_relaxed);
+    out->resumed = atomic_load_explicit(&p->tls_resumed, memory_order_relaxed);
+    out->handshake_failures = atomic_load_explicit(&p->tls_failures, memory_order_relaxed);
+    out->no_certificate = atomic_load_explicit(&p->tls_nocert, memory_order_relaxed);
+    out->plain_http = atomic_load_explicit(&p->tls_plain, memory_order_relaxed);
+    out->not_tls = atomic_load_explicit(&p->tls_garbage, memory_order_relaxed);
+    struct tls_server *t = __atomic_load_n(&p->tls, __ATOMIC_ACQUIRE);
+    out->certificates = t ? (unsigned)tls_server_ncerts(t) : 0;
+    return 0;
 }
 
 bool proxy_tls_has_name(struct proxy *p, const char *host)
 {
+    if (p->rops)
+        return p->rops->tls_has_name(p, host);
     return tls_server_has_name(proxy__tls(p), host, strlen(host));
 }
 
@@ -75,6 +158,8 @@ static struct listener *find(struct proxy *p, const struct net_addr *a)
 
 int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, unsigned https_port)
 {
+    if (p->rops)
+        return p->rops->https_redirect(p, addr, https_port);
     if (https_port)
         proxy__tls(p); /* has_name must find a store */
     pthread_mutex_lock(&p->lock);
@@ -87,6 +172,8 @@ int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, 
 
 int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t max_age_s)
 {
+    if (p->rops)
+        return p->rops->hsts(p, addr, max_age_s);
     pthread_mutex_lock(&p->lock);
     struct listener *l = find(p, addr);
     if (l)
@@ -97,6 +184,10 @@ int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t m
 
 void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth)
 {
+    if (p->rops) {
+        p->rops->challenge_set(p, token, keyauth);
+        return;
+    }
     struct chal *c = xcalloc(1, sizeof(*c));
     c->token = xstrdup(token);
     c->keyauth = xstrdup(keyauth);
@@ -109,6 +200,10 @@ void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth
 
 void proxy_challenge_del(struct proxy *p, const char *token)
 {
+    if (p->rops) {
+        p->rops->challenge_del(p, token);
+        return;
+    }
     pthread_mutex_lock(&p->chal_lock);
     for (struct chal **pp = &p->chals; *pp; pp = &(*pp)->next) {
         struct chal *c = *pp;

@@ -4,18 +4,6 @@
 #include <string.h>
 #include <strings.h>
 
-void ob_put(struct obuf *o, const char *s, size_t n)
-{
-    if (o->overflow || n > o->cap - o->len) {
-        o->overflow = true;
-        return;
-    }
-    memcpy(o->p + o->len, s, n);
-    o->len += (uint32_t)n;
-}
-
-void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
-
 static void ob_hdr(struct obuf *o, const struct http_header *h)
 {
     ob_put(o, h->name, h->name_len);
@@ -42,17 +30,11 @@ static bool conn_listed(const struct http_msg *m, const struct http_header *h)
         const struct http_header *c = &m->headers[i];
         if (c->id != HTTP_H_CONNECTION)
             continue;
-        const char *v = c->value;
-        size_t n = c->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == '\t' || v[k] == ','))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ',' && v[k] != ' ' && v[k] != '\t')
-                k++;
-            if (k > s && k - s == h->name_len && strncasecmp(v + s, h->name, k - s) == 0)
+        size_t pos = 0, tl;
+        const char *t;
+        while (http_list_next(c->value, c->value_len, &pos, &t, &tl))
+            if (tl == h->name_len && strncasecmp(t, h->name, tl) == 0)
                 return true;
-        }
     }
     return false;
 }
@@ -121,7 +103,7 @@ static void put_forwarded_for(struct obuf *o, const char *ip)
         ob_str(o, ip);
         ob_str(o, "]\"");
     } else {
-        ob_str(o, "for=");
+        OB_LIT(o, "for=");
         ob_str(o, ip);
     }
 }
@@ -143,7 +125,7 @@ void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_r
     ob_put(o, m->method_s, m->method_len);
     ob_put(o, " ", 1);
     ob_put(o, m->path, m->path_len); /* origin-form: an absolute URI's authority went to Host */
-    ob_str(o, " HTTP/1.1\r\n");
+    OB_LIT(o, " HTTP/1.1\r\n");
     for (unsigned i = 0; i < m->nheaders; i++) {
         const struct http_header *h = &m->headers[i];
         if (!rw_name_forwardable(h->name, h->name_len))
@@ -164,30 +146,30 @@ void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_r
     } else if (m->authority) {
         host = m->authority;
         host_len = m->authority_len;
-        ob_str(o, "Host: ");
+        OB_LIT(o, "Host: ");
         ob_put(o, host, host_len);
         ob_put(o, "\r\n", 2);
     } else {
-        ob_str(o, "Host: ");
+        OB_LIT(o, "Host: ");
         ob_str(o, r->listen_addr);
         ob_put(o, "\r\n", 2);
     }
     if (r->body == RW_BODY_LENGTH || (r->body == RW_BODY_NONE && m->content_length == 0)) {
-        ob_str(o, "Content-Length: ");
+        OB_LIT(o, "Content-Length: ");
         ob_u64(o, r->body == RW_BODY_LENGTH ? r->content_length : 0);
         ob_put(o, "\r\n", 2);
     } else if (r->body == RW_BODY_CHUNKED) {
-        ob_str(o, "Transfer-Encoding: chunked\r\n");
+        OB_LIT(o, "Transfer-Encoding: chunked\r\n");
     }
     /* identity: a trusted proxy's chain is kept and extended, anyone else's
      * claims are dropped and replaced by what this hop knows */
-    ob_str(o, "X-Forwarded-For: ");
+    OB_LIT(o, "X-Forwarded-For: ");
     if (r->peer_trusted && put_joined(o, m, HTTP_H_X_FORWARDED_FOR))
         ob_put(o, ", ", 2);
     ob_str(o, r->peer_ip);
     ob_put(o, "\r\n", 2);
     const struct http_header *tp = r->peer_trusted ? first(m, HTTP_H_X_FORWARDED_PROTO) : NULL;
-    ob_str(o, "X-Forwarded-Proto: ");
+    OB_LIT(o, "X-Forwarded-Proto: ");
     if (tp)
         ob_put(o, tp->value, tp->value_len);
     else
@@ -195,34 +177,34 @@ void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_r
     ob_put(o, "\r\n", 2);
     const struct http_header *th = r->peer_trusted ? first(m, HTTP_H_X_FORWARDED_HOST) : NULL;
     if (th || host) {
-        ob_str(o, "X-Forwarded-Host: ");
+        OB_LIT(o, "X-Forwarded-Host: ");
         if (th)
             ob_put(o, th->value, th->value_len);
         else
             ob_put(o, host, host_len);
         ob_put(o, "\r\n", 2);
     }
-    ob_str(o, "X-Real-IP: ");
+    OB_LIT(o, "X-Real-IP: ");
     ob_str(o, r->client_ip);
     ob_put(o, "\r\n", 2);
-    ob_str(o, "Forwarded: ");
+    OB_LIT(o, "Forwarded: ");
     if (r->peer_trusted && put_joined(o, m, HTTP_H_FORWARDED))
         ob_put(o, ", ", 2);
     put_forwarded_for(o, r->peer_ip);
     if (host) {
-        ob_str(o, ";host=");
+        OB_LIT(o, ";host=");
         put_quoted(o, host, host_len);
     }
-    ob_str(o, ";proto=");
+    OB_LIT(o, ";proto=");
     ob_str(o, r->scheme);
     ob_put(o, "\r\n", 2);
     if (r->rid) {
-        ob_str(o, "X-Request-Id: ");
+        OB_LIT(o, "X-Request-Id: ");
         ob_put(o, r->rid, r->rid_len);
         ob_put(o, "\r\n", 2);
     }
     if (r->upgrade)
-        ob_str(o, "Connection: upgrade\r\n");
+        OB_LIT(o, "Connection: upgrade\r\n");
     ob_put(o, "\r\n", 2);
 }
 
@@ -255,16 +237,16 @@ void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_
     }
     if (r->body == RW_RSP_LENGTH ||
         (r->body == RW_RSP_NONE && r->content_length >= 0 && m->status >= 200 && m->status != 204)) {
-        ob_str(o, "Content-Length: ");
+        OB_LIT(o, "Content-Length: ");
         ob_u64(o, (uint64_t)r->content_length);
         ob_put(o, "\r\n", 2);
     }
     if (r->set_cookie_name) {
-        ob_str(o, "Set-Cookie: ");
+        OB_LIT(o, "Set-Cookie: ");
         ob_str(o, r->set_cookie_name);
         ob_put(o, "=", 1);
         ob_str(o, r->set_cookie_val);
-        ob_str(o, "; Path=/; HttpOnly\r\n");
+        OB_LIT(o, "; Path=/; HttpOnly\r\n");
     }
     if (r->hsts_max_age && m->status >= 200) {
         ob_str(o, "Strict-Transport-Security: max-age=");
@@ -272,10 +254,10 @@ void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_
         ob_put(o, "\r\n", 2);
     }
     if (is101)
-        ob_str(o, "Connection: upgrade\r\n");
+        OB_LIT(o, "Connection: upgrade\r\n");
     else if (m->status >= 200 && r->close)
-        ob_str(o, "Connection: close\r\n");
+        OB_LIT(o, "Connection: close\r\n");
     else if (m->status >= 200 && r->client_http10)
-        ob_str(o, "Connection: keep-alive\r\n");
+        OB_LIT(o, "Connection: keep-alive\r\n");
     ob_put(o, "\r\n", 2);
 }

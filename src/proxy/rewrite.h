@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "http/http.h"
 
@@ -18,8 +19,20 @@ struct obuf {
     bool overflow;
 };
 
-void ob_put(struct obuf *o, const char *s, size_t n);
-void ob_str(struct obuf *o, const char *s);
+static inline void ob_put(struct obuf *o, const char *s, size_t n)
+{
+    if (o->overflow || n > o->cap - o->len) {
+        o->overflow = true;
+        return;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += (uint32_t)n;
+}
+
+static inline void ob_str(struct obuf *o, const char *s) { ob_put(o, s, strlen(s)); }
+
+/* A string literal: its length is known at compile time. */
+#define OB_LIT(o, lit) ob_put((o), (lit), sizeof(lit) - 1)
 
 /* How the request body is framed upstream: the proxy's decision, never a
  * copy of what the client wrote. */

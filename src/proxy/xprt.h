@@ -51,6 +51,11 @@ struct xprt_ops {
     /* Release c->ctx and close c->fd. Called exactly once per attached
      * connection, also when attach failed. */
     void (*close)(struct xconn *c);
+    /* Optional: true while the peer may be about to send, though the socket
+     * shows no unread byte (a handshake under way or just finished, bytes
+     * buffered inside a TLS library): a stopping proxy must not close such
+     * a connection as idle, or the request on its way is lost. */
+    bool (*busy)(const struct xconn *c);
 };
 
 /* One connection's transport state, embedded in the client or upstream

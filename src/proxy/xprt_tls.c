@@ -17,9 +17,11 @@
 enum { TS_SNIFF, TS_HANDSHAKE, TS_OPEN };
 
 struct tls_xc {
+    struct proxy *p; /* counters */
     struct tls_server *srv;
     SSL *ssl;
     uint8_t st;
+    uint64_t since_ms; /* accepted, then: the handshake finished */
 };
 
 /* Per-thread staging so a response head and body go out as one TLS record
@@ -29,8 +31,10 @@ static __thread char t_out[16384];
 static int tls_attach(struct xconn *c, void *arg)
 {
     struct tls_xc *t = xcalloc(1, sizeof(*t));
-    t->srv = arg;
+    t->p = arg;
+    t->srv = t->p->tls; /* made before the listener (proxy_listen_tls) */
     t->st = TS_SNIFF;
+    t->since_ms = ev_time_ms();
     c->ctx = t;
     return 0;
 }
@@ -61,6 +65,8 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
         }
         enum tls_sniff k = tls_sniff(peek, (size_t)n);
         if (k != TLS_SNIFF_TLS) {
+            atomic_fetch_add_explicit(k == TLS_SNIFF_HTTP ? &t->p->tls_plain : &t->p->tls_garbage,
+                                      1, memory_order_relaxed);
             if (k == TLS_SNIFF_HTTP) {
                 /* consume what came (unread bytes would turn the close into
                  * a reset that may destroy the answer), answer, half-close */
@@ -82,6 +88,7 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
             return again(c, &c->rwant, false);
         t->ssl = tls_conn_new(t->srv, c->fd);
         if (!t->ssl) { /* no certificate installed yet */
+            atomic_fetch_add_explicit(&t->p->tls_nocert, 1, memory_order_relaxed);
             c->err = true;
             return -EPROTO;
         }
@@ -93,9 +100,14 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
         if (r == -EAGAIN)
             return again(c, &c->rwant, ww);
         if (r < 0) {
+            atomic_fetch_add_explicit(&t->p->tls_failures, 1, memory_order_relaxed);
             c->err = true;
             return -EPROTO;
         }
+        atomic_fetch_add_explicit(&t->p->tls_handshakes, 1, memory_order_relaxed);
+        t->since_ms = ev_time_ms();
+        if (SSL_session_reused(t->ssl))
+            atomic_fetch_add_explicit(&t->p->tls_resumed, 1, memory_order_relaxed);
         t->st = TS_OPEN;
         c->rwant = XC_RD;
         c->swant = XC_WR;
@@ -176,6 +188,9 @@ static void tls_close(struct xconn *c)
 {
     struct tls_xc *t = c->ctx;
     if (t) {
+        /* given up during the handshake (timeout, reset, close): a failure */
+        if (t->st == TS_HANDSHAKE && !c->err)
+            atomic_fetch_add_explicit(&t->p->tls_failures, 1, memory_order_relaxed);
         if (t->ssl) {
             if (!c->err)
                 tls_conn_shutdown(t->ssl);
@@ -189,6 +204,24 @@ static void tls_close(struct xconn *c)
     c->fd = -1;
 }
 
+/* A client sends its ClientHello right after connecting, and its request
+ * right after its handshake, but maybe as separate packets: a connection
+ * accepted or done with its handshake within this time, with a handshake
+ * under way, or with bytes waiting inside OpenSSL is not idle. */
+#define TLS_SETTLE_MS 250
+
+static bool tls_busy(const struct xconn *c)
+{
+    const struct tls_xc *t = c->ctx;
+    if (!t)
+        return false;
+    if (t->st == TS_HANDSHAKE)
+        return true;
+    if (t->st == TS_OPEN && SSL_has_pending(t->ssl))
+        return true;
+    return ev_time_ms() - t->since_ms < TLS_SETTLE_MS;
+}
+
 const struct xprt_ops xprt_tls = {
     .name = "tls",
     .scheme = "https",
@@ -197,4 +230,5 @@ const struct xprt_ops xprt_tls = {
     .sendv = tls_sendv,
     .shutw = tls_shutw,
     .close = tls_close,
+    .busy = tls_busy,
 };

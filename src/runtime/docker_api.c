@@ -494,11 +494,15 @@ int dk_build(struct dk_client *c, const struct dk_build_opts *o, char *image_id,
     b->progress = o->progress;
     b->data = o->data;
     struct req r = {.method = "POST",
-                    .path = xasprintf("/build?t=%s&dockerfile=%s&labels=%s&rm=1&forcerm=1", t,
-                                      df, lb),
+                    /* RUN steps on the host's network, like the replicas: an
+                     * engine without a bridge (--bridge=none) has no other */
+                    .path = xasprintf("/build?t=%s&dockerfile=%s&labels=%s&rm=1&forcerm=1"
+                                      "&networkmode=host",
+                                      t, df, lb),
                     .body = tar,
                     .body_len = tlen,
                     .content_type = "application/x-tar",
+                    .timeout_s = DK_BUILD_TIMEOUT_S,
                     .stream = build_stream,
                     .stream_data = b};
     free(t), free(df), free(lb);
@@ -579,6 +583,15 @@ int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_
     int rc = json_call(c, "GET", xasprintf("/images/json?filters=%s", f), NULL, 30, out, err,
                        errlen);
     free(f);
+    return rc;
+}
+
+int dk_network_inspect(struct dk_client *c, const char *name, json_t **out, char *err,
+                       size_t errlen)
+{
+    char *n = esc(name);
+    int rc = json_call(c, "GET", xasprintf("/networks/%s", n), NULL, 30, out, err, errlen);
+    free(n);
     return rc;
 }
 

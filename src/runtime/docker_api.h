@@ -25,6 +25,7 @@
 #define DK_API_MIN "1.24" /* oldest accepted (Docker 1.12) */
 #define DK_DEFAULT_SOCK "/var/run/docker.sock"
 #define DK_BUILD_TAIL 12 /* builder lines kept for a failure message */
+#define DK_BUILD_TIMEOUT_S 1800 /* a build that takes longer fails */
 
 struct dk_client;
 
@@ -56,7 +57,8 @@ struct dk_build_opts {
     void *data;
 };
 /* POST /build with a tar of dir (honouring dir/.dockerignore; the
- * Dockerfile and .dockerignore are always sent). On a build error the
+ * Dockerfile and .dockerignore are always sent), RUN steps on the host's
+ * network (networkmode=host). On a build error the
  * message holds the builder's error and its last lines. *image_id (may be
  * NULL) receives "sha256:…" when known. */
 int dk_build(struct dk_client *c, const struct dk_build_opts *o, char *image_id, size_t idlen,
@@ -74,6 +76,10 @@ int dk_image_remove(struct dk_client *c, const char *name, bool force, char *err
  * (array, new ref); ref and label may each be NULL. */
 int dk_image_list(struct dk_client *c, const char *ref, const char *label, json_t **out,
                   char *err, size_t errlen);
+
+/* GET /networks/NAME into *out (new reference), or -ENOENT. */
+int dk_network_inspect(struct dk_client *c, const char *name, json_t **out, char *err,
+                       size_t errlen);
 
 /* ---- containers ---- */
 

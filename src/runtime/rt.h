@@ -39,6 +39,9 @@ struct rt_spec {
     const char *revision;
     const char *image; /* container drivers: the image to run (NULL: build from build_dir) */
     const char *build_dir; /* the service's build directory (absolute), NULL none */
+    const char *network;   /* container drivers: "host" (NULL) or "bridge": the app listens
+                              on app_port in its own network, published on 127.0.0.1:port */
+    uint16_t app_port;
     char *const *argv; /* NULL-terminated; argv[0] searched in PATH when it has no '/'.
                           Container drivers: NULL/empty → the image's own command */
     const char *cwd;   /* working directory, absolute; NULL → "/" */

@@ -84,6 +84,12 @@ struct hub {
     struct msg *head, *tail;
     struct dk_client *cli;
     pthread_mutex_t build_mu; /* one build at a time: replicas of one revision share it */
+    /* builds finished (read under mu, written under both) and the last
+     * failure (under build_mu): replicas that waited for a build share its
+     * outcome instead of building again */
+    unsigned long builds_done, failed_at;
+    char failed_tag[512];
+    char *failed_err;
     char sock[108];
 };
 
@@ -102,6 +108,7 @@ static void hub_unref(struct hub *h)
     if (h->efd >= 0)
         close(h->efd);
     dk_close(h->cli);
+    free(h->failed_err);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->build_mu);
     free(h);
@@ -323,7 +330,17 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
     json_decref(info);
     if (rc != -ENOENT)
         return rc;
-    pthread_mutex_lock(&j->hub->build_mu);
+    struct hub *h = j->hub;
+    pthread_mutex_lock(&h->mu);
+    unsigned long seen = h->builds_done;
+    pthread_mutex_unlock(&h->mu);
+    /* a build that ends after this point was waited for */
+    pthread_mutex_lock(&h->build_mu);
+    if (h->failed_at > seen && strcmp(h->failed_tag, image) == 0) {
+        snprintf(err, errlen, "%s", h->failed_err ? h->failed_err : "the build failed");
+        pthread_mutex_unlock(&h->build_mu);
+        return -EIO;
+    }
     info = NULL;
     rc = dk_image_inspect(c, image, &info, err, errlen); /* another replica built it meanwhile */
     json_decref(info);
@@ -337,8 +354,17 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
                                   .progress = on_build_line,
                                   .data = &nc};
         rc = dk_build(c, &o, NULL, 0, err, errlen);
+        pthread_mutex_lock(&h->mu);
+        h->builds_done++;
+        pthread_mutex_unlock(&h->mu);
+        if (rc < 0) {
+            h->failed_at = h->builds_done;
+            snprintf(h->failed_tag, sizeof(h->failed_tag), "%s", image);
+            free(h->failed_err);
+            h->failed_err = xstrdup(err);
+        }
     }
-    pthread_mutex_unlock(&j->hub->build_mu);
+    pthread_mutex_unlock(&h->build_mu);
     return rc;
 }
 
@@ -350,6 +376,18 @@ static void job_launch(struct job *j)
     char err[4096] = "";
     char image[512];
     int rc = ensure_image(j, image, sizeof(image), err, sizeof(err));
+    bool want_bridge = s->network && strcmp(s->network, "bridge") == 0;
+    if (rc == 0 && want_bridge) {
+        /* without it Docker would run the container with no network at all */
+        json_t *net = NULL;
+        rc = dk_network_inspect(c, "bridge", &net, err, sizeof(err));
+        json_decref(net);
+        if (rc == -ENOENT)
+            snprintf(err, sizeof(err),
+                     "network: bridge: the Docker engine at unix://%s has no bridge network "
+                     "(dockerd --bridge=none?); use network: host",
+                     dk_socket(c));
+    }
     if (rc == 0) {
         /* a container of the same name left over (exited, or made by a
          * takod that died mid-start) holds the name: it goes */
@@ -357,15 +395,20 @@ static void job_launch(struct job *j)
         if (dk_container_inspect(c, j->name, &old, NULL, 0) == 0)
             dk_container_remove(c, j->name, true, NULL, 0);
         json_decref(old);
-        char port[16], idx[16];
+        /* host network: the app listens on the replica's own port; bridge:
+         * on the service's port in its own network, published on
+         * 127.0.0.1:<the replica's port> */
+        bool bridge = s->network && strcmp(s->network, "bridge") == 0;
+        char port[16], app_port[16], idx[16];
         snprintf(port, sizeof(port), "%u", s->port);
+        snprintf(app_port, sizeof(app_port), "%u", bridge ? s->app_port : s->port);
         snprintf(idx, sizeof(idx), "%u", s->index);
         size_t ne = 0;
         const char **env = xcalloc(s->env_len + 8, sizeof(*env));
         char **own = xcalloc(s->env_len + 8, sizeof(*own));
         for (size_t i = 0; i < s->env_len; i++)
             env[ne] = own[ne] = xasprintf("%s=%s", s->env[i].key, s->env[i].value), ne++;
-        env[ne] = own[ne] = xasprintf("PORT=%s", port), ne++;
+        env[ne] = own[ne] = xasprintf("PORT=%s", app_port), ne++;
         env[ne] = own[ne] = xasprintf("TAKO_PROJECT=%s", s->project), ne++;
         env[ne] = own[ne] = xasprintf("TAKO_SERVICE=%s", s->service), ne++;
         env[ne] = own[ne] = xasprintf("TAKO_REPLICA=%s", idx), ne++;
@@ -385,7 +428,9 @@ static void job_launch(struct job *j)
             .cmd = s->argv && s->argv[0] ? s->argv : NULL,
             .env = env,
             .label_kv = labels,
-            .host_network = true,
+            .host_network = !bridge,
+            .publish_host_port = bridge ? s->port : 0,
+            .container_port = bridge ? s->app_port : 0,
             .stop_timeout_s = (unsigned)((s->stop_grace_ms + 999) / 1000),
         };
         rc = dk_container_create(c, &o, m->id, err, sizeof(err));
@@ -1130,6 +1175,10 @@ static int dkr_start(struct rt_driver *base, const struct rt_spec *spec, struct 
         }
     if (spec->image && dk_ref_check(spec->image, err, errlen) < 0)
         return -EINVAL;
+    if (spec->network && strcmp(spec->network, "bridge") == 0 && !spec->app_port) {
+        snprintf(err, errlen, "replica %s: network bridge needs the app's port", name);
+        return -EINVAL;
+    }
     if (!spec->image && !spec->build_dir) {
         snprintf(err, errlen, "replica %s: neither an image nor a build directory", name);
         return -EINVAL;

@@ -63,6 +63,7 @@ void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src)
     dst->spec.image = dup_or_null(src->image);
     dst->spec.build_dir = dup_or_null(src->build_dir);
     dst->spec.environment = dup_or_null(src->environment);
+    dst->spec.network = dup_or_null(src->network);
     size_t argc = 0;
     while (src->argv && src->argv[argc])
         argc++;
@@ -94,6 +95,7 @@ void rt__spec_free(struct rt__owned_spec *s)
     free((char *)s->spec.image);
     free((char *)s->spec.build_dir);
     free((char *)s->spec.environment);
+    free((char *)s->spec.network);
     for (size_t i = 0; s->argv && s->argv[i]; i++)
         free(s->argv[i]);
     free(s->argv);
@@ -192,6 +194,10 @@ int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
         json_object_set_new(o, "build_dir", json_string(s->build_dir));
     if (s->environment)
         json_object_set_new(o, "environment", json_string(s->environment));
+    if (s->network)
+        json_object_set_new(o, "network", json_string(s->network));
+    if (s->app_port)
+        json_object_set_new(o, "app_port", json_integer(s->app_port));
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!text)
@@ -245,6 +251,8 @@ int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restar
     s.image = json_string_value(json_object_get(o, "image"));
     s.build_dir = json_string_value(json_object_get(o, "build_dir"));
     s.environment = json_string_value(json_object_get(o, "environment"));
+    s.network = json_string_value(json_object_get(o, "network"));
+    s.app_port = (uint16_t)json_integer_value(json_object_get(o, "app_port"));
     size_t argc = json_array_size(argv);
     char **av = xcalloc(argc + 1, sizeof(char *));
     struct rt_env_kv *kv = xcalloc(json_array_size(env) + 1, sizeof(*kv));

@@ -101,8 +101,9 @@ static int ctx_configure(SSL_CTX *c)
     if (!SSL_CTX_set1_groups_list(c, "X25519:prime256v1:secp384r1"))
         return -EINVAL;
     SSL_CTX_set_dh_auto(c, 1);
-    SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Mozilla intermediate: the client chooses among equally strong
+     * ciphers (it knows whether it has AES hardware) */
+    SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
     /* Idle connections give their buffers back (memory per idle client). */
     SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);

@@ -67,7 +67,7 @@ def _mounts_under(*dirs):
 
 
 class DockerD:
-    def __init__(self):
+    def __init__(self, bridge=False):
         # Short: the socket path must fit sun_path (108 bytes).
         self.dir = tempfile.mkdtemp(prefix="tkd%d-" % os.getpid(), dir="/tmp")
         self.data_root = os.path.join(self.dir, "d")
@@ -82,17 +82,28 @@ class DockerD:
         self.containerd_pids = []
         self.base_image = BASE_IMAGE
         self.whoami_static = None
+        # bridge=True: a bridge of its own (unique name and subnet) instead
+        # of --bridge=none; published ports go through docker-proxy, so no
+        # iptables rule is needed.
+        self.bridge = "tkb%d" % (os.getpid() % 100000) if bridge else None
+        self.bridge_net = "10.217.%d" % (os.getpid() % 200 + 20)
 
     # ---- lifecycle ----
     def start(self, timeout=60.0):
         os.makedirs(self.data_root)
         os.makedirs(self.exec_root)
+        if self.bridge:
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", self.bridge_net + ".1/24", "dev", self.bridge],
+                           check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         self._spawn(timeout)
 
     def _spawn(self, timeout=60.0):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
+            ["dockerd", "--bridge=" + (self.bridge or "none"), "--iptables=false",
+             "--ip6tables=false",
              "--data-root", self.data_root, "--exec-root", self.exec_root,
              "-H", self.host, "--pidfile", self.pidfile],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -157,6 +168,8 @@ class DockerD:
         self.kill_orphan_containers()
         for mp in _mounts_under(self.data_root, self.exec_root):
             subprocess.run(["umount", "-l", mp], capture_output=True)
+        if self.bridge:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def kill_orphan_containers(self):
@@ -212,6 +225,59 @@ class DockerD:
         env.update(self.env)
         r = subprocess.run(["docker", "import", "-c", "ENV PATH=/bin", "-", self.base_image],
                            input=tar, env=env, capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        shutil.rmtree(rootfs)
+
+    def import_node_base(self, name="node:20-slim"):
+        """A local stand-in for the seed Dockerfile's base image, made with
+        `docker import` from this machine's node and npm (no registry): node
+        and its libraries, npm, busybox for RUN's /bin/sh, a `node` user."""
+        rootfs = os.path.join(self.dir, "noderoot")
+        node = shutil.which("node")
+        libs = subprocess.run(["ldd", node], capture_output=True, text=True).stdout
+        files = [os.path.realpath(node)]
+        for line in libs.splitlines():
+            for part in line.split():
+                if part.startswith("/"):
+                    files.append(part)
+        for f in files:
+            dst = os.path.join(rootfs, f.lstrip("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(os.path.realpath(f), dst)
+        os.makedirs(os.path.join(rootfs, "usr", "local", "bin"), exist_ok=True)
+        if os.path.realpath(node) != "/usr/bin/node":
+            os.makedirs(os.path.join(rootfs, "usr", "bin"), exist_ok=True)
+            os.symlink(os.path.realpath(node), os.path.join(rootfs, "usr", "bin", "node"))
+        npm_cli = os.path.realpath(shutil.which("npm"))
+        npm_root = npm_cli[:npm_cli.index("/bin/npm-cli.js")]
+        shutil.copytree(npm_root, os.path.join(rootfs, npm_root.lstrip("/")), symlinks=True)
+        os.symlink(npm_cli, os.path.join(rootfs, "usr", "local", "bin", "npm"))
+        os.makedirs(os.path.join(rootfs, "bin"), exist_ok=True)
+        shutil.copy(BUSYBOX, os.path.join(rootfs, "bin", "busybox"))
+        for a in APPLETS:
+            os.symlink("busybox", os.path.join(rootfs, "bin", a))
+        os.makedirs(os.path.join(rootfs, "usr", "bin"), exist_ok=True)
+        os.symlink("/bin/busybox", os.path.join(rootfs, "usr", "bin", "env"))  # npm's #! line
+        for d in ("etc", "tmp", "root", "home/node"):
+            os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        with open(os.path.join(rootfs, "etc", "passwd"), "w") as f:
+            f.write("root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n")
+        with open(os.path.join(rootfs, "etc", "group"), "w") as f:
+            f.write("root:x:0:\nnode:x:1000:\n")
+        os.chown(os.path.join(rootfs, "home", "node"), 1000, 1000)
+        # the host's CA bundle (npm ci reaches the registry through it), as
+        # the real image carries ca-certificates
+        bundle = "/etc/ssl/certs/ca-certificates.crt"
+        os.makedirs(os.path.join(rootfs, "etc", "ssl", "certs"), exist_ok=True)
+        shutil.copy(bundle, os.path.join(rootfs, bundle.lstrip("/")))
+        tar = subprocess.run(["tar", "-C", rootfs, "-c", "."], capture_output=True,
+                             check=True).stdout
+        env = dict(os.environ)
+        env.update(self.env)
+        r = subprocess.run(["docker", "import", "-c", "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+                            "-c", "ENV NODE_EXTRA_CA_CERTS=" + bundle, "-", name],
+                           input=tar, env=env, capture_output=True, timeout=300)
         assert r.returncode == 0, r.stderr.decode()
         shutil.rmtree(rootfs)
 

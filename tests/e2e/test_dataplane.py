@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import TAKO, Load, free_port, wait_for
+from conftest import ROOT, TAKO, Load, free_port, http, wait_for
 from test_deploy import alive, config, pids_of
 
 
@@ -129,7 +129,7 @@ def test_systemctl_restart_and_binary_upgrade_lose_nothing(tako, tmp_path):
     bindir.mkdir()
     binary = str(bindir / "tako")
     shutil.copy(TAKO, binary)
-    unit = open(os.path.join(os.path.dirname(TAKO), "contrib", "tako.service")).read()
+    unit = open(os.path.join(ROOT, "contrib", "tako.service")).read()
     assert "KillMode=process" in unit and "daemon --foreground" in unit
     log = os.path.join(tako.home, "foreground.log")
     _start_foreground_takod(binary, tako.home, log)
@@ -271,3 +271,31 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
     # Released: takod attaches again, traffic was never interrupted.
     out = ps_line(tako)
     assert re.search(r"^web\s+3/3\s.*running", out, re.M), out
+
+
+def test_https_survives_handover_and_data_plane_restart(tako, procs, tmp_path):
+    """Certificates, the TLS listener and the HTTP→HTTPS redirect cross to a
+    successor process and into a restarted data plane: the same certificate
+    is served after each, with no new issuance."""
+    from test_https import Site
+    site = Site(tako, procs, tmp_path)
+    r = site.deploy()
+    assert r.returncode == 0, r.stdout + r.stderr
+    site.wait_cert()
+    serial = site.peer_cert()["serialNumber"]
+    assert site.get()[0] == 200
+    # 1. handover to a new process (what an upgrade does)
+    old = dp_pid(tako)
+    p = procs.start([TAKO, "dataplane", "--takeover"], name="successor",
+                    env=dict(os.environ, **tako.env))
+    wait_for(lambda: dp_pid(tako) == p.pid, timeout=20, what="successor serves")
+    wait_for(lambda: not alive(old), timeout=30, what="old data plane gone")
+    assert site.get()[0] == 200 and site.peer_cert()["serialNumber"] == serial
+    st, hdrs, _ = http(site.http_port, "/api/instance", headers={"Host": "scaling.test"})
+    assert st == 308 and hdrs.get("location", "").startswith("https://scaling.test")
+    # 2. kill -9: takod replays the certificate into the new data plane
+    os.kill(p.pid, signal.SIGKILL)
+    wait_for(lambda: dp_pid(tako) not in (0, p.pid) and tako.ps_json()["dataplane"]["state"]
+             == "running", timeout=20, what="data plane restarted")
+    assert site.get()[0] == 200 and site.peer_cert()["serialNumber"] == serial
+    assert len([c for c in site.certs() if c["state"] == "valid"]) == 1

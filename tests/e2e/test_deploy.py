@@ -435,3 +435,46 @@ def test_strategy_change_swaps_the_pool_without_loss(tako):
     assert failed == 0, load.errors[:5]
     svc = tako.ps_json()["services"][0]
     assert svc["strategy"] == "least_connections" and svc["running"] == 3
+
+
+def test_logs_tail_of_more_than_the_api_buffer_arrives_whole(tako):
+    """`tako logs --tail 0` streams every line, at the pace the CLI reads,
+    even when they are more than takod keeps for a client (16 MiB)."""
+    n = 300000
+    tako.write("tako.yaml", f"""project:
+  name: chatty
+environments:
+  local:
+    http: {free_port()}
+    services:
+      worker:
+        command: ["/bin/sh", "-c", "seq 1 {n}; exec sleep 600"]
+        replicas: 1
+""")
+    tako.run("deploy", check=0)
+    wait_for(lambda: tako.run("logs", "--tail", "1", check=0).stdout.strip().endswith("| %d" % n),
+             timeout=60, what="the last line logged")
+    # A reader that stalls: the CLI blocks on its full stdout pipe and stops
+    # reading the socket, while takod has 20+ MiB of lines for it.
+    env = dict(os.environ)
+    env.update(tako.env)
+    from conftest import TAKO
+    f = subprocess.Popen([TAKO, "logs", "--tail", "0"], cwd=tako.dir, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def blocked():
+            with open("/proc/%d/wchan" % f.pid) as w:
+                return "pipe_write" in w.read()
+        wait_for(blocked, timeout=30, what="the CLI blocked on its output")
+        # Give takod the time to push all it would push to a reader that
+        # does not read (without pacing it drops the reader at 16 MiB).
+        time.sleep(3)
+        out, err = f.communicate(timeout=120)
+    finally:
+        if f.poll() is None:
+            os.killpg(f.pid, signal.SIGKILL)
+            f.wait(10)
+    lines = out.decode().splitlines()
+    assert f.returncode == 0, err[-500:]
+    assert len(lines) == n, (len(lines), lines[:2], lines[-2:], err[-500:])
+    assert [int(x.rsplit("| ", 1)[1]) for x in lines] == list(range(1, n + 1))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Load, free_port, http_json, wait_for
+from conftest import Load, free_port, http_json, kill_takod_tree, wait_for
 from dockerd import dk, dockerd  # noqa: F401  (fixtures)
 
 
@@ -74,7 +74,10 @@ def dtako(tako, dk):
     tako.env.update(dk.env)
     tako.proxy_port = free_port()
     tako.http_port = free_port()
-    return tako
+    yield tako
+    # takod first: removing its containers while it runs would have it
+    # start them again behind the cleanup's back.
+    kill_takod_tree(tako.home)
 
 
 def deploy(t, dk, check=0, **kw):
@@ -108,6 +111,8 @@ def test_seed_monitoring_commands_and_rotation_over_container_hostnames(dtako, d
     assert sorted(l.split()[-1] for l in ps) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
     logs = sh(dk, "docker logs scaling-web-1")
     assert re.search(r"^whoami scaling-web-1 listening on port \d+$", logs.stdout, re.M), logs
+    follow = sh(dk, "timeout 2 docker logs -f scaling-web-1", check=False)
+    assert follow.returncode == 124 and "whoami scaling-web-1 listening" in follow.stdout
     stats = sh(dk, "docker stats --no-stream scaling-web-1 scaling-web-2 scaling-web-3").stdout
     rows = stats.splitlines()
     assert rows[0].split()[:3] == ["CONTAINER", "ID", "NAME"]
@@ -236,8 +241,28 @@ def test_takod_kill9_adopts_containers_by_label(dtako, dk):
     assert dtako.takod_pid() != old
     assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
                                                     "scaling-web-3"}
-    # Adopted containers are still watched: a kill is noticed and repaired.
-    dk.docker("kill", "scaling-web-1")
+    # Adopted containers are still watched: a kill is noticed and repaired,
+    # and `tako logs --follow` goes on with the new container's lines.
+    from conftest import TAKO
+    env = dict(os.environ)
+    env.update(dtako.env)
+    fol = subprocess.Popen([TAKO, "logs", "--follow", "--tail", "0", "scaling-web-1"],
+                           cwd=dtako.dir, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)  # the follow is set up before the kill
+        dk.docker("kill", "scaling-web-1")
+        import select
+        deadline = time.monotonic() + 60
+        line = ""
+        while "listening" not in line and time.monotonic() < deadline:
+            if select.select([fol.stdout], [], [], 1.0)[0]:
+                line = fol.stdout.readline()
+                if not line:
+                    break
+        assert re.search(r"scaling-web-1 .*whoami scaling-web-1 listening", line), line
+    finally:
+        fol.kill()
+        fol.wait()
     wait_for(lambda: dk.inspect("scaling-web-1") and
              dk.inspect("scaling-web-1")["Id"] != ids["scaling-web-1"] and
              dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
@@ -350,3 +375,91 @@ def test_dockerd_dying_mid_deploy_fails_it_and_what_served_keeps_serving(dtako, 
     assert ps["revision"] == rev1
     # (The engine stays dead: the next test gets a fresh one, and the
     # fixture ends these containers by the PIDs containerd recorded.)
+
+
+@pytest.mark.slow
+def test_seed_node_example_dockerfile_under_the_docker_runtime(dtako, dk):
+    """The seed's own example (examples/scaling: Dockerfile FROM node:20-slim,
+    RUN npm ci, USER node), built against a local node:20-slim made with
+    docker import; npm ci fetches packages from the npm registry."""
+    import shutil
+    from conftest import ROOT
+    dk.import_node_base("node:20-slim")
+    shutil.rmtree(dtako.dir)
+    shutil.copytree(os.path.join(ROOT, "examples", "scaling"), dtako.dir,
+                    ignore=shutil.ignore_patterns("node_modules", ".env"))
+    path = os.path.join(dtako.dir, "tako.yaml")
+    text = open(path).read()
+    # The seed's file but for the shared entrypoint's port and the runtime.
+    text = text.replace("  production:\n", "  production:\n    http: %d\n    runtime: docker\n"
+                        % dtako.http_port, 1)
+    open(path, "w").write(text)
+    dtako.env["SERVER_HOST"] = "127.0.0.1"
+    dtako.env["CART_STORE"] = "memory"
+    r = dtako.run("deploy", "prod", check=0, timeout=900)
+    assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+    assert "npm ci" in r.stdout
+    ps = sh(dk, "docker ps | grep scaling-web").stdout.splitlines()
+    assert len(ps) == 3, ps
+    domain = "scaling.127.0.0.1.sslip.io"
+    names = []
+    for _ in range(6):
+        st, body = http_json(dtako.http_port, "/api/instance", headers={"Host": domain})
+        assert st == 200, body
+        names.append(body["os_hostname"])
+    start = names.index("scaling-web-1")
+    assert (names[start:] + names[:start]) == ["scaling-web-1", "scaling-web-2",
+                                                 "scaling-web-3"] * 2, names
+    c = dk.inspect("scaling-web-1")
+    assert c["Config"]["User"] == "node"
+
+
+@pytest.fixture(scope="module")
+def bridged():
+    """A second private engine that has a bridge network (its own bridge
+    interface on a private subnet, docker-proxy for published ports)."""
+    import dockerd as dm
+    d = dm.DockerD(bridge=True)
+    try:
+        d.start()
+        d.build_whoami_static()
+        yield d
+    finally:
+        d.stop()
+
+
+def test_network_bridge_publishes_each_replica_on_loopback(tako, bridged, dk):
+    t = tako
+    t.env.update(bridged.env)
+    t.proxy_port, t.http_port = free_port(), free_port()
+    try:
+        app(t, bridged)
+        # (startPeriod: docker-proxy accepts before the app listens; its
+        # first checks fail on a loaded machine)
+        t.write("tako.yaml", config(t.proxy_port, t.http_port).replace(
+            "        port: 3000\n", "        port: 3000\n        network: bridge\n").replace(
+            "          interval: 300ms\n", "          interval: 300ms\n          startPeriod: 5s\n"))
+        r = t.run("deploy", check=0, timeout=300)
+        assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+        names = hostnames(t.proxy_port, 6)
+        assert sorted(set(names)) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+        c = bridged.inspect("scaling-web-1")
+        assert c["HostConfig"]["NetworkMode"] == "default"
+        (binding,) = c["HostConfig"]["PortBindings"]["3000/tcp"]
+        assert binding["HostIp"] == "127.0.0.1" and int(binding["HostPort"]) > 0
+        assert "PORT=3000" in c["Config"]["Env"]  # the app's own port, inside its network
+        ps = sh(bridged, "docker ps | grep scaling-web").stdout
+        assert "127.0.0.1:%s->3000/tcp" % binding["HostPort"] in ps, ps
+        t.run("down", check=0)
+        assert containers(bridged) == []
+    finally:
+        kill_takod_tree(t.home)
+        bridged.remove_containers(containers(bridged))
+    # An engine without a bridge network (--bridge=none) says so in the deploy.
+    t2_home = t.home
+    t.env.update(dk.env)
+    app(t, dk)
+    r = t.run("deploy", check=1, timeout=300)
+    assert "has no bridge network" in (r.stdout + r.stderr), r.stdout + r.stderr
+    assert containers(dk) == []
+    kill_takod_tree(t2_home)

@@ -7,6 +7,7 @@ certificate's state in `tako certs` and `tako ps`. Pebble and its DNS
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -447,7 +448,7 @@ def test_headless_chromium_loads_the_https_page(tako, procs, tmp_path):
                           "--disable-component-update", "--disable-sync", "--user-data-dir=" + prof,
                           "--host-resolver-rules=MAP %s 127.0.0.1" % DOMAIN,
                           "--ignore-certificate-errors-spki-list=" + pin, "--dump-dom", url],
-                         capture_output=True, text=True, timeout=90).stdout
+                         capture_output=True, text=True, timeout=240).stdout
     m = re.search(r'<h1 id="hostname">([^<]+)</h1>', dom)
     assert m, dom[:500]
     assert m.group(1) in ("scaling-web-1", "scaling-web-2", "scaling-web-3")
@@ -457,3 +458,25 @@ def tempfile_dir(tmp_path):
     d = tmp_path / "chromium-profile"
     d.mkdir()
     return str(d)
+
+
+def test_https_keeps_serving_while_takod_is_down(tako, procs, tmp_path):
+    """The balancer is its own process: with takod killed, HTTPS still
+    answers with the certificate takod gave it; a new takod takes over
+    without a new order."""
+    site = Site(tako, procs, tmp_path, replicas=2)
+    assert site.deploy().returncode == 0
+    site.wait_cert()
+    wait_for(lambda: events(tako, "cert.issued"), timeout=10, what="cert.issued event")
+    serial = site.peer_cert()["serialNumber"]
+    os.kill(tako.takod_pid(), signal.SIGKILL)
+    for _ in range(4):
+        r = curl(site)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["hostname"].startswith("scaling-web-")
+    assert site.peer_cert()["serialNumber"] == serial
+    assert tako.run("ps", check=0).returncode == 0  # a new takod
+    site.wait_cert()
+    assert site.peer_cert()["serialNumber"] == serial
+    wait_for(lambda: events(tako, "cert.loaded"), timeout=10, what="cert.loaded event")
+    assert len(events(tako, "cert.issued")) == 1  # loaded from the state directory, not ordered

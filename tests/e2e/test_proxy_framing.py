@@ -3,6 +3,7 @@ close handling): every test sends the exact bytes of a defect found by
 probing the proxy as an attacker would, and asserts what the backend and the
 client get."""
 import socket
+import threading
 import time
 
 from conftest import raw
@@ -245,3 +246,99 @@ def test_identity_headers_from_trusted_proxy_extended(procs):
     assert r.header_all("X-Forwarded-Proto") == ["https"]
     assert r.header_all("X-Forwarded-Host") == ["evil"]
     assert r.header("X_Forwarded_For") is None
+
+
+# ---- 6. slow bodies and per-backend limits ----
+
+def test_trickled_body_gets_408(procs):
+    """One body byte every 200 ms: after the body timeout (1 s here) plus what
+    the minimum rate allows, the client gets 408 and the backend connection
+    is let go; the backend never gets a complete request."""
+    b = Backend("b1")
+    _, port = start_proxy(procs, [b], "--body-timeout", "1s", "--min-body-rate", "1000")
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /slow-body HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+    s.settimeout(0.2)
+    sent, answer = 0, b""
+    while sent < 40:  # 8 s at most: far past what the timeout allows
+        try:
+            s.sendall(b"x")
+            sent += 1
+        except OSError:
+            break
+        try:
+            d = s.recv(65536)
+            answer += d
+            if not d or answer:
+                break
+        except socket.timeout:
+            pass
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 408"), (sent, answer)
+    assert sent < 40
+    assert [r.target for r in b.app_requests()] == []
+
+
+def test_max_conns_per_backend_queues_then_refuses(procs):
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    def handler(req, bk):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.4)
+        with lock:
+            state["now"] -= 1
+        return 200, [], b"done"
+
+    b = Backend("b1", handler=handler)
+    _, port = start_proxy(procs, [b], "--max-conns-per-backend", "1", "--max-queue", "2",
+                          "--queue-timeout", "10s")
+    results = []
+
+    def one(i):
+        out = raw(port, b"GET /q%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % i, timeout=10)
+        with lock:
+            results.append(out[9:12])
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(15)
+    assert sorted(results) == [b"200", b"200", b"200", b"503", b"503"], results
+    assert state["max"] == 1
+    assert len(b.app_requests()) == 3
+
+
+def test_backend_keepalive_timeout_is_learned(procs):
+    """2(b): a backend closes idle keep-alive connections after 300 ms. Once
+    the proxy has seen that, it no longer sends a request on a pooled
+    connection idle for most of that time (where a POST would race the
+    backend's close), but opens a new one."""
+    carried = []  # one entry per upstream connection that carried a request
+
+    def serve(c):
+        c.settimeout(0.3)
+        buf, counted = b"", False
+        while True:
+            try:
+                head, buf = read_head(c, buf)
+            except socket.timeout:
+                return  # idle: the backend's keep-alive timeout
+            if head is None:
+                return
+            if not counted and not head.startswith(b"GET /health"):
+                carried.append(1)
+                counted = True
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    b = RawBackend(serve)
+    _, port = start_proxy(procs, [b], "--health-interval", "1m")
+    req = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    time.sleep(0.45)  # the backend closes the pooled connection: learned
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    time.sleep(0.26)  # idle for most of the backend's timeout: not reused
+    assert roundtrip(port, req).startswith(b"HTTP/1.1 200")
+    assert len(carried) == 3

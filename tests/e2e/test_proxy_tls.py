@@ -284,3 +284,41 @@ def test_large_bodies_keepalive_and_tunnel_over_tls(procs, tmp_path, backends):
         got += d
     assert got == payload
     s.close()
+
+
+@pytest.mark.slow
+def test_ten_thousand_half_open_tls_connections_bounded(procs, tmp_path, backends):
+    """10,000 connections that send the start of a ClientHello and stall:
+    the balancer holds them at a few hundred bytes each, keeps serving a
+    normal client, and closes every one at the header timeout."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 10000 + 500  # per process: our ends here, the proxy's there
+    if hard < need:
+        pytest.skip("RLIMIT_NOFILE hard limit %d < %d" % (hard, need))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the proxy
+    try:
+        c, k = make_cert(str(tmp_path), "a.test")
+        p, _, https_port = start(procs, backends, [(c, k)], "--header-timeout", "5s",
+                                 "--max-conns", "12000")
+        base_fds = fd_count(p.pid)
+        base_rss = rss_kib(p.pid)
+        stalled = []
+        for _ in range(10000):
+            s = socket.create_connection(("127.0.0.1", https_port), timeout=5)
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            stalled.append(s)
+        try:
+            wait_for(lambda: fd_count(p.pid) >= base_fds + 10000, timeout=30, what="10000 accepted")
+        except TimeoutError:
+            raise AssertionError("fds %d of %d; log: %s" % (fd_count(p.pid) - base_fds, 10000, procs.log(p)[-2000:]))
+        grown = rss_kib(p.pid) - base_rss
+        head, _, _ = tls_get(https_port, "a.test", c)
+        assert head.startswith("HTTP/1.1 200")
+        print("RSS growth for 10000 half-open TLS connections: %d KiB" % grown)
+        assert grown < 10000 * (4 if "build/san" in TAKO else 1), grown  # < 1 KiB each
+        wait_for(lambda: fd_count(p.pid) <= base_fds, timeout=30, what="all closed")
+        for s in stalled:
+            s.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

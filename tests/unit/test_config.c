@@ -580,6 +580,45 @@ TEST(deploy_settings)
                      "unknown deploy strategy \"blue-green\" (expected rolling, recreate)"));
 }
 
+TEST(load_balancer_limits)
+{
+    const struct cfg_service *s;
+    struct cfg_file *f = svc_ok("        port: 1\n", &s);
+    CHECK(f);
+    CHECK_INT(s->lb_max_conns, 0);
+    CHECK_INT(s->lb_max_queue, 256);
+    CHECK_INT(s->lb_queue_timeout_ms, 5000);
+    CHECK_INT(s->lb_body_timeout_ms, 20000);
+    CHECK_INT(s->lb_min_body_rate, 500);
+    cfg_free(f);
+    f = svc_ok("        port: 1\n        loadBalancer: {maxConnsPerReplica: 8, maxQueue: 50, "
+               "queueTimeout: 2s, bodyTimeout: 30s, minBodyRate: 1000}\n",
+               &s);
+    CHECK(f);
+    CHECK_INT(s->lb_max_conns, 8);
+    CHECK_INT(s->lb_max_queue, 50);
+    CHECK_INT(s->lb_queue_timeout_ms, 2000);
+    CHECK_INT(s->lb_body_timeout_ms, 30000);
+    CHECK_INT(s->lb_min_body_rate, 1000);
+    json_t *j = cfg_service_to_json(s);
+    char err[256];
+    struct cfg_service *back = cfg_service_from_json(j, err, sizeof(err));
+    CHECK(back);
+    CHECK_INT(back->lb_max_conns, 8);
+    CHECK_INT(back->lb_body_timeout_ms, 30000);
+    cfg_service_free(back);
+    /* a revision stored before these keys existed still loads, with defaults */
+    json_object_del(json_object_get(j, "load_balancer"), "max_queue");
+    back = cfg_service_from_json(j, err, sizeof(err));
+    CHECK(back);
+    CHECK_INT(back->lb_max_queue, 256);
+    cfg_service_free(back);
+    json_decref(j);
+    cfg_free(f);
+    CHECK(fails_with("        port: 1\n        loadBalancer: {maxQueue: 0}\n",
+                     "loadBalancer.maxQueue: expected an integer from 1 to 1000000, got \"0\""));
+}
+
 TEST(proxy_domains)
 {
     const struct cfg_service *s;

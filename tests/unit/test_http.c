@@ -238,6 +238,13 @@ TEST(list_and_token)
 {
     CHECK(http_list_has("a, keep-alive ,b", 16, "Keep-Alive"));
     CHECK(!http_list_has("a, keep-alivex", 14, "keep-alive"));
+    /* one tokenizer: elements between commas, whitespace around them trimmed */
+    const char *v = " ,a ,\tb c ,, d,", *t;
+    size_t pos = 0, tl, n = strlen(v);
+    CHECK(http_list_next(v, n, &pos, &t, &tl) && tl == 1 && t[0] == 'a');
+    CHECK(http_list_next(v, n, &pos, &t, &tl) && tl == 3 && memcmp(t, "b c", 3) == 0);
+    CHECK(http_list_next(v, n, &pos, &t, &tl) && tl == 1 && t[0] == 'd');
+    CHECK(!http_list_next(v, n, &pos, &t, &tl));
     CHECK(http_token_eq("HoSt", 4, "host"));
     CHECK(http_method_idempotent(HTTP_PUT));
     CHECK(!http_method_idempotent(HTTP_POST));
