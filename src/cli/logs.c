@@ -17,6 +17,7 @@
 #include "cli/common.h"
 #include "core/util.h"
 #include "cli/client.h"
+#include "remote/ssh.h"
 
 const char help_logs[] =
     "Usage: tako logs [INSTANCE] [--service NAME] [--tail N] [--since DURATION] [-f]\n"
@@ -41,7 +42,9 @@ const char help_logs[] =
 static void on_int(int sig)
 {
     (void)sig;
-    /* Every printed line was flushed already. */
+    /* Every printed line was flushed already; a server's ssh connection is
+     * closed and its directory removed first. */
+    ssh_close_all();
     _exit(EXIT_OK);
 }
 

@@ -81,12 +81,17 @@ def seed(ssh_keys, net, app_dir):
     proj = os.path.join(work, "app")
     shutil.copytree(app_dir, proj, symlinks=True)
     r = Remote(ssh_keys, net.hosts[0], proj, home)
+    # Where tako makes its private ssh control directories (short: a socket
+    # path goes in it), so the tests can see that none is left behind.
+    r.runtime_dir = tempfile.mkdtemp(prefix="tako-rt-", dir="/tmp")
+    r.env["XDG_RUNTIME_DIR"] = r.runtime_dir
     try:
         yield r
     finally:
         kill_takod_tree(home)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(r.runtime_dir, ignore_errors=True)
 
 
 def replica_pids(r):
@@ -205,6 +210,10 @@ def test_scale_and_restart_under_load_lose_nothing(seed):
 
 
 def test_day_two_commands_on_the_server(seed):
+    # A revision of its own to roll back from, whichever tests ran before.
+    with open(os.path.join(seed.dir, "index.js"), "a") as f:
+        f.write("\n// day two\n")
+    seed.run("deploy", "prod", check=0)
     assert len(replica_pids(seed)) == 3
     ps = seed.run("ps", "prod", "--instances", check=0).stdout
     assert "scaling-web-3" in ps
@@ -301,6 +310,13 @@ def test_ctrl_c_during_a_deploy_leaves_the_server_converging(seed):
     # The interrupted deploy's lock went with its ssh session.
     r = seed.run("deploy", "prod", check=0)
     assert "files unchanged" in r.stdout
+
+
+def test_no_ssh_control_directory_is_left_behind(seed):
+    # Every command of this module, Ctrl-C'd ones included, closed its
+    # connection and removed its private directory.
+    seed.run("ps", "prod", check=0)
+    assert os.listdir(seed.runtime_dir) == []
 
 
 @pytest.mark.slow
