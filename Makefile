@@ -11,7 +11,7 @@ WARN    := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes
 OPT     ?= -O2 -g
 CPPFLAGS += -D_GNU_SOURCE -DTAKO_VERSION='"$(VERSION)"' -Isrc
 CFLAGS  += $(CSTD) $(OPT) $(WARN) -pthread
-LDLIBS  += -lyaml -ljansson -lsqlite3 -lm -pthread
+LDLIBS  += -lyaml -ljansson -lsqlite3 -lssl -lcrypto -lcurl -lm -pthread
 
 ifeq ($(WERROR),1)
 CFLAGS += -Werror
@@ -112,5 +112,23 @@ clean:
 RT_DRIVER := $(BUILD)/tests/rt_driver
 all: $(RT_DRIVER)
 $(RT_DRIVER): $(BUILD)/tests/drivers/rt_driver.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---- Docker client test tool ------------------------------------------------
+# tests/drivers/dk_tool.c runs one Docker Engine API call of
+# src/runtime/docker_api.h per invocation, for tests/e2e/test_docker_api.py.
+DK_TOOL := $(BUILD)/tests/dk_tool
+all: $(DK_TOOL)
+$(DK_TOOL): $(BUILD)/tests/drivers/dk_tool.o $(LIBTAKO)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ---- ACME test driver -------------------------------------------------------
+# tests/drivers/acme_driver.c runs one ACME order (src/acme) against the
+# Pebble CA that tests/e2e/test_acme.py starts. Built as part of `all`.
+ACME_DRIVER := $(BUILD)/tests/acme_driver
+all: $(ACME_DRIVER)
+$(ACME_DRIVER): $(BUILD)/tests/drivers/acme_driver.o $(LIBTAKO)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -89,7 +89,7 @@ int main(int argc, char **argv)
     printf("\n### lb_cost %s (%ld decisions per cell, one thread)\n\n", date, iters);
     printf("ns per decision (pick + start + finish); set build time in ms in brackets\n\n");
     printf("| strategy | 3 backends | 100 backends | 10,000 backends |\n|---|---:|---:|---:|\n");
-    for (int k = 0; k < LB_KIND_COUNT; k++) {
+    for (int k = 0; (size_t)k < lb_count(); k++) {
         printf("| %s |", lb_kind_name((enum lb_kind)k));
         for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
             double bms;

@@ -44,7 +44,7 @@ extern const char help_proxy[];
 
 
 /* Project commands (src/cli/deploy.c, ps.c, logs.c, lifecycle.c, history.c)
- * and takod (src/daemon/takod.c). */
+ * and takod (src/cli/daemon.c). */
 int cmd_deploy(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
@@ -58,8 +58,12 @@ int cmd_rollback(int argc, char **argv);
 int cmd_history(int argc, char **argv);
 int cmd_daemon(int argc, char **argv);
 int cmd_autoscale(int argc, char **argv);
+int cmd_setup(int argc, char **argv);  /* servers.c */
+int cmd_remote(int argc, char **argv); /* servers.c: internal, runs on a server */
+int cmd_certs(int argc, char **argv); /* certs.c */
+extern const char help_certs[];
 extern const char help_deploy[], help_ps[], help_stats[], help_logs[], help_scale[],
     help_restart[], help_stop[], help_start[], help_down[], help_rollback[], help_history[],
-    help_daemon[], help_autoscale[];
+    help_daemon[], help_autoscale[], help_setup[];
 
 #endif

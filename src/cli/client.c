@@ -1,4 +1,5 @@
-/* client.c — talk to takod over its unix socket, starting it when needed. */
+/* client.c — talk to takod: over its unix socket here (starting it when
+ * needed), or on a server through `ssh HOST tako daemon --stdio`. */
 #include "cli/client.h"
 
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include "core/util.h"
 #include "daemon/home.h"
 #include "http/http.h"
+#include "remote/remote.h"
 
 #define CLIENT_MAX_RESPONSE (64u << 20)
 #define CLIENT_START_WAIT_MS 10000
@@ -101,8 +103,30 @@ static int spawn_daemon(void)
     return -ECONNREFUSED;
 }
 
+/* The endpoint: NULL = this machine's socket. */
+static struct ssh_conn *g_remote;
+
+void client_use_remote(struct ssh_conn *c)
+{
+    g_remote = c;
+}
+
+struct ssh_conn *client_remote(void)
+{
+    return g_remote;
+}
+
 int client_connect(bool autostart)
 {
+    if (g_remote) {
+        /* One ssh session over the command's master connection; the remote
+         * side starts takod when it is not running. */
+        char *cmd = xasprintf("%s" REMOTE_BIN " daemon --stdio", remote_sudo(g_remote));
+        int fd = -1;
+        pid_t pid = ssh_spawn(g_remote, cmd, &fd);
+        free(cmd);
+        return pid < 0 ? (int)pid : fd;
+    }
     const char *home = tako_home();
     if (!home)
         return -errno;
@@ -130,6 +154,13 @@ int client_connect(bool autostart)
 
 int client_unavailable(int err)
 {
+    if (g_remote) {
+        fprintf(stderr,
+                "tako: cannot reach takod on server %s (%s): %s\n"
+                "(is tako set up there? `tako setup ENV` prepares it; see docs/servers.md)\n",
+                ssh_name(g_remote), ssh_where(g_remote), strerror(-err));
+        return EXIT_UNAVAIL;
+    }
     char logp[4096];
     tako_home_path("takod.log", logp, sizeof(logp));
     fprintf(stderr, "tako: cannot reach takod at %s/takod.sock: %s\n(see %s)\n",

@@ -7,6 +7,11 @@
 #include <jansson.h>
 #include <stdbool.h>
 
+struct ssh_conn;
+/* Talk to the takod of a server through C from now on (NULL: this machine). */
+void client_use_remote(struct ssh_conn *c);
+struct ssh_conn *client_remote(void);
+
 /* Connect, starting takod if needed. Returns an fd or -errno (message
  * printed). autostart=false only connects. */
 int client_connect(bool autostart);

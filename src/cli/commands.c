@@ -3,12 +3,18 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/client.h"
+#include "cli/common.h"
+#include "dataplane/dataplane.h"
 
-static const char help_version[] = "Usage: tako version\n"
+static const char help_version[] = "Usage: tako version [--output json]\n"
                                    "\n"
-                                   "Print the version of tako.\n";
+                                   "Print the version and build of tako and, when takod runs, of\n"
+                                   "takod and of the data plane (the load balancer process): after\n"
+                                   "an upgrade they show which build serves. Never starts takod.\n";
 
 static const char help_help[] = "Usage: tako help [COMMAND]\n"
                                 "\n"
@@ -16,6 +22,7 @@ static const char help_help[] = "Usage: tako help [COMMAND]\n"
 
 const struct cli_command cli_commands[] = {
     {"deploy", cmd_deploy, "Deploy the services of an environment (rolling, zero downtime)", help_deploy},
+    {"setup", cmd_setup, "Prepare an environment's server (install tako, start takod)", help_setup},
     {"ps", cmd_ps, "List services and their replicas", help_ps},
     {"logs", cmd_logs, "Show or follow the logs of a service's replicas", help_logs},
     {"stats", cmd_stats, "Per-replica CPU, memory, requests and latency", help_stats},
@@ -27,6 +34,7 @@ const struct cli_command cli_commands[] = {
     {"rollback", cmd_rollback, "Roll back to a previous revision", help_rollback},
     {"history", cmd_history, "List deployed revisions", help_history},
     {"autoscale", cmd_autoscale, "Show autoscaling decisions and their reasons", help_autoscale},
+    {"certs", cmd_certs, "List HTTPS certificates: source, state, expiry, errors", help_certs},
     {"validate", cmd_validate, "Check tako.yaml and report every problem",
      "Usage: tako validate [-f FILE] [-e ENV] [ENV] [-q]\n"
      "\n"
@@ -73,9 +81,14 @@ const struct cli_command cli_commands[] = {
     {"daemon", cmd_daemon, "Run takod, the node agent (usually started for you)", help_daemon},
     {"version", cmd_version, "Print the version", help_version},
     {"help", cmd_help, "Show help for a command", help_help},
+    {"remote", cmd_remote, NULL, /* internal: the server's half of shipping and locking */
+     "Usage: tako remote have|receive|lock ...\n\nInternal: run on a server by the CLI through "
+     "ssh (docs/servers.md). Not meant to be run by hand.\n"},
     {"shim", cmd_shim, NULL, /* internal: the replica supervisor takod starts */
      "Usage: tako shim DIR NOTIFY_FD LOCK_FD\n\nInternal: the per-replica supervisor that takod "
      "starts. Not meant to be run by hand.\n"},
+    {"dataplane", cmd_dataplane, NULL, /* internal: the load balancer process takod drives */
+     help_dataplane},
 };
 const unsigned cli_commands_len = sizeof(cli_commands) / sizeof(cli_commands[0]);
 
@@ -126,10 +139,58 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 
 int cmd_version(int argc, char **argv)
 {
-    (void)argv;
-    if (argc > 1)
-        return cli_usage_error("version", "unexpected argument '%s'", argv[1]);
-    printf("tako %s\n", TAKO_VERSION);
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--output") == 0 && i + 1 < argc && strcmp(argv[i + 1], "json") == 0)
+            json = true, i++;
+        else if (strcmp(argv[i], "--output=json") == 0 || strcmp(argv[i], "-o") == 0)
+            json = true, i += strcmp(argv[i], "-o") == 0;
+        else
+            return cli_usage_error("version", "unexpected argument '%s'", argv[i]);
+    }
+    /* The running takod and data plane, when there is one (never started
+     * for this): after an upgrade they show which build serves. */
+    json_t *resp = NULL;
+    int fd = client_connect(false);
+    if (fd >= 0) {
+        close(fd);
+        if (client_call("GET", "/v1/version", NULL, &resp) != 200) {
+            json_decref(resp);
+            resp = NULL;
+        }
+    }
+    json_t *dp = json_object_get(resp, "dataplane");
+    if (json) {
+        json_t *j = json_pack("{s:s, s:s}", "version", TAKO_VERSION, "build", dp_build_id());
+        if (resp)
+            json_object_set_new(j, "takod",
+                                json_pack("{s:O, s:O, s:O}", "version",
+                                          json_object_get(resp, "version"), "build",
+                                          json_object_get(resp, "build") ?: json_null(), "pid",
+                                          json_object_get(resp, "pid")));
+        if (dp)
+            json_object_set(j, "dataplane", dp);
+        cli_print_json(j);
+        json_decref(j);
+    } else {
+        printf("tako %s (build %s)\n", TAKO_VERSION, dp_build_id());
+        if (resp)
+            printf("takod %s (build %s, pid %lld)\n",
+                   json_string_value(json_object_get(resp, "version")),
+                   json_string_value(json_object_get(resp, "build")) ?: "?",
+                   (long long)json_integer_value(json_object_get(resp, "pid")));
+        if (dp)
+            printf("data plane %s (build %s, pid %lld)%s%s\n",
+                   json_string_value(json_object_get(dp, "version")),
+                   json_string_value(json_object_get(dp, "build")),
+                   (long long)json_integer_value(json_object_get(dp, "pid")),
+                   strcmp(json_string_value(json_object_get(dp, "state")) ?: "", "running") ? ": "
+                                                                                             : "",
+                   strcmp(json_string_value(json_object_get(dp, "state")) ?: "", "running")
+                       ? json_string_value(json_object_get(dp, "state"))
+                       : "");
+    }
+    json_decref(resp);
     return EXIT_OK;
 }
 

@@ -97,11 +97,12 @@ int cli_target_load(struct cli_target *t, bool need_file, bool need_env)
         fprintf(stderr, "\n");
         return EXIT_USAGE;
     }
-    return 0;
+    return cli_remote_open(t);
 }
 
 void cli_target_free(struct cli_target *t)
 {
+    cli_remote_close(t);
     cfg_free(t->cfg);
     t->cfg = NULL;
 }

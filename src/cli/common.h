@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "config/config.h"
@@ -20,6 +21,8 @@ struct cli_target {
     struct cfg_file *cfg;
     const struct cfg_env *envp;
     char project_buf[128];
+    struct ssh_conn *remote;          /* the environment's server; NULL = this machine */
+    const struct cfg_server *server;  /* its entry in tako.yaml */
 };
 
 /* Options every project command accepts; getopt codes 'f' 'e' 's' 'o' 'p'. */
@@ -58,6 +61,20 @@ const char *cli_target_project(const struct cli_target *t);
  * code (git commit + uncommitted changes, or a content hash of the build
  * directory), first 12 hex digits. */
 void cli_revision(const struct cfg_service *s, json_t *config_json, char out[13]);
+
+/* servers.c: open the ssh connection when the environment's server is
+ * another machine and point the client at it (cli_target_load does it;
+ * cli_target_free closes it). Returns 0 or an exit status (message printed). */
+int cli_remote_open(struct cli_target *t);
+void cli_remote_close(struct cli_target *t);
+/* Take the environment's deploy lock on the server, waiting up to wait_ms;
+ * *lock_fd holds it until closed. 0, or an exit status (holder printed). */
+int cli_remote_lock(struct cli_target *t, uint64_t wait_ms, int *lock_fd);
+/* Prepare the server (setup) and ship a service's files; ship rewrites
+ * build/workdir in CONFIG to the tree on the server. */
+int cli_remote_prepare(struct cli_target *t, bool quiet);
+int cli_remote_ship(struct cli_target *t, const struct cfg_service *s, json_t *config,
+                    bool quiet);
 
 /* Stream an operation and print its progress; returns the exit status. */
 int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json);

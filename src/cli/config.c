@@ -164,6 +164,15 @@ static void explain_service(FILE *f, const struct cfg_service *s, bool show_secr
     put_list(f, 10, "domains", s->proxy.domains, s->proxy.domains_len);
     fprintf(f, "          port: %u%s\n", s->proxy.port, s->proxy.port ? "" : "  # no dedicated listener");
     put_kv(f, 10, "email", s->proxy.email);
+    if (s->proxy.acme)
+        put_kv(f, 10, "acme", s->proxy.acme);
+    if (s->proxy.tls_cert) {
+        fputs("          tls:\n", f);
+        put_kv(f, 12, "cert", s->proxy.tls_cert);
+        put_kv(f, 12, "key", s->proxy.tls_key);
+    }
+    if (s->proxy.hsts_s)
+        fprintf(f, "          hsts: %llus\n", (unsigned long long)s->proxy.hsts_s);
     if (s->env_len) {
         fputs("        env:\n", f);
         for (size_t i = 0; i < s->env_len; i++) {
@@ -200,6 +209,7 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
             put_kv(f, 4, "user", s->user);
             fprintf(f, "    port: %u\n", s->port);
             put_kv(f, 4, "sshKey", s->ssh_key);
+            put_kv(f, 4, "hostKeys", s->strict_host_keys ? "strict" : "accept-new");
             if (s->labels_len) {
                 fputs("    labels:\n", f);
                 for (size_t j = 0; j < s->labels_len; j++) {
@@ -223,6 +233,7 @@ static void explain_text(FILE *f, const struct cfg_file *cf, const struct cfg_en
         else
             fputs("    servers: []  # this machine\n", f);
         fprintf(f, "    http: %u\n", e->http_port);
+        fprintf(f, "    https: %u\n", e->https_port);
         fputs("    services:\n", f);
         for (size_t j = 0; j < e->services_len; j++)
             explain_service(f, &e->services[j], show_secrets);

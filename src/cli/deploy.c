@@ -3,11 +3,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "runtime/docker_api.h"
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/common.h"
 #include "core/util.h"
+#include "remote/ssh.h"
 
 const char help_deploy[] =
     "Usage: tako deploy [ENV] [--service NAME] [--force] [-f FILE] [--output json]\n"
@@ -25,21 +28,34 @@ const char help_deploy[] =
     "replica's last log lines. When nothing changed, deploy says so and does nothing.\n"
     "\n"
     "Services that are no longer in tako.yaml are drained and removed.\n"
-    "Remote servers: the environment runs on this machine for now; when its servers\n"
-    "name another host, deploy says so and deploys locally.\n"
+    "\n"
+    "When the environment's server is another machine (servers: with a host that is\n"
+    "not this one), deploy works there through ssh: it takes the environment's\n"
+    "deploy lock, prepares the server like `tako setup` (installing tako on first\n"
+    "use), sends each service's build directory (only file contents the server does\n"
+    "not have yet; .takoignore or .dockerignore honoured), then rolls out on the\n"
+    "server's takod. See docs/servers.md.\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "      --force          roll every replica even when nothing changed\n"
+    "      --lock-wait DURATION\n"
+    "                       wait up to DURATION (e.g. 30s, 5m) for another deploy of\n"
+    "                       the environment to finish (default: 0, fail at once)\n"
     "\n"
-    "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back), 2 invalid\n"
-    "configuration or arguments, 3 takod unreachable, 4 another operation of the\n"
-    "project is running.\n";
+    "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back, or the server\n"
+    "cannot run tako), 2 invalid configuration or arguments, 3 takod or the server\n"
+    "unreachable (or ssh refused: key, host key), 4 another operation of the project\n"
+    "is running or another deploy holds the environment's lock.\n";
 
 int cmd_deploy(int argc, char **argv)
 {
-    static const struct option opts[] = {CLI_COMMON_OPTS, {"force", no_argument, NULL, 'F'}, {0}};
+    static const struct option opts[] = {CLI_COMMON_OPTS,
+                                         {"force", no_argument, NULL, 'F'},
+                                         {"lock-wait", required_argument, NULL, 'W'},
+                                         {0}};
     struct cli_target t = {.cmd = "deploy"};
     bool force = false;
+    uint64_t lock_wait = 0;
     int o;
     optind = 1;
     opterr = 0;
@@ -51,7 +67,11 @@ int cmd_deploy(int argc, char **argv)
             continue;
         if (o == 'F')
             force = true;
-        else
+        else if (o == 'W') {
+            if (parse_duration_ms(optarg, &lock_wait) < 0)
+                return cli_usage_error("deploy", "invalid --lock-wait '%s' (e.g. 30s, 5m)",
+                                       optarg);
+        } else
             return cli_usage_error("deploy", "unknown option '%s'", argv[optind - 1]);
     }
     if (optind < argc)
@@ -62,28 +82,62 @@ int cmd_deploy(int argc, char **argv)
     if (rc)
         return rc;
     const struct cfg_env *env = t.envp;
-    for (size_t i = 0; i < env->servers_len; i++) {
-        const struct cfg_server *srv = cfg_find_server(t.cfg, env->servers[i]);
-        if (srv && !cfg_server_is_local(srv) && !t.json)
-            printf("note: server %s (%s) is remote; remote deploys are not available yet, so "
-                   "%s is deployed on this machine\n",
-                   srv->name, srv->host ? srv->host : "?", env->name);
+    int lock_fd = -1;
+    if (t.remote) {
+        /* Setup first (idempotent, atomic): the lock is kept by tako itself there. */
+        rc = cli_remote_prepare(&t, t.json);
+        if (!rc)
+            rc = cli_remote_lock(&t, lock_wait, &lock_fd);
+        if (rc) {
+            if (lock_fd >= 0)
+                close(lock_fd);
+            cli_target_free(&t);
+            return rc;
+        }
     }
     json_t *services = json_array();
+    bool docker_checked = false;
     for (size_t i = 0; i < env->services_len; i++) {
         const struct cfg_service *s = &env->services[i];
-        if (!s->argv) {
+        bool docker = s->runtime && strcmp(s->runtime, "docker") == 0;
+        if (docker && !docker_checked) {
+            /* takod talks to the engine; say here, at the key that asks for
+             * it, when there is none to talk to */
+            char why[512];
+            struct dk_client *dc = NULL;
+            if (dk_open(NULL, &dc, why, sizeof(why)) < 0) {
+                fprintf(stderr, "%s: %s: %s\n", s->runtime_at, s->runtime_path, why);
+                json_decref(services);
+                cli_target_free(&t);
+                return EXIT_USAGE;
+            }
+            dk_close(dc);
+            docker_checked = true;
+        }
+        if (!s->argv && !docker) {
             fprintf(stderr,
                     "tako deploy: service %s has no command; the process runtime needs "
-                    "'command' (image-only services need the Docker runtime, not available yet)\n",
+                    "'command' (or set runtime: docker to run its image)\n",
                     s->name);
             json_decref(services);
+            if (lock_fd >= 0)
+                close(lock_fd);
             cli_target_free(&t);
             return EXIT_USAGE;
         }
         json_t *cj = cfg_service_to_json(s);
         char rev[13];
         cli_revision(s, cj, rev);
+        /* On a server, the files go first; nothing runs there until all arrived. */
+        if (t.remote && (!t.service || strcmp(t.service, s->name) == 0) &&
+            (rc = cli_remote_ship(&t, s, cj, t.json)) != 0) {
+            json_decref(cj);
+            json_decref(services);
+            if (lock_fd >= 0)
+                close(lock_fd);
+            cli_target_free(&t);
+            return rc;
+        }
         json_array_append_new(services, json_pack("{s:s, s:o, s:s, s:s}", "name", s->name,
                                                   "config", cj, "revision", rev, "source",
                                                   s->build ? s->build : ""));
@@ -93,7 +147,10 @@ int cmd_deploy(int argc, char **argv)
                              "force", force);
     if (t.service)
         json_object_set_new(body, "service", json_string(t.service));
-    if (!t.json)
+    if (!t.json && t.remote)
+        printf("Deploying %s (%s) to server %s (%s) from %s\n", t.cfg->project.name, env->name,
+               t.server->name, ssh_where(t.remote), t.cfg->path);
+    else if (!t.json)
         printf("Deploying %s (%s) from %s\n", t.cfg->project.name, env->name, t.cfg->path);
     rc = cli_run_operation("deploy", "/v1/deploy", body, t.json);
     json_decref(body);
@@ -103,6 +160,8 @@ int cmd_deploy(int argc, char **argv)
         printf("\n");
         cmd_ps(5, ps_argv);
     }
+    if (lock_fd >= 0)
+        close(lock_fd);
     cli_target_free(&t);
     return rc;
 }

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "runtime/rt_docker.h"
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/common.h"
@@ -19,6 +21,7 @@ const char help_scale[] =
     "The count is kept in takod's state as an override and shown by `tako ps`.\n"
     "The next deploy keeps it and warns while tako.yaml asks for another count; once\n"
     "you change replicas in tako.yaml, the file wins and the override is dropped.\n"
+    "COUNT is 0 to 1000, the limit per service (as for replicas in tako.yaml).\n"
     "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
     "their bounds in tako.yaml.\n"
     "\n"
@@ -49,12 +52,15 @@ const char help_start[] =
     "Options:\n" CLI_COMMON_HELP;
 
 const char help_down[] =
-    "Usage: tako down [ENV] [-f FILE | --project NAME]\n"
+    "Usage: tako down [ENV] [--images] [-f FILE | --project NAME]\n"
     "\n"
     "Drain and stop everything of the project, close its listeners and forget its\n"
-    "services (history and logs stay in $TAKO_HOME). No process of it is left.\n"
+    "services (history and logs stay in $TAKO_HOME). No process of it is left;\n"
+    "containers of `runtime: docker` services are removed.\n"
     "\n"
-    "Options:\n" CLI_COMMON_HELP;
+    "Options:\n"
+    "      --images         also remove the Docker images tako built for the project\n"
+    "                       (images named by image: are left alone)\n" CLI_COMMON_HELP;
 
 const char help_rollback[] =
     "Usage: tako rollback [REVISION] [--service NAME] [-e ENV] [-f FILE]\n"
@@ -131,6 +137,29 @@ int cmd_scale(int argc, char **argv)
     return rc;
 }
 
+/* Does WORD select an environment of the tako.yaml at hand (`tako restart
+ * prod`, `tako rollback prod`)? */
+static bool names_env(const struct cli_target *t, const char *word)
+{
+    const char *file = t->file ? t->file : "tako.yaml";
+    if (access(file, F_OK) != 0)
+        return false;
+    struct cfg_diag *d = cfg_diag_new();
+    struct cfg_file *f = cfg_load_file(file, d);
+    bool yes = f && cfg_select_env(f, word, d) != NULL;
+    for (size_t i = 0; yes && i < f->envs_len; i++) /* a service of that name wins */
+        if (cfg_env_service(&f->envs[i], word))
+            yes = false;
+    cfg_free(f);
+    cfg_diag_free(d);
+    return yes;
+}
+
+static bool is_revision(const char *w)
+{
+    return strlen(w) >= 4 && strspn(w, "0123456789abcdef") == strlen(w);
+}
+
 static int simple_action(const char *kind, int argc, char **argv, bool service_pos)
 {
     struct cli_target t = {.cmd = kind};
@@ -142,7 +171,9 @@ static int simple_action(const char *kind, int argc, char **argv, bool service_p
     snprintf(path, sizeof(path), "/v1/%s", kind);
     const char *revision = NULL;
     for (int i = 0; i < 2 && pos[i]; i++) {
-        if (strcmp(kind, "rollback") == 0 && !revision)
+        if (!t.env && !is_revision(pos[i]) && names_env(&t, pos[i]))
+            t.env = pos[i];
+        else if (strcmp(kind, "rollback") == 0 && !revision)
             revision = pos[i];
         else if (service_pos && !t.service)
             t.service = pos[i];
@@ -165,5 +196,39 @@ static int simple_action(const char *kind, int argc, char **argv, bool service_p
 int cmd_restart(int argc, char **argv) { return simple_action("restart", argc, argv, true); }
 int cmd_stop(int argc, char **argv) { return simple_action("stop", argc, argv, true); }
 int cmd_start(int argc, char **argv) { return simple_action("start", argc, argv, true); }
-int cmd_down(int argc, char **argv) { return simple_action("down", argc, argv, false); }
+int cmd_down(int argc, char **argv)
+{
+    /* --images is down's own: taken out before the common options */
+    bool images = false;
+    char **av = xcalloc((size_t)argc + 1, sizeof(char *));
+    int ac = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--images") == 0 && i > 0)
+            images = true;
+        else
+            av[ac++] = argv[i];
+    }
+    int rc = simple_action("down", ac, av, false);
+    if (rc != 0 || !images) {
+        free(av);
+        return rc;
+    }
+    struct cli_target t = {.cmd = "down"};
+    char *pos[2] = {NULL, NULL};
+    if (cli_parse_args(&t, ac, av, pos, 2) == 0 && need_project(&t) == 0) {
+        char err[512];
+        int n = rt_docker_prune_images(cli_target_project(&t), t.service, NULL, 0, true, err,
+                                       sizeof(err));
+        if (n < 0) {
+            fprintf(stderr, "tako down: images not removed: %s\n", err);
+            rc = EXIT_FAILURE;
+        } else if (!t.json) {
+            printf("removed %d Docker image%s of %s\n", n, n == 1 ? "" : "s",
+                   cli_target_project(&t));
+        }
+    }
+    cli_target_free(&t);
+    free(av);
+    return rc;
+}
 int cmd_rollback(int argc, char **argv) { return simple_action("rollback", argc, argv, false); }

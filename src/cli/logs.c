@@ -1,6 +1,6 @@
 /* logs.c — `tako logs`: the replicas' captured output merged by time, each
- * line prefixed with its instance name; -f follows across rotations. The
- * files live in $TAKO_HOME/replicas/<name>/ on this machine. */
+ * line prefixed with its instance name; -f follows. Everything comes from
+ * takod's GET /v1/logs stream, which reads it through the runtime drivers. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -16,8 +16,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "core/util.h"
-#include "daemon/home.h"
-#include "runtime/rt.h"
+#include "cli/client.h"
 
 const char help_logs[] =
     "Usage: tako logs [INSTANCE] [--service NAME] [--tail N] [--since DURATION] [-f]\n"
@@ -35,88 +34,15 @@ const char help_logs[] =
     "      --follow           keep printing new lines (Ctrl-C to stop); short form -F\n"
     "  -t, --timestamps       show each line's capture time (UTC)\n"
     "\n"
-    "Files: $TAKO_HOME/replicas/<name>/ (rotated by size: 10 MiB × 3 by default;\n"
-    "see docs/runtime.md).\n";
+    "Read through takod from each replica's runtime (process replicas: files under\n"
+    "$TAKO_HOME/replicas/<name>/, rotated by size: 10 MiB × 3 by default; see\n"
+    "docs/runtime.md).\n";
 
-struct src {
-    char name[128];
-    char path[4200];
-    ino_t ino;
-    off_t off;
-    char *partial;
-    size_t partial_len;
-    int color;
-};
-
-static volatile sig_atomic_t g_stop;
 static void on_int(int sig)
 {
     (void)sig;
-    g_stop = 1;
-}
-
-static bool name_matches(const char *name, const char *project, const char *service,
-                         const char *instance)
-{
-    if (instance)
-        return strcmp(name, instance) == 0;
-    if (!project)
-        return true;
-    size_t pl = strlen(project);
-    if (strncmp(name, project, pl) != 0 || name[pl] != '-')
-        return false;
-    const char *rest = name + pl + 1;
-    const char *dash = strrchr(rest, '-');
-    if (!dash || dash == rest || !isdigit((unsigned char)dash[1]))
-        return false;
-    for (const char *p = dash + 1; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return false;
-    if (service)
-        return (size_t)(dash - rest) == strlen(service) && strncmp(rest, service, strlen(service)) == 0;
-    return true;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Replica names that have a log directory. */
-static char **list_names(const char *home, const char *project, const char *service,
-                         const char *instance, size_t *n)
-{
-    char dir[4200];
-    snprintf(dir, sizeof(dir), "%s/replicas", home);
-    DIR *d = opendir(dir);
-    char **v = NULL;
-    *n = 0;
-    if (!d)
-        return NULL;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || !name_matches(e->d_name, project, service, instance))
-            continue;
-        v = xrealloc(v, (*n + 1) * sizeof(*v));
-        v[(*n)++] = xstrdup(e->d_name);
-    }
-    closedir(d);
-    qsort(v, *n, sizeof(*v), cmp_str);
-    return v;
-}
-
-struct line {
-    const char *name;
-    char *text;
-    int color;
-};
-
-static int cmp_line(const void *a, const void *b)
-{
-    const struct line *x = a, *y = b;
-    /* Lines start with an ISO-8601 UTC timestamp: text order is time order. */
-    int c = strncmp(x->text, y->text, 24);
-    return c ? c : strcmp(x->name, y->name);
+    /* Every printed line was flushed already. */
+    _exit(EXIT_OK);
 }
 
 static void print_line(const char *name, const char *text, int color, bool ts, size_t width)
@@ -137,45 +63,64 @@ static void print_line(const char *name, const char *text, int color, bool ts, s
     printf("%s\n", msg);
 }
 
-static void follow_read(struct src *s, bool ts, size_t width)
+/* The stream's state: sources in the order takod announced them (that
+ * order picks their colours), the name column's width. */
+struct logs_view {
+    char **names;
+    size_t n;
+    size_t width;
+    bool color, ts, follow, got_sources;
+    json_t *error; /* an error answer instead of a stream */
+};
+
+static const int colors[] = {36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96};
+
+static void add_source(struct logs_view *v, const char *name)
 {
-    struct stat st;
-    if (stat(s->path, &st) != 0)
-        return;
-    if (st.st_ino != s->ino || st.st_size < s->off) {
-        /* Rotated (or a new file): read the new one from its start. */
-        s->ino = st.st_ino;
-        s->off = 0;
-    }
-    if (st.st_size == s->off)
-        return;
-    int fd = open(s->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    if (lseek(fd, s->off, SEEK_SET) == (off_t)-1) {
-        close(fd);
-        return;
-    }
-    char buf[65536];
-    ssize_t k;
-    while ((k = read(fd, buf, sizeof(buf))) > 0) {
-        s->off += k;
-        s->partial = xrealloc(s->partial, s->partial_len + (size_t)k + 1);
-        memcpy(s->partial + s->partial_len, buf, (size_t)k);
-        s->partial_len += (size_t)k;
-        size_t start = 0;
-        for (size_t i = 0; i < s->partial_len; i++) {
-            if (s->partial[i] != '\n')
-                continue;
-            s->partial[i] = '\0';
-            print_line(s->name, s->partial + start, s->color, ts, width);
-            start = i + 1;
+    v->names = xrealloc(v->names, (v->n + 1) * sizeof(*v->names));
+    v->names[v->n++] = xstrdup(name);
+    if (strlen(name) > v->width)
+        v->width = strlen(name);
+}
+
+static int color_of(const struct logs_view *v, const char *name)
+{
+    if (!v->color)
+        return 0;
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->names[i], name) == 0)
+            return colors[i % ARRAY_LEN(colors)];
+    return 0;
+}
+
+static void on_logs_line(json_t *j, void *data)
+{
+    struct logs_view *v = data;
+    const char *type = json_string_value(json_object_get(j, "type"));
+    if (!type) {
+        if (json_object_get(j, "error") && !v->error) {
+            v->error = j;
+            return;
         }
-        memmove(s->partial, s->partial + start, s->partial_len - start);
-        s->partial_len -= start;
+    } else if (strcmp(type, "sources") == 0) {
+        size_t i;
+        json_t *nm;
+        v->got_sources = true;
+        json_array_foreach(json_object_get(j, "names"), i, nm)
+            if (json_is_string(nm))
+                add_source(v, json_string_value(nm));
+    } else if (strcmp(type, "source") == 0 && json_is_string(json_object_get(j, "name"))) {
+        add_source(v, json_string_value(json_object_get(j, "name")));
+    } else if (strcmp(type, "line") == 0) {
+        const char *name = json_string_value(json_object_get(j, "name"));
+        const char *text = json_string_value(json_object_get(j, "text"));
+        if (name && text) {
+            print_line(name, text, color_of(v, name), v->ts, v->width);
+            if (v->follow)
+                fflush(stdout);
+        }
     }
-    close(fd);
-    fflush(stdout);
+    json_decref(j);
 }
 
 int cmd_logs(int argc, char **argv)
@@ -223,105 +168,46 @@ int cmd_logs(int argc, char **argv)
         instance = argv[optind++];
     if (optind < argc)
         return cli_usage_error("logs", "unexpected argument '%s'", argv[optind]);
+    /* `tako logs prod -f`: replica names always have a '-', so a word
+     * without one names the environment. */
+    if (instance && !t.env && !strchr(instance, '-')) {
+        t.env = instance;
+        instance = NULL;
+    }
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
-    const char *home = tako_home();
-    if (!home) {
-        fprintf(stderr, "tako logs: no state directory: %s\n", strerror(errno));
-        return EXIT_FAILED;
-    }
     const char *project = cli_target_project(&t);
-    size_t n = 0;
-    char **names = list_names(home, project, t.service, instance, &n);
-    if (n == 0 && !follow) {
+    uint64_t since_wall = since ? time_wall_ms() - since : 0;
+    char path[1024], e1[300], e2[300], e3[300];
+    snprintf(path, sizeof(path), "/v1/logs?project=%s&service=%s&instance=%s&tail=%llu&since_ms=%llu%s",
+             client_urlenc(project ? project : "", e1, sizeof(e1)),
+             client_urlenc(t.service ? t.service : "", e2, sizeof(e2)),
+             client_urlenc(instance ? instance : "", e3, sizeof(e3)), (unsigned long long)tail,
+             (unsigned long long)since_wall, follow ? "&follow=1" : "");
+    struct logs_view v = {.color = cli_color(stdout), .ts = ts, .follow = follow};
+    if (follow) {
+        signal(SIGINT, on_int);
+        signal(SIGTERM, on_int);
+    }
+    int st = client_stream("GET", path, NULL, on_logs_line, &v);
+    fflush(stdout);
+    if (st < 0)
+        rc = client_unavailable(st);
+    else if (st != 200)
+        rc = client_report_error("logs", st, v.error);
+    else if (v.n == 0 && !follow) {
         if (instance)
             fprintf(stderr, "tako logs: no logs for instance %s\n", instance);
         else
             fprintf(stderr, "tako logs: no logs%s%s yet\n", project ? " for project " : "",
                     project ? project : "");
-        cli_target_free(&t);
-        return instance ? EXIT_USAGE : EXIT_OK;
+        rc = instance ? EXIT_USAGE : EXIT_OK;
     }
-    static const int colors[] = {36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96};
-    bool color = cli_color(stdout);
-    size_t width = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strlen(names[i]) > width)
-            width = strlen(names[i]);
-    uint64_t since_wall = since ? time_wall_ms() - since : 0;
-    struct line *lines = NULL;
-    size_t nl = 0;
-    for (size_t i = 0; i < n; i++) {
-        char **l = NULL;
-        size_t k = 0;
-        if (rt_logs_tail(home, names[i], tail, since_wall, &l, &k) < 0)
-            continue;
-        lines = xrealloc(lines, (nl + k + 1) * sizeof(*lines));
-        for (size_t j = 0; j < k; j++) {
-            lines[nl].name = names[i];
-            lines[nl].text = l[j];
-            lines[nl].color = color ? colors[i % ARRAY_LEN(colors)] : 0;
-            nl++;
-        }
-        free(l); /* the strings moved into lines */
-    }
-    qsort(lines, nl, sizeof(*lines), cmp_line);
-    size_t first = tail && nl > tail ? nl - tail : 0;
-    for (size_t i = first; i < nl; i++)
-        print_line(lines[i].name, lines[i].text, lines[i].color, ts, width);
-    for (size_t i = 0; i < nl; i++)
-        free(lines[i].text);
-    free(lines);
-    fflush(stdout);
-    if (follow) {
-        signal(SIGINT, on_int);
-        signal(SIGTERM, on_int);
-        struct src *srcs = NULL;
-        size_t ns = 0;
-        uint64_t last_scan = 0;
-        while (!g_stop) {
-            if (time_wall_ms() - last_scan > 1000) {
-                /* New replicas appear while scaling: pick them up. */
-                size_t m = 0;
-                char **now = list_names(home, project, t.service, instance, &m);
-                for (size_t i = 0; i < m; i++) {
-                    bool known = false;
-                    for (size_t j = 0; j < ns; j++)
-                        if (strcmp(srcs[j].name, now[i]) == 0)
-                            known = true;
-                    if (!known) {
-                        srcs = xrealloc(srcs, (ns + 1) * sizeof(*srcs));
-                        struct src *s = &srcs[ns++];
-                        memset(s, 0, sizeof(*s));
-                        snprintf(s->name, sizeof(s->name), "%s", now[i]);
-                        snprintf(s->path, sizeof(s->path), "%s", rt_log_path(home, now[i]));
-                        s->color = color ? colors[(ns - 1) % ARRAY_LEN(colors)] : 0;
-                        struct stat st;
-                        if (last_scan == 0 && stat(s->path, &st) == 0) {
-                            s->ino = st.st_ino; /* already printed up to here */
-                            s->off = st.st_size;
-                        }
-                        if (strlen(now[i]) > width)
-                            width = strlen(now[i]);
-                    }
-                    free(now[i]);
-                }
-                free(now);
-                last_scan = time_wall_ms();
-            }
-            for (size_t i = 0; i < ns; i++)
-                follow_read(&srcs[i], ts, width);
-            struct timespec d = {0, 200 * 1000000};
-            nanosleep(&d, NULL);
-        }
-        for (size_t i = 0; i < ns; i++)
-            free(srcs[i].partial);
-        free(srcs);
-    }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+    for (size_t i = 0; i < v.n; i++)
+        free(v.names[i]);
+    free(v.names);
+    json_decref(v.error);
     cli_target_free(&t);
-    return EXIT_OK;
+    return rc;
 }

@@ -63,14 +63,23 @@ const char help_proxy[] =
     "  --trusted-proxy CIDR     believe X-Forwarded-For from these peers (repeatable)\n"
     "  --log-level LEVEL        debug, info (default), warn, error\n"
     "\n"
+    "HTTPS:\n"
+    "  --https ADDR             accept TLS clients on ADDR (repeatable); needs a certificate\n"
+    "  --tls-cert FILE          certificate chain (PEM, leaf first); pairs with the next\n"
+    "  --tls-key FILE           --tls-key (repeatable: one pair per certificate, chosen\n"
+    "                           by SNI; the first is the default); re-read on SIGHUP\n"
+    "  --redirect-https         plain listeners answer 308 to https:// for hosts that\n"
+    "                           have a certificate\n"
+    "  --hsts DUR               send Strict-Transport-Security with this max-age\n"
+    "\n"
     "Durations: 250ms, 2s, 1m. See docs/proxy.md for the exact semantics.\n";
 
 enum {
     O_LISTEN = 256, O_BACKEND, O_BACKENDS_FILE, O_STRATEGY, O_HPATH, O_HINT, O_HTIMEOUT, O_RISE,
     O_FALL, O_THREADS, O_ALOG, O_ALOG_FMT, O_METRICS, O_RETRIES, O_CTIMEOUT, O_TIMEOUT,
     O_HDR_TIMEOUT, O_IDLE_TIMEOUT, O_TUN_TIMEOUT, O_DRAIN, O_ALLDOWN, O_MAXCONNS, O_MAXHDR,
-    O_STICKY, O_V6PREFIX, O_TRUSTED, O_LOGLEVEL, O_BODY_TIMEOUT, O_MIN_BODY_RATE, O_MAXCONNS_BE,
-    O_MAXQUEUE, O_QUEUE_TIMEOUT,
+    O_STICKY, O_V6PREFIX, O_TRUSTED, O_LOGLEVEL, O_HTTPS, O_TLS_CERT, O_TLS_KEY, O_REDIRECT,
+    O_HSTS, O_BODY_TIMEOUT, O_MIN_BODY_RATE, O_MAXCONNS_BE, O_MAXQUEUE, O_QUEUE_TIMEOUT,
 };
 
 static const struct option opts[] = {
@@ -101,6 +110,11 @@ static const struct option opts[] = {
     {"ipv6-prefix", required_argument, NULL, O_V6PREFIX},
     {"trusted-proxy", required_argument, NULL, O_TRUSTED},
     {"log-level", required_argument, NULL, O_LOGLEVEL},
+    {"https", required_argument, NULL, O_HTTPS},
+    {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},
+    {"redirect-https", no_argument, NULL, O_REDIRECT},
+    {"hsts", required_argument, NULL, O_HSTS},
     {"body-timeout", required_argument, NULL, O_BODY_TIMEOUT},
     {"min-body-rate", required_argument, NULL, O_MIN_BODY_RATE},
     {"max-conns-per-backend", required_argument, NULL, O_MAXCONNS_BE},
@@ -199,7 +213,29 @@ static struct {
     size_t flag_backends;
     const char *file;
     struct ev_loop loop;
+    const char *certs[16], *keys[16];
+    size_t ncerts, nkeys;
 } g;
+
+/* Load every --tls-cert/--tls-key pair (id = the certificate's path).
+ * Returns 0, or -EINVAL after printing which pair failed. */
+static int load_certs(bool at_start)
+{
+    int rc = 0;
+    for (size_t i = 0; i < g.ncerts; i++) {
+        char err[512];
+        if (proxy_tls_set_cert_files(g.p, g.certs[i], g.certs[i], g.keys[i], err, sizeof(err)) < 0) {
+            if (at_start)
+                fprintf(stderr, "tako proxy: --tls-cert %s: %s\n", g.certs[i], err);
+            else
+                log_error("proxy: %s; keeping the certificate in use", err);
+            rc = -EINVAL;
+        }
+    }
+    if (rc == 0 && !at_start && g.ncerts)
+        log_info("proxy: %zu certificates re-read", g.ncerts);
+    return rc;
+}
 
 static void reload(void)
 {
@@ -226,6 +262,7 @@ static void on_signal(struct ev_loop *loop, struct ev_signal *s, int signo)
     if (signo == SIGHUP) {
         if (g.file)
             reload();
+        load_certs(false);
         return;
     }
     log_info("proxy: %s: stopping", signo == SIGINT ? "SIGINT" : "SIGTERM");
@@ -236,8 +273,10 @@ int cmd_proxy(int argc, char **argv)
 {
     struct proxy_opts po = {0};
     struct proxy_pool_opts pp = {.name = "default", .initial_up = true};
-    struct net_addr listens[16];
-    size_t nlisten = 0;
+    struct net_addr listens[16], https[16];
+    size_t nlisten = 0, nhttps = 0;
+    bool redirect = false;
+    uint64_t hsts_ms = 0;
     struct proxy_cidr trusted[32];
     size_t ntrusted = 0;
     struct net_addr metrics;
@@ -255,6 +294,30 @@ int cmd_proxy(int argc, char **argv)
             if (net_parse_addr(a, "0.0.0.0", &listens[nlisten]) < 0)
                 return cli_usage_error("proxy", "--listen: invalid address '%s'", a);
             nlisten++;
+            break;
+        case O_HTTPS:
+            if (nhttps == ARRAY_LEN(https))
+                return cli_usage_error("proxy", "--https: at most %zu", ARRAY_LEN(https));
+            if (net_parse_addr(a, "0.0.0.0", &https[nhttps]) < 0)
+                return cli_usage_error("proxy", "--https: invalid address '%s'", a);
+            nhttps++;
+            break;
+        case O_TLS_CERT:
+            if (g.ncerts == ARRAY_LEN(g.certs))
+                return cli_usage_error("proxy", "--tls-cert: at most %zu", ARRAY_LEN(g.certs));
+            g.certs[g.ncerts++] = a;
+            break;
+        case O_TLS_KEY:
+            if (g.nkeys == ARRAY_LEN(g.keys))
+                return cli_usage_error("proxy", "--tls-key: at most %zu", ARRAY_LEN(g.keys));
+            g.keys[g.nkeys++] = a;
+            break;
+        case O_REDIRECT:
+            redirect = true;
+            break;
+        case O_HSTS:
+            if ((r = dur("--hsts", a, &hsts_ms)))
+                return r;
             break;
         case O_BACKEND:
             if (bl_add(&g.backends, a) < 0)
@@ -402,8 +465,13 @@ int cmd_proxy(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("proxy", "unexpected argument '%s'", argv[optind]);
-    if (!nlisten)
-        return cli_usage_error("proxy", "--listen is required");
+    if (!nlisten && !nhttps)
+        return cli_usage_error("proxy", "--listen is required (or --https ADDR for TLS only)");
+    if (g.ncerts != g.nkeys)
+        return cli_usage_error("proxy", "--tls-cert and --tls-key come in pairs (%zu certificates, %zu keys)",
+                               g.ncerts, g.nkeys);
+    if (nhttps && !g.ncerts)
+        return cli_usage_error("proxy", "--https needs a certificate: give --tls-cert and --tls-key");
     g.flag_backends = g.backends.n;
     if (g.file) {
         int line = 0;
@@ -429,15 +497,25 @@ int cmd_proxy(int argc, char **argv)
         proxy_free(g.p);
         return cli_usage_error("proxy", "backend ids must be unique and shorter than 64 bytes");
     }
-    for (size_t i = 0; i < nlisten; i++) {
-        r = proxy_listen(g.p, &listens[i], g.pool);
+    if (load_certs(true) < 0) {
+        proxy_free(g.p);
+        return EXIT_FAILED;
+    }
+    for (size_t i = 0; i < nlisten + nhttps; i++) {
+        bool tls = i >= nlisten;
+        const struct net_addr *la = tls ? &https[i - nlisten] : &listens[i];
+        r = tls ? proxy_listen_tls(g.p, la, g.pool) : proxy_listen(g.p, la, g.pool);
         if (r < 0) {
             char b[64];
-            fprintf(stderr, "tako proxy: cannot listen on %s: %s\n",
-                    net_addr_str(&listens[i], b, sizeof(b)), strerror(-r));
+            fprintf(stderr, "tako proxy: cannot listen on %s: %s\n", net_addr_str(la, b, sizeof(b)),
+                    strerror(-r));
             proxy_free(g.p);
             return EXIT_FAILED;
         }
+        if (!tls && redirect && nhttps)
+            proxy_listener_https_redirect(g.p, la, net_addr_port(&https[0]));
+        if (tls && hsts_ms)
+            proxy_listener_hsts(g.p, la, hsts_ms / 1000);
     }
     /* Signals become events of this thread's loop; blocked before the
      * workers start so that none of them takes one. */

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -68,6 +69,35 @@ static void mem_str(uint64_t bytes, char *buf, size_t len)
     buf[o] = '\0';
 }
 
+/* Under a service: one line per HTTPS domain with its certificate's state. */
+static void print_certs(json_t *certs)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(certs, i, c) {
+        const char *st = json_string_value(json_object_get(c, "state"));
+        const char *err = json_string_value(json_object_get(c, "error"));
+        json_t *na = json_object_get(c, "not_after");
+        char until[32] = "";
+        if (json_is_integer(na)) {
+            time_t t = (time_t)json_integer_value(na);
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(until, sizeof(until), "%Y-%m-%d %H:%M UTC", &tm);
+        }
+        printf("  certificate %s: ", json_string_value(json_object_get(c, "domain")));
+        if (st && strcmp(st, "valid") == 0)
+            printf("valid until %s\n", until);
+        else if (st && strcmp(st, "renewing") == 0)
+            printf("renewing (current valid until %s)\n", until);
+        else if (st && strcmp(st, "failing") == 0)
+            printf("failing: %s%s%s\n", err ? err : "?", until[0] ? "; current valid until " : "",
+                   until);
+        else
+            printf("%s%s%s\n", st ? st : "?", until[0] ? ", valid until " : "", until);
+    }
+}
+
 static void print_services(json_t *svcs, bool multi_project, bool color)
 {
     printf("%s%-12s %-9s %-13s %-12s %-13s %-17s %s\n", multi_project ? "PROJECT      " : "",
@@ -120,6 +150,7 @@ static void print_services(json_t *svcs, bool multi_project, bool color)
                json_string_value(json_object_get(s, "service")), reps, on, status,
                color ? "\033[0m" : "", ports, json_string_value(json_object_get(s, "revision")),
                json_string_value(json_object_get(s, "strategy")), notes);
+        print_certs(json_object_get(s, "certificates"));
     }
 }
 
@@ -157,6 +188,8 @@ static void print_instances(json_t *svcs)
         }
     }
 }
+
+
 
 static void print_stats(json_t *svcs)
 {
@@ -216,6 +249,17 @@ static int ps_or_stats(int argc, char **argv, bool stats)
         return rc;
     }
     json_t *svcs = json_object_get(resp, "services");
+    json_t *dp = json_object_get(resp, "dataplane");
+    const char *dps = json_string_value(json_object_get(dp, "state"));
+    if (!t.json && dps && strcmp(dps, "running") != 0) {
+        /* Traffic depends on it: say so before the table. */
+        const char *why = json_string_value(json_object_get(dp, "last_error"));
+        printf("data plane: %s%s%s%s\n", strcmp(dps, "crashloop") == 0 ? "crash loop" : dps,
+               why ? " (" : "", why ? why : "", why ? ")" : "");
+        if (strcmp(dps, "crashloop") == 0)
+            printf("  not restarted again; see %s/dataplane.log, then restart takod\n",
+                   json_string_value(json_object_get(dp, "home")) ?: "$TAKO_HOME");
+    }
     if (t.json) {
         cli_print_json(resp);
     } else if (json_array_size(svcs) == 0) {

@@ -52,6 +52,9 @@ void cfg_diag_add(struct cfg_diag *d, enum cfg_severity sev, const char *file, u
 
 /* ---- typed configuration ---------------------------------------------- */
 
+/* A strategy's number is its row in the balancer's table (proxy/lb_table.c,
+ * the same as enum lb_kind); the first rows are named here, a strategy
+ * added later is the next number and needs nothing in the config code. */
 enum cfg_lb {
     CFG_LB_ROUND_ROBIN,
     CFG_LB_LEAST_CONNECTIONS,
@@ -106,8 +109,17 @@ struct cfg_proxy {
     char **domains; /* NULL-terminated, possibly empty (never NULL) */
     size_t domains_len;
     unsigned port; /* dedicated listener; 0 = none */
-    char *email;   /* NULL when not set */
+    char *email;   /* NULL when not set; with domains: certificates by ACME */
+    /* HTTPS (docs/https.md) */
+    unsigned https_port; /* the environment's `https:` (443 as root, else 8443) */
+    char *tls_cert, *tls_key; /* proxy.tls: own certificate (absolute paths), or NULL */
+    uint64_t hsts_s;     /* proxy.hsts: Strict-Transport-Security max-age; 0 = none */
+    char *acme;          /* proxy.acme: ACME directory URL; NULL = Let's Encrypt */
 };
+
+/* Whether a service is served over HTTPS: its own certificate, or domains
+ * with an ACME contact. */
+bool cfg_proxy_https(const struct cfg_proxy *p);
 
 struct cfg_resources {
     uint64_t memory_bytes; /* 0 = no limit */
@@ -120,6 +132,11 @@ struct cfg_service {
     char *build;     /* absolute directory; default: the project directory */
     char *workdir;   /* absolute; default: build */
     char *image;     /* NULL when not set */
+    char *runtime;   /* "process" (default) | "docker"; the environment's runtime: when unset */
+    /* where runtime (or the service) is written, "FILE:LINE:COL" and its key
+     * path, for errors found later (Docker not reachable); "" unknown */
+    char runtime_at[300];
+    char runtime_path[256];
     unsigned port;   /* 0 = background worker (no balancer, no HTTP health check) */
     unsigned replicas; /* fixed count; with autoscale, the starting count (= min) */
     struct cfg_autoscale autoscale;
@@ -145,6 +162,7 @@ struct cfg_server {
     char *user;    /* "root" */
     unsigned port; /* 22 */
     char *ssh_key; /* as written (may start with ~/); NULL when not set */
+    bool strict_host_keys; /* hostKeys: strict (refuse unknown keys); default accept-new */
     struct cfg_kv *labels;
     size_t labels_len;
 };
@@ -154,6 +172,8 @@ struct cfg_env {
     char **servers; /* names in cfg_file.servers; NULL-terminated, empty = this machine */
     size_t servers_len;
     unsigned http_port; /* shared listener: 80 when loaded as root, else 8080 */
+    char *runtime;      /* the services' default runtime: "process" unless set */
+    unsigned https_port; /* HTTPS listener: 443 as root, else 8443 */
     struct cfg_service *services;
     size_t services_len;
 };

@@ -19,6 +19,9 @@ struct cfg__ctx {
     bool dotenv_loaded;
     size_t budget; /* scalar visits left: bounds alias fan-out */
     bool is_root;
+    const char *env_runtime;            /* the environment's runtime: while its services load */
+    const yaml_node_t *env_runtime_node;
+    const char *env_runtime_path;
 };
 
 /* Expand ${VAR}, ${VAR:-default} and $$ in S (the value of node N at key

@@ -7,6 +7,7 @@
 
 #include "config/internal.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
 
@@ -41,6 +42,7 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(j, "build", str_or_null(s->build));
     json_object_set_new(j, "workdir", str_or_null(s->workdir));
     json_object_set_new(j, "image", str_or_null(s->image));
+    json_object_set_new(j, "runtime", json_string(s->runtime ? s->runtime : "process"));
     json_object_set_new(j, "port", json_integer(s->port));
     json_object_set_new(j, "replicas", json_integer(s->replicas));
     const struct cfg_autoscale *a = &s->autoscale;
@@ -79,6 +81,12 @@ json_t *cfg_service_to_json(const struct cfg_service *s)
     json_object_set_new(p, "domains", str_array(s->proxy.domains, s->proxy.domains_len));
     json_object_set_new(p, "port", json_integer(s->proxy.port));
     json_object_set_new(p, "email", str_or_null(s->proxy.email));
+    json_object_set_new(p, "https_port", json_integer(s->proxy.https_port));
+    json_object_set_new(p, "tls", s->proxy.tls_cert ? json_pack("{s:s,s:s}", "cert", s->proxy.tls_cert,
+                                                                "key", s->proxy.tls_key)
+                                                    : json_null());
+    json_object_set_new(p, "hsts", json_integer((json_int_t)s->proxy.hsts_s));
+    json_object_set_new(p, "acme", str_or_null(s->proxy.acme));
     json_object_set_new(j, "proxy", p);
     json_object_set_new(j, "env", kv_object(s->env, s->env_len));
     json_object_set_new(j, "restart", json_string(cfg_restart_name(s->restart)));
@@ -95,6 +103,8 @@ json_t *cfg_env_to_json(const struct cfg_env *e)
     json_object_set_new(j, "name", json_string(e->name));
     json_object_set_new(j, "servers", str_array(e->servers, e->servers_len));
     json_object_set_new(j, "http_port", json_integer(e->http_port));
+    json_object_set_new(j, "runtime", json_string(e->runtime ? e->runtime : "process"));
+    json_object_set_new(j, "https_port", json_integer(e->https_port));
     json_t *svcs = json_array();
     for (size_t i = 0; i < e->services_len; i++)
         json_array_append_new(svcs, cfg_service_to_json(&e->services[i]));
@@ -119,6 +129,8 @@ json_t *cfg_file_to_json(const struct cfg_file *f)
         json_object_set_new(o, "user", str_or_null(s->user));
         json_object_set_new(o, "port", json_integer(s->port));
         json_object_set_new(o, "ssh_key", str_or_null(s->ssh_key));
+        json_object_set_new(o, "host_keys",
+                            json_string(s->strict_host_keys ? "strict" : "accept-new"));
         json_object_set_new(o, "labels", kv_object(s->labels, s->labels_len));
         json_array_append_new(servers, o);
     }
@@ -281,6 +293,9 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
     s->build = rd_str(&r, j, "build", "service", true);
     s->workdir = rd_str(&r, j, "workdir", "service", true);
     s->image = rd_str(&r, j, "image", "service", true);
+    /* revisions stored before runtime: existed ran as processes */
+    json_t *rtv = json_object_get(j, "runtime");
+    s->runtime = xstrdup(json_is_string(rtv) ? json_string_value(rtv) : "process");
     s->port = (unsigned)rd_uint(&r, j, "port", "service", 65535);
     s->replicas = (unsigned)rd_uint(&r, j, "replicas", "service", CFG_MAX_REPLICAS);
 
@@ -298,7 +313,7 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
 
     json_t *lb = rd_get(&r, j, "load_balancer", "service");
     s->lb_strategy = (enum cfg_lb)rd_enum(&r, lb, "strategy", "service.load_balancer", lb_name_i,
-                                          CFG_LB_P2C + 1);
+                                          (int)lb_count());
     s->lb_cookie = rd_str(&r, lb, "cookie", "service.load_balancer", false);
     /* added later: a revision stored before has none and gets the defaults */
     s->lb_max_conns = (unsigned)rd_uint_or(&r, lb, "max_conns", "service.load_balancer", 1000000, 0);
@@ -334,6 +349,19 @@ struct cfg_service *cfg_service_from_json(json_t *j, char *err, size_t errlen)
         s->proxy.domains = xcalloc(1, sizeof(char *));
     s->proxy.port = (unsigned)rd_uint(&r, p, "port", "service.proxy", 65535);
     s->proxy.email = rd_str(&r, p, "email", "service.proxy", true);
+    /* HTTPS keys came later: revisions stored before them lack them */
+    json_t *hp = json_object_get(p, "https_port");
+    s->proxy.https_port = json_is_integer(hp) ? (unsigned)json_integer_value(hp) : 0;
+    json_t *tls = json_object_get(p, "tls");
+    if (json_is_object(tls) && json_is_string(json_object_get(tls, "cert")) &&
+        json_is_string(json_object_get(tls, "key"))) {
+        s->proxy.tls_cert = xstrdup(json_string_value(json_object_get(tls, "cert")));
+        s->proxy.tls_key = xstrdup(json_string_value(json_object_get(tls, "key")));
+    }
+    json_t *hs = json_object_get(p, "hsts");
+    s->proxy.hsts_s = json_is_integer(hs) ? (uint64_t)json_integer_value(hs) : 0;
+    json_t *ac = json_object_get(p, "acme");
+    s->proxy.acme = json_is_string(ac) ? xstrdup(json_string_value(ac)) : NULL;
 
     json_t *env = rd_get(&r, j, "env", "service");
     if (env && !json_is_object(env))

@@ -12,7 +12,11 @@
 #include <unistd.h>
 
 #include "config/internal.h"
+#include "acme/acme.h"
+#include "tls/tls.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
+#include "runtime/docker_api.h"
 
 #define MAX_MAP_ENTRIES 4096 /* per free-form mapping (services, env, ...) */
 #define SCALAR_BUDGET 1000000 /* values read per load: bounds alias fan-out */
@@ -574,20 +578,32 @@ static bool valid_env_key(const char *s)
 
 /* ---- enums and defaults ----------------------------------------------- */
 
-static const char *const lb_names[] = {"round_robin", "least_connections", "ip_hash",
-                                       "random",      "sticky",            "p2c"};
 static const char *const deploy_names[] = {"rolling", "recreate"};
 static const char *const restart_names[] = {"always", "on-failure", "never"};
+static const char *const runtime_names[] = {"process", "docker"};
+
+/* The strategies are the balancer's table (proxy/lb_table.c): a strategy
+ * added there is valid here with no change. */
+#define LB_NAMES_MAX 32
+static size_t lb_names(const char *out[LB_NAMES_MAX])
+{
+    size_t n = lb_count() < LB_NAMES_MAX ? lb_count() : LB_NAMES_MAX;
+    for (size_t i = 0; i < n; i++)
+        out[i] = lb_kind_name((enum lb_kind)i);
+    return n;
+}
 
 const char *cfg_lb_name(enum cfg_lb lb)
 {
-    return (unsigned)lb < ARRAY_LEN(lb_names) ? lb_names[lb] : "?";
+    return lb_kind_name((enum lb_kind)lb);
 }
 
 int cfg_lb_parse(const char *s, enum cfg_lb *out)
 {
-    for (size_t i = 0; i < ARRAY_LEN(lb_names); i++)
-        if (strcmp(s, lb_names[i]) == 0) {
+    const char *names[LB_NAMES_MAX];
+    size_t n = lb_names(names);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) {
             *out = (enum cfg_lb)i;
             return 0;
         }
@@ -607,6 +623,7 @@ const char *cfg_restart_name(enum cfg_restart r)
 void cfg__service_defaults(struct cfg_service *s, const char *dir)
 {
     s->build = xstrdup(dir);
+    s->runtime = xstrdup("process");
     s->replicas = 1;
     s->autoscale = (struct cfg_autoscale){
         .enabled = false,
@@ -651,6 +668,7 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->build);
     free(s->workdir);
     free(s->image);
+    free(s->runtime);
     free(s->lb_cookie);
     free(s->health.path);
     if (s->proxy.domains)
@@ -658,16 +676,26 @@ void cfg__service_clear(struct cfg_service *s)
             free(s->proxy.domains[i]);
     free(s->proxy.domains);
     free(s->proxy.email);
+    free(s->proxy.tls_cert);
+    free(s->proxy.tls_key);
+    free(s->proxy.acme);
     cfg__kv_free(s->env, s->env_len);
     memset(s, 0, sizeof(*s));
 }
 
 /* ---- services --------------------------------------------------------- */
 
+/* Where the user wrote a health interval and timeout (NULL: not written),
+ * so defaults can follow the written values and a conflict names both. */
+struct health_written {
+    const yaml_node_t *interval, *timeout;
+    char *interval_path, *timeout_path;
+};
+
 /* Health settings: `healthCheck` and tako-cli's `loadBalancer.healthCheck`
  * share one key set. Returns true when `enabled` was given. */
 static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
-                        struct cfg_health *h, bool *enabled_set)
+                        struct cfg_health *h, bool *enabled_set, struct health_written *hw)
 {
     enum { K_ENABLED, K_PATH, K_INTERVAL, K_TIMEOUT, K_HEALTHY, K_UNHEALTHY, K_RETRIES, K_START };
     static const char *const keys[] = {"enabled",          "path",
@@ -694,6 +722,16 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     }
     set_duration(c, v[K_INTERVAL], path, "interval", 1, &h->interval_ms);
     set_duration(c, v[K_TIMEOUT], path, "timeout", 1, &h->timeout_ms);
+    if (v[K_INTERVAL] && !is_null(v[K_INTERVAL])) {
+        hw->interval = v[K_INTERVAL];
+        free(hw->interval_path);
+        hw->interval_path = kpath(path, "interval");
+    }
+    if (v[K_TIMEOUT] && !is_null(v[K_TIMEOUT])) {
+        hw->timeout = v[K_TIMEOUT];
+        free(hw->timeout_path);
+        hw->timeout_path = kpath(path, "timeout");
+    }
     set_uint(c, v[K_HEALTHY], path, "healthyThreshold", 1, 100, &h->healthy_threshold);
     if (v[K_UNHEALTHY] && v[K_RETRIES])
         err_key(c, v[K_RETRIES], path, "retries",
@@ -702,6 +740,27 @@ static bool load_health(struct cfg__ctx *c, const yaml_node_t *n, const char *pa
     set_uint(c, v[K_RETRIES], path, "retries", 1, 100, &h->unhealthy_threshold);
     set_duration(c, v[K_START], path, "startPeriod", 0, &h->start_period_ms);
     return true;
+}
+
+/* Defaults follow what the user wrote: an unwritten timeout is at most the
+ * interval, an unwritten interval at least the timeout. Only two written
+ * values can conflict, and the error names both places. */
+static void health_defaults(struct cfg__ctx *c, struct cfg_health *h, struct health_written *hw)
+{
+    if (hw->interval && !hw->timeout && h->timeout_ms > h->interval_ms)
+        h->timeout_ms = h->interval_ms;
+    if (hw->timeout && !hw->interval && h->interval_ms < h->timeout_ms)
+        h->interval_ms = h->timeout_ms;
+    if (hw->interval && hw->timeout && h->timeout_ms > h->interval_ms)
+        err_at(c, hw->timeout, hw->timeout_path,
+               "timeout (%llums) must not be longer than %s (%llums, at %s:%u:%u)",
+               (unsigned long long)h->timeout_ms, hw->interval_path,
+               (unsigned long long)h->interval_ms, c->name,
+               (unsigned)hw->interval->start_mark.line + 1,
+               (unsigned)hw->interval->start_mark.column + 1);
+    free(hw->interval_path);
+    free(hw->timeout_path);
+    memset(hw, 0, sizeof(*hw));
 }
 
 static void load_replicas(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
@@ -855,11 +914,80 @@ static void load_env(struct cfg__ctx *c, const yaml_node_t *envfile, const yaml_
     free(ep);
 }
 
+bool cfg_proxy_https(const struct cfg_proxy *p)
+{
+    return p->tls_cert || (p->domains_len && p->email);
+}
+
+/* proxy.tls {cert, key}, proxy.hsts, proxy.acme. */
+static void load_proxy_tls(struct cfg__ctx *c, const yaml_node_t *tls, const yaml_node_t *hsts,
+                           const yaml_node_t *acme, const char *pp, struct cfg_service *s)
+{
+    if (tls && !is_null(tls)) {
+        enum { T_CERT, T_KEY };
+        static const char *const tk[] = {"cert", "key"};
+        const yaml_node_t *t[ARRAY_LEN(tk)];
+        char *tp = kpath(pp, "tls");
+        if (walk_map(c, tls, tp, tk, ARRAY_LEN(tk), t)) {
+            char *cert = NULL, *key = NULL;
+            set_str(c, t[T_CERT], tp, "cert", &cert);
+            set_str(c, t[T_KEY], tp, "key", &key);
+            if (!cert || !key) {
+                err_at(c, tls, tp, "give both cert and key (PEM files)");
+            } else {
+                s->proxy.tls_cert = cfg__path_join(c->dir, cert);
+                s->proxy.tls_key = cfg__path_join(c->dir, key);
+                struct tls_cert_info ci;
+                int r = tls_cert_info_file(s->proxy.tls_cert, &ci);
+                if (r == -EINVAL)
+                    err_key(c, t[T_CERT], tp, "cert", "%s is not a PEM certificate",
+                            s->proxy.tls_cert);
+                else if (r < 0)
+                    err_key(c, t[T_CERT], tp, "cert", "%s: %s", s->proxy.tls_cert, strerror(-r));
+                if (access(s->proxy.tls_key, R_OK) != 0)
+                    err_key(c, t[T_KEY], tp, "key", "%s: %s", s->proxy.tls_key, strerror(errno));
+            }
+            free(cert);
+            free(key);
+        }
+        free(tp);
+    }
+    if (hsts && !is_null(hsts)) {
+        char *v = scalar(c, hsts, pp, "hsts", "true, false or a duration");
+        uint64_t ms;
+        if (!v) {
+        } else if (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0) {
+            s->proxy.hsts_s = 31536000; /* one year */
+        } else if (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0) {
+            s->proxy.hsts_s = 0;
+        } else if (parse_duration_ms(v, &ms) == 0 && ms >= 1000) {
+            s->proxy.hsts_s = ms / 1000;
+        } else {
+            err_key(c, hsts, pp, "hsts", "expected true, false or a duration like 8760h, got \"%s\"", v);
+        }
+        free(v);
+    }
+    if (acme && !is_null(acme)) {
+        char *v = scalar(c, acme, pp, "acme", "production, staging or a directory URL");
+        if (v && strcmp(v, "production") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT);
+        } else if (v && strcmp(v, "staging") == 0) {
+            s->proxy.acme = xstrdup(ACME_LETSENCRYPT_STAGING);
+        } else if (v && (str_starts_with(v, "https://") || str_starts_with(v, "http://"))) {
+            s->proxy.acme = xstrdup(v);
+        } else if (v) {
+            err_key(c, acme, pp, "acme",
+                    "expected production, staging or an ACME directory URL (https://…), got \"%s\"", v);
+        }
+        free(v);
+    }
+}
+
 static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
                        struct cfg_service *s)
 {
-    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL };
-    static const char *const keys[] = {"domain", "domains", "port", "email"};
+    enum { K_DOMAIN, K_DOMAINS, K_PORT, K_EMAIL, K_TLS, K_HSTS, K_ACME };
+    static const char *const keys[] = {"domain", "domains", "port", "email", "tls", "hsts", "acme"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     char *pp = kpath(path, "proxy");
     if (!walk_map(c, n, pp, keys, ARRAY_LEN(keys), v))
@@ -892,8 +1020,64 @@ static void load_proxy(struct cfg__ctx *c, const yaml_node_t *n, const char *pat
     if (s->proxy.email && !strchr(s->proxy.email, '@'))
         err_key(c, v[K_EMAIL], pp, "email", "expected an e-mail address, got \"%s\"",
                 s->proxy.email);
+    load_proxy_tls(c, v[K_TLS], v[K_HSTS], v[K_ACME], pp, s);
+    if (s->proxy.email && s->proxy.domains_len == 0 && !s->proxy.tls_cert)
+        warn_at(c, v[K_EMAIL], pp,
+                "email is set but no domain: there is nothing to get a certificate for");
 out:
     free(pp);
+}
+
+static void where(struct cfg__ctx *c, const yaml_node_t *n, const char *path, struct cfg_service *s)
+{
+    snprintf(s->runtime_at, sizeof(s->runtime_at), "%s:%u:%u", c->name,
+             n ? (unsigned)n->start_mark.line + 1 : 0, n ? (unsigned)n->start_mark.column + 1 : 0);
+    snprintf(s->runtime_path, sizeof(s->runtime_path), "%s", path);
+}
+
+/* runtime: (the service's, else the environment's) and what it needs:
+ * docker runs image: (a valid reference) or builds the build directory's
+ * Dockerfile; process needs nothing more here. */
+static void load_runtime(struct cfg__ctx *c, const yaml_node_t *rn, const yaml_node_t *in,
+                         const yaml_node_t *knode, const char *path, struct cfg_service *s)
+{
+    int rt = 0;
+    const yaml_node_t *at = rn;
+    char *rpath = kpath(path, "runtime");
+    if (!is_null(rn)) {
+        if (!set_enum(c, rn, path, "runtime", "runtime", runtime_names, ARRAY_LEN(runtime_names),
+                      &rt)) {
+            free(rpath);
+            return;
+        }
+    } else if (c->env_runtime) {
+        rt = strcmp(c->env_runtime, "docker") == 0 ? 1 : 0;
+        at = c->env_runtime_node;
+        free(rpath);
+        rpath = xstrdup(c->env_runtime_path);
+    } else {
+        at = knode;
+    }
+    free(s->runtime);
+    s->runtime = xstrdup(runtime_names[rt]);
+    where(c, at ? at : knode, rpath, s);
+    free(rpath);
+    if (rt != 1)
+        return;
+    if (s->image) {
+        char why[256];
+        if (dk_ref_check(s->image, why, sizeof(why)) < 0)
+            err_key(c, in, path, "image", "%s", why);
+        return;
+    }
+    char *df = xasprintf("%s/Dockerfile", s->build);
+    struct stat st;
+    if (stat(df, &st) == -1 || !S_ISREG(st.st_mode))
+        err_at(c, at ? at : knode, s->runtime_path,
+               "no Dockerfile in %s: runtime docker builds the service's build directory (add a "
+               "Dockerfile there, set build: to the directory that has one, or name an image:)",
+               s->build);
+    free(df);
 }
 
 static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
@@ -913,12 +1097,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_ENV,
         K_ENVFILE,
         K_RESTART,
-        K_RESOURCES
+        K_RESOURCES,
+        K_RUNTIME
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources"};
+                                       "restart", "resources",    "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -964,11 +1149,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     const yaml_node_t *lb[ARRAY_LEN(lb_keys)];
     char *lp = kpath(path, "loadBalancer");
     bool enabled_set = false;
+    struct health_written hw = {0};
     s->health.enabled = has_port;
     if (walk_map(c, v[K_LB], lp, lb_keys, ARRAY_LEN(lb_keys), lb)) {
         int strat = (int)s->lb_strategy;
-        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", lb_names, ARRAY_LEN(lb_names),
-                     &strat))
+        const char *names[LB_NAMES_MAX];
+        size_t nn = lb_names(names);
+        if (set_enum(c, lb[L_STRATEGY], lp, "strategy", "strategy", names, nn, &strat))
             s->lb_strategy = (enum cfg_lb)strat;
         set_str(c, lb[L_COOKIE], lp, "cookie", &s->lb_cookie);
         if (s->lb_cookie && (!*s->lb_cookie || strpbrk(s->lb_cookie, " \t;,=\"")))
@@ -979,16 +1166,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         set_duration(c, lb[L_BTIMEOUT], lp, "bodyTimeout", 1, &s->lb_body_timeout_ms);
         set_uint(c, lb[L_BRATE], lp, "minBodyRate", 1, 1u << 30, &s->lb_min_body_rate);
         char *hp = kpath(lp, "healthCheck");
-        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set);
+        load_health(c, lb[L_HEALTH], hp, &s->health, &enabled_set, &hw);
         free(hp);
     }
     free(lp);
     char *hp = kpath(path, "healthCheck");
-    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set);
-    if (s->health.timeout_ms > s->health.interval_ms)
-        err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
-               "timeout (%llums) must not be longer than interval (%llums)",
-               (unsigned long long)s->health.timeout_ms, (unsigned long long)s->health.interval_ms);
+    load_health(c, v[K_HEALTH], hp, &s->health, &enabled_set, &hw);
+    health_defaults(c, &s->health, &hw);
     if (!has_port && s->health.enabled) {
         err_at(c, v[K_HEALTH] ? v[K_HEALTH] : n, hp,
                "an HTTP health check needs the service's port (a service without port is a "
@@ -1045,7 +1229,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     }
     free(rp);
 
-    if (!s->argv && !s->image)
+    load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");
 }
@@ -1055,8 +1240,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
 static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                         const yaml_node_t *n, const char *path, struct cfg_server *sv)
 {
-    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS };
-    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels"};
+    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS, K_HOSTKEYS };
+    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels", "hostKeys"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     sv->name = xstrdup(name);
     sv->user = xstrdup("root");
@@ -1073,6 +1258,14 @@ static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t 
     set_str(c, v[K_USER], path, "user", &sv->user);
     set_uint(c, v[K_PORT], path, "port", 1, 65535, &sv->port);
     set_str(c, v[K_KEY], path, "sshKey", &sv->ssh_key);
+    char *hk = NULL;
+    set_str(c, v[K_HOSTKEYS], path, "hostKeys", &hk);
+    if (hk && strcmp(hk, "strict") == 0)
+        sv->strict_host_keys = true;
+    else if (hk && strcmp(hk, "accept-new") != 0)
+        err_key(c, v[K_HOSTKEYS], path, "hostKeys",
+                "invalid value \"%s\" (expected accept-new or strict)", hk);
+    free(hk);
     struct pair *pairs;
     char *lp = kpath(path, "labels");
     size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
@@ -1125,11 +1318,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP };
-    static const char *const keys[] = {"servers", "services", "http"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME };
+    static const char *const keys[] = {"servers", "services", "http", "https", "runtime"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
+    e->https_port = c->is_root ? 443 : 8443;
     e->servers = xcalloc(1, sizeof(char *));
     if (!plain_name(name))
         err_at(c, knode, path, "invalid environment name \"%s\" (letters, digits, - _ .)", name);
@@ -1138,7 +1332,28 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     set_str_list(c, v[K_SERVERS], path, "servers", &e->servers, &e->servers_len);
     if (!e->servers)
         e->servers = xcalloc(1, sizeof(char *));
+    /* On a server takod runs as root (or through sudo), whoever runs the CLI. */
+    for (size_t i = 0; i < e->servers_len; i++) {
+        const struct cfg_server *sv = cfg_find_server(f, e->servers[i]);
+        if (sv && !cfg_server_is_local(sv)) {
+            e->http_port = 80;
+            e->https_port = 443;
+        }
+    }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
+    set_uint(c, v[K_HTTPS], path, "https", 1, 65535, &e->https_port);
+    if (e->https_port == e->http_port)
+        err_key(c, v[K_HTTPS] ? v[K_HTTPS] : v[K_HTTP], path, v[K_HTTPS] ? "https" : "http",
+                "http and https must be different ports (both %u)", e->http_port);
+    int ert = 0;
+    char *erp = kpath(path, "runtime");
+    if (!is_null(v[K_RUNTIME]) && set_enum(c, v[K_RUNTIME], path, "runtime", "runtime",
+                                           runtime_names, ARRAY_LEN(runtime_names), &ert)) {
+        c->env_runtime = runtime_names[ert];
+        c->env_runtime_node = v[K_RUNTIME];
+        c->env_runtime_path = erp;
+    }
+    e->runtime = xstrdup(runtime_names[ert]);
 
     struct pair *pairs;
     char *sp = kpath(path, "services");
@@ -1155,6 +1370,12 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     }
     pairs_free(pairs, np);
     free(sp);
+    c->env_runtime = NULL;
+    c->env_runtime_node = NULL;
+    c->env_runtime_path = NULL;
+    free(erp);
+    for (size_t i = 0; i < e->services_len; i++)
+        e->services[i].proxy.https_port = e->https_port;
     check_env(c, f, e, n, v[K_SERVERS], path);
 }
 
@@ -1228,6 +1449,7 @@ void cfg_free(struct cfg_file *f)
     for (size_t i = 0; i < f->envs_len; i++) {
         struct cfg_env *e = &f->envs[i];
         free(e->name);
+        free(e->runtime);
         for (size_t j = 0; j < e->servers_len; j++)
             free(e->servers[j]);
         free(e->servers);

@@ -1,10 +1,10 @@
-/* takod.c — the node agent: control API, SQLite state, the embedded proxy,
- * the process runtime and the reconciler, all on one event loop (the proxy
- * runs its own worker threads). `tako daemon`. */
+/* takod.c — the node agent: control API, SQLite state, the process runtime
+ * and the reconciler, all on one event loop, driving the data plane (the
+ * load balancer in its own process, src/dataplane/) through the proxy API.
+ * Started by `tako daemon` (cli/daemon.c). */
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,18 +14,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "cli/client.h"
+#include <curl/curl.h>
+
 #include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "daemon/api.h"
+#include "daemon/certs.h"
 #include "daemon/home.h"
-#include "daemon/store.h"
+#include "daemon/logs.h"
+#include "daemon/takod.h"
+#include "dataplane/dataplane.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
+#include "store/store.h"
+#include "store/store_sqlite.h"
 
 rt_event_cb orch_rt_callback(void);
 
@@ -36,9 +41,11 @@ static struct {
     struct rt *rt;
     struct orch *orch;
     struct api_server *api;
+    struct takod_certs *certs;
     struct ev_signal sigterm, sigint, sighup;
     uint64_t started_ms;
     char home[4096];
+    bool embedded; /* TAKO_DATAPLANE=embedded: the proxy in this process */
 } d;
 
 /* ---- helpers ---- */
@@ -109,10 +116,12 @@ static void stream_refused(struct api_conn *c, int rc, const char *err)
 static void h_version(struct api_req *r, void *data)
 {
     (void)data;
-    api_reply_json(r->conn, 200,
-                   json_pack("{s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "pid", (int)getpid(),
-                             "home", d.home, "uptime_ms",
-                             (json_int_t)(ev_time_ms() - d.started_ms)));
+    json_t *v = json_pack("{s:s, s:s, s:i, s:s, s:I}", "version", TAKO_VERSION, "build",
+                          dp_build_id(), "pid", (int)getpid(), "home", d.home, "uptime_ms",
+                          (json_int_t)(ev_time_ms() - d.started_ms));
+    if (!d.embedded)
+        json_object_set_new(v, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, v);
 }
 
 static void h_deploy(struct api_req *r, void *data)
@@ -208,7 +217,12 @@ static void h_ps(struct api_req *r, void *data)
     char p[128], e[128], s[128];
     json_t *svcs = orch_ps(d.orch, qs(r, "project", p, sizeof(p)), qs(r, "env", e, sizeof(e)),
                            qs(r, "service", s, sizeof(s)));
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "services", svcs));
+    if (d.certs)
+        certs_annotate_ps(d.certs, svcs);
+    json_t *resp = json_pack("{s:o}", "services", svcs);
+    if (!d.embedded)
+        json_object_set_new(resp, "dataplane", dp_client_status(d.proxy));
+    api_reply_json(r->conn, 200, resp);
 }
 
 static void h_autoscale(struct api_req *r, void *data)
@@ -218,6 +232,25 @@ static void h_autoscale(struct api_req *r, void *data)
     json_t *v = orch_autoscale_list(d.orch, qs(r, "project", p, sizeof(p)),
                                     qs(r, "env", e, sizeof(e)), qs(r, "service", s, sizeof(s)));
     api_reply_json(r->conn, 200, json_pack("{s:o}", "services", v));
+}
+
+/* Answers from the store, whenever it gives them. */
+static void reply_named(struct api_conn *c, const char *name, int rc, json_t *list)
+{
+    if (rc < 0)
+        api_reply_error(c, 500, "the state store failed: %s", strerror(-rc));
+    else
+        api_reply_json(c, 200, json_pack("{s:O}", name, list));
+}
+
+static void reply_list(void *data, int rc, void *result)
+{
+    reply_named(data, "history", rc, result);
+}
+
+static void reply_events(void *data, int rc, void *result)
+{
+    reply_named(data, "events", rc, result);
 }
 
 static void h_history(struct api_req *r, void *data)
@@ -230,9 +263,9 @@ static void h_history(struct api_req *r, void *data)
         return;
     }
     const char *lim = qs(r, "limit", l, sizeof(l));
-    json_t *h = store_history_list(d.store, project, qs(r, "env", e, sizeof(e)),
-                                   lim ? atoi(lim) : 50);
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "history", h));
+    if (store_history_list(d.store, project, qs(r, "env", e, sizeof(e)), lim ? atoi(lim) : 50,
+                           reply_list, r->conn) < 0)
+        api_reply_error(r->conn, 500, "the state store failed");
 }
 
 static void h_events(struct api_req *r, void *data)
@@ -240,10 +273,22 @@ static void h_events(struct api_req *r, void *data)
     (void)data;
     char p[128], s[128], k[64], l[32];
     const char *lim = qs(r, "limit", l, sizeof(l));
-    json_t *ev = store_events_list(d.store, qs(r, "project", p, sizeof(p)),
-                                   qs(r, "service", s, sizeof(s)), qs(r, "kind", k, sizeof(k)),
-                                   lim ? atoi(lim) : 100);
-    api_reply_json(r->conn, 200, json_pack("{s:o}", "events", ev));
+    if (store_events_list(d.store, qs(r, "project", p, sizeof(p)),
+                          qs(r, "service", s, sizeof(s)), qs(r, "kind", k, sizeof(k)),
+                          lim ? atoi(lim) : 100, reply_events, r->conn) < 0)
+        api_reply_error(r->conn, 500, "the state store failed");
+}
+
+static void h_logs(struct api_req *r, void *data)
+{
+    (void)data;
+    logs_handle(r, d.rt, &d.loop);
+}
+
+static void h_certs(struct api_req *r, void *data)
+{
+    (void)data;
+    api_reply_json(r->conn, 200, json_pack("{s:o}", "certificates", certs_status(d.certs)));
 }
 
 static void h_shutdown(struct api_req *r, void *data)
@@ -267,6 +312,8 @@ static const struct api_route routes[] = {
     {"GET", "/v1/history", h_history},
     {"GET", "/v1/autoscale", h_autoscale},
     {"GET", "/v1/events", h_events},
+    {"GET", "/v1/logs", h_logs},
+    {"GET", "/v1/certs", h_certs},
     {"POST", "/v1/shutdown", h_shutdown},
     {NULL, NULL, NULL},
 };
@@ -311,7 +358,7 @@ static void ready_say(const char *fmt, ...)
     do {                                                                                           \
         fprintf(stderr, "tako daemon: " __VA_ARGS__);                                              \
         ready_say(__VA_ARGS__);                                                                    \
-        return EXIT_FAILED;                                                                        \
+        return 1;                                                                                  \
     } while (0)
 
 static void on_stop_signal(struct ev_loop *loop, struct ev_signal *s, int signo)
@@ -329,6 +376,42 @@ static void on_hup(struct ev_loop *loop, struct ev_signal *s, int signo)
     log_info("takod: SIGHUP: nothing to reload (state lives in %s/state.db)", d.home);
 }
 
+/* Data-plane happenings go to the log and to every deployed project's
+ * events (they concern all of them). A fenced takod (a newer one drives the
+ * data plane) stops. */
+struct dp_event {
+    char kind[64];
+    char msg[512];
+};
+
+/* Record the event once per deployed project. */
+static void dp_event_record(void *data, int rc, void *result)
+{
+    struct dp_event *e = data;
+    const struct store_services *all = result;
+    for (size_t i = 0; rc == 0 && i < all->n; i++) {
+        bool seen = false;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = strcmp(all->v[k].project, all->v[i].project) == 0;
+        if (!seen)
+            store_event(d.store, all->v[i].project, NULL, e->kind, e->msg, NULL, NULL, NULL);
+    }
+    free(e);
+}
+
+static void on_dp_event(void *data, const char *level, const char *kind, const char *msg)
+{
+    (void)data;
+    (void)level;
+    struct dp_event *e = xcalloc(1, sizeof(*e));
+    snprintf(e->kind, sizeof(e->kind), "%s", kind);
+    snprintf(e->msg, sizeof(e->msg), "%s", msg);
+    if (store_services_load(d.store, NULL, dp_event_record, e) < 0)
+        free(e);
+    if (strcmp(kind, "dataplane-fenced") == 0)
+        ev_loop_stop(&d.loop);
+}
+
 static int lock_single(const char *home)
 {
     char p[4200];
@@ -344,101 +427,11 @@ static int lock_single(const char *home)
     return fd; /* held for the life of the process */
 }
 
-const char help_daemon[] =
-    "Usage: tako daemon [--foreground] [--log-level LEVEL] [--access-log FILE]\n"
-    "\n"
-    "Run takod, the node agent: it keeps the desired state in SQLite, runs the\n"
-    "replicas, embeds the load balancer and serves the control API on the unix\n"
-    "socket $TAKO_HOME/takod.sock (mode 0600; see docs/api.md). Every command that\n"
-    "needs takod starts it in the background, so running it by hand is rarely needed.\n"
-    "\n"
-    "State directory: $TAKO_HOME, else /var/lib/tako as root, else ~/.local/state/tako.\n"
-    "Files there: takod.pid, takod.sock, takod.log, state.db, replicas/<name>/.\n"
-    "\n"
-    "Options:\n"
-    "  --foreground        stay in the foreground, log to stderr (for systemd;\n"
-    "                      see contrib/tako.service)\n"
-    "  --log-level LEVEL   debug, info (default), warn or error\n"
-    "  --access-log FILE   one line per proxied request (default: none; also\n"
-    "                      $TAKO_ACCESS_LOG; \"-\" is standard output; format in\n"
-    "                      docs/proxy.md; not rotated by takod)\n"
-    "  --stop              ask a running takod to stop (replicas keep running)\n"
-    "  --status            print whether takod runs, its pid and version\n"
-    "\n"
-    "SIGTERM or SIGINT stop takod; replicas keep running and are adopted by the\n"
-    "next takod. `tako down` stops a project's replicas.\n";
-
-
-int cmd_daemon(int argc, char **argv)
+int takod_run(const struct takod_opts *o)
 {
-    static const struct option opts[] = {{"foreground", no_argument, NULL, 'f'},
-                                         {"log-level", required_argument, NULL, 'l'},
-                                         {"stop", no_argument, NULL, 's'},
-                                         {"status", no_argument, NULL, 'S'},
-                                         {"access-log", required_argument, NULL, 'a'},
-                                         {0}};
-    bool foreground = false, stop = false, status = false;
-    const char *access_log = getenv("TAKO_ACCESS_LOG");
-    if (access_log && !*access_log)
-        access_log = NULL;
-    int o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (o) {
-        case 'f': foreground = true; break;
-        case 's': stop = true; break;
-        case 'S': status = true; break;
-        case 'a': access_log = optarg; break;
-        case 'l': {
-            enum log_level lv;
-            if (log_parse_level(optarg, &lv) < 0)
-                return cli_usage_error("daemon", "invalid --log-level '%s'", optarg);
-            log_set_level(lv);
-            break;
-        }
-        default:
-            return cli_usage_error("daemon", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error("daemon", "unexpected argument '%s'", argv[optind]);
-    const char *home = tako_home();
-    if (!home) {
-        fprintf(stderr, "tako daemon: cannot create the state directory: %s\n", strerror(errno));
-        return EXIT_FAILED;
-    }
+    const char *home = o->home;
+    const char *access_log = o->access_log;
     snprintf(d.home, sizeof(d.home), "%s", home);
-    if (stop || status) {
-        json_t *resp = NULL;
-        int fd = client_connect(false);
-        if (fd < 0) {
-            printf("takod is not running (%s)\n", home);
-            return status ? EXIT_UNAVAIL : EXIT_OK;
-        }
-        close(fd);
-        int st = client_call(stop ? "POST" : "GET", stop ? "/v1/shutdown" : "/v1/version", NULL,
-                             &resp);
-        if (status && st == 200)
-            printf("takod %s running, pid %lld, state in %s\n",
-                   json_string_value(json_object_get(resp, "version")),
-                   (long long)json_integer_value(json_object_get(resp, "pid")), home);
-        else if (stop)
-            printf("takod stopped\n");
-        json_decref(resp);
-        return st == 200 ? EXIT_OK : EXIT_FAILED;
-    }
-    if (!foreground) {
-        if (access_log) /* the background takod reads it from its environment */
-            setenv("TAKO_ACCESS_LOG", access_log, 1);
-        int fd = client_connect(true);
-        if (fd < 0)
-            return client_unavailable(fd);
-        close(fd);
-        printf("takod running (state in %s)\n", home);
-        return EXIT_OK;
-    }
-
     ready_init();
     int lockfd = lock_single(home);
     if (lockfd == -EALREADY)
@@ -460,27 +453,46 @@ int cmd_daemon(int argc, char **argv)
     d.started_ms = ev_time_ms();
     char path[4200], err[512];
     snprintf(path, sizeof(path), "%s/state.db", home);
-    d.store = store_open(path, err, sizeof(err));
+    d.store = store_sqlite_open(path, err, sizeof(err));
     if (!d.store)
         START_FAIL("%s\n", err);
     if (ev_loop_init(&d.loop) < 0)
         START_FAIL("epoll: %s\n", strerror(errno));
-    struct proxy_opts po;
-    memset(&po, 0, sizeof(po));
     /* Opt-in: one line per request is a lot of disk at full load, and
      * takod does not rotate it (use logrotate with copytruncate). */
-    po.access_log = access_log;
-    d.proxy = proxy_new(&po);
-    if (!d.proxy || proxy_start(d.proxy) < 0)
-        START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    const char *mode = getenv("TAKO_DATAPLANE");
+    d.embedded = mode && strcmp(mode, "embedded") == 0;
+    if (d.embedded) {
+        struct proxy_opts po;
+        memset(&po, 0, sizeof(po));
+        po.access_log = access_log;
+        d.proxy = proxy_new(&po);
+        if (!d.proxy || proxy_start(d.proxy) < 0)
+            START_FAIL("cannot start the proxy: %s\n", strerror(errno));
+    } else {
+        /* The data plane outlives takod: attach to the running one (with
+         * its listeners, backends and health) or start one. */
+        struct dp_client_opts dco = {
+            .home = home, .access_log = access_log, .on_event = on_dp_event};
+        char dperr[1024];
+        d.proxy = dp_client_new(&d.loop, &dco, dperr, sizeof(dperr));
+        if (!d.proxy)
+            START_FAIL("%s\n", dperr);
+    }
     d.rt = rt_new(&d.loop, home, orch_rt_callback(), NULL);
     d.orch = orch_new(&d.loop, d.rt, d.proxy, d.store, home);
+    curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread uses libcurl */
+    d.certs = certs_new(&d.loop, d.orch, d.proxy, d.store, home, err, sizeof(err));
+    if (!d.certs)
+        START_FAIL("%s\n", err);
     snprintf(path, sizeof(path), "%s/takod.sock", home);
     int aerr = 0;
     d.api = api_server_new(&d.loop, path, routes, NULL, &aerr);
     if (!d.api)
         START_FAIL("cannot listen on %s: %s\n", path, strerror(-aerr));
     orch_resume(d.orch);
+    if (!d.embedded) /* pools and listeners nothing claimed are dropped */
+        dp_client_sync_done(d.proxy);
     ev_signal_start(&d.loop, &d.sigterm, SIGTERM, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sigint, SIGINT, on_stop_signal, NULL);
     ev_signal_start(&d.loop, &d.sighup, SIGHUP, on_hup, NULL);
@@ -495,6 +507,8 @@ int cmd_daemon(int argc, char **argv)
     ev_run(&d.loop);
     /* Orderly stop: no new API requests, operations told, proxy drained. */
     api_server_free(d.api);
+    certs_free(d.certs); /* stops the ACME thread before the proxy goes */
+    d.certs = NULL;
     orch_shutdown(d.orch);
     proxy_stop(d.proxy);
     orch_free(d.orch);
@@ -505,5 +519,5 @@ int cmd_daemon(int argc, char **argv)
     log_info("takod stopped");
     ev_loop_close(&d.loop);
     close(lockfd);
-    return EXIT_OK;
+    return 0;
 }

@@ -19,7 +19,7 @@
 
 #include "core/ev.h"
 #include "core/util.h"
-#include "daemon/store.h"
+#include "store/store.h"
 #include "orch/orch_internal.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
@@ -265,7 +265,7 @@ bool orch_autoscale_eval(struct orch_service *s, uint64_t now)
     if (changed) {
         char msg[768];
         snprintf(msg, sizeof(msg), "%u → %u replicas: %s (%s)", current, desired, rule, why);
-        store_event(s->o->store, s->project, s->name, "autoscale", msg, ev);
+        store_event(s->o->store, s->project, s->name, "autoscale", msg, ev, NULL, NULL);
         as->desired = desired;
     }
     json_decref(ev);

@@ -20,20 +20,25 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include "core/assert.h"
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/net.h"
+#include "core/sha256.h"
 #include "core/util.h"
-#include "daemon/store.h"
 #include "orch/autoscale.h"
 #include "orch/orch_internal.h"
 #include "proxy/proxy.h"
 #include "proxy/proxy_admin.h"
 #include "runtime/rt.h"
+#include "store/store.h"
 
 /* ---- small helpers ---- */
 
-static uint64_t now_ms(struct orch *o) { return ev_now(o->loop); }
+static uint64_t now_ms(struct orch *o)
+{
+    return o->clock ? o->clock(o->clock_data) : ev_now(o->loop);
+}
 
 static unsigned svc_desired(struct orch_service *s)
 {
@@ -95,7 +100,7 @@ static void report(struct orch_service *s, const char *level, const char *kind, 
             op->cb(op->data, s->name, level, msg, false, true);
     }
     if (kind)
-        store_event(s->o->store, s->project, s->name, kind, msg, NULL);
+        store_event(s->o->store, s->project, s->name, kind, msg, NULL, NULL, NULL);
 }
 
 static struct orch_service *svc_find(struct orch *o, const char *project, const char *name)
@@ -119,23 +124,10 @@ static void svc_persist(struct orch_service *s)
     st.scale_override = s->scale_override;
     st.stopped = s->stopped;
     st.http_port = s->http_port;
-    store_service_save(s->o->store, &st);
+    store_service_save(s->o->store, &st, NULL, NULL);
 }
 
 /* ---- proxy pools and listeners ---- */
-
-static enum lb_kind lb_of(enum cfg_lb l)
-{
-    switch (l) {
-    case CFG_LB_ROUND_ROBIN: return LB_ROUND_ROBIN;
-    case CFG_LB_LEAST_CONNECTIONS: return LB_LEAST_CONN;
-    case CFG_LB_IP_HASH: return LB_IP_HASH;
-    case CFG_LB_RANDOM: return LB_RANDOM;
-    case CFG_LB_STICKY: return LB_STICKY;
-    case CFG_LB_P2C: return LB_P2C;
-    }
-    return LB_ROUND_ROBIN;
-}
 
 static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *po, char *name,
                          size_t namelen)
@@ -144,7 +136,7 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
     snprintf(name, namelen, "%s-%s", s->project, s->name);
     memset(po, 0, sizeof(*po));
     po->name = name;
-    po->strategy = lb_of(c->lb_strategy);
+    po->strategy = (enum lb_kind)c->lb_strategy; /* both number the rows of lb_table */
     /* Health checks disabled: the proxy checks that the port accepts. */
     po->health_path = c->health.enabled ? c->health.path : NULL;
     po->health_interval_ms = c->health.interval_ms;
@@ -165,43 +157,60 @@ static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *p
 static void svc_sync_pool(struct orch_service *s);
 static int orch_sync_listeners(struct orch *o, char *err, size_t errlen);
 
-/* Options that, when changed, need a new pool (strategy, health, cookie). */
-static void pool_opts_sig(const struct proxy_pool_opts *po, char *buf, size_t len)
+/* Options that, when changed, need a new pool (strategy, health, cookie):
+ * a digest of them, so no field is ever cut off. */
+static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG_LEN])
 {
     /* The path itself is per backend (each replica is checked on its own
      * revision's path), so a changed path needs no new pool. */
-    snprintf(buf, len, "%d|%s|%llu|%llu|%u|%u|%llu|%s|%u|%u|%llu|%llu|%u", (int)po->strategy,
-             po->health_path ? "http" : "tcp", (unsigned long long)po->health_interval_ms,
-             (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
-             (unsigned long long)po->drain_timeout_ms, po->sticky_cookie ? po->sticky_cookie : "-",
-             po->max_conns_per_backend, po->max_queue, (unsigned long long)po->queue_timeout_ms,
-             (unsigned long long)po->body_timeout_ms, po->min_body_rate);
+    char head[256];
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|%u|%u|%llu|%llu|%u|",
+                     (int)po->strategy, po->health_path ? "http" : "tcp",
+                     (unsigned long long)po->health_interval_ms,
+                     (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
+                     (unsigned long long)po->drain_timeout_ms, po->max_conns_per_backend,
+                     po->max_queue, (unsigned long long)po->queue_timeout_ms,
+                     (unsigned long long)po->body_timeout_ms, po->min_body_rate);
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, head, w > 0 ? (size_t)w : 0);
+    const char *cookie = po->sticky_cookie ? po->sticky_cookie : "-";
+    sha256_update(&h, cookie, strlen(cookie) + 1);
+    sha256_final(&h, out);
 }
 
 /* The pool's backend set in slot order (the list is kept sorted): ready
  * replicas, plus starting ones unless ready_only (the proxy gives those no
- * traffic before their first passing check). sig names the set, so an
- * unchanged set is not pushed again. Returns the count. */
+ * traffic before their first passing check). *specs is malloc'd (caller
+ * frees; ids point into the replicas); sig is a digest of the set (id,
+ * address, health path of each), so an unchanged set is not pushed again
+ * whatever its size. Returns the count. */
 static size_t pool_specs(struct orch_service *s, bool ready_only,
-                         struct proxy_backend_spec specs[ORCH_MAX_REPLICAS], char *sig,
-                         size_t siglen)
+                         struct proxy_backend_spec **specs, uint8_t sig[ORCH_SIG_LEN])
 {
-    size_t n = 0, sl = 0;
-    sig[0] = '\0';
-    for (struct orch_replica *r = s->replicas; r && n < ORCH_MAX_REPLICAS; r = r->next) {
+    size_t cap = 0, n = 0;
+    for (struct orch_replica *r = s->replicas; r; r = r->next)
+        cap++;
+    *specs = xcalloc(cap ? cap : 1, sizeof(**specs));
+    struct sha256 h;
+    sha256_init(&h);
+    for (struct orch_replica *r = s->replicas; r; r = r->next) {
         if (r->phase != P_READY && (ready_only || r->phase != P_STARTING))
             continue;
+        /* The driver says where the replica is reached. */
         char a[64];
-        snprintf(a, sizeof(a), "127.0.0.1:%u", r->port);
-        memset(&specs[n], 0, sizeof(specs[n]));
-        specs[n].id = r->name;
-        specs[n].health_path = r->health_path[0] ? r->health_path : NULL;
-        net_parse_addr(a, NULL, &specs[n].addr);
+        struct proxy_backend_spec *sp = &(*specs)[n];
+        if (rt_address(r->rt, a, sizeof(a)) < 0 || net_parse_addr(a, NULL, &sp->addr) < 0)
+            continue;
+        sp->id = r->name;
+        sp->health_path = r->health_path[0] ? r->health_path : NULL;
         n++;
-        int w = snprintf(sig + sl, siglen - sl, "%s@%u%s;", r->name, r->port, r->health_path);
-        if (w > 0 && (size_t)w < siglen - sl)
-            sl += (size_t)w;
+        /* NUL-separated fields: no two different sets hash the same input. */
+        sha256_update(&h, r->name, strlen(r->name) + 1);
+        sha256_update(&h, a, strlen(a) + 1);
+        sha256_update(&h, r->health_path, strlen(r->health_path) + 1);
     }
+    sha256_final(&h, sig);
     return n;
 }
 
@@ -213,24 +222,26 @@ static void svc_ensure_pool(struct orch_service *s)
     if (s->cfg->port == 0)
         return;
     struct proxy_pool_opts po;
-    char name[160], sig[sizeof(s->pool_opts_sig)];
+    char name[160];
+    uint8_t sig[ORCH_SIG_LEN];
     pool_opts_of(s, &po, name, sizeof(name));
-    pool_opts_sig(&po, sig, sizeof(sig));
-    if (s->pool && strcmp(sig, s->pool_opts_sig) == 0)
+    pool_opts_sig(&po, sig);
+    if (s->pool && memcmp(sig, s->pool_opts_sig, ORCH_SIG_LEN) == 0)
         return;
     struct proxy_pool *old = s->pool;
     po.initial_up = old != NULL;
     s->pool = proxy_pool_new(s->o->proxy, &po);
-    snprintf(s->pool_opts_sig, sizeof(s->pool_opts_sig), "%s", sig);
-    s->pool_sig[0] = '\0';
+    memcpy(s->pool_opts_sig, sig, ORCH_SIG_LEN);
+    s->pool_sig_set = false;
     if (!old)
         return;
     /* First set: ready replicas only, so initial_up never admits an
      * unchecked one; the next sync adds the starting ones. */
-    struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    char set_sig[sizeof(s->pool_sig)];
-    proxy_pool_set_backends(s->pool, specs,
-                            pool_specs(s, true, specs, set_sig, sizeof(set_sig)));
+    struct proxy_backend_spec *specs;
+    uint8_t set_sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, true, &specs, set_sig);
+    proxy_pool_set_backends(s->pool, specs, n);
+    free(specs);
     char err[256];
     orch_sync_listeners(s->o, err, sizeof(err));
     proxy_pool_free(old);
@@ -242,13 +253,16 @@ static void svc_sync_pool(struct orch_service *s)
 {
     if (!s->pool)
         return;
-    struct proxy_backend_spec specs[ORCH_MAX_REPLICAS];
-    char sig[sizeof(s->pool_sig)];
-    size_t n = pool_specs(s, false, specs, sig, sizeof(sig));
-    if (strcmp(sig, s->pool_sig) == 0)
-        return;
-    if (proxy_pool_set_backends(s->pool, specs, n) == 0)
-        snprintf(s->pool_sig, sizeof(s->pool_sig), "%s", sig);
+    struct proxy_backend_spec *specs;
+    uint8_t sig[ORCH_SIG_LEN];
+    size_t n = pool_specs(s, false, &specs, sig);
+    if (!s->pool_sig_set || memcmp(sig, s->pool_sig, ORCH_SIG_LEN) != 0) {
+        if (proxy_pool_set_backends(s->pool, specs, n) == 0) {
+            memcpy(s->pool_sig, sig, ORCH_SIG_LEN);
+            s->pool_sig_set = true;
+        }
+    }
+    free(specs);
 }
 
 static struct orch_listener *listener_get(struct orch *o, unsigned port, bool create)
@@ -260,6 +274,7 @@ static struct orch_listener *listener_get(struct orch *o, unsigned port, bool cr
         return NULL;
     struct orch_listener *l = xcalloc(1, sizeof(*l));
     l->port = port;
+    l->tls = false;
     l->next = o->listeners;
     o->listeners = l;
     return l;
@@ -280,6 +295,12 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             listener_get(o, s->cfg->proxy.port, true)->wanted = true;
         if (s->http_port)
             listener_get(o, s->http_port, true)->wanted = true;
+        if (s->http_port && cfg_proxy_https(&s->cfg->proxy) && s->cfg->proxy.https_port) {
+            struct orch_listener *tl = listener_get(o, s->cfg->proxy.https_port, true);
+            tl->wanted = true;
+            if (!tl->bound)
+                tl->tls = true;
+        }
     }
     for (struct orch_listener *l = o->listeners; l; l = l->next) {
         if (!l->wanted)
@@ -295,15 +316,26 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         struct proxy_pool *def = NULL;
         int ndef = 0;
         bool dedicated = false;
+        unsigned redirect_to = 0;
+        uint64_t hsts = 0;
         for (struct orch_service *s = o->services; s; s = s->next) {
             if (!s->pool || s->removing)
                 continue;
-            if (s->cfg->proxy.port == l->port) {
+            bool https = cfg_proxy_https(&s->cfg->proxy) && s->http_port;
+            if (!l->tls && s->cfg->proxy.port == l->port) {
                 def = s->pool;
                 dedicated = true;
             }
-            if (s->http_port != l->port)
+            if (https && !l->tls && s->http_port == l->port)
+                redirect_to = s->cfg->proxy.https_port;
+            if (l->tls) {
+                if (!https || s->cfg->proxy.https_port != l->port)
+                    continue;
+                if (s->cfg->proxy.hsts_s > hsts)
+                    hsts = s->cfg->proxy.hsts_s;
+            } else if (s->http_port != l->port) {
                 continue;
+            }
             for (size_t d = 0; d < s->cfg->proxy.domains_len && nw < ORCH_MAX_ROUTES; d++) {
                 snprintf(want[nw].domain, sizeof(want[nw].domain), "%s", s->cfg->proxy.domains[d]);
                 want[nw].pool = s->pool;
@@ -317,7 +349,7 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
         if (!dedicated && ndef > 1)
             def = NULL; /* several domainless services: only Host routes */
         if (!l->bound) {
-            int r = proxy_listen(o->proxy, &a, def);
+            int r = l->tls ? proxy_listen_tls(o->proxy, &a, def) : proxy_listen(o->proxy, &a, def);
             if (r < 0) {
                 if (rc == 0) {
                     rc = r;
@@ -344,6 +376,14 @@ static int orch_sync_listeners(struct orch *o, char *err, size_t errlen)
             proxy_route_host(o->proxy, &a, want[j].domain, want[j].pool);
         memcpy(l->routes, want, nw * sizeof(want[0]));
         l->nroutes = nw;
+        if (!l->tls && l->redirect_to != redirect_to) {
+            proxy_listener_https_redirect(o->proxy, &a, redirect_to);
+            l->redirect_to = redirect_to;
+        }
+        if (l->tls && l->hsts != hsts) {
+            proxy_listener_hsts(o->proxy, &a, hsts);
+            l->hsts = hsts;
+        }
     }
     for (struct orch_listener **pp = &o->listeners; *pp;) {
         struct orch_listener *l = *pp;
@@ -374,6 +414,8 @@ static void rep_insert_sorted(struct orch_service *s, struct orch_replica *r)
         pp = &(*pp)->next;
     r->next = *pp;
     *pp = r;
+    /* The walks of the tick rely on slot order. */
+    BUG_ON(r->next && r->next->index < r->index);
 }
 
 static void rep_unlink(struct orch_service *s, struct orch_replica *r)
@@ -395,6 +437,8 @@ static bool slot_taken(struct orch_service *s, unsigned index)
 
 static void rep_set_phase(struct orch_replica *r, enum orch_phase p)
 {
+    /* Stopping is final: a replica never comes back from rt_stop. */
+    BUG_ON(r->phase == P_STOPPING && p != P_STOPPING);
     r->phase = p;
     r->phase_ms = now_ms(r->svc->o);
 }
@@ -437,6 +481,23 @@ static void rep_drain(struct orch_replica *r, const char *why)
     svc_sync_pool(s);
 }
 
+/* A port no replica of this takod was given: the kernel's "free now" may
+ * hand out a port again before the replica it went to has bound it (seen
+ * with hundreds of replicas starting in one tick). 0 when none is found. */
+static uint16_t rep_free_port(struct orch *o)
+{
+    for (int tries = 0; tries < 64; tries++) {
+        uint16_t p = net_free_port();
+        bool taken = p == 0;
+        for (struct orch_service *s = o->services; s && !taken; s = s->next)
+            for (struct orch_replica *r = s->replicas; r && !taken; r = r->next)
+                taken = r->port == p;
+        if (!taken)
+            return p;
+    }
+    return 0;
+}
+
 static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
 {
     struct orch *o = s->o;
@@ -449,7 +510,7 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     if (c->health.enabled && c->health.path)
         snprintf(r->health_path, sizeof(r->health_path), "%s", c->health.path);
     snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, index);
-    r->port = c->port ? net_free_port() : 0;
+    r->port = c->port ? rep_free_port(o) : 0;
     struct rt_env_kv env[256];
     size_t ne = 0;
     for (size_t i = 0; i < c->env_len && ne < ARRAY_LEN(env); i++) {
@@ -458,12 +519,18 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         ne++;
     }
     char *const default_argv[] = {"/bin/false", NULL};
+    bool proc = !c->runtime || strcmp(c->runtime, RT_DEFAULT_DRIVER) == 0;
     struct rt_spec spec = {
+        .driver = c->runtime,
         .project = s->project,
         .service = s->name,
+        .environment = s->env,
         .index = index,
         .revision = s->revision,
-        .argv = c->argv ? c->argv : default_argv,
+        .image = c->image,
+        .build_dir = c->build,
+        /* a container without command: runs its image's own */
+        .argv = c->argv ? c->argv : proc ? default_argv : NULL,
         .cwd = c->workdir ? c->workdir : c->build,
         .env = env,
         .env_len = ne,
@@ -514,6 +581,7 @@ static void svc_snapshot(struct orch_service *s)
         s->snap = NULL;
         s->nsnap = 0;
     }
+    orch__stats_sort(s->snap, s->nsnap); /* looked up once per replica: by bsearch */
 }
 
 /* A starting replica failed: of the target revision, that fails the
@@ -551,7 +619,7 @@ static void last_lines(struct orch_replica *r, char *buf, size_t len)
     size_t n = 0;
     size_t o = 0;
     buf[0] = '\0';
-    if (rt_logs_tail(r->svc->o->state_dir, r->name, 10, 0, &lines, &n) < 0)
+    if (rt_logs_tail(r->svc->o->rt, rt_spec(r->rt)->driver, r->name, 10, 0, &lines, &n) < 0)
         return;
     for (size_t i = 0; i < n && o + 2 < len; i++) {
         int w = snprintf(buf + o, len - o, "    %s\n", lines[i]);
@@ -653,7 +721,7 @@ static void svc_reconcile(struct orch_service *s)
     for (struct orch_replica *r = s->replicas, *next; r; r = next) {
         next = r->next;
         struct rt_info info;
-        rt_info(r->rt, &info);
+        rt_inspect(r->rt, &info); /* no stats: this runs for every replica every tick */
         if (r->phase == P_STARTING) {
             if (info.state == RT_FAILED || info.state == RT_EXITED ||
                 info.state == RT_CRASHLOOP || info.state == RT_BACKOFF ||
@@ -735,10 +803,15 @@ static void svc_reconcile(struct orch_service *s)
             return;
     }
 
-    /* a) fill empty slots 1..n (adds capacity; never waits). */
-    for (unsigned i = 1; i <= n; i++)
-        if (!slot_taken(s, i) && !rep_start(s, i))
+    /* a) fill empty slots 1..n (adds capacity; never waits): one walk of
+     * the list, which is sorted by slot (a new replica goes in before cur). */
+    struct orch_replica *cur = s->replicas;
+    for (unsigned i = 1; i <= n; i++) {
+        while (cur && cur->index < i)
+            cur = cur->next;
+        if ((!cur || cur->index != i) && !rep_start(s, i))
             return; /* the target changed (rolled back or stopped) */
+    }
 
     /* b) replace old replicas in slots 1..n, one step at a time. */
     if (starting == 0) {
@@ -749,9 +822,11 @@ static void svc_reconcile(struct orch_service *s)
                 break;
             }
         if (victim) {
+            BUG_ON(victim->index > n || rep_current(s, victim));
             if (ready >= 1 + (n > unavail ? n - unavail : 0) || (victim->phase == P_STARTING)) {
                 rep_drain(victim, "replaced by a new revision");
             } else if (!busy_slot_transition && surge_active < surge) {
+                BUG_ON(old_active == 0); /* a surge replica only while old ones serve */
                 unsigned idx = n + 1;
                 while (slot_taken(s, idx))
                     idx++;
@@ -763,22 +838,29 @@ static void svc_reconcile(struct orch_service *s)
 
     /* c) drain replicas above n once every slot holds a ready current one. */
     bool slots_done = true;
+    cur = s->replicas;
     for (unsigned i = 1; i <= n && slots_done; i++) {
         bool ok = false;
-        for (struct orch_replica *r = s->replicas; r; r = r->next)
-            if (r->index == i && rep_current(s, r) && r->phase == P_READY)
+        while (cur && cur->index < i)
+            cur = cur->next;
+        for (struct orch_replica *r = cur; r && r->index == i; r = r->next)
+            if (rep_current(s, r) && r->phase == P_READY)
                 ok = true;
         slots_done = ok;
     }
     if (slots_done) {
-        /* Highest-numbered first: the list is sorted ascending. */
-        struct orch_replica *excess[ORCH_MAX_REPLICAS];
-        size_t ne = 0;
-        for (struct orch_replica *r = s->replicas; r && ne < ORCH_MAX_REPLICAS; r = r->next)
+        /* Highest-numbered first: the list is sorted ascending, so drain
+         * from a reversed copy of the excess ones. */
+        size_t ne = 0, cap = 0;
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
+            cap++;
+        struct orch_replica **excess = xmalloc((cap ? cap : 1) * sizeof(*excess));
+        for (struct orch_replica *r = s->replicas; r; r = r->next)
             if (rep_active(r) && (r->index > n || !rep_current(s, r)))
                 excess[ne++] = r;
         while (ne > 0)
             rep_drain(excess[--ne], n == 0 ? "stopping" : "scaling down");
+        free(excess);
     }
     svc_sync_pool(s);
 }
@@ -812,15 +894,39 @@ static void svc_maybe_finish_removal(struct orch_service *s)
         }
     char err[256];
     orch_sync_listeners(o, err, sizeof(err));
-    store_service_delete(o->store, s->project, s->env, s->name);
+    store_service_delete(o->store, s->project, s->env, s->name, NULL, NULL);
     report(s, "info", "removed", "removed %s", s->name);
     svc_free(s);
 }
 
 /* ---- operations ---- */
 
+static void lease_key(const char *project, char *buf, size_t len)
+{
+    snprintf(buf, len, "project/%s", project);
+}
+
+/* The history row of an operation: begun when the operation starts, ended
+ * when it finishes; a store that answers later may end it after the
+ * operation is gone from the list, so the row's end waits for its id. */
+static void hist_end(struct orch *o, struct orch_op *op)
+{
+    store_history_end(o->store, op->hist_id, op->hist_status, op->hist_msg, NULL, NULL);
+    free(op);
+}
+
+static void on_hist_begun(void *data, int rc, void *result)
+{
+    struct orch_op *op = data;
+    op->hist_pending = false;
+    op->hist_id = rc == 0 && result ? *(const int64_t *)result : 0;
+    if (op->finished)
+        hist_end(op->o, op);
+}
+
 static void op_finish(struct orch *o, struct orch_op *op)
 {
+    BUG_ON(op->finished);
     for (struct orch_op **pp = &o->ops; *pp; pp = &(*pp)->next)
         if (*pp == op) {
             *pp = op->next;
@@ -837,10 +943,48 @@ static void op_finish(struct orch *o, struct orch_op *op)
         snprintf(msg, sizeof(msg), "%s; rolled back to the previous revision", op->fail_msg);
     else
         snprintf(msg, sizeof(msg), "%s", op->fail_msg);
-    store_history_end(o->store, op->hist_id, ok ? "ok" : (op->rolling_back ? "rolled-back" : "failed"), msg);
+    char key[128];
+    lease_key(op->project, key, sizeof(key));
+    store_unlock(o->store, key, op->owner, NULL, NULL);
     if (op->cb)
         op->cb(op->data, NULL, ok ? "info" : "error", msg, true, ok);
-    free(op);
+    snprintf(op->hist_status, sizeof(op->hist_status), "%s",
+             ok ? "ok" : (op->rolling_back ? "rolled-back" : "failed"));
+    snprintf(op->hist_msg, sizeof(op->hist_msg), "%s", msg);
+    op->finished = true;
+    if (!op->hist_pending)
+        hist_end(o, op);
+}
+
+/* A renewal refused: another writer holds the project now. */
+static void on_lease_renewed(void *data, int rc, void *result)
+{
+    struct orch *o = data;
+    const struct store_lease *held = result;
+    if (rc != -EBUSY || !held || strncmp(held->key, "project/", 8) != 0)
+        return;
+    struct orch_op *op = NULL;
+    for (struct orch_op *x = o->ops; x; x = x->next)
+        if (strcmp(x->project, held->key + 8) == 0)
+            op = x;
+    if (op && !op->failed) {
+        op->failed = true;
+        snprintf(op->fail_msg, sizeof(op->fail_msg), "lost the lease on project %s to %s",
+                 op->project, held->owner);
+    }
+}
+
+/* Leases are renewed well before they expire. */
+static void ops_renew(struct orch *o, uint64_t now)
+{
+    for (struct orch_op *op = o->ops; op; op = op->next) {
+        if (now - op->renewed_ms < ORCH_LEASE_MS / 3)
+            continue;
+        op->renewed_ms = now;
+        char key[128];
+        lease_key(op->project, key, sizeof(key));
+        store_lock(o->store, key, op->owner, op->kind, ORCH_LEASE_MS, on_lease_renewed, o);
+    }
 }
 
 /* Every service the operation touched has converged (or is gone). */
@@ -852,9 +996,8 @@ static bool project_settled(struct orch *o, const char *project)
     return true;
 }
 
-static void tick(struct ev_loop *loop, struct ev_timer *t)
+void orch__tick(struct orch *o)
 {
-    struct orch *o = t->data;
     uint64_t now = now_ms(o);
     for (struct orch_service *s = o->services, *next; s; s = next) {
         next = s->next;
@@ -871,20 +1014,51 @@ static void tick(struct ev_loop *loop, struct ev_timer *t)
         if (project_settled(o, op->project))
             op_finish(o, op);
     }
+    ops_renew(o, now);
+}
+
+static void tick(struct ev_loop *loop, struct ev_timer *t)
+{
+    orch__tick(t->data);
     ev_timer_start(loop, t, ORCH_TICK_MS);
+}
+
+void orch__set_clock(struct orch *o, uint64_t (*clock)(void *), void *data)
+{
+    o->clock = clock;
+    o->clock_data = data;
 }
 
 static struct orch_op *op_begin(struct orch *o, const char *kind, const char *project,
                                 const char *env, const char *revision, const char *detail,
                                 orch_progress_cb cb, void *data, char *err, size_t errlen)
 {
-    struct orch_op *cur = op_of(o, project);
-    if (cur) {
-        char d[32];
-        fmt_duration(now_ms(o) - cur->started_ms, d, sizeof(d));
-        snprintf(err, errlen,
-                 "a %s of project %s is in progress (started %s ago); wait for it to finish",
-                 cur->kind, project, d);
+    /* One operation per project, for every writer of the store: a lease. */
+    char key[128];
+    lease_key(project, key, sizeof(key));
+    /* Each operation owns its lease: a second one from this takod is refused too. */
+    char owner[sizeof(((struct orch_op *)0)->owner)];
+    snprintf(owner, sizeof(owner), "%s/op-%llu", o->owner, (unsigned long long)++o->op_seq);
+    struct store_result lr = {0};
+    int rc = store_lock(o->store, key, owner, kind, ORCH_LEASE_MS, store_keep_lease, &lr);
+    if (rc == 0 && !lr.done) {
+        /* The reconciler needs the answer before it changes targets. */
+        snprintf(err, errlen, "the state store did not answer at once; try again");
+        return NULL;
+    }
+    if (rc < 0 || lr.rc < 0) {
+        if (rc == 0 && lr.rc == -EBUSY) {
+            char d[32];
+            uint64_t wall = time_wall_ms();
+            fmt_duration(wall > lr.lease.acquired_ms ? wall - lr.lease.acquired_ms : 0, d,
+                         sizeof(d));
+            snprintf(err, errlen,
+                     "a %s of project %s is in progress (started %s ago); wait for it to finish",
+                     lr.lease.info, project, d);
+        } else {
+            snprintf(err, errlen, "cannot lock project %s in the state store: %s", project,
+                     strerror(-(rc < 0 ? rc : lr.rc)));
+        }
         return NULL;
     }
     struct orch_op *op = xcalloc(1, sizeof(*op));
@@ -892,10 +1066,15 @@ static struct orch_op *op_begin(struct orch *o, const char *kind, const char *pr
     snprintf(op->project, sizeof(op->project), "%s", project);
     snprintf(op->env, sizeof(op->env), "%s", env ? env : "");
     snprintf(op->kind, sizeof(op->kind), "%s", kind);
+    snprintf(op->owner, sizeof(op->owner), "%s", owner);
     op->cb = cb;
     op->data = data;
     op->started_ms = now_ms(o);
-    op->hist_id = store_history_begin(o->store, project, env ? env : "", kind, revision, detail);
+    op->renewed_ms = op->started_ms;
+    op->hist_pending = true;
+    if (store_history_begin(o->store, project, env ? env : "", kind, revision, detail,
+                            on_hist_begun, op) < 0)
+        op->hist_pending = false;
     op->next = o->ops;
     o->ops = op;
     return op;
@@ -1049,7 +1228,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
         }
         if (fresh || strcmp(s->revision, it->revision) != 0 || req->force) {
             store_revision_add(o->store, req->project, req->env, it->name, it->revision,
-                               it->config, it->source);
+                               it->config, it->source, NULL, NULL);
             svc_set_target(s, cfgs[i], json_incref(it->config), it->revision);
             cfgs[i] = NULL;
             if (req->force && !fresh)
@@ -1110,9 +1289,10 @@ int orch_scale(struct orch *o, const char *project, const char *env, json_t *cou
             return -ENOENT;
         }
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-            json_integer_value(v) > ORCH_MAX_REPLICAS / 2) {
-            snprintf(err, errlen, "%s: replicas must be an integer from 0 to %d", name,
-                     ORCH_MAX_REPLICAS / 2);
+            json_integer_value(v) > CFG_MAX_REPLICAS) {
+            snprintf(err, errlen,
+                     "%s: replicas must be an integer from 0 to %d (the limit per service)", name,
+                     CFG_MAX_REPLICAS);
             return -EINVAL;
         }
         if (s->cfg->autoscale.enabled) {
@@ -1199,7 +1379,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
         const char *want = revision && *revision ? revision : s->prev_revision;
         if (!want[0]) {
             /* After a takod restart prev is not in memory: ask the history. */
-            json_t *h = store_history_list(o->store, project, s->env, 50);
+            struct store_result hr = {0};
+            store_history_list(o->store, project, s->env, 50, store_keep_json, &hr);
+            if (!hr.done)
+                goto store_late;
+            json_t *h = hr.json;
+            hr.json = NULL;
             size_t i;
             json_t *row;
             json_array_foreach(h, i, row) {
@@ -1226,7 +1411,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
         }
         if (strcmp(plan[np].rev, s->revision) == 0)
             continue;
-        plan[np].j = store_revision_get(o->store, project, s->env, s->name, plan[np].rev);
+        struct store_result vr = {0};
+        store_revision_get(o->store, project, s->env, s->name, plan[np].rev, store_keep_json,
+                           &vr);
+        if (!vr.done)
+            goto store_late;
+        plan[np].j = vr.json;
         if (!plan[np].j) {
             if (revision && *revision) {
                 snprintf(err, errlen, "service %s has no revision %s (see 'tako history')",
@@ -1270,6 +1460,12 @@ int orch_rollback(struct orch *o, const char *project, const char *env, const ch
     orch_sync_listeners(o, lerr, sizeof(lerr));
     snprintf(op->ok_msg, sizeof(op->ok_msg), "rolled back");
     return 0;
+store_late:
+    /* The plan needs the history and the revisions before anything changes. */
+    for (size_t k = 0; k < np; k++)
+        json_decref(plan[k].j);
+    snprintf(err, errlen, "the state store did not answer at once; try again");
+    return -EAGAIN;
 }
 
 /* ---- runtime events ---- */
@@ -1283,9 +1479,16 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
     if (!r)
         return;
     struct orch_service *s = r->svc;
+    if (new_state == RT_RUNNING && old_state == RT_STARTING && r->phase == P_STARTING) {
+        /* Its app runs from now (a container driver may have built an
+         * image first): health deadlines count from here, and the driver
+         * has an address for the pool at last. */
+        r->started_ms = now_ms(s->o);
+        svc_sync_pool(s);
+    }
     if (new_state == RT_BACKOFF || new_state == RT_CRASHLOOP) {
         struct rt_info info;
-        rt_info(rr, &info);
+        rt_inspect(rr, &info);
         report(s, NULL, "crash", "%s exited (%s); restart %u in %llums", r->name,
               info.last_error[0] ? info.last_error : rt_state_name(old_state), info.restarts + 1,
               (unsigned long long)info.backoff_ms);
@@ -1296,15 +1499,29 @@ static void on_rt_event(struct rt_replica *rr, enum rt_state old_state, enum rt_
 
 /* ---- life cycle ---- */
 
+/* A replica being prepared says how it goes (the Docker driver's build
+ * output): into the operation's progress, like tako's own lines. */
+static void on_rt_note(struct rt_replica *rr, const char *line, void *data)
+{
+    (void)data;
+    struct orch_replica *r = rt_data(rr);
+    if (r)
+        report(r->svc, "info", NULL, "%s: %s", r->name, line);
+}
+
 struct orch *orch_new(struct ev_loop *loop, struct rt *rt, struct proxy *proxy,
                       struct store *store, const char *state_dir)
 {
+    rt_set_note_cb(rt, on_rt_note, NULL);
     struct orch *o = xcalloc(1, sizeof(*o));
     o->loop = loop;
     o->rt = rt;
     o->proxy = proxy;
     o->store = store;
     snprintf(o->state_dir, sizeof(o->state_dir), "%s", state_dir);
+    char host[64] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(o->owner, sizeof(o->owner), "takod:%.63s:%d", host, (int)getpid());
     ev_timer_init(&o->tick, tick, o);
     return o;
 }
@@ -1315,11 +1532,15 @@ static void orphan_stopped(struct rt_replica *rr, void *data)
     rt_forget(rr);
 }
 
-int orch_resume(struct orch *o)
+/* The services as stored: targets first, then the replicas that run. */
+static void on_services_loaded(void *data, int status, void *result)
 {
-    struct store_service *v = NULL;
-    size_t n = 0;
-    store_services_load(o->store, NULL, &v, &n);
+    struct orch *o = data;
+    const struct store_services *sv = result;
+    const struct store_service *v = status == 0 && sv ? sv->v : NULL;
+    size_t n = v ? sv->n : 0;
+    if (status < 0)
+        log_error("state: cannot load the services: %s", strerror(-status));
     for (size_t i = 0; i < n; i++) {
         char e[256];
         struct cfg_service *c = cfg_service_from_json(v[i].config, e, sizeof(e));
@@ -1335,7 +1556,6 @@ int orch_resume(struct orch *o)
         s->http_port = v[i].http_port;
         svc_ensure_pool(s);
     }
-    store_services_free(v, n);
     struct rt_replica **adopted = NULL;
     size_t na = 0;
     rt_adopt_all(o->rt, &adopted, &na);
@@ -1362,7 +1582,7 @@ int orch_resume(struct orch *o)
             snprintf(r->health_path, sizeof(r->health_path), "%s", rc->health.path);
         r->started_ms = now_ms(o);
         struct rt_info info;
-        rt_info(adopted[i], &info);
+        rt_inspect(adopted[i], &info);
         r->restarts_at_start = info.restarts;
         rt_set_data(adopted[i], r);
         /* It served before: readmit it as soon as the proxy sees it healthy. */
@@ -1374,10 +1594,27 @@ int orch_resume(struct orch *o)
     char err[256];
     if (orch_sync_listeners(o, err, sizeof(err)) < 0)
         log_error("%s", err);
-    for (struct orch_service *s = o->services; s; s = s->next)
+    for (struct orch_service *s = o->services; s; s = s->next) {
         svc_sync_pool(s);
+        /* The data plane outlived the previous takod and kept their health:
+         * a replica it sees healthy is ready now, not after re-learning. */
+        svc_snapshot(s);
+        for (struct orch_replica *r = s->replicas; r; r = r->next) {
+            struct proxy_backend_stats st;
+            if (r->phase == P_STARTING && backend_stats(s, r->name, &st) && st.healthy &&
+                !st.draining) {
+                rep_set_phase(r, P_READY);
+                r->was_ready = true;
+            }
+        }
+    }
     ev_timer_start(o->loop, &o->tick, ORCH_TICK_MS);
-    return 0;
+}
+
+int orch_resume(struct orch *o)
+{
+    /* Nothing runs (no tick) until the store has answered. */
+    return store_services_load(o->store, NULL, on_services_loaded, o);
 }
 
 void orch_shutdown(struct orch *o)

@@ -86,6 +86,10 @@ json_t *orch_replica_names(struct orch *o, const char *project, const char *env,
 json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env,
                             const char *service);
 
+/* Services served over HTTPS: [{project, env, service, domains, and either
+ * cert + key (own files) or email (+ acme directory)}] (new reference). */
+json_t *orch_tls_wanted(struct orch *o);
+
 /* Stop every operation and timer (takod shutting down; replicas keep
  * running and are adopted by the next takod). */
 void orch_shutdown(struct orch *o);

@@ -12,8 +12,11 @@
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 
-#define ORCH_MAX_REPLICAS 512
+/* Replicas per service: CFG_MAX_REPLICAS (config.h), the one limit that
+ * validation, the pool, `tako scale` and autoscaling all use. */
+#define ORCH_SIG_LEN 32 /* SHA-256 digests of a pool's options and backend set */
 #define ORCH_MAX_ROUTES 256
+#define ORCH_LEASE_MS 30000 /* an operation's lease on its project; renewed every third */
 
 enum orch_phase {
     P_STARTING, /* started; in the pool when health-checked, no traffic until healthy */
@@ -59,8 +62,9 @@ struct orch_service {
     struct proxy_pool *pool; /* NULL for workers */
     struct proxy_backend_stats *snap; /* the pool's counters, copied once per tick */
     size_t nsnap;
-    char pool_sig[8192];      /* the backend set last pushed */
-    char pool_opts_sig[512];  /* the options the pool was made with */
+    uint8_t pool_sig[ORCH_SIG_LEN];      /* digest of the backend set last pushed */
+    bool pool_sig_set;
+    uint8_t pool_opts_sig[ORCH_SIG_LEN]; /* digest of the options the pool was made with */
     struct orch_replica *replicas;
     struct orch_service *next;
     /* autoscaling */
@@ -70,7 +74,11 @@ struct orch_service {
 struct orch_op {
     struct orch *o;
     char project[64], env[64], kind[16];
+    char owner[192]; /* of the project's lease */
+    uint64_t renewed_ms;
     int64_t hist_id;
+    bool hist_pending, finished; /* history row begun but not answered; op over */
+    char hist_status[16], hist_msg[1200];
     orch_progress_cb cb;
     void *data;
     bool failed, rolling_back;
@@ -87,6 +95,9 @@ struct orch_route {
 
 struct orch_listener {
     unsigned port;
+    bool tls;                /* the HTTPS entrypoint of HTTPS services */
+    unsigned redirect_to;    /* plain: the HTTPS port it redirects to (0 none) */
+    uint64_t hsts;           /* TLS: max-age pushed */
     bool wanted, bound;
     struct proxy_pool *def;
     struct orch_route routes[ORCH_MAX_ROUTES];
@@ -96,9 +107,13 @@ struct orch_listener {
 
 struct orch {
     struct ev_loop *loop;
+    uint64_t (*clock)(void *); /* NULL: the loop's clock */
+    void *clock_data;
     struct rt *rt;
     struct proxy *proxy;
     struct store *store;
+    char owner[128]; /* this takod, for leases */
+    uint64_t op_seq;
     char state_dir[4096];
     struct ev_timer tick;
     struct orch_service *services;
@@ -107,7 +122,14 @@ struct orch {
 };
 
 const char *orch_phase_name(enum orch_phase p);
-/* The entry of id in a stats snapshot, or NULL (orch_view.c). */
+/* For tests: one reconcile step of every service (what the timer runs
+ * every ORCH_TICK_MS), and the clock the reconciler reads (ms, monotonic). */
+void orch__tick(struct orch *o);
+void orch__set_clock(struct orch *o, uint64_t (*clock)(void *), void *data);
+/* Sort a stats snapshot by id (stable: the current backend stays before a
+ * draining one of the same id), then find id in it in O(log n), or NULL
+ * (orch_view.c). */
+void orch__stats_sort(struct proxy_backend_stats *v, size_t n);
 const struct proxy_backend_stats *orch__find_stats(const struct proxy_backend_stats *v, size_t n,
                                                    const char *id);
 

@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "core/util.h"
-#include "daemon/store.h"
+#include "store/store.h"
 #include "orch/autoscale.h"
 #include "orch/orch.h"
 #include "orch/orch_internal.h"
@@ -17,13 +17,46 @@ static bool matches(const struct orch_service *s, const char *project, const cha
            (!service || !*service || strcmp(s->name, service) == 0);
 }
 
+/* Indexes into the array being sorted, so equal ids keep their order. */
+static const struct proxy_backend_stats *g_sort_base;
+static int cmp_idx(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(g_sort_base[x].id, g_sort_base[y].id);
+    return c ? c : (x > y) - (x < y);
+}
+
+void orch__stats_sort(struct proxy_backend_stats *v, size_t n)
+{
+    if (n < 2)
+        return;
+    size_t *idx = xmalloc(n * sizeof(*idx));
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    g_sort_base = v; /* the loop thread only */
+    qsort(idx, n, sizeof(*idx), cmp_idx);
+    struct proxy_backend_stats *tmp = xmalloc(n * sizeof(*tmp));
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = v[idx[i]];
+    memcpy(v, tmp, n * sizeof(*tmp));
+    free(tmp);
+    free(idx);
+}
+
 const struct proxy_backend_stats *orch__find_stats(const struct proxy_backend_stats *v, size_t n,
                                                    const char *id)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i].id, id) == 0)
-            return &v[i];
-    return NULL;
+    /* Lower bound: the first entry of id (the current backend comes before
+     * a draining one of the same name). */
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(v[mid].id, id) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && strcmp(v[lo].id, id) == 0 ? &v[lo] : NULL;
 }
 
 /* "healthy" | "unhealthy" | "starting" | "draining" | "none" (workers) */
@@ -117,8 +150,8 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
             continue;
         struct proxy_backend_stats *st = NULL;
         size_t nst = 0;
-        if (s->pool)
-            proxy_pool_stats(s->pool, &st, &nst);
+        if (s->pool && proxy_pool_stats(s->pool, &st, &nst) == 0)
+            orch__stats_sort(st, nst);
         json_t *reps = json_array();
         unsigned running = 0, desired = desired_of(s);
         bool crashloop = false, changing = false;
@@ -206,8 +239,36 @@ json_t *orch_autoscale_list(struct orch *o, const char *project, const char *env
             if (r->phase == P_READY)
                 running++;
         json_object_set_new(j, "running", json_integer(running));
-        json_object_set_new(j, "events",
-                            store_events_list(o->store, s->project, s->name, "autoscale", 20));
+        /* A store that answers later leaves the list empty this time. */
+        struct store_result er = {0};
+        store_events_list(o->store, s->project, s->name, "autoscale", 20, store_keep_json, &er);
+        json_object_set_new(j, "events", er.json ? er.json : json_array());
+        json_array_append_new(arr, j);
+    }
+    return arr;
+}
+
+json_t *orch_tls_wanted(struct orch *o)
+{
+    json_t *arr = json_array();
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        const struct cfg_proxy *px = &s->cfg->proxy;
+        if (s->removing || !s->pool || !cfg_proxy_https(px))
+            continue;
+        json_t *j = json_pack("{s:s,s:s,s:s}", "project", s->project, "env", s->env, "service",
+                              s->name);
+        json_t *doms = json_array();
+        for (size_t d = 0; d < px->domains_len; d++)
+            json_array_append_new(doms, json_string(px->domains[d]));
+        json_object_set_new(j, "domains", doms);
+        if (px->tls_cert) {
+            json_object_set_new(j, "cert", json_string(px->tls_cert));
+            json_object_set_new(j, "key", json_string(px->tls_key));
+        } else {
+            json_object_set_new(j, "email", json_string(px->email));
+            if (px->acme)
+                json_object_set_new(j, "acme", json_string(px->acme));
+        }
         json_array_append_new(arr, j);
     }
     return arr;

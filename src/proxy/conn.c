@@ -396,7 +396,11 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
     }
     /* the request often came with the handshake: try now */
     c->xc.ready = XC_RD | XC_WR;
-    conn__client_deadline(c, w->p->o.idle_timeout_ms);
+    /* Over another transport (TLS) the handshake comes first, and must be
+     * done, like a request head, within the header timeout: silent or
+     * half-open connections cost little and not for long. */
+    conn__client_deadline(c, c->xc.ops == &xprt_tcp ? w->p->o.idle_timeout_ms
+                                                    : w->p->o.header_timeout_ms);
     conn__client_process(c);
 }
 
@@ -463,13 +467,27 @@ void conn__tick(struct worker *w)
     }
 }
 
+/* While stopping, a keep-alive connection between requests is closed only
+ * once it has been quiet for a moment and has no unread bytes: a busy client
+ * gets `Connection: close` on its next response instead, so no request
+ * races the close (a close with a request on the wire loses it). */
+#define STOP_IDLE_QUIET_MS 250
+
 void conn__close_idle_clients(struct worker *w)
 {
+    uint64_t now = w->loop.now;
     for (struct dlist *e = w->clients.next, *n; e != &w->clients; e = n) {
         n = e->next;
         struct client *c = DLIST_ENTRY(e, struct client, link);
-        if (!c->x || (c->x->st == X_HEAD && c->x->c_len == 0))
-            conn__client_close(c);
+        if (c->x && !(c->x->st == X_HEAD && c->x->c_len == 0))
+            continue;
+        uint64_t idle_since = c->deadline - w->p->o.idle_timeout_ms;
+        if (!c->x && now < idle_since + STOP_IDLE_QUIET_MS)
+            continue;
+        char b;
+        if (recv(c->xc.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+            continue; /* a request arrived: answer it (with Connection: close) */
+        conn__client_close(c);
     }
 }
 

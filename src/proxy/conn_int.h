@@ -89,9 +89,7 @@ struct xchg {
     bool t_c_eof, t_u_eof;
     /* log and routing */
     uint64_t t_start;   /* µs */
-    uint64_t client_hash;
-    bool cookie_ok;
-    char cookie[17];
+    struct lb_req lbr; /* what the pool's strategy took from the request */
     char rid[40];
     uint8_t rid_len;
     char method_s[16];

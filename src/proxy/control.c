@@ -29,7 +29,6 @@ static void hc_done(struct proxy *p, struct backend *b, bool ok, const char *why
     }
     ev_timer_stop(&p->ctl_loop, &h->timer);
     h->running = false;
-    h->due = p->ctl_loop.now + pool->o.health_interval_ms;
     if (ok) {
         atomic_store(&b->consecutive_failures, 0);
         h->ok_streak++;
@@ -45,6 +44,11 @@ static void hc_done(struct proxy *p, struct backend *b, bool ok, const char *why
             pool__backend_set_health(b, false);
         }
     }
+    /* A settled healthy backend waits the full interval; one that is down
+     * or changing state is checked fast so it comes back (or leaves) soon. */
+    bool settled = atomic_load(&b->healthy) && atomic_load(&b->consecutive_failures) == 0;
+    h->due = p->ctl_loop.now +
+             (settled ? pool->o.health_interval_ms : pool->o.health_fast_interval_ms);
 }
 
 static void hc_on_timeout(struct ev_loop *loop, struct ev_timer *t)
@@ -150,7 +154,13 @@ static void schedule_checks(struct proxy *p)
                 health__stop_backend(p, b);
                 continue;
             }
-            if (!b->hc.running && now >= b->hc.due)
+            /* A backend marked down by a failed request since its last
+             * check is checked again at the fast pace, not a full interval
+             * after a check that passed. */
+            uint64_t due = b->hc.due;
+            if (!atomic_load(&b->healthy) && b->hc.started + pool->o.health_fast_interval_ms < due)
+                due = b->hc.started + pool->o.health_fast_interval_ms;
+            if (!b->hc.running && now >= due)
                 hc_start(p, b);
         }
         pthread_mutex_unlock(&pool->lock);
@@ -165,6 +175,7 @@ static void ctl_on_tick(struct ev_loop *loop, struct ev_timer *t)
     struct proxy *p = t->data;
     schedule_checks(p);
     pool__reclaim(p, loop->now);
+    proxy__tls_tick(p, loop->now);
     ev_timer_start(loop, t, CTL_TICK_MS);
 }
 

@@ -1,36 +1,35 @@
 /* lb.c — what every strategy shares: the table, usability, in-flight
  * accounting, the shared round-robin cursor, hashing. */
 #include <errno.h>
+#include <sys/socket.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "proxy/proxy_int.h"
 
-static const struct lb_ops *const table[LB_KIND_COUNT] = {
-    [LB_ROUND_ROBIN] = &lb_round_robin_ops, [LB_LEAST_CONN] = &lb_least_conn_ops,
-    [LB_IP_HASH] = &lb_ip_hash_ops,         [LB_RANDOM] = &lb_random_ops,
-    [LB_STICKY] = &lb_sticky_ops,           [LB_P2C] = &lb_p2c_ops,
-};
-
-static const char *const names[LB_KIND_COUNT] = {
-    [LB_ROUND_ROBIN] = "round_robin", [LB_LEAST_CONN] = "least_connections",
-    [LB_IP_HASH] = "ip_hash",         [LB_RANDOM] = "random",
-    [LB_STICKY] = "sticky",           [LB_P2C] = "p2c",
-};
+size_t lb_count(void)
+{
+    size_t n = 0;
+    while (lb_table[n])
+        n++;
+    return n;
+}
 
 const struct lb_ops *lb_ops_for(int kind)
 {
-    return kind >= 0 && kind < LB_KIND_COUNT ? table[kind] : NULL;
+    return kind >= 0 && (size_t)kind < lb_count() ? lb_table[kind] : NULL;
 }
 
 const char *lb_kind_name(enum lb_kind kind)
 {
-    return (unsigned)kind < LB_KIND_COUNT ? names[kind] : "?";
+    const struct lb_ops *ops = lb_ops_for((int)kind);
+    return ops ? ops->name : "?";
 }
 
 int lb_kind_parse(const char *name, enum lb_kind *out)
 {
-    for (int i = 0; i < LB_KIND_COUNT; i++)
-        if (strcmp(name, names[i]) == 0) {
+    for (size_t i = 0; lb_table[i]; i++)
+        if (strcmp(name, lb_table[i]->name) == 0) {
             *out = (enum lb_kind)i;
             return 0;
         }
@@ -44,6 +43,39 @@ int lb_kind_parse(const char *name, enum lb_kind *out)
         return 0;
     }
     return -EINVAL;
+}
+
+/* IPv4 whole; IPv6 by the pool's prefix (a client's privacy addresses
+ * change within its /64). */
+static uint64_t addr_hash(const struct proxy_pool *pool, int family, const uint8_t *a)
+{
+    if (family == AF_INET)
+        return lb_hash64(a, 4, 4);
+    uint8_t m[16] = {0};
+    unsigned bits = pool->o.ipv6_prefix, full = bits / 8, rem = bits % 8;
+    memcpy(m, a, full);
+    if (rem)
+        m[full] = (uint8_t)(a[full] & (0xff << (8 - rem)));
+    return lb_hash64(m, 16, 6);
+}
+
+void lb_request(const struct proxy_pool *pool, const struct http_msg *m, int family,
+                const uint8_t *addr, struct lb_req *r)
+{
+    const struct lb_ops *ops = pool->ops;
+    if (ops->needs & LB_NEED_ADDR)
+        r->client_hash = addr_hash(pool, family, addr);
+    if ((ops->needs & LB_NEED_HDR) && ops->on_request)
+        ops->on_request(pool, m, r);
+}
+
+const char *lb_response(const struct proxy_pool *pool, const struct lb_req *r,
+                        const struct backend *b, char val[LB_KEY_MAX])
+{
+    const struct lb_ops *ops = pool->ops;
+    if (!(ops->needs & LB_NEED_RSP) || !ops->on_response)
+        return NULL;
+    return ops->on_response(pool, r, b, val);
 }
 
 bool lb_usable(const struct backend *b, const struct lb_req *r)
@@ -65,7 +97,8 @@ void lb_started(struct lb_set *set, struct backend *b)
 
 void lb_finished(struct lb_set *set, struct backend *b)
 {
-    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_release);
+    /* Every finish pairs with a start: a counter at 0 means a double finish. */
+    BUG_ON(atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_release) == 0);
     if (set && set->ops->update)
         set->ops->update(set, b);
 }

@@ -15,6 +15,15 @@
 
 struct backend;
 struct proxy_pool;
+struct http_msg;
+
+/* What a strategy needs from a request (HAProxy's BE_LB_NEED_*): the
+ * connection code extracts only what the pool's strategy declares. */
+#define LB_NEED_ADDR 0x1u /* r->client_hash: hash of the client address (IPv6: its prefix) */
+#define LB_NEED_HDR 0x2u  /* on_request is given the request head */
+#define LB_NEED_RSP 0x4u  /* on_response may set a cookie on the response */
+
+#define LB_KEY_MAX 64 /* a key taken from the request (a cookie value), with its NUL */
 
 struct lb_set {
     struct proxy_pool *pool;
@@ -26,11 +35,13 @@ struct lb_set {
     struct lb_set *retired_next;
 };
 
-/* What a pick may look at. */
+/* What a pick may look at. The request part is filled once per request by
+ * lb_request() according to the strategy's needs. */
 struct lb_req {
-    uint64_t client_hash;            /* ip_hash: hash of the (prefix of the) client address */
+    uint64_t client_hash;            /* LB_NEED_ADDR: hash of the (prefix of the) client address */
     const char *cookie;              /* sticky: the pinned value, NULL when none */
     size_t cookie_len;
+    char key[LB_KEY_MAX];            /* storage for what on_request takes (cookie points here) */
     struct backend *const *tried;    /* backends this request already failed on */
     unsigned ntried;
     unsigned maxconn;                /* a backend with this many in flight is full; 0: no limit */
@@ -39,7 +50,8 @@ struct lb_req {
 };
 
 struct lb_ops {
-    const char *name;
+    const char *name; /* as tako.yaml's loadBalancer.strategy says it */
+    unsigned needs;   /* LB_NEED_* */
     /* Build set->data for a fresh set (set->b, set->n filled). 0 or -errno. */
     int (*build)(struct lb_set *set);
     void (*destroy)(struct lb_set *set);
@@ -48,13 +60,33 @@ struct lb_ops {
     struct backend *(*pick)(struct lb_set *set, struct lb_req *r);
     /* A backend's in-flight count or health changed (may be NULL). */
     void (*update)(struct lb_set *set, struct backend *b);
+    /* LB_NEED_HDR: take what the strategy keys on from the request head m
+     * into r (e.g. a cookie into r->key). May be NULL. */
+    void (*on_request)(const struct proxy_pool *pool, const struct http_msg *m,
+                       struct lb_req *r);
+    /* LB_NEED_RSP: the response from b to a request r is being sent; to pin
+     * the client, return the cookie name and write its value into val.
+     * NULL: nothing to set. May be NULL. */
+    const char *(*on_response)(const struct proxy_pool *pool, const struct lb_req *r,
+                               const struct backend *b, char val[LB_KEY_MAX]);
 };
 
 extern const struct lb_ops lb_round_robin_ops, lb_least_conn_ops, lb_ip_hash_ops,
     lb_random_ops, lb_sticky_ops, lb_p2c_ops;
 
-/* The table, indexed by enum lb_kind. */
+/* The strategies (lb_table.c), NULL-terminated; a strategy's number
+ * (enum lb_kind, enum cfg_lb) is its row. */
+extern const struct lb_ops *const lb_table[];
+/* The row of kind, or NULL. */
 const struct lb_ops *lb_ops_for(int kind);
+
+/* The request side of the pool's strategy: fill r's request part from the
+ * client address (family AF_INET/AF_INET6, 16 bytes) and the head m. */
+void lb_request(const struct proxy_pool *pool, const struct http_msg *m, int family,
+                const uint8_t *addr, struct lb_req *r);
+/* The response side: the cookie to set (name, value in val), or NULL. */
+const char *lb_response(const struct proxy_pool *pool, const struct lb_req *r,
+                        const struct backend *b, char val[LB_KEY_MAX]);
 
 /* Whether b may take this request: healthy, not already tried, not full. */
 bool lb_usable(const struct backend *b, const struct lb_req *r);

@@ -96,6 +96,7 @@ static struct backend *mg_pick(struct lb_set *set, struct lb_req *r)
 
 const struct lb_ops lb_ip_hash_ops = {
     .name = "ip_hash",
+    .needs = LB_NEED_ADDR,
     .build = mg_build,
     .destroy = mg_destroy,
     .pick = mg_pick,

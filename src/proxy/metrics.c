@@ -76,6 +76,8 @@ static void sum(struct proxy *p, struct backend *b, struct bsum *s)
 
 char *proxy_metrics_text(struct proxy *p)
 {
+    if (p->rops)
+        return p->rops->metrics(p);
     struct sbuf b = {.p = xmalloc(8192), .cap = 8192};
     static const char *metrics[][3] = {
         {"tako_proxy_backend_up", "gauge", "1 when the backend takes traffic (healthy), else 0."},

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/assert.h"
 #include "core/log.h"
 #include "core/util.h"
 #include "proxy/proxy_int.h"
@@ -21,6 +22,10 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->health_interval_ms = 2000;
     if (!o->health_timeout_ms)
         o->health_timeout_ms = 1000;
+    if (!o->health_fast_interval_ms)
+        o->health_fast_interval_ms = 250;
+    if (o->health_fast_interval_ms > o->health_interval_ms)
+        o->health_fast_interval_ms = o->health_interval_ms;
     if (!o->rise)
         o->rise = 2;
     if (!o->fall)
@@ -43,7 +48,7 @@ static void set_defaults(struct proxy_pool_opts *o)
         o->queue_timeout_ms = 5000;
     if (!o->ipv6_prefix || o->ipv6_prefix > 128)
         o->ipv6_prefix = 64;
-    if (o->strategy >= LB_KIND_COUNT)
+    if ((size_t)o->strategy >= lb_count())
         o->strategy = LB_ROUND_ROBIN;
 }
 
@@ -69,6 +74,8 @@ void lb_set__free(struct lb_set *s)
 
 struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts *o)
 {
+    if (p->rops)
+        return p->rops->pool_new(p, o);
     struct proxy_pool *pool = xcalloc(1, sizeof(*pool));
     pool->p = p;
     pool->o = *o;
@@ -151,6 +158,8 @@ static void retire_set(struct proxy *p, struct lb_set *s, uint64_t gen)
 int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_spec *sp, size_t n)
 {
     struct proxy *p = pool->p;
+    if (p->rops)
+        return p->rops->pool_set(pool, sp, n);
     for (size_t i = 0; i < n; i++) {
         if (!sp[i].id || !*sp[i].id || strlen(sp[i].id) >= sizeof(((struct backend *)0)->id))
             return -EINVAL;
@@ -169,13 +178,14 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
             b = NULL; /* same id, new address or check: a new backend; the old one drains */
         if (!b) {
             b = backend_new(pool, &sp[i]);
-            bool up = first && pool->o.initial_up;
+            bool up = (first && pool->o.initial_up) || sp[i].up;
             atomic_store(&b->healthy, up);
             atomic_store(&b->ever_healthy, up);
             b->hc.due = 0; /* check at once */
             b->next = pool->all;
             pool->all = b;
         }
+        BUG_ON(atomic_load(&b->removed)); /* a set holds live backends only */
         s->b[i] = b;
     }
     pool->ops->build(s);
@@ -342,6 +352,10 @@ void pool__free_all(struct proxy *p)
 
 void proxy_pool_free(struct proxy_pool *pool)
 {
+    if (pool->p->rops) {
+        pool->p->rops->pool_free(pool);
+        return;
+    }
     /* Empty the set (everything drains); the memory goes with the proxy:
      * workers may still hold exchanges on it until they finish. */
     proxy_pool_set_backends(pool, NULL, 0);
@@ -399,6 +413,8 @@ static void fill_stats(struct proxy *p, struct backend *b, struct proxy_backend_
 int proxy_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n)
 {
     struct proxy *p = pool->p;
+    if (p->rops)
+        return p->rops->pool_stats(pool, out, n);
     pthread_mutex_lock(&pool->lock);
     size_t cap = 0;
     for (struct backend *b = pool->all; b; b = b->next)

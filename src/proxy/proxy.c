@@ -9,6 +9,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "proxy/proxy_admin.h"
 #include "proxy/proxy_int.h"
 
 int worker__init(struct proxy *p, struct worker *w, unsigned idx);
@@ -91,6 +92,7 @@ struct proxy *proxy_new(const struct proxy_opts *o)
     p->ctl_evfd = -1;
     pthread_mutex_init(&p->lock, NULL);
     pthread_mutex_init(&p->ctl_lock, NULL);
+    pthread_mutex_init(&p->chal_lock, NULL);
     if (o->ntrusted) {
         p->trusted = xcalloc(o->ntrusted, sizeof(*p->trusted));
         memcpy(p->trusted, o->trusted, o->ntrusted * sizeof(*p->trusted));
@@ -127,8 +129,30 @@ struct proxy *proxy_new(const struct proxy_opts *o)
     return p;
 }
 
+struct proxy *proxy_remote_new(const struct proxy_remote_ops *ops, void *impl)
+{
+    struct proxy *p = xcalloc(1, sizeof(*p));
+    p->rops = ops;
+    p->remote = impl;
+    return p;
+}
+
+void *proxy_remote_impl(struct proxy *p) { return p->remote; }
+
+struct proxy_pool *proxy_remote_pool_new(struct proxy *p, void *impl)
+{
+    struct proxy_pool *pool = xcalloc(1, sizeof(*pool));
+    pool->p = p;
+    pool->remote = impl;
+    return pool;
+}
+
+void *proxy_remote_pool_impl(struct proxy_pool *pool) { return pool->remote; }
+
 int proxy_start(struct proxy *p)
 {
+    if (p->rops)
+        return 0;
     pthread_mutex_lock(&p->lock);
     if (p->running) {
         pthread_mutex_unlock(&p->lock);
@@ -153,6 +177,10 @@ int proxy_start(struct proxy *p)
 
 void proxy_stop(struct proxy *p)
 {
+    if (p->rops) {
+        p->rops->stop(p);
+        return;
+    }
     pthread_mutex_lock(&p->lock);
     bool was = p->running;
     p->running = false;
@@ -167,6 +195,11 @@ void proxy_free(struct proxy *p)
 {
     if (!p)
         return;
+    if (p->rops) {
+        p->rops->free(p);
+        free(p);
+        return;
+    }
     proxy_stop(p);
     for (unsigned i = 0; i < p->nworkers; i++)
         worker__destroy(&p->w[i]);
@@ -184,6 +217,7 @@ void proxy_free(struct proxy *p)
     }
     if (p->log_close)
         close(p->log_fd);
+    proxy__tls_free(p);
     free(p->w);
     free(p->trusted);
     pthread_mutex_destroy(&p->lock);
@@ -204,13 +238,34 @@ static struct listener *find_listener(struct proxy *p, const struct net_addr *a)
     return NULL;
 }
 
+static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
+                         size_t ngiven, struct proxy_pool *default_pool,
+                         const struct xprt_ops *xprt, void *xprt_arg);
+
 int proxy_listen(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool)
 {
-    return proxy_listen_xprt(p, addr, default_pool, &xprt_tcp, NULL);
+    if (p->rops)
+        return p->rops->listen(p, addr, default_pool);
+    return listener_open(p, addr, NULL, 0, default_pool, &xprt_tcp, NULL);
 }
 
 int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool,
                       const struct xprt_ops *xprt, void *xprt_arg)
+{
+    return listener_open(p, addr, NULL, 0, default_pool, xprt, xprt_arg);
+}
+
+int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *given,
+                     size_t ngiven, struct proxy_pool *default_pool)
+{
+    return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL);
+}
+
+/* One listener: given sockets first (handed over by another process), the
+ * rest bound here; every accepted connection runs over xprt. */
+static int listener_open(struct proxy *p, const struct net_addr *addr, const int *given,
+                         size_t ngiven, struct proxy_pool *default_pool,
+                         const struct xprt_ops *xprt, void *xprt_arg)
 {
     struct listener *l = xcalloc(1, sizeof(*l));
     l->p = p;
@@ -219,10 +274,14 @@ int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy
     l->xprt_arg = xprt_arg;
     l->fds = xcalloc(p->nworkers, sizeof(int));
     for (unsigned i = 0; i < p->nworkers; i++) {
-        int fd = net_listen_tcp(&l->addr, 4096, true);
+        /* Sockets handed over keep their queue: connections waiting in it
+         * are accepted here. Missing ones join the SO_REUSEPORT group. */
+        int fd = i < ngiven ? given[i] : net_listen_tcp(&l->addr, 4096, true);
         if (fd < 0) {
             for (unsigned k = 0; k < i; k++)
                 close(l->fds[k]);
+            for (size_t k = i + 1; k < ngiven; k++)
+                close(given[k]);
             free(l->fds);
             free(l);
             return fd;
@@ -236,6 +295,10 @@ int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy
             l->addr.len = sl;
         }
     }
+    /* More sockets than workers: the extra ones would get connections no
+     * one accepts. */
+    for (size_t k = p->nworkers; k < ngiven; k++)
+        close(given[k]);
     struct routes *rt = xcalloc(1, sizeof(*rt));
     rt->def = default_pool;
     atomic_init(&l->routes, rt);
@@ -252,6 +315,20 @@ int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy
     log_info("proxy: listening on %s (%s)", net_addr_str(&l->addr, b, sizeof(b)), xprt->name);
     return 0;
 }
+
+int proxy_listener_fds(struct proxy *p, const struct net_addr *addr, int *fds, size_t max)
+{
+    pthread_mutex_lock(&p->lock);
+    struct listener *l = find_listener(p, addr);
+    size_t n = 0;
+    if (l)
+        for (; n < p->nworkers && n < max; n++)
+            fds[n] = l->fds[n];
+    pthread_mutex_unlock(&p->lock);
+    return l ? (int)n : -ENOENT;
+}
+
+unsigned proxy_threads(struct proxy *p) { return p->nworkers; }
 
 int proxy_listener_addr(struct proxy *p, size_t index, struct net_addr *out)
 {
@@ -270,6 +347,8 @@ static void free_routes(void *rt) { free(rt); }
 int proxy_route_host(struct proxy *p, const struct net_addr *listener_addr, const char *domain,
                      struct proxy_pool *pool)
 {
+    if (p->rops)
+        return p->rops->route_host(p, listener_addr, domain, pool);
     pthread_mutex_lock(&p->lock);
     struct listener *l = find_listener(p, listener_addr);
     if (!l) {
@@ -309,6 +388,8 @@ int proxy_route_host(struct proxy *p, const struct net_addr *listener_addr, cons
 
 int proxy_unlisten(struct proxy *p, const struct net_addr *addr)
 {
+    if (p->rops)
+        return p->rops->unlisten(p, addr);
     pthread_mutex_lock(&p->lock);
     struct listener **pp = &p->listeners;
     while (*pp && !addr_eq(&(*pp)->addr, addr))

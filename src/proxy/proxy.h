@@ -18,6 +18,8 @@
 struct proxy;      /* owns worker threads, listeners, pools, the control thread */
 struct proxy_pool; /* one load-balanced set of backends (one per service) */
 
+/* A strategy's number: its row in lb_table (lb_table.c). The first rows
+ * have names here; a strategy added later is simply the next number. */
 enum lb_kind {
     LB_ROUND_ROBIN = 0,
     LB_LEAST_CONN,
@@ -25,12 +27,14 @@ enum lb_kind {
     LB_RANDOM,
     LB_STICKY,
     LB_P2C,
-    LB_KIND_COUNT,
 };
 
 /* "round_robin", "least_connections", ... → kind; returns 0 or -EINVAL. */
 int lb_kind_parse(const char *name, enum lb_kind *out);
+/* The strategy's name ("?" for none). */
 const char *lb_kind_name(enum lb_kind kind);
+/* How many strategies there are (kinds 0 … lb_count()-1). */
+size_t lb_count(void);
 
 enum proxy_log_format { PROXY_LOG_TEXT = 0, PROXY_LOG_JSON };
 
@@ -70,6 +74,10 @@ struct proxy_pool_opts {
     const char *health_path;       /* NULL: TCP connect check instead of HTTP GET */
     uint64_t health_interval_ms;   /* default 2 s */
     uint64_t health_timeout_ms;    /* default 1 s */
+    /* Between checks of a backend that is down, not yet up, or up with a
+     * failure streak (HAProxy's downinter/fastinter): 250 ms, at most the
+     * interval. Healthy backends are checked every health_interval_ms. */
+    uint64_t health_fast_interval_ms;
     unsigned rise;                 /* passes to come back after a failure (2) */
     unsigned fall;                 /* failures to be marked down (3) */
     unsigned retries;              /* extra attempts on another backend (2); see _set */
@@ -95,6 +103,9 @@ struct proxy_backend_spec {
      * hold replicas of two revisions with different health paths during a
      * deploy. A kept id with another path (or address) is a new backend. */
     const char *health_path;
+    /* Known healthy elsewhere (the previous data-plane process): a new
+     * backend takes traffic before its first check here. */
+    bool up;
 };
 
 struct proxy_backend_stats {
@@ -160,6 +171,39 @@ void proxy_pool_free(struct proxy_pool *pool);
  * draining ones. Caller frees *out with proxy_pool_stats_free. */
 int proxy_pool_stats(struct proxy_pool *pool, struct proxy_backend_stats **out, size_t *n);
 void proxy_pool_stats_free(struct proxy_backend_stats *s);
+
+/* ---- HTTPS (proxy_tls.c; certificates in src/tls) ----
+ *
+ * What crosses from takod to the data plane is data only: certificate and
+ * key PEM text, ACME challenge tokens, ports and flags. */
+
+/* Listen with TLS on addr: like proxy_listen, but every connection first
+ * completes a TLS handshake (certificate chosen by SNI from the proxy's
+ * store; the handshake is bounded by header_timeout_ms). Plain HTTP sent
+ * to it gets a 400 naming https://, other bytes a close. Requests carry
+ * X-Forwarded-Proto: https. Callable while running. */
+int proxy_listen_tls(struct proxy *p, const struct net_addr *addr, struct proxy_pool *default_pool);
+/* Install or replace the certificate known as id (PEM chain + key); new
+ * handshakes get it, open connections keep theirs. -EINVAL with a message
+ * in err when it is unusable; the previous one stays then. */
+int proxy_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
+                       const char *key_pem, size_t key_len, char *err, size_t errlen);
+int proxy_tls_set_cert_files(struct proxy *p, const char *id, const char *cert_path,
+                             const char *key_path, char *err, size_t errlen);
+int proxy_tls_del_cert(struct proxy *p, const char *id);
+/* Whether a certificate names host (port ignored). */
+bool proxy_tls_has_name(struct proxy *p, const char *host);
+/* On the plain listener at addr: answer requests for hosts that have a
+ * certificate with 308 to https://host[:https_port]/… (443 is left out),
+ * except /.well-known/acme-challenge/. https_port 0 turns it off. */
+int proxy_listener_https_redirect(struct proxy *p, const struct net_addr *addr, unsigned https_port);
+/* On the TLS listener at addr: add Strict-Transport-Security with this
+ * max-age to every response (0: none). */
+int proxy_listener_hsts(struct proxy *p, const struct net_addr *addr, uint64_t max_age_s);
+/* HTTP-01: answer GET /.well-known/acme-challenge/<token> on every plain
+ * listener with keyauth (text/plain) while it is set. */
+void proxy_challenge_set(struct proxy *p, const char *token, const char *keyauth);
+void proxy_challenge_del(struct proxy *p, const char *token);
 
 /* Prometheus text exposition of everything (what the metrics endpoint
  * serves). Caller frees. */

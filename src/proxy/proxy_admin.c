@@ -15,6 +15,8 @@ static void free_routes(void *rt) { free(rt); }
 int proxy_listener_set_default(struct proxy *p, const struct net_addr *addr,
                                struct proxy_pool *pool)
 {
+    if (p->rops)
+        return p->rops->set_default(p, addr, pool);
     pthread_mutex_lock(&p->lock);
     struct listener *l = p->listeners;
     while (l && !(l->addr.len == addr->len && memcmp(&l->addr.ss, &addr->ss, addr->len) == 0))

@@ -15,6 +15,7 @@
 #include "http/http.h"
 #include "proxy/lb.h"
 #include "proxy/proxy.h"
+#include "proxy/proxy_remote.h"
 #include "proxy/xprt.h"
 
 #define PROXY_MAX_THREADS 256
@@ -104,6 +105,7 @@ struct backend {
 
 struct proxy_pool {
     struct proxy *p;
+    void *remote; /* the remote implementation's pool (p->rops set) */
     struct proxy_pool_opts o;
     char *name, *health_path, *sticky_cookie;
     size_t sticky_cookie_len;
@@ -155,6 +157,8 @@ struct listener {
     atomic_uint open_conns;
     atomic_uint_fast64_t accepted;
     atomic_int refs;        /* workers still holding it */
+    _Atomic unsigned https_redirect; /* plain listener: 308 to this HTTPS port (0: off) */
+    _Atomic uint64_t hsts;           /* TLS listener: Strict-Transport-Security max-age */
     bool closed;
     struct listener *next;  /* p->listeners, under p->lock */
 };
@@ -213,6 +217,10 @@ struct worker {
 };
 
 struct proxy {
+    /* Set for a proxy served by another process (proxy_remote.h): every
+     * public call goes to rops, nothing below is used. */
+    const struct proxy_remote_ops *rops;
+    void *remote;
     struct proxy_opts o;
     unsigned nworkers;
     struct worker *w;
@@ -242,6 +250,17 @@ struct proxy {
     int metrics_fd;
     struct ev_io metrics_io;
     struct dlist metrics_conns;
+    /* HTTPS (proxy_tls.c) */
+    struct tls_server *tls;   /* made with the first TLS listener or certificate */
+    pthread_mutex_t chal_lock;
+    struct chal *chals;       /* ACME HTTP-01 tokens being validated */
+    atomic_uint nchals;       /* fast path: no lock when zero */
+    uint64_t tickets_rotated; /* control loop ms */
+};
+
+struct chal {
+    struct chal *next;
+    char *token, *keyauth;
 };
 
 /* ---- pool.c ---- */
@@ -296,6 +315,17 @@ struct alog_rec {
 };
 void alog__write(struct worker *w, const struct alog_rec *r);
 void alog__flush(struct worker *w);
+
+/* ---- proxy_tls.c ---- */
+struct tls_server *proxy__tls(struct proxy *p);
+/* Copy the key authorization for token into buf; false when unknown. */
+bool proxy__challenge_get(struct proxy *p, const char *token, size_t len, char *buf, size_t cap);
+/* Whether a certificate names host[0..len) (no store yet: false). */
+bool proxy__tls_has_name(struct proxy *p, const char *host, size_t len);
+/* The TLS transport (xprt_tls.c); its argument is the struct tls_server. */
+extern const struct xprt_ops xprt_tls;
+void proxy__tls_tick(struct proxy *p, uint64_t now_ms);
+void proxy__tls_free(struct proxy *p);
 
 /* ---- metrics ---- */
 void metrics__observe(struct bstat *st, int status, uint64_t dur_us);

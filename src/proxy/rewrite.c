@@ -248,6 +248,11 @@ void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_
         ob_str(o, r->set_cookie_val);
         OB_LIT(o, "; Path=/; HttpOnly\r\n");
     }
+    if (r->hsts_max_age && m->status >= 200) {
+        ob_str(o, "Strict-Transport-Security: max-age=");
+        ob_u64(o, r->hsts_max_age);
+        ob_put(o, "\r\n", 2);
+    }
     if (is101)
         OB_LIT(o, "Connection: upgrade\r\n");
     else if (m->status >= 200 && r->close)

@@ -69,6 +69,7 @@ struct rw_rsp {
     bool client_http10;     /* the request was HTTP/1.0: say keep-alive when kept */
     const char *set_cookie_name; /* sticky cookie to set, or NULL */
     const char *set_cookie_val;
+    uint64_t hsts_max_age;  /* > 0: Strict-Transport-Security (HTTPS listeners) */
 };
 
 /* Write the client's response head for m into o. */

@@ -80,6 +80,69 @@ void xchg__error(struct xchg *x, int status, const char *msg)
     x->bytes_out = 0;
 }
 
+/* Answer 200 (ACME key authorization) or 308 (to HTTPS) ourselves, then
+ * close: extra is complete header lines or "". */
+static void xchg_reply(struct xchg *x, int status, const char *extra, const char *body)
+{
+    xchg__error(x, status, NULL);
+    size_t bl = strlen(body);
+    int n = snprintf(x->hbuf, x->hcap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s\r\n%s",
+                     status, http_reason(status), bl, extra, x->method == HTTP_HEAD ? "" : body);
+    if (n < 0 || (uint32_t)n >= x->hcap) {
+        xchg__error(x, 500, "answer too large");
+        return;
+    }
+    x->o_len = (uint32_t)n;
+}
+
+#define ACME_PREFIX "/.well-known/acme-challenge/"
+
+/* A plain listener's own answers before routing: ACME HTTP-01 tokens, and
+ * 308 to HTTPS for hosts that have a certificate (proxy_tls.c). True when
+ * answered. */
+static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
+{
+    struct client *c = x->c;
+    struct proxy *p = c->w->p;
+    size_t pl = sizeof(ACME_PREFIX) - 1;
+    if (m->target_len > pl && memcmp(m->target, ACME_PREFIX, pl) == 0) {
+        char ka[512];
+        if ((m->method == HTTP_GET || m->method == HTTP_HEAD) &&
+            proxy__challenge_get(p, m->target + pl, m->target_len - pl, ka, sizeof(ka))) {
+            xchg_reply(x, 200, "", ka);
+            return true;
+        }
+        return false; /* not ours: the application may have its own */
+    }
+    unsigned port = atomic_load_explicit(&c->l->https_redirect, memory_order_relaxed);
+    if (!port || m->host < 0)
+        return false;
+    const struct http_header *h = &m->headers[m->host];
+    size_t hl = h->value_len;
+    for (size_t k = hl; k > 0; k--) { /* strip ":port" */
+        if (h->value[k - 1] == ':') {
+            hl = k - 1;
+            break;
+        }
+        if (h->value[k - 1] < '0' || h->value[k - 1] > '9')
+            break;
+    }
+    if (hl == 0 || hl > 253 || !proxy__tls_has_name(p, h->value, hl))
+        return false;
+    char loc[2048];
+    char ps[16] = "";
+    if (port != 443)
+        snprintf(ps, sizeof(ps), ":%u", port);
+    int n = snprintf(loc, sizeof(loc), "Location: https://%.*s%s%.*s\r\n", (int)hl, h->value, ps,
+                     (int)m->target_len, m->target);
+    if (n < 0 || (size_t)n >= sizeof(loc))
+        return false;
+    xchg_reply(x, 308, loc, "Permanent Redirect to HTTPS\n");
+    return true;
+}
+
 /* ---- finishing ---- */
 
 static void xchg_log(struct xchg *x)
@@ -198,18 +261,6 @@ static bool trusted(struct proxy *p, int family, const uint8_t *a)
     return false;
 }
 
-static uint64_t addr_hash(struct proxy_pool *pool, int family, const uint8_t *a)
-{
-    if (family == AF_INET)
-        return lb_hash64(a, 4, 4);
-    uint8_t m[16] = {0};
-    unsigned bits = pool->o.ipv6_prefix, full = bits / 8, rem = bits % 8;
-    memcpy(m, a, full);
-    if (rem)
-        m[full] = (uint8_t)(a[full] & (0xff << (8 - rem)));
-    return lb_hash64(m, 16, 6);
-}
-
 /* The client address that balancing and logs use: the peer, or from a
  * trusted proxy the right-most untrusted X-Forwarded-For entry. Returns
  * whether the peer is a trusted proxy. */
@@ -258,35 +309,6 @@ static bool client_identity(struct xchg *x, const struct http_msg *m, int *famil
         }
     }
     return true;
-}
-
-static void find_cookie(struct xchg *x, const struct http_msg *m)
-{
-    const char *name = x->pool->sticky_cookie;
-    size_t nl = x->pool->sticky_cookie_len;
-    for (unsigned i = 0; i < m->nheaders; i++) {
-        const struct http_header *h = &m->headers[i];
-        if (h->id != HTTP_H_COOKIE)
-            continue;
-        const char *v = h->value;
-        size_t n = h->value_len, k = 0;
-        while (k < n) {
-            while (k < n && (v[k] == ' ' || v[k] == ';'))
-                k++;
-            size_t s = k;
-            while (k < n && v[k] != ';')
-                k++;
-            if (k - s > nl && memcmp(v + s, name, nl) == 0 && v[s + nl] == '=') {
-                size_t vl = k - s - nl - 1;
-                if (vl == 16) {
-                    memcpy(x->cookie, v + s + nl + 1, 16);
-                    x->cookie[16] = '\0';
-                    x->cookie_ok = true;
-                }
-                return;
-            }
-        }
-    }
 }
 
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
@@ -358,18 +380,14 @@ static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
 {
     struct worker *w = x->c->w;
     struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
-    struct lb_req r = {
-        .client_hash = x->client_hash,
-        .cookie = x->cookie_ok ? x->cookie : NULL,
-        .cookie_len = 16,
-        .tried = x->tried,
-        .ntried = x->ntried,
-        .maxconn = x->pool->o.max_conns_per_backend,
-        .rand = worker_rand_cb,
-        .rand_ctx = w,
-    };
+    struct lb_req *r = &x->lbr;
+    r->tried = x->tried;
+    r->ntried = x->ntried;
+    r->maxconn = x->pool->o.max_conns_per_backend;
+    r->rand = worker_rand_cb;
+    r->rand_ctx = w;
     *setp = set;
-    return set->n ? set->ops->pick(set, &r) : NULL;
+    return set->n ? set->ops->pick(set, r) : NULL;
 }
 
 static bool xchg_tried(const struct xchg *x, const struct backend *b)
@@ -550,6 +568,8 @@ void xchg__begin(struct xchg *x, const struct http_msg *m)
     }
     x->c_off = x->c_scan = m->head_len;
     x->body_start = w->loop.now;
+    if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
+        return;
     x->pool = route(c, m);
     if (!x->pool) {
         xchg__error(x, 404, "unknown host");
@@ -558,10 +578,7 @@ void xchg__begin(struct xchg *x, const struct http_msg *m)
     int fam;
     uint8_t a[16];
     bool peer_trusted = client_identity(x, m, &fam, a);
-    if (x->pool->o.strategy == LB_IP_HASH)
-        x->client_hash = addr_hash(x->pool, fam, a);
-    if (x->pool->o.strategy == LB_STICKY)
-        find_cookie(x, m);
+    lb_request(x->pool, m, fam, a, &x->lbr); /* what the strategy needs, nothing more */
     /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
     char peer_ip[INET6_ADDRSTRLEN];
     memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
@@ -771,15 +788,14 @@ static bool build_client_head(struct xchg *x, const struct http_msg *m)
         .content_length = m->content_length,
         .close = x->close_client,
         .client_http10 = x->minor == 0,
+        .hsts_max_age = atomic_load_explicit(&x->c->l->hsts, memory_order_relaxed),
     };
-    char hv[17];
-    if (x->pool->o.strategy == LB_STICKY && x->ntried && m->status >= 200) {
-        struct backend *b = x->tried[x->ntried - 1];
-        snprintf(hv, sizeof(hv), "%016llx", (unsigned long long)b->id_hash);
-        if (!x->cookie_ok || memcmp(hv, x->cookie, 16) != 0) {
-            r.set_cookie_name = x->pool->sticky_cookie;
+    char hv[LB_KEY_MAX];
+    if (x->ntried && m->status >= 200) {
+        /* The strategy may pin the client to the backend that answered. */
+        r.set_cookie_name = lb_response(x->pool, &x->lbr, x->tried[x->ntried - 1], hv);
+        if (r.set_cookie_name)
             r.set_cookie_val = hv;
-        }
     }
     rw_response_head(&o, m, &r);
     if (o.overflow)

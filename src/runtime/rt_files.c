@@ -59,6 +59,10 @@ void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src)
     dst->spec.service = dup_or_null(src->service);
     dst->spec.revision = xstrdup(src->revision ? src->revision : "");
     dst->spec.cwd = xstrdup(src->cwd ? src->cwd : "/");
+    dst->spec.driver = xstrdup(src->driver && *src->driver ? src->driver : RT_DEFAULT_DRIVER);
+    dst->spec.image = dup_or_null(src->image);
+    dst->spec.build_dir = dup_or_null(src->build_dir);
+    dst->spec.environment = dup_or_null(src->environment);
     size_t argc = 0;
     while (src->argv && src->argv[argc])
         argc++;
@@ -86,6 +90,10 @@ void rt__spec_free(struct rt__owned_spec *s)
     free((char *)s->spec.service);
     free((char *)s->spec.revision);
     free((char *)s->spec.cwd);
+    free((char *)s->spec.driver);
+    free((char *)s->spec.image);
+    free((char *)s->spec.build_dir);
+    free((char *)s->spec.environment);
     for (size_t i = 0; s->argv && s->argv[i]; i++)
         free(s->argv[i]);
     free(s->argv);
@@ -177,6 +185,13 @@ int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
                           (json_int_t)consecutive);
     if (!o)
         return -EINVAL;
+    json_object_set_new(o, "driver", json_string(s->driver ? s->driver : RT_DEFAULT_DRIVER));
+    if (s->image)
+        json_object_set_new(o, "image", json_string(s->image));
+    if (s->build_dir)
+        json_object_set_new(o, "build_dir", json_string(s->build_dir));
+    if (s->environment)
+        json_object_set_new(o, "environment", json_string(s->environment));
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!text)
@@ -208,7 +223,9 @@ int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restar
                     "stop_grace_ms", &grace, "restart", &restart, "log_max_bytes", &logmax,
                     "log_files", &logfiles, "restarts", &rs, "consecutive_failures", &cf) != 0)
         goto out;
-    if (!json_is_array(argv) || !json_is_array(env) || json_array_size(argv) == 0)
+    const char *drv = json_string_value(json_object_get(o, "driver"));
+    bool container = drv && strcmp(drv, RT_DEFAULT_DRIVER) != 0; /* may run the image's command */
+    if (!json_is_array(argv) || !json_is_array(env) || (json_array_size(argv) == 0 && !container))
         goto out;
     struct rt_spec s;
     memset(&s, 0, sizeof(s));
@@ -223,6 +240,11 @@ int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restar
         goto out;
     s.log_max_bytes = (uint64_t)logmax;
     s.log_files = (unsigned)logfiles;
+    /* Written by older takods without these: the process driver. */
+    s.driver = json_string_value(json_object_get(o, "driver"));
+    s.image = json_string_value(json_object_get(o, "image"));
+    s.build_dir = json_string_value(json_object_get(o, "build_dir"));
+    s.environment = json_string_value(json_object_get(o, "environment"));
     size_t argc = json_array_size(argv);
     char **av = xcalloc(argc + 1, sizeof(char *));
     struct rt_env_kv *kv = xcalloc(json_array_size(env) + 1, sizeof(*kv));

@@ -8,37 +8,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "runtime/rt.h"
+#include "runtime/rt_driver.h"
+#include "runtime/rt_proc.h"
 
-#define RT_NAME_MAX 64      /* a hostname holds at most 64 bytes */
 #define RT_LINE_MAX 16384   /* longer output lines are split */
-#define RT_DEFAULT_GRACE_MS 10000u
-#define RT_DEFAULT_LOG_MAX (10u * 1024u * 1024u)
-#define RT_DEFAULT_LOG_FILES 3u
-#define RT_HEALTHY_RESET_MS 60000u /* running this long resets the backoff */
-#define RT_CRASHLOOP_AFTER 3u      /* consecutive quick exits shown as a crash loop */
-
-/* The restart policy for an app that exited by itself with status
- * (waitpid form, -1 unknown) after running ran_ms: RT_EXITED, or
- * RT_BACKOFF / RT_CRASHLOOP with *backoff_ms set. Updates *consecutive
- * (reset by a run of RT_HEALTHY_RESET_MS or more). */
-enum rt_state rt__policy(enum rt_restart policy, int status, uint64_t ran_ms,
-                         unsigned *consecutive, uint64_t *backoff_ms);
-
-/* A spec whose strings the runtime owns (rt_spec's pointers point here). */
-struct rt__owned_spec {
-    struct rt_spec spec;
-    char **argv;
-    struct rt_env_kv *env;
-};
-
-/* Build "<project>-<service>-<n>" after checking each part is made of
- * [A-Za-z0-9_.-] and the result fits a hostname. Returns 0 or -EINVAL with
- * the reason in err. */
-int rt__replica_name(const struct rt_spec *s, char *buf, size_t len, char *err, size_t errlen);
-/* Deep copy of a spec, defaults filled in. */
-void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src);
-void rt__spec_free(struct rt__owned_spec *s);
 
 /* spec.json: the spec plus takod's restart bookkeeping, for the shim and
  * for adoption. Written atomically. */
@@ -104,6 +77,16 @@ void rt__logw_close(struct rt__logw *w);
 /* The text of the last logged line (without time and stream) into buf,
  * reading only the end of the newest files. Returns 0 or -ENOENT. */
 int rt__log_last_line(const char *state_dir, const char *replica_name, char *buf, size_t len);
+/* The process driver's log ops (rt_log.c): replicas with a log directory,
+ * and a follower that polls the current file every RT_FOLLOW_POLL_MS. */
+#define RT_FOLLOW_POLL_MS 200u
+int rt__proc_logs_list(const char *state_dir, const char *driver, const char *project,
+                       const char *service, struct rt_log_ref **out, size_t *n);
+struct ev_loop;
+int rt__proc_logs_follow(struct ev_loop *loop, const char *state_dir, const char *name,
+                         bool from_start, rt_log_line_cb line, void *data,
+                         struct rt_log_follow **out);
+void rt__proc_logs_unfollow(struct rt_log_follow *f);
 /* Format a line prefix for wall time ms: "2024-01-01T12:00:00.000Z". */
 void rt__fmt_time(uint64_t wall_ms, char buf[32]);
 /* Parse the leading timestamp of a log line; returns 0 or -EINVAL. */

@@ -1,5 +1,6 @@
-/* rt_log.c — per-replica log files: timestamped lines, rotation by size,
- * and reading them back (tail, since). */
+/* rt_log.c — the process driver's per-replica log files: timestamped
+ * lines, rotation by size, and reading them back (list, tail, follow). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/ev.h"
 #include "core/util.h"
 #include "runtime/rt_internal.h"
 
@@ -120,19 +122,13 @@ void rt__logw_close(struct rt__logw *w)
     w->path = NULL;
 }
 
-const char *rt_log_path(const char *state_dir, const char *replica_name)
+const char *rt_proc_log_path(const char *state_dir, const char *replica_name)
 {
     static char buf[4096];
     snprintf(buf, sizeof(buf), "%s/replicas/%s/" LOG_BASENAME, state_dir, replica_name);
     return buf;
 }
 
-void rt_logs_free(char **lines, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(lines[i]);
-    free(lines);
-}
 
 /* Collector for reading backwards: lines newest first, stopping at the
  * count or at the first line older than since. */
@@ -217,7 +213,7 @@ static void scan_back(int fd, struct tail_ctx *t)
     free(carry);
 }
 
-int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines,
+int rt_proc_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines,
                  uint64_t since_wall_ms, char ***lines, size_t *n)
 {
     *lines = NULL;
@@ -225,7 +221,7 @@ int rt_logs_tail(const char *state_dir, const char *replica_name, size_t n_lines
     if (!replica_name || !*replica_name || strchr(replica_name, '/') ||
         strcmp(replica_name, ".") == 0 || strcmp(replica_name, "..") == 0)
         return -EINVAL;
-    char *base = xstrdup(rt_log_path(state_dir, replica_name));
+    char *base = xstrdup(rt_proc_log_path(state_dir, replica_name));
     struct tail_ctx t = {.want = n_lines, .since = since_wall_ms};
     /* Newest file first, backwards, until enough lines (or old enough
      * ones) were seen: a tail of 10 lines reads a few KiB, not 30 MiB. The
@@ -258,7 +254,7 @@ int rt__log_last_line(const char *state_dir, const char *replica_name, char *buf
 {
     /* Only the end of the newest non-empty file is read: this runs on every
      * exit of a crash-looping replica, whose logs may be large. */
-    char *base = xstrdup(rt_log_path(state_dir, replica_name));
+    char *base = xstrdup(rt_proc_log_path(state_dir, replica_name));
     int r = -ENOENT;
     buf[0] = '\0';
     for (unsigned k = 0; k < 2 && r < 0; k++) {
@@ -294,4 +290,139 @@ int rt__log_last_line(const char *state_dir, const char *replica_name, char *buf
     }
     free(base);
     return r;
+}
+
+/* ---- the driver's log ops: list, tail, follow ---- */
+
+/* "<project>-<service>-<n>" of project (and service when given)? */
+static bool name_matches(const char *name, const char *project, const char *service)
+{
+    if (!project)
+        return true;
+    size_t pl = strlen(project);
+    if (strncmp(name, project, pl) != 0 || name[pl] != '-')
+        return false;
+    const char *rest = name + pl + 1;
+    const char *dash = strrchr(rest, '-');
+    if (!dash || dash == rest || !dash[1])
+        return false;
+    for (const char *p = dash + 1; *p; p++)
+        if (*p < '0' || *p > '9')
+            return false;
+    if (service)
+        return (size_t)(dash - rest) == strlen(service) &&
+               strncmp(rest, service, strlen(service)) == 0;
+    return true;
+}
+
+int rt__proc_logs_list(const char *state_dir, const char *driver, const char *project,
+                       const char *service, struct rt_log_ref **out, size_t *n)
+{
+    char *root = xasprintf("%s/replicas", state_dir);
+    DIR *d = opendir(root);
+    free(root);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof((*out)->name) ||
+            !name_matches(e->d_name, project, service))
+            continue;
+        *out = xrealloc(*out, (*n + 1) * sizeof(**out));
+        memcpy((*out)[*n].name, e->d_name, strlen(e->d_name) + 1);
+        (*out)[*n].driver = driver;
+        (*n)++;
+    }
+    closedir(d);
+    return 0;
+}
+
+struct proc_follow {
+    struct rt_log_follow base;
+    struct ev_loop *loop;
+    struct ev_timer timer;
+    char *name, *path;
+    ino_t ino;
+    off_t off;
+    char *partial;
+    size_t partial_len;
+    rt_log_line_cb line;
+    void *data;
+};
+
+/* Read what was appended since the last look; a new inode (rotation) or a
+ * shorter file is read from its start. */
+static void follow_read(struct proc_follow *f)
+{
+    struct stat st;
+    if (stat(f->path, &st) != 0)
+        return;
+    if (st.st_ino != f->ino || st.st_size < f->off) {
+        f->ino = st.st_ino;
+        f->off = 0;
+    }
+    if (st.st_size == f->off)
+        return;
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[65536];
+    ssize_t k;
+    while ((k = pread(fd, buf, sizeof(buf), f->off)) > 0) {
+        f->off += k;
+        /* A line never grows past RT_LINE_MAX plus its prefix: the writer
+         * splits longer ones, so partial stays bounded. */
+        f->partial = xrealloc(f->partial, f->partial_len + (size_t)k + 1);
+        memcpy(f->partial + f->partial_len, buf, (size_t)k);
+        f->partial_len += (size_t)k;
+        size_t start = 0;
+        for (size_t i = 0; i < f->partial_len; i++) {
+            if (f->partial[i] != '\n')
+                continue;
+            f->partial[i] = '\0';
+            f->line(f->data, f->name, f->partial + start);
+            start = i + 1;
+        }
+        memmove(f->partial, f->partial + start, f->partial_len - start);
+        f->partial_len -= start;
+    }
+    close(fd);
+}
+
+static void on_follow_timer(struct ev_loop *loop, struct ev_timer *t)
+{
+    struct proc_follow *f = t->data;
+    follow_read(f);
+    ev_timer_start(loop, &f->timer, RT_FOLLOW_POLL_MS);
+}
+
+int rt__proc_logs_follow(struct ev_loop *loop, const char *state_dir, const char *name,
+                         bool from_start, rt_log_line_cb line, void *data,
+                         struct rt_log_follow **out)
+{
+    struct proc_follow *f = xcalloc(1, sizeof(*f));
+    f->loop = loop;
+    f->name = xstrdup(name);
+    f->path = xstrdup(rt_proc_log_path(state_dir, name));
+    f->line = line;
+    f->data = data;
+    struct stat st;
+    if (!from_start && stat(f->path, &st) == 0) {
+        f->ino = st.st_ino; /* from here on: what is there was tailed already */
+        f->off = st.st_size;
+    }
+    ev_timer_init(&f->timer, on_follow_timer, f);
+    ev_timer_start(loop, &f->timer, RT_FOLLOW_POLL_MS);
+    *out = &f->base;
+    return 0;
+}
+
+void rt__proc_logs_unfollow(struct rt_log_follow *base)
+{
+    struct proc_follow *f = (struct proc_follow *)base;
+    ev_timer_stop(f->loop, &f->timer);
+    free(f->name);
+    free(f->path);
+    free(f->partial);
+    free(f);
 }

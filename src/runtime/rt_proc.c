@@ -1,4 +1,4 @@
-/* rt_proc.c — the process runtime on takod's side: starts one shim per app
+/* rt_proc.c — the process driver on takod's side: starts one shim per app
  * run, follows it through a notify pipe and a pidfd, applies the restart
  * policy with backoff, liveness, stats, stop, and adoption after a restart. */
 #include <dirent.h>
@@ -24,23 +24,22 @@
 #define STATE_POLL_MS 50u    /* adopted replicas still starting: re-read state this often */
 #define SAMPLE_MIN_MS 500u   /* stats are sampled at most this often */
 
-struct rt {
+struct proc_drv {
+    struct rt_driver base;
     struct ev_loop *loop;
-    char *state_dir;
+    const char *state_dir; /* the rt's */
     char *shim_exe;
-    rt_event_cb cb;
-    void *cb_data;
-    struct rt_replica *replicas;
+    struct proc_rep *replicas;
     uint64_t sample_mono; /* last /proc pass for stats */
 };
 
-struct rt_replica {
-    struct rt *rt;
-    struct rt_replica *next, **pprev;
+struct proc_rep {
+    struct rt_replica base; /* first: the generic layer's view */
+    struct proc_drv *rt;
+    struct proc_rep *next, **pprev;
     struct rt__owned_spec spec;
     char name[RT_NAME_MAX];
     char *dir, *state_path, *spec_path, *lock_path;
-    void *data;
     enum rt_state state;
 
     /* The current shim (pid 0 when none). */
@@ -69,69 +68,6 @@ struct rt_replica {
     double cpu;
     uint64_t rss;
 };
-
-/* ---- names and small pure helpers ---- */
-
-static const char *state_names[] = {"starting", "running", "backoff",  "crashloop",
-                                    "stopping", "stopped", "exited",   "failed"};
-
-const char *rt_state_name(enum rt_state s)
-{
-    return (unsigned)s < ARRAY_LEN(state_names) ? state_names[s] : "unknown";
-}
-
-const char *rt_restart_name(enum rt_restart p)
-{
-    switch (p) {
-    case RT_RESTART_ON_FAILURE:
-        return "on-failure";
-    case RT_RESTART_NEVER:
-        return "never";
-    default:
-        return "always";
-    }
-}
-
-int rt_restart_parse(const char *s, enum rt_restart *out)
-{
-    if (!s)
-        return -EINVAL;
-    if (strcmp(s, "always") == 0)
-        *out = RT_RESTART_ALWAYS;
-    else if (strcmp(s, "on-failure") == 0)
-        *out = RT_RESTART_ON_FAILURE;
-    else if (strcmp(s, "never") == 0)
-        *out = RT_RESTART_NEVER;
-    else
-        return -EINVAL;
-    return 0;
-}
-
-uint64_t rt_backoff_ms(unsigned consecutive_failures)
-{
-    if (consecutive_failures <= 1)
-        return 1000;
-    if (consecutive_failures > 7) /* 2^6 s already passes the cap */
-        return 60000;
-    uint64_t ms = 1000ull << (consecutive_failures - 1);
-    return ms > 60000 ? 60000 : ms;
-}
-
-enum rt_state rt__policy(enum rt_restart policy, int status, uint64_t ran_ms,
-                         unsigned *consecutive, uint64_t *backoff_ms)
-{
-    bool clean = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    /* A long healthy run forgives the failures before it. */
-    if (ran_ms >= RT_HEALTHY_RESET_MS)
-        *consecutive = 0;
-    if (policy == RT_RESTART_NEVER || (policy == RT_RESTART_ON_FAILURE && clean)) {
-        *backoff_ms = 0;
-        return RT_EXITED;
-    }
-    (*consecutive)++;
-    *backoff_ms = rt_backoff_ms(*consecutive);
-    return *consecutive >= RT_CRASHLOOP_AFTER ? RT_CRASHLOOP : RT_BACKOFF;
-}
 
 static int pidfd_open_(pid_t pid)
 {
@@ -163,15 +99,15 @@ static int mkdir_p(const char *path)
 
 /* ---- replica lifecycle ---- */
 
-static void set_state(struct rt_replica *r, enum rt_state s)
+static void set_state(struct proc_rep *r, enum rt_state s)
 {
     enum rt_state old = r->state;
     r->state = s;
-    if (old != s && r->rt->cb && !r->forgotten)
-        r->rt->cb(r, old, s, r->rt->cb_data);
+    if (old != s && !r->forgotten)
+        rt__emit(&r->base, old, s);
 }
 
-static void close_shim(struct rt_replica *r)
+static void close_shim(struct proc_rep *r)
 {
     struct ev_loop *loop = r->rt->loop;
     if (r->shim_pidfd >= 0) {
@@ -189,7 +125,7 @@ static void close_shim(struct rt_replica *r)
     r->shim_pid = 0;
 }
 
-static void free_replica(struct rt_replica *r)
+static void free_replica(struct proc_rep *r)
 {
     rt__spec_free(&r->spec);
     free(r->dir);
@@ -201,12 +137,12 @@ static void free_replica(struct rt_replica *r)
 
 static void on_free_defer(struct ev_defer *d)
 {
-    free_replica((struct rt_replica *)((char *)d - offsetof(struct rt_replica, free_defer)));
+    free_replica((struct proc_rep *)((char *)d - offsetof(struct proc_rep, free_defer)));
 }
 
 static void on_done_defer(struct ev_defer *d)
 {
-    struct rt_replica *r = (struct rt_replica *)((char *)d - offsetof(struct rt_replica, done_defer));
+    struct proc_rep *r = (struct proc_rep *)((char *)d - offsetof(struct proc_rep, done_defer));
     r->done_pending = false;
     if (r->forgotten) {
         free_replica(r);
@@ -215,10 +151,10 @@ static void on_done_defer(struct ev_defer *d)
     void (*done)(struct rt_replica *, void *) = r->done;
     r->done = NULL;
     if (done)
-        done(r, r->done_data);
+        done(&r->base, r->done_data);
 }
 
-static void finish_stop(struct rt_replica *r)
+static void finish_stop(struct proc_rep *r)
 {
     r->want_stop = false;
     set_state(r, RT_STOPPED);
@@ -228,7 +164,7 @@ static void finish_stop(struct rt_replica *r)
     }
 }
 
-static void refresh(struct rt_replica *r)
+static void refresh(struct proc_rep *r)
 {
     struct rt__shim_state st;
     if (rt__state_load(r->state_path, &st) < 0 || st.shim_pid != r->shim_pid)
@@ -247,10 +183,10 @@ static void refresh(struct rt_replica *r)
         snprintf(r->last_error, sizeof(r->last_error), "%s", st.error);
 }
 
-static int spawn(struct rt_replica *r, char *err, size_t errlen);
+static int spawn(struct proc_rep *r, char *err, size_t errlen);
 
 /* Start the next run of the replica, counting a restart. */
-static void respawn(struct rt_replica *r)
+static void respawn(struct proc_rep *r)
 {
     char err[200];
     r->restarts++;
@@ -268,7 +204,7 @@ static void on_backoff(struct ev_loop *loop, struct ev_timer *t)
 }
 
 /* The app (and with it the shim) is gone: apply the policy. */
-static void shim_gone(struct rt_replica *r)
+static void shim_gone(struct proc_rep *r)
 {
     struct rt__shim_state st;
     bool have = rt__state_load(r->state_path, &st) == 0 && st.shim_pid == r->shim_pid;
@@ -340,7 +276,7 @@ static void on_shim_exit(struct ev_loop *loop, struct ev_io *w, uint32_t revents
 {
     (void)loop;
     (void)revents;
-    struct rt_replica *r = w->data;
+    struct proc_rep *r = w->data;
     siginfo_t si;
     memset(&si, 0, sizeof(si));
     /* Reap when the shim is our child; an adopted one is init's (ECHILD). */
@@ -358,7 +294,7 @@ static void on_shim_exit(struct ev_loop *loop, struct ev_io *w, uint32_t revents
 static void on_notify(struct ev_loop *loop, struct ev_io *w, uint32_t revents)
 {
     (void)revents;
-    struct rt_replica *r = w->data;
+    struct proc_rep *r = w->data;
     char buf[256];
     ssize_t n;
     while ((n = read(r->notify_fd, buf, sizeof(buf))) > 0) {
@@ -373,7 +309,7 @@ static void on_notify(struct ev_loop *loop, struct ev_io *w, uint32_t revents)
 
 static void on_poll(struct ev_loop *loop, struct ev_timer *t)
 {
-    struct rt_replica *r = t->data;
+    struct proc_rep *r = t->data;
     refresh(r);
     if (r->state == RT_STARTING && r->shim_pid)
         ev_timer_start(loop, &r->poll_timer, STATE_POLL_MS);
@@ -382,7 +318,7 @@ static void on_poll(struct ev_loop *loop, struct ev_timer *t)
 static void on_kill(struct ev_loop *loop, struct ev_timer *t)
 {
     (void)loop;
-    struct rt_replica *r = t->data;
+    struct proc_rep *r = t->data;
     /* The shim did not finish its own stop sequence in time. */
     log_warn("replica %s: supervisor did not stop in time, killing it", r->name);
     if (r->st.app_pid > 0 && rt__proc_alive(r->st.app_pid, r->st.app_start))
@@ -391,7 +327,7 @@ static void on_kill(struct ev_loop *loop, struct ev_timer *t)
         pidfd_signal(r->shim_pidfd, SIGKILL);
 }
 
-static void watch_shim(struct rt_replica *r, int pidfd, int notify_fd)
+static void watch_shim(struct proc_rep *r, int pidfd, int notify_fd)
 {
     struct ev_loop *loop = r->rt->loop;
     r->shim_pidfd = pidfd;
@@ -406,7 +342,7 @@ static void watch_shim(struct rt_replica *r, int pidfd, int notify_fd)
 
 /* Start a shim for the replica: it takes over the lock (so a second start
  * of the same name fails) and reports through the notify pipe. */
-static int spawn(struct rt_replica *r, char *err, size_t errlen)
+static int spawn(struct proc_rep *r, char *err, size_t errlen)
 {
     int lock = -1, np[2] = {-1, -1}, pidfd = -1, r_ = 0;
     int res = mkdir_p(r->dir);
@@ -497,11 +433,14 @@ out:
     return r_;
 }
 
-static struct rt_replica *new_replica(struct rt *rt, const char *name)
+static struct proc_rep *new_replica(struct proc_drv *rt, const char *name)
 {
-    struct rt_replica *r = xcalloc(1, sizeof(*r));
+    struct proc_rep *r = xcalloc(1, sizeof(*r));
     r->rt = rt;
     snprintf(r->name, sizeof(r->name), "%s", name);
+    r->base.drv = &rt->base;
+    r->base.name = r->name;
+    r->base.spec = &r->spec.spec;
     r->dir = xasprintf("%s/replicas/%s", rt->state_dir, name);
     r->state_path = xasprintf("%s/state", r->dir);
     r->spec_path = xasprintf("%s/spec.json", r->dir);
@@ -520,7 +459,7 @@ static struct rt_replica *new_replica(struct rt *rt, const char *name)
     return r;
 }
 
-static void unlink_replica(struct rt_replica *r)
+static void unlink_replica(struct proc_rep *r)
 {
     if (!r->pprev)
         return;
@@ -531,39 +470,47 @@ static void unlink_replica(struct rt_replica *r)
     r->next = NULL;
 }
 
-static struct rt_replica *find(struct rt *rt, const char *name)
+static struct proc_rep *find(struct proc_drv *rt, const char *name)
 {
-    for (struct rt_replica *r = rt->replicas; r; r = r->next)
+    for (struct proc_rep *r = rt->replicas; r; r = r->next)
         if (strcmp(r->name, name) == 0)
             return r;
     return NULL;
 }
 
-/* ---- public API ---- */
+/* ---- the driver's ops ---- */
 
-struct rt *rt_new(struct ev_loop *loop, const char *state_dir, rt_event_cb cb, void *cb_data)
+#define PD(d) ((struct proc_drv *)(d))
+#define PR(r) ((struct proc_rep *)(r))
+
+static int proc_create(struct rt *owner, struct rt_driver **out, char *err, size_t errlen)
 {
-    struct rt *rt = xcalloc(1, sizeof(*rt));
-    rt->loop = loop;
-    rt->state_dir = xstrdup(state_dir);
+    (void)err;
+    (void)errlen;
+    struct proc_drv *rt = xcalloc(1, sizeof(*rt));
+    rt->loop = rt__loop(owner);
+    rt->state_dir = rt__state_dir(owner);
     rt->shim_exe = xstrdup("/proc/self/exe");
-    rt->cb = cb;
-    rt->cb_data = cb_data;
-    return rt;
+    *out = &rt->base;
+    return 0;
 }
 
-void rt_set_shim_exe(struct rt *rt, const char *exe)
+int rt_proc_set_shim_exe(struct rt *owner, const char *exe)
 {
-    free(rt->shim_exe);
-    rt->shim_exe = xstrdup(exe);
+    char err[256];
+    struct rt_driver *d = rt__driver(owner, rt_proc_ops.name, err, sizeof(err));
+    if (!d)
+        return -EINVAL;
+    free(PD(d)->shim_exe);
+    PD(d)->shim_exe = xstrdup(exe);
+    return 0;
 }
 
-void rt_free(struct rt *rt)
+static void proc_destroy(struct rt_driver *d)
 {
-    if (!rt)
-        return;
+    struct proc_drv *rt = PD(d);
     while (rt->replicas) {
-        struct rt_replica *r = rt->replicas;
+        struct proc_rep *r = rt->replicas;
         unlink_replica(r);
         close_shim(r);
         ev_timer_stop(rt->loop, &r->backoff_timer);
@@ -572,14 +519,14 @@ void rt_free(struct rt *rt)
         else
             free_replica(r);
     }
-    free(rt->state_dir);
     free(rt->shim_exe);
     free(rt);
 }
 
-int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out, char *err,
-             size_t errlen)
+static int proc_start(struct rt_driver *d, const struct rt_spec *spec, struct rt_replica **out,
+                      char *err, size_t errlen)
 {
+    struct proc_drv *rt = PD(d);
     char name[RT_NAME_MAX];
     int res = rt__replica_name(spec, name, sizeof(name), err, errlen);
     if (res < 0)
@@ -602,13 +549,13 @@ int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out,
             return -EINVAL;
         }
     }
-    struct rt_replica *known = find(rt, name);
+    struct proc_rep *known = find(rt, name);
     if (known) {
         snprintf(err, errlen, "replica %s is already %s (rt_forget a stopped one first)", name,
                  rt_state_name(known->state));
         return -EEXIST;
     }
-    struct rt_replica *r = new_replica(rt, name);
+    struct proc_rep *r = new_replica(rt, name);
     rt__spec_copy(&r->spec, spec);
     res = spawn(r, err, errlen);
     if (res < 0) {
@@ -616,11 +563,11 @@ int rt_start(struct rt *rt, const struct rt_spec *spec, struct rt_replica **out,
         free_replica(r);
         return res;
     }
-    *out = r;
+    *out = &r->base;
     return 0;
 }
 
-static void send_stop(struct rt_replica *r)
+static void send_stop(struct proc_rep *r)
 {
     if (r->shim_pidfd >= 0) {
         pidfd_signal(r->shim_pidfd, SIGTERM);
@@ -631,8 +578,10 @@ static void send_stop(struct rt_replica *r)
     set_state(r, RT_STOPPING);
 }
 
-void rt_stop(struct rt_replica *r, void (*done)(struct rt_replica *, void *), void *data)
+static void proc_stop(struct rt_replica *rr, void (*done)(struct rt_replica *, void *),
+                      void *data)
 {
+    struct proc_rep *r = PR(rr);
     r->done = done;
     r->done_data = data;
     r->want_stop = true;
@@ -645,10 +594,13 @@ void rt_stop(struct rt_replica *r, void (*done)(struct rt_replica *, void *), vo
         finish_stop(r);
 }
 
-void rt_restart(struct rt_replica *r)
+static void proc_restart(struct rt_replica *rr, const char *why)
 {
+    struct proc_rep *r = PR(rr);
     if (r->want_stop)
         return; /* a stop in progress wins */
+    if (why)
+        snprintf(r->last_error, sizeof(r->last_error), "%s", why);
     if (r->shim_pidfd >= 0) {
         r->want_restart = true;
         send_stop(r);
@@ -658,8 +610,22 @@ void rt_restart(struct rt_replica *r)
     respawn(r);
 }
 
-void rt_forget(struct rt_replica *r)
+static int proc_signal(struct rt_replica *rr, int sig)
 {
+    struct proc_rep *r = PR(rr);
+    bool live = r->shim_pid && r->st.app_pid > 0 && r->st.app != RT_APP_EXITED &&
+                r->st.app != RT_APP_FAILED && rt__proc_alive(r->st.app_pid, r->st.app_start);
+    if (!live)
+        return -ESRCH;
+    /* The app leads its own process group: the whole group gets it. */
+    if (kill(-r->st.app_pid, sig) == -1)
+        return -errno;
+    return 0;
+}
+
+static void proc_forget(struct rt_replica *rr)
+{
+    struct proc_rep *r = PR(rr);
     if (r->shim_pidfd >= 0 || ev_timer_active(&r->backoff_timer)) {
         log_warn("replica %s is %s; not forgetting a live replica", r->name,
                  rt_state_name(r->state));
@@ -675,39 +641,26 @@ void rt_forget(struct rt_replica *r)
     ev_defer(r->rt->loop, &r->free_defer, on_free_defer);
 }
 
-const struct rt_spec *rt_spec(struct rt_replica *r)
+static int proc_address(struct rt_replica *rr, char *buf, size_t len)
 {
-    return &r->spec.spec;
-}
-
-const char *rt_name(struct rt_replica *r)
-{
-    return r->name;
-}
-
-void rt_set_data(struct rt_replica *r, void *data)
-{
-    r->data = data;
-}
-
-void *rt_data(struct rt_replica *r)
-{
-    return r->data;
+    /* The app listens on PORT on this host. */
+    int w = snprintf(buf, len, "127.0.0.1:%u", PR(rr)->spec.spec.port);
+    return w < 0 || (size_t)w >= len ? -ENOSPC : 0;
 }
 
 /* CPU ticks and RSS of each app's whole tree: live descendants of its shim,
  * plus what the shim collected from reaped ones (its cutime/cstime). One
  * pass over /proc serves every replica, at most every SAMPLE_MIN_MS. */
-static void sample_all(struct rt *rt)
+static void sample_all(struct proc_drv *rt)
 {
     uint64_t now = ev_time_ms();
     if (rt->sample_mono && now - rt->sample_mono < SAMPLE_MIN_MS)
         return;
     rt->sample_mono = now;
     size_t nroots = 0, cap = 0;
-    struct rt_replica **reps = NULL;
+    struct proc_rep **reps = NULL;
     pid_t *roots = NULL;
-    for (struct rt_replica *r = rt->replicas; r; r = r->next) {
+    for (struct proc_rep *r = rt->replicas; r; r = r->next) {
         if (!r->shim_pid)
             continue;
         if (nroots == cap) {
@@ -733,7 +686,7 @@ static void sample_all(struct rt *rt)
     }
     long hz = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
     for (size_t k = 0; k < nroots; k++) {
-        struct rt_replica *r = reps[k];
+        struct proc_rep *r = reps[k];
         ssize_t si = rt__proc_find(all, (size_t)n, r->shim_pid);
         if (si < 0)
             continue;
@@ -759,9 +712,9 @@ out:
     free(roots);
 }
 
-void rt_info(struct rt_replica *r, struct rt_info *info)
+static void proc_inspect(struct rt_replica *rr, struct rt_info *info)
 {
-    memset(info, 0, sizeof(*info));
+    struct proc_rep *r = PR(rr);
     snprintf(info->name, sizeof(info->name), "%s", r->name);
     bool live = r->shim_pid && (r->state == RT_RUNNING || r->state == RT_STOPPING ||
                                 r->state == RT_STARTING);
@@ -773,11 +726,6 @@ void rt_info(struct rt_replica *r, struct rt_info *info)
     info->started_at_ms = live ? r->started_wall : 0;
     if (live && r->started_mono)
         info->uptime_ms = ev_time_ms() - r->started_mono;
-    if (live) {
-        sample_all(r->rt);
-        info->cpu_percent = r->cpu;
-        info->rss_bytes = r->rss;
-    }
     info->hostname_shared = r->st.hostname_shared;
     snprintf(info->last_error, sizeof(info->last_error), "%s", r->last_error);
     snprintf(info->revision, sizeof(info->revision), "%s", r->spec.spec.revision);
@@ -785,29 +733,19 @@ void rt_info(struct rt_replica *r, struct rt_info *info)
     info->supervisor_pid = r->shim_pid;
 }
 
-void rt_report_health(struct rt_replica *r, bool ok, unsigned unhealthy_threshold,
-                      uint64_t start_period_ms)
+static void proc_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_bytes)
 {
-    if (r->state != RT_RUNNING)
+    struct proc_rep *r = PR(rr);
+    if (!r->shim_pid)
         return;
-    if (ok) {
-        r->health_fails = 0;
-        return;
-    }
-    if (ev_now(r->rt->loop) - r->started_mono < start_period_ms)
-        return;
-    r->health_fails++;
-    if (unhealthy_threshold && r->health_fails >= unhealthy_threshold) {
-        snprintf(r->last_error, sizeof(r->last_error),
-                 "restarted after %u failed health checks in a row", r->health_fails);
-        r->health_fails = 0;
-        rt_restart(r);
-    }
+    sample_all(r->rt);
+    *cpu_percent = r->cpu;
+    *rss_bytes = r->rss;
 }
 
 /* ---- adoption ---- */
 
-static void clean_dead(struct rt *rt, const char *name, const char *dir)
+static void clean_dead(struct proc_drv *rt, const char *name, const char *dir)
 {
     char *state = xasprintf("%s/state", dir), *spec = xasprintf("%s/spec.json", dir);
     struct rt__shim_state st;
@@ -824,9 +762,9 @@ static void clean_dead(struct rt *rt, const char *name, const char *dir)
     free(spec);
 }
 
-static struct rt_replica *adopt_one(struct rt *rt, const char *name)
+static struct proc_rep *adopt_one(struct proc_drv *rt, const char *name)
 {
-    struct rt_replica *out = NULL;
+    struct proc_rep *out = NULL;
     char *dir = xasprintf("%s/replicas/%s", rt->state_dir, name);
     char *lock_path = xasprintf("%s/lock", dir), *state_path = xasprintf("%s/state", dir);
     int lock = open(lock_path, O_RDWR | O_CLOEXEC);
@@ -853,7 +791,7 @@ static struct rt_replica *adopt_one(struct rt *rt, const char *name)
             close(pidfd);
         goto out;
     }
-    struct rt_replica *r = new_replica(rt, name);
+    struct proc_rep *r = new_replica(rt, name);
     if (rt__spec_load(r->spec_path, &r->spec, &r->restarts, &r->consecutive) < 0) {
         log_warn("replica %s: cannot read %s; adopting without its spec", name, r->spec_path);
         char *argv[] = {(char *)"?", NULL};
@@ -886,8 +824,9 @@ out:
     return out;
 }
 
-int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
+static int proc_adopt(struct rt_driver *drv, struct rt_replica ***out, size_t *n)
 {
+    struct proc_drv *rt = PD(drv);
     *out = NULL;
     *n = 0;
     char *root = xasprintf("%s/replicas", rt->state_dir);
@@ -901,16 +840,56 @@ int rt_adopt_all(struct rt *rt, struct rt_replica ***out, size_t *n)
     while ((de = readdir(d))) {
         if (de->d_name[0] == '.' || find(rt, de->d_name))
             continue;
-        struct rt_replica *r = adopt_one(rt, de->d_name);
+        struct proc_rep *r = adopt_one(rt, de->d_name);
         if (!r)
             continue;
         if (*n == cap) {
             cap *= 2;
             v = xrealloc(v, cap * sizeof(*v));
         }
-        v[(*n)++] = r;
+        v[(*n)++] = &r->base;
     }
     closedir(d);
     *out = v;
     return 0;
 }
+
+/* ---- logs: the shim's files under the state dir ---- */
+
+static int proc_logs_list(struct rt_driver *d, const char *project, const char *service,
+                          struct rt_log_ref **out, size_t *n)
+{
+    return rt__proc_logs_list(PD(d)->state_dir, rt_proc_ops.name, project, service, out, n);
+}
+
+static int proc_logs_tail(struct rt_driver *d, const char *name, size_t n_lines,
+                          uint64_t since_wall_ms, char ***lines, size_t *n)
+{
+    return rt_proc_logs_tail(PD(d)->state_dir, name, n_lines, since_wall_ms, lines, n);
+}
+
+static int proc_logs_follow(struct rt_driver *d, const char *name, bool from_start,
+                            rt_log_line_cb line, void *data, struct rt_log_follow **out)
+{
+    return rt__proc_logs_follow(PD(d)->loop, PD(d)->state_dir, name, from_start, line, data,
+                                out);
+}
+
+const struct rt_driver_ops rt_proc_ops = {
+    .name = "process",
+    .create = proc_create,
+    .destroy = proc_destroy,
+    .start = proc_start,
+    .stop = proc_stop,
+    .restart = proc_restart,
+    .signal = proc_signal,
+    .forget = proc_forget,
+    .adopt = proc_adopt,
+    .inspect = proc_inspect,
+    .stats = proc_stats,
+    .address = proc_address,
+    .logs_list = proc_logs_list,
+    .logs_tail = proc_logs_tail,
+    .logs_follow = proc_logs_follow,
+    .logs_unfollow = rt__proc_logs_unfollow,
+};

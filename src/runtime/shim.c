@@ -480,7 +480,7 @@ static bool own_hostname(const char *name)
     return ok && sethostname(name, strlen(name)) == 0;
 }
 
-int rt_shim_main(int argc, char **argv)
+int rt_proc_shim_main(int argc, char **argv)
 {
     if (argc != 4) {
         fprintf(stderr, "usage: tako shim DIR NOTIFY_FD LOCK_FD (started by takod)\n");

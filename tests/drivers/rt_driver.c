@@ -28,6 +28,7 @@
 #include "core/ev.h"
 #include "core/util.h"
 #include "runtime/rt.h"
+#include "runtime/rt_proc.h"
 
 static struct ev_loop loop;
 static struct rt *rt;
@@ -217,7 +218,7 @@ static void command(char *line)
         sscanf(rest, "%llu %llu", &n, &since);
         char **lines;
         size_t count;
-        int res = rt_logs_tail(state_dir, name, (size_t)n, since, &lines, &count);
+        int res = rt_proc_logs_tail(state_dir, name, (size_t)n, since, &lines, &count);
         if (res < 0) {
             reply_err(strerror(-res), -res);
             return;
@@ -227,7 +228,7 @@ static void command(char *line)
             json_array_append_new(a, json_string(lines[i]));
         rt_logs_free(lines, count);
         out(json_pack("{s:s, s:b, s:o, s:s}", "type", "reply", "ok", 1, "lines", a, "path",
-                      rt_log_path(state_dir, name)));
+                      rt_proc_log_path(state_dir, name)));
         return;
     }
     struct rt_replica *r = lookup(name);
@@ -293,7 +294,7 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc >= 2 && strcmp(argv[1], "shim") == 0)
-        return rt_shim_main(argc - 1, argv + 1);
+        return rt_proc_shim_main(argc - 1, argv + 1);
     if (argc != 2) {
         fprintf(stderr, "usage: rt_driver STATE_DIR\n");
         return 2;
@@ -305,7 +306,7 @@ int main(int argc, char **argv)
     /* RT_SHIM_EXE=./tako runs replicas under `tako shim` instead of this
      * program's own shim entry point. */
     if (getenv("RT_SHIM_EXE"))
-        rt_set_shim_exe(rt, getenv("RT_SHIM_EXE"));
+        rt_proc_set_shim_exe(rt, getenv("RT_SHIM_EXE"));
     struct ev_io in;
     ev_io_init(&in, 0, on_stdin, NULL);
     ev_io_start(&loop, &in, EPOLLIN);

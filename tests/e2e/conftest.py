@@ -166,13 +166,14 @@ def tako_home(tmp_path):
     """A private TAKO_HOME for the test (kept short: unix socket paths are limited)."""
     d = tempfile.mkdtemp(prefix="tako-home-")
     yield d
-    pidf = os.path.join(d, "takod.pid")
-    if os.path.exists(pidf):
-        try:
-            pid = int(open(pidf).read().strip())
-            os.kill(pid, signal.SIGKILL)
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass
+    for name in ("takod.pid", "dataplane.pid"):
+        pidf = os.path.join(d, name)
+        if os.path.exists(pidf):
+            try:
+                pid = int(open(pidf).read().strip())
+                os.kill(pid, signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
     subprocess.run(["rm", "-rf", d])
 
 
@@ -201,13 +202,15 @@ def _kill_pid(pid, sig=signal.SIGKILL):
 
 
 def kill_takod_tree(home):
-    """Stop takod and every replica it started under HOME, by the PIDs in its files."""
-    pidf = os.path.join(home, "takod.pid")
-    if os.path.exists(pidf):
-        try:
-            _kill_pid(int(open(pidf).read().strip()))
-        except ValueError:
-            pass
+    """Stop takod, its data plane and every replica it started under HOME, by
+    the PIDs in their files (takod first: it would restart the data plane)."""
+    for name in ("takod.pid", "dataplane.pid"):
+        pidf = os.path.join(home, name)
+        if os.path.exists(pidf):
+            try:
+                _kill_pid(int(open(pidf).read().strip()))
+            except ValueError:
+                pass
     rdir = os.path.join(home, "replicas")
     if not os.path.isdir(rdir):
         return
@@ -358,3 +361,14 @@ class Load:
         for t in self.threads:
             t.join(60)
         return self.ok, self.failed
+
+
+# ---- test hosts (network namespaces running sshd; see hosts.py) ----
+
+@pytest.fixture(scope="session")
+def ssh_keys():
+    """Client and host keys, generated once per session."""
+    from hosts import Keys
+    k = Keys()
+    yield k
+    k.close()

@@ -42,7 +42,7 @@ def test_version():
     for args in (["version"], ["--version"], ["-V"]):
         r = run_tako(args)
         assert r.returncode == 0
-        assert re.fullmatch(r"tako \d+\.\d+\.\d+\n", r.stdout), r.stdout
+        assert re.fullmatch(r"tako \d+\.\d+\.\d+ \(build [0-9a-f]{12}\)\n", r.stdout), r.stdout
         outs.add(r.stdout)
     assert len(outs) == 1
     r = run_tako(["version", "extra"])

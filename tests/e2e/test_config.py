@@ -268,3 +268,32 @@ def test_init_appends_to_an_existing_gitignore(tmp_path):
     assert (tmp_path / ".gitignore").read_text() == "node_modules\n.env\n"
     assert tako(["init", "Bad Name"], tmp_path).returncode == 2
     assert tako(["validate", "-f", str(tmp_path / "tako.yaml")], "/").returncode == 0
+
+
+def _health_yaml(hc):
+    return ("project: {name: x}\nenvironments:\n  p:\n    services:\n      w:\n"
+            "        command: [./w]\n        port: 3000\n        healthCheck:\n" + hc)
+
+
+def test_health_defaults_follow_written_values(tmp_path):
+    # interval alone: the timeout default follows it (min(1s, interval)).
+    write(tmp_path, "tako.yaml", _health_yaml("          interval: 500ms\n"))
+    r = tako(["config", "explain", "-o", "json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    h = json.loads(r.stdout)["environments"][0]["services"][0]["health"]
+    assert (h["interval_ms"], h["timeout_ms"]) == (500, 500), h
+    # timeout alone, longer than the default interval: the interval follows.
+    write(tmp_path, "tako.yaml", _health_yaml("          timeout: 3s\n"))
+    r = tako(["config", "explain", "-o", "json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    h = json.loads(r.stdout)["environments"][0]["services"][0]["health"]
+    assert (h["interval_ms"], h["timeout_ms"]) == (3000, 3000), h
+
+
+def test_health_conflict_names_both_written_values(tmp_path):
+    write(tmp_path, "tako.yaml", _health_yaml("          interval: 500ms\n          timeout: 2s\n"))
+    r = tako(["validate"], tmp_path)
+    assert r.returncode == 2
+    assert ("tako.yaml:10:20: environments.p.services.w.healthCheck.timeout: timeout (2000ms) "
+            "must not be longer than environments.p.services.w.healthCheck.interval (500ms, at "
+            "tako.yaml:9:21)") in r.stderr, r.stderr

@@ -199,3 +199,29 @@ def test_cli_errors():
     s.close()
     r = run_tako(["proxy", "--help"])
     assert r.returncode == 0 and "--backends-file" in r.stdout and "--trusted-proxy" in r.stdout
+
+
+def _health_checks(b):
+    with b.lock:
+        return sum(1 for r in b.requests if r.target.startswith("/health"))
+
+
+def test_down_backends_are_checked_fast_healthy_ones_at_the_interval(procs):
+    # Defaults: interval 2 s, fast interval 250 ms for down/transitioning ones.
+    up, down = Backend("up"), Backend("down")
+    down.healthy = False
+    _, port = start_proxy(procs, [up, down], "--health-path", "/health", "--rise", "2")
+    # Wait for a fixed number of checks of the down backend, then compare
+    # how many checks the healthy one got meanwhile: 8 fast checks span
+    # ~2 s, the healthy one is checked at most twice in that time.
+    wait_for(lambda: _health_checks(down) >= 2, timeout=5, what="down checked")
+    u0, d0 = _health_checks(up), _health_checks(down)
+    wait_for(lambda: _health_checks(down) >= d0 + 8, timeout=10, what="8 fast checks")
+    assert _health_checks(up) - u0 <= 2
+    # It comes back after `rise` fast checks: traffic reaches it having
+    # been checked exactly twice since it became healthy again.
+    down.healthy = True
+    d1 = _health_checks(down)
+    wait_for(lambda: "down" in [get_name(port)[0] for _ in range(2)], timeout=5,
+             what="down back")
+    assert _health_checks(down) - d1 <= 3

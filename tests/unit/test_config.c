@@ -523,7 +523,13 @@ TEST(health_settings_and_aliases)
     CHECK(fails_with("        port: 3000\n        healthCheck: {path: health}\n",
                      "healthCheck.path: must start with /"));
     CHECK(fails_with("        port: 3000\n        healthCheck: {interval: 1s, timeout: 2s}\n",
-                     "healthCheck: timeout (2000ms) must not be longer than interval (1000ms)"));
+                     "healthCheck.timeout: timeout (2000ms) must not be longer than "
+                     "environments.prod.services.web.healthCheck.interval (1000ms, at"));
+    f = svc_ok("        port: 3000\n        healthCheck: {interval: 500ms}\n", &s);
+    CHECK(f);
+    CHECK_INT(s->health.interval_ms, 500);
+    CHECK_INT(s->health.timeout_ms, 500);
+    cfg_free(f);
     CHECK(fails_with("        port: 3000\n        healthCheck: {unhealthyThreshold: 2, retries: 3}\n",
                      "retries is another name for unhealthyThreshold"));
     CHECK(fails_with("        port: 3000\n        healthCheck: {healthyThreshold: 0}\n",

@@ -3,8 +3,10 @@
  * and disruption, sticky lookups, random/p2c spread. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "core/util.h"
+#include "http/http.h"
 #include "proxy/proxy_int.h"
 #include "unit.h"
 
@@ -304,4 +306,63 @@ TEST(round_robin_never_fails_while_one_is_healthy_across_threads)
     freeset(race_set);
     for (int i = 0; i < 3; i++)
         free(bs[i]);
+}
+
+TEST(strategies_take_from_the_request_only_what_they_declare)
+{
+    /* Every strategy of the table has a name the config accepts. */
+    for (size_t k = 0; k < lb_count(); k++) {
+        CHECK(lb_table[k] != NULL);
+        enum lb_kind back;
+        CHECK_INT(lb_kind_parse(lb_table[k]->name, &back), 0);
+        CHECK_INT(back, k);
+    }
+    CHECK(lb_table[lb_count()] == NULL);
+
+    static const char head[] = "GET / HTTP/1.1\r\nHost: x\r\n"
+                               "Cookie: a=1; tako_backend=00000000000000ab; b=2\r\n\r\n";
+    struct http_msg m;
+    CHECK(http_parse_request(head, sizeof(head) - 1, &m, 32) > 0);
+    uint8_t addr[16] = {10, 0, 0, 7};
+    struct backend *bs[2] = {mk("a"), mk("b")};
+
+    /* round robin needs nothing: no hash, no cookie, nothing to set */
+    struct lb_set *s = mkset(LB_ROUND_ROBIN, 2, bs);
+    struct lb_req r = req0();
+    lb_request(&pool, &m, AF_INET, addr, &r);
+    CHECK_INT(r.client_hash, 0);
+    CHECK(r.cookie == NULL);
+    char val[LB_KEY_MAX];
+    CHECK(lb_response(&pool, &r, bs[0], val) == NULL);
+    freeset(s);
+
+    /* ip_hash: the client address, nothing else */
+    s = mkset(LB_IP_HASH, 2, bs);
+    r = req0();
+    lb_request(&pool, &m, AF_INET, addr, &r);
+    CHECK(r.client_hash != 0);
+    CHECK(r.cookie == NULL);
+    freeset(s);
+
+    /* sticky reads its own cookie and pins the client in the response */
+    s = mkset(LB_STICKY, 2, bs);
+    pool.sticky_cookie = (char *)"tako_backend";
+    pool.sticky_cookie_len = strlen(pool.sticky_cookie);
+    r = req0();
+    lb_request(&pool, &m, AF_INET, addr, &r);
+    CHECK_INT(r.client_hash, 0);
+    CHECK(r.cookie != NULL && r.cookie_len == 16);
+    CHECK(memcmp(r.cookie, "00000000000000ab", 16) == 0);
+    const char *name = lb_response(&pool, &r, bs[1], val);
+    CHECK_STR(name, "tako_backend");
+    char want[LB_KEY_MAX];
+    snprintf(want, sizeof(want), "%016llx", (unsigned long long)bs[1]->id_hash);
+    CHECK_STR(val, want);
+    /* already pinned to the one that answered: nothing to set */
+    memcpy(r.key, want, 17);
+    r.cookie = r.key;
+    CHECK(lb_response(&pool, &r, bs[1], val) == NULL);
+    freeset(s);
+    free(bs[0]);
+    free(bs[1]);
 }

@@ -230,7 +230,7 @@ TEST(log_writer_rotates_by_size_and_tail_reads_oldest_first)
     free(p3);
     char **lines;
     size_t n;
-    CHECK_INT(rt_logs_tail(d, "r-1", 0, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-1", 0, 0, &lines, &n), 0);
     /* 3 files of at most 4 lines each, the newest ones, in order. */
     CHECK(n >= 9 && n <= 12);
     CHECK_CONTAINS(lines[n - 1], " stderr line0039");
@@ -239,19 +239,19 @@ TEST(log_writer_rotates_by_size_and_tail_reads_oldest_first)
         CHECK_INT(b, a + 1);
     }
     rt_logs_free(lines, n);
-    CHECK_INT(rt_logs_tail(d, "r-1", 2, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-1", 2, 0, &lines, &n), 0);
     CHECK_INT(n, 2);
     CHECK_CONTAINS(lines[0], "line0038");
     CHECK_CONTAINS(lines[1], "line0039");
     rt_logs_free(lines, n);
-    CHECK_INT(rt_logs_tail(d, "r-1", 0, time_wall_ms() + 60000, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-1", 0, time_wall_ms() + 60000, &lines, &n), 0);
     CHECK_INT(n, 0);
     rt_logs_free(lines, n);
-    CHECK_INT(rt_logs_tail(d, "nobody", 10, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "nobody", 10, 0, &lines, &n), 0);
     CHECK_INT(n, 0);
     rt_logs_free(lines, n);
-    CHECK_INT(rt_logs_tail(d, "../etc", 10, 0, &lines, &n), -EINVAL);
-    CHECK_STR(rt_log_path("/h", "r-1"), "/h/replicas/r-1/output.log");
+    CHECK_INT(rt_proc_logs_tail(d, "../etc", 10, 0, &lines, &n), -EINVAL);
+    CHECK_STR(rt_proc_log_path("/h", "r-1"), "/h/replicas/r-1/output.log");
     free(rdir);
     free(mk);
     rmrf(d);
@@ -360,7 +360,7 @@ TEST(tail_reads_backwards_across_chunks_and_files)
     rt__logw_close(&w);
     char **lines;
     size_t n;
-    CHECK_INT(rt_logs_tail(d, "r-3", 15000, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-3", 15000, 0, &lines, &n), 0);
     CHECK_INT(n, 15000);
     bool ok = true;
     for (size_t i = 0; i < n && ok; i++) {
@@ -370,7 +370,7 @@ TEST(tail_reads_backwards_across_chunks_and_files)
     }
     CHECK(ok);
     rt_logs_free(lines, n);
-    CHECK_INT(rt_logs_tail(d, "r-3", 0, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-3", 0, 0, &lines, &n), 0);
     CHECK_INT(n, 20000);
     CHECK_CONTAINS(lines[0], " n000000");
     rt_logs_free(lines, n);
@@ -397,26 +397,26 @@ TEST(tail_since_stops_at_older_lines_and_keeps_a_last_line_without_newline)
     CHECK_INT(rt__parse_time("2024-01-01T00:00:02.000Z", &since), 0);
     char **lines;
     size_t n;
-    CHECK_INT(rt_logs_tail(d, "r-4", 0, since, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-4", 0, since, &lines, &n), 0);
     CHECK_INT(n, 4);
     CHECK_CONTAINS(lines[0], "stdout two");
     CHECK_CONTAINS(lines[1], "stderr three");
     CHECK_CONTAINS(lines[3], "stdout five");
     rt_logs_free(lines, n);
     /* since and a count together: the count wins when smaller */
-    CHECK_INT(rt_logs_tail(d, "r-4", 2, since, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-4", 2, since, &lines, &n), 0);
     CHECK_INT(n, 2);
     CHECK_CONTAINS(lines[0], "four");
     rt_logs_free(lines, n);
     /* all lines, the odd one included, oldest first */
-    CHECK_INT(rt_logs_tail(d, "r-4", 0, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-4", 0, 0, &lines, &n), 0);
     CHECK_INT(n, 6);
     CHECK_CONTAINS(lines[0], "stdout one");
     CHECK_STR(lines[2], "not a log line");
     rt_logs_free(lines, n);
     /* just rotated: no current file yet, the rotated ones still count */
     unlink(p0);
-    CHECK_INT(rt_logs_tail(d, "r-4", 1, 0, &lines, &n), 0);
+    CHECK_INT(rt_proc_logs_tail(d, "r-4", 1, 0, &lines, &n), 0);
     CHECK_INT(n, 1);
     CHECK_CONTAINS(lines[0], "three");
     rt_logs_free(lines, n);

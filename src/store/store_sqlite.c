@@ -1,5 +1,7 @@
-/* store.c — SQLite-backed durable state for takod (see store.h). */
-#include "daemon/store.h"
+/* store_sqlite.c — the state store in SQLite (store.h's first
+ * implementation): every call runs its statement at once and completes
+ * before it returns. */
+#include "store/store_sqlite.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -9,10 +11,24 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "store/store.h"
 
-struct store {
+struct sq_store {
+    struct store base;
     sqlite3 *db;
 };
+
+#define SQ(s) ((struct sq_store *)(s))
+
+static const struct store_ops sq_ops;
+
+/* Complete a call: SQLite has the answer now. */
+static int done(store_cb cb, void *data, int rc, void *result)
+{
+    if (cb)
+        cb(data, rc, result);
+    return 0;
+}
 
 static const char schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -35,9 +51,14 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS events ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL, project TEXT,"
     "  service TEXT, kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);"
-    "CREATE INDEX IF NOT EXISTS events_by_service ON events(project, service, id);";
+    "CREATE INDEX IF NOT EXISTS events_by_service ON events(project, service, id);"
+    "CREATE TABLE IF NOT EXISTS leases ("
+    "  key TEXT PRIMARY KEY, owner TEXT NOT NULL, info TEXT NOT NULL,"
+    "  acquired_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);"
+    /* One takod per database (takod.lock): a previous one's leases are void. */
+    "DELETE FROM leases;";
 
-struct store *store_open(const char *path, char *err, size_t errlen)
+struct store *store_sqlite_open(const char *path, char *err, size_t errlen)
 {
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -54,21 +75,21 @@ struct store *store_open(const char *path, char *err, size_t errlen)
         sqlite3_close(db);
         return NULL;
     }
-    struct store *s = xcalloc(1, sizeof(*s));
+    struct sq_store *s = xcalloc(1, sizeof(*s));
+    s->base.ops = &sq_ops;
     s->db = db;
-    return s;
+    return &s->base;
 }
 
-void store_close(struct store *s)
+static void sq_close(struct store *s)
 {
-    if (!s)
-        return;
-    sqlite3_close(s->db);
-    free(s);
+    sqlite3_close(SQ(s)->db);
+    free(SQ(s));
 }
 
-static sqlite3_stmt *prep(struct store *s, const char *sql)
+static sqlite3_stmt *prep(struct store *st_, const char *sql)
 {
+    struct sq_store *s = SQ(st_);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
         log_error("store: %s: %s", sqlite3_errmsg(s->db), sql);
@@ -78,8 +99,9 @@ static sqlite3_stmt *prep(struct store *s, const char *sql)
 }
 
 /* Run a prepared write to completion and finalize it. */
-static int step_done(struct store *s, sqlite3_stmt *st)
+static int step_done(struct store *st_, sqlite3_stmt *st)
 {
+    struct sq_store *s = SQ(st_);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE) {
@@ -87,6 +109,14 @@ static int step_done(struct store *s, sqlite3_stmt *st)
         return -EIO;
     }
     return 0;
+}
+
+/* A write completed: the callback hears of success only (a failed write
+ * fails the call itself). */
+static int write_done(struct store *s, sqlite3_stmt *st, store_cb cb, void *data)
+{
+    int rc = step_done(s, st);
+    return rc < 0 ? rc : done(cb, data, 0, NULL);
 }
 
 static void bind_json(sqlite3_stmt *st, int i, json_t *j)
@@ -115,7 +145,8 @@ static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t len)
     snprintf(dst, len, "%s", t ? t : "");
 }
 
-int store_service_save(struct store *s, const struct store_service *svc)
+static int sq_service_save(struct store *s, const struct store_service *svc, store_cb cb,
+                           void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT OR REPLACE INTO services (project, env, service, revision,"
                                " config, replicas, scale_override, stopped, updated_ms, http_port)"
@@ -132,11 +163,11 @@ int store_service_save(struct store *s, const struct store_service *svc)
     sqlite3_bind_int(st, 8, svc->stopped ? 1 : 0);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)time_wall_ms());
     sqlite3_bind_int(st, 10, (int)svc->http_port);
-    return step_done(s, st);
+    return write_done(s, st, cb, data);
 }
 
-int store_service_delete(struct store *s, const char *project, const char *env,
-                         const char *service)
+static int sq_service_delete(struct store *s, const char *project, const char *env,
+                             const char *service, store_cb cb, void *data)
 {
     sqlite3_stmt *st =
         prep(s, "DELETE FROM services WHERE project = ? AND env = ? AND service = ?");
@@ -145,11 +176,10 @@ int store_service_delete(struct store *s, const char *project, const char *env,
     sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
-    return step_done(s, st);
+    return write_done(s, st, cb, data);
 }
 
-int store_services_load(struct store *s, const char *project, struct store_service **out,
-                        size_t *n)
+static int sq_services_load(struct store *s, const char *project, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT project, env, service, revision, config, replicas,"
                                 " scale_override, stopped, updated_ms, http_port FROM services"
@@ -178,21 +208,17 @@ int store_services_load(struct store *s, const char *project, struct store_servi
         e->http_port = (unsigned)sqlite3_column_int(st, 9);
     }
     sqlite3_finalize(st);
-    *out = v;
-    *n = len;
+    struct store_services res = {v, len};
+    done(cb, data, 0, &res);
+    for (size_t i = 0; i < len; i++)
+        json_decref(v[i].config);
+    free(v);
     return 0;
 }
 
-void store_services_free(struct store_service *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        json_decref(v[i].config);
-    free(v);
-}
-
-int store_revision_add(struct store *s, const char *project, const char *env,
-                       const char *service, const char *revision, json_t *config,
-                       const char *source)
+static int sq_revision_add(struct store *s, const char *project, const char *env,
+                           const char *service, const char *revision, json_t *config,
+                           const char *source, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT OR IGNORE INTO revisions (project, env, service, revision,"
                                " config, source, created_ms) VALUES (?,?,?,?,?,?,?)");
@@ -205,16 +231,16 @@ int store_revision_add(struct store *s, const char *project, const char *env,
     bind_json(st, 5, config);
     sqlite3_bind_text(st, 6, source ? source : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 7, (sqlite3_int64)time_wall_ms());
-    return step_done(s, st);
+    return write_done(s, st, cb, data);
 }
 
-json_t *store_revision_get(struct store *s, const char *project, const char *env,
-                           const char *service, const char *revision)
+static int sq_revision_get(struct store *s, const char *project, const char *env,
+                           const char *service, const char *revision, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT config FROM revisions WHERE project = ? AND env = ?"
                                " AND service = ? AND revision = ?");
     if (!st)
-        return NULL;
+        return -EIO;
     sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, service, -1, SQLITE_STATIC);
@@ -223,11 +249,14 @@ json_t *store_revision_get(struct store *s, const char *project, const char *env
     if (sqlite3_step(st) == SQLITE_ROW)
         j = col_json(st, 0);
     sqlite3_finalize(st);
-    return j;
+    done(cb, data, j ? 0 : -ENOENT, j);
+    json_decref(j);
+    return 0;
 }
 
-int64_t store_history_begin(struct store *s, const char *project, const char *env,
-                            const char *kind, const char *revision, const char *detail)
+static int sq_history_begin(struct store *s, const char *project, const char *env,
+                            const char *kind, const char *revision, const char *detail,
+                            store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT INTO history (project, env, kind, revision, detail,"
                                " started_ms) VALUES (?,?,?,?,?,?)");
@@ -241,10 +270,12 @@ int64_t store_history_begin(struct store *s, const char *project, const char *en
     sqlite3_bind_int64(st, 6, (sqlite3_int64)time_wall_ms());
     if (step_done(s, st) < 0)
         return -EIO;
-    return (int64_t)sqlite3_last_insert_rowid(s->db);
+    int64_t id = (int64_t)sqlite3_last_insert_rowid(SQ(s)->db);
+    return done(cb, data, 0, &id);
 }
 
-int store_history_end(struct store *s, int64_t id, const char *status, const char *message)
+static int sq_history_end(struct store *s, int64_t id, const char *status, const char *message,
+                          store_cb cb, void *data)
 {
     sqlite3_stmt *st =
         prep(s, "UPDATE history SET status = ?, message = ?, finished_ms = ? WHERE id = ?");
@@ -254,17 +285,18 @@ int store_history_end(struct store *s, int64_t id, const char *status, const cha
     sqlite3_bind_text(st, 2, message ? message : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)time_wall_ms());
     sqlite3_bind_int64(st, 4, id);
-    return step_done(s, st);
+    return write_done(s, st, cb, data);
 }
 
-json_t *store_history_list(struct store *s, const char *project, const char *env, int limit)
+static int sq_history_list(struct store *s, const char *project, const char *env, int limit,
+                           store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT id, kind, revision, detail, status, message, started_ms,"
                                " finished_ms, env FROM history WHERE project = ?1"
                                " AND (?2 IS NULL OR env = ?2) ORDER BY id DESC LIMIT ?3");
-    json_t *arr = json_array();
     if (!st)
-        return arr;
+        return -EIO;
+    json_t *arr = json_array();
     sqlite3_bind_text(st, 1, project, -1, SQLITE_STATIC);
     if (env)
         sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
@@ -288,11 +320,13 @@ json_t *store_history_list(struct store *s, const char *project, const char *env
         json_array_append_new(arr, row);
     }
     sqlite3_finalize(st);
-    return arr;
+    done(cb, data, 0, arr);
+    json_decref(arr);
+    return 0;
 }
 
-int store_event(struct store *s, const char *project, const char *service, const char *kind,
-                const char *message, json_t *data)
+static int sq_event(struct store *s, const char *project, const char *service, const char *kind,
+                    const char *message, json_t *evdata, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT INTO events (ts_ms, project, service, kind, message, data)"
                                " VALUES (?,?,?,?,?,?)");
@@ -303,19 +337,19 @@ int store_event(struct store *s, const char *project, const char *service, const
     sqlite3_bind_text(st, 3, service ? service : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, kind, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, message, -1, SQLITE_STATIC);
-    bind_json(st, 6, data);
-    return step_done(s, st);
+    bind_json(st, 6, evdata);
+    return write_done(s, st, cb, data);
 }
 
-json_t *store_events_list(struct store *s, const char *project, const char *service,
-                          const char *kind, int limit)
+static int sq_events_list(struct store *s, const char *project, const char *service,
+                          const char *kind, int limit, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT id, ts_ms, project, service, kind, message, data FROM events"
                                " WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR service = ?2)"
                                " AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4");
-    json_t *arr = json_array();
     if (!st)
-        return arr;
+        return -EIO;
+    json_t *arr = json_array();
     const char *args[] = {project, service, kind};
     for (int i = 0; i < 3; i++) {
         if (args[i])
@@ -337,5 +371,86 @@ json_t *store_events_list(struct store *s, const char *project, const char *serv
         json_array_append_new(arr, row);
     }
     sqlite3_finalize(st);
-    return arr;
+    done(cb, data, 0, arr);
+    json_decref(arr);
+    return 0;
 }
+
+/* ---- leases ---- */
+
+static int sq_lock(struct store *s, const char *key, const char *owner, const char *info,
+                   uint64_t ttl_ms, store_cb cb, void *data)
+{
+    /* Read and write in one transaction: no second writer between them. */
+    sqlite3 *db = SQ(s)->db;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -EIO;
+    sqlite3_stmt *st = prep(s, "SELECT owner, info, acquired_ms, expires_ms FROM leases"
+                               " WHERE key = ?");
+    if (!st) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -EIO;
+    }
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    uint64_t now = time_wall_ms(), acquired = now;
+    struct store_lease held;
+    memset(&held, 0, sizeof(held));
+    bool busy = false;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(held.key, sizeof(held.key), "%s", key);
+        col_copy(st, 0, held.owner, sizeof(held.owner));
+        col_copy(st, 1, held.info, sizeof(held.info));
+        held.acquired_ms = (uint64_t)sqlite3_column_int64(st, 2);
+        held.expires_ms = (uint64_t)sqlite3_column_int64(st, 3);
+        if (strcmp(held.owner, owner) == 0)
+            acquired = held.acquired_ms; /* a renewal */
+        else if (held.expires_ms > now)
+            busy = true;
+    }
+    sqlite3_finalize(st);
+    if (busy) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return done(cb, data, -EBUSY, &held);
+    }
+    st = prep(s, "INSERT OR REPLACE INTO leases (key, owner, info, acquired_ms, expires_ms)"
+                 " VALUES (?,?,?,?,?)");
+    if (!st) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return -EIO;
+    }
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, info ? info : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)acquired);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)(now + ttl_ms));
+    int rc = step_done(s, st);
+    sqlite3_exec(db, rc < 0 ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+    return rc < 0 ? rc : done(cb, data, 0, NULL);
+}
+
+static int sq_unlock(struct store *s, const char *key, const char *owner, store_cb cb, void *data)
+{
+    sqlite3_stmt *st = prep(s, "DELETE FROM leases WHERE key = ? AND owner = ?");
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    return write_done(s, st, cb, data);
+}
+
+static const struct store_ops sq_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .service_save = sq_service_save,
+    .service_delete = sq_service_delete,
+    .services_load = sq_services_load,
+    .revision_add = sq_revision_add,
+    .revision_get = sq_revision_get,
+    .history_begin = sq_history_begin,
+    .history_end = sq_history_end,
+    .history_list = sq_history_list,
+    .event = sq_event,
+    .events_list = sq_events_list,
+    .lock = sq_lock,
+    .unlock = sq_unlock,
+};

@@ -1,0 +1,290 @@
+/* setup.c — prepare a server for tako: checks, the binary, the unit or its
+ * fallback, the state directory (see remote.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "core/sha256.h"
+#include "core/util.h"
+#include "remote/remote.h"
+
+#define SETUP_MIN_FREE_KB (64u * 1024) /* below this a deploy would fail half-way */
+
+const char *remote_sudo(const struct ssh_conn *c)
+{
+    return ssh_is_root(c) ? "" : "sudo -n ";
+}
+
+/* key=value lines of the probe's answer. */
+static const char *kv(const char *out, const char *key, char *buf, size_t len)
+{
+    size_t kl = strlen(key);
+    for (const char *p = out; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t ll = nl ? (size_t)(nl - p) : strlen(p);
+        if (ll > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            size_t vl = ll - kl - 1 < len - 1 ? ll - kl - 1 : len - 1;
+            memcpy(buf, p + kl + 1, vl);
+            buf[vl] = '\0';
+            return buf;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    buf[0] = '\0';
+    return NULL;
+}
+
+static int self_sum(char path[PATH_MAX], char hex[65], unsigned long long *size)
+{
+    ssize_t n = readlink("/proc/self/exe", path, PATH_MAX - 1);
+    if (n <= 0)
+        return -errno;
+    path[n] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct sha256 h;
+    sha256_init(&h);
+    char buf[65536];
+    ssize_t k;
+    *size = 0;
+    while ((k = read(fd, buf, sizeof(buf))) > 0) {
+        sha256_update(&h, buf, (size_t)k);
+        *size += (unsigned long long)k;
+    }
+    close(fd);
+    sha256_hex(&h, hex);
+    return 0;
+}
+
+/* Run a command that must succeed; its stderr becomes the error. */
+static int must(struct ssh_conn *c, const char *what, const char *cmd, int in_fd, char *err,
+                size_t errlen)
+{
+    char *eout = NULL;
+    int rc = ssh_run(c, cmd, in_fd, NULL, NULL, &eout);
+    if (rc != 0) {
+        eout[strcspn(eout, "\n")] = '\0';
+        snprintf(err, errlen, "server %s (%s): %s failed (exit %d): %s", ssh_name(c),
+                 ssh_where(c), what, rc, *eout ? eout : "no message");
+    }
+    free(eout);
+    return rc == 0 ? 0 : -1;
+}
+
+static void say(const struct setup_opts *o, struct ssh_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void say(const struct setup_opts *o, struct ssh_conn *c, const char *fmt, ...)
+{
+    if (o->quiet)
+        return;
+    printf("server %s: ", ssh_name(c));
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    fflush(stdout);
+}
+
+int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, char *err,
+                 size_t errlen)
+{
+    *changed = false;
+    const char *sudo = remote_sudo(c);
+    if (*sudo) {
+        char *out = NULL;
+        int rc = ssh_run(c, "sudo -n true", -1, &out, NULL, NULL);
+        free(out);
+        if (rc != 0) {
+            snprintf(err, errlen,
+                     "server %s (%s): user is not root and cannot run sudo without a password; "
+                     "tako needs root there (user: root, or passwordless sudo)",
+                     ssh_name(c), ssh_where(c));
+            return -1;
+        }
+    }
+    char *portcheck = o->http_port ? xasprintf("echo port=$(ss -Hltnp \"sport = :%u\" | head -1 | "
+                                               "tr -s \" \" | tr \"=\" \":\"); ",
+                                               o->http_port)
+                                   : xstrdup("");
+    char *probe = xasprintf(
+        "%ssh -c '"
+        "echo os=$(uname -s); echo arch=$(uname -m); echo uid=$(id -u); "
+        "if [ -x " REMOTE_BIN " ]; then echo sum=$(sha256sum " REMOTE_BIN " | cut -d\" \" -f1); fi; "
+        "[ -d /run/systemd/system ] && echo systemd=yes; "
+        "[ -d " REMOTE_HOME " ] && echo home=$(stat -c %%a " REMOTE_HOME "); "
+        "p=$(cat " REMOTE_HOME "/takod.pid 2>/dev/null); "
+        "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
+        "[ -f " REMOTE_UNIT " ] && echo unit=yes; "
+        "echo free_kb=$(df -Pk /var/lib | awk \"NR==2{print \\$4}\"); "
+        "%s"
+        "true'",
+        sudo, portcheck);
+    free(portcheck);
+    char *out = NULL, *eout = NULL;
+    int rc = ssh_run(c, probe, -1, &out, NULL, &eout);
+    free(probe);
+    if (rc != 0) {
+        eout[strcspn(eout, "\n")] = '\0';
+        snprintf(err, errlen, "server %s (%s): cannot inspect the server: %s", ssh_name(c),
+                 ssh_where(c), eout);
+        free(out);
+        free(eout);
+        return -1;
+    }
+    free(eout);
+    char os[64], arch[64], sum[80], systemd[8], home[8], takod[32], port[512], freekb[32],
+        unit[8];
+    kv(out, "os", os, sizeof(os));
+    kv(out, "arch", arch, sizeof(arch));
+    kv(out, "sum", sum, sizeof(sum));
+    kv(out, "systemd", systemd, sizeof(systemd));
+    kv(out, "home", home, sizeof(home));
+    kv(out, "takod", takod, sizeof(takod));
+    kv(out, "port", port, sizeof(port));
+    kv(out, "free_kb", freekb, sizeof(freekb));
+    kv(out, "unit", unit, sizeof(unit));
+    free(out);
+
+    /* Every problem in one message. */
+    struct utsname un;
+    uname(&un);
+    char problems[2048] = "";
+    size_t pl = 0;
+#define PROBLEM(...)                                                                               \
+    pl += (size_t)snprintf(problems + pl, pl < sizeof(problems) ? sizeof(problems) - pl : 0,       \
+                           "\n  - " __VA_ARGS__)
+    if (strcmp(os, "Linux") != 0)
+        PROBLEM("the operating system is %s; tako runs on Linux", os[0] ? os : "unknown");
+    if (strcmp(arch, un.machine) != 0)
+        PROBLEM("the architecture is %s and this tako is built for %s; install a %s build of "
+                "tako at " REMOTE_BIN " yourself",
+                arch, un.machine, arch);
+    if (port[0] && !takod[0])
+        PROBLEM("port %u is in use by another program (%s); free it or set "
+                "environments.ENV.http to another port",
+                o->http_port, port);
+    else if (port[0] && takod[0] && !strstr(port, "tako"))
+        PROBLEM("port %u is in use by another program (%s)", o->http_port, port);
+    unsigned long long fk = strtoull(freekb, NULL, 10);
+    if (freekb[0] && fk < SETUP_MIN_FREE_KB)
+        PROBLEM("only %llu KB free under /var/lib; tako needs at least %u KB", fk,
+                SETUP_MIN_FREE_KB);
+#undef PROBLEM
+    if (pl) {
+        snprintf(err, errlen, "server %s (%s) cannot run tako:%s", ssh_name(c), ssh_where(c),
+                 problems);
+        return -1;
+    }
+
+    char self[PATH_MAX], hex[65];
+    unsigned long long size = 0;
+    if (self_sum(self, hex, &size) < 0) {
+        snprintf(err, errlen, "cannot read this tako binary: %s", strerror(errno));
+        return -1;
+    }
+    bool installed = false;
+    if (strcmp(sum, hex) != 0) {
+        int fd = open(self, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            snprintf(err, errlen, "cannot read %s: %s", self, strerror(errno));
+            return -1;
+        }
+        /* Verified before it replaces anything; rename is atomic, so a running
+         * takod keeps its old file and a new one starts from the new file. */
+        char *cmd = xasprintf(
+            "%ssh -c 'set -e; umask 022; mkdir -p /usr/local/bin; t=" REMOTE_BIN ".new.$$; "
+            "trap \"rm -f $t\" EXIT; cat > $t; "
+            "echo \"%s  $t\" | sha256sum -c --status || { echo \"checksum mismatch\" >&2; exit 1; }; "
+            "chmod 0755 $t; $t version >/dev/null; mv -f $t " REMOTE_BIN "; trap - EXIT'",
+            sudo, hex);
+        int r = must(c, "installing tako", cmd, fd, err, errlen);
+        free(cmd);
+        close(fd);
+        if (r < 0)
+            return -1;
+        char sz[32];
+        say(o, c, "tako %s at " REMOTE_BIN " (%s, sha256 %.12s verified)",
+            sum[0] ? "updated" : "installed", fmt_bytes(size, sz, sizeof(sz)), hex);
+        installed = true;
+        *changed = true;
+    }
+    if (home[0] && strcmp(home, "700") != 0) {
+        char *cmd = xasprintf("%schmod 0700 " REMOTE_HOME, sudo);
+        int r = must(c, "restricting " REMOTE_HOME, cmd, -1, err, errlen);
+        free(cmd);
+        if (r < 0)
+            return -1;
+        say(o, c, "state directory %s restricted to mode 0700 (was %s)", REMOTE_HOME, home);
+        *changed = true;
+    } else if (!home[0]) {
+        char *cmd = xasprintf("%smkdir -p -m 0700 " REMOTE_HOME, sudo);
+        int r = must(c, "creating " REMOTE_HOME, cmd, -1, err, errlen);
+        free(cmd);
+        if (r < 0)
+            return -1;
+        say(o, c, "state directory %s created", REMOTE_HOME);
+        *changed = true;
+    }
+    if (systemd[0]) {
+        if (!unit[0]) {
+            char *cmd = xasprintf(
+                "%ssh -c 'cat > " REMOTE_UNIT ".new && mv -f " REMOTE_UNIT ".new " REMOTE_UNIT
+                " && systemctl daemon-reload && systemctl enable tako.service'",
+                sudo);
+            /* The unit's text goes on stdin. */
+            char unitf[] = "/tmp/tako-unit-XXXXXX";
+            int ufd = mkstemp(unitf);
+            if (ufd < 0) {
+                free(cmd);
+                snprintf(err, errlen, "cannot write a temporary file: %s", strerror(errno));
+                return -1;
+            }
+            unlink(unitf);
+            dprintf(ufd,
+                    "[Unit]\nDescription=tako node agent (takod)\nAfter=network-online.target\n"
+                    "Wants=network-online.target\n\n[Service]\nType=simple\n"
+                    "ExecStart=" REMOTE_BIN " daemon --foreground\n"
+                    "KillMode=process\nRestart=on-failure\nLimitNOFILE=1048576\n\n"
+                    "[Install]\nWantedBy=multi-user.target\n");
+            lseek(ufd, 0, SEEK_SET);
+            int r = must(c, "installing the systemd unit", cmd, ufd, err, errlen);
+            close(ufd);
+            free(cmd);
+            if (r < 0)
+                return -1;
+            say(o, c, "systemd unit %s installed and enabled", REMOTE_UNIT);
+            *changed = true;
+        }
+        if (!takod[0] || installed) {
+            char *cmd = xasprintf("%ssystemctl %s tako.service", sudo, takod[0] ? "restart" : "start");
+            int r = must(c, "starting takod", cmd, -1, err, errlen);
+            free(cmd);
+            if (r < 0)
+                return -1;
+            say(o, c, "takod %s (systemd)", takod[0] ? "restarted" : "started");
+            *changed = true;
+        }
+    } else if (!takod[0] || installed) {
+        /* No systemd: takod detaches itself (double fork, own session), so it
+         * outlives this ssh session; any later command starts it again through
+         * `tako daemon --stdio` if it is gone. */
+        char *cmd = xasprintf("%ssh -c '%s" REMOTE_BIN " daemon >/dev/null'", sudo,
+                              takod[0] ? REMOTE_BIN " daemon --stop >/dev/null; " : "");
+        int r = must(c, "starting takod", cmd, -1, err, errlen);
+        free(cmd);
+        if (r < 0)
+            return -1;
+        say(o, c, "takod %s (no systemd: detached background process)",
+            takod[0] ? "restarted" : "started");
+        *changed = true;
+    }
+    return 0;
+}

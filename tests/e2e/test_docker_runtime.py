@@ -1,0 +1,352 @@
+"""`runtime: docker`: replicas as containers of a real, private dockerd
+(tests/e2e/dockerd.py), deployed by the real tako. The seed's Monitoring
+commands are run verbatim with the `docker` CLI pointed at that daemon.
+
+Images are built FROM scratch out of a static whoami (no registry here);
+containers use host networking, each with its own PORT, on loopback.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import Load, free_port, http_json, wait_for
+from dockerd import dk, dockerd  # noqa: F401  (fixtures)
+
+
+def config(proxy_port, http_port, replicas=3, greeting="one", runtime_at="service", image=None,
+           extra="", restart=None, health="/health", project="scaling"):
+    svc_rt = "        runtime: docker\n" if runtime_at == "service" else ""
+    env_rt = "    runtime: docker\n" if runtime_at == "env" else ""
+    img = "        image: %s\n" % image if image else "        build: app\n"
+    rs = "        restart: %s\n" % restart if restart else ""
+    return f"""project:
+  name: {project}
+environments:
+  production:
+    http: {http_port}
+{env_rt}    services:
+      web:
+{svc_rt}{img}{rs}        port: 3000
+        replicas: {replicas}
+        proxy:
+          port: {proxy_port}
+        healthCheck:
+          path: {health}
+          interval: 300ms
+          timeout: 300ms
+          unhealthyThreshold: 3
+        deploy:
+          drainTimeout: 3s
+          stopGracePeriod: 3s
+        env:
+          GREETING: {greeting}
+{extra}"""
+
+
+def app(tako, dk, name="app", dockerfile=None):
+    """The build directory: a static whoami in an image FROM scratch."""
+    d = os.path.join(tako.dir, name)
+    os.makedirs(d, exist_ok=True)
+    import shutil
+    shutil.copy(dk.whoami_static, os.path.join(d, "whoami"))
+    with open(os.path.join(d, "Dockerfile"), "w") as f:
+        f.write(dockerfile or 'FROM scratch\nCOPY whoami /whoami\nCMD ["/whoami"]\n')
+    return d
+
+
+def sh(dk, cmd, check=True):
+    """A shell command line, verbatim, with DOCKER_HOST set to the test daemon."""
+    env = dict(os.environ)
+    env.update(dk.env)
+    r = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    return r
+
+
+@pytest.fixture
+def dtako(tako, dk):
+    tako.env.update(dk.env)
+    tako.proxy_port = free_port()
+    tako.http_port = free_port()
+    return tako
+
+
+def deploy(t, dk, check=0, **kw):
+    app(t, dk)
+    t.write("tako.yaml", config(t.proxy_port, t.http_port, **kw))
+    return t.run("deploy", check=check, timeout=300)
+
+
+def hostnames(port, n):
+    out = []
+    for _ in range(n):
+        st, body = http_json(port, "/api/instance")
+        assert st == 200, body
+        out.append(body["hostname"])
+    return out
+
+
+def containers(dk, prefix="scaling-web-"):
+    return sorted(n for n in dk.container_names() if n.startswith(prefix))
+
+
+def test_seed_monitoring_commands_and_rotation_over_container_hostnames(dtako, dk):
+    r = deploy(dtako, dk)
+    assert re.search(r"^web\s+3/3\s.*running", r.stdout, re.M), r.stdout
+    # The build's progress streamed into the deploy's output.
+    assert re.search(r"scaling-web-\d: Step 1/\d+ : FROM scratch", r.stdout), r.stdout
+
+    # Monitoring Instances, verbatim.
+    ps = sh(dk, "docker ps | grep scaling-web").stdout.splitlines()
+    assert len(ps) == 3, ps
+    assert sorted(l.split()[-1] for l in ps) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    logs = sh(dk, "docker logs scaling-web-1")
+    assert re.search(r"^whoami scaling-web-1 listening on port \d+$", logs.stdout, re.M), logs
+    stats = sh(dk, "docker stats --no-stream scaling-web-1 scaling-web-2 scaling-web-3").stdout
+    rows = stats.splitlines()
+    assert rows[0].split()[:3] == ["CONTAINER", "ID", "NAME"]
+    assert sorted(r.split()[1] for r in rows[1:]) == ["scaling-web-1", "scaling-web-2",
+                                                      "scaling-web-3"]
+
+    # Round robin over the containers' own hostnames.
+    names = hostnames(dtako.proxy_port, 9)
+    start = names.index("scaling-web-1")
+    assert (names[start:] + names[:start]) == ["scaling-web-1", "scaling-web-2",
+                                                 "scaling-web-3"] * 3, names
+
+    # Identity: labels, hostname, host networking, tako owns restarts, image tag.
+    c = dk.inspect("scaling-web-2")
+    labels = c["Config"]["Labels"]
+    rev = labels["tako.revision"]
+    assert {k: labels[k] for k in ("tako.project", "tako.env", "tako.service", "tako.slot")} == {
+        "tako.project": "scaling", "tako.env": "production", "tako.service": "web",
+        "tako.slot": "2"}
+    assert c["Config"]["Hostname"] == "scaling-web-2"
+    assert c["HostConfig"]["NetworkMode"] == "host"
+    assert c["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert c["Config"]["Image"] == "scaling-web:%s" % rev
+    assert "GREETING=one" in c["Config"]["Env"]
+
+    # tako's own views come from the engine.
+    ps = dtako.ps_json()
+    reps = ps["services"][0]["replicas"]
+    assert sorted(x["name"] for x in reps) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    def mem_known():
+        st = json.loads(dtako.run("stats", "--output", "json", check=0).stdout)
+        rows = [x for s in st["services"] for x in s["replicas"]]
+        return len(rows) == 3 and all(x["memory"] > 0 for x in rows) and rows
+    wait_for(mem_known, timeout=30, interval=1, what="tako stats memory from the engine")
+    lg = dtako.run("logs", "--service", "web", check=0).stdout
+    assert re.search(r"scaling-web-2.*whoami scaling-web-2 listening", lg), lg
+
+    # tako down removes the containers (and the images with --images).
+    dtako.run("down", check=0)
+    assert containers(dk) == []
+    assert dk.docker("image", "inspect", "scaling-web:%s" % rev, check=False).returncode == 0
+    deploy(dtako, dk)
+    assert len(containers(dk)) == 3
+    r = dtako.run("down", "--images", check=0)
+    assert "removed 1 Docker image of scaling" in r.stdout, r.stdout
+    assert containers(dk) == []
+    assert dk.docker("image", "inspect", "scaling-web:%s" % rev, check=False).returncode != 0
+    assert dk.docker("image", "inspect", dk.base_image, check=False).returncode == 0
+
+
+def ids_of(dk):
+    return {n: dk.inspect(n)["Id"] for n in containers(dk)}
+
+
+def write_app_change(t, text):
+    """Change the build directory: a new file in the image → a new revision."""
+    with open(os.path.join(t.dir, "app", "version.txt"), "w") as f:
+        f.write(text)
+
+
+@pytest.mark.slow
+def test_rolling_deploy_of_a_changed_image_and_docker_kill_lose_nothing(dtako, dk):
+    deploy(dtako, dk)
+    rev1 = dk.inspect("scaling-web-1")["Config"]["Labels"]["tako.revision"]
+    before = ids_of(dk)
+    dockerfile = 'FROM scratch\nCOPY whoami /whoami\nCOPY version.txt /version.txt\nCMD ["/whoami"]\n'
+    with Load(dtako.proxy_port, clients=20, max_seconds=150, max_requests=200000) as load:
+        wait_for(lambda: load.ok > 200, timeout=30, what="load running")
+        app(dtako, dk, dockerfile=dockerfile)
+        write_app_change(dtako, "two\n")
+        r = dtako.run("deploy", check=0, timeout=300)
+        assert "draining" in r.stdout
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="load after deploy")
+        mid = ids_of(dk)
+        # docker kill of one container: tako (not Docker) starts it again.
+        dk.docker("kill", "scaling-web-2")
+        def back():
+            s = dtako.ps_json()["services"][0]
+            r2 = [x for x in s["replicas"] if x["name"] == "scaling-web-2"][0]
+            return s["running"] == 3 and r2["restarts"] >= 1 and r2["state"] == "running"
+        wait_for(back, timeout=60, interval=0.2, what="scaling-web-2 started again")
+        n = load.ok
+        wait_for(lambda: load.ok > n + 200, timeout=30, what="more load")
+    ok, failed = load.stop()
+    assert failed == 0, load.errors[:5]
+    after = ids_of(dk)
+    assert sorted(after) == ["scaling-web-1", "scaling-web-2", "scaling-web-3"]
+    assert not set(mid.values()) & set(before.values()), "every container was replaced"
+    assert after["scaling-web-2"] != mid["scaling-web-2"]
+    rev2 = dk.inspect("scaling-web-1")["Config"]["Labels"]["tako.revision"]
+    assert rev2 != rev1
+    assert dk.inspect("scaling-web-1")["Config"]["Image"] == "scaling-web:%s" % rev2
+    # The previous revision's image is kept for rollback.
+    assert dk.docker("image", "inspect", "scaling-web:%s" % rev1, check=False).returncode == 0
+
+
+def test_images_of_old_revisions_are_kept_up_to_the_limit(dtako, dk):
+    dockerfile = 'FROM scratch\nCOPY whoami /whoami\nCOPY version.txt /version.txt\nCMD ["/whoami"]\n'
+    revs = []
+    for i in range(6):
+        app(dtako, dk, dockerfile=dockerfile)
+        write_app_change(dtako, "v%d\n" % i)
+        dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, replicas=1))
+        dtako.run("deploy", check=0, timeout=300)
+        revs.append(dtako.ps_json()["services"][0]["revision"])
+    def tags():
+        out = dk.docker("images", "--format", "{{.Tag}}", "scaling-web").stdout.split()
+        return sorted(out)
+    # the running revision and the 3 before it; the 2 oldest are gone
+    wait_for(lambda: tags() == sorted(revs[2:]), timeout=30, what="old images pruned")
+
+
+def test_takod_kill9_adopts_containers_by_label(dtako, dk):
+    deploy(dtako, dk)
+    ids = ids_of(dk)
+    old = dtako.takod_pid()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists("/proc/%d/status" % old) or
+             "zombie" in open("/proc/%d/status" % old).read(), timeout=10, what="takod gone")
+    def adopted():
+        js = dtako.ps_json()
+        return js["services"] and js["services"][0]["running"] == 3 and js
+    wait_for(adopted, timeout=60, interval=0.3, what="containers adopted")
+    assert ids_of(dk) == ids  # the same containers, not new ones
+    assert dtako.takod_pid() != old
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+    # Adopted containers are still watched: a kill is noticed and repaired.
+    dk.docker("kill", "scaling-web-1")
+    wait_for(lambda: dk.inspect("scaling-web-1") and
+             dk.inspect("scaling-web-1")["Id"] != ids["scaling-web-1"] and
+             dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
+             what="scaling-web-1 replaced")
+
+
+def test_failed_build_fails_the_deploy_with_the_builders_last_lines_and_changes_nothing(dtako, dk):
+    deploy(dtako, dk)
+    ids = ids_of(dk)
+    app(dtako, dk, dockerfile="FROM scratch\nCOPY whoami /whoami\nCOPY missing-file /x\n"
+                              'CMD ["/whoami"]\n')
+    write_app_change(dtako, "broken\n")
+    with Load(dtako.proxy_port, clients=10, max_seconds=120, max_requests=100000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="load running")
+        r = dtako.run("deploy", check=1, timeout=300)
+    ok, failed = load.stop()
+    out = r.stdout + r.stderr
+    assert "missing-file" in out, out
+    assert re.search(r"Step 3/\d+ : COPY missing-file /x", out), out
+    assert failed == 0, load.errors[:5]
+    assert ids_of(dk) == ids  # nothing that ran was touched
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+
+
+def test_image_that_exits_at_once_fails_the_deploy(dtako, dk):
+    dk.docker("tag", dk.base_image, "exits-now:1")
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="exits-now:1",
+                                    replicas=1)
+                .replace("        env:\n", "        command: [\"sh\", \"-c\", \"echo bye; exit 3\"]\n        env:\n"))
+    r = dtako.run("deploy", check=1, timeout=300)
+    out = r.stdout + r.stderr
+    assert "exited with status 3" in out, out
+    assert "bye" in out, out
+    assert containers(dk) == []
+
+
+def test_container_that_never_listens_fails_the_deploy(dtako, dk):
+    dk.docker("tag", dk.base_image, "silent:1")
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="silent:1",
+                                    replicas=1)
+                .replace("        env:\n", "        command: [\"sleep\", \"600\"]\n        env:\n"))
+    r = dtako.run("deploy", check=1, timeout=300)
+    out = r.stdout + r.stderr
+    assert "health checks on /health" in out, out
+    assert containers(dk) == []
+
+
+def test_config_errors_name_the_place(dtako, dk, tmp_path):
+    os.makedirs(os.path.join(dtako.dir, "app"))
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port))
+    r = dtako.run("validate", check=None)
+    assert r.returncode != 0
+    assert re.search(r"tako\.yaml:8:18: environments\.production\.services\.web\.runtime: no "
+                     r"Dockerfile in \S+/app", r.stdout + r.stderr), r.stdout + r.stderr
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, image="Not_Valid:x"))
+    r = dtako.run("validate", check=None)
+    assert re.search(r"tako\.yaml:9:16: environments\.production\.services\.web\.image: invalid "
+                     r"image name 'Not_Valid'", r.stdout + r.stderr), r.stdout + r.stderr
+    # Docker not reachable: the socket tried and how to start Docker, at the key.
+    app(dtako, dk)
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, runtime_at="env"))
+    sock = str(tmp_path / "no-docker.sock")
+    r = dtako.run("deploy", check=2, env={"DOCKER_HOST": "unix://" + sock})
+    assert re.search(r"tako\.yaml:6:14: environments\.production\.runtime: Docker is not "
+                     r"reachable at unix://%s .*dockerd" % re.escape(sock), r.stderr), r.stderr
+    assert containers(dk) == []
+
+
+def test_dockerd_dying_mid_deploy_fails_it_and_what_served_keeps_serving(dtako, dk):
+    deploy(dtako, dk)
+    rev1 = dtako.ps_json()["services"][0]["revision"]
+    # A build that takes a while (RUN in the busybox base), so the engine
+    # can die in the middle of it.
+    app(dtako, dk, dockerfile="FROM %s\nCOPY whoami /whoami\nRUN sleep 5\nCMD [\"/whoami\"]\n"
+        % dk.base_image)
+    write_app_change(dtako, "three\n")
+    env = dict(os.environ)
+    env.update(dtako.env)
+    from conftest import TAKO
+    with Load(dtako.proxy_port, clients=10, max_seconds=120, max_requests=100000) as load:
+        wait_for(lambda: load.ok > 50, timeout=30, what="load running")
+        p = subprocess.Popen([TAKO, "deploy"], cwd=dtako.dir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        out = []
+        try:
+            for line in p.stdout:
+                out.append(line)
+                if re.search(r"Step 3/\d+ : RUN sleep 5", line):
+                    dk.kill_daemon()
+                    break
+            rest, _ = p.communicate(timeout=120)
+            out.append(rest)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        n = load.ok
+        wait_for(lambda: load.ok > n + 100, timeout=30, what="load after the failed deploy")
+    ok, failed = load.stop()
+    text = "".join(out)
+    assert p.returncode == 1, text
+    assert re.search(r"Docker|docker", text.split("Step 3/")[-1]), text
+    assert failed == 0, load.errors[:5]
+    # The containers that served are the ones still serving.
+    assert set(hostnames(dtako.proxy_port, 3)) == {"scaling-web-1", "scaling-web-2",
+                                                    "scaling-web-3"}
+    ps = dtako.ps_json()["services"][0]
+    assert ps["running"] == 3
+    assert ps["revision"] == rev1
+    # (The engine stays dead: the next test gets a fresh one, and the
+    # fixture ends these containers by the PIDs containerd recorded.)
