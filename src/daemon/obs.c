@@ -102,6 +102,10 @@ struct obs {
     struct obs_rep *reps;
     struct obs_svc *svcs;
     struct obs_lis *lis;
+    /* TLS handshakes of the data plane (T_* counters), totalled across its
+     * processes; shown once HTTPS exists (a certificate or a handshake). */
+    struct obs_total tls;
+    unsigned tls_certs;
     struct obs_bind *binds;
     bool dirty;
     uint64_t saved_ms, now_ms;
@@ -111,6 +115,8 @@ struct obs {
 };
 
 /* ---- the model: replicas, services, listeners ---- */
+
+enum { T_OK, T_RESUMED, T_FAILED, T_NOCERT, T_PLAIN, T_NOTTLS, T_COUNT };
 
 static struct obs_rep *rep_get(struct obs *m, const char *project, const char *env,
                                const char *service, const char *name)
@@ -351,6 +357,16 @@ static void sample_ex(struct obs *m, bool with_stats)
     }
     for (struct obs_lis *l = m->lis; l; l = l->next)
         obs_total_age(&l->acc, m->now_ms);
+    struct proxy_tls_stats ts;
+    if (proxy_tls_stats(m->proxy, &ts) == 0) {
+        uint64_t v[T_COUNT] = {[T_OK] = ts.handshakes,          [T_RESUMED] = ts.resumed,
+                               [T_FAILED] = ts.handshake_failures, [T_NOCERT] = ts.no_certificate,
+                               [T_PLAIN] = ts.plain_http,        [T_NOTTLS] = ts.not_tls};
+        if (obs_total_feed(&m->tls, proxy_instance_id(m->proxy), v, m->now_ms))
+            m->dirty = true;
+        m->tls_certs = ts.certificates;
+    }
+    obs_total_age(&m->tls, m->now_ms);
 }
 
 static void sample(struct obs *m) { sample_ex(m, true); }
@@ -369,7 +385,8 @@ static void save(struct obs *m)
     for (struct obs_lis *l = m->lis; l; l = l->next)
         json_array_append_new(lis, json_pack("{s:s, s:o}", "listener", l->addr, "accepted",
                                              obs_total_json(&l->acc)));
-    json_t *j = json_pack("{s:i, s:o, s:o}", "version", 1, "replicas", reps, "listeners", lis);
+    json_t *j = json_pack("{s:i, s:o, s:o, s:o}", "version", 1, "replicas", reps, "listeners",
+                          lis, "tls", obs_total_json(&m->tls));
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     /* Waited for: a scrape is answered only once its numbers are stored
@@ -428,6 +445,8 @@ static void load(struct obs *m)
         if (a)
             obs_total_load(&lis_get(m, a)->acc, json_object_get(e, "accepted"), now);
     }
+    if (json_object_get(j, "tls"))
+        obs_total_load(&m->tls, json_object_get(j, "tls"), now);
     json_decref(j);
 }
 
@@ -713,6 +732,34 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
         if (l->present)
             sb_printf(&b, "tako_listener_connections_total{listener=\"%s\"} %llu\n", l->addr,
                       (unsigned long long)obs_total_get(&l->acc, 0));
+    bool tls = m->tls_certs > 0;
+    for (size_t k = 0; k < T_COUNT && !tls; k++)
+        tls = obs_total_get(&m->tls, k) > 0;
+    if (tls) {
+        /* ok, failed and no_certificate are disjoint; resumed is part of ok */
+        family(&b, om, "tako_tls_handshakes_total", "counter",
+               "TLS handshakes on the HTTPS listeners, by result.");
+        static const struct {
+            const char *res;
+            size_t k;
+        } hs[] = {{"ok", T_OK}, {"failed", T_FAILED}, {"no_certificate", T_NOCERT}};
+        for (size_t i = 0; i < ARRAY_LEN(hs); i++)
+            sb_printf(&b, "tako_tls_handshakes_total{result=\"%s\"} %llu\n", hs[i].res,
+                      (unsigned long long)obs_total_get(&m->tls, hs[i].k));
+        family(&b, om, "tako_tls_resumed_handshakes_total", "counter",
+               "Successful TLS handshakes that resumed a session (ticket).");
+        sb_printf(&b, "tako_tls_resumed_handshakes_total %llu\n",
+                  (unsigned long long)obs_total_get(&m->tls, T_RESUMED));
+        family(&b, om, "tako_tls_non_tls_connections_total", "counter",
+               "Connections to an HTTPS listener that did not speak TLS, by what they sent.");
+        sb_printf(&b, "tako_tls_non_tls_connections_total{kind=\"plain_http\"} %llu\n",
+                  (unsigned long long)obs_total_get(&m->tls, T_PLAIN));
+        sb_printf(&b, "tako_tls_non_tls_connections_total{kind=\"other\"} %llu\n",
+                  (unsigned long long)obs_total_get(&m->tls, T_NOTTLS));
+        family(&b, om, "tako_tls_certificates", "gauge",
+               "Certificates installed in the load balancer.");
+        sb_printf(&b, "tako_tls_certificates %u\n", m->tls_certs);
+    }
     if (om)
         sb_printf(&b, "# EOF\n");
     /* Whatever this scrape shows must still be there after a restart. */
@@ -1085,6 +1132,7 @@ struct obs *obs_new(struct ev_loop *loop, struct orch *orch, struct proxy *proxy
     m->proxy = proxy;
     m->store = store;
     m->saved_ms = ev_time_ms();
+    m->tls.n = T_COUNT;
     if (gethostname(m->host, sizeof(m->host) - 1) != 0)
         snprintf(m->host, sizeof(m->host), "localhost");
     load(m);

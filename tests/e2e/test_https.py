@@ -480,3 +480,57 @@ def test_https_keeps_serving_while_takod_is_down(tako, procs, tmp_path):
     assert site.peer_cert()["serialNumber"] == serial
     wait_for(lambda: events(tako, "cert.loaded"), timeout=10, what="cert.loaded event")
     assert len(events(tako, "cert.issued")) == 1  # loaded from the state directory, not ordered
+
+
+def test_tls_handshakes_are_counted_in_takods_metrics(tako, procs, tmp_path):
+    """takod's /metrics counts the data plane's TLS handshakes by result,
+    and non-TLS connections to the HTTPS port, in promtool-valid text."""
+    http_port, https_port, metrics_port = free_port(), free_port(), free_port()
+    cert, _ = make_cert(tako.dir, "own.test")
+    text = config(http_port, https_port, domains=("own.test",), email=None, replicas=2,
+                  extra_proxy="          tls:\n            cert: own.test.crt\n"
+                  "            key: own.test.key\n")
+    text = text.replace("    https: %d\n" % https_port,
+                        "    https: %d\n    metrics: 127.0.0.1:%d\n" % (https_port, metrics_port))
+    tako.write("tako.yaml", text)
+    r = tako.run("deploy", "production", check=0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ctx = ssl.create_default_context(cafile=cert)
+
+    def one():
+        sock = socket.create_connection(("127.0.0.1", https_port), timeout=10)
+        with ctx.wrap_socket(sock, server_hostname="own.test") as s:
+            s.sendall(b"GET /api/instance HTTP/1.1\r\nHost: own.test\r\nConnection: close\r\n\r\n")
+            return s.recv(4096).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: _try(one), timeout=20, what="own certificate served")
+    for _ in range(5):
+        assert one()
+    # a plain HTTP request to the HTTPS port, and a failed handshake
+    s = socket.create_connection(("127.0.0.1", https_port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: own.test\r\n\r\n")
+    s.recv(4096)
+    s.close()
+    bad = ssl.create_default_context()  # does not trust the certificate
+    try:
+        with bad.wrap_socket(socket.create_connection(("127.0.0.1", https_port), timeout=10),
+                             server_hostname="own.test"):
+            pass
+    except ssl.SSLError:
+        pass
+
+    def sample(text, name):
+        m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+        return int(m.group(1)) if m else -1
+
+    def scraped():
+        st, _, body = http(metrics_port, "/metrics")
+        t = body.decode()
+        if st == 200 and sample(t, 'tako_tls_handshakes_total{result="ok"}') >= 6 and \
+                sample(t, 'tako_tls_non_tls_connections_total{kind="plain_http"}') >= 1 and \
+                sample(t, 'tako_tls_handshakes_total{result="failed"}') >= 1:
+            return t
+        return None
+    t = wait_for(scraped, timeout=20, what="TLS counters in takod's metrics")
+    assert sample(t, "tako_tls_certificates") == 1, t
+    p = subprocess.run(["promtool", "check", "metrics"], input=t, capture_output=True, text=True)
+    assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), p.stdout + p.stderr
