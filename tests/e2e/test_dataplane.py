@@ -259,6 +259,10 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
     wait_for(lambda: not alive(old), timeout=10, what="takod gone")
     c = DpClient(tako.home)
     try:
+        # The data plane has seen its driver's end close (a separate event
+        # from the process's exit, handled on its own loop).
+        wait_for(lambda: c.call(op="status")["driver_pid"] == 0, timeout=10,
+                 what="the data plane to see takod gone")
         r = c.call(op="hello", proto=1, role="driver", epoch=epoch - 1, pid=os.getpid())
         assert epoch > 1 or not r["ok"]
         if epoch > 1:
