@@ -19,7 +19,7 @@ OUT=build/fuzz
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
 CC_FUZZ=${CC_FUZZ:-clang}
 CFLAGS_FUZZ=(-D_GNU_SOURCE -DTAKO_VERSION='"fuzz"' -Isrc -std=gnu11 -g -O1)
-LIBS=(-lyaml -ljansson -lsqlite3 -lm -pthread)
+LIBS=(-lyaml -ljansson -lsqlite3 -lssl -lcrypto -lcurl -lm -pthread)
 
 case "$SECONDS_PER_TARGET" in
 '' | *[!0-9]*)
