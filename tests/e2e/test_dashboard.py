@@ -163,6 +163,9 @@ def png_is_not_blank(path):
     return len(pixels)
 
 
+# slow: long waits on remote/browser state; the code it drives also runs
+# under the sanitizers in the other tests of this file
+@pytest.mark.slow
 def test_page_follows_requests_scale_and_a_killed_replica(tako, browser):
     hp, mp = free_port(), free_port()
     tako.write("tako.yaml", config(hp, mp))

@@ -209,6 +209,9 @@ def test_scale_and_restart_under_load_lose_nothing(seed):
     assert ok > 100
 
 
+# slow: long waits on remote/browser state; the code it drives also runs
+# under the sanitizers in the other tests of this file
+@pytest.mark.slow
 def test_day_two_commands_on_the_server(seed):
     # A revision of its own to roll back from, whichever tests ran before.
     with open(os.path.join(seed.dir, "index.js"), "a") as f:
@@ -277,6 +280,9 @@ def test_deploy_lock_shows_the_holder_and_waits(seed):
         holder.wait()
 
 
+# slow: long waits on remote/browser state; the code it drives also runs
+# under the sanitizers in the other tests of this file
+@pytest.mark.slow
 def test_ctrl_c_during_a_deploy_leaves_the_server_converging(seed):
     with open(os.path.join(seed.dir, "index.js"), "a") as f:
         f.write("\n// interrupted deploy\n")
