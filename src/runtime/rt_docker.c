@@ -1183,14 +1183,8 @@ static int dkr_start(struct rt_driver *base, const struct rt_spec *spec, struct 
         snprintf(err, errlen, "replica %s: neither an image nor a build directory", name);
         return -EINVAL;
     }
-    for (size_t i = 0; i < spec->env_len; i++) {
-        const char *k = spec->env[i].key;
-        if (!k || !*k || strchr(k, '=')) {
-            snprintf(err, errlen, "replica %s: invalid environment variable name '%s'", name,
-                     k ? k : "");
-            return -EINVAL;
-        }
-    }
+    if (rt__spec_check_env(spec, name, err, errlen) < 0)
+        return -EINVAL;
     struct dk_rep *known = find(d, name);
     if (known) {
         snprintf(err, errlen, "replica %s is already %s (rt_forget a stopped one first)", name,

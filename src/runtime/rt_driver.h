@@ -111,6 +111,9 @@ struct rt__owned_spec {
 int rt__replica_name(const struct rt_spec *s, char *buf, size_t len, char *err, size_t errlen);
 /* Deep copy of a spec, defaults filled in. */
 void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src);
+/* 0, or -EINVAL with a message naming replica name when an environment
+ * variable of spec has an empty name or one with '=' (every driver's rule). */
+int rt__spec_check_env(const struct rt_spec *spec, const char *name, char *err, size_t errlen);
 void rt__spec_free(struct rt__owned_spec *s);
 
 /* The table (rt_drivers.c), NULL-terminated; the first is the default. */

@@ -51,6 +51,19 @@ static char *dup_or_null(const char *s)
     return s ? xstrdup(s) : NULL;
 }
 
+int rt__spec_check_env(const struct rt_spec *spec, const char *name, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < spec->env_len; i++) {
+        const char *k = spec->env[i].key;
+        if (!k || !*k || strchr(k, '=')) {
+            snprintf(err, errlen, "replica %s: invalid environment variable name '%s'", name,
+                     k ? k : "");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 void rt__spec_copy(struct rt__owned_spec *dst, const struct rt_spec *src)
 {
     memset(dst, 0, sizeof(*dst));
