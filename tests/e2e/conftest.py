@@ -23,13 +23,21 @@ WHOAMI = os.environ.get("WHOAMI_BIN", os.path.join(ROOT, "examples", "whoami", "
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that was free a moment ago."""
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A TCP port that was free a moment ago, and not handed out before in
+    this run: the kernel may offer the same ephemeral port to two calls in a
+    row, and a test that asks twice needs two different ports."""
+    while True:
+        s = socket.socket()
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_port(port, host="127.0.0.1", timeout=10.0, proc=None):
