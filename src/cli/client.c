@@ -370,7 +370,13 @@ static int do_request(const char *method, const char *path, json_t *body, client
     if (chunked) {
         struct body_sink sink = {.cb = cb, .data = data, .acc = &acc, .acc_len = &acc_len,
                                  .whole = &whole, .whole_len = &whole_len};
-        read_chunked(rd, body_sink_put, &sink);
+        if (read_chunked(rd, body_sink_put, &sink) < 0) {
+            /* Cut before its last chunk: what came is delivered, but the
+             * answer is not whole (a stream takod ended early, a dropped
+             * connection) and must not read as a success. */
+            status = -ECONNRESET;
+            goto out;
+        }
     } else {
         /* Content-Length, or until close. */
         for (;;) {
