@@ -174,6 +174,16 @@ class DockerD:
 
     def kill_orphan_containers(self):
         for top, _, files in os.walk(os.path.join(self.exec_root, "containerd", "daemon")):
+            if "shim.pid" in files:
+                # A shim outlives its container when dockerd went away before
+                # it was told to clean up: end it by the PID containerd wrote.
+                try:
+                    spid = int(open(os.path.join(top, "shim.pid")).read().strip())
+                    if os.path.basename(os.readlink("/proc/%d/exe" % spid)).startswith(
+                            "containerd-shim"):
+                        os.kill(spid, signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
             if "init.pid" not in files:
                 continue
             try:
