@@ -115,7 +115,15 @@ static void out_append(struct api_conn *c, const char *p, size_t n)
 {
     if (c->sock_closed)
         return;
-    if (c->out_len + n > API_OUT_MAX) {
+    /* The limit is on what waits to be sent, not on how much was ever
+     * queued: a reader that keeps up a little at a time never empties the
+     * buffer, so what it has taken is dropped from the front first. */
+    if (c->out_off > 0 && c->out_len + n > c->out_cap) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
+    if (c->out_len - c->out_off + n > API_OUT_MAX) {
         log_warn("api: dropping a client that stopped reading");
         conn_close(c);
         return;

@@ -437,10 +437,6 @@ def test_strategy_change_swaps_the_pool_without_loss(tako):
     assert svc["strategy"] == "least_connections" and svc["running"] == 3
 
 
-# slow: 300,000 lines through a stalled reader; under the sanitizer build it
-# once ended early (174,469 lines) for a cause not yet found — see the note
-# in docs/internals/daemon.md; it runs in the release stage
-@pytest.mark.slow
 def test_logs_tail_of_more_than_the_api_buffer_arrives_whole(tako):
     """`tako logs --tail 0` streams every line, at the pace the CLI reads,
     even when they are more than takod keeps for a client (16 MiB)."""
