@@ -727,6 +727,20 @@ static struct proxy_pool *r_pool_new(struct proxy *p, const struct proxy_pool_op
     return q->handle;
 }
 
+/* Unlink l from c's listeners and free it with our copies of its sockets. */
+static void listener_drop(struct dpc *c, struct dpc_listener *l)
+{
+    for (struct dpc_listener **pp = &c->listeners; *pp; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    for (size_t i = 0; i < l->nfds; i++)
+        close(l->fds[i]);
+    free(l->routes);
+    free(l);
+}
+
 static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy_pool *def,
                          bool tls)
 {
@@ -758,17 +772,8 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
         l->nfds = nr;
     }
     int rc = reply_rc(r);
-    if (rc < 0) { /* not bound: forget it, as the embedded proxy would */
-        for (struct dpc_listener **pp = &c->listeners; *pp; pp = &(*pp)->next)
-            if (*pp == l) {
-                *pp = l->next;
-                break;
-            }
-        for (size_t i = 0; i < l->nfds; i++)
-            close(l->fds[i]);
-        free(l->routes);
-        free(l);
-    }
+    if (rc < 0) /* not bound: forget it, as the embedded proxy would */
+        listener_drop(c, l);
     return rc;
 }
 
@@ -945,15 +950,7 @@ static int r_unlisten(struct proxy *p, const struct net_addr *a)
     struct dpc_listener *l = lfind(c, a, as, sizeof(as));
     if (!l)
         return -ENOENT;
-    for (struct dpc_listener **pp = &c->listeners; *pp; pp = &(*pp)->next)
-        if (*pp == l) {
-            *pp = l->next;
-            break;
-        }
-    for (size_t i = 0; i < l->nfds; i++)
-        close(l->fds[i]);
-    free(l->routes);
-    free(l);
+    listener_drop(c, l);
     return reply_rc(call(c, json_pack("{s:s, s:s}", "op", "unlisten", "addr", as)));
 }
 
