@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -275,6 +276,7 @@ void cli_revision(const struct cfg_service *s, json_t *config_json, char out[13]
 
 struct op_print {
     bool json, color, done, ok, unchanged;
+    bool hold_conflict; /* a 409 answer is kept back: the caller will retry */
     int status;
     char message[2048];
 };
@@ -286,7 +288,9 @@ static void on_line(json_t *line, void *data)
     const char *msg = json_string_value(json_object_get(line, "message"));
     const char *svc = json_string_value(json_object_get(line, "service"));
     const char *level = json_string_value(json_object_get(line, "level"));
-    if (p->json) {
+    bool is_result = type && strcmp(type, "result") == 0;
+    json_int_t code = json_integer_value(json_object_get(line, "status"));
+    if (p->json && !(p->hold_conflict && is_result && code == 409)) {
         char *s = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (s) {
             puts(s);
@@ -294,7 +298,7 @@ static void on_line(json_t *line, void *data)
         }
         fflush(stdout);
     }
-    if (type && strcmp(type, "result") == 0) {
+    if (is_result) {
         p->done = true;
         p->ok = json_is_true(json_object_get(line, "ok"));
         p->unchanged = json_is_true(json_object_get(line, "unchanged"));
@@ -321,10 +325,45 @@ static void on_line(json_t *line, void *data)
 
 int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json)
 {
+    return cli_run_operation_wait(cmd, path, body, json, 0);
+}
+
+int cli_run_operation_wait(const char *cmd, const char *path, json_t *body, bool json,
+                           uint64_t wait_ms)
+{
     struct op_print p = {.json = json, .color = cli_color(stdout)};
-    int st = client_stream("POST", path, body, on_line, &p);
-    if (st < 0)
-        return client_unavailable(st);
+    uint64_t deadline = time_mono_ms() + wait_ms;
+    bool said = false;
+    int st;
+    for (;;) {
+        p.hold_conflict = wait_ms > 0;
+        st = client_stream("POST", path, body, on_line, &p);
+        if (st < 0)
+            return client_unavailable(st);
+        /* Refused at once because another operation of the project runs (one
+         * whose client went away, too): nothing was changed; try again until
+         * the wait is over. */
+        if (!(st == 200 && p.done && !p.ok && p.status == 409) || time_mono_ms() >= deadline)
+            break;
+        if (!said && !json) {
+            fprintf(stderr, "tako %s: %s; waiting up to %llus\n", cmd, p.message,
+                    (unsigned long long)((deadline - time_mono_ms() + 999) / 1000));
+            said = true;
+        }
+        struct timespec ts = {0, 500 * 1000000L};
+        nanosleep(&ts, NULL);
+        p = (struct op_print){.json = json, .color = p.color};
+    }
+    if (p.done && !p.ok && p.status == 409 && json && wait_ms > 0) {
+        /* the answer kept back while waiting */
+        json_t *r = json_pack("{s:s, s:b, s:i, s:s}", "type", "result", "ok", 0, "status", 409,
+                              "message", p.message);
+        char *s = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (s)
+            puts(s);
+        free(s);
+        json_decref(r);
+    }
     if (st != 200 || !p.done) {
         if (!p.done && st == 200) {
             fprintf(stderr, "tako %s: takod closed the connection before the result "

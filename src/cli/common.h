@@ -78,6 +78,10 @@ int cli_remote_ship(struct cli_target *t, const struct cfg_service *s, json_t *c
 
 /* Stream an operation and print its progress; returns the exit status. */
 int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json);
+/* The same; an answer 409 (another operation of the project is running) is
+ * retried every 0.5 s for up to wait_ms before it counts. */
+int cli_run_operation_wait(const char *cmd, const char *path, json_t *body, bool json,
+                           uint64_t wait_ms);
 
 /* Terminal niceties: colour only on a terminal and without NO_COLOR. */
 bool cli_color(FILE *f);

@@ -40,7 +40,9 @@ const char help_deploy[] =
     "      --force          roll every replica even when nothing changed\n"
     "      --lock-wait DURATION\n"
     "                       wait up to DURATION (e.g. 30s, 5m) for another deploy of\n"
-    "                       the environment to finish (default: 0, fail at once)\n"
+    "                       the environment to finish, and for an operation of the\n"
+    "                       project that takod still runs (one whose client was\n"
+    "                       interrupted, too) (default: 0, fail at once)\n"
     "\n"
     "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back, or the server\n"
     "cannot run tako), 2 invalid configuration or arguments, 3 takod or the server\n"
@@ -164,7 +166,7 @@ int cmd_deploy(int argc, char **argv)
                t.server->name, ssh_where(t.remote), t.cfg->path);
     else if (!t.json)
         printf("Deploying %s (%s) from %s\n", t.cfg->project.name, env->name, t.cfg->path);
-    rc = cli_run_operation("deploy", "/v1/deploy", body, t.json);
+    rc = cli_run_operation_wait("deploy", "/v1/deploy", body, t.json, lock_wait);
     json_decref(body);
     if (rc == EXIT_OK && !t.json) {
         /* Show where it runs now. */

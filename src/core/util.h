@@ -48,5 +48,7 @@ size_t str_edit_distance(const char *a, const char *b);
 void time_iso8601(char buf[32]);
 /* Wall clock in ms since the epoch. */
 uint64_t time_wall_ms(void);
+/* Milliseconds on the monotonic clock (for deadlines). */
+uint64_t time_mono_ms(void);
 
 #endif

@@ -299,25 +299,30 @@ def test_ten_thousand_half_open_tls_connections_bounded(procs, tmp_path, backend
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the proxy
     try:
         c, k = make_cert(str(tmp_path), "a.test")
-        p, _, https_port = start(procs, backends, [(c, k)], "--header-timeout", "5s",
+        # The header timeout must outlast opening the 10,000 (seconds on a
+        # slow machine), or the first ones close before the last are open.
+        p, _, https_port = start(procs, backends, [(c, k)], "--header-timeout", "20s",
                                  "--max-conns", "12000")
         base_fds = fd_count(p.pid)
         base_rss = rss_kib(p.pid)
         stalled = []
+        t0 = time.monotonic()
         for _ in range(10000):
             s = socket.create_connection(("127.0.0.1", https_port), timeout=5)
             s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
             stalled.append(s)
+        opened_in = time.monotonic() - t0
         try:
             wait_for(lambda: fd_count(p.pid) >= base_fds + 10000, timeout=30, what="10000 accepted")
         except TimeoutError:
-            raise AssertionError("fds %d of %d; log: %s" % (fd_count(p.pid) - base_fds, 10000, procs.log(p)[-2000:]))
+            raise AssertionError("fds %d of %d (opened in %.1fs); log: %s" % (
+                fd_count(p.pid) - base_fds, 10000, opened_in, procs.log(p)[-2000:]))
         grown = rss_kib(p.pid) - base_rss
         head, _, _ = tls_get(https_port, "a.test", c)
         assert head.startswith("HTTP/1.1 200")
         print("RSS growth for 10000 half-open TLS connections: %d KiB" % grown)
         assert grown < 10000 * (4 if "build/san" in TAKO else 1), grown  # < 1 KiB each
-        wait_for(lambda: fd_count(p.pid) <= base_fds, timeout=30, what="all closed")
+        wait_for(lambda: fd_count(p.pid) <= base_fds, timeout=60, what="all closed")
         for s in stalled:
             s.close()
     finally:

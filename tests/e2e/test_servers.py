@@ -313,8 +313,10 @@ def test_ctrl_c_during_a_deploy_leaves_the_server_converging(seed):
         return len(reps) == 3 and {r["revision"] for r in reps} == {rev} and \
             all(r.get("state") == "running" for r in reps)
     wait_for(converged, timeout=120, interval=0.5, what="the server to converge on " + rev)
-    # The interrupted deploy's lock went with its ssh session.
-    r = seed.run("deploy", "prod", check=0)
+    # The interrupted deploy's lock went with its ssh session; takod may still
+    # be finishing the rollout it was given (draining the old replicas), and
+    # --lock-wait waits for that too.
+    r = seed.run("deploy", "prod", "--lock-wait", "2m", check=0)
     assert "files unchanged" in r.stdout
 
 
