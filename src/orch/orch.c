@@ -354,10 +354,17 @@ static void last_lines(struct orch_replica *r, char *buf, size_t len)
 }
 
 /* A replica of the target revision failed to start: fail the operation
- * and roll back to the previous target, if there is one. */
+ * and roll back to the previous target, if there is one that has not just
+ * failed itself. When the previous revision is the one an automatic
+ * rollback left because it failed, rolling back to it would swap the two
+ * for ever: the target stays (the revision that served before the deploy,
+ * as it is the one rolled back to) and its replica is left to the runtime's
+ * restart backoff, reported once. */
 static void svc_start_failed(struct orch_service *s, struct orch_replica *r, const char *name,
                              const char *why)
 {
+    if (r && r->crashloop)
+        return;
     char lines[2048] = "";
     if (r)
         last_lines(r, lines, sizeof(lines));
@@ -370,9 +377,33 @@ static void svc_start_failed(struct orch_service *s, struct orch_replica *r, con
         snprintf(op->fail_msg, sizeof(op->fail_msg), "%s of revision %s failed: %s", name,
                  s->revision, why);
     }
+    bool has_prev = s->prev_cfg && strcmp(s->prev_revision, s->revision) != 0;
+    bool prev_failed = has_prev && strcmp(s->prev_revision, s->failed_revision) == 0;
+    if (has_prev && prev_failed && r) {
+        r->crashloop = true;
+        orch__report(s, "error", "unhealthy",
+                     "revision %s fails too, like %s before it: %s stays on revision %s in "
+                     "crash-loop backoff (no further rollback)",
+                     s->revision, s->prev_revision, s->name, s->revision);
+        if (op) {
+            size_t l = strlen(op->fail_msg);
+            if (op->rolling_back)
+                snprintf(op->fail_msg + l, sizeof(op->fail_msg) - l,
+                         "; rolled back to revision %s, but the previous revision fails too "
+                         "(%s: %s): %s stays on it in crash-loop backoff",
+                         s->revision, name, why, s->name);
+            else
+                snprintf(op->fail_msg + l, sizeof(op->fail_msg) - l,
+                         "; revision %s failed before it: %s stays on revision %s in "
+                         "crash-loop backoff",
+                         s->prev_revision, s->name, s->revision);
+            op->rolling_back = false;
+        }
+        return;
+    }
     if (r)
         rep_stop(r);
-    if (s->prev_cfg && strcmp(s->prev_revision, s->revision) != 0) {
+    if (has_prev && !prev_failed) {
         orch__report(s, "warn", "rollback", "rolling back from revision %s to %s", s->revision,
                s->prev_revision);
         struct cfg_service *c = s->cfg;
@@ -386,13 +417,28 @@ static void svc_start_failed(struct orch_service *s, struct orch_replica *r, con
         s->prev_cfg = c;
         s->prev_json = j;
         snprintf(s->prev_revision, sizeof(s->prev_revision), "%s", rev);
+        snprintf(s->failed_revision, sizeof(s->failed_revision), "%s", rev);
         if (op)
             op->rolling_back = true;
         orch__ensure_pool(s);
         orch__persist(s);
     } else if (!s->stopped) {
-        /* Nothing to go back to: leave the service stopped, not crash looping. */
-        orch__report(s, "warn", NULL, "no previous revision to roll back to: %s stays stopped", s->name);
+        /* Nothing (working) to go back to, and no replica to retry: leave
+         * the service stopped, not restarting it every tick. */
+        if (has_prev) {
+            orch__report(s, "warn", NULL, "revision %s failed before it: %s stays stopped",
+                         s->prev_revision, s->name);
+            if (op) {
+                size_t l = strlen(op->fail_msg);
+                snprintf(op->fail_msg + l, sizeof(op->fail_msg) - l,
+                         "; revision %s failed before it: %s stays stopped", s->prev_revision,
+                         s->name);
+                op->rolling_back = false;
+            }
+        } else {
+            orch__report(s, "warn", NULL, "no previous revision to roll back to: %s stays stopped",
+                         s->name);
+        }
         s->stopped = true;
         orch__persist(s);
     }
@@ -438,8 +484,14 @@ bool orch__converged(struct orch_service *s)
 static void observe_starting(struct orch_service *s, const struct cfg_service *c,
                              struct orch_replica *r, const struct rt_info *info, uint64_t now)
 {
-    if (info->state == RT_FAILED || info->state == RT_EXITED || info->state == RT_CRASHLOOP ||
-        info->state == RT_BACKOFF || info->restarts > r->restarts_at_start) {
+    bool failed = info->state == RT_FAILED || info->state == RT_EXITED ||
+                  info->state == RT_CRASHLOOP || info->state == RT_BACKOFF ||
+                  info->restarts > r->restarts_at_start;
+    if (r->crashloop && orch__rep_current(s, r)) {
+        /* Left to the runtime's backoff: only a run that becomes ready counts. */
+        if (info->state != RT_RUNNING || !rep_ready(r, info))
+            return;
+    } else if (failed) {
         char why[400];
         if (info->last_error[0])
             snprintf(why, sizeof(why), "%s", info->last_error);
@@ -451,6 +503,7 @@ static void observe_starting(struct orch_service *s, const struct cfg_service *c
     if (rep_ready(r, info)) {
         rep_set_phase(r, P_READY);
         r->was_ready = true;
+        r->crashloop = false;
         char d[32];
         fmt_duration(now - r->started_ms, d, sizeof(d));
         orch__report(s, "info", "ready", "%s is healthy (%s)", r->name, d);
@@ -644,11 +697,23 @@ static void svc_maybe_finish_removal(struct orch_service *s)
 
 /* ---- the tick ---- */
 
-/* Every service the operation touched has converged (or is gone). */
+/* A replica of the target is left in crash-loop backoff: the operation
+ * has failed and waits for nothing more. */
+static bool svc_crashlooping(const struct orch_service *s)
+{
+    for (const struct orch_replica *r = s->replicas; r; r = r->next)
+        if (r->crashloop && r->phase == P_STARTING && orch__rep_current(s, r))
+            return true;
+    return false;
+}
+
+/* Every service the operation touched has converged, is gone, or is left
+ * crash-looping. */
 static bool project_settled(struct orch *o, const char *project)
 {
     for (struct orch_service *s = o->services; s; s = s->next)
-        if (strcmp(s->project, project) == 0 && s->in_op && (s->removing || !orch__converged(s)))
+        if (strcmp(s->project, project) == 0 && s->in_op && (s->removing || !orch__converged(s)) &&
+            !svc_crashlooping(s))
             return false;
     return true;
 }

@@ -40,6 +40,9 @@ struct orch_replica {
     uint64_t phase_ms, started_ms, liveness_ms;
     unsigned restarts_at_start;
     bool was_ready;
+    /* Its start failed with nothing working to roll back to: reported once,
+     * then left to the runtime's restart backoff (ready if it recovers). */
+    bool crashloop;
     struct orch_replica *next; /* sorted by index */
 };
 
@@ -59,6 +62,9 @@ struct orch_service {
     json_t *prev_json;
     char prev_revision[64];
     unsigned prev_replicas;
+    /* the revision an automatic rollback last left because it failed: never
+     * the target of another automatic rollback ("" none) */
+    char failed_revision[64];
     struct proxy_pool *pool; /* NULL for workers */
     struct proxy_backend_stats *snap; /* the pool's counters, copied once per tick */
     size_t nsnap;

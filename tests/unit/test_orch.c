@@ -1,7 +1,8 @@
 /* test_orch.c — the reconciler's decisions against a fake runtime driver
  * and a fake clock: rolling updates (maxSurge / maxUnavailable), a failed
  * revision and its rollback, scale-up and scale-down order, adoption after
- * a takod restart, autoscaling, the project lease, and BUG_ON.
+ * a takod restart, autoscaling, the project lease, and BUG_ON; a rollback
+ * whose target fails too settles in crash-loop backoff.
  *
  * The services are workers (no port), so no balancer is involved: a
  * replica is ready once the driver says it has run for a second. The fake
@@ -59,7 +60,8 @@ static struct ev_loop *g_loop;
 static struct fake_rep *g_reps;      /* handles of the current rt */
 static struct fake_rep *g_survivors; /* replicas left running by a "takod" that went away */
 static char g_events[8192];          /* "start big-web-1,stop big-web-4,…" */
-static char g_fail_revision[64];     /* replicas of this revision fail at exec */
+static char g_fail_revision[64];     /* replicas of these revisions ("a b") fail… */
+static enum rt_state g_fail_state;   /* …this way: RT_FAILED (exec) or RT_BACKOFF (crash) */
 static double g_cpu;
 
 static void ev_log(const char *what, const char *name)
@@ -294,15 +296,28 @@ static const struct rt_driver_ops fake_ops = {
 };
 static const struct rt_driver_ops *const fake_table[] = {&fake_ops, NULL};
 
+/* Is revision one of the failing ones (a word of g_fail_revision)? */
+static bool fails(const char *revision)
+{
+    size_t n = strlen(revision);
+    for (const char *p = g_fail_revision; *p; p += strcspn(p, " "), p += *p == ' ')
+        if (strncmp(p, revision, n) == 0 && (p[n] == ' ' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
 /* The app of every starting replica has exec'd (or failed to). */
 static void fake_settle(void)
 {
     for (struct fake_rep *r = g_reps; r; r = r->next) {
         if (r->state != RT_STARTING)
             continue;
-        if (g_fail_revision[0] && strcmp(r->spec.spec.revision, g_fail_revision) == 0) {
-            snprintf(r->last_error, sizeof(r->last_error), "exec: No such file or directory");
-            set_state(r, RT_FAILED);
+        if (fails(r->spec.spec.revision)) {
+            if (g_fail_state == RT_BACKOFF)
+                snprintf(r->last_error, sizeof(r->last_error), "exited with status 1");
+            else
+                snprintf(r->last_error, sizeof(r->last_error), "exec: No such file or directory");
+            set_state(r, g_fail_state);
         } else {
             r->started = g_now;
             set_state(r, RT_RUNNING);
@@ -349,6 +364,7 @@ static int h_init(struct h *h)
 {
     memset(h, 0, sizeof(*h));
     g_events[0] = g_fail_revision[0] = '\0';
+    g_fail_state = RT_FAILED;
     g_cpu = 0;
     g_now = 1000000;
     g_loop = &h->loop;
@@ -582,6 +598,89 @@ TEST(a_revision_that_fails_fails_the_deploy_and_rolls_back)
     CHECK_STR(json_string_value(json_object_get(json_array_get(r.json, 0), "status")),
               "rolled-back");
     store_result_clear(&r);
+    h_free(&h);
+}
+
+/* The revision rolled back to fails too (its command needs something that
+ * is gone since it was deployed): the deploy fails saying so, the service
+ * stays on the revision that served before, in crash-loop backoff, and the
+ * two revisions are not swapped back and forth. */
+TEST(when_the_previous_revision_fails_too_it_stays_in_backoff_without_flipping)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    /* recreate: the old replica is gone before the new one starts, so the
+     * rollback has to start the old revision again. */
+    const char *d = "          strategy: recreate\n";
+    CHECK_INT(h_deploy(&h, service_yaml(1, d, NULL), "a", err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    events_take();
+    g_fail_state = RT_BACKOFF;
+    snprintf(g_fail_revision, sizeof(g_fail_revision), "a b");
+    CHECK_INT(h_deploy(&h, service_yaml(1, d, NULL), "b", err, sizeof(err)), 0);
+    CHECK(h_run(&h));
+    CHECK(!h.ok);
+    CHECK_CONTAINS(h.msg, "big-web-1 of revision b failed: exited with status 1");
+    CHECK_CONTAINS(h.msg, "rolled back to revision a, but the previous revision fails too");
+    CHECK_CONTAINS(h.msg, "web stays on it in crash-loop backoff");
+    CHECK(!strstr(h.msg, "rolled back to the previous revision"));
+    /* b once, a once (still there, in the runtime's backoff), and then
+     * nothing more, however long it goes on. */
+    CHECK_STR(events_take(), "stop big-web-1,start big-web-1,stop big-web-1,start big-web-1");
+    for (int i = 0; i < 300; i++)
+        h_step(&h, ORCH_TICK_MS);
+    CHECK_STR(events_take(), "");
+    CHECK_INT(alive(), 0);
+    json_t *ps = orch_ps(h.o, "big", NULL, "web");
+    json_t *svc = json_array_get(ps, 0);
+    CHECK_STR(json_string_value(json_object_get(svc, "revision")), "a");
+    json_t *rep = json_array_get(json_object_get(svc, "replicas"), 0);
+    CHECK_STR(json_string_value(json_object_get(rep, "revision")), "a");
+    CHECK_STR(json_string_value(json_object_get(rep, "state")), "backoff");
+    CHECK_INT(json_array_size(json_object_get(svc, "replicas")), 1);
+    json_decref(ps);
+    struct store_result r = {0};
+    store_history_list(h.store, "big", NULL, 10, store_keep_json, &r);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(r.json, 0), "status")), "failed");
+    store_result_clear(&r);
+    /* A good revision deploys over it. */
+    CHECK_INT(h_deploy(&h, service_yaml(1, d, NULL), "c", err, sizeof(err)), 0);
+    CHECK(h_run(&h));
+    CHECK(h.ok);
+    CHECK_STR(events_take(), "stop big-web-1,start big-web-1");
+    CHECK_INT(serving("c"), 1);
+    CHECK_INT(alive(), 1);
+    h_free(&h);
+}
+
+/* A crash-looping replica that the runtime gets running (what it needed is
+ * back) is admitted when ready, without a deploy. */
+TEST(a_crash_looping_revision_that_recovers_becomes_ready)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    const char *d = "          strategy: recreate\n";
+    CHECK_INT(h_deploy(&h, service_yaml(1, d, NULL), "a", err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    g_fail_state = RT_BACKOFF;
+    snprintf(g_fail_revision, sizeof(g_fail_revision), "a b");
+    CHECK_INT(h_deploy(&h, service_yaml(1, d, NULL), "b", err, sizeof(err)), 0);
+    CHECK(h_run(&h) && !h.ok);
+    events_take();
+    /* The runtime's next restart of a works. */
+    for (struct fake_rep *f = g_reps; f; f = f->next)
+        if (f->state == RT_BACKOFF) {
+            f->restarts++;
+            f->started = g_now;
+            set_state(f, RT_RUNNING);
+        }
+    for (int i = 0; i < 30; i++)
+        h_step(&h, ORCH_TICK_MS);
+    CHECK_INT(serving("a"), 1);
+    CHECK(orch__converged(h.o->services));
+    CHECK_STR(events_take(), "");
     h_free(&h);
 }
 
