@@ -478,3 +478,70 @@ environments:
     assert f.returncode == 0, err[-500:]
     assert len(lines) == n, (len(lines), lines[:2], lines[-2:], err[-500:])
     assert [int(x.rsplit("| ", 1)[1]) for x in lines] == list(range(1, n + 1))
+
+
+def test_rollback_target_failing_too_stays_in_crashloop_without_flipping(tako, tmp_path):
+    """A deploy fails, and so does the revision it rolls back to (its command
+    needs a file removed since it was deployed): the deploy fails saying so,
+    the service stays on the revision that served before, crash-looping with
+    its last output in `tako ps -a`, no revision is started again, and a
+    good revision deploys over it."""
+    import sqlite3
+    port, http_port = free_port(), free_port()
+    flag = tmp_path / "needed-file"
+    flag.write_text("x\n")
+    needs = json.dumps(["/bin/sh", "-c",
+                        "test -f %s || { echo \"missing %s\" >&2; exit 1; }; exec %s" % (
+                            flag, flag, WHOAMI)])
+
+    def cfg(greeting, command=needs):
+        # recreate: the old replica is stopped first, so the rollback has to
+        # start the old revision again.
+        return config(port, http_port, replicas=1, greeting=greeting, command=command).replace(
+            "        deploy:\n", "        deploy:\n          strategy: recreate\n")
+
+    tako.write("tako.yaml", cfg("one"))
+    tako.run("deploy", check=0)
+    rev_a = tako.ps_json()["services"][0]["revision"]
+    flag.unlink()
+    tako.write("tako.yaml", cfg("two"))
+    r = tako.run("deploy", check=1)
+    out = r.stdout + r.stderr
+    assert "rolled back to revision %s, but the previous revision fails too" % rev_a in out, out
+    assert "rolled back to the previous revision" not in out, out
+    assert "missing %s" % flag in out, out
+
+    def crashlooping():
+        s = tako.ps_json()["services"][0]
+        return s["status"] == "crashloop" and s
+    s = wait_for(crashlooping, timeout=30, interval=0.2, what="crashloop in ps")
+    assert s["revision"] == rev_a
+    assert [(x["name"], x["revision"]) for x in s["replicas"]] == [("scaling-web-1", rev_a)]
+    ps = tako.run("ps", check=0).stdout
+    assert re.search(r"^web\s+0/1\s.*crashloop", ps, re.M), ps
+    inst = tako.run("ps", "--instances", check=0).stdout
+    assert re.search(r"last: exited with status 1 \(\d+ in a row\); last output: .*missing %s"
+                     % re.escape(str(flag)), inst), inst
+    hist = json.loads(tako.run("history", "--output", "json", check=0).stdout)["history"]
+    assert hist[0]["status"] == "failed", hist[0]
+
+    # No further swaps: one rollback, one start of each revision, while the
+    # runtime keeps restarting the replica (at least 3 quick exits by now).
+    db = sqlite3.connect("file:%s/state.db?mode=ro" % tako.home, uri=True)
+    try:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM events WHERE service = 'web'")]
+        starts = [m for (m,) in db.execute(
+            "SELECT message FROM events WHERE service = 'web' AND kind = 'starting'")]
+    finally:
+        db.close()
+    assert kinds.count("rollback") == 1, kinds
+    assert len(starts) == 3, starts  # the first deploy, the new revision, the rollback
+    assert rev_a in starts[2], starts
+    assert tako.ps_json()["services"][0]["revision"] == rev_a
+
+    # A good revision deploys over it.
+    tako.write("tako.yaml", cfg("three", command=WHOAMI))
+    tako.run("deploy", check=0)
+    s = tako.ps_json()["services"][0]
+    assert s["status"] == "running" and s["running"] == 1, s
+    assert hostnames(port, 2) == ["scaling-web-1", "scaling-web-1"]
