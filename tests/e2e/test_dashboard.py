@@ -87,6 +87,9 @@ class Browser:
             if self.p.poll() is None:
                 self.p.stdin.write(json.dumps({"op": "quit"}) + "\n")
                 self.p.stdin.flush()
+                # node ends once its stdin is closed too (not on "quit" alone:
+                # the open stdin keeps it running until the wait times out)
+                self.p.stdin.close()
                 self.p.wait(10)
         except (OSError, subprocess.TimeoutExpired, ValueError):
             pass
