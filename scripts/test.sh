@@ -6,6 +6,9 @@
 #   scripts/test.sh e2e        release end-to-end tests only
 #   scripts/test.sh fuzz       fuzz smoke run only
 #   scripts/test.sh san        sanitizer build + its unit and e2e stages
+#   scripts/test.sh background fuzz + sanitizer build, results to
+#                              build/test-logs/background.result (the full
+#                              run starts it; see below)
 #
 # Stages of the full run:
 #   build      make -j2 WERROR=1 (release: ./tako, whoami, unit test binaries)
@@ -18,13 +21,21 @@
 #              the -m expression; SAN_E2E_MARK= runs everything) against
 #              build/san/tako and build/san/whoami
 #
+# In the full run, fuzz and san-build run in the background at the lowest CPU
+# priority (nice 19, idle I/O class) while the release unit and e2e stages
+# run: those mostly wait on timers, sockets and child processes (pytest and
+# its children use about a third of one core), so the compilers take the idle
+# CPU instead of adding their minutes to the run, and the tests keep the CPU
+# they ask for. Their output and summary lines are shown when e2e ends.
+# BACKGROUND=0 runs every stage one after the other.
+#
 # Every unit test, e2e test, fuzz target and build counts as one test. A
 # summary per stage is printed, and the output ends with exactly one closing
 # line "N passed, N failed" over all stages. Exit status 1 when anything
 # failed. A sanitizer report written by any process (ASan/UBSan/LSan, to
 # build/test-logs/san-reports/) fails its stage even when the test passed.
 #
-# Knobs: JOBS=2 (make -j), FUZZ_SECONDS=20, E2E_TIMEOUT=900 (per e2e stage;
+# Knobs: JOBS=2 (make -j), BACKGROUND=1, FUZZ_SECONDS=20, E2E_TIMEOUT=900 (per e2e stage;
 # pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
 # (per unit test binary), SAN_E2E_MARK="not slow".
 set -uo pipefail
@@ -37,12 +48,13 @@ JOBS=${JOBS:-2}
 E2E_TIMEOUT=${E2E_TIMEOUT:-900}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 SAN_E2E_MARK=${SAN_E2E_MARK-not slow}
+BACKGROUND=${BACKGROUND:-1}
 mode=${1:-all}
 
 case "$mode" in
-all | unit | e2e | fuzz | san) ;;
+all | unit | e2e | fuzz | san | background) ;;
 *)
-    echo "Usage: scripts/test.sh [unit|e2e|fuzz|san]" >&2
+    echo "Usage: scripts/test.sh [unit|e2e|fuzz|san|background]" >&2
     exit 2
     ;;
 esac
@@ -55,11 +67,13 @@ export PYTHONDONTWRITEBYTECODE=1
 total_pass=0
 total_fail=0
 summary=()
+records=() # "STAGE|PASSED|FAILED|SECONDS|NOTE", for a background run to hand back
 
 # record STAGE PASSED FAILED SECONDS [NOTE]
 record() {
     total_pass=$((total_pass + $2))
     total_fail=$((total_fail + $3))
+    records+=("$1|$2|$3|$4|${5:-}")
     local line
     line=$(printf '  %-10s %4d passed, %d failed  (%ds)%s' "$1" "$2" "$3" "$4" "${5:+  $5}")
     summary+=("$line")
@@ -218,13 +232,60 @@ san_reports() {
     return $((found == 0 ? 0 : 1))
 }
 
+# bg_start: `scripts/test.sh background` (fuzz, then the sanitizer build) as
+# a job of its own process group and session at the lowest priority; its
+# output goes to background.log, its stage results to background.result.
+bg_start() {
+    bg_log=$LOGS/background.log
+    bg_res=$LOGS/background.result
+    rm -f "$bg_res"
+    setsid nice -n 19 ionice -c 3 "$ROOT/scripts/test.sh" background >"$bg_log" 2>&1 </dev/null &
+    bg_pid=$!
+    # An interrupted run does not leave the compilers behind.
+    trap 'if [ -n "${bg_pid:-}" ]; then kill -TERM -- -"$bg_pid" 2>/dev/null; fi' EXIT
+    echo
+    echo "== fuzz, san-build: in the background (pid $bg_pid, output in $bg_log)"
+}
+
+# bg_finish: wait for the background job, show its output, count its stages.
+# Returns 1 when san-build did not pass.
+bg_finish() {
+    wait "$bg_pid"
+    bg_pid=
+    echo
+    echo "== background stages (ran during unit and e2e):"
+    cat "$bg_log"
+    local name p f secs note san_ok=1 seen=0
+    if [ -s "$bg_res" ]; then
+        while IFS='|' read -r name p f secs note; do
+            summary+=("$(printf '  %-10s %4d passed, %d failed  (%ds, in the background)%s' \
+                "$name" "$p" "$f" "$secs" "${note:+  $note}")")
+            total_pass=$((total_pass + p))
+            total_fail=$((total_fail + f))
+            if [ "$name" = san-build ]; then
+                seen=1
+                [ "$f" -eq 0 ] || san_ok=0
+            fi
+        done <"$bg_res"
+    else
+        summary+=("  fuzz, san-build: the background job gave no result (see $bg_log)")
+        total_fail=$((total_fail + 1))
+    fi
+    [ $seen -eq 1 ] && [ $san_ok -eq 1 ]
+}
+
+# san_tests: the stages after a successful sanitizer build.
+san_tests() {
+    san_env
+    unit san-unit build/san/tests
+    local mark=()
+    [ -n "$SAN_E2E_MARK" ] && mark=(-m "$SAN_E2E_MARK")
+    e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
+}
+
 san_stages() {
     if build san-build "$LOGS/build-san.log" SANITIZE=1 -j"$JOBS"; then
-        san_env
-        unit san-unit build/san/tests
-        local mark=()
-        [ -n "$SAN_E2E_MARK" ] && mark=(-m "$SAN_E2E_MARK")
-        e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
+        san_tests
     else
         summary+=("  san-unit, san-e2e: not run (sanitizer build failed)")
     fi
@@ -241,15 +302,34 @@ e2e)
     ;;
 fuzz) fuzz ;;
 san) san_stages ;;
+background)
+    fuzz
+    build san-build "$LOGS/build-san.log" SANITIZE=1 -j"$JOBS"
+    printf '%s\n' "${records[@]}" >"$LOGS/background.result"
+    exit 0
+    ;;
 all)
     if build build "$LOGS/build-rel.log" -j"$JOBS" WERROR=1 || build_anyway; then
-        unit unit build/rel/tests
-        e2e e2e tako examples/whoami/whoami
+        if [ "$BACKGROUND" = 1 ]; then
+            bg_start
+            unit unit build/rel/tests
+            e2e e2e tako examples/whoami/whoami
+            if bg_finish; then
+                san_tests
+            else
+                summary+=("  san-unit, san-e2e: not run (sanitizer build failed)")
+            fi
+        else
+            unit unit build/rel/tests
+            e2e e2e tako examples/whoami/whoami
+            fuzz
+            san_stages
+        fi
     else
         summary+=("  unit, e2e: not run (release build failed)")
+        fuzz
+        san_stages
     fi
-    fuzz
-    san_stages
     ;;
 esac
 
