@@ -287,19 +287,26 @@ def test_takod_kill9_adopts_replicas(tako):
 
 
 def test_rollback_to_previous_revision(tako):
+    # One replica: what is under test is which revision each step goes to
+    # (a rolling update of three is test_rolling_deploy_of_changed_env_...).
     port = free_port()
     http_port = free_port()
-    tako.write("tako.yaml", config(port, http_port, greeting="one"))
+
+    def revisions():
+        s = tako.ps_json()["services"][0]
+        return s["revision"], [r["revision"] for r in s["replicas"]]
+    tako.write("tako.yaml", config(port, http_port, replicas=1, greeting="one"))
     tako.run("deploy", check=0)
-    rev1 = tako.ps_json()["services"][0]["revision"]
-    tako.write("tako.yaml", config(port, http_port, greeting="two"))
+    rev1 = revisions()[0]
+    tako.write("tako.yaml", config(port, http_port, replicas=1, greeting="two"))
     tako.run("deploy", check=0)
-    rev2 = tako.ps_json()["services"][0]["revision"]
+    rev2 = revisions()[0]
     assert rev1 != rev2
+    assert revisions() == (rev2, [rev2])
     tako.run("rollback", check=0)
-    assert tako.ps_json()["services"][0]["revision"] == rev1
+    assert revisions() == (rev1, [rev1])
     tako.run("rollback", rev2, check=0)
-    assert tako.ps_json()["services"][0]["revision"] == rev2
+    assert revisions() == (rev2, [rev2])
 
 
 def test_stop_start_and_errors(tako):
