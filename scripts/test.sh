@@ -17,8 +17,9 @@
 #   fuzz       scripts/fuzz.sh (FUZZ_SECONDS per target, default 20)
 #   san-build  make SANITIZE=1 -j2 (ASan + UBSan into build/san)
 #   san-unit   the same binaries of build/san/tests/
-#   san-e2e    the e2e suite minus tests marked `slow` (SAN_E2E_MARK overrides
-#              the -m expression; SAN_E2E_MARK= runs everything) against
+#   san-e2e    the e2e suite minus tests marked `slow` or `release_only`
+#              (SAN_E2E_MARK overrides the -m expression; SAN_E2E_MARK= runs
+#              everything) against
 #              build/san/tako and build/san/whoami
 #
 # In the full run, fuzz and san-build run in the background at the lowest CPU
@@ -37,7 +38,7 @@
 #
 # Knobs: JOBS=2 (make -j), BACKGROUND=1, FUZZ_SECONDS=20, E2E_TIMEOUT=900 (per e2e stage;
 # pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
-# (per unit test binary), SAN_E2E_MARK="not slow".
+# (per unit test binary), SAN_E2E_MARK="not slow and not release_only".
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 JOBS=${JOBS:-2}
 E2E_TIMEOUT=${E2E_TIMEOUT:-900}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
-SAN_E2E_MARK=${SAN_E2E_MARK-not slow}
+SAN_E2E_MARK=${SAN_E2E_MARK-not slow and not release_only}
 BACKGROUND=${BACKGROUND:-1}
 mode=${1:-all}
 

@@ -195,9 +195,17 @@ def run_tako(args, env=None, cwd=None, timeout=120, input=None):
 
 def pytest_configure(config):
     # `make test` runs the e2e suite twice: on the release build, then on the
-    # ASan/UBSan build with -m "not slow" (see scripts/test.sh).
+    # ASan/UBSan build with -m "not slow and not release_only" (see
+    # scripts/test.sh).
     config.addinivalue_line(
         "markers", "slow: long-running test (load, long timers); left out of the sanitizer run")
+    # A test whose only additions to the rest of the suite are third-party
+    # programs (a browser, Node packages, Redis, ab): the tako code on its
+    # path runs under the sanitizers in the tests its module names. Give
+    # those names where the marker is set.
+    config.addinivalue_line(
+        "markers", "release_only: adds no tako code path over the sanitizer run's other "
+        "tests (the module says which); left out of the sanitizer run")
 
 
 # ---- takod fixtures (deploy workflow) ----

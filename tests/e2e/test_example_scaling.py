@@ -16,6 +16,17 @@ import pytest
 
 from conftest import ARTIFACTS, ROOT, free_port, http, http_json, wait_for, wait_port
 
+# Release run only (scripts/test.sh): what this module adds to the rest of
+# the suite is the seed's programs (npm install of the Node app, chromium,
+# curl | jq, ab, Redis). The tako code they drive runs under the sanitizers
+# elsewhere: deploy of three replicas, ps and stats (test_deploy.py),
+# routing by Host with 404 for an unknown one
+# (test_deploy.py::test_domain_routing_on_entrypoint), round robin and
+# request bodies through the proxy (test_proxy_lb.py, test_proxy_http.py),
+# each replica's own UTS hostname (test_runtime.py), and this same Node app
+# deployed with this tako.yaml as `prod` (test_servers.py, on a test server).
+pytestmark = pytest.mark.release_only
+
 EXAMPLE = os.path.join(ROOT, "examples", "scaling")
 DOMAIN = "scaling.127.0.0.1.sslip.io"
 
