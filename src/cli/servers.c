@@ -36,6 +36,8 @@ static const struct cfg_server *remote_server(const struct cli_target *t, size_t
 
 int cli_remote_open(struct cli_target *t)
 {
+    if (cli_multi(t))
+        return cli_multi_open(t);
     size_t n;
     const struct cfg_server *s = remote_server(t, &n);
     if (!s)
@@ -45,13 +47,6 @@ int cli_remote_open(struct cli_target *t)
         /* A command run by another one (deploy shows ps): same connection. */
         t->server = s;
         return 0;
-    }
-    if (n > 1) {
-        fprintf(stderr,
-                "tako %s: environment %s lists %zu remote servers; this tako drives one server "
-                "per environment (see docs/servers.md)\n",
-                t->cmd, t->envp->name, n);
-        return EXIT_USAGE;
     }
     struct ssh_target st = {.name = s->name,
                             .host = s->host,
@@ -74,6 +69,10 @@ int cli_remote_open(struct cli_target *t)
 
 void cli_remote_close(struct cli_target *t)
 {
+    if (t->servers) {
+        cli_multi_close(t);
+        return;
+    }
     if (!t->remote)
         return;
     client_use_remote(NULL);
