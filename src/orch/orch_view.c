@@ -81,7 +81,7 @@ static json_t *replica_json(const struct orch_replica *r, const struct proxy_bac
     rt_info(r->rt, &info);
     json_t *j = json_object();
     json_object_set_new(j, "name", json_string(r->name));
-    json_object_set_new(j, "index", json_integer(r->index));
+    json_object_set_new(j, "index", json_integer(r->slot));
     json_object_set_new(j, "pid", json_integer(info.pid));
     json_object_set_new(j, "port", json_integer(r->port));
     json_object_set_new(j, "health", json_string(health_of(r, st)));
@@ -343,7 +343,7 @@ void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool w
                 rt_inspect(shown->rt, &info);
             struct orch_replica_view rv = {
                 .name = shown->name,
-                .index = shown->index,
+                .index = shown->slot,
                 .phase = orch_phase_name(shown->phase),
                 .revision = shown->revision,
                 .rt = &info,
