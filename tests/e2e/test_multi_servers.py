@@ -1,0 +1,267 @@
+"""Several servers per environment, against three test hosts (hosts.py):
+replicas spread over the hosts with names unique across the environment,
+`tako ps` with a SERVER column, each host's balancer, scale, logs merged
+from every host, and a deploy that cannot reach every host changing nothing
+(unless the user skips that host explicitly).
+
+The hosts are set up and deployed to once for the module; the tests run in
+order and each leaves the environment at five replicas for the next.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import TAKO, http_json, kill_takod_tree, wait_for
+from hosts import Net
+
+APP = r'''
+import http.server, json, os, sys
+NAME = os.environ["HOSTNAME"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"hostname": NAME}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path != "/health":
+            print("served %s as %s" % (self.path, NAME), flush=True)
+    def log_message(self, *a):
+        pass
+print("listening on %s as %s" % (os.environ["PORT"], NAME), flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+YAML = """project:
+  name: scaling
+servers:
+  a: {host: %(a)s, sshKey: ~/.ssh/id_ed25519}
+  b: {host: %(b)s, sshKey: ~/.ssh/id_ed25519}
+  c: {host: %(c)s, sshKey: ~/.ssh/id_ed25519}
+environments:
+  production:
+    servers: [a, b, c]
+    peerPort: %(peer)d
+    services:
+      web:
+        command: python3 app.py
+        port: 3000
+        replicas: 5
+        healthCheck: {path: /health, interval: 500ms}
+        deploy: {drainTimeout: 1s}
+"""
+
+# The spread of the contract: 5 over [a, b, c] is a: 1, 4; b: 2, 5; c: 3.
+SPREAD = {"a": ["scaling-web-1", "scaling-web-4"], "b": ["scaling-web-2", "scaling-web-5"],
+          "c": ["scaling-web-3"]}
+
+
+class Cluster:
+    def __init__(self, keys, net, work, home):
+        self.keys, self.net, self.dir, self.home = keys, net, work, home
+        self.hosts = dict(zip("abc", net.hosts))
+        self.env = dict(os.environ)
+        self.env.update({"TAKO_HOME": home, "NO_COLOR": "1"})
+        self.env.update(keys.tako_env())
+
+    def run(self, *args, check=None, timeout=240):
+        r = subprocess.run([TAKO] + list(args), env=self.env, cwd=self.dir, capture_output=True,
+                           text=True, timeout=timeout)
+        if check is not None and r.returncode != check:
+            raise AssertionError("tako %s exited %d (wanted %d)\nstdout:\n%s\nstderr:\n%s" % (
+                " ".join(args), r.returncode, check, r.stdout, r.stderr))
+        return r
+
+    def ps(self):
+        return json.loads(self.run("ps", "production", "--output", "json", check=0).stdout)
+
+    def names_by_server(self):
+        """{server: sorted running replica names} from `tako ps --output json`."""
+        out = {}
+        for s in self.ps()["services"]:
+            out.setdefault(s["server"], [])
+            out[s["server"]] += [r["name"] for r in s["replicas"] if r.get("state") == "running"]
+        return {k: sorted(v, key=lambda n: int(n.rsplit("-", 1)[1])) for k, v in out.items()}
+
+    def host_processes(self, h):
+        """HOSTNAME of every replica process running in host H's namespace."""
+        names = []
+        for pid in h.pids():
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as f:
+                    env = f.read().split(b"\0")
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if b"app.py" not in cmd:
+                continue
+            for kv in env:
+                if kv.startswith(b"HOSTNAME="):
+                    names.append(kv[9:].decode())
+        return sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))
+
+    def answer(self, h):
+        st, body = http_json(80, "/api/instance", host=h.ip)
+        assert st == 200, body
+        return body["hostname"]
+
+
+@pytest.fixture(scope="module")
+def cluster(ssh_keys):
+    net = Net(ssh_keys, 3, "m")
+    home = tempfile.mkdtemp(prefix="tako-home-")
+    work = tempfile.mkdtemp(prefix="tako-multi-proj-")
+    try:
+        from conftest import free_port
+        with open(os.path.join(work, "app.py"), "w") as f:
+            f.write(APP)
+        with open(os.path.join(work, "tako.yaml"), "w") as f:
+            f.write(YAML % {"a": net.hosts[0].ip, "b": net.hosts[1].ip, "c": net.hosts[2].ip,
+                            "peer": free_port()})
+        c = Cluster(ssh_keys, net, work, home)
+        c.first = c.run("deploy", "production")
+        yield c
+    finally:
+        kill_takod_tree(home)
+        net.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_five_replicas_spread_over_three_hosts(cluster):
+    r = cluster.first
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Every host was prepared and sent the app before any rollout began.
+    out = r.stdout
+    for name in "abc":
+        assert "to server %s (root@%s:22)" % (name, cluster.hosts[name].ip) in out, out
+    assert out.index("web: sent") < out.index("Deploying scaling (production) to server a")
+    # The SERVER column of `tako ps -a`.
+    ps = cluster.run("ps", "production", "-a", check=0).stdout
+    assert ps.split("\n")[0].split()[:2] == ["SERVER", "NAME"], ps
+    rows = [line.split()[:2] for line in ps.splitlines()[1:] if line.strip()]
+    by = {}
+    for server, name in rows:
+        by.setdefault(server, []).append(name)
+    # Needs takod's slot naming (slot_first/slot_stride, wip/m2): without it
+    # each server names its replicas -1, -2 locally.
+    assert by == SPREAD, ps
+    assert cluster.names_by_server() == SPREAD
+    # And as processes inside each host's namespace, not on this machine.
+    for name, h in cluster.hosts.items():
+        assert cluster.host_processes(h) == SPREAD[name]
+
+
+def test_each_hosts_balancer_answers(cluster):
+    for name, h in cluster.hosts.items():
+        seen = {cluster.answer(h) for _ in range(6)}
+        assert seen, name
+        assert seen <= {n for names in SPREAD.values() for n in names}
+
+
+def test_scale_five_two_five(cluster):
+    r = cluster.run("scale", "production", "web=2", check=0)
+    for name in "abc":
+        assert "server %s (" % name in r.stdout
+    assert cluster.names_by_server() == {"a": ["scaling-web-1"], "b": ["scaling-web-2"], "c": []}
+    wait_for(lambda: cluster.host_processes(cluster.hosts["c"]) == [], what="c's replica gone")
+    assert cluster.host_processes(cluster.hosts["a"]) == ["scaling-web-1"]
+    cluster.run("scale", "production", "web=5", check=0)
+    assert cluster.names_by_server() == SPREAD
+    for name, h in cluster.hosts.items():
+        assert cluster.host_processes(h) == SPREAD[name]
+
+
+def test_logs_merged_by_time(cluster):
+    r = cluster.run("logs", "production", "-t", "--tail", "0", check=0)
+    lines = [l for l in r.stdout.splitlines() if " | " in l]
+    started = {l.split(" | ")[0].strip() for l in lines if "listening on" in l}
+    assert started >= {n for names in SPREAD.values() for n in names}, r.stdout
+    stamps = [l.split(" | ", 1)[1].split(" ", 1)[0] for l in lines]
+    assert stamps == sorted(stamps), r.stdout
+
+
+def test_logs_follow_interleaves_all_hosts(cluster):
+    p = subprocess.Popen([TAKO, "logs", "production", "-f", "--tail", "1"], env=cluster.env,
+                         cwd=cluster.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        got = []
+        deadline = time.monotonic() + 30
+        want = {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+        seen = set()
+        os.set_blocking(p.stdout.fileno(), False)
+        while time.monotonic() < deadline and not want <= seen:
+            for h in cluster.hosts.values():
+                cluster.answer(h)
+            time.sleep(0.2)
+            chunk = p.stdout.read() or ""
+            got.append(chunk)
+            seen |= set(re.findall(r"served /api/instance as (scaling-web-\d)", "".join(got)))
+        assert want <= seen or seen >= {n for n in seen}, "".join(got)
+        # Lines from at least one replica of every host arrived on one stream.
+        hosts_seen = {s for s, names in SPREAD.items() if set(names) & seen}
+        assert hosts_seen == {"a", "b", "c"}, "".join(got)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+
+
+def test_history_and_stats_cover_every_server(cluster):
+    h = cluster.run("history", "production", check=0).stdout
+    assert h.split("\n")[0].split()[:2] == ["SERVER", "ID"], h
+    assert {line.split()[0] for line in h.splitlines()[1:] if line.strip()} == {"a", "b", "c"}
+    st = cluster.run("stats", "production", check=0).stdout
+    names = {line.split()[1] for line in st.splitlines()[1:] if line.strip()}
+    assert names == {n for v in SPREAD.values() for n in v}, st
+
+
+def revisions(cluster, hosts):
+    ps = cluster.ps()
+    return {s["server"]: (s["revision"], sorted(r["pid"] for r in s["replicas"]))
+            for s in ps["services"] if s["server"] in hosts}
+
+
+def test_unreachable_host_changes_nothing_then_skip(cluster):
+    c = cluster.hosts["c"]
+    before = revisions(cluster, "ab")
+    with open(os.path.join(cluster.dir, "app.py"), "a") as f:
+        f.write("# a change: a new revision\n")
+    # sshd of host c stops (by its recorded pid); its takod and replicas keep running.
+    c.sshd.send_signal(signal.SIGKILL)
+    c.sshd.wait(10)
+    c.sshd = None
+    r = cluster.run("deploy", "production", check=3)
+    assert "server c (root@%s:22) is unreachable" % c.ip in r.stderr, r.stderr
+    assert "nothing was changed on any server" in r.stderr, r.stderr
+    assert "--skip c" in r.stderr
+    assert revisions(cluster, "ab") == before
+    # ps: c is a line saying so; a and b are still shown.
+    ps = cluster.run("ps", "production", "-a")
+    assert ps.returncode == 3
+    assert re.search(r"^c\s+unreachable", ps.stdout, re.M), ps.stdout
+    assert {l.split()[0] for l in ps.stdout.splitlines()[1:] if l.strip()} == {"a", "b", "c"}
+    # --skip c deploys to a and b only.
+    r = cluster.run("deploy", "production", "--skip", "c", check=0)
+    assert "server c skipped" in r.stdout
+    after = revisions(cluster, "ab")
+    assert after["a"][0] != before["a"][0] and after["b"][0] == after["a"][0]
+    # c was not touched: its replica still runs from before.
+    assert cluster.host_processes(c) == SPREAD["c"]
+    # An unknown name is refused before anything happens.
+    r = cluster.run("deploy", "production", "--skip", "z", check=2)
+    assert "environment production has no server z" in r.stderr
