@@ -222,6 +222,23 @@ const char help_setup[] =
     "2 invalid configuration or arguments, 3 the server is unreachable or refused\n"
     "the connection (key refused, host key unknown or changed).\n";
 
+static int setup_one(struct cli_target *t)
+{
+    struct setup_opts so = {.http_port = t->envp->http_port};
+    char err[2048];
+    bool changed;
+    if (setup_server(t->remote, &so, &changed, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tako setup: %s\n", err);
+        return EXIT_FAILED;
+    }
+    if (!changed)
+        printf("server %s (%s): nothing changed; tako %s is installed and takod runs\n",
+               t->server->name, ssh_where(t->remote), TAKO_VERSION);
+    else
+        printf("server %s (%s): ready\n", t->server->name, ssh_where(t->remote));
+    return EXIT_OK;
+}
+
 int cmd_setup(int argc, char **argv)
 {
     struct cli_target t = {.cmd = "setup"};
@@ -231,9 +248,30 @@ int cmd_setup(int argc, char **argv)
         return rc;
     if (pos[0])
         t.env = pos[0];
+    t.partial = true;
     rc = cli_target_load(&t, true, true);
     if (rc)
         return rc;
+    if (t.servers) {
+        /* every server that can be reached is prepared; the others are named */
+        for (size_t i = 0; i < t.n_servers; i++) {
+            if (!cli_server_active(&t, i)) {
+                fprintf(stderr, "tako setup: %s\n", t.servers[i].error);
+                rc = rc ? rc : t.servers[i].rc;
+                continue;
+            }
+            if (t.servers[i].local) {
+                printf("server %s runs on this machine: nothing to set up\n",
+                       t.servers[i].cfg->name);
+                continue;
+            }
+            cli_use_server(&t, i);
+            int r = setup_one(&t);
+            rc = rc ? rc : r;
+        }
+        cli_target_free(&t);
+        return rc;
+    }
     if (!t.remote) {
         printf("Environment %s runs on this machine: nothing to set up (takod starts on "
                "demand).\n",
@@ -241,21 +279,9 @@ int cmd_setup(int argc, char **argv)
         cli_target_free(&t);
         return EXIT_OK;
     }
-    struct setup_opts so = {.http_port = t.envp->http_port};
-    char err[2048];
-    bool changed;
-    if (setup_server(t.remote, &so, &changed, err, sizeof(err)) < 0) {
-        fprintf(stderr, "tako setup: %s\n", err);
-        cli_target_free(&t);
-        return EXIT_FAILED;
-    }
-    if (!changed)
-        printf("server %s (%s): nothing changed; tako %s is installed and takod runs\n",
-               t.server->name, ssh_where(t.remote), TAKO_VERSION);
-    else
-        printf("server %s (%s): ready\n", t.server->name, ssh_where(t.remote));
+    rc = setup_one(&t);
     cli_target_free(&t);
-    return EXIT_OK;
+    return rc;
 }
 
 int cmd_remote(int argc, char **argv)
