@@ -13,7 +13,8 @@
 #include "remote/ssh.h"
 
 const char help_deploy[] =
-    "Usage: tako deploy [ENV] [--service NAME] [--force] [-f FILE] [--output json]\n"
+    "Usage: tako deploy [ENV] [--service NAME] [--force] [--skip SERVER]... [-f FILE]\n"
+    "                   [--output json]\n"
     "\n"
     "Bring every service of the environment to its configured number of healthy\n"
     "replicas behind the load balancer, without a failed request.\n"
@@ -36,6 +37,12 @@ const char help_deploy[] =
     "not have yet; .takoignore or .dockerignore honoured), then rolls out on the\n"
     "server's takod. See docs/servers.md.\n"
     "\n"
+    "With several servers (servers: [a, b, c]), each service's replicas are spread\n"
+    "over them (placement: narrows the choice) with names unique across the\n"
+    "environment; deploy prepares, locks and sends the app to every server first,\n"
+    "and rolls out nothing anywhere when one of them fails or cannot be reached;\n"
+    "then it rolls out server by server.\n"
+    "\n"
     "Options:\n" CLI_COMMON_HELP
     "      --force          roll every replica even when nothing changed\n"
     "      --lock-wait DURATION\n"
@@ -43,6 +50,8 @@ const char help_deploy[] =
     "                       the environment to finish, and for an operation of the\n"
     "                       project that takod still runs (one whose client was\n"
     "                       interrupted, too) (default: 0, fail at once)\n"
+    "      --skip SERVER    leave this server of the environment out (repeatable):\n"
+    "                       deploy to the others when it cannot be reached\n"
     "\n"
     "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back, or the server\n"
     "cannot run tako), 2 invalid configuration or arguments, 3 takod or the server\n"

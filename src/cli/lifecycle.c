@@ -24,6 +24,8 @@ const char help_scale[] =
     "COUNT is 0 to 1000, the limit per service (as for replicas in tako.yaml).\n"
     "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
     "their bounds in tako.yaml.\n"
+    "With several servers, the count is spread over them like a deploy's, and\n"
+    "every server runs its share (see docs/servers.md).\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP;
 

@@ -29,6 +29,8 @@ const char help_logs[] =
     "  scaling-web-1 | listening on 3000\n"
     "INSTANCE is a replica name (scaling-web-2) to show only that one. Logs of\n"
     "replicas that were stopped stay readable until their files are rotated away.\n"
+    "With several servers, the lines of every server are merged by time (--tail N:\n"
+    "the newest N of them all) and -f follows every server at once.\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "  -n, --tail N           the last N lines (default 100; 0 = all)\n"

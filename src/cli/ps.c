@@ -19,6 +19,9 @@ const char help_ps[] =
     "✗ down (none healthy) or ✗ stopped. A `tako scale` override is shown in NOTES;\n"
     "an autoscaled service shows current/desired (min–max), e.g. 3/4 (2–10).\n"
     "Without a tako.yaml here (and without --project) every project is listed.\n"
+    "With several servers, a SERVER column comes first, each service row is\n"
+    "followed by that server's view of its peers, and a server that cannot be\n"
+    "reached is a line saying so (exit 3; the others are still listed).\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "  -a, --instances      one row per replica: NAME PID PORT HEALTH RESTARTS\n"
