@@ -73,6 +73,15 @@ int cli_multi_open(struct cli_target *t)
             continue;
         }
         if (cfg_server_is_local(s->cfg)) {
+            for (size_t j = 0; j < i; j++)
+                if (t->servers[j].local) {
+                    /* one takod here: two shares of the replicas would meet in it */
+                    fprintf(stderr,
+                            "tako %s: servers %s and %s of environment %s are both this "
+                            "machine; list it once\n",
+                            t->cmd, t->servers[j].cfg->name, s->cfg->name, e->name);
+                    return EXIT_USAGE;
+                }
             s->local = true;
             continue;
         }

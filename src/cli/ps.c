@@ -111,12 +111,12 @@ static void server_col(const char *name)
 }
 
 /* A server's view of its peers for a service (ps JSON "peers"). */
-static void print_peers(json_t *peers)
+static void print_peers(json_t *peers, const char *server, const char *service)
 {
     if (json_array_size(peers) == 0)
         return;
-    server_col("");
-    printf("  peers:");
+    server_col(server);
+    printf("%s%s peers:", service ? "" : " ", service ? service : "");
     size_t i;
     json_t *p;
     json_array_foreach(peers, i, p) {
@@ -187,7 +187,7 @@ static void print_services(json_t *svcs, bool multi_project, bool color, bool he
                color ? "\033[0m" : "", ports, json_string_value(json_object_get(s, "revision")),
                json_string_value(json_object_get(s, "strategy")), notes);
         print_certs(json_object_get(s, "certificates"));
-        print_peers(json_object_get(s, "peers"));
+        print_peers(json_object_get(s, "peers"), "", NULL);
     }
 }
 
@@ -324,11 +324,9 @@ static int ps_multi(struct cli_target *t, const char *path, bool stats, bool ins
         size_t k;
         json_t *s;
         json_array_foreach(all, k, s) {
-            if (json_array_size(json_object_get(s, "peers")) == 0)
-                continue;
-            server_col(json_string_value(json_object_get(s, "server")));
-            printf("%s", json_string_value(json_object_get(s, "service")));
-            print_peers(json_object_get(s, "peers"));
+            print_peers(json_object_get(s, "peers"),
+                        json_string_value(json_object_get(s, "server")),
+                        json_string_value(json_object_get(s, "service")));
         }
     }
     size_t k;

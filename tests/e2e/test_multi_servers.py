@@ -152,9 +152,10 @@ def test_five_replicas_spread_over_three_hosts(cluster):
     rows = [line.split()[:2] for line in ps.splitlines()[1:] if line.strip()]
     by = {}
     for server, name in rows:
-        by.setdefault(server, []).append(name)
-    # Needs takod's slot naming (slot_first/slot_stride, wip/m2): without it
-    # each server names its replicas -1, -2 locally.
+        if name.startswith("scaling-web-"):  # not the peers lines
+            by.setdefault(server, []).append(name)
+    # The names come from takod's slot naming (slot_first/slot_stride in the
+    # deploy body): without it each server would name its replicas -1, -2.
     assert by == SPREAD, ps
     assert cluster.names_by_server() == SPREAD
     # And as processes inside each host's namespace, not on this machine.
@@ -263,3 +264,17 @@ def test_unreachable_host_changes_nothing_then_skip(cluster):
     # An unknown name is refused before anything happens.
     r = cluster.run("deploy", "production", "--skip", "z", check=2)
     assert "environment production has no server z" in r.stderr
+
+
+def test_two_servers_that_are_this_machine_refused(tmp_path):
+    (tmp_path / "tako.yaml").write_text(
+        "project: {name: twice}\n"
+        "servers:\n  a: {host: localhost}\n  b: {host: 127.0.0.2}\n"
+        "environments:\n  production:\n    servers: [a, b]\n"
+        "    services: {web: {command: 'python3 -m http.server', port: 3000}}\n")
+    env = dict(os.environ, TAKO_HOME=str(tmp_path / "home"), NO_COLOR="1")
+    r = subprocess.run([TAKO, "deploy", "production"], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "servers a and b of environment production are both this machine" in r.stderr
+    assert not os.path.exists(str(tmp_path / "home" / "takod.pid"))
