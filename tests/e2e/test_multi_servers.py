@@ -62,6 +62,7 @@ environments:
 # The spread of the contract: 5 over [a, b, c] is a: 1, 4; b: 2, 5; c: 3.
 SPREAD = {"a": ["scaling-web-1", "scaling-web-4"], "b": ["scaling-web-2", "scaling-web-5"],
           "c": ["scaling-web-3"]}
+ALL = {n for names in SPREAD.values() for n in names}
 
 
 class Cluster:
@@ -163,11 +164,50 @@ def test_five_replicas_spread_over_three_hosts(cluster):
         assert cluster.host_processes(h) == SPREAD[name]
 
 
-def test_each_hosts_balancer_answers(cluster):
+def test_every_hosts_balancer_reaches_all_five(cluster):
+    """Each host's balancer spreads over its own replicas and, through their
+    peer listeners, the other hosts' replicas."""
     for name, h in cluster.hosts.items():
-        seen = {cluster.answer(h) for _ in range(6)}
-        assert seen, name
-        assert seen <= {n for names in SPREAD.values() for n in names}
+        seen = set()
+
+        def all_five():
+            seen.update(cluster.answer(h) for _ in range(10))  # every answer a 200
+            return seen == ALL
+        wait_for(all_five, timeout=30, interval=0.1, what="all five replicas from host " + name)
+    # Each server's view of its peers, as `tako ps` shows it.
+    views = {s["server"]: {p["server"]: (p["replicas"], p["health"]) for p in s["peers"]}
+             for s in cluster.ps()["services"]}
+    assert views["a"] == {"b": (2, "healthy"), "c": (1, "healthy")}, views
+    assert views["c"] == {"a": (2, "healthy"), "b": (2, "healthy")}, views
+    ps = cluster.run("ps", "production", check=0).stdout
+    assert re.search(r"^a\s+web\s.*\n\s+peers: b \S+ \(2 replicas, healthy\), c \S+ "
+                     r"\(1 replica, healthy\)$", ps, re.M), ps
+
+
+def test_host_whose_link_is_cut_is_reported_and_out_of_rotation(cluster):
+    a, b, c = (cluster.hosts[k] for k in "abc")
+    c.cut()
+    try:
+        ps = cluster.run("ps", "production")
+        assert ps.returncode == 3, ps.stdout + ps.stderr
+        assert re.search(r"^c\s+unreachable: server c \(root@%s:22\) is unreachable"
+                         % re.escape(c.ip), ps.stdout, re.M), ps.stdout
+        assert {l.split()[0] for l in ps.stdout.splitlines()[1:]
+                if l.strip() and not l.startswith(" ")} == {"a", "b", "c"}
+
+        def c_down_on_a_and_b():
+            views = {s["server"]: {p["server"]: p["health"] for p in s["peers"]}
+                     for s in cluster.ps(3)["services"]}
+            return views["a"]["c"] == "unhealthy" and views["b"]["c"] == "unhealthy"
+        wait_for(c_down_on_a_and_b, timeout=40, interval=0.2, what="c out of rotation")
+        # From now on a and b answer every request, never from c's replica.
+        for h in (a, b):
+            names = [cluster.answer(h) for _ in range(20)]
+            assert set(names) == ALL - {"scaling-web-3"}, names
+    finally:
+        c.restore()
+    wait_for(lambda: "scaling-web-3" in {cluster.answer(a) for _ in range(10)}, timeout=30,
+             interval=0.2, what="c back in rotation on a")
 
 
 def test_scale_five_two_five(cluster):
@@ -177,6 +217,9 @@ def test_scale_five_two_five(cluster):
     assert cluster.names_by_server() == {"a": ["scaling-web-1"], "b": ["scaling-web-2"], "c": []}
     wait_for(lambda: cluster.host_processes(cluster.hosts["c"]) == [], what="c's replica gone")
     assert cluster.host_processes(cluster.hosts["a"]) == ["scaling-web-1"]
+    # c runs none but still has the service: its balancer sends to a and b.
+    assert {cluster.answer(cluster.hosts["c"]) for _ in range(6)} == {"scaling-web-1",
+                                                                      "scaling-web-2"}
     cluster.run("scale", "production", "web=5", check=0)
     assert cluster.names_by_server() == SPREAD
     for name, h in cluster.hosts.items():
