@@ -318,3 +318,32 @@ TEST(per_backend_health_path)
     tb_stop(a);
     tb_stop(b);
 }
+
+TEST(round_robin_spreads_by_weight)
+{
+    struct proxy_opts po = {.threads = 1};
+    struct proxy *p = proxy_new(&po);
+    struct proxy_pool_opts o = {.name = "w", .initial_up = true};
+    struct proxy_pool *pool = proxy_pool_new(p, &o);
+    struct tb *a = tb_start("A"), *b = tb_start("B");
+    struct proxy_backend_spec s[2] = {spec("a", a->port), spec("peer:b", b->port)};
+    s[1].weight = 3;
+    CHECK_INT(proxy_pool_set_backends(pool, s, 2), 0);
+    struct net_addr la;
+    net_parse_addr("127.0.0.1:0", NULL, &la);
+    CHECK_INT(proxy_listen(p, &la, pool), 0);
+    CHECK_INT(proxy_listener_addr(p, 0, &la), 0);
+    CHECK_INT(proxy_start(p), 0);
+    char body[64];
+    int na = 0, nb = 0;
+    for (int i = 0; i < 8; i++) {
+        CHECK_INT(get(net_addr_port(&la), "x", body, sizeof(body)), 200);
+        na += strcmp(body, "A") == 0;
+        nb += strcmp(body, "B") == 0;
+    }
+    CHECK_INT(na, 2);
+    CHECK_INT(nb, 6);
+    proxy_free(p);
+    tb_stop(a);
+    tb_stop(b);
+}
