@@ -71,8 +71,10 @@ void xchg__error(struct xchg *x, int status, const char *msg)
                       msg ? msg : "");
     int n = snprintf(x->hbuf, x->hcap,
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Length: %d\r\nConnection: close\r\n%s%s%.*s%s\r\n%s",
+                     "Content-Length: %d\r\nConnection: close\r\n%s%s%s%.*s%s\r\n%s",
                      status, http_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
+                     /* a peer listener's own 503: the server that asked may try another */
+                     status == 503 && x->c->l->peer ? "X-Tako-Peer: no-replica\r\n" : "",
                      x->rid_len ? "X-Request-Id: " : "", (int)x->rid_len, x->rid,
                      x->rid_len ? "\r\n" : "", x->method == HTTP_HEAD ? "" : body);
     x->o_off = 0;
@@ -713,7 +715,9 @@ int xchg__upstream_failed(struct xchg *x, enum up_fail why, int err)
         return 1;
     }
     bool nothing_sent = connect_phase || x->up_sent == 0;
-    bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded);
+    bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded) ||
+                (x->peer_refused && !x->body_discarded);
+    x->peer_refused = false;
     if (stale && !x->stale_retried && !x->body_discarded) {
         /* same backend, fresh connection; not counted against --retries */
         x->stale_retried = true;
@@ -889,6 +893,15 @@ static int upstream_fill(struct xchg *x, int *err)
     return -1;
 }
 
+/* A 503 a peer listener answered itself (X-Tako-Peer: no-replica). */
+static bool peer_refused(const struct http_msg *m)
+{
+    for (unsigned i = 0; i < m->nheaders; i++)
+        if (m->headers[i].name_len == 11 && strncasecmp(m->headers[i].name, "x-tako-peer", 11) == 0)
+            return true;
+    return false;
+}
+
 static int parse_response_head(struct xchg *x)
 {
     struct http_msg *m = &conn__t_msg;
@@ -928,6 +941,16 @@ static int parse_response_head(struct xchg *x)
         x->u_off += (uint32_t)r;
         x->u_scan = x->u_off;
         return 1;
+    }
+    if (m->status == 503 && x->b && x->b->peer && peer_refused(m) && !x->body_discarded &&
+        !x->hbuf_is_output && x->ntried <= x->pool->o.retries) {
+        /* The peer forwarded nothing (it has no healthy replica): like a
+         * refused connection, try another backend, whatever the method. */
+        pool__backend_down(atomic_load(&x->pool->cur), x->b, "its server has no healthy replica");
+        x->u_off = x->u_len = x->u_scan = 0;
+        x->rsp_started = false; /* its bytes were ours to drop: none reached the client */
+        x->peer_refused = true;
+        return xchg__upstream_failed(x, UF_IO, 0);
     }
     if (m->status == 101) {
         if (!x->upgrade) {

@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from conftest import WHOAMI, free_port, http, kill_takod_tree, run_tako, wait_for
+from conftest import WHOAMI, Load, free_port, http, kill_takod_tree, run_tako, wait_for
 
 PROJECT = "peers"
 SERVERS = ["a", "b", "c"]
@@ -93,7 +93,8 @@ class Server:
         self.work = tempfile.mkdtemp(prefix="tako-peer-w-")
         self.port = free_port()
         self.listen = "%s:%d" % (IPS[name], peer_port)
-        self.env = {"TAKO_HOME": self.home, "NO_COLOR": "1"}
+        self.env = {"TAKO_HOME": self.home, "NO_COLOR": "1",
+                    "TAKO_ACCESS_LOG": os.path.join(self.home, "access.log")}
         with open(os.path.join(self.work, "tako.yaml"), "w") as f:
             f.write(yaml_for(self.port))
 
@@ -199,23 +200,28 @@ def test_peer_listener_admits_only_peers_and_known_services(cluster):
     wait_for(lambda: all_peers_healthy(cluster), timeout=30, what="every peer healthy")
     host, port = a.listen.split(":")
     port = int(port)
-    before = sum(r.get("requests", 0) for r in ps(a.home)["replicas"])
     # From an address that is no server of the environment: closed at once.
     for src in ("127.0.0.1", "127.0.0.9"):
         with pytest.raises((ConnectionError, OSError, Exception)):
             http(port, INSTANCE, host=host, source=src,
                  headers={"X-Tako-Service": "%s/local/web" % PROJECT}, timeout=5)
-    # From b: a request must name the service.
-    st, _, _ = http(port, INSTANCE, host=host, source=IPS["b"])
-    assert st == 404
-    st, _, _ = http(port, INSTANCE, host=host, source=IPS["b"],
-                    headers={"X-Tako-Service": "%s/local/nope" % PROJECT})
-    assert st == 404
-    st, _, _ = http(port, INSTANCE, host=host, source=IPS["b"],
-                    headers={"X-Tako-Service": "other/local/web"})
-    assert st == 404
-    after = sum(r.get("requests", 0) for r in ps(a.home)["replicas"])
-    assert after == before  # none of those reached a replica
+    # From b: a request must name a service of a's; the ones that do not
+    # are answered by a's balancer and reach no replica (upstream "-").
+    for probe, hdr in (("none", None), ("svc", "%s/local/nope" % PROJECT),
+                       ("project", "other/local/web")):
+        st, _, _ = http(port, INSTANCE + "?probe=" + probe, host=host, source=IPS["b"],
+                        headers={"X-Tako-Service": hdr} if hdr else {})
+        assert st == 404, probe
+    alog = os.path.join(a.home, "access.log")
+
+    def probes():
+        if not os.path.exists(alog):
+            return None
+        lines = [l.split() for l in open(alog) if "?probe=" in l]
+        return lines if len(lines) == 3 else None
+
+    for f in wait_for(probes, timeout=10, what="the probes in a's access log"):
+        assert f[4] == "404" and f[6] == "-", f  # none of those reached a replica
     # Named: only a's own replicas answer, never onward to another server.
     seen = collections.Counter()
     for _ in range(20):
@@ -232,12 +238,17 @@ def test_peer_listener_admits_only_peers_and_known_services(cluster):
 def test_a_peer_that_goes_away_leaves_rotation(cluster):
     a, b, c = cluster
     wait_for(lambda: all_peers_healthy(cluster), timeout=30, what="every peer healthy")
-    # c's replicas stop: its listener answers 503, a and b take it out.
-    res = stream_result(api(c.home, "POST", "/v1/stop", {"project": PROJECT, "env": "local"}))
-    assert res.get("ok") is True, res
-    for s in (a, b):
-        wait_for(lambda: peers_health(s).get("c") == "unhealthy", timeout=20,
-                 what="c unhealthy seen from %s" % s.name)
+    # c's replicas stop under load on a: once c has none, its listener
+    # answers its own 503 and a tries another backend, so no request fails
+    # even before the health checks take c out.
+    with Load(a.port, INSTANCE, clients=4, max_seconds=30, max_requests=20000) as load:
+        res = stream_result(api(c.home, "POST", "/v1/stop", {"project": PROJECT, "env": "local"}))
+        assert res.get("ok") is True, res
+        for s in (a, b):
+            wait_for(lambda: peers_health(s).get("c") == "unhealthy", timeout=20,
+                     what="c unhealthy seen from %s" % s.name)
+    ok, failed = load.stop()
+    assert ok > 0 and failed == 0, load.errors[:5]
     for s in (a, b):
         got, failed = names_over(s.port, 40)
         assert failed == 0

@@ -1,6 +1,7 @@
 /* test_proxy.c — the module API takod uses: backend sets swapped while
  * running, identity kept by id, draining in the stats, Host routing with a
- * 404 for unknown hosts, listeners on port 0, metrics text. */
+ * 404 for unknown hosts, listeners on port 0, metrics text, round robin by
+ * weight, and X-Tako-Service never forwarded from a client's head. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include "core/net.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
+#include "proxy/rewrite.h"
 #include "unit.h"
 
 /* A blocking backend that answers every request with its name. */
@@ -346,4 +348,23 @@ TEST(round_robin_spreads_by_weight)
     proxy_free(p);
     tb_stop(a);
     tb_stop(b);
+}
+
+TEST(x_tako_service_never_reaches_a_replica)
+{
+    /* Whatever a client sends in it, the rewritten head has none: the
+     * connection code adds it for peer backends only. */
+    static const char req[] = "GET /a HTTP/1.1\r\nHost: h\r\nx-tako-SERVICE: p/e/s\r\n"
+                              "X-Other: 1\r\n\r\n";
+    struct http_msg m;
+    CHECK(http_parse_request(req, sizeof(req) - 1, &m, HTTP_MAX_HEADERS) > 0);
+    char buf[2048];
+    struct obuf o = {.p = buf, .cap = sizeof(buf) - 1};
+    struct rw_req r = {.peer_ip = "10.0.0.2", .client_ip = "10.0.0.2", .scheme = "http",
+                       .listen_addr = "x"};
+    rw_request_head(&o, &m, &r);
+    CHECK(!o.overflow);
+    buf[o.len] = '\0';
+    CHECK(strcasestr(buf, "x-tako-service") == NULL);
+    CHECK_CONTAINS(buf, "X-Other: 1\r\n");
 }
