@@ -3,6 +3,7 @@
  * plane that restarted or was upgraded), copies of the listening sockets (so
  * connections queue while a data plane is restarted), and the supervision
  * of the data-plane process: restart when it dies, stop after a crash loop. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -60,6 +61,8 @@ struct dpc_listener {
     bool tls;          /* HTTPS entrypoint (protocol 2) */
     unsigned redirect; /* plain: 308 to this HTTPS port */
     uint64_t hsts;     /* TLS: Strict-Transport-Security max-age */
+    bool peer;         /* peer listener (protocol 3) */
+    json_t *allow;     /* its allow list: ["10.0.0.2/32", ...] */
     struct dpc_listener *next;
 };
 
@@ -391,6 +394,13 @@ static void replay(struct dpc *c)
                   c->dp_version, c->proto, l->addr_s);
             continue;
         }
+        if (l->peer && c->proto < 3) {
+            event(c, "error", "dataplane",
+                  "data plane %s speaks protocol %d: it cannot serve the peer listener %s "
+                  "(needs 3)",
+                  c->dp_version, c->proto, l->addr_s);
+            continue;
+        }
         if (c->state != DPC_UP)
             return;
         /* Our copies go along: a data plane that restarted serves the very
@@ -427,6 +437,10 @@ static json_t *listen_msg(struct dpc *c, struct dpc_listener *l)
         return q;
     if (l->tls) /* never to a data plane of protocol 1: it would listen in plain */
         json_object_set_new(q, "tls", json_true());
+    if (l->peer) { /* never below protocol 3: it would open it to anyone */
+        json_object_set_new(q, "peer", json_true());
+        json_object_set(q, "allow", l->allow);
+    }
     /* what the listener needs before its first accept: a restarted data
      * plane finds connections waiting in the queue of the sockets we send */
     json_t *rt = json_object();
@@ -738,11 +752,26 @@ static void listener_drop(struct dpc *c, struct dpc_listener *l)
     for (size_t i = 0; i < l->nfds; i++)
         close(l->fds[i]);
     free(l->routes);
+    json_decref(l->allow);
     free(l);
 }
 
+/* ["10.0.0.2/32", ...] for the wire. */
+static json_t *allow_json(const struct proxy_cidr *allow, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char ip[INET6_ADDRSTRLEN], s[INET6_ADDRSTRLEN + 8];
+        if (!inet_ntop(allow[i].family, allow[i].addr, ip, sizeof(ip)))
+            continue;
+        snprintf(s, sizeof(s), "%s/%u", ip, allow[i].prefix);
+        json_array_append_new(arr, json_string(s));
+    }
+    return arr;
+}
+
 static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy_pool *def,
-                         bool tls)
+                         bool tls, json_t *peer_allow)
 {
     struct dpc *c = impl(p);
     char as[64];
@@ -750,6 +779,14 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
         char what[96];
         snprintf(what, sizeof(what), "serve HTTPS on %s", net_addr_str(a, as, sizeof(as)));
         return old_dataplane(c, what);
+    }
+    if (peer_allow && c->state == DPC_UP && c->proto < 3) {
+        json_decref(peer_allow);
+        event(c, "error", "dataplane",
+              "data plane %s (build %s) speaks protocol %d and cannot serve a peer listener on "
+              "%s (needs protocol 3); restart takod to upgrade it",
+              c->dp_version, c->dp_build, c->proto, net_addr_str(a, as, sizeof(as)));
+        return -EPROTONOSUPPORT;
     }
     struct dpc_listener *l = lfind(c, a, as, sizeof(as));
     if (!l) {
@@ -760,6 +797,9 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
     }
     l->tls = tls;
     l->def = def ? proxy_remote_pool_impl(def) : NULL;
+    l->peer = peer_allow != NULL;
+    json_decref(l->allow);
+    l->allow = peer_allow;
     if (c->state != DPC_UP)
         return 0;
     int rfds[DP_MAX_FDS];
@@ -779,12 +819,34 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
 
 static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_common(p, a, def, false);
+    return listen_common(p, a, def, false, NULL);
 }
 
 static int r_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_common(p, a, def, true);
+    return listen_common(p, a, def, true, NULL);
+}
+
+static int r_listen_peer(struct proxy *p, const struct net_addr *a,
+                         const struct proxy_cidr *allow, size_t n)
+{
+    return listen_common(p, a, NULL, false, allow_json(allow, n));
+}
+
+static int r_peer_allow(struct proxy *p, const struct net_addr *a, const struct proxy_cidr *allow,
+                        size_t n)
+{
+    struct dpc *c = impl(p);
+    char as[64];
+    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
+    if (!l || !l->peer)
+        return -ENOENT;
+    json_decref(l->allow);
+    l->allow = allow_json(allow, n);
+    if (c->proto < 3)
+        return -EPROTONOSUPPORT;
+    return reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "peer_allow", "addr", as, "allow",
+                                      l->allow)));
 }
 
 static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
@@ -982,6 +1044,17 @@ static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *
             json_object_set_new(j, "health_path", json_string(b[i].health_path));
         if (b[i].up)
             json_object_set_new(j, "up", json_true());
+        if (b[i].peer) {
+            /* A data plane below protocol 3 would send requests to another
+             * server's peer listener without X-Tako-Service (404 there). */
+            if (q->c->state == DPC_UP && q->c->proto < 3) {
+                json_decref(j);
+                continue;
+            }
+            json_object_set_new(j, "peer", json_true());
+        }
+        if (b[i].weight > 1)
+            json_object_set_new(j, "weight", json_integer(b[i].weight));
         json_array_append_new(bs, j);
     }
     json_decref(q->backends);
@@ -1157,6 +1230,12 @@ L_INT(hsts, (struct proxy * p, const struct net_addr *a, uint64_t s), (p, a, s),
 L_INT(tls_stats, (struct proxy * p, struct proxy_tls_stats *out), (p, out), impl(p))
 L_INT(listener_stats, (struct proxy * p, struct proxy_listener_stats **out, size_t *n),
       (p, out, n), impl(p))
+L_INT(listen_peer,
+      (struct proxy * p, const struct net_addr *a, const struct proxy_cidr *allow, size_t n),
+      (p, a, allow, n), impl(p))
+L_INT(peer_allow,
+      (struct proxy * p, const struct net_addr *a, const struct proxy_cidr *allow, size_t n),
+      (p, a, allow, n), impl(p))
 static uint64_t l_instance_id(struct proxy *p)
 {
     uint64_t r;
@@ -1205,6 +1284,8 @@ static const struct proxy_remote_ops dpc_ops = {
     .tls_stats = l_tls_stats,
     .instance_id = l_instance_id,
     .listener_stats = l_listener_stats,
+    .listen_peer = l_listen_peer,
+    .peer_allow = l_peer_allow,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,

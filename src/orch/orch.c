@@ -886,6 +886,7 @@ void orch_free(struct orch *o)
         o->listeners = l->next;
         free(l);
     }
+    orch__peer_listeners_free(o);
     free(o);
 }
 

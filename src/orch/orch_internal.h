@@ -38,6 +38,7 @@ struct orch_peer {
     char name[64];
     char address[64];  /* numeric ADDR:PORT of its peer listener */
     unsigned replicas; /* this service's replicas there */
+    char id[72];       /* "peer:NAME", its backend id in the service's pool */
 };
 
 struct orch_replica {
@@ -116,6 +117,18 @@ struct orch_route {
     struct proxy_pool *pool;
 };
 
+/* A peer listener (several servers per environment), shared by every
+ * service whose placement names its address. */
+struct orch_peer_listener {
+    char addr[64];
+    bool bound, wanted;
+    char **routes; /* "PROJECT/ENV/SERVICE" routed now */
+    struct proxy_pool **pools;
+    size_t nroutes;
+    uint8_t allow_sig[ORCH_SIG_LEN]; /* digest of the allow list pushed */
+    struct orch_peer_listener *next;
+};
+
 struct orch_listener {
     unsigned port;
     bool tls;                /* the HTTPS entrypoint of HTTPS services */
@@ -143,6 +156,7 @@ struct orch {
     struct orch_service *services;
     struct orch_op *ops;
     struct orch_listener *listeners;
+    struct orch_peer_listener *peer_listeners; /* orch_peers.c */
 };
 
 const char *orch_phase_name(enum orch_phase p);
@@ -185,6 +199,21 @@ bool orch__placement_set(struct orch_service *s, json_t *placement);
 void orch__reindex(struct orch_service *s);
 int orch__placement_scaled(const struct orch_service *s, const json_t *peer_replicas,
                            const json_t *slots, json_t **out, char *err, size_t errlen);
+
+/* This server's peer-listen IP (source of connections to peers): false
+ * when it listens on every address. */
+bool orch__peer_source(const struct orch_service *s, char *buf, size_t len);
+/* The peer backends of s ("peer:NAME", weight = its replicas there) into
+ * specs (room for s->npeers), hashed into h; their count. */
+struct sha256;
+size_t orch__peer_specs(struct orch_service *s, struct proxy_backend_spec *specs, struct sha256 *h);
+/* Bind, route and allow the peer listeners the services want; close the
+ * others. 0, or -errno with a message. */
+int orch__sync_peer_listeners(struct orch *o, char *err, size_t errlen);
+void orch__peer_listeners_free(struct orch *o);
+/* ps: the service's peers with the health this server sees. */
+json_t *orch__peers_json(const struct orch_service *s, const struct proxy_backend_stats *st,
+                         size_t nst);
 
 /* orch_pool.c */
 void orch__ensure_pool(struct orch_service *s);

@@ -3,12 +3,15 @@
  * listener, the other servers and their replica counts) from deploy and
  * scale requests. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/net.h"
+#include "core/sha256.h"
 #include "core/util.h"
+#include "proxy/proxy.h"
 #include "orch/orch_internal.h"
 
 unsigned orch__slot(const struct orch_service *s, unsigned j)
@@ -252,4 +255,242 @@ void orch__reindex(struct orch_service *s)
         *pp = r;
     }
     s->replicas = sorted;
+}
+
+/* ---- peer backends and the peer listener ---- */
+
+bool orch__peer_source(const struct orch_service *s, char *buf, size_t len)
+{
+    struct net_addr a;
+    if (!s->peer_listen[0] || net_parse_addr(s->peer_listen, NULL, &a) < 0)
+        return false;
+    char as[64];
+    net_addr_str(&a, as, sizeof(as));
+    char *colon = strrchr(as, ':');
+    if (colon)
+        *colon = '\0';
+    const char *ip = as[0] == '[' ? as + 1 : as;
+    size_t n = strlen(ip);
+    if (n && ip[n - 1] == ']')
+        n--;
+    if ((n == 7 && strncmp(ip, "0.0.0.0", 7) == 0) || (n == 2 && strncmp(ip, "::", 2) == 0))
+        return false; /* every address: the kernel picks the route's */
+    snprintf(buf, len, "%.*s", (int)n, ip);
+    return true;
+}
+
+size_t orch__peer_specs(struct orch_service *s, struct proxy_backend_spec *specs, struct sha256 *h)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->npeers; i++) {
+        const struct orch_peer *p = &s->peers[i];
+        if (p->replicas == 0)
+            continue; /* nothing of this service there to send to */
+        struct proxy_backend_spec *sp = &specs[n];
+        if (net_parse_addr(p->address, NULL, &sp->addr) < 0)
+            continue;
+        /* ids live as long as the service's peers: in a scratch of the spec array's owner */
+        snprintf(s->peers[i].id, sizeof(s->peers[i].id), "peer:%s", p->name);
+        sp->id = s->peers[i].id;
+        sp->peer = true;
+        sp->weight = p->replicas;
+        /* The pool's health path: a check through the peer's listener goes
+         * to whichever revision runs there. */
+        sp->health_path = NULL;
+        n++;
+        char w[16];
+        snprintf(w, sizeof(w), "%u", p->replicas);
+        sha256_update(h, sp->id, strlen(sp->id) + 1);
+        sha256_update(h, p->address, strlen(p->address) + 1);
+        sha256_update(h, w, strlen(w) + 1);
+    }
+    return n;
+}
+
+static struct orch_peer_listener *pl_get(struct orch *o, const char *addr)
+{
+    for (struct orch_peer_listener *l = o->peer_listeners; l; l = l->next)
+        if (strcmp(l->addr, addr) == 0)
+            return l;
+    struct orch_peer_listener *l = xcalloc(1, sizeof(*l));
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    l->next = o->peer_listeners;
+    o->peer_listeners = l;
+    return l;
+}
+
+static void pl_free(struct orch_peer_listener *l)
+{
+    for (size_t i = 0; i < l->nroutes; i++)
+        free(l->routes[i]);
+    free(l->routes);
+    free(l->pools);
+    free(l);
+}
+
+static bool svc_on(const struct orch_service *s, const struct orch_peer_listener *l)
+{
+    return s->pool && !s->removing && strcmp(s->peer_listen, l->addr) == 0;
+}
+
+/* The allow list of l: every peer address of every service it serves (a
+ * server that runs several environments knows all of their servers). */
+static size_t pl_allow(struct orch *o, const struct orch_peer_listener *l, struct proxy_cidr **out,
+                       uint8_t sig[ORCH_SIG_LEN])
+{
+    size_t cap = 0, n = 0;
+    for (struct orch_service *s = o->services; s; s = s->next)
+        if (svc_on(s, l))
+            cap += s->npeers;
+    *out = xcalloc(cap ? cap : 1, sizeof(**out));
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!svc_on(s, l))
+            continue;
+        for (size_t i = 0; i < s->npeers; i++) {
+            struct net_addr a;
+            if (net_parse_addr(s->peers[i].address, NULL, &a) < 0)
+                continue;
+            struct proxy_cidr c = {0};
+            if (a.ss.ss_family == AF_INET) {
+                c.family = AF_INET;
+                memcpy(c.addr, &((struct sockaddr_in *)&a.ss)->sin_addr, 4);
+                c.prefix = 32;
+            } else {
+                c.family = AF_INET6;
+                memcpy(c.addr, &((struct sockaddr_in6 *)&a.ss)->sin6_addr, 16);
+                c.prefix = 128;
+            }
+            bool dup = false;
+            for (size_t k = 0; k < n && !dup; k++)
+                dup = memcmp(&(*out)[k], &c, sizeof(c)) == 0;
+            if (!dup)
+                (*out)[n++] = c;
+        }
+    }
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, *out, n * sizeof(**out));
+    sha256_final(&h, sig);
+    return n;
+}
+
+/* Routes of l: drop the ones no service wants, add or repoint the others. */
+static void pl_routes(struct orch *o, struct orch_peer_listener *l, const struct net_addr *a)
+{
+    for (size_t i = 0; i < l->nroutes;) {
+        bool keep = false;
+        for (struct orch_service *s = o->services; s && !keep; s = s->next) {
+            char key[200];
+            snprintf(key, sizeof(key), "%s/%s/%s", s->project, s->env, s->name);
+            keep = svc_on(s, l) && strcmp(key, l->routes[i]) == 0;
+            if (keep && s->pool != l->pools[i] &&
+                proxy_route_host(o->proxy, a, key, s->pool) == 0)
+                l->pools[i] = s->pool; /* a replaced pool: repointed, never unrouted */
+        }
+        if (keep) {
+            i++;
+            continue;
+        }
+        proxy_route_host(o->proxy, a, l->routes[i], NULL);
+        free(l->routes[i]);
+        l->routes[i] = l->routes[l->nroutes - 1];
+        l->pools[i] = l->pools[l->nroutes - 1];
+        l->nroutes--;
+    }
+    for (struct orch_service *s = o->services; s; s = s->next) {
+        if (!svc_on(s, l))
+            continue;
+        char key[200];
+        snprintf(key, sizeof(key), "%s/%s/%s", s->project, s->env, s->name);
+        bool have = false;
+        for (size_t i = 0; i < l->nroutes && !have; i++)
+            have = strcmp(l->routes[i], key) == 0;
+        if (have)
+            continue;
+        if (proxy_route_host(o->proxy, a, key, s->pool) < 0)
+            continue;
+        l->routes = xrealloc(l->routes, (l->nroutes + 1) * sizeof(*l->routes));
+        l->pools = xrealloc(l->pools, (l->nroutes + 1) * sizeof(*l->pools));
+        l->routes[l->nroutes] = xstrdup(key);
+        l->pools[l->nroutes] = s->pool;
+        l->nroutes++;
+    }
+}
+
+int orch__sync_peer_listeners(struct orch *o, char *err, size_t errlen)
+{
+    int rc = 0;
+    for (struct orch_peer_listener *l = o->peer_listeners; l; l = l->next)
+        l->wanted = false;
+    for (struct orch_service *s = o->services; s; s = s->next)
+        if (s->pool && !s->removing && s->peer_listen[0])
+            pl_get(o, s->peer_listen)->wanted = true;
+    for (struct orch_peer_listener **pp = &o->peer_listeners; *pp;) {
+        struct orch_peer_listener *l = *pp;
+        struct net_addr a;
+        if (net_parse_addr(l->addr, NULL, &a) < 0) {
+            l->wanted = false; /* validated at deploy: only a stored oddity gets here */
+        }
+        if (!l->wanted) {
+            if (l->bound)
+                proxy_unlisten(o->proxy, &a);
+            *pp = l->next;
+            pl_free(l);
+            continue;
+        }
+        pp = &l->next;
+        struct proxy_cidr *allow;
+        uint8_t sig[ORCH_SIG_LEN];
+        size_t n = pl_allow(o, l, &allow, sig);
+        if (!l->bound) {
+            int r = proxy_listen_peer(o->proxy, &a, allow, n);
+            if (r < 0) {
+                if (rc == 0)
+                    snprintf(err, errlen, "cannot listen for the other servers on %s: %s",
+                             l->addr, strerror(-r));
+                rc = rc ? rc : r;
+                free(allow);
+                continue;
+            }
+            l->bound = true;
+            memcpy(l->allow_sig, sig, ORCH_SIG_LEN);
+        } else if (memcmp(sig, l->allow_sig, ORCH_SIG_LEN) != 0) {
+            if (proxy_listener_peer_allow(o->proxy, &a, allow, n) == 0)
+                memcpy(l->allow_sig, sig, ORCH_SIG_LEN);
+        }
+        free(allow);
+        pl_routes(o, l, &a);
+    }
+    return rc;
+}
+
+void orch__peer_listeners_free(struct orch *o)
+{
+    while (o->peer_listeners) {
+        struct orch_peer_listener *l = o->peer_listeners;
+        o->peer_listeners = l->next;
+        pl_free(l);
+    }
+}
+
+json_t *orch__peers_json(const struct orch_service *s, const struct proxy_backend_stats *st,
+                         size_t nst)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < s->npeers; i++) {
+        const struct orch_peer *p = &s->peers[i];
+        char id[80];
+        snprintf(id, sizeof(id), "peer:%s", p->name);
+        const struct proxy_backend_stats *b = orch__find_stats(st, nst, id);
+        /* never checked yet (or not in the pool: no replica there) */
+        const char *health = "unknown";
+        if (b && b->healthy)
+            health = "healthy";
+        else if (b && (b->ever_healthy || b->consecutive_failures > 0))
+            health = "unhealthy";
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:i, s:s}", "server", p->name, "address",
+                                             p->address, "replicas", (int)p->replicas, "health",
+                                             health));
+    }
+    return arr;
 }

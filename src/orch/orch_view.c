@@ -122,6 +122,8 @@ static const char *service_status(const struct orch_service *s, unsigned running
         return "removing";
     if (crashloop)
         return "crashloop";
+    if (desired == 0 && !s->stopped && s->npeers && !changing)
+        return "running"; /* its replicas are on the other servers; its balancer serves */
     if (desired == 0)
         return "stopped";
     if (changing && running >= desired)
@@ -172,6 +174,7 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
         }
         if (running > desired)
             running = desired;
+        json_t *peers = s->placement ? orch__peers_json(s, st, nst) : NULL;
         proxy_pool_stats_free(st);
         json_t *j = json_object();
         json_object_set_new(j, "project", json_string(s->project));
@@ -197,6 +200,8 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
         for (size_t d = 0; d < s->cfg->proxy.domains_len; d++)
             json_array_append_new(domains, json_string(s->cfg->proxy.domains[d]));
         json_object_set_new(j, "domains", domains);
+        if (peers)
+            json_object_set_new(j, "peers", peers);
         if (s->cfg->autoscale.enabled)
             json_object_set_new(j, "autoscale", orch_autoscale_view(s));
         json_object_set_new(j, "replicas", reps);

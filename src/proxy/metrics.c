@@ -224,6 +224,7 @@ int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, siz
         net_addr_str(&l->addr, v[k].addr, sizeof(v[k].addr));
         v[k].open_conns = atomic_load(&l->open_conns);
         v[k].accepted = (uint64_t)atomic_load(&l->accepted);
+        v[k].refused = (uint64_t)atomic_load(&l->refused);
         v[k].instance = p->instance_id;
     }
     pthread_mutex_unlock(&p->lock);
