@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from conftest import TAKO, http_json, kill_takod_tree, wait_for
+from conftest import TAKO, Load, http_json, kill_takod_tree, wait_for
 from hosts import Net
 
 APP = r'''
@@ -55,7 +55,7 @@ environments:
         command: python3 app.py
         port: 3000
         replicas: 5
-        healthCheck: {path: /health, interval: 500ms}
+        healthCheck: {path: /health, interval: 500ms, startPeriod: 20s}
         deploy: {drainTimeout: 1s}
 """
 
@@ -211,6 +211,17 @@ def test_host_whose_link_is_cut_is_reported_and_out_of_rotation(cluster):
 
 
 def test_scale_five_two_five(cluster):
+    with Load(80, host=cluster.hosts["b"].ip, clients=4, max_seconds=120,
+              max_requests=100000) as load:
+        wait_for(lambda: load.ok > 20, timeout=30, what="traffic")
+        scale_five_two_five(cluster)
+        ok, failed = load.stop()
+    # b's balancer kept answering while replicas came and went on every host.
+    assert failed == 0, load.errors[:5]
+    assert ok > 20
+
+
+def scale_five_two_five(cluster):
     r = cluster.run("scale", "production", "web=2", check=0)
     for name in "abc":
         assert "server %s (" % name in r.stdout
@@ -263,10 +274,24 @@ def test_logs_follow_interleaves_all_hosts(cluster):
     assert p.returncode == 0, p.stderr.read()
 
 
-def test_history_and_stats_cover_every_server(cluster):
+def test_restart_history_and_stats_cover_every_server(cluster):
+    before = {s["server"]: sorted(r["pid"] for r in s["replicas"])
+              for s in cluster.ps()["services"]}
+    r = cluster.run("restart", "production", check=0)
+    assert [l.split()[1] for l in r.stdout.splitlines() if l.startswith("server ")] == [
+        "a", "b", "c"], r.stdout
+    after = {s["server"]: sorted(r["pid"] for r in s["replicas"])
+             for s in cluster.ps()["services"]}
+    for name in "abc":  # every replica replaced, on every server
+        assert len(after[name]) == len(SPREAD[name]) and not set(after[name]) & set(before[name])
+    assert cluster.names_by_server() == SPREAD
     h = cluster.run("history", "production", check=0).stdout
     assert h.split("\n")[0].split()[:2] == ["SERVER", "ID"], h
-    assert {line.split()[0] for line in h.splitlines()[1:] if line.strip()} == {"a", "b", "c"}
+    rows = [line.split() for line in h.splitlines()[1:] if line.strip()]
+    assert {row[0] for row in rows} == {"a", "b", "c"}
+    # newest first: the restart of each server leads
+    assert sorted(row[0] for row in rows[:3]) == ["a", "b", "c"], h
+    assert all(row[4] == "restart" for row in rows[:3]), h
     st = cluster.run("stats", "production", check=0).stdout
     names = {line.split()[1] for line in st.splitlines()[1:] if line.strip()}
     assert names == {n for v in SPREAD.values() for n in v}, st
@@ -292,13 +317,23 @@ def test_unreachable_host_changes_nothing_then_skip(cluster):
     assert "nothing was changed on any server" in r.stderr, r.stderr
     assert "--skip c" in r.stderr
     assert revisions(cluster, "ab", 3) == before
+    # So do the other commands that change something.
+    r = cluster.run("restart", "production", check=3)
+    assert "nothing was changed on any server" in r.stderr, r.stderr
+    assert revisions(cluster, "ab", 3) == before
     # ps: c is a line saying so; a and b are still shown.
     ps = cluster.run("ps", "production", "-a")
     assert ps.returncode == 3
     assert re.search(r"^c\s+unreachable", ps.stdout, re.M), ps.stdout
     assert {l.split()[0] for l in ps.stdout.splitlines()[1:] if l.strip()} == {"a", "b", "c"}
     # --skip c deploys to a and b only.
-    r = cluster.run("deploy", "production", "--skip", "c", check=0)
+    with Load(80, host=cluster.hosts["a"].ip, clients=4, max_seconds=120,
+              max_requests=100000) as load:
+        wait_for(lambda: load.ok > 20, timeout=30, what="traffic")
+        r = cluster.run("deploy", "production", "--skip", "c", check=0)
+        ok, failed = load.stop()
+    # A rolling deploy over a and b, server by server, loses no request.
+    assert failed == 0, load.errors[:5]
     assert "server c skipped" in r.stdout
     after = revisions(cluster, "ab", 3)
     assert after["a"][0] != before["a"][0] and after["b"][0] == after["a"][0]
