@@ -1220,6 +1220,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         s->image = NULL;
     }
     load_replicas(c, v[K_REPLICAS], path, s);
+    if (s->autoscale.enabled && c->env && c->env->servers_len > 1)
+        /* each takod would scale its own share between min and max, and the
+         * other servers' balancers would not learn the new counts */
+        err_key(c, v[K_REPLICAS], path, "replicas",
+                "autoscaling is for an environment with one server; environment %s has %zu "
+                "(give a fixed count, spread over them)",
+                c->env->name, c->env->servers_len);
 
     /* loadBalancer */
     enum { L_STRATEGY, L_HEALTH, L_COOKIE, L_MAXCONNS, L_MAXQUEUE, L_QTIMEOUT, L_BTIMEOUT, L_BRATE };

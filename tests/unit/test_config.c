@@ -1196,6 +1196,15 @@ TEST(placement_and_peer_port_errors)
                        "server");
     CHECK_CONTAINS(diag, "environments.r.peerPort: expected an integer from 1 to 65535");
     free(diag);
+    /* autoscaling over several servers is refused at the key */
+    f = load("project: {name: m}\nservers:\n  a: {host: 10.0.0.1}\n  b: {host: 10.0.0.2}\n"
+             "environments:\n  p:\n    servers: [a, b]\n    services:\n      w:\n"
+             "        port: 1\n        command: x\n        replicas: {min: 2, max: 6, cpu: 50}\n",
+             &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "tako.yaml:12:19: environments.p.services.w.replicas: autoscaling is for "
+                         "an environment with one server; environment p has 2");
+    free(diag);
     /* placement without servers: nowhere to place */
     CHECK(fails_with("        port: 1\n        placement: {labels: {zone: eu}}\n",
                      "environment prod has no servers: to place replicas on"));
