@@ -5,7 +5,9 @@ deploy body the CLI sends for `servers: [a, b, c]` (docs/servers.md, "How
 servers reach each other"). Five whoami replicas spread a: -1 -4, b: -2 -5,
 c: -3; every takod's balancer reaches all five; the peer listener takes only
 the environment's servers and only requests naming a service; a peer that
-goes away leaves rotation with no failed request."""
+goes away leaves rotation with no failed request; a takod restart keeps
+names and routing; a data plane of protocol 2 is never given a peer
+listener."""
 import collections
 import json
 import os
@@ -242,6 +244,56 @@ def test_peer_listener_admits_only_peers_and_known_services(cluster):
     assert 'tako_proxy_peer_refused_total{listener="%s"} 2\n' % a.listen in text
     log = open(os.path.join(a.home, "dataplane.log")).read()
     assert log.count("refused a connection from") == 1, log
+
+
+def test_takod_restart_keeps_names_and_routing(cluster):
+    """takod stops and starts again on a: its data plane serves on; the new
+    takod adopts the replicas under their slot names and the peers from the
+    store, and nothing is restarted."""
+    a = cluster[0]
+    wait_for(lambda: all_peers_healthy(cluster), timeout=30, what="every peer healthy")
+    pids = {r["name"]: r["pid"] for r in ps(a.home)["replicas"]}
+    with Load(a.port, INSTANCE, clients=2, max_seconds=30, max_requests=20000) as load:
+        old = int(open(os.path.join(a.home, "takod.pid")).read().strip())
+        os.kill(old, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists("/proc/%d" % old), timeout=15, what="takod gone")
+        r = run_tako(["ps"], env=a.env, cwd=a.work)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: set(peers_health(a).values()) == {"healthy"}, timeout=20,
+                 what="a's peers healthy again")
+    ok, failed = load.stop()
+    assert ok > 0 and failed == 0, load.errors[:5]
+    svc = ps(a.home)
+    assert {r["name"]: r["pid"] for r in svc["replicas"]} == pids
+    assert [p["replicas"] for p in svc["peers"]] == [2, 1]
+    c, failed = names_over(a.port, 50)
+    assert failed == 0 and len(c) == REPLICAS, c
+
+
+def test_a_data_plane_of_protocol_2_gets_no_peer_listener(tako):
+    """A data plane that speaks protocol 2 (an upgrade that failed; here this
+    build answering as 2) would open a peer listener to anyone: takod never
+    sends it one; the deploy fails naming the address, and an event names
+    the data plane's protocol."""
+    tako.env["TAKO_DATAPLANE_PROTO_MAX"] = "2"
+    port = free_port()
+    tako.write("tako.yaml", yaml_for(port))
+    r = tako.run("config", "explain", "local", "-o", "json", check=0)
+    env = json.loads(r.stdout)
+    env = env["environments"][0] if "environments" in env else env
+    cfg = {s["name"]: s for s in env["services"]}["web"]
+    tako.run("ps", check=0)
+    pp = peer_port()
+    body = {"project": PROJECT, "env": "local", "http_port": 0,
+            "services": [{"name": "web", "config": cfg, "revision": "0123456789ab", "source": "",
+                          "slot_first": 1, "slot_stride": 2, "peer_replicas": {"b": 1}}],
+            "peers": {"listen": "%s:%d" % (IPS["a"], pp),
+                      "servers": [{"name": "b", "address": "%s:%d" % (IPS["b"], pp)}]}}
+    res = stream_result(api(tako.home, "POST", "/v1/deploy", body))
+    assert res.get("ok") is False, res
+    assert "cannot listen for the other servers on %s:%d" % (IPS["a"], pp) in res["message"], res
+    ev = api(tako.home, "GET", "/v1/events?kind=dataplane")
+    assert "speaks protocol 2 and cannot serve a peer listener" in ev, ev
 
 
 def test_a_peer_that_goes_away_leaves_rotation(cluster):
