@@ -15,6 +15,7 @@ Images are built FROM scratch out of a static whoami (no registry here).
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -68,7 +69,6 @@ class Site:
         self.engine = None
 
     def run(self, *args, check=None, timeout=300):
-        import subprocess
         e = dict(os.environ)
         e.update(self.env)
         r = subprocess.run([TAKO] + list(args), env=e, cwd=self.dir, capture_output=True,
@@ -160,9 +160,12 @@ def test_first_deploy_builds_on_the_server_and_runs_three_containers(engine):
     names = [s.instance() for _ in range(9)]
     i = names.index("scaling-web-1")
     assert names[i:] + names[:i] == NAMES * 3, names
-    # `docker ps` against the host's engine lists the three.
-    ps = s.engine.docker("ps", "--format", "{{.Names}}").stdout.split()
-    assert sorted(n for n in ps if n.startswith("scaling-web-")) == NAMES, ps
+    # The seed's `docker ps | grep scaling-web`, against the host's engine.
+    env = dict(os.environ)
+    env.update(s.engine.env)
+    ps = subprocess.run(["bash", "-c", "docker ps | grep scaling-web"], env=env,
+                        capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert sorted(line.split()[-1] for line in ps) == NAMES, ps
     cs = s.containers()
     rev = cs["scaling-web-1"]["Config"]["Labels"]["tako.revision"]
     in_ns = set(s.host.pids())
@@ -192,6 +195,29 @@ def test_redeploy_without_change_sends_nothing_and_does_not_rebuild(engine):
     assert s.engine.docker("images", "-q", "scaling-web").stdout.split() == images
 
 
+def test_setup_again_changes_nothing(engine):
+    r = engine.run("setup", "prod", check=0)
+    assert "nothing changed" in r.stdout, r.stdout
+
+
+def test_takod_started_again_by_a_command_finds_the_engine_and_adopts(engine):
+    """takod stopped on the server; the next command starts it through `tako
+    daemon --stdio`, with /etc/default/tako too: it reaches the same engine
+    and adopts the running containers (the same ones, not new ones)."""
+    s = engine
+    before = {n: c["Id"] for n, c in s.containers().items()}
+    r = s.keys.ssh(s.host.ip, "/usr/local/bin/tako", "daemon", "--stop")
+    assert r.returncode == 0 and "takod stopped" in r.stdout, r
+    assert s.keys.ssh(s.host.ip, "test", "-S", "/var/lib/tako/takod.sock").returncode == 1
+    ps = s.run("ps", "prod", check=0).stdout
+    assert re.search(r"^web\s+3/3\s.*running", ps, re.M), ps
+    assert {n: c["Id"] for n, c in s.containers().items()} == before
+    assert {s.instance() for _ in range(6)} == set(NAMES)
+
+
+# slow: a rolling deploy under load; the build on the server and the
+# deploy's code paths also run under the sanitizers in the other tests here
+@pytest.mark.slow
 def test_one_line_change_rebuilds_and_rolls_without_a_failed_request(engine):
     s = engine
     old = {n: c["Id"] for n, c in s.containers().items()}
