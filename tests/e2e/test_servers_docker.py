@@ -14,6 +14,7 @@ Images are built FROM scratch out of a static whoami (no registry here).
 """
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -132,6 +133,10 @@ def engine(site):
     site.engine.start()
     with open(os.path.join(site.host.etc_default, "tako"), "w") as f:
         f.write("# takod's environment on this server\nDOCKER_HOST=%s\n" % site.engine.host)
+        # A sanitizer build's takod on the host reports where this run looks.
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            if os.environ.get(k):
+                f.write("%s=%s\n" % (k, shlex.quote(os.environ[k])))
     return site
 
 
@@ -179,6 +184,10 @@ def test_first_deploy_builds_on_the_server_and_runs_three_containers(engine):
     img = s.engine.docker("image", "inspect", "--format", "{{index .Config.Labels \"tako.project\"}}",
                           "scaling-web:%s" % rev).stdout.strip()
     assert img == "scaling", img
+    # tako's own views, from this machine, come from the server's engine.
+    logs = s.run("logs", "-e", "prod", "--tail", "5", check=0).stdout
+    assert re.search(r"^scaling-web-2 \| .*whoami scaling-web-2 listening on port \d+", logs,
+                     re.M), logs
     # Nothing ran on this machine: no local takod.
     assert not os.path.exists(os.path.join(s.home, "takod.sock"))
 
