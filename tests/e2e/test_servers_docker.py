@@ -196,7 +196,12 @@ def test_redeploy_without_change_sends_nothing_and_does_not_rebuild(engine):
     s = engine
     before = {n: c["Id"] for n, c in s.containers().items()}
     images = s.engine.docker("images", "-q", "scaling-web").stdout.split()
+    sent = s.host.tx_bytes()
     r = s.run("deploy", "prod", check=0)
+    sent = s.host.tx_bytes() - sent
+    # ssh's handshake, the checks, the file hashes and the control API only.
+    assert sent < 64 * 1024, sent
+    print("no-change redeploy with runtime: docker: %d bytes to the host" % sent)
     assert re.search(r"web: files unchanged on server prod \(3 files, nothing sent\)", r.stdout), \
         r.stdout
     assert "Step 1/" not in r.stdout, r.stdout
@@ -252,6 +257,28 @@ def test_one_line_change_rebuilds_and_rolls_without_a_failed_request(engine):
     assert all(c["Config"]["Labels"]["tako.revision"] == rev2 for c in cs.values())
     assert not set(old.values()) & {c["Id"] for c in cs.values()}
     assert {s.instance() for _ in range(6)} == set(NAMES)
+
+
+def test_a_dockerfile_that_fails_on_the_server_changes_nothing(engine):
+    s = engine
+    before = {n: c["Id"] for n, c in s.containers().items()}
+    path = os.path.join(s.dir, "app", "Dockerfile")
+    good = open(path).read()
+    with open(path, "w") as f:
+        f.write(good.replace("COPY version.txt", "COPY missing.txt"))
+    try:
+        r = s.run("deploy", "prod")
+    finally:
+        with open(path, "w") as f:
+            f.write(good)
+    assert r.returncode != 0, r.stdout
+    out = r.stdout + r.stderr
+    assert re.search(r"COPY failed: .*missing\.txt", out), out
+    # What was serving keeps serving: the same containers, all three.
+    assert {n: c["Id"] for n, c in s.containers().items()} == before
+    assert all(c["State"]["Running"] for c in s.containers().values())
+    names = [s.instance() for _ in range(6)]
+    assert sorted(set(names)) == NAMES, names
 
 
 def test_down_removes_the_containers(engine):
