@@ -246,6 +246,59 @@ def test_peer_listener_admits_only_peers_and_known_services(cluster):
     assert log.count("refused a connection from") == 1, log
 
 
+def test_two_projects_share_the_peer_listener(cluster):
+    """A second project on a and b uses the same peer addresses: one peer
+    listener per address routes each project's requests to its own pool."""
+    a, b = cluster[0], cluster[1]
+    cfgs = {}
+    for s in (a, b):
+        port = free_port()
+        with open(os.path.join(s.work, "tako.yaml"), "w") as f:
+            f.write(yaml_for(port).replace("name: " + PROJECT, "name: other"))
+        r = run_tako(["config", "explain", "local", "-o", "json"], env=s.env, cwd=s.work)
+        env = json.loads(r.stdout)
+        env = env["environments"][0] if "environments" in env else env
+        cfgs[s.name] = ({x["name"]: x for x in env["services"]}["web"], port)
+    for pos, (s, o) in enumerate(((a, b), (b, a))):
+        cfg, port = cfgs[s.name]
+        body = {"project": "other", "env": "local", "http_port": 0,
+                "services": [{"name": "web", "config": dict(cfg, replicas=1), "revision": "ab" * 6,
+                              "source": "", "slot_first": pos + 1, "slot_stride": 2,
+                              "peer_replicas": {o.name: 1}}],
+                "peers": {"listen": s.listen, "servers": [{"name": o.name, "address": o.listen}]}}
+        res = stream_result(api(s.home, "POST", "/v1/deploy", body))
+        assert res.get("ok") is True, res
+
+    def other_ready():
+        svc = json.loads(api(a.home, "GET", "/v1/ps?project=other"))["services"][0]
+        return svc["running"] == 1 and [p["health"] for p in svc["peers"]] == ["healthy"]
+
+    wait_for(other_ready, timeout=30, what="project other ready on a with b healthy")
+    c = collections.Counter()
+    for _ in range(10):
+        st, _, body = http(cfgs["a"][1], INSTANCE)
+        assert st == 200
+        c[json.loads(body)["hostname"]] += 1
+    assert c == {"other-web-1": 5, "other-web-2": 5}, c
+    host, port = a.listen.split(":")
+    for key, want in (("other/local/web", {"other-web-1"}),
+                      ("%s/local/web" % PROJECT, {"peers-web-1", "peers-web-4"})):
+        got = set()
+        for _ in range(4):
+            st, _, body = http(int(port), INSTANCE, host=host, source=IPS["b"],
+                               headers={"X-Tako-Service": key})
+            assert st == 200
+            got.add(json.loads(body)["hostname"])
+        assert got == want, (key, got)
+    for s in (a, b):
+        res = stream_result(api(s.home, "POST", "/v1/down", {"project": "other", "env": "local"}))
+        assert res.get("ok") is True, res
+    # the listener stays for the first project
+    st, _, _ = http(int(port), INSTANCE, host=host, source=IPS["b"],
+                    headers={"X-Tako-Service": "%s/local/web" % PROJECT})
+    assert st == 200
+
+
 def test_takod_restart_keeps_names_and_routing(cluster):
     """takod stops and starts again on a: its data plane serves on; the new
     takod adopts the replicas under their slot names and the peers from the
