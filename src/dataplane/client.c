@@ -711,6 +711,7 @@ static void r_free(struct proxy *p)
         for (size_t i = 0; i < l->nfds; i++)
             close(l->fds[i]);
         free(l->routes);
+        json_decref(l->allow);
         free(l);
     }
     const char *id;
