@@ -136,7 +136,8 @@ void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_r
             continue; /* written below, from the peer or a trusted proxy */
         if (hop_by_hop(m, h, r->upgrade))
             continue;
-        if (h->id == HTTP_H_OTHER && h->name_len == 14 && strncasecmp(h->name, "x-tako-service", 14) == 0)
+        if (h->id == HTTP_H_OTHER && ((h->name_len == 14 && strncasecmp(h->name, "x-tako-service", 14) == 0) ||
+                                      (h->name_len == 17 && strncasecmp(h->name, "x-tako-peer-check", 17) == 0)))
             continue; /* between servers only: set per backend by the connection code */
         ob_hdr(o, h);
     }
