@@ -236,6 +236,8 @@ void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_
         }
         if (hop_by_hop(m, h, is101))
             continue;
+        if (h->id == HTTP_H_OTHER && h->name_len == 11 && strncasecmp(h->name, "x-tako-peer", 11) == 0)
+            continue; /* another server's word to this one (its own 503), not the client's */
         ob_hdr(o, h);
     }
     if (r->body == RW_RSP_LENGTH ||
