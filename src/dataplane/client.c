@@ -334,6 +334,7 @@ static int open_conn(struct dpc *c)
 
 static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen);
 static json_t *listen_msg(struct dpc *c, struct dpc_listener *l);
+static json_t *backends_for(const struct dpc *c, json_t *bs);
 static void send_listener_https(struct dpc *c, struct dpc_listener *l);
 
 static void replay(struct dpc *c)
@@ -371,7 +372,9 @@ static void replay(struct dpc *c)
             continue;
         /* Last known health goes with the set: a data plane that restarted
          * takes traffic to them at once instead of re-learning it. */
-        json_t *bs = json_deep_copy(p->backends);
+        json_t *mine = backends_for(c, p->backends);
+        json_t *bs = json_deep_copy(mine);
+        json_decref(mine);
         size_t i;
         json_t *b;
         json_array_foreach(bs, i, b)
@@ -708,6 +711,7 @@ static void r_free(struct proxy *p)
         for (size_t i = 0; i < l->nfds; i++)
             close(l->fds[i]);
         free(l->routes);
+        json_decref(l->allow);
         free(l);
     }
     const char *id;
@@ -1028,6 +1032,22 @@ static int r_set_default(struct proxy *p, const struct net_addr *a, struct proxy
                                       (json_int_t)(l->def ? l->def->id : 0))));
 }
 
+/* The set as a data plane of the connection's protocol may see it: below 3,
+ * without peer backends (it would send requests to another server's peer
+ * listener without X-Tako-Service: 404 there). New reference. */
+static json_t *backends_for(const struct dpc *c, json_t *bs)
+{
+    if (c->proto >= 3)
+        return json_incref(bs);
+    json_t *out = json_array();
+    size_t i;
+    json_t *b;
+    json_array_foreach(bs, i, b)
+        if (!json_is_true(json_object_get(b, "peer")))
+            json_array_append(out, b);
+    return out;
+}
+
 static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n)
 {
     struct dpc_pool *q = proxy_remote_pool_impl(pool);
@@ -1044,29 +1064,21 @@ static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *
             json_object_set_new(j, "health_path", json_string(b[i].health_path));
         if (b[i].up)
             json_object_set_new(j, "up", json_true());
-        if (b[i].peer) {
-            /* A data plane below protocol 3 would send requests to another
-             * server's peer listener without X-Tako-Service (404 there). */
-            if (q->c->state == DPC_UP && q->c->proto < 3) {
-                json_decref(j);
-                continue;
-            }
+        if (b[i].peer)
             json_object_set_new(j, "peer", json_true());
-        }
         if (b[i].weight > 1)
             json_object_set_new(j, "weight", json_integer(b[i].weight));
         json_array_append_new(bs, j);
     }
     json_decref(q->backends);
-    q->backends = json_incref(bs);
+    q->backends = bs; /* the whole set: a data plane upgraded later gets the peers too */
     int rc = q->id ? reply_rc(call(q->c, json_pack("{s:s, s:I, s:o}", "op", "pool_set", "pool",
-                                                   (json_int_t)q->id, "backends", bs)))
+                                                   (json_int_t)q->id, "backends",
+                                                   backends_for(q->c, bs))))
                    : 0;
     if (rc < 0)
         log_error("data plane refused the %zu backends of pool %s: %s", n,
                   json_string_value(json_object_get(q->opts, "name")), strerror(-rc));
-    if (!q->id)
-        json_decref(bs);
     return rc;
 }
 

@@ -141,7 +141,7 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
         net_parse_addr(o->peer_source, NULL, &pool->peer_src) < 0) {
         /* "ADDR" without a port is the usual form: port 0 */
         char a[80];
-        snprintf(a, sizeof(a), "%s:0", o->peer_source);
+        snprintf(a, sizeof(a), strchr(o->peer_source, ':') ? "[%s]:0" : "%s:0", o->peer_source);
         if (net_parse_addr(a, NULL, &pool->peer_src) < 0)
             pool->peer_src.len = 0;
     }

@@ -315,6 +315,33 @@ static bool client_identity(struct xchg *x, const struct http_msg *m, int *famil
     return true;
 }
 
+/* Another server's health check of this one (X-Tako-Peer-Check), on a peer
+ * listener: answered here from this balancer's own view of the service's
+ * replicas, so that it costs the replicas nothing and says exactly "this
+ * server can serve it". True when answered. */
+static bool peer_check(struct xchg *x, const struct http_msg *m)
+{
+    static const char name[] = "x-tako-peer-check";
+    bool asked = false;
+    for (unsigned i = 0; i < m->nheaders && !asked; i++)
+        asked = m->headers[i].name_len == sizeof(name) - 1 &&
+                strncasecmp(m->headers[i].name, name, sizeof(name) - 1) == 0;
+    if (!asked)
+        return false;
+    const struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
+    unsigned up = 0;
+    for (size_t i = 0; i < set->n; i++)
+        up += !set->b[i]->peer && atomic_load_explicit(&set->b[i]->healthy, memory_order_relaxed);
+    if (!up) {
+        xchg__error(x, 503, "no healthy replica on this server");
+        return true;
+    }
+    char body[48];
+    snprintf(body, sizeof(body), "%u healthy\n", up);
+    xchg_reply(x, 200, "", body);
+    return true;
+}
+
 /* A peer listener's routes are services: X-Tako-Service names one. */
 static struct proxy_pool *route_peer(const struct routes *rt, const struct http_msg *m)
 {
@@ -641,6 +668,8 @@ void xchg__begin(struct xchg *x, const struct http_msg *m)
         xchg__error(x, 404, c->l->peer ? "unknown service (X-Tako-Service)" : "unknown host");
         return;
     }
+    if (c->l->peer && peer_check(x, m))
+        return;
     int fam;
     uint8_t a[16];
     bool peer_trusted = client_identity(x, m, &fam, a);

@@ -5,7 +5,9 @@ deploy body the CLI sends for `servers: [a, b, c]` (docs/servers.md, "How
 servers reach each other"). Five whoami replicas spread a: -1 -4, b: -2 -5,
 c: -3; every takod's balancer reaches all five; the peer listener takes only
 the environment's servers and only requests naming a service; a peer that
-goes away leaves rotation with no failed request."""
+goes away leaves rotation with no failed request; a takod restart keeps
+names and routing; a data plane of protocol 2 is never given a peer
+listener."""
 import collections
 import json
 import os
@@ -17,6 +19,7 @@ import tempfile
 import pytest
 
 from conftest import WHOAMI, Load, free_port, http, kill_takod_tree, run_tako, wait_for
+from test_dataplane import DpClient
 
 PROJECT = "peers"
 SERVERS = ["a", "b", "c"]
@@ -231,8 +234,120 @@ def test_peer_listener_admits_only_peers_and_known_services(cluster):
         seen[json.loads(body)["hostname"]] += 1
     assert sorted(seen) == ["peers-web-1", "peers-web-4"], seen
     assert sorted(seen.values()) == [10, 10]
+    # Counted (both), logged once a minute (the first).
+    c = DpClient(a.home)
+    try:
+        c.call(op="hello", proto=3, min_proto=1, role="observer", pid=os.getpid())
+        text = c.call(op="metrics")["text"]
+    finally:
+        c.close()
+    assert 'tako_proxy_peer_refused_total{listener="%s"} 2\n' % a.listen in text
     log = open(os.path.join(a.home, "dataplane.log")).read()
-    assert "refused a connection from 127.0.0.1" in log or "refused a connection from 127.0.0.9" in log
+    assert log.count("refused a connection from") == 1, log
+
+
+def test_two_projects_share_the_peer_listener(cluster):
+    """A second project on a and b uses the same peer addresses: one peer
+    listener per address routes each project's requests to its own pool."""
+    a, b = cluster[0], cluster[1]
+    cfgs = {}
+    for s in (a, b):
+        port = free_port()
+        with open(os.path.join(s.work, "tako.yaml"), "w") as f:
+            f.write(yaml_for(port).replace("name: " + PROJECT, "name: other"))
+        r = run_tako(["config", "explain", "local", "-o", "json"], env=s.env, cwd=s.work)
+        env = json.loads(r.stdout)
+        env = env["environments"][0] if "environments" in env else env
+        cfgs[s.name] = ({x["name"]: x for x in env["services"]}["web"], port)
+    for pos, (s, o) in enumerate(((a, b), (b, a))):
+        cfg, port = cfgs[s.name]
+        body = {"project": "other", "env": "local", "http_port": 0,
+                "services": [{"name": "web", "config": dict(cfg, replicas=1), "revision": "ab" * 6,
+                              "source": "", "slot_first": pos + 1, "slot_stride": 2,
+                              "peer_replicas": {o.name: 1}}],
+                "peers": {"listen": s.listen, "servers": [{"name": o.name, "address": o.listen}]}}
+        res = stream_result(api(s.home, "POST", "/v1/deploy", body))
+        assert res.get("ok") is True, res
+
+    def other_ready():
+        svc = json.loads(api(a.home, "GET", "/v1/ps?project=other"))["services"][0]
+        return svc["running"] == 1 and [p["health"] for p in svc["peers"]] == ["healthy"]
+
+    wait_for(other_ready, timeout=30, what="project other ready on a with b healthy")
+    c = collections.Counter()
+    for _ in range(10):
+        st, _, body = http(cfgs["a"][1], INSTANCE)
+        assert st == 200
+        c[json.loads(body)["hostname"]] += 1
+    # alternating (a retry on a closed keep-alive connection may shift one)
+    assert set(c) == {"other-web-1", "other-web-2"} and min(c.values()) >= 4, c
+    host, port = a.listen.split(":")
+    for key, want in (("other/local/web", {"other-web-1"}),
+                      ("%s/local/web" % PROJECT, {"peers-web-1", "peers-web-4"})):
+        got = set()
+        for _ in range(4):
+            st, _, body = http(int(port), INSTANCE, host=host, source=IPS["b"],
+                               headers={"X-Tako-Service": key})
+            assert st == 200
+            got.add(json.loads(body)["hostname"])
+        assert got == want, (key, got)
+    for s in (a, b):
+        res = stream_result(api(s.home, "POST", "/v1/down", {"project": "other", "env": "local"}))
+        assert res.get("ok") is True, res
+    # the listener stays for the first project
+    st, _, _ = http(int(port), INSTANCE, host=host, source=IPS["b"],
+                    headers={"X-Tako-Service": "%s/local/web" % PROJECT})
+    assert st == 200
+
+
+def test_takod_restart_keeps_names_and_routing(cluster):
+    """takod stops and starts again on a: its data plane serves on; the new
+    takod adopts the replicas under their slot names and the peers from the
+    store, and nothing is restarted."""
+    a = cluster[0]
+    wait_for(lambda: all_peers_healthy(cluster), timeout=30, what="every peer healthy")
+    pids = {r["name"]: r["pid"] for r in ps(a.home)["replicas"]}
+    with Load(a.port, INSTANCE, clients=2, max_seconds=30, max_requests=20000) as load:
+        old = int(open(os.path.join(a.home, "takod.pid")).read().strip())
+        os.kill(old, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists("/proc/%d" % old), timeout=15, what="takod gone")
+        r = run_tako(["ps"], env=a.env, cwd=a.work)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: set(peers_health(a).values()) == {"healthy"}, timeout=20,
+                 what="a's peers healthy again")
+    ok, failed = load.stop()
+    assert ok > 0 and failed == 0, load.errors[:5]
+    svc = ps(a.home)
+    assert {r["name"]: r["pid"] for r in svc["replicas"]} == pids
+    assert [p["replicas"] for p in svc["peers"]] == [2, 1]
+    c, failed = names_over(a.port, 50)
+    assert failed == 0 and len(c) == REPLICAS, c
+
+
+def test_a_data_plane_of_protocol_2_gets_no_peer_listener(tako):
+    """A data plane that speaks protocol 2 (an upgrade that failed; here this
+    build answering as 2) would open a peer listener to anyone: takod never
+    sends it one; the deploy fails naming the address, and an event names
+    the data plane's protocol."""
+    tako.env["TAKO_DATAPLANE_PROTO_MAX"] = "2"
+    port = free_port()
+    tako.write("tako.yaml", yaml_for(port))
+    r = tako.run("config", "explain", "local", "-o", "json", check=0)
+    env = json.loads(r.stdout)
+    env = env["environments"][0] if "environments" in env else env
+    cfg = {s["name"]: s for s in env["services"]}["web"]
+    tako.run("ps", check=0)
+    pp = peer_port()
+    body = {"project": PROJECT, "env": "local", "http_port": 0,
+            "services": [{"name": "web", "config": cfg, "revision": "0123456789ab", "source": "",
+                          "slot_first": 1, "slot_stride": 2, "peer_replicas": {"b": 1}}],
+            "peers": {"listen": "%s:%d" % (IPS["a"], pp),
+                      "servers": [{"name": "b", "address": "%s:%d" % (IPS["b"], pp)}]}}
+    res = stream_result(api(tako.home, "POST", "/v1/deploy", body))
+    assert res.get("ok") is False, res
+    assert "cannot listen for the other servers on %s:%d" % (IPS["a"], pp) in res["message"], res
+    ev = api(tako.home, "GET", "/v1/events?kind=dataplane")
+    assert "speaks protocol 2 and cannot serve a peer listener" in ev, ev
 
 
 def test_a_peer_that_goes_away_leaves_rotation(cluster):

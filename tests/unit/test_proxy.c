@@ -355,7 +355,7 @@ TEST(x_tako_service_never_reaches_a_replica)
     /* Whatever a client sends in it, the rewritten head has none: the
      * connection code adds it for peer backends only. */
     static const char req[] = "GET /a HTTP/1.1\r\nHost: h\r\nx-tako-SERVICE: p/e/s\r\n"
-                              "X-Other: 1\r\n\r\n";
+                              "X-Tako-Peer-Check: 1\r\nX-Other: 1\r\n\r\n";
     struct http_msg m;
     CHECK(http_parse_request(req, sizeof(req) - 1, &m, HTTP_MAX_HEADERS) > 0);
     char buf[2048];
@@ -366,5 +366,6 @@ TEST(x_tako_service_never_reaches_a_replica)
     CHECK(!o.overflow);
     buf[o.len] = '\0';
     CHECK(strcasestr(buf, "x-tako-service") == NULL);
+    CHECK(strcasestr(buf, "x-tako-peer-check") == NULL);
     CHECK_CONTAINS(buf, "X-Other: 1\r\n");
 }
