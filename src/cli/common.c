@@ -281,9 +281,19 @@ struct op_print {
     char message[2048];
 };
 
+/* The server an operation runs on, with several (its JSON lines say so). */
+static const char *g_op_server;
+
+void cli_op_server(const char *name)
+{
+    g_op_server = name;
+}
+
 static void on_line(json_t *line, void *data)
 {
     struct op_print *p = data;
+    if (g_op_server && json_is_object(line))
+        json_object_set_new(line, "server", json_string(g_op_server));
     const char *type = json_string_value(json_object_get(line, "type"));
     const char *msg = json_string_value(json_object_get(line, "message"));
     const char *svc = json_string_value(json_object_get(line, "service"));

@@ -117,6 +117,10 @@ unsigned cli_place_fields(const struct cli_target *t, const struct cfg_service *
 /* deploy's "peers" object for server I. */
 json_t *cli_peers_json(const struct cli_target *t, size_t i);
 
+/* With several servers: the server whose operation is printed (its name
+ * is added to --output json lines); NULL: none. */
+void cli_op_server(const char *name);
+
 /* Stream an operation and print its progress; returns the exit status. */
 int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json);
 /* The same; an answer 409 (another operation of the project is running) is

@@ -138,6 +138,7 @@ void cli_multi_close(struct cli_target *t)
     if (!t->servers)
         return;
     client_use_remote(NULL);
+    cli_op_server(NULL);
     for (size_t i = 0; i < t->n_servers; i++)
         if (t->servers[i].owned)
             ssh_close(t->servers[i].conn);
@@ -161,6 +162,7 @@ void cli_use_server(struct cli_target *t, size_t i)
     t->remote = t->servers[i].conn;
     t->server = t->servers[i].cfg;
     client_use_remote(t->servers[i].conn);
+    cli_op_server(t->servers[i].cfg->name);
 }
 
 int cli_multi_operation(struct cli_target *t, const char *path, json_t *body)

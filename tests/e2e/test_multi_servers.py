@@ -231,7 +231,9 @@ def scale_five_two_five(cluster):
     # c runs none but still has the service: its balancer sends to a and b.
     assert {cluster.answer(cluster.hosts["c"]) for _ in range(6)} == {"scaling-web-1",
                                                                       "scaling-web-2"}
-    cluster.run("scale", "production", "web=5", check=0)
+    r = cluster.run("scale", "production", "web=5", "--output", "json", check=0)
+    results = [json.loads(l) for l in r.stdout.splitlines() if '"type":"result"' in l]
+    assert [(x["server"], x["ok"]) for x in results] == [("a", True), ("b", True), ("c", True)]
     assert cluster.names_by_server() == SPREAD
     for name, h in cluster.hosts.items():
         assert cluster.host_processes(h) == SPREAD[name]
