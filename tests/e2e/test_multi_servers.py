@@ -358,3 +358,40 @@ def test_two_servers_that_are_this_machine_refused(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "servers a and b of environment production are both this machine" in r.stderr
     assert not os.path.exists(str(tmp_path / "home" / "takod.pid"))
+
+
+def test_a_host_that_cannot_run_tako_changes_nothing(cluster):
+    """Runs after the unreachable test: c comes back as a fresh host whose
+    port 80 another program holds, so preparing it fails."""
+    import socket
+    c = cluster.hosts["c"]
+    c.start_sshd(c.host_key)  # fresh /usr/local/bin and /var/lib/tako
+    before = revisions(cluster, "ab", 3)  # c answers ssh but has no takod yet
+    with open(os.path.join(cluster.dir, "app.py"), "a") as f:
+        f.write("# another change\n")
+    squatter = subprocess.Popen(["ip", "netns", "exec", c.ns, "python3", "-m", "http.server",
+                                 "--bind", c.ip, "80"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, cwd=c.tmp)
+    try:
+        def listening():
+            try:
+                socket.create_connection((c.ip, 80), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+        try:
+            wait_for(lambda: listening() or squatter.poll() is not None, timeout=20,
+                     what="a program on c's port 80")
+        finally:
+            assert squatter.poll() is None, squatter.stderr.read()
+        r = cluster.run("deploy", "production", check=1)
+        assert "server c (root@%s:22) cannot run tako" % c.ip in r.stderr, r.stderr
+        assert "port 80 is in use" in r.stderr, r.stderr
+        assert ("preparing the server failed on server c; nothing was rolled out on any server"
+                in r.stderr), r.stderr
+        assert "Deploying" not in r.stdout, r.stdout
+        assert revisions(cluster, "ab", 3) == before
+        assert c.nsexec("test", "-e", "/usr/local/bin/tako").returncode == 1
+    finally:
+        squatter.kill()
+        squatter.wait()
