@@ -276,6 +276,13 @@ def test_logs_follow_interleaves_all_hosts(cluster):
     assert p.returncode == 0, p.stderr.read()
 
 
+def test_setup_again_changes_nothing_on_any_server(cluster):
+    r = cluster.run("setup", "production", check=0)
+    for name, h in cluster.hosts.items():
+        assert ("server %s (root@%s:22): nothing changed; tako" % (name, h.ip)) in r.stdout, \
+            r.stdout
+
+
 def test_restart_history_and_stats_cover_every_server(cluster):
     before = {s["server"]: sorted(r["pid"] for r in s["replicas"])
               for s in cluster.ps()["services"]}
