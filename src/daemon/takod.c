@@ -70,6 +70,7 @@ static int status_of(int rc)
     case -EBUSY: return 409;
     case -EEXIST: return 409;
     case -ENOENT: return 404;
+    case -ENOSPC: return 507; /* Insufficient Storage: the command failed, not its input */
     default: return 400;
     }
 }
@@ -161,6 +162,14 @@ static void h_deploy(struct api_req *r, void *data)
         .only_service = body_str(r, "service"),
     };
     char err[1024];
+    /* A full state disk refuses the deploy before anything changes. */
+    int src = tako_home_space(d.home, err, sizeof(err));
+    if (src < 0) {
+        free(items);
+        OP_BEGIN(r->conn);
+        stream_refused(r->conn, src, err);
+        return;
+    }
     /* `metrics:` first: an address in use or not allowed refuses the deploy
      * before anything changes; a deploy refused later puts the old one back. */
     json_t *mj = json_object_get(r->body, "metrics");
@@ -212,7 +221,12 @@ static void h_scale(struct api_req *r, void *data)
     }
     char err[1024];
     OP_BEGIN(r->conn);
-    int rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
+    int rc = tako_home_space(d.home, err, sizeof(err));
+    if (rc < 0) {
+        stream_refused(r->conn, rc, err);
+        return;
+    }
+    rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
                         progress, r->conn, err, sizeof(err));
     if (rc < 0)
         stream_refused(r->conn, rc, err);
@@ -230,6 +244,13 @@ static void h_action(struct api_req *r, void *data)
     char err[1024];
     OP_BEGIN(r->conn);
     int rc;
+    /* What starts replicas needs room for them; stop and down free it. */
+    if ((strcmp(kind, "rollback") == 0 || strcmp(kind, "restart") == 0 ||
+         strcmp(kind, "start") == 0) &&
+        (rc = tako_home_space(d.home, err, sizeof(err))) < 0) {
+        stream_refused(r->conn, rc, err);
+        return;
+    }
     if (strcmp(kind, "rollback") == 0)
         rc = orch_rollback(d.orch, project, body_str(r, "env"), body_str(r, "service"),
                            body_str(r, "revision"), progress, r->conn, err, sizeof(err));

@@ -90,10 +90,34 @@ static void rotate(struct rt__logw *w)
     w->size = 0;
 }
 
+static bool logw_write(struct rt__logw *w, const char *stream, const char *text, size_t len);
+
 void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len)
 {
-    if (w->fd < 0)
+    if (w->fd < 0) {
+        w->dropped++;
         return;
+    }
+    if (w->dropped > w->dropped_told) {
+        /* Space again: say what is missing before the next line. */
+        char note[160];
+        uint64_t n = w->dropped - w->dropped_told;
+        int nl = snprintf(note, sizeof(note), "tako: %llu log line%s dropped: %s",
+                          (unsigned long long)n, n == 1 ? "" : "s",
+                          strerror(w->drop_errno ? w->drop_errno : EIO));
+        if (!logw_write(w, "stderr", note, (size_t)nl)) {
+            w->dropped++;
+            return;
+        }
+        w->dropped_told += n;
+    }
+    if (!logw_write(w, stream, text, len))
+        w->dropped++;
+}
+
+/* One line out; false when the disk refused it (nothing or part written). */
+static bool logw_write(struct rt__logw *w, const char *stream, const char *text, size_t len)
+{
     char ts[32];
     rt__fmt_time(time_wall_ms(), ts);
     char prefix[48];
@@ -111,6 +135,16 @@ void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, siz
     ssize_t n = writev(w->fd, iov, 3);
     if (n > 0)
         w->size += (uint64_t)n;
+    if (n == (ssize_t)total)
+        return true;
+    w->drop_errno = n < 0 ? errno : ENOSPC;
+    struct stat sb;
+    if (n > 0 && fstat(w->fd, &sb) == 0 && sb.st_size >= (off_t)n) {
+        /* Part of a line: cut it back, so the next line starts its own. */
+        if (ftruncate(w->fd, sb.st_size - (off_t)n) == 0)
+            w->size = (uint64_t)(sb.st_size - (off_t)n);
+    }
+    return false;
 }
 
 void rt__logw_close(struct rt__logw *w)

@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from conftest import ROOT, Load, http, wait_for
+from conftest import ROOT, TAKO, Load, free_port, http, kill_takod_tree, wait_for
 from hosts import Net
 from test_servers import Remote
 
@@ -160,3 +160,156 @@ def test_server_deploy_works_once_space_is_freed(server):
         assert leftovers(server) == []
     finally:
         os.unlink(os.path.join(server.dir, "big.bin"))
+
+
+# ---- a full local state directory ----
+
+APP = r'''
+import http.server, os, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%s\n" % socket.gethostname()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):  # one line on stdout per request
+        print("request %s %s" % (self.path, "x" * 200), flush=True)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+class PrivateMount:
+    """A tmpfs of SIZE mounted at a fresh directory inside a private mount
+    namespace held by one recorded process: the tako commands of the test
+    (and the takod they start) run in it through nsenter, the test reads
+    its files through /proc/PID/root. Nothing of it shows on this machine;
+    destroy() unmounts it and ends the holder by its PID."""
+
+    def __init__(self, size):
+        self.dir = tempfile.mkdtemp(prefix="tako-fd%d-" % os.getpid(), dir="/tmp")
+        self.holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep",
+                                        "900"], start_new_session=True)
+        self.pid = self.holder.pid
+        self.mounted = False
+        me = os.readlink("/proc/self/ns/mnt")
+        wait_for(lambda: os.readlink("/proc/%d/ns/mnt" % self.pid) != me, what="unshare")
+        subprocess.run(["nsenter", "-t", str(self.pid), "-m", "mount", "-t", "tmpfs", "-o",
+                        "size=%s,mode=0700" % size, "tmpfs", self.dir], check=True)
+        self.mounted = True
+
+    def path(self, p):
+        """A path inside the namespace, as this process can open it."""
+        return "/proc/%d/root%s" % (self.pid, p)
+
+    def run(self, argv, cwd, env, timeout=120):
+        e = dict(os.environ)
+        e.update(env)
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-m", "--wd=" + cwd] + argv,
+                              env=e, capture_output=True, text=True, timeout=timeout)
+
+    def fill(self):
+        """Fill the file system to the last block."""
+        with open(self.path(os.path.join(self.dir, "filler")), "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == 28, e  # ENOSPC
+        st = os.statvfs(self.path(self.dir))
+        assert st.f_bavail == 0, st
+
+    def free(self):
+        os.unlink(self.path(os.path.join(self.dir, "filler")))
+
+    def destroy(self):
+        if self.mounted:
+            subprocess.run(["nsenter", "-t", str(self.pid), "-m", "umount", "-l", self.dir])
+        self.holder.kill()
+        self.holder.wait(10)
+        os.rmdir(self.dir)
+
+
+@pytest.fixture
+def local(tmp_path):
+    m = PrivateMount("16m")
+    home = os.path.join(m.dir, "home")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "app.py").write_text(APP)
+    port = free_port()
+    m.env = {"TAKO_HOME": home, "NO_COLOR": "1"}
+    m.home, m.proj, m.port = home, str(proj), port
+
+    def yaml(replicas, extra=""):
+        (proj / "tako.yaml").write_text(
+            "project:\n  name: fd%d\nenvironments:\n  production:\n    http: %d\n"
+            "    services:\n      web:\n        command: [python3, app.py]\n"
+            "        port: 3000\n        replicas: %d\n%s" % (os.getpid(), port, replicas, extra))
+    m.yaml = yaml
+    m.tako = lambda *a: m.run([TAKO] + list(a), m.proj, m.env)
+    try:
+        yield m
+    finally:
+        kill_takod_tree(m.path(home))
+        m.destroy()
+
+
+def running(m):
+    js = json.loads(m.tako("ps", "--output", "json").stdout)
+    return {(rep["name"], s["revision"]) for s in js["services"] for rep in s["replicas"]
+            if rep.get("state") == "running"}
+
+
+def test_local_state_disk_full(local):
+    m = local
+    m.yaml(2)
+    r = m.tako("deploy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = running(m)
+    assert len(before) == 2
+    takod = int(open(m.path(os.path.join(m.home, "takod.pid"))).read())
+    m.fill()
+    # Replicas keep serving while each request's log line meets a full disk.
+    with Load(m.port, path="/", clients=2, max_seconds=30, max_requests=400) as load:
+        wait_for(lambda: load.ok + load.failed >= 400, timeout=30, what="400 requests")
+    assert load.failed == 0 and load.ok >= 400, load.errors[:3]
+    # deploy and scale are refused before anything changes, naming the path.
+    want = "no space left on device: the state directory %s has 0 KB free" % m.home
+    r = m.tako("scale", "web=3")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert want in r.stderr, r.stderr
+    m.yaml(2, "        env:\n          CHANGED: '1'\n")
+    r = m.tako("deploy")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert want in r.stderr, r.stderr
+    assert running(m) == before
+    os.kill(takod, 0)  # takod is alive
+    st, body, _ = http(m.port, "/")
+    assert st == 200
+    # Space again: the store is whole, the dropped lines are told in the
+    # log, and the refused commands work.
+    m.free()
+    for _ in range(10):  # round robin: each replica writes again
+        assert http(m.port, "/")[0] == 200
+
+    def notes():
+        t = m.tako("logs", "--tail", "0").stdout
+        return [(name, int(k)) for name, k in re.findall(
+            r"^(\S+) \| tako: (\d+) log lines? dropped: No space left on device$", t, re.M)]
+    wait_for(lambda: {name for name, _ in notes()} == {name for name, _ in before},
+             what="both replicas' dropped-lines notes")
+    # Most of the 400 lines met the full disk (a few fit in a page's slack).
+    assert sum(k for _, k in notes()) >= 200, notes()
+    # (SQLite resolves /proc/PID/root to this namespace's /: ask from inside.)
+    chk = m.run(["python3", "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
+                 ".execute('PRAGMA integrity_check').fetchone()[0])",
+                 os.path.join(m.home, "state.db")], m.proj, {})
+    assert chk.stdout.strip() == "ok", chk.stdout + chk.stderr
+    r = m.tako("deploy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = m.tako("scale", "web=3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(running(m)) == 3
+    assert os.readlink("/proc/%d/exe" % takod)  # the same takod throughout
