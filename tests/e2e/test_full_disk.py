@@ -22,6 +22,7 @@ import tempfile
 import pytest
 
 from conftest import ROOT, TAKO, Load, free_port, http, kill_takod_tree, wait_for
+from dockerd import DockerD, _alive, _children
 from hosts import Net
 from test_servers import Remote
 
@@ -115,7 +116,7 @@ def test_server_setup_check_refuses_a_full_state_disk(server):
 
 
 @pytest.mark.parametrize("size_mib,where", [
-    (80, "/var/lib/tako/blobs/"),          # the contents themselves do not fit
+    pytest.param(80, "/var/lib/tako/blobs/", marks=pytest.mark.slow),  # the contents do not fit
     (40, "/var/lib/tako/apps/tiny/web/.tmp-"),  # they fit, the revision's tree does not
 ])
 def test_server_disk_full_while_shipping(server, size_mib, where):
@@ -313,3 +314,101 @@ def test_local_state_disk_full(local):
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(running(m)) == 3
     assert os.readlink("/proc/%d/exe" % takod)  # the same takod throughout
+
+
+# ---- a Docker engine whose data root is full ----
+
+class SmallDockerD(DockerD):
+    """A private dockerd whose --data-root is a tmpfs of SIZE, mounted in
+    dockerd's own private mount namespace (`unshare -m`): the mount, and
+    every overlay dockerd makes on it, exist only there and go with it
+    when stop() ends dockerd and containerd by PID."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def _spawn(self, timeout=60.0):
+        log = open(self.log_path, "ab")
+        script = ('set -e; mount -t tmpfs -o size=%s tmpfs "$1"; shift; exec "$@"' % self.size)
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+             self.data_root, "dockerd", "--bridge=none", "--iptables=false",
+             "--ip6tables=false", "--data-root", self.data_root, "--exec-root", self.exec_root,
+             "-H", self.host, "--pidfile", self.pidfile],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.pid = self.proc.pid  # unshare and sh exec: this is dockerd
+        wait_for(lambda: self.proc.poll() is not None or self.ping(), timeout=timeout,
+                 what="dockerd")
+        assert self.proc.poll() is None, self.log()
+        self.containerd_pids = [c for c in _children(self.pid) if _alive(c)]
+
+    def df(self):
+        """(used, available) KiB of the data root, seen from dockerd's namespace."""
+        st = os.statvfs("/proc/%d/root%s" % (self.pid, self.data_root))
+        return ((st.f_blocks - st.f_bfree) * st.f_frsize // 1024,
+                st.f_bavail * st.f_frsize // 1024)
+
+
+@pytest.fixture
+def small_docker():
+    d = SmallDockerD("48m")
+    try:
+        d.start()
+        d.build_whoami_static()
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.mark.slow
+def test_docker_data_root_full_fails_the_build_and_changes_nothing(tako, small_docker):
+    dk = small_docker
+    tako.env.update(dk.env)
+    port = free_port()
+    appdir = os.path.join(tako.dir, "app")
+    os.makedirs(appdir)
+    shutil.copy(dk.whoami_static, os.path.join(appdir, "whoami"))
+
+    def dockerfile(extra):
+        with open(os.path.join(appdir, "Dockerfile"), "w") as f:
+            f.write("FROM scratch\nCOPY whoami /whoami\n%sCMD [\"/whoami\"]\n" % extra)
+    dockerfile("")
+    tako.write("tako.yaml", "project:\n  name: fd%d\nenvironments:\n  production:\n"
+               "    http: %d\n    services:\n      web:\n        runtime: docker\n"
+               "        build: app\n        port: 3000\n        replicas: 1\n"
+               % (os.getpid(), port))
+    tako.run("deploy", check=0, timeout=300)
+    name = "fd%d-web-1" % os.getpid()
+    cid = dk.inspect(name)["Id"]
+    images = dk.docker("images", "-q").stdout.split()
+    assert http(port, "/")[0] == 200
+    used0, _ = dk.df()
+
+    # 20 MiB of context and 20 MiB more for the layer it is copied into:
+    # more than the data root has left.
+    with open(os.path.join(appdir, "big.bin"), "wb") as f:
+        f.write(os.urandom(20 * MIB))
+    dockerfile("COPY big.bin /big.bin\n")
+    with Load(port, path="/", clients=2, max_seconds=120, max_requests=20000) as load:
+        r = tako.run("deploy", timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "no space left on device" in out, out  # the builder's own words
+    assert re.search(r"Step \d+/\d+ : COPY big.bin /big.bin", out), out  # its last lines
+    assert load.ok > 0 and load.failed == 0, load.errors[:3]
+    # Nothing changed: the same container serves, no new image stays, and
+    # the data root is back to what it held.
+    assert dk.inspect(name)["Id"] == cid and dk.inspect(name)["State"]["Running"]
+    assert dk.docker("images", "-q").stdout.split() == images
+    assert http(port, "/")[0] == 200
+    used1, _ = dk.df()
+    assert used1 < used0 + 2048, (used0, used1)
+
+    # With a file that fits, the next deploy works.
+    with open(os.path.join(appdir, "big.bin"), "wb") as f:
+        f.write(os.urandom(1 * MIB))
+    tako.run("deploy", check=0, timeout=300)
+    assert dk.inspect(name)["Id"] != cid
+    assert http(port, "/")[0] == 200
