@@ -95,20 +95,29 @@ static int fail(const char *fmt, ...)
     return 1;
 }
 
-/* A write that failed: the path and the cause; a full disk says so in
- * words and how much is free, so the user knows what to clean up. */
-static int fail_io(const char *home, const char *path, int err)
+/* A write of SIZE bytes (0: a directory, a link) that failed: the path and
+ * the cause; a full disk says so in words, with the file's size and what is
+ * free, so the user knows how much to clean up. */
+static int fail_io_sized(const char *home, const char *path, int err, unsigned long long size)
 {
     if (err == ENOSPC || err == EDQUOT) {
         struct statvfs vf;
         unsigned long long free_kb = 0;
         if (statvfs(home, &vf) == 0)
             free_kb = (unsigned long long)vf.f_bavail * vf.f_frsize / 1024;
-        return fail("no space left on device: writing %s (%llu KB free in %s); nothing was "
+        char what[64] = "";
+        if (size)
+            snprintf(what, sizeof(what), "a file of %llu KB; ", (size + 1023) / 1024);
+        return fail("no space left on device: writing %s (%s%s has %llu KB free); nothing was "
                     "changed: free some space on the server and deploy again",
-                    path, free_kb, home);
+                    path, what, home, free_kb);
     }
     return fail("%s: %s", path, strerror(err));
+}
+
+static int fail_io(const char *home, const char *path, int err)
+{
+    return fail_io_sized(home, path, err, 0);
 }
 
 /* Write all of buf; -errno (ENOSPC for a short write on a full disk). */
@@ -587,7 +596,7 @@ static int build_tree(const char *home, char *man, size_t mlen, const char *tmp,
             blob_path(home, sha, bp, sizeof(bp));
             int r = rc ? 0 : copy_blob(bp, dst, mode & 07777);
             if (r < 0)
-                rc = fail_io(home, dst, -r);
+                rc = fail_io_sized(home, dst, -r, size);
         } else if (type == 'l') {
             char target[2100];
             size_t tl = strlen(sha) / 2;
@@ -650,7 +659,7 @@ static int read_pack(const char *home, char **argv, struct fresh_blobs *fresh, c
             if (r == -EBADMSG)
                 return fail("receive: content %s was cut short or does not match its hash", sha);
             if (r < 0)
-                return fail_io(home, where, -r);
+                return fail_io_sized(home, where, -r, size);
             if (is_new)
                 fresh_add(fresh, sha);
         } else if (sscanf(line, "D %79s %zu", sha, mlen) == 2) {
