@@ -73,6 +73,7 @@ struct rt__logw {
      * the log by one line once writing works again. */
     uint64_t dropped, dropped_told;
     int drop_errno;
+    int count_fd; /* DIR/log_dropped: the count, for takod's metrics */
 };
 int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files);
 /* Write one line (text without newline) for stream "stdout"/"stderr". A

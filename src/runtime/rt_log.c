@@ -16,6 +16,10 @@
 #include "runtime/rt_internal.h"
 
 #define LOG_BASENAME "output.log"
+/* The count of lines a full disk refused, rewritten in place (fixed width:
+ * the file keeps its one block, so updating it needs no free space). */
+#define DROPPED_BASENAME "log_dropped"
+#define DROPPED_WIDTH 21
 
 void rt__fmt_time(uint64_t wall_ms, char buf[32])
 {
@@ -53,6 +57,7 @@ static char *rotated_path(const char *base, unsigned i)
 int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files)
 {
     memset(w, 0, sizeof(*w));
+    w->count_fd = -1;
     w->path = xasprintf("%s/" LOG_BASENAME, dir);
     w->max_bytes = max_bytes ? max_bytes : RT_DEFAULT_LOG_MAX;
     w->files = files ? files : RT_DEFAULT_LOG_FILES;
@@ -66,6 +71,41 @@ int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsig
     }
     struct stat sb;
     w->size = fstat(w->fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    /* Made now, while there is room; each supervisor counts from zero. */
+    char *cp = xasprintf("%s/" DROPPED_BASENAME, dir);
+    w->count_fd = open(cp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    free(cp);
+    if (w->count_fd >= 0 && dprintf(w->count_fd, "%0*d\n", DROPPED_WIDTH - 1, 0) != DROPPED_WIDTH) {
+        close(w->count_fd);
+        w->count_fd = -1;
+    }
+    return 0;
+}
+
+static void count_dropped(struct rt__logw *w)
+{
+    w->dropped++;
+    if (w->count_fd < 0)
+        return;
+    char buf[DROPPED_WIDTH + 1];
+    snprintf(buf, sizeof(buf), "%0*llu\n", DROPPED_WIDTH - 1, (unsigned long long)w->dropped);
+    ssize_t k = pwrite(w->count_fd, buf, DROPPED_WIDTH, 0);
+    (void)k; /* a counter that cannot be updated is not worth stalling for */
+}
+
+int rt_proc_log_dropped(const char *state_dir, const char *replica_name, uint64_t *n)
+{
+    char p[4096], buf[DROPPED_WIDTH + 1];
+    snprintf(p, sizeof(p), "%s/replicas/%s/" DROPPED_BASENAME, state_dir, replica_name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t k = pread(fd, buf, DROPPED_WIDTH, 0);
+    close(fd);
+    if (k != DROPPED_WIDTH)
+        return -EIO;
+    buf[k] = '\0';
+    *n = strtoull(buf, NULL, 10);
     return 0;
 }
 
@@ -95,7 +135,7 @@ static bool logw_write(struct rt__logw *w, const char *stream, const char *text,
 void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len)
 {
     if (w->fd < 0) {
-        w->dropped++;
+        count_dropped(w);
         return;
     }
     if (w->dropped > w->dropped_told) {
@@ -106,13 +146,13 @@ void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, siz
                           (unsigned long long)n, n == 1 ? "" : "s",
                           strerror(w->drop_errno ? w->drop_errno : EIO));
         if (!logw_write(w, "stderr", note, (size_t)nl)) {
-            w->dropped++;
+            count_dropped(w);
             return;
         }
         w->dropped_told += n;
     }
     if (!logw_write(w, stream, text, len))
-        w->dropped++;
+        count_dropped(w);
 }
 
 /* One line out; false when the disk refused it (nothing or part written). */
@@ -152,6 +192,9 @@ void rt__logw_close(struct rt__logw *w)
     if (w->fd >= 0)
         close(w->fd);
     w->fd = -1;
+    if (w->count_fd >= 0)
+        close(w->count_fd);
+    w->count_fd = -1;
     free(w->path);
     w->path = NULL;
 }

@@ -239,15 +239,17 @@ def local(tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "app.py").write_text(APP)
-    port = free_port()
+    port, mport = free_port(), free_port()
     m.env = {"TAKO_HOME": home, "NO_COLOR": "1"}
-    m.home, m.proj, m.port = home, str(proj), port
+    m.home, m.proj, m.port, m.mport = home, str(proj), port, mport
 
     def yaml(replicas, extra=""):
         (proj / "tako.yaml").write_text(
             "project:\n  name: fd%d\nenvironments:\n  production:\n    http: %d\n"
+            "    metrics: 127.0.0.1:%d\n"
             "    services:\n      web:\n        command: [python3, app.py]\n"
-            "        port: 3000\n        replicas: %d\n%s" % (os.getpid(), port, replicas, extra))
+            "        port: 3000\n        replicas: %d\n%s"
+            % (os.getpid(), port, mport, replicas, extra))
     m.yaml = yaml
     m.tako = lambda *a: m.run([TAKO] + list(a), m.proj, m.env)
     try:
@@ -276,6 +278,12 @@ def test_local_state_disk_full(local):
     with Load(m.port, path="/", clients=2, max_seconds=30, max_requests=400) as load:
         wait_for(lambda: load.ok + load.failed >= 400, timeout=30, what="400 requests")
     assert load.failed == 0 and load.ok >= 400, load.errors[:3]
+    # ... and the lines that met it are counted where one can see them now.
+    st, _h, body = http(m.mport, "/metrics")
+    assert st == 200
+    dropped = [float(v) for v in re.findall(
+        r"^tako_replica_log_lines_dropped_total\{[^}]*\} (\S+)$", body.decode(), re.M)]
+    assert len(dropped) == 2 and sum(dropped) >= 200, dropped
     # deploy and scale are refused before anything changes, naming the path.
     want = "no space left on device: the state directory %s has 0 KB free" % m.home
     r = m.tako("scale", "web=3")

@@ -316,6 +316,9 @@ TEST(log_lines_a_full_disk_refuses_are_counted_and_told_once_writing_works)
     for (int i = 0; i < 7; i++)
         rt__logw_line(&w, "stdout", "lost", 4);
     CHECK_INT(w.dropped, 7);
+    uint64_t counted = 0; /* what takod's metrics read */
+    CHECK_INT(rt_proc_log_dropped(d, "r-3", &counted), 0);
+    CHECK_INT(counted, 7);
     dup2(saved, w.fd); /* space again */
     close(saved);
     close(full);
