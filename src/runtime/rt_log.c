@@ -16,10 +16,13 @@
 #include "runtime/rt_internal.h"
 
 #define LOG_BASENAME "output.log"
-/* The count of lines a full disk refused, rewritten in place (fixed width:
- * the file keeps its one block, so updating it needs no free space). */
+/* The count of lines a full disk refused, of those already told in the
+ * log, and why: "DROPPED TOLD ERRNO\n", rewritten in place (fixed width: the file keeps its
+ * one block, so updating it needs no free space). A supervisor that ends
+ * before it could tell them leaves them to the next one. */
 #define DROPPED_BASENAME "log_dropped"
-#define DROPPED_WIDTH 21
+#define DROPPED_NUM 20
+#define DROPPED_WIDTH (2 * DROPPED_NUM + 7)
 
 void rt__fmt_time(uint64_t wall_ms, char buf[32])
 {
@@ -54,6 +57,8 @@ static char *rotated_path(const char *base, unsigned i)
     return i ? xasprintf("%s.%u", base, i) : xstrdup(base);
 }
 
+static int count_save(struct rt__logw *w);
+
 int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files)
 {
     memset(w, 0, sizeof(*w));
@@ -71,26 +76,46 @@ int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsig
     }
     struct stat sb;
     w->size = fstat(w->fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
-    /* Made now, while there is room; each supervisor counts from zero. */
+    /* Made while there is room. Lines the previous supervisor could not
+     * tell about are this one's to tell; otherwise it counts from zero. */
     char *cp = xasprintf("%s/" DROPPED_BASENAME, dir);
-    w->count_fd = open(cp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    w->count_fd = open(cp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     free(cp);
-    if (w->count_fd >= 0 && dprintf(w->count_fd, "%0*d\n", DROPPED_WIDTH - 1, 0) != DROPPED_WIDTH) {
-        close(w->count_fd);
-        w->count_fd = -1;
+    if (w->count_fd >= 0) {
+        char buf[DROPPED_WIDTH + 1];
+        unsigned long long d = 0, t = 0;
+        int e = 0;
+        ssize_t k = pread(w->count_fd, buf, DROPPED_WIDTH, 0);
+        if (k == DROPPED_WIDTH) {
+            buf[k] = '\0';
+            if (sscanf(buf, "%llu %llu %d", &d, &t, &e) == 3 && d > t) {
+                w->dropped = d - t;
+                w->drop_errno = e;
+            }
+        }
+        if (count_save(w) < 0) {
+            close(w->count_fd);
+            w->count_fd = -1;
+        }
     }
     return 0;
+}
+
+static int count_save(struct rt__logw *w)
+{
+    if (w->count_fd < 0)
+        return 0;
+    char buf[DROPPED_WIDTH + 1];
+    snprintf(buf, sizeof(buf), "%0*llu %0*llu %04d\n", DROPPED_NUM,
+             (unsigned long long)w->dropped, DROPPED_NUM, (unsigned long long)w->dropped_told,
+             w->drop_errno > 0 && w->drop_errno < 10000 ? w->drop_errno : 0);
+    return pwrite(w->count_fd, buf, DROPPED_WIDTH, 0) == DROPPED_WIDTH ? 0 : -EIO;
 }
 
 static void count_dropped(struct rt__logw *w)
 {
     w->dropped++;
-    if (w->count_fd < 0)
-        return;
-    char buf[DROPPED_WIDTH + 1];
-    snprintf(buf, sizeof(buf), "%0*llu\n", DROPPED_WIDTH - 1, (unsigned long long)w->dropped);
-    ssize_t k = pwrite(w->count_fd, buf, DROPPED_WIDTH, 0);
-    (void)k; /* a counter that cannot be updated is not worth stalling for */
+    count_save(w); /* a counter that cannot be updated is not worth stalling for */
 }
 
 int rt_proc_log_dropped(const char *state_dir, const char *replica_name, uint64_t *n)
@@ -150,6 +175,7 @@ void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, siz
             return;
         }
         w->dropped_told += n;
+        count_save(w);
     }
     if (!logw_write(w, stream, text, len))
         count_dropped(w);

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -265,6 +266,11 @@ def running(m):
             if rep.get("state") == "running"}
 
 
+def replicas(m):
+    js = json.loads(m.tako("ps", "--output", "json").stdout)
+    return [rep for s in js["services"] for rep in s["replicas"]]
+
+
 def test_local_state_disk_full(local):
     m = local
     m.yaml(2)
@@ -297,20 +303,36 @@ def test_local_state_disk_full(local):
     os.kill(takod, 0)  # takod is alive
     st, body, _ = http(m.port, "/")
     assert st == 200
+    # A replica that crashes now cannot be started again (its files need
+    # room): it waits, says why, and is retried, not given up on.
+    victim = replicas(m)[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def waiting():
+        rep = [r for r in replicas(m) if r["name"] == victim["name"]][0]
+        return rep if rep["state"] == "backoff" and "No space left on device; trying again" in \
+            rep.get("last_error", "") else None
+    rep = wait_for(waiting, what="the crashed replica waiting for room")
+    assert "cannot write %s/replicas/%s/spec.json" % (m.home, victim["name"]) in rep["last_error"]
+    assert http(m.port, "/")[0] == 200  # the other one serves
     # Space again: the store is whole, the dropped lines are told in the
     # log, and the refused commands work.
     m.free()
-    for _ in range(10):  # round robin: each replica writes again
+    wait_for(lambda: len(running(m)) == 2, timeout=30, what="the crashed replica back")
+    for _ in range(10):
         assert http(m.port, "/")[0] == 200
 
     def notes():
         t = m.tako("logs", "--tail", "0").stdout
         return [(name, int(k)) for name, k in re.findall(
             r"^(\S+) \| tako: (\d+) log lines? dropped: No space left on device$", t, re.M)]
-    wait_for(lambda: {name for name, _ in notes()} == {name for name, _ in before},
-             what="both replicas' dropped-lines notes")
-    # Most of the 400 lines met the full disk (a few fit in a page's slack).
-    assert sum(k for _, k in notes()) >= 200, notes()
+    # Each replica tells its count with its next line (health checks write
+    # one soon). Most of the 400 lines met the full disk (a few fit in a
+    # page's slack); the crashed replica's new supervisor tells what the old
+    # one could not.
+    wait_for(lambda: sum(k for _, k in notes()) >= 200, timeout=20, what="the notes")
+    assert {name for name, _ in notes()} == {name for name, _ in before}
+    assert max(k for name, k in notes() if name == victim["name"]) > 50, notes()
     # (SQLite resolves /proc/PID/root to this namespace's /: ask from inside.)
     chk = m.run(["python3", "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
                  ".execute('PRAGMA integrity_check').fetchone()[0])",

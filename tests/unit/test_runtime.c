@@ -325,22 +325,38 @@ TEST(log_lines_a_full_disk_refuses_are_counted_and_told_once_writing_works)
     rt__logw_line(&w, "stdout", "after", 5);
     rt__logw_line(&w, "stdout", "later", 5);
     CHECK_INT(w.dropped, 7);
+    /* Two more lost, and the supervisor ends before it can tell: the next
+     * one tells them. */
+    saved = dup(w.fd);
+    full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    dup2(full, w.fd);
+    rt__logw_line(&w, "stdout", "lost", 4);
+    rt__logw_line(&w, "stdout", "lost", 4);
+    dup2(saved, w.fd);
+    close(saved);
+    close(full);
+    rt__logw_close(&w);
+    CHECK_INT(rt__logw_open(&w, rdir, 1 << 20, 3), 0);
+    CHECK_INT(w.dropped, 2);
+    rt__logw_line(&w, "stdout", "next", 4);
     rt__logw_close(&w);
     char *path = xasprintf("%s/output.log", rdir);
     FILE *f = fopen(path, "re");
     CHECK(f);
-    char line[256], *got[4] = {0};
+    char line[256], *got[6] = {0};
     int n = 0;
-    while (n < 4 && fgets(line, sizeof(line), f)) {
+    while (n < 6 && fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\n")] = '\0';
         got[n++] = xstrdup(line + 24); /* after the time */
     }
     fclose(f);
-    CHECK_INT(n, 4);
+    CHECK_INT(n, 6);
     CHECK_STR(got[0], " stdout before");
     CHECK_STR(got[1], " stderr tako: 7 log lines dropped: No space left on device");
     CHECK_STR(got[2], " stdout after");
     CHECK_STR(got[3], " stdout later");
+    CHECK_STR(got[4], " stderr tako: 2 log lines dropped: No space left on device");
+    CHECK_STR(got[5], " stdout next");
     for (int i = 0; i < n; i++)
         free(got[i]);
     free(path);
