@@ -330,9 +330,15 @@ def test_local_state_disk_full(local):
     # one soon). Most of the 400 lines met the full disk (a few fit in a
     # page's slack); the crashed replica's new supervisor tells what the old
     # one could not.
-    wait_for(lambda: sum(k for _, k in notes()) >= 200, timeout=20, what="the notes")
+    def told():
+        n = notes()
+        return n if (sum(k for _, k in n) >= 200 and
+                     max([k for name, k in n if name == victim["name"]] or [0]) > 50) else None
+    try:
+        wait_for(told, timeout=20, what="the notes")
+    except TimeoutError:
+        raise AssertionError(notes())
     assert {name for name, _ in notes()} == {name for name, _ in before}
-    assert max(k for name, k in notes() if name == victim["name"]) > 50, notes()
     # (SQLite resolves /proc/PID/root to this namespace's /: ask from inside.)
     chk = m.run(["python3", "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
                  ".execute('PRAGMA integrity_check').fetchone()[0])",
