@@ -69,8 +69,8 @@ int tako_home_space(const char *home, char *err, size_t errlen)
         return 0;
     snprintf(err, errlen,
              "no space left on device: the state directory %s has %llu KB free and tako needs "
-             "at least %u KB there to start replicas; nothing was changed (free some space and "
-             "try again)",
+             "at least %u KB there to record the change and start replicas; nothing was changed "
+             "(free some space and try again)",
              home, free_kb, TAKO_HOME_MIN_FREE_KB);
     return -ENOSPC;
 }

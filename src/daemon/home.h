@@ -11,8 +11,9 @@ const char *tako_home(void);
 /* "<home>/<name>" into buf; returns buf. */
 const char *tako_home_path(const char *name, char *buf, size_t len);
 
-/* Free space the state directory must have before an operation that
- * starts replicas (their spec, state and first log lines go there). */
+/* Free space the state directory must have before an operation: its
+ * record in the store, and the spec, state and first log lines of the
+ * replicas it starts go there. */
 #define TAKO_HOME_MIN_FREE_KB 1024u
 
 /* 0 when HOME's file system has TAKO_HOME_MIN_FREE_KB free; else -ENOSPC

@@ -244,10 +244,9 @@ static void h_action(struct api_req *r, void *data)
     char err[1024];
     OP_BEGIN(r->conn);
     int rc;
-    /* What starts replicas needs room for them; stop and down free it. */
-    if ((strcmp(kind, "rollback") == 0 || strcmp(kind, "restart") == 0 ||
-         strcmp(kind, "start") == 0) &&
-        (rc = tako_home_space(d.home, err, sizeof(err))) < 0) {
+    /* Every operation records itself in the store (its lease first): on a
+     * full disk it is refused here, whole, rather than half-way. */
+    if ((rc = tako_home_space(d.home, err, sizeof(err))) < 0) {
         stream_refused(r->conn, rc, err);
         return;
     }

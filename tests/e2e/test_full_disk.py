@@ -299,6 +299,9 @@ def test_local_state_disk_full(local):
     r = m.tako("deploy")
     assert r.returncode == 1, r.stdout + r.stderr
     assert want in r.stderr, r.stderr
+    r = m.tako("down")  # cannot be recorded either: refused whole
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert want in r.stderr, r.stderr
     assert running(m) == before
     os.kill(takod, 0)  # takod is alive
     st, body, _ = http(m.port, "/")
