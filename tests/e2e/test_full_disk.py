@@ -391,13 +391,16 @@ class SmallDockerD(DockerD):
 
 
 @pytest.fixture
-def small_docker():
+def small_docker(tako):
     d = SmallDockerD("48m")
     try:
         d.start()
         d.build_whoami_static()
         yield d
     finally:
+        # takod first: it would start its containers again behind the
+        # cleanup's back.
+        kill_takod_tree(tako.home)
         d.stop()
 
 
