@@ -116,6 +116,26 @@ def test_server_setup_check_refuses_a_full_state_disk(server):
         resize_state(server, 256 * 1024)
 
 
+def test_server_takod_refuses_scale_on_a_full_disk(server):
+    """Commands that skip setup's check (scale, restart) meet takod's own on
+    the server: refused whole, naming the server and the directory."""
+    rev = revision(server)
+    resize_state(server, 0)
+    rsh(server, "cat /dev/zero > /var/lib/tako/filler 2>/dev/null; true")
+    try:
+        r = server.run("scale", "prod", "web=2")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert ("server prod (root@%s:22): no space left on device: the state directory "
+                "/var/lib/tako has 0 KB free" % server.host.ip) in r.stderr, r.stderr
+        assert serves(server) == 5
+        assert revision(server) == rev
+    finally:
+        rsh(server, "rm -f /var/lib/tako/filler")
+        resize_state(server, 256 * 1024)
+    js = json.loads(server.run("ps", "prod", "--output", "json", check=0).stdout)
+    assert len(js["services"][0]["replicas"]) == 1
+
+
 @pytest.mark.parametrize("size_mib,where", [
     pytest.param(80, "/var/lib/tako/blobs/", marks=pytest.mark.slow),  # the contents do not fit
     (40, "/var/lib/tako/apps/tiny/web/.tmp-"),  # they fit, the revision's tree does not
