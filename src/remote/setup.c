@@ -164,7 +164,8 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
         "[ -f " REMOTE_UNIT " ] && echo unit=yes && "
         "grep -qx \"EnvironmentFile=-" REMOTE_ENV_FILE "\" " REMOTE_UNIT " && echo unit_env=yes; "
-        "echo free_kb=$(df -Pk /var/lib | awk \"NR==2{print \\$4}\"); "
+        "d=/var/lib; [ -d " REMOTE_HOME " ] && d=" REMOTE_HOME "; echo free_dir=$d; "
+        "echo free_kb=$(df -Pk $d | awk \"NR==2{print \\$4}\"); "
         "%s"
         "true'",
         sudo, portcheck);
@@ -182,7 +183,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
     }
     free(eout);
     char os[64], arch[64], sum[80], systemd[8], home[8], takod[32], port[512], freekb[32],
-        unit[8], unit_env[8];
+        freedir[256], unit[8], unit_env[8];
     kv(out, "os", os, sizeof(os));
     kv(out, "arch", arch, sizeof(arch));
     kv(out, "sum", sum, sizeof(sum));
@@ -193,6 +194,8 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         takod[0] = '\0';
     kv(out, "port", port, sizeof(port));
     kv(out, "free_kb", freekb, sizeof(freekb));
+    if (!kv(out, "free_dir", freedir, sizeof(freedir)))
+        snprintf(freedir, sizeof(freedir), "/var/lib");
     kv(out, "unit", unit, sizeof(unit));
     kv(out, "unit_env", unit_env, sizeof(unit_env));
     free(out);
@@ -219,8 +222,9 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         PROBLEM("port %u is in use by another program (%s)", o->http_port, port);
     unsigned long long fk = strtoull(freekb, NULL, 10);
     if (freekb[0] && fk < SETUP_MIN_FREE_KB)
-        PROBLEM("only %llu KB free under /var/lib; tako needs at least %u KB", fk,
-                SETUP_MIN_FREE_KB);
+        PROBLEM("no space left on device: only %llu KB free in %s; tako needs at least %u KB "
+                "there for the app's files, logs and state (free some space and try again)",
+                fk, freedir, SETUP_MIN_FREE_KB);
 #undef PROBLEM
     if (pl) {
         snprintf(err, errlen, "server %s (%s) cannot run tako:%s", ssh_name(c), ssh_where(c),

@@ -102,16 +102,27 @@ static sqlite3_stmt *prep(struct store *st_, const char *sql)
     return st;
 }
 
+/* A failed write as -errno: a full disk is told apart (callers name it),
+ * the rest is an I/O error. The file is named in takod's log. */
+static int write_failed(sqlite3 *db)
+{
+    int code = sqlite3_errcode(db);
+    log_error("store: writing %s failed: %s", sqlite3_db_filename(db, "main"),
+              sqlite3_errmsg(db));
+    return code == SQLITE_FULL ? -ENOSPC : -EIO;
+}
+
 /* Run a prepared write to completion and finalize it. */
 static int step_done(struct store *st_, sqlite3_stmt *st)
 {
     struct sq_store *s = SQ(st_);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
     if (r != SQLITE_DONE) {
-        log_error("store: write failed: %s", sqlite3_errmsg(s->db));
-        return -EIO;
+        int e = write_failed(s->db); /* before finalize: it resets the error */
+        sqlite3_finalize(st);
+        return e;
     }
+    sqlite3_finalize(st);
     return 0;
 }
 
@@ -276,8 +287,9 @@ static int sq_history_begin(struct store *s, const char *project, const char *en
     sqlite3_bind_text(st, 4, revision ? revision : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, detail ? detail : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)time_wall_ms());
-    if (step_done(s, st) < 0)
-        return -EIO;
+    int rc = step_done(s, st);
+    if (rc < 0)
+        return rc;
     int64_t id = (int64_t)sqlite3_last_insert_rowid(SQ(s)->db);
     return done(cb, data, 0, &id);
 }
@@ -442,7 +454,7 @@ static int sq_lock(struct store *s, const char *key, const char *owner, const ch
     /* Read and write in one transaction: no second writer between them. */
     sqlite3 *db = SQ(s)->db;
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return -EIO;
+        return write_failed(db);
     sqlite3_stmt *st = prep(s, "SELECT owner, info, acquired_ms, expires_ms FROM leases"
                                " WHERE key = ?");
     if (!st) {
@@ -482,7 +494,11 @@ static int sq_lock(struct store *s, const char *key, const char *owner, const ch
     sqlite3_bind_int64(st, 4, (sqlite3_int64)acquired);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)(now + ttl_ms));
     int rc = step_done(s, st);
-    sqlite3_exec(db, rc < 0 ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+    /* With WAL the commit is what writes: a full disk may refuse it. */
+    if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = write_failed(db);
+    if (rc < 0 && !sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     return rc < 0 ? rc : done(cb, data, 0, NULL);
 }
 
