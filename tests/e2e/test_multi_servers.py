@@ -184,6 +184,9 @@ def test_every_hosts_balancer_reaches_all_five(cluster):
                      r"\(1 replica, healthy\)$", ps, re.M), ps
 
 
+# slow: tens of seconds of waits on ssh and health checks; the sanitizer stage
+# runs the same fan-out and peer code in this file's other tests
+@pytest.mark.slow
 def test_host_whose_link_is_cut_is_reported_and_out_of_rotation(cluster):
     a, b, c = (cluster.hosts[k] for k in "abc")
     c.cut()
@@ -210,6 +213,9 @@ def test_host_whose_link_is_cut_is_reported_and_out_of_rotation(cluster):
              interval=0.2, what="c back in rotation on a")
 
 
+# slow: tens of seconds of waits on ssh and health checks; the sanitizer stage
+# runs the same fan-out and peer code in this file's other tests
+@pytest.mark.slow
 def test_scale_five_two_five(cluster):
     with Load(80, host=cluster.hosts["b"].ip, clients=4, max_seconds=120,
               max_requests=100000) as load:
@@ -312,6 +318,9 @@ def revisions(cluster, hosts, rc=0):
             for s in ps["services"] if s["server"] in hosts}
 
 
+# slow: tens of seconds of waits on ssh and health checks; the sanitizer stage
+# runs the same fan-out and peer code in this file's other tests
+@pytest.mark.slow
 def test_unreachable_host_changes_nothing_then_skip(cluster):
     c = cluster.hosts["c"]
     before = revisions(cluster, "ab")
@@ -367,6 +376,9 @@ def test_two_servers_that_are_this_machine_refused(tmp_path):
     assert not os.path.exists(str(tmp_path / "home" / "takod.pid"))
 
 
+# slow: tens of seconds of waits on ssh and health checks; the sanitizer stage
+# runs the same fan-out and peer code in this file's other tests
+@pytest.mark.slow
 def test_a_host_that_cannot_run_tako_changes_nothing(cluster):
     """Runs after the unreachable test: c comes back as a fresh host whose
     port 80 another program holds, so preparing it fails."""
