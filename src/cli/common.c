@@ -15,6 +15,7 @@
 #include "cli/client.h"
 #include "core/sha256.h"
 #include "core/util.h"
+#include "remote/ssh.h"
 
 int cli_common_opt(struct cli_target *t, int opt, const char *arg)
 {
@@ -281,9 +282,19 @@ struct op_print {
     char message[2048];
 };
 
+/* The server an operation runs on, with several (its JSON lines say so). */
+static const char *g_op_server;
+
+void cli_op_server(const char *name)
+{
+    g_op_server = name;
+}
+
 static void on_line(json_t *line, void *data)
 {
     struct op_print *p = data;
+    if (g_op_server && json_is_object(line))
+        json_object_set_new(line, "server", json_string(g_op_server));
     const char *type = json_string_value(json_object_get(line, "type"));
     const char *msg = json_string_value(json_object_get(line, "message"));
     const char *svc = json_string_value(json_object_get(line, "service"));
@@ -374,8 +385,13 @@ int cli_run_operation_wait(const char *cmd, const char *path, json_t *body, bool
         return EXIT_FAILED;
     }
     if (!p.ok) {
+        /* Refused by a server's takod: say which server. */
+        struct ssh_conn *rc = client_remote();
+        char where[256] = "";
+        if (rc && !str_starts_with(p.message, "server "))
+            snprintf(where, sizeof(where), "server %s (%s): ", ssh_name(rc), ssh_where(rc));
         if (!json)
-            fprintf(stderr, "%s✗ %s: %s%s\n", p.color ? "\033[31m" : "", cmd, p.message,
+            fprintf(stderr, "%s✗ %s: %s%s%s\n", p.color ? "\033[31m" : "", cmd, where, p.message,
                     p.color ? "\033[0m" : "");
         if (p.status == 409)
             return EXIT_CONFLICT;

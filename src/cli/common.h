@@ -23,6 +23,22 @@ struct cli_target {
     char project_buf[128];
     struct ssh_conn *remote;          /* the environment's server; NULL = this machine */
     const struct cfg_server *server;  /* its entry in tako.yaml */
+    /* An environment with several servers (fanout.c): one entry per server of
+     * its servers:, in order; t->remote/t->server then name the one the
+     * client talks to now (cli_use_server). */
+    struct cli_server *servers;
+    size_t n_servers;
+    bool partial;         /* set by read-only commands: go on without unreachable servers */
+    const char **skip;    /* deploy --skip NAME...: not connected, not changed */
+    size_t n_skip;
+};
+
+struct cli_server {
+    const struct cfg_server *cfg;
+    struct ssh_conn *conn; /* NULL: this machine (local), or not connected */
+    bool local, skipped, owned;
+    int rc;               /* 0: reachable; else the exit status of the failed connection */
+    char error[1024];     /* why it cannot be reached */
 };
 
 /* Options every project command accepts; getopt codes 'f' 'e' 's' 'o' 'p'. */
@@ -75,6 +91,35 @@ int cli_remote_lock(struct cli_target *t, uint64_t wait_ms, int *lock_fd);
 int cli_remote_prepare(struct cli_target *t, bool quiet);
 int cli_remote_ship(struct cli_target *t, const struct cfg_service *s, json_t *config,
                     bool quiet);
+
+/* fanout.c: the environment's servers when it has more than one. */
+bool cli_multi(const struct cli_target *t);
+/* Open every server's connection (skipping --skip ones). Unreachable servers
+ * are reported; unless t->partial, any of them makes it fail with exit 3
+ * (nothing changed anywhere). Returns 0 or an exit status. */
+int cli_multi_open(struct cli_target *t);
+void cli_multi_close(struct cli_target *t);
+/* Point the client (and t->remote/t->server) at server I. */
+void cli_use_server(struct cli_target *t, size_t i);
+/* Whether server I takes part in this command (reachable, not skipped). */
+bool cli_server_active(const struct cli_target *t, size_t i);
+/* "server a (root@10.0.0.1:22)" for headers and messages. */
+const char *cli_server_label(const struct cli_target *t, size_t i, char *buf, size_t len);
+/* Run the same operation (POST PATH with BODY) on every server in order,
+ * stopping at the first that fails; the message names it and those that
+ * already changed. Returns the exit status. */
+int cli_multi_operation(struct cli_target *t, const char *path, json_t *body);
+/* The placement body fields of service S at REPLICAS for server I: sets
+ * "slot_first", "slot_stride" and "peer_replicas" in OBJ; returns the
+ * server's own count. */
+unsigned cli_place_fields(const struct cli_target *t, const struct cfg_service *s,
+                          unsigned replicas, size_t i, json_t *obj);
+/* deploy's "peers" object for server I. */
+json_t *cli_peers_json(const struct cli_target *t, size_t i);
+
+/* With several servers: the server whose operation is printed (its name
+ * is added to --output json lines); NULL: none. */
+void cli_op_server(const char *name);
 
 /* Stream an operation and print its progress; returns the exit status. */
 int cli_run_operation(const char *cmd, const char *path, json_t *body, bool json);

@@ -13,7 +13,8 @@
 #include "remote/ssh.h"
 
 const char help_deploy[] =
-    "Usage: tako deploy [ENV] [--service NAME] [--force] [-f FILE] [--output json]\n"
+    "Usage: tako deploy [ENV] [--service NAME] [--force] [--skip SERVER]... [-f FILE]\n"
+    "                   [--output json]\n"
     "\n"
     "Bring every service of the environment to its configured number of healthy\n"
     "replicas behind the load balancer, without a failed request.\n"
@@ -36,6 +37,12 @@ const char help_deploy[] =
     "not have yet; .takoignore or .dockerignore honoured), then rolls out on the\n"
     "server's takod. See docs/servers.md.\n"
     "\n"
+    "With several servers (servers: [a, b, c]), each service's replicas are spread\n"
+    "over them (placement: narrows the choice) with names unique across the\n"
+    "environment; deploy prepares, locks and sends the app to every server first,\n"
+    "and rolls out nothing anywhere when one of them fails or cannot be reached;\n"
+    "then it rolls out server by server.\n"
+    "\n"
     "Options:\n" CLI_COMMON_HELP
     "      --force          roll every replica even when nothing changed\n"
     "      --lock-wait DURATION\n"
@@ -43,18 +50,201 @@ const char help_deploy[] =
     "                       the environment to finish, and for an operation of the\n"
     "                       project that takod still runs (one whose client was\n"
     "                       interrupted, too) (default: 0, fail at once)\n"
+    "      --skip SERVER    leave this server of the environment out (repeatable):\n"
+    "                       deploy to the others when it cannot be reached\n"
     "\n"
     "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back, or the server\n"
     "cannot run tako), 2 invalid configuration or arguments, 3 takod or the server\n"
     "unreachable (or ssh refused: key, host key), 4 another operation of the project\n"
     "is running or another deploy holds the environment's lock.\n";
 
+static json_t *metrics_json(const struct cli_target *t)
+{
+    const struct cfg_env *env = t->envp;
+    if (!env->metrics_addr)
+        return json_null();
+    /* takod binds it; its error names this place in tako.yaml */
+    char where[4400];
+    snprintf(where, sizeof(where), "%s:%u:%u: environments.%s.metrics", t->cfg->path,
+             env->metrics_line, env->metrics_col, env->name);
+    return json_pack("{s:s, s:s?, s:s}", "address", env->metrics_addr, "token",
+                     env->metrics_token, "where", where);
+}
+
+/* Name the servers whose step failed, and say that nothing was rolled out. */
+static int multi_refuse(struct cli_target *t, const char *step, const int *rcs)
+{
+    int rc = 0;
+    fprintf(stderr, "tako deploy: %s failed on server", step);
+    size_t nf = 0;
+    for (size_t i = 0; i < t->n_servers; i++)
+        if (rcs[i]) {
+            fprintf(stderr, "%s %s", nf++ ? "," : "", t->servers[i].cfg->name);
+            if (!rc)
+                rc = rcs[i];
+        }
+    fprintf(stderr, "; nothing was rolled out on any server of environment %s.\n",
+            t->envp->name);
+    if (rc != EXIT_CONFLICT) {
+        fprintf(stderr, "Fix it and deploy again, or deploy to the others only with");
+        for (size_t i = 0; i < t->n_servers; i++)
+            if (rcs[i])
+                fprintf(stderr, " --skip %s", t->servers[i].cfg->name);
+        fprintf(stderr, "\n");
+    }
+    return rc;
+}
+
+/* An environment with several servers: prepare, lock and ship on every
+ * server first (any failure: nothing is rolled out anywhere), then roll
+ * out server by server, each with its share of the replicas. */
+static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
+{
+    const struct cfg_env *env = t->envp;
+    size_t n = t->n_servers;
+    int *rcs = xcalloc(n, sizeof(int));
+    int *locks = xcalloc(n, sizeof(int));
+    json_t **cfgs = xcalloc(n * (env->services_len ? env->services_len : 1), sizeof(json_t *));
+    char (*revs)[13] = xcalloc(env->services_len ? env->services_len : 1, sizeof(*revs));
+    int rc = 0;
+    for (size_t i = 0; i < n; i++)
+        locks[i] = -1;
+    for (size_t k = 0; k < env->services_len; k++) {
+        const struct cfg_service *s = &env->services[k];
+        if (!s->argv && !(s->runtime && strcmp(s->runtime, "docker") == 0)) {
+            fprintf(stderr,
+                    "tako deploy: service %s has no command; the process runtime needs "
+                    "'command' (or set runtime: docker to run its image)\n",
+                    s->name);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+    }
+    /* 1. Every server prepared (idempotent) ... */
+    bool bad = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!cli_server_active(t, i) || t->servers[i].local)
+            continue;
+        cli_use_server(t, i);
+        rcs[i] = cli_remote_prepare(t, t->json);
+        bad |= rcs[i] != 0;
+    }
+    if (bad) {
+        rc = multi_refuse(t, "preparing the server", rcs);
+        goto out;
+    }
+    /* 2. ... and locked ... */
+    for (size_t i = 0; i < n; i++) {
+        if (!cli_server_active(t, i) || t->servers[i].local)
+            continue;
+        cli_use_server(t, i);
+        rcs[i] = cli_remote_lock(t, lock_wait, &locks[i]);
+        bad |= rcs[i] != 0;
+    }
+    if (bad) {
+        rc = multi_refuse(t, "taking the deploy lock", rcs);
+        goto out;
+    }
+    /* 3. ... with every service's files: nothing runs anywhere until all arrived. */
+    for (size_t k = 0; k < env->services_len; k++) {
+        const struct cfg_service *s = &env->services[k];
+        json_t *cj = cfg_service_to_json(s);
+        cli_revision(s, cj, revs[k]);
+        for (size_t i = 0; i < n; i++) {
+            json_t *c = json_deep_copy(cj);
+            cfgs[i * env->services_len + k] = c;
+            if (!cli_server_active(t, i) || t->servers[i].local || rcs[i])
+                continue;
+            if (t->service && strcmp(t->service, s->name) != 0)
+                continue;
+            cli_use_server(t, i);
+            rcs[i] = cli_remote_ship(t, s, c, t->json);
+            bad |= rcs[i] != 0;
+        }
+        json_decref(cj);
+    }
+    if (bad) {
+        rc = multi_refuse(t, "sending the app", rcs);
+        goto out;
+    }
+    /* 4. Roll out server by server. */
+    size_t done = 0, active = 0;
+    for (size_t i = 0; i < n; i++)
+        active += cli_server_active(t, i);
+    for (size_t i = 0; i < n; i++) {
+        if (!cli_server_active(t, i))
+            continue;
+        json_t *services = json_array();
+        for (size_t k = 0; k < env->services_len; k++) {
+            const struct cfg_service *s = &env->services[k];
+            json_t *c = json_incref(cfgs[i * env->services_len + k]);
+            json_t *entry = json_pack("{s:s, s:o, s:s, s:s}", "name", s->name, "config", c,
+                                      "revision", revs[k], "source", s->build ? s->build : "");
+            unsigned mine = cli_place_fields(t, s, s->replicas, i, entry);
+            json_object_set_new(c, "replicas", json_integer(mine));
+            json_array_append_new(services, entry);
+        }
+        json_t *body = json_pack("{s:s, s:s, s:i, s:o, s:b, s:o, s:o}", "project",
+                                 t->cfg->project.name, "env", env->name, "http_port",
+                                 (int)env->http_port, "services", services, "force", force,
+                                 "metrics", metrics_json(t), "peers", cli_peers_json(t, i));
+        if (t->service)
+            json_object_set_new(body, "service", json_string(t->service));
+        cli_use_server(t, i);
+        char label[512];
+        if (!t->json)
+            printf("Deploying %s (%s) to %s [%zu/%zu] from %s\n", t->cfg->project.name,
+                   env->name, cli_server_label(t, i, label, sizeof(label)), done + 1, active,
+                   t->cfg->path);
+        fflush(stdout);
+        rc = cli_run_operation_wait("deploy", "/v1/deploy", body, t->json, lock_wait);
+        json_decref(body);
+        if (rc) {
+            fprintf(stderr, "tako deploy: the rollout failed on server %s", t->servers[i].cfg->name);
+            size_t m = 0;
+            for (size_t j = 0; j < i; j++)
+                if (cli_server_active(t, j))
+                    fprintf(stderr, "%s%s", m++ ? ", " : "; it is done on ", t->servers[j].cfg->name);
+            m = 0;
+            for (size_t j = i + 1; j < n; j++)
+                if (cli_server_active(t, j))
+                    fprintf(stderr, "%s%s", m++ ? ", " : "; not started on ",
+                            t->servers[j].cfg->name);
+            fprintf(stderr, "\n");
+            goto out;
+        }
+        done++;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (t->servers[i].skipped && !t->json)
+            printf("server %s skipped (--skip): not changed\n", t->servers[i].cfg->name);
+    if (!t->json) {
+        char *ps_argv[] = {"ps", "-f", t->cfg->path, "-e", (char *)env->name, "-a", NULL};
+        printf("\n");
+        cmd_ps(6, ps_argv);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        if (locks[i] >= 0)
+            close(locks[i]);
+    for (size_t i = 0; i < n * env->services_len; i++)
+        json_decref(cfgs[i]);
+    free(cfgs);
+    free(revs);
+    free(locks);
+    free(rcs);
+    return rc;
+}
+
 int cmd_deploy(int argc, char **argv)
 {
     static const struct option opts[] = {CLI_COMMON_OPTS,
                                          {"force", no_argument, NULL, 'F'},
                                          {"lock-wait", required_argument, NULL, 'W'},
+                                         {"skip", required_argument, NULL, 'K'},
                                          {0}};
+    const char *skip[64];
+    size_t n_skip = 0;
     struct cli_target t = {.cmd = "deploy"};
     bool force = false;
     uint64_t lock_wait = 0;
@@ -69,6 +259,11 @@ int cmd_deploy(int argc, char **argv)
             continue;
         if (o == 'F')
             force = true;
+        else if (o == 'K') {
+            if (n_skip == ARRAY_LEN(skip))
+                return cli_usage_error("deploy", "too many --skip");
+            skip[n_skip++] = optarg;
+        }
         else if (o == 'W') {
             if (parse_duration_ms(optarg, &lock_wait) < 0)
                 return cli_usage_error("deploy", "invalid --lock-wait '%s' (e.g. 30s, 5m)",
@@ -80,9 +275,20 @@ int cmd_deploy(int argc, char **argv)
         t.env = argv[optind++];
     if (optind < argc)
         return cli_usage_error("deploy", "unexpected argument '%s'", argv[optind]);
+    t.skip = skip;
+    t.n_skip = n_skip;
     int rc = cli_target_load(&t, true, true);
     if (rc)
         return rc;
+    if (n_skip && !t.servers) {
+        cli_target_free(&t);
+        return cli_usage_error("deploy", "--skip is for an environment with several servers");
+    }
+    if (t.servers) {
+        rc = deploy_multi(&t, force, lock_wait);
+        cli_target_free(&t);
+        return rc;
+    }
     const struct cfg_env *env = t.envp;
     int lock_fd = -1;
     if (t.remote) {
@@ -150,17 +356,7 @@ int cmd_deploy(int argc, char **argv)
                              "force", force);
     if (t.service)
         json_object_set_new(body, "service", json_string(t.service));
-    if (env->metrics_addr) {
-        /* takod binds it; its error names this place in tako.yaml */
-        char where[4400];
-        snprintf(where, sizeof(where), "%s:%u:%u: environments.%s.metrics", t.cfg->path,
-                 env->metrics_line, env->metrics_col, env->name);
-        json_object_set_new(body, "metrics",
-                            json_pack("{s:s, s:s?, s:s}", "address", env->metrics_addr, "token",
-                                      env->metrics_token, "where", where));
-    } else {
-        json_object_set_new(body, "metrics", json_null());
-    }
+    json_object_set_new(body, "metrics", metrics_json(&t));
     if (!t.json && t.remote)
         printf("Deploying %s (%s) to server %s (%s) from %s\n", t.cfg->project.name, env->name,
                t.server->name, ssh_where(t.remote), t.cfg->path);

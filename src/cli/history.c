@@ -20,6 +20,55 @@ const char help_history[] =
     "Options:\n" CLI_COMMON_HELP
     "  -n, --limit COUNT    at most COUNT rows (default 20)\n";
 
+static int newest_first(const void *a, const void *b)
+{
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "started_ms"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "started_ms"));
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Several servers: every server's operations in one list, newest first,
+ * each with its server; an unreachable server is said on stderr (exit 3). */
+static json_t *history_multi(struct cli_target *t, const char *path, size_t limit, int *rc)
+{
+    json_t **rows = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < t->n_servers; i++) {
+        if (t->servers[i].skipped)
+            continue;
+        if (!cli_server_active(t, i)) {
+            fprintf(stderr, "tako history: %s\n", t->servers[i].error);
+            *rc = EXIT_UNAVAIL;
+            continue;
+        }
+        cli_use_server(t, i);
+        json_t *resp = NULL;
+        int r = client_get("history", path, &resp);
+        if (r) {
+            *rc = r;
+            continue;
+        }
+        size_t k;
+        json_t *row;
+        json_array_foreach(json_object_get(resp, "history"), k, row) {
+            json_object_set_new(row, "server", json_string(t->servers[i].cfg->name));
+            rows = xrealloc(rows, (n + 1) * sizeof(*rows));
+            rows[n++] = json_incref(row);
+        }
+        json_decref(resp);
+    }
+    if (n)
+        qsort(rows, n, sizeof(*rows), newest_first);
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (i < limit)
+            json_array_append(list, rows[i]);
+        json_decref(rows[i]);
+    }
+    free(rows);
+    return json_pack("{s:o}", "history", list);
+}
+
 int cmd_history(int argc, char **argv)
 {
     static const struct option opts[] = {CLI_COMMON_OPTS, {"limit", required_argument, NULL, 'n'},
@@ -46,6 +95,7 @@ int cmd_history(int argc, char **argv)
         t.env = argv[optind++];
     if (optind < argc)
         return cli_usage_error("history", "unexpected argument '%s'", argv[optind]);
+    t.partial = true;
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
@@ -59,7 +109,14 @@ int cmd_history(int argc, char **argv)
              client_urlenc(project, a, sizeof(a)),
              t.envp ? client_urlenc(t.envp->name, b, sizeof(b)) : "", (unsigned long long)limit);
     json_t *resp = NULL;
-    if ((rc = client_get("history", path, &resp))) {
+    int width = 0;
+    if (t.servers) {
+        resp = history_multi(&t, path, (size_t)limit, &rc);
+        width = 6;
+        for (size_t i = 0; i < t.n_servers; i++)
+            if ((int)strlen(t.servers[i].cfg->name) > width)
+                width = (int)strlen(t.servers[i].cfg->name);
+    } else if ((rc = client_get("history", path, &resp))) {
         cli_target_free(&t);
         return rc;
     }
@@ -69,6 +126,8 @@ int cmd_history(int argc, char **argv)
     } else if (json_array_size(rows) == 0) {
         printf("No history for project %s yet.\n", project);
     } else {
+        if (width)
+            printf("%-*s ", width, "SERVER");
         printf("%-5s %-20s %-9s %-13s %-12s %s\n", "ID", "TIME", "KIND", "REVISION", "STATUS",
                "MESSAGE");
         size_t i;
@@ -81,6 +140,8 @@ int cmd_history(int argc, char **argv)
             strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
             const char *rev = json_string_value(json_object_get(r, "revision"));
             const char *det = json_string_value(json_object_get(r, "detail"));
+            if (width)
+                printf("%-*s ", width, json_string_value(json_object_get(r, "server")));
             printf("%-5lld %-20s %-9s %-13s %-12s %s%s%s\n",
                    (long long)json_integer_value(json_object_get(r, "id")), when,
                    json_string_value(json_object_get(r, "kind")), rev && *rev ? rev : "-",
@@ -91,5 +152,5 @@ int cmd_history(int argc, char **argv)
     }
     json_decref(resp);
     cli_target_free(&t);
-    return EXIT_OK;
+    return rc;
 }

@@ -24,6 +24,8 @@ const char help_scale[] =
     "COUNT is 0 to 1000, the limit per service (as for replicas in tako.yaml).\n"
     "Autoscaled services (replicas: {min, max, ...}) refuse a manual scale: change\n"
     "their bounds in tako.yaml.\n"
+    "With several servers, the count is spread over them like a deploy's, and\n"
+    "every server runs its share (see docs/servers.md).\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP;
 
@@ -93,6 +95,57 @@ static int need_project(struct cli_target *t)
     return 0;
 }
 
+/* Several servers: each gets its share of every count (placement), the
+ * other servers' shares and its slot numbers, one server after another. */
+static int scale_multi(struct cli_target *t, json_t *counts)
+{
+    const char *name;
+    json_t *v;
+    json_object_foreach(counts, name, v) {
+        if (!cfg_env_service(t->envp, name)) {
+            fprintf(stderr, "tako scale: environment %s has no service '%s'\n", t->envp->name,
+                    name);
+            return EXIT_USAGE;
+        }
+    }
+    char label[512];
+    for (size_t i = 0; i < t->n_servers; i++) {
+        if (!cli_server_active(t, i))
+            continue;
+        json_t *body = base_body(t);
+        json_t *local = json_object(), *peers = json_object(), *slots = json_object();
+        json_object_foreach(counts, name, v) {
+            const struct cfg_service *s = cfg_env_service(t->envp, name);
+            json_t *f = json_object();
+            unsigned mine = cli_place_fields(t, s, (unsigned)json_integer_value(v), i, f);
+            json_object_set_new(local, name, json_integer(mine));
+            json_object_set(peers, name, json_object_get(f, "peer_replicas"));
+            if (json_object_get(f, "slot_first"))
+                json_object_set_new(slots, name,
+                                    json_pack("{s:O, s:O}", "first",
+                                              json_object_get(f, "slot_first"), "stride",
+                                              json_object_get(f, "slot_stride")));
+            json_decref(f);
+        }
+        json_object_set_new(body, "counts", local);
+        json_object_set_new(body, "peer_replicas", peers);
+        json_object_set_new(body, "slots", slots);
+        cli_use_server(t, i);
+        if (!t->json)
+            printf("%s:\n", cli_server_label(t, i, label, sizeof(label)));
+        fflush(stdout);
+        int rc = cli_run_operation("scale", "/v1/scale", body, t->json);
+        json_decref(body);
+        if (rc) {
+            fprintf(stderr, "tako scale: failed on server %s; the servers before it are scaled, "
+                            "the ones after it are not: run the same scale again\n",
+                    t->servers[i].cfg->name);
+            return rc;
+        }
+    }
+    return EXIT_OK;
+}
+
 int cmd_scale(int argc, char **argv)
 {
     struct cli_target t = {.cmd = "scale"};
@@ -127,6 +180,12 @@ int cmd_scale(int argc, char **argv)
     }
     if ((rc = need_project(&t))) {
         json_decref(counts);
+        return rc;
+    }
+    if (t.servers) {
+        rc = scale_multi(&t, counts);
+        json_decref(counts);
+        cli_target_free(&t);
         return rc;
     }
     json_t *body = base_body(&t);
@@ -187,7 +246,10 @@ static int simple_action(const char *kind, int argc, char **argv, bool service_p
     json_t *body = base_body(&t);
     if (revision)
         json_object_set_new(body, "revision", json_string(revision));
-    rc = cli_run_operation(kind, path, body, t.json);
+    if (t.servers)
+        rc = cli_multi_operation(&t, path, body);
+    else
+        rc = cli_run_operation(kind, path, body, t.json);
     json_decref(body);
     cli_target_free(&t);
     return rc;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,8 @@ const char help_logs[] =
     "  scaling-web-1 | listening on 3000\n"
     "INSTANCE is a replica name (scaling-web-2) to show only that one. Logs of\n"
     "replicas that were stopped stay readable until their files are rotated away.\n"
+    "With several servers, the lines of every server are merged by time (--tail N:\n"
+    "the newest N of them all) and -f follows every server at once.\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "  -n, --tail N           the last N lines (default 100; 0 = all)\n"
@@ -39,9 +42,16 @@ const char help_logs[] =
     "$TAKO_HOME/replicas/<name>/, rotated by size: 10 MiB × 3 by default; see\n"
     "docs/runtime.md).\n";
 
+/* -f over several servers: one child per server, each following its
+ * server's stream and printing whole lines as they come. */
+static pid_t g_children[64];
+static size_t g_n_children;
+
 static void on_int(int sig)
 {
     (void)sig;
+    for (size_t i = 0; i < g_n_children; i++)
+        kill(g_children[i], SIGTERM);
     /* Every printed line was flushed already; a server's ssh connection is
      * closed and its directory removed first. */
     ssh_close_all();
@@ -126,6 +136,136 @@ static void on_logs_line(json_t *j, void *data)
     json_decref(j);
 }
 
+/* Several servers without -f: every server's lines, merged by the capture
+ * time each line starts with, the last TAIL of them (0: all). */
+struct collected {
+    char **name, **text;
+    size_t n;
+    json_t *error;
+};
+
+static void on_collect(json_t *j, void *data)
+{
+    struct collected *c = data;
+    const char *type = json_string_value(json_object_get(j, "type"));
+    if (!type && json_object_get(j, "error") && !c->error) {
+        c->error = j;
+        return;
+    }
+    const char *name = json_string_value(json_object_get(j, "name"));
+    const char *text = json_string_value(json_object_get(j, "text"));
+    if (type && strcmp(type, "line") == 0 && name && text) {
+        c->name = xrealloc(c->name, (c->n + 1) * sizeof(char *));
+        c->text = xrealloc(c->text, (c->n + 1) * sizeof(char *));
+        c->name[c->n] = xstrdup(name);
+        c->text[c->n] = xstrdup(text);
+        c->n++;
+    }
+    json_decref(j);
+}
+
+static struct collected *g_sort;
+
+static int by_time(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    const char *tx = g_sort->text[x], *ty = g_sort->text[y];
+    size_t lx = strcspn(tx, " "), ly = strcspn(ty, " ");
+    int r = strncmp(tx, ty, lx < ly ? lx : ly);
+    if (!r && lx != ly)
+        r = lx < ly ? -1 : 1;
+    return r ? r : (x < y ? -1 : x > y); /* stable: each server's own order */
+}
+
+static int logs_multi(struct cli_target *t, const char *path, uint64_t tail, bool follow,
+                      struct logs_view *v)
+{
+    int rc = EXIT_OK;
+    if (follow) {
+        fflush(stdout);
+        for (size_t i = 0; i < t->n_servers && g_n_children < ARRAY_LEN(g_children); i++) {
+            if (!cli_server_active(t, i)) {
+                if (!t->servers[i].skipped)
+                    fprintf(stderr, "tako logs: %s\n", t->servers[i].error);
+                rc = EXIT_UNAVAIL;
+                continue;
+            }
+            pid_t pid = fork();
+            if (pid == 0) {
+                /* the connections are the parent's to close */
+                signal(SIGINT, SIG_DFL);
+                signal(SIGTERM, SIG_DFL);
+                signal(SIGHUP, SIG_DFL);
+                client_use_remote(t->servers[i].conn);
+                int st = client_stream("GET", path, NULL, on_logs_line, v);
+                fflush(stdout);
+                if (st != 200)
+                    fprintf(stderr, "tako logs: server %s: the stream ended (%s)\n",
+                            t->servers[i].cfg->name, st < 0 ? strerror(-st) : "error");
+                _exit(st == 200 ? 0 : EXIT_UNAVAIL);
+            }
+            if (pid > 0)
+                g_children[g_n_children++] = pid;
+        }
+        for (size_t i = 0; i < g_n_children; i++) {
+            int st;
+            while (waitpid(g_children[i], &st, 0) == -1 && errno == EINTR)
+                ;
+            if (WIFEXITED(st) && WEXITSTATUS(st) && !rc)
+                rc = WEXITSTATUS(st);
+        }
+        return rc;
+    }
+    struct collected c = {0};
+    for (size_t i = 0; i < t->n_servers; i++) {
+        if (!cli_server_active(t, i)) {
+            if (!t->servers[i].skipped)
+                fprintf(stderr, "tako logs: %s\n", t->servers[i].error);
+            rc = EXIT_UNAVAIL;
+            continue;
+        }
+        cli_use_server(t, i);
+        int st = client_stream("GET", path, NULL, on_collect, &c);
+        if (st < 0) {
+            fprintf(stderr, "tako logs: server %s: %s\n", t->servers[i].cfg->name,
+                    strerror(-st));
+            rc = EXIT_UNAVAIL;
+        } else if (st != 200) {
+            fprintf(stderr, "tako logs: server %s: ", t->servers[i].cfg->name);
+            rc = client_report_error("logs", st, c.error);
+        }
+        json_decref(c.error);
+        c.error = NULL;
+    }
+    size_t *order = xcalloc(c.n ? c.n : 1, sizeof(size_t));
+    for (size_t i = 0; i < c.n; i++)
+        order[i] = i;
+    g_sort = &c;
+    qsort(order, c.n, sizeof(size_t), by_time);
+    size_t from = tail && c.n > tail ? c.n - tail : 0;
+    for (size_t k = from; k < c.n; k++) {
+        const char *nm = c.name[order[k]];
+        bool known = false;
+        for (size_t j = 0; j < v->n && !known; j++)
+            known = strcmp(v->names[j], nm) == 0;
+        if (!known)
+            add_source(v, nm);
+    }
+    for (size_t k = from; k < c.n; k++)
+        print_line(c.name[order[k]], c.text[order[k]], color_of(v, c.name[order[k]]), v->ts,
+                   v->width);
+    if (c.n == 0 && rc == EXIT_OK)
+        fprintf(stderr, "tako logs: no logs yet\n");
+    for (size_t i = 0; i < c.n; i++) {
+        free(c.name[i]);
+        free(c.text[i]);
+    }
+    free(c.name);
+    free(c.text);
+    free(order);
+    return rc;
+}
+
 int cmd_logs(int argc, char **argv)
 {
     static const struct option opts[] = {CLI_COMMON_OPTS,
@@ -177,6 +317,7 @@ int cmd_logs(int argc, char **argv)
         t.env = instance;
         instance = NULL;
     }
+    t.partial = true;
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
@@ -192,6 +333,15 @@ int cmd_logs(int argc, char **argv)
     if (follow) {
         signal(SIGINT, on_int);
         signal(SIGTERM, on_int);
+    }
+    if (t.servers) {
+        /* the per-server tail is the whole tail: the merge keeps the newest */
+        rc = logs_multi(&t, path, tail, follow, &v);
+        for (size_t i = 0; i < v.n; i++)
+            free(v.names[i]);
+        free(v.names);
+        cli_target_free(&t);
+        return rc;
     }
     int st = client_stream("GET", path, NULL, on_logs_line, &v);
     fflush(stdout);

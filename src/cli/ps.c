@@ -19,6 +19,9 @@ const char help_ps[] =
     "✗ down (none healthy) or ✗ stopped. A `tako scale` override is shown in NOTES;\n"
     "an autoscaled service shows current/desired (min–max), e.g. 3/4 (2–10).\n"
     "Without a tako.yaml here (and without --project) every project is listed.\n"
+    "With several servers, a SERVER column comes first, each service row is\n"
+    "followed by that server's view of its peers, and a server that cannot be\n"
+    "reached is a line saying so (exit 3; the others are still listed).\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "  -a, --instances      one row per replica: NAME PID PORT HEALTH RESTARTS\n"
@@ -98,10 +101,42 @@ static void print_certs(json_t *certs)
     }
 }
 
-static void print_services(json_t *svcs, bool multi_project, bool color)
+/* SERVER column (several servers): its width, 0 = none. */
+static int g_server_w;
+
+static void server_col(const char *name)
 {
-    printf("%s%-12s %-9s %-13s %-12s %-13s %-17s %s\n", multi_project ? "PROJECT      " : "",
-           "SERVICE", "REPLICAS", "STATUS", "PORTS", "REVISION", "STRATEGY", "NOTES");
+    if (g_server_w)
+        printf("%-*s ", g_server_w, name);
+}
+
+/* A server's view of its peers for a service (ps JSON "peers"). */
+static void print_peers(json_t *peers, const char *server, const char *service)
+{
+    if (json_array_size(peers) == 0)
+        return;
+    server_col(server);
+    printf("%s%s peers:", service ? "" : " ", service ? service : "");
+    size_t i;
+    json_t *p;
+    json_array_foreach(peers, i, p) {
+        const char *h = json_string_value(json_object_get(p, "health"));
+        printf("%s %s %s (%lld replica%s, %s)", i ? "," : "",
+               json_string_value(json_object_get(p, "server")) ?: "?",
+               json_string_value(json_object_get(p, "address")) ?: "?",
+               (long long)json_integer_value(json_object_get(p, "replicas")),
+               json_integer_value(json_object_get(p, "replicas")) == 1 ? "" : "s", h ? h : "?");
+    }
+    printf("\n");
+}
+
+static void print_services(json_t *svcs, bool multi_project, bool color, bool header)
+{
+    if (header) {
+        server_col("SERVER");
+        printf("%s%-12s %-9s %-13s %-12s %-13s %-17s %s\n", multi_project ? "PROJECT      " : "",
+               "SERVICE", "REPLICAS", "STATUS", "PORTS", "REVISION", "STRATEGY", "NOTES");
+    }
     size_t i;
     json_t *s;
     json_array_foreach(svcs, i, s) {
@@ -143,6 +178,7 @@ static void print_services(json_t *svcs, bool multi_project, bool color)
         const char *mark = status_mark(st ? st : "?", color, &on);
         char status[64];
         snprintf(status, sizeof(status), "%s %s", mark, st ? st : "?");
+        server_col(json_string_value(json_object_get(s, "server")) ?: "");
         if (multi_project)
             printf("%-12s ", json_string_value(json_object_get(s, "project")));
         /* The mark is 3 bytes wide in UTF-8 but one column on screen. */
@@ -151,12 +187,16 @@ static void print_services(json_t *svcs, bool multi_project, bool color)
                color ? "\033[0m" : "", ports, json_string_value(json_object_get(s, "revision")),
                json_string_value(json_object_get(s, "strategy")), notes);
         print_certs(json_object_get(s, "certificates"));
+        print_peers(json_object_get(s, "peers"), "", NULL);
     }
 }
 
-static void print_instances(json_t *svcs)
+static void print_instances(json_t *svcs, bool header)
 {
-    printf("%-24s %-8s %-6s %-10s %-8s %-9s %-6s %-10s %s\n", "NAME", "PID", "PORT", "HEALTH",
+    if (header)
+        server_col("SERVER");
+    if (header)
+        printf("%-24s %-8s %-6s %-10s %-8s %-9s %-6s %-10s %s\n", "NAME", "PID", "PORT", "HEALTH",
            "RESTARTS", "UPTIME", "CPU", "MEMORY", "REVISION");
     size_t i, k;
     json_t *s, *r;
@@ -176,6 +216,7 @@ static void print_instances(json_t *svcs)
                 snprintf(hs, sizeof(hs), "%s", state);
             else
                 snprintf(hs, sizeof(hs), "%s", health ? health : "?");
+            server_col(json_string_value(json_object_get(r, "server")) ?: "");
             printf("%-24s %-8lld %-6s %-10s %-8lld %-9s %-6s %-10s %s%s\n",
                    json_string_value(json_object_get(r, "name")),
                    (long long)json_integer_value(json_object_get(r, "pid")), port, hs,
@@ -191,9 +232,12 @@ static void print_instances(json_t *svcs)
 
 
 
-static void print_stats(json_t *svcs)
+static void print_stats(json_t *svcs, bool header)
 {
-    printf("%-24s %-7s %-10s %-9s %-9s %-9s %-9s %-8s %s\n", "NAME", "CPU", "MEMORY", "REQUESTS",
+    if (header)
+        server_col("SERVER");
+    if (header)
+        printf("%-24s %-7s %-10s %-9s %-9s %-9s %-9s %-8s %s\n", "NAME", "CPU", "MEMORY", "REQUESTS",
            "INFLIGHT", "P50", "P99", "2XX", "5XX");
     size_t i, k;
     json_t *s, *r;
@@ -204,6 +248,7 @@ static void print_stats(json_t *svcs)
             snprintf(cpu, sizeof(cpu), "%.1f%%", json_number_value(json_object_get(r, "cpu")));
             snprintf(p50, sizeof(p50), "%.1fms", json_number_value(json_object_get(r, "p50_ms")));
             snprintf(p99, sizeof(p99), "%.1fms", json_number_value(json_object_get(r, "p99_ms")));
+            server_col(json_string_value(json_object_get(r, "server")) ?: "");
             printf("%-24s %-7s %-10s %-9lld %-9lld %-9s %-9s %-8lld %lld\n",
                    json_string_value(json_object_get(r, "name")), cpu, mem,
                    (long long)json_integer_value(json_object_get(r, "requests")),
@@ -212,6 +257,88 @@ static void print_stats(json_t *svcs)
                    (long long)json_integer_value(json_object_get(r, "status_5xx")));
         }
     }
+}
+
+/* Several servers: every server's answer, merged, with a SERVER column; a
+ * server that cannot be reached is a line saying so (exit 3), the others
+ * are still shown. */
+static int ps_multi(struct cli_target *t, const char *path, bool stats, bool instances)
+{
+    json_t *all = json_array(), *servers = json_array();
+    int rc = EXIT_OK;
+    g_server_w = 6;
+    for (size_t i = 0; i < t->n_servers; i++)
+        if ((int)strlen(t->servers[i].cfg->name) > g_server_w)
+            g_server_w = (int)strlen(t->servers[i].cfg->name);
+    for (size_t i = 0; i < t->n_servers; i++) {
+        struct cli_server *sv = &t->servers[i];
+        if (sv->skipped)
+            continue;
+        json_t *entry = json_pack("{s:s}", "name", sv->cfg->name);
+        json_array_append_new(servers, entry);
+        if (!cli_server_active(t, i)) {
+            json_object_set_new(entry, "reachable", json_false());
+            json_object_set_new(entry, "error", json_string(sv->error));
+            rc = EXIT_UNAVAIL;
+            continue;
+        }
+        cli_use_server(t, i);
+        json_t *resp = NULL;
+        int st = client_call("GET", path, NULL, &resp);
+        if (st != 200) {
+            const char *e = json_string_value(json_object_get(resp, "error"));
+            char msg[1200];
+            snprintf(msg, sizeof(msg), "takod on server %s answered %s%s%s", sv->cfg->name,
+                     st < 0 ? strerror(-st) : "an error", e ? ": " : "", e ? e : "");
+            json_object_set_new(entry, "reachable", json_false());
+            json_object_set_new(entry, "error", json_string(msg));
+            json_decref(resp);
+            rc = st < 0 ? EXIT_UNAVAIL : EXIT_FAILED;
+            continue;
+        }
+        json_object_set_new(entry, "reachable", json_true());
+        size_t k, j;
+        json_t *s, *r;
+        json_array_foreach(json_object_get(resp, "services"), k, s) {
+            json_object_set_new(s, "server", json_string(sv->cfg->name));
+            json_array_foreach(json_object_get(s, "replicas"), j, r)
+                json_object_set_new(r, "server", json_string(sv->cfg->name));
+            json_array_append(all, s);
+        }
+        json_decref(resp);
+    }
+    if (t->json) {
+        json_t *out = json_pack("{s:o, s:o}", "services", all, "servers", servers);
+        cli_print_json(out);
+        json_decref(out);
+        return rc;
+    }
+    if (stats)
+        print_stats(all, true);
+    else if (instances)
+        print_instances(all, true);
+    else
+        print_services(all, false, cli_color(stdout), true);
+    if (instances) {
+        /* each server's view of its peers, per service */
+        size_t k;
+        json_t *s;
+        json_array_foreach(all, k, s) {
+            print_peers(json_object_get(s, "peers"),
+                        json_string_value(json_object_get(s, "server")),
+                        json_string_value(json_object_get(s, "service")));
+        }
+    }
+    size_t k;
+    json_t *e;
+    json_array_foreach(servers, k, e)
+        if (!json_is_true(json_object_get(e, "reachable"))) {
+            server_col(json_string_value(json_object_get(e, "name")));
+            printf("unreachable: %s\n", json_string_value(json_object_get(e, "error")));
+        }
+    json_decref(all);
+    json_decref(servers);
+    return rc;
 }
 
 static int ps_or_stats(int argc, char **argv, bool stats)
@@ -238,11 +365,17 @@ static int ps_or_stats(int argc, char **argv, bool stats)
         t.env = argv[optind++];
     if (optind < argc)
         return cli_usage_error(t.cmd, "unexpected argument '%s'", argv[optind]);
+    t.partial = true;
     int rc = cli_target_load(&t, false, false);
     if (rc)
         return rc;
     char q[1024], path[1100];
     snprintf(path, sizeof(path), "/v1/ps%s", cli_query(&t, q, sizeof(q)));
+    if (t.servers) {
+        rc = ps_multi(&t, path, stats, instances);
+        cli_target_free(&t);
+        return rc;
+    }
     json_t *resp = NULL;
     if ((rc = client_get(t.cmd, path, &resp))) {
         cli_target_free(&t);
@@ -269,11 +402,11 @@ static int ps_or_stats(int argc, char **argv, bool stats)
         else
             printf("Nothing deployed.\n");
     } else if (stats) {
-        print_stats(svcs);
+        print_stats(svcs, true);
     } else if (instances) {
-        print_instances(svcs);
+        print_instances(svcs, true);
     } else {
-        print_services(svcs, cli_target_project(&t) == NULL, cli_color(stdout));
+        print_services(svcs, cli_target_project(&t) == NULL, cli_color(stdout), true);
     }
     json_decref(resp);
     cli_target_free(&t);

@@ -36,6 +36,8 @@ static const struct cfg_server *remote_server(const struct cli_target *t, size_t
 
 int cli_remote_open(struct cli_target *t)
 {
+    if (cli_multi(t))
+        return cli_multi_open(t);
     size_t n;
     const struct cfg_server *s = remote_server(t, &n);
     if (!s)
@@ -45,13 +47,6 @@ int cli_remote_open(struct cli_target *t)
         /* A command run by another one (deploy shows ps): same connection. */
         t->server = s;
         return 0;
-    }
-    if (n > 1) {
-        fprintf(stderr,
-                "tako %s: environment %s lists %zu remote servers; this tako drives one server "
-                "per environment (see docs/servers.md)\n",
-                t->cmd, t->envp->name, n);
-        return EXIT_USAGE;
     }
     struct ssh_target st = {.name = s->name,
                             .host = s->host,
@@ -74,6 +69,10 @@ int cli_remote_open(struct cli_target *t)
 
 void cli_remote_close(struct cli_target *t)
 {
+    if (t->servers) {
+        cli_multi_close(t);
+        return;
+    }
     if (!t->remote)
         return;
     client_use_remote(NULL);
@@ -153,9 +152,21 @@ int cli_remote_lock(struct cli_target *t, uint64_t wait_ms, int *lock_fd)
 
 /* ---- deploy's preparation ---- */
 
+/* Whether a service of the environment runs on Docker (setup checks it). */
+static bool env_uses_docker(const struct cli_target *t)
+{
+    for (size_t i = 0; i < t->envp->services_len; i++) {
+        const char *rt = t->envp->services[i].runtime;
+        if (rt && strcmp(rt, "docker") == 0)
+            return true;
+    }
+    return false;
+}
+
 int cli_remote_prepare(struct cli_target *t, bool quiet)
 {
-    struct setup_opts so = {.http_port = t->envp->http_port, .quiet = quiet};
+    struct setup_opts so = {
+        .http_port = t->envp->http_port, .quiet = quiet, .docker = env_uses_docker(t)};
     char err[2048];
     bool changed;
     if (setup_server(t->remote, &so, &changed, err, sizeof(err)) < 0) {
@@ -211,7 +222,10 @@ const char help_setup[] =
     "is free (every problem in one message); install this tako binary at\n" REMOTE_BIN "\n"
     "when the server has none or another build (sha256-verified, atomic rename);\n"
     "create the state directory " REMOTE_HOME " (mode 0700); install and start the\n"
-    "systemd unit where systemd runs, else start takod as a detached process.\n"
+    "systemd unit where systemd runs, else start takod as a detached process,\n"
+    "both with the variables of " REMOTE_ENV_FILE " on the server (e.g. DOCKER_HOST).\n"
+    "When a service of the environment has runtime: docker, check that Docker\n"
+    "answers on the server, and say how to install it when it does not.\n"
     "Running it again changes nothing and says so. `tako deploy` does the same\n"
     "first, so running setup by hand is optional. See docs/servers.md.\n"
     "\n"
@@ -223,6 +237,23 @@ const char help_setup[] =
     "2 invalid configuration or arguments, 3 the server is unreachable or refused\n"
     "the connection (key refused, host key unknown or changed).\n";
 
+static int setup_one(struct cli_target *t)
+{
+    struct setup_opts so = {.http_port = t->envp->http_port, .docker = env_uses_docker(t)};
+    char err[2048];
+    bool changed;
+    if (setup_server(t->remote, &so, &changed, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tako setup: %s\n", err);
+        return EXIT_FAILED;
+    }
+    if (!changed)
+        printf("server %s (%s): nothing changed; tako %s is installed and takod runs\n",
+               t->server->name, ssh_where(t->remote), TAKO_VERSION);
+    else
+        printf("server %s (%s): ready\n", t->server->name, ssh_where(t->remote));
+    return EXIT_OK;
+}
+
 int cmd_setup(int argc, char **argv)
 {
     struct cli_target t = {.cmd = "setup"};
@@ -232,9 +263,30 @@ int cmd_setup(int argc, char **argv)
         return rc;
     if (pos[0])
         t.env = pos[0];
+    t.partial = true;
     rc = cli_target_load(&t, true, true);
     if (rc)
         return rc;
+    if (t.servers) {
+        /* every server that can be reached is prepared; the others are named */
+        for (size_t i = 0; i < t.n_servers; i++) {
+            if (!cli_server_active(&t, i)) {
+                fprintf(stderr, "tako setup: %s\n", t.servers[i].error);
+                rc = rc ? rc : t.servers[i].rc;
+                continue;
+            }
+            if (t.servers[i].local) {
+                printf("server %s runs on this machine: nothing to set up\n",
+                       t.servers[i].cfg->name);
+                continue;
+            }
+            cli_use_server(&t, i);
+            int r = setup_one(&t);
+            rc = rc ? rc : r;
+        }
+        cli_target_free(&t);
+        return rc;
+    }
     if (!t.remote) {
         printf("Environment %s runs on this machine: nothing to set up (takod starts on "
                "demand).\n",
@@ -242,21 +294,9 @@ int cmd_setup(int argc, char **argv)
         cli_target_free(&t);
         return EXIT_OK;
     }
-    struct setup_opts so = {.http_port = t.envp->http_port};
-    char err[2048];
-    bool changed;
-    if (setup_server(t.remote, &so, &changed, err, sizeof(err)) < 0) {
-        fprintf(stderr, "tako setup: %s\n", err);
-        cli_target_free(&t);
-        return EXIT_FAILED;
-    }
-    if (!changed)
-        printf("server %s (%s): nothing changed; tako %s is installed and takod runs\n",
-               t.server->name, ssh_where(t.remote), TAKO_VERSION);
-    else
-        printf("server %s (%s): ready\n", t.server->name, ssh_where(t.remote));
+    rc = setup_one(&t);
     cli_target_free(&t);
-    return EXIT_OK;
+    return rc;
 }
 
 int cmd_remote(int argc, char **argv)

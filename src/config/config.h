@@ -155,6 +155,15 @@ struct cfg_service {
     size_t env_len;
     enum cfg_restart restart; /* always */
     struct cfg_resources resources;
+    /* placement: which of the environment's servers may run its replicas
+     * (servers: names, labels: all must match); empty = every server. The
+     * CLI spreads replicas with cfg_place(); it is not part of the service's
+     * JSON (moving replicas is not a new revision), so cfg_service_dup and
+     * takod do not carry it. */
+    char **placement_servers; /* NULL-terminated (never NULL) */
+    size_t placement_servers_len;
+    struct cfg_kv *placement_labels;
+    size_t placement_labels_len;
 };
 
 struct cfg_server {
@@ -163,6 +172,7 @@ struct cfg_server {
     char *user;    /* "root" */
     unsigned port; /* 22 */
     char *ssh_key; /* as written (may start with ~/); NULL when not set */
+    char *address; /* where the other servers of an environment reach it: default host */
     bool strict_host_keys; /* hostKeys: strict (refuse unknown keys); default accept-new */
     struct cfg_kv *labels;
     size_t labels_len;
@@ -181,6 +191,8 @@ struct cfg_env {
     char *metrics_addr;
     char *metrics_token; /* NULL when not set */
     unsigned metrics_line, metrics_col; /* of the address, for errors found later */
+    unsigned peer_port; /* peerPort: each server's listener for its peers (8190) */
+    unsigned peer_port_line, peer_port_col; /* where it is written; 0 = default */
     struct cfg_service *services;
     size_t services_len;
 };
@@ -220,6 +232,26 @@ const struct cfg_service *cfg_env_service(const struct cfg_env *e, const char *n
 const struct cfg_server *cfg_find_server(const struct cfg_file *f, const char *name);
 /* True for hosts that mean this machine: localhost, 127.0.0.0/8, ::1. */
 bool cfg_server_is_local(const struct cfg_server *s);
+
+/* Placement of a service's replicas over its environment's servers
+ * (docs/servers.md "Several servers"). The eligible servers (the
+ * environment's servers: in order, filtered by placement) are numbered
+ * p = 0..n-1; the server at p runs replicas/n + (p < replicas%n) replicas,
+ * named from slot_first = p+1 by slot_stride = n, so names are unique over
+ * the environment (5 over a, b, c: a -1 -4, b -2 -5, c -3). */
+struct cfg_place {
+    const struct cfg_server *server; /* NULL when the name is not defined */
+    bool eligible;
+    unsigned replicas;    /* 0 for a server that is not eligible */
+    unsigned slot_first;  /* 1-based; 0 when not eligible */
+    unsigned slot_stride; /* n */
+};
+/* True when placement lets server SV run replicas of S. */
+bool cfg_server_eligible(const struct cfg_service *s, const struct cfg_server *sv);
+/* Fill OUT[i] for E->servers[i] (E->servers_len entries) with the spread of
+ * REPLICAS replicas of S. Returns n, the number of eligible servers. */
+size_t cfg_place(const struct cfg_file *f, const struct cfg_env *e, const struct cfg_service *s,
+                 unsigned replicas, struct cfg_place *out);
 
 /* The CLI's common path: load FILE (NULL = ./tako.yaml), print diagnostics to
  * ERR, select ENV. Returns 0, or -EINVAL when the file is invalid or the

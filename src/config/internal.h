@@ -22,6 +22,8 @@ struct cfg__ctx {
     const char *env_runtime;            /* the environment's runtime: while its services load */
     const yaml_node_t *env_runtime_node;
     const char *env_runtime_path;
+    const struct cfg_file *file;  /* while an environment's services load: for placement */
+    const struct cfg_env *env;
 };
 
 /* Expand ${VAR}, ${VAR:-default} and $$ in S (the value of node N at key

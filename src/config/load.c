@@ -661,6 +661,7 @@ void cfg__service_defaults(struct cfg_service *s, const char *dir)
         .stop_grace_ms = 10000,
     };
     s->proxy.domains = xcalloc(1, sizeof(char *));
+    s->placement_servers = xcalloc(1, sizeof(char *));
     s->restart = CFG_RESTART_ALWAYS;
 }
 
@@ -684,6 +685,11 @@ void cfg__service_clear(struct cfg_service *s)
     free(s->proxy.tls_key);
     free(s->proxy.acme);
     cfg__kv_free(s->env, s->env_len);
+    if (s->placement_servers)
+        for (size_t i = 0; i < s->placement_servers_len; i++)
+            free(s->placement_servers[i]);
+    free(s->placement_servers);
+    cfg__kv_free(s->placement_labels, s->placement_labels_len);
     memset(s, 0, sizeof(*s));
 }
 
@@ -1084,6 +1090,73 @@ static void load_runtime(struct cfg__ctx *c, const yaml_node_t *rn, const yaml_n
     free(df);
 }
 
+/* `placement: {servers: [a, b], labels: {zone: eu}}`: a subset of the
+ * environment's servers; at least one of them must qualify. */
+static void load_placement(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                           struct cfg_service *s)
+{
+    if (is_null(n))
+        return;
+    enum { K_SERVERS, K_LABELS };
+    static const char *const keys[] = {"servers", "labels"};
+    const yaml_node_t *v[ARRAY_LEN(keys)];
+    char *pp = kpath(path, "placement");
+    if (!walk_map(c, n, pp, keys, ARRAY_LEN(keys), v))
+        goto out;
+    set_str_list(c, v[K_SERVERS], pp, "servers", &s->placement_servers,
+                 &s->placement_servers_len);
+    if (!s->placement_servers)
+        s->placement_servers = xcalloc(1, sizeof(char *));
+    char *lp = kpath(pp, "labels");
+    struct pair *pairs;
+    size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
+    for (size_t i = 0; i < np; i++) {
+        char *val = is_null(pairs[i].vnode)
+                        ? xstrdup("")
+                        : scalar(c, pairs[i].vnode, lp, pairs[i].key, "a string");
+        if (val)
+            cfg__kv_set(&s->placement_labels, &s->placement_labels_len, pairs[i].key, val);
+        free(val);
+    }
+    pairs_free(pairs, np);
+    free(lp);
+    const struct cfg_env *e = c->env;
+    if (!e || !c->file)
+        goto out;
+    bool bad_name = false;
+    for (size_t i = 0; i < s->placement_servers_len; i++) {
+        bool in_env = false;
+        for (size_t j = 0; j < e->servers_len && !in_env; j++)
+            in_env = strcmp(e->servers[j], s->placement_servers[i]) == 0;
+        if (!in_env) {
+            char *ik = xasprintf("servers[%zu]", i);
+            const yaml_node_t *item = v[K_SERVERS];
+            if (item && item->type == YAML_SEQUENCE_NODE &&
+                (size_t)(item->data.sequence.items.top - item->data.sequence.items.start) > i)
+                item = get_node(c, item->data.sequence.items.start[i]);
+            err_key(c, item, pp, ik,
+                    "server \"%s\" is not one of environment %s's servers", 
+                    s->placement_servers[i], e->name);
+            free(ik);
+            bad_name = true;
+        }
+    }
+    if (bad_name)
+        goto out;
+    size_t eligible = 0;
+    for (size_t j = 0; j < e->servers_len; j++)
+        if (cfg_server_eligible(s, cfg_find_server(c->file, e->servers[j])))
+            eligible++;
+    if (eligible == 0)
+        err_at(c, n, pp,
+               e->servers_len ? "no server of environment %s qualifies (every label must match "
+                                "a server's labels:)"
+                              : "environment %s has no servers: to place replicas on",
+               e->name);
+out:
+    free(pp);
+}
+
 static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                          const yaml_node_t *n, const char *path, struct cfg_service *s)
 {
@@ -1103,12 +1176,14 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         K_RESTART,
         K_RESOURCES,
         K_RUNTIME,
-        K_NETWORK
+        K_NETWORK,
+        K_PLACEMENT
     };
     static const char *const keys[] = {"command", "build",        "image",       "workdir",
                                        "port",    "replicas",     "loadBalancer", "healthCheck",
                                        "deploy",  "proxy",        "env",          "envFile",
-                                       "restart", "resources",    "runtime",      "network"};
+                                       "restart", "resources",    "runtime",      "network",
+                                       "placement"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     s->name = xstrdup(name);
     cfg__service_defaults(s, c->dir);
@@ -1145,6 +1220,13 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
         s->image = NULL;
     }
     load_replicas(c, v[K_REPLICAS], path, s);
+    if (s->autoscale.enabled && c->env && c->env->servers_len > 1)
+        /* each takod would scale its own share between min and max, and the
+         * other servers' balancers would not learn the new counts */
+        err_key(c, v[K_REPLICAS], path, "replicas",
+                "autoscaling is for an environment with one server; environment %s has %zu "
+                "(give a fixed count, spread over them)",
+                c->env->name, c->env->servers_len);
 
     /* loadBalancer */
     enum { L_STRATEGY, L_HEALTH, L_COOKIE, L_MAXCONNS, L_MAXQUEUE, L_QTIMEOUT, L_BTIMEOUT, L_BRATE };
@@ -1250,6 +1332,7 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     if (!s->argv && !s->image && strcmp(s->runtime, "process") == 0)
         warn_at(c, knode, path,
                 "no command or image: the process runtime has nothing to run (add command:)");
+    load_placement(c, v[K_PLACEMENT], path, s);
 }
 
 /* ---- servers, environments, project ----------------------------------- */
@@ -1257,8 +1340,9 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
 static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                         const yaml_node_t *n, const char *path, struct cfg_server *sv)
 {
-    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS, K_HOSTKEYS };
-    static const char *const keys[] = {"host", "user", "port", "sshKey", "labels", "hostKeys"};
+    enum { K_HOST, K_USER, K_PORT, K_KEY, K_LABELS, K_HOSTKEYS, K_ADDRESS };
+    static const char *const keys[] = {"host",   "user",     "port",   "sshKey",
+                                       "labels", "hostKeys", "address"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     sv->name = xstrdup(name);
     sv->user = xstrdup("root");
@@ -1272,6 +1356,14 @@ static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t 
         err_at(c, n, path, "host is required (a name or an address)");
     else if (sv->host && (!*sv->host || strpbrk(sv->host, " \t/@")))
         err_key(c, v[K_HOST], path, "host", "invalid host \"%s\"", sv->host);
+    set_str(c, v[K_ADDRESS], path, "address", &sv->address);
+    if (sv->address && (!*sv->address || strpbrk(sv->address, " \t/@:")))
+        err_key(c, v[K_ADDRESS], path, "address",
+                "invalid address \"%s\" (a name or an IPv4 address the other servers reach "
+                "this one at; the port is the environment's peerPort)",
+                sv->address);
+    if (!sv->address && sv->host)
+        sv->address = xstrdup(sv->host);
     set_str(c, v[K_USER], path, "user", &sv->user);
     set_uint(c, v[K_PORT], path, "port", 1, 65535, &sv->port);
     set_str(c, v[K_KEY], path, "sshKey", &sv->ssh_key);
@@ -1395,12 +1487,14 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
                              const yaml_node_t *knode, const yaml_node_t *n, const char *path,
                              struct cfg_env *e)
 {
-    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME, K_METRICS };
-    static const char *const keys[] = {"servers", "services", "http", "https", "runtime", "metrics"};
+    enum { K_SERVERS, K_SERVICES, K_HTTP, K_HTTPS, K_RUNTIME, K_METRICS, K_PEERPORT };
+    static const char *const keys[] = {"servers", "services", "http",    "https",
+                                       "runtime", "metrics",  "peerPort"};
     const yaml_node_t *v[ARRAY_LEN(keys)];
     e->name = xstrdup(name);
     e->http_port = c->is_root ? 80 : 8080;
     e->https_port = c->is_root ? 443 : 8443;
+    e->peer_port = 8190;
     e->servers = xcalloc(1, sizeof(char *));
     if (!plain_name(name))
         err_at(c, knode, path, "invalid environment name \"%s\" (letters, digits, - _ .)", name);
@@ -1419,6 +1513,15 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     }
     set_uint(c, v[K_HTTP], path, "http", 1, 65535, &e->http_port);
     set_uint(c, v[K_HTTPS], path, "https", 1, 65535, &e->https_port);
+    if (set_uint(c, v[K_PEERPORT], path, "peerPort", 1, 65535, &e->peer_port) &&
+        v[K_PEERPORT]) {
+        e->peer_port_line = (unsigned)v[K_PEERPORT]->start_mark.line + 1;
+        e->peer_port_col = (unsigned)v[K_PEERPORT]->start_mark.column + 1;
+    }
+    if (e->servers_len > 1 && (e->peer_port == e->http_port || e->peer_port == e->https_port))
+        err_key(c, v[K_PEERPORT] ? v[K_PEERPORT] : n, path, "peerPort",
+                "peerPort %u is also the environment's %s port", e->peer_port,
+                e->peer_port == e->http_port ? "http" : "https");
     if (e->https_port == e->http_port)
         err_key(c, v[K_HTTPS] ? v[K_HTTPS] : v[K_HTTP], path, v[K_HTTPS] ? "https" : "http",
                 "http and https must be different ports (both %u)", e->http_port);
@@ -1435,6 +1538,8 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
 
     struct pair *pairs;
     char *sp = kpath(path, "services");
+    c->file = f;
+    c->env = e;
     size_t np = map_pairs(c, v[K_SERVICES], sp, &pairs);
     if (np == 0 && (!v[K_SERVICES] || is_null(v[K_SERVICES]) ||
                     v[K_SERVICES]->type == YAML_MAPPING_NODE))
@@ -1451,6 +1556,8 @@ static void load_environment(struct cfg__ctx *c, struct cfg_file *f, const char 
     c->env_runtime = NULL;
     c->env_runtime_node = NULL;
     c->env_runtime_path = NULL;
+    c->file = NULL;
+    c->env = NULL;
     free(erp);
     for (size_t i = 0; i < e->services_len; i++)
         e->services[i].proxy.https_port = e->https_port;
@@ -1502,6 +1609,31 @@ static void load_root(struct cfg__ctx *c, const yaml_node_t *root, struct cfg_fi
         f->envs_len++;
         free(path);
     }
+    /* Two environments on one server need two peer listeners. */
+    for (size_t i = 0; i < f->envs_len; i++)
+        for (size_t j = 0; j < i; j++) {
+            const struct cfg_env *a = &f->envs[j], *b = &f->envs[i];
+            if (a->peer_port != b->peer_port || a->servers_len < 2 || b->servers_len < 2)
+                continue;
+            const char *shared = NULL;
+            for (size_t x = 0; x < a->servers_len && !shared; x++)
+                for (size_t y = 0; y < b->servers_len && !shared; y++)
+                    if (strcmp(a->servers[x], b->servers[y]) == 0)
+                        shared = a->servers[x];
+            if (!shared)
+                continue;
+            char *kp = xasprintf("environments.%s.peerPort", b->name);
+            cfg_diag_add(c->diag, CFG_ERROR, c->name,
+                         b->peer_port_line ? b->peer_port_line
+                                           : (unsigned)pairs[i].knode->start_mark.line + 1,
+                         b->peer_port_line ? b->peer_port_col
+                                           : (unsigned)pairs[i].knode->start_mark.column + 1,
+                         kp,
+                         "environments %s and %s share server %s and peerPort %u: give one of "
+                         "them another peerPort",
+                         a->name, b->name, shared, b->peer_port);
+            free(kp);
+        }
     pairs_free(pairs, np);
 }
 
@@ -1522,6 +1654,7 @@ void cfg_free(struct cfg_file *f)
         free(s->user);
         free(s->ssh_key);
         cfg__kv_free(s->labels, s->labels_len);
+        free(s->address);
     }
     free(f->servers);
     for (size_t i = 0; i < f->envs_len; i++) {

@@ -11,4 +11,14 @@ const char *tako_home(void);
 /* "<home>/<name>" into buf; returns buf. */
 const char *tako_home_path(const char *name, char *buf, size_t len);
 
+/* Free space the state directory must have before an operation: its
+ * record in the store, and the spec, state and first log lines of the
+ * replicas it starts go there. */
+#define TAKO_HOME_MIN_FREE_KB 1024u
+
+/* 0 when HOME's file system has TAKO_HOME_MIN_FREE_KB free; else -ENOSPC
+ * with a message naming HOME and what is free in err (and refusing is
+ * better than starting replicas that cannot write their state). */
+int tako_home_space(const char *home, char *err, size_t errlen);
+
 #endif

@@ -14,9 +14,11 @@
 #include "core/ev.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "daemon/home.h"
 #include "orch/orch.h"
 #include "proxy/proxy.h"
 #include "runtime/rt.h"
+#include "runtime/rt_proc.h"
 #include "store/store.h"
 
 #define OBS_SAMPLE_MS 500     /* health transitions and rates are seen this often */
@@ -62,6 +64,7 @@ struct obs_rep {
     char health[16], phase[16], state[16], revision[64];
     unsigned index;
     uint64_t inflight, rss;
+    uint64_t log_dropped; /* lines its supervisor could not log (a full disk) */
     double cpu_pct;
     struct obs_slot ring[OBS_RING];
     struct obs_hslot hring[OBS_HRING];
@@ -292,6 +295,13 @@ static void on_replica(void *data, const struct orch_service_view *sv,
     if (x->with_stats) {
         r->cpu_pct = ri->cpu_percent;
         r->rss = ri->rss_bytes;
+        /* Read when someone reads the metrics, not on every pass: one
+         * small file per replica of the process driver. */
+        uint64_t nd = 0;
+        const char *home = tako_home();
+        if (strcmp(ri->driver, "process") == 0 && home &&
+            rt_proc_log_dropped(home, ri->name, &nd) == 0)
+            r->log_dropped = nd;
     }
     r->has_pool = sv->has_pool;
     r->present = true;
@@ -662,6 +672,16 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
         rep_labels(r, lbl, sizeof(lbl));
         sb_printf(&b, "tako_replica_cpu_seconds_total{%s} %.6f\n", lbl,
                   (double)obs_total_get(&r->rt, R_CPU_US) / 1e6);
+    }
+    family(&b, om, "tako_replica_log_lines_dropped_total", "counter",
+           "Log lines the replica's supervisor could not write (a full disk); counts from "
+           "zero when the replica's supervisor starts again.");
+    for (struct obs_rep *r = m->reps; r; r = r->next) {
+        if (!rep_shown(r))
+            continue;
+        rep_labels(r, lbl, sizeof(lbl));
+        sb_printf(&b, "tako_replica_log_lines_dropped_total{%s} %llu\n", lbl,
+                  (unsigned long long)r->log_dropped);
     }
     family(&b, om, "tako_replica_memory_bytes", "gauge",
            "Resident memory of the replica's processes.");

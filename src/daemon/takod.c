@@ -70,6 +70,7 @@ static int status_of(int rc)
     case -EBUSY: return 409;
     case -EEXIST: return 409;
     case -ENOENT: return 404;
+    case -ENOSPC: return 507; /* Insufficient Storage: the command failed, not its input */
     default: return 400;
     }
 }
@@ -126,6 +127,13 @@ static void h_version(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, v);
 }
 
+/* An optional field of a request: null is the same as absent. */
+static json_t *opt_field(json_t *j, const char *key)
+{
+    json_t *v = json_object_get(j, key);
+    return json_is_null(v) ? NULL : v;
+}
+
 static void h_deploy(struct api_req *r, void *data)
 {
     (void)data;
@@ -143,6 +151,9 @@ static void h_deploy(struct api_req *r, void *data)
         items[i].config = json_object_get(it, "config");
         items[i].revision = json_string_value(json_object_get(it, "revision"));
         items[i].source = json_string_value(json_object_get(it, "source"));
+        items[i].slot_first = opt_field(it, "slot_first");
+        items[i].slot_stride = opt_field(it, "slot_stride");
+        items[i].peer_replicas = opt_field(it, "peer_replicas");
         if (!items[i].name || !items[i].config || !items[i].revision) {
             free(items);
             api_reply_error(r->conn, 400, "services[%zu]: needs name, config and revision", i);
@@ -159,8 +170,17 @@ static void h_deploy(struct api_req *r, void *data)
         .force = json_is_true(json_object_get(r->body, "force")),
         .prune = !json_is_false(json_object_get(r->body, "prune")),
         .only_service = body_str(r, "service"),
+        .peers = opt_field(r->body, "peers"),
     };
     char err[1024];
+    /* A full state disk refuses the deploy before anything changes. */
+    int src = tako_home_space(d.home, err, sizeof(err));
+    if (src < 0) {
+        free(items);
+        OP_BEGIN(r->conn);
+        stream_refused(r->conn, src, err);
+        return;
+    }
     /* `metrics:` first: an address in use or not allowed refuses the deploy
      * before anything changes; a deploy refused later puts the old one back. */
     json_t *mj = json_object_get(r->body, "metrics");
@@ -212,8 +232,14 @@ static void h_scale(struct api_req *r, void *data)
     }
     char err[1024];
     OP_BEGIN(r->conn);
-    int rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
-                        progress, r->conn, err, sizeof(err));
+    int rc = tako_home_space(d.home, err, sizeof(err));
+    if (rc < 0) {
+        stream_refused(r->conn, rc, err);
+        return;
+    }
+    rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
+                    opt_field(r->body, "peer_replicas"), opt_field(r->body, "slots"), progress,
+                    r->conn, err, sizeof(err));
     if (rc < 0)
         stream_refused(r->conn, rc, err);
 }
@@ -230,6 +256,12 @@ static void h_action(struct api_req *r, void *data)
     char err[1024];
     OP_BEGIN(r->conn);
     int rc;
+    /* Every operation records itself in the store (its lease first): on a
+     * full disk it is refused here, whole, rather than half-way. */
+    if ((rc = tako_home_space(d.home, err, sizeof(err))) < 0) {
+        stream_refused(r->conn, rc, err);
+        return;
+    }
     if (strcmp(kind, "rollback") == 0)
         rc = orch_rollback(d.orch, project, body_str(r, "env"), body_str(r, "service"),
                            body_str(r, "revision"), progress, r->conn, err, sizeof(err));

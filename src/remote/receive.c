@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,6 +93,48 @@ static int fail(const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return 1;
+}
+
+/* A write of SIZE bytes (0: a directory, a link) that failed: the path and
+ * the cause; a full disk says so in words, with the file's size and what is
+ * free, so the user knows how much to clean up. */
+static int fail_io_sized(const char *home, const char *path, int err, unsigned long long size)
+{
+    if (err == ENOSPC || err == EDQUOT) {
+        struct statvfs vf;
+        unsigned long long free_kb = 0;
+        if (statvfs(home, &vf) == 0)
+            free_kb = (unsigned long long)vf.f_bavail * vf.f_frsize / 1024;
+        char what[64] = "";
+        if (size)
+            snprintf(what, sizeof(what), "a file of %llu KB; ", (size + 1023) / 1024);
+        return fail("no space left on device: writing %s (%s%s has %llu KB free); nothing was "
+                    "changed: free some space on the server and deploy again",
+                    path, what, home, free_kb);
+    }
+    return fail("%s: %s", path, strerror(err));
+}
+
+static int fail_io(const char *home, const char *path, int err)
+{
+    return fail_io_sized(home, path, err, 0);
+}
+
+/* Write all of buf; -errno (ENOSPC for a short write on a full disk). */
+static int write_full(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        if (w == 0)
+            return -ENOSPC;
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
 }
 
 static char *read_file(const char *p, size_t *len)
@@ -260,15 +303,14 @@ static int copy_blob(const char *src, const char *dst, mode_t mode)
     ssize_t k;
     int rc = 0;
     while ((k = read(in, buf, sizeof(buf))) > 0)
-        if (write(out, buf, (size_t)k) != k) {
-            rc = -EIO;
+        if ((rc = write_full(out, buf, (size_t)k)) < 0)
             break;
-        }
     if (k < 0)
         rc = -errno;
     fchmod(out, mode); /* exact mode, whatever the umask */
     close(in);
-    close(out);
+    if (close(out) == -1 && rc == 0)
+        rc = -errno;
     return rc;
 }
 
@@ -332,8 +374,8 @@ static void prune_trees(const char *sdir)
     free(t);
 }
 
-/* Contents no kept manifest names are collected. */
-static void gc_blobs(const char *home)
+/* Every content id a kept manifest names, one a line (malloc'd). */
+static char *referenced_blobs(const char *home)
 {
     char *list = NULL;
     size_t len = 0;
@@ -378,6 +420,13 @@ static void gc_blobs(const char *home)
     if (pd)
         closedir(pd);
     fclose(m);
+    return list;
+}
+
+/* Contents no kept manifest names are collected. */
+static void gc_blobs(const char *home)
+{
+    char *list = referenced_blobs(home);
     char blobs[4200];
     snprintf(blobs, sizeof(blobs), "%s/blobs", home);
     DIR *bd = opendir(blobs);
@@ -408,15 +457,22 @@ static void gc_blobs(const char *home)
     free(list);
 }
 
-/* Store one blob of SIZE bytes from stdin, verifying its hash. */
-static int store_blob(const char *home, const char *sha, unsigned long long size)
+/* Store one blob of SIZE bytes from stdin, verifying its hash. The file
+ * being written (or the one that failed) goes to where[]; a failed blob
+ * leaves nothing behind. *fresh: the blob was not there before. */
+static int store_blob(const char *home, const char *sha, unsigned long long size, char *where,
+                      size_t wlen, bool *fresh)
 {
     char bp[4096], dir[4096], tmp[4200];
     blob_path(home, sha, bp, sizeof(bp));
     snprintf(dir, sizeof(dir), "%s/blobs/%.2s", home, sha);
-    if (mkdirs(dir, 0700) < 0)
-        return -errno;
+    snprintf(where, wlen, "%s", dir);
+    int r = mkdirs(dir, 0700);
+    if (r < 0)
+        return r;
+    *fresh = access(bp, F_OK) != 0;
     snprintf(tmp, sizeof(tmp), "%s/.tmp-%d", dir, (int)getpid());
+    snprintf(where, wlen, "%s", tmp);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
@@ -430,95 +486,86 @@ static int store_blob(const char *home, const char *sha, unsigned long long size
         if (k == 0)
             break;
         sha256_update(&h, buf, k);
-        if (write(fd, buf, k) != (ssize_t)k) {
+        if ((r = write_full(fd, buf, k)) < 0) {
             close(fd);
             unlink(tmp);
-            return -EIO;
+            return r;
         }
         left -= k;
     }
-    close(fd);
+    /* tmpfs and some file systems report a full disk only at close. */
+    if (close(fd) == -1) {
+        r = -errno;
+        unlink(tmp);
+        return r;
+    }
     char hex[65];
     sha256_hex(&h, hex);
     if (left || strcmp(hex, sha) != 0) {
         unlink(tmp);
         return -EBADMSG;
     }
-    return rename(tmp, bp) == 0 ? 0 : -errno;
+    snprintf(where, wlen, "%s", bp);
+    if (rename(tmp, bp) == -1) {
+        r = -errno;
+        unlink(tmp);
+        return r;
+    }
+    return 0;
 }
 
-/* receive PROJECT SERVICE TREE < pack: store the blobs, build the tree from
- * the manifest in a temporary directory, rename it into place. */
-static int r_receive(const char *home, char **argv)
+/* Blobs a failed receive stored: removed again, so a deploy that did not
+ * fit leaves the disk as it found it. */
+struct fresh_blobs {
+    char (*sha)[65];
+    size_t n;
+};
+
+static void fresh_add(struct fresh_blobs *f, const char *sha)
 {
-    if (!safe_name(argv[0]) || !safe_name(argv[1]) || !safe_hex(argv[2], 16))
-        return fail("receive: bad arguments %s %s", argv[0], argv[1]);
-    char line[8192];
-    if (!fgets(line, sizeof(line), stdin) || strcmp(line, "TAKO-PACK 1\n") != 0)
-        return fail("receive: not a tako pack");
-    char *man = NULL;
-    size_t mlen = 0;
-    while (fgets(line, sizeof(line), stdin)) {
-        char sha[80];
-        unsigned long long size;
-        if (sscanf(line, "B %79s %llu", sha, &size) == 2) {
-            if (!safe_hex(sha, 64))
-                return fail("receive: bad blob name %s", sha);
-            int r = store_blob(home, sha, size);
-            if (r < 0)
-                return fail("receive: storing %s: %s", sha, strerror(-r));
-        } else if (sscanf(line, "D %79s %zu", sha, &mlen) == 2) {
-            char *delta = xmalloc(mlen + 1);
-            if (fread(delta, 1, mlen, stdin) != mlen) {
-                free(delta);
-                return fail("receive: delta cut short");
-            }
-            delta[mlen] = '\0';
-            char sd[4096];
-            snprintf(sd, sizeof(sd), "%s/apps/%s/%s", home, argv[0], argv[1]);
-            man = apply_delta(sd, sha, delta, &mlen);
-            free(delta);
-            if (!man)
-                return fail("receive: base tree %s is gone; deploy again", sha);
-            break;
-        } else if (sscanf(line, "M %zu", &mlen) == 1) {
-            man = xmalloc(mlen + 1);
-            if (fread(man, 1, mlen, stdin) != mlen) {
-                free(man);
-                return fail("receive: manifest cut short");
-            }
-            man[mlen] = '\0';
-            break;
-        } else {
-            return fail("receive: unexpected line in the pack: %s", line);
-        }
+    f->sha = xrealloc(f->sha, (f->n + 1) * sizeof(*f->sha));
+    snprintf(f->sha[f->n++], 65, "%s", sha);
+}
+
+static void fresh_drop(const char *home, struct fresh_blobs *f, bool remove_them)
+{
+    /* One another deploy's tree came to name meanwhile stays. */
+    char *list = remove_them && f->n ? referenced_blobs(home) : NULL;
+    for (size_t i = 0; remove_them && i < f->n; i++) {
+        char bp[4096], needle[80];
+        snprintf(needle, sizeof(needle), "%s\n", f->sha[i]);
+        if (list && strstr(list, needle))
+            continue;
+        blob_path(home, f->sha[i], bp, sizeof(bp));
+        unlink(bp);
     }
-    if (!man)
-        return fail("receive: no manifest");
-    struct sha256 h;
-    sha256_init(&h);
-    sha256_update(&h, man, mlen);
-    char tid[65];
-    sha256_hex(&h, tid);
-    if (strncmp(tid, argv[2], 16) != 0) {
-        free(man);
-        return fail("receive: the manifest does not match tree %s", argv[2]);
-    }
-    char sdir[4096], tmp[4300], tree[4300];
-    snprintf(sdir, sizeof(sdir), "%s/apps/%s/%s", home, argv[0], argv[1]);
-    if (mkdirs(sdir, 0700) < 0) {
-        free(man);
-        return fail("receive: %s: %s", sdir, strerror(errno));
-    }
-    snprintf(tmp, sizeof(tmp), "%s/.tmp-%s-%d", sdir, argv[2], (int)getpid());
-    snprintf(tree, sizeof(tree), "%s/%s", sdir, argv[2]);
-    rm_rf(tmp);
-    int rc = 0;
-    if (mkdir(tmp, 0755) == -1) {
-        free(man);
-        return fail("receive: %s: %s", tmp, strerror(errno));
-    }
-    for (char *l = man; *l && rc == 0;) {
+    free(list);
+    free(f->sha);
+    f->sha = NULL;
+    f->n = 0;
+}
+
+/* Write the manifest next to the temporary tree; -errno. */
+static int write_manifest(const char *path, const char *man, size_t mlen)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int r = write_full(fd, man, mlen);
+    if (close(fd) == -1 && r == 0)
+        r = -errno;
+    return r;
+}
+
+/* Build tree TREE from manifest MAN in the temporary directory TMP and
+ * rename both into place. Returns the exit status; TMP is left for the
+ * caller to remove. */
+static int build_tree(const char *home, char *man, size_t mlen, const char *tmp,
+                      const char *tree)
+{
+    if (mkdir(tmp, 0755) == -1)
+        return fail_io(home, tmp, errno);
+    for (char *l = man; *l;) {
         char *nl = strchr(l, '\n');
         if (nl)
             *nl = '\0';
@@ -527,30 +574,29 @@ static int r_receive(const char *home, char **argv)
         char sha[4200];
         unsigned long long size;
         int off = 0;
+        int rc = 0;
         if (sscanf(l, "%c %o %4199s %llu %n", &type, &mode, sha, &size, &off) < 4 || !off ||
             !safe_rel(l + off)) {
             rc = fail("receive: bad manifest line: %s", l);
             if (nl)
                 *nl = '\n';
-            break;
+            return rc;
         }
         char dst[8600];
         snprintf(dst, sizeof(dst), "%s/%s", tmp, l + off);
         if (type == 'd') {
             if (mkdir(dst, 0700) == -1 && errno != EEXIST)
-                rc = fail("receive: %s: %s", dst, strerror(errno));
+                rc = fail_io(home, dst, errno);
             else
                 chmod(dst, mode & 07777);
         } else if (type == 'f') {
             char bp[4096];
-            if (!safe_hex(sha, 64)) {
+            if (!safe_hex(sha, 64))
                 rc = fail("receive: bad content id %s", sha);
-                break;
-            }
             blob_path(home, sha, bp, sizeof(bp));
-            int r = copy_blob(bp, dst, mode & 07777);
+            int r = rc ? 0 : copy_blob(bp, dst, mode & 07777);
             if (r < 0)
-                rc = fail("receive: %s: %s", l + off, strerror(-r));
+                rc = fail_io_sized(home, dst, -r, size);
         } else if (type == 'l') {
             char target[2100];
             size_t tl = strlen(sha) / 2;
@@ -563,26 +609,124 @@ static int r_receive(const char *home, char **argv)
             }
             target[tl] = '\0';
             if (symlink(target, dst) == -1)
-                rc = fail("receive: %s: %s", l + off, strerror(errno));
+                rc = fail_io(home, dst, errno);
         }
         if (nl)
             *nl = '\n'; /* man is written out whole below */
+        if (rc)
+            return rc;
         l = nl ? nl + 1 : l + strlen(l);
     }
-    if (rc == 0) {
-        char mp[4400], mtmp[4500];
-        snprintf(mp, sizeof(mp), "%s.manifest", tree);
-        snprintf(mtmp, sizeof(mtmp), "%s.tmp", tmp);
-        FILE *mf = fopen(mtmp, "we");
-        if (!mf || fwrite(man, 1, mlen, mf) != mlen || fclose(mf) != 0)
-            rc = fail("receive: %s: %s", mtmp, strerror(errno));
-        else if (rename(tmp, tree) == -1 && errno != EEXIST && errno != ENOTEMPTY)
-            rc = fail("receive: %s: %s", tree, strerror(errno));
-        else if (rename(mtmp, mp) == -1)
-            rc = fail("receive: %s: %s", mp, strerror(errno));
+    char mp[4400], mtmp[4500];
+    snprintf(mp, sizeof(mp), "%s.manifest", tree);
+    snprintf(mtmp, sizeof(mtmp), "%s.tmp", tmp);
+    int r = write_manifest(mtmp, man, mlen);
+    if (r < 0) {
+        unlink(mtmp);
+        return fail_io(home, mtmp, -r);
     }
+    /* The tree first, its manifest last: a manifest always names a whole tree. */
+    if (rename(tmp, tree) == -1 && errno != EEXIST && errno != ENOTEMPTY) {
+        int e = errno;
+        unlink(mtmp);
+        return fail_io(home, tree, e);
+    }
+    if (rename(mtmp, mp) == -1) {
+        int e = errno;
+        unlink(mtmp);
+        return fail_io(home, mp, e);
+    }
+    return 0;
+}
+
+/* Read the pack's blobs (stored, each noted in fresh when new) up to its
+ * manifest, which goes to *man. Returns the exit status. */
+static int read_pack(const char *home, char **argv, struct fresh_blobs *fresh, char **man,
+                     size_t *mlen)
+{
+    char line[8192];
+    if (!fgets(line, sizeof(line), stdin) || strcmp(line, "TAKO-PACK 1\n") != 0)
+        return fail("receive: not a tako pack");
+    while (fgets(line, sizeof(line), stdin)) {
+        char sha[80];
+        unsigned long long size;
+        if (sscanf(line, "B %79s %llu", sha, &size) == 2) {
+            if (!safe_hex(sha, 64))
+                return fail("receive: bad blob name %s", sha);
+            char where[4300];
+            bool is_new = false;
+            int r = store_blob(home, sha, size, where, sizeof(where), &is_new);
+            if (r == -EBADMSG)
+                return fail("receive: content %s was cut short or does not match its hash", sha);
+            if (r < 0)
+                return fail_io_sized(home, where, -r, size);
+            if (is_new)
+                fresh_add(fresh, sha);
+        } else if (sscanf(line, "D %79s %zu", sha, mlen) == 2) {
+            char *delta = xmalloc(*mlen + 1);
+            if (fread(delta, 1, *mlen, stdin) != *mlen) {
+                free(delta);
+                return fail("receive: delta cut short");
+            }
+            delta[*mlen] = '\0';
+            char sd[4096];
+            snprintf(sd, sizeof(sd), "%s/apps/%s/%s", home, argv[0], argv[1]);
+            *man = apply_delta(sd, sha, delta, mlen);
+            free(delta);
+            if (!*man)
+                return fail("receive: base tree %s is gone; deploy again", sha);
+            return 0;
+        } else if (sscanf(line, "M %zu", mlen) == 1) {
+            *man = xmalloc(*mlen + 1);
+            if (fread(*man, 1, *mlen, stdin) != *mlen)
+                return fail("receive: manifest cut short");
+            (*man)[*mlen] = '\0';
+            return 0;
+        } else {
+            return fail("receive: unexpected line in the pack: %s", line);
+        }
+    }
+    return fail("receive: no manifest");
+}
+
+/* receive PROJECT SERVICE TREE < pack: store the blobs, build the tree from
+ * the manifest in a temporary directory, rename it into place. A receive
+ * that fails (a full disk, a cut connection) removes what it wrote: the
+ * temporary tree and the contents it stored that no tree names. */
+static int r_receive(const char *home, char **argv)
+{
+    if (!safe_name(argv[0]) || !safe_name(argv[1]) || !safe_hex(argv[2], 16))
+        return fail("receive: bad arguments %s %s", argv[0], argv[1]);
+    struct fresh_blobs fresh = {0};
+    char *man = NULL;
+    size_t mlen = 0;
+    char sdir[4096], tmp[4300] = "", tree[4300];
+    snprintf(sdir, sizeof(sdir), "%s/apps/%s/%s", home, argv[0], argv[1]);
+    snprintf(tree, sizeof(tree), "%s/%s", sdir, argv[2]);
+    int rc = read_pack(home, argv, &fresh, &man, &mlen);
+    if (rc)
+        goto out;
+    struct sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, man, mlen);
+    char tid[65];
+    sha256_hex(&h, tid);
+    if (strncmp(tid, argv[2], 16) != 0) {
+        rc = fail("receive: the manifest does not match tree %s", argv[2]);
+        goto out;
+    }
+    int r = mkdirs(sdir, 0700);
+    if (r < 0) {
+        rc = fail_io(home, sdir, -r);
+        goto out;
+    }
+    snprintf(tmp, sizeof(tmp), "%s/.tmp-%s-%d", sdir, argv[2], (int)getpid());
     rm_rf(tmp);
+    rc = build_tree(home, man, mlen, tmp, tree);
+    rm_rf(tmp);
+out:
     free(man);
+    fresh_drop(home, &fresh, rc != 0);
     if (rc)
         return rc;
     prune_trees(sdir);
@@ -653,7 +797,9 @@ int remote_main(int argc, char **argv)
         return r_receive(home, argv + 2);
     if (argc == 6 && strcmp(argv[1], "lock") == 0)
         return r_lock(home, argv + 2);
+    if (argc == 2 && strcmp(argv[1], "docker") == 0)
+        return remote_docker_check();
     fprintf(stderr, "tako remote: internal command; usage: have|receive P S TREE, "
-                    "lock P ENV WAIT_MS HOLDER\n");
+                    "lock P ENV WAIT_MS HOLDER, docker\n");
     return 2;
 }

@@ -295,16 +295,19 @@ static int write_all(int fd, const void *p, size_t n)
         ssize_t w = write(fd, c, n);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (w < 0)
             return -errno;
+        if (w == 0)
+            return -ENOSPC;
         c += w;
         n -= (size_t)w;
     }
     return 0;
 }
 
-/* Copy a file's bytes into the pack; fails when it changed under us. */
-static int pack_file(int out, const char *path, unsigned long long size)
+/* Copy a file's bytes into the pack; fails when it changed under us
+ * (-EAGAIN), cannot be read, or the pack cannot grow (*wfail set). */
+static int pack_file(int out, const char *path, unsigned long long size, bool *wfail)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -317,9 +320,11 @@ static int pack_file(int out, const char *path, unsigned long long size)
             close(fd);
             return k < 0 ? -errno : -EAGAIN;
         }
-        if (write_all(out, buf, (size_t)k) < 0) {
+        int w = write_all(out, buf, (size_t)k);
+        if (w < 0) {
             close(fd);
-            return -errno;
+            *wfail = true;
+            return w;
         }
         left -= (unsigned long long)k;
     }
@@ -400,9 +405,13 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
     }
     /* 2: a pack of the contents the base lacks, each once, then the
      * manifest: whole, or as a delta against the base. */
+    /* The pack lives in memory (a memfd): what cannot be written there
+     * (out of memory) fails the ship here, before anything is sent. */
+    int pk = 0;
     pfd = memfd_create("tako-pack", MFD_CLOEXEC);
-    dprintf(pfd, "TAKO-PACK 1\n");
-    for (size_t i = 0; i < w.n; i++) {
+    if (pfd < 0 || dprintf(pfd, "TAKO-PACK 1\n") < 0)
+        pk = -errno;
+    for (size_t i = 0; i < w.n && pk == 0; i++) {
         struct entry *e = &w.e[i];
         if (e->type != 'f')
             continue;
@@ -416,9 +425,19 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
             continue;
         char ap[4096];
         snprintf(ap, sizeof(ap), "%s/%s", dir, e->path);
-        dprintf(pfd, "B %s %llu\n", e->sha, e->size);
-        if (pack_file(pfd, ap, e->size) < 0) {
-            snprintf(err, errlen, "%s: changed while being sent, or unreadable", ap);
+        bool wfail = false;
+        int pr = dprintf(pfd, "B %s %llu\n", e->sha, e->size) < 0 ? (wfail = true, -errno)
+                                                                  : pack_file(pfd, ap, e->size,
+                                                                              &wfail);
+        if (pr < 0 && wfail) {
+            pk = pr;
+            break;
+        }
+        if (pr < 0) {
+            if (pr == -EAGAIN)
+                snprintf(err, errlen, "%s: changed while being sent", ap);
+            else
+                snprintf(err, errlen, "%s: %s", ap, strerror(-pr));
             for (size_t k = 0; k < nbsha; k++)
                 free(bsha[k]);
             free(bsha);
@@ -428,7 +447,9 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
         st->sent_files++;
         st->sent_bytes += e->size;
     }
-    if (base[0]) {
+    if (pk < 0) {
+        /* nothing more goes into a pack that cannot grow */
+    } else if (base[0]) {
         char *delta = NULL;
         size_t dlen = 0;
         FILE *m = open_memstream(&delta, &dlen);
@@ -444,17 +465,26 @@ int ship_tree(struct ssh_conn *c, const char *project, const char *service, cons
                 i++, j++;
         }
         fclose(m);
-        dprintf(pfd, "D %s %zu\n", base, dlen);
-        write_all(pfd, delta, dlen);
+        if (dprintf(pfd, "D %s %zu\n", base, dlen) < 0)
+            pk = -errno;
+        else
+            pk = write_all(pfd, delta, dlen);
         free(delta);
     } else {
-        dprintf(pfd, "M %zu\n", mlen);
-        write_all(pfd, man, mlen);
+        if (dprintf(pfd, "M %zu\n", mlen) < 0)
+            pk = -errno;
+        else
+            pk = write_all(pfd, man, mlen);
     }
     for (size_t k = 0; k < nbsha; k++)
         free(bsha[k]);
     free(bsha);
     free(bl);
+    if (pk < 0) {
+        snprintf(err, errlen, "cannot build the pack of files to send in memory: %s",
+                 strerror(-pk));
+        goto out;
+    }
     lseek(pfd, 0, SEEK_SET);
     free(out);
     free(eout);

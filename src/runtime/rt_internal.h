@@ -69,9 +69,16 @@ struct rt__logw {
     int fd;
     uint64_t size, max_bytes;
     unsigned files;
+    /* Lines that could not be written (a full disk): counted, and told in
+     * the log by one line once writing works again. */
+    uint64_t dropped, dropped_told;
+    int drop_errno;
+    int count_fd; /* DIR/log_dropped: the count, for takod's metrics */
 };
 int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files);
-/* Write one line (text without newline) for stream "stdout"/"stderr". */
+/* Write one line (text without newline) for stream "stdout"/"stderr". A
+ * line the disk refuses is dropped and counted (w->dropped), never waited
+ * for: the app's pipes keep flowing. */
 void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len);
 void rt__logw_close(struct rt__logw *w);
 /* The text of the last logged line (without time and stream) into buf,

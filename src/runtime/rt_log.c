@@ -16,6 +16,13 @@
 #include "runtime/rt_internal.h"
 
 #define LOG_BASENAME "output.log"
+/* The count of lines a full disk refused, of those already told in the
+ * log, and why: "DROPPED TOLD ERRNO\n", rewritten in place (fixed width: the file keeps its
+ * one block, so updating it needs no free space). A supervisor that ends
+ * before it could tell them leaves them to the next one. */
+#define DROPPED_BASENAME "log_dropped"
+#define DROPPED_NUM 20
+#define DROPPED_WIDTH (2 * DROPPED_NUM + 7)
 
 void rt__fmt_time(uint64_t wall_ms, char buf[32])
 {
@@ -50,9 +57,12 @@ static char *rotated_path(const char *base, unsigned i)
     return i ? xasprintf("%s.%u", base, i) : xstrdup(base);
 }
 
+static int count_save(struct rt__logw *w);
+
 int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsigned files)
 {
     memset(w, 0, sizeof(*w));
+    w->count_fd = -1;
     w->path = xasprintf("%s/" LOG_BASENAME, dir);
     w->max_bytes = max_bytes ? max_bytes : RT_DEFAULT_LOG_MAX;
     w->files = files ? files : RT_DEFAULT_LOG_FILES;
@@ -66,6 +76,61 @@ int rt__logw_open(struct rt__logw *w, const char *dir, uint64_t max_bytes, unsig
     }
     struct stat sb;
     w->size = fstat(w->fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    /* Made while there is room. Lines the previous supervisor could not
+     * tell about are this one's to tell; otherwise it counts from zero. */
+    char *cp = xasprintf("%s/" DROPPED_BASENAME, dir);
+    w->count_fd = open(cp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(cp);
+    if (w->count_fd >= 0) {
+        char buf[DROPPED_WIDTH + 1];
+        unsigned long long d = 0, t = 0;
+        int e = 0;
+        ssize_t k = pread(w->count_fd, buf, DROPPED_WIDTH, 0);
+        if (k == DROPPED_WIDTH) {
+            buf[k] = '\0';
+            if (sscanf(buf, "%llu %llu %d", &d, &t, &e) == 3 && d > t) {
+                w->dropped = d - t;
+                w->drop_errno = e;
+            }
+        }
+        if (count_save(w) < 0) {
+            close(w->count_fd);
+            w->count_fd = -1;
+        }
+    }
+    return 0;
+}
+
+static int count_save(struct rt__logw *w)
+{
+    if (w->count_fd < 0)
+        return 0;
+    char buf[DROPPED_WIDTH + 1];
+    snprintf(buf, sizeof(buf), "%0*llu %0*llu %04d\n", DROPPED_NUM,
+             (unsigned long long)w->dropped, DROPPED_NUM, (unsigned long long)w->dropped_told,
+             w->drop_errno > 0 && w->drop_errno < 10000 ? w->drop_errno : 0);
+    return pwrite(w->count_fd, buf, DROPPED_WIDTH, 0) == DROPPED_WIDTH ? 0 : -EIO;
+}
+
+static void count_dropped(struct rt__logw *w)
+{
+    w->dropped++;
+    count_save(w); /* a counter that cannot be updated is not worth stalling for */
+}
+
+int rt_proc_log_dropped(const char *state_dir, const char *replica_name, uint64_t *n)
+{
+    char p[4096], buf[DROPPED_WIDTH + 1];
+    snprintf(p, sizeof(p), "%s/replicas/%s/" DROPPED_BASENAME, state_dir, replica_name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t k = pread(fd, buf, DROPPED_WIDTH, 0);
+    close(fd);
+    if (k != DROPPED_WIDTH)
+        return -EIO;
+    buf[k] = '\0';
+    *n = strtoull(buf, NULL, 10);
     return 0;
 }
 
@@ -90,10 +155,35 @@ static void rotate(struct rt__logw *w)
     w->size = 0;
 }
 
+static bool logw_write(struct rt__logw *w, const char *stream, const char *text, size_t len);
+
 void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, size_t len)
 {
-    if (w->fd < 0)
+    if (w->fd < 0) {
+        count_dropped(w);
         return;
+    }
+    if (w->dropped > w->dropped_told) {
+        /* Space again: say what is missing before the next line. */
+        char note[160];
+        uint64_t n = w->dropped - w->dropped_told;
+        int nl = snprintf(note, sizeof(note), "tako: %llu log line%s dropped: %s",
+                          (unsigned long long)n, n == 1 ? "" : "s",
+                          strerror(w->drop_errno ? w->drop_errno : EIO));
+        if (!logw_write(w, "stderr", note, (size_t)nl)) {
+            count_dropped(w);
+            return;
+        }
+        w->dropped_told += n;
+        count_save(w);
+    }
+    if (!logw_write(w, stream, text, len))
+        count_dropped(w);
+}
+
+/* One line out; false when the disk refused it (nothing or part written). */
+static bool logw_write(struct rt__logw *w, const char *stream, const char *text, size_t len)
+{
     char ts[32];
     rt__fmt_time(time_wall_ms(), ts);
     char prefix[48];
@@ -111,6 +201,16 @@ void rt__logw_line(struct rt__logw *w, const char *stream, const char *text, siz
     ssize_t n = writev(w->fd, iov, 3);
     if (n > 0)
         w->size += (uint64_t)n;
+    if (n == (ssize_t)total)
+        return true;
+    w->drop_errno = n < 0 ? errno : ENOSPC;
+    struct stat sb;
+    if (n > 0 && fstat(w->fd, &sb) == 0 && sb.st_size >= (off_t)n) {
+        /* Part of a line: cut it back, so the next line starts its own. */
+        if (ftruncate(w->fd, sb.st_size - (off_t)n) == 0)
+            w->size = (uint64_t)(sb.st_size - (off_t)n);
+    }
+    return false;
 }
 
 void rt__logw_close(struct rt__logw *w)
@@ -118,6 +218,9 @@ void rt__logw_close(struct rt__logw *w)
     if (w->fd >= 0)
         close(w->fd);
     w->fd = -1;
+    if (w->count_fd >= 0)
+        close(w->count_fd);
+    w->count_fd = -1;
     free(w->path);
     w->path = NULL;
 }

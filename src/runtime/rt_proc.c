@@ -52,6 +52,7 @@ struct proc_rep {
     struct rt__shim_state st; /* as last read */
 
     unsigned restarts, consecutive, health_fails;
+    unsigned spawn_failures; /* restarts refused in a row for want of a resource */
     int last_exit_status;
     char last_error[256];
     uint64_t started_mono, started_wall;
@@ -185,16 +186,39 @@ static void refresh(struct proc_rep *r)
 
 static int spawn(struct proc_rep *r, char *err, size_t errlen);
 
-/* Start the next run of the replica, counting a restart. */
+/* A start refused for want of something that comes back: room on the
+ * disk for the replica's files, file descriptors, memory. */
+static bool transient(int rc)
+{
+    return rc == -ENOSPC || rc == -EDQUOT || rc == -EMFILE || rc == -ENFILE || rc == -EAGAIN ||
+           rc == -ENOMEM;
+}
+
+/* Start the next run of the replica, counting a restart. One that cannot
+ * start for a transient cause (a full disk) is tried again with backoff,
+ * not left failed for good: it comes back once there is room. */
 static void respawn(struct proc_rep *r)
 {
     char err[200];
     r->restarts++;
     r->backoff_ms = 0;
-    if (spawn(r, err, sizeof(err)) < 0) {
+    int rc = spawn(r, err, sizeof(err));
+    if (rc < 0 && transient(rc)) {
+        r->restarts--; /* nothing restarted */
+        r->spawn_failures++;
+        r->backoff_ms = rt_backoff_ms(r->spawn_failures);
+        snprintf(r->last_error, sizeof(r->last_error), "restart failed: %s; trying again in %llu s",
+                 err, (unsigned long long)(r->backoff_ms / 1000));
+        ev_timer_start(r->rt->loop, &r->backoff_timer, r->backoff_ms);
+        set_state(r, RT_BACKOFF);
+        return;
+    }
+    if (rc < 0) {
         snprintf(r->last_error, sizeof(r->last_error), "restart failed: %s", err);
         set_state(r, RT_FAILED);
+        return;
     }
+    r->spawn_failures = 0;
 }
 
 static void on_backoff(struct ev_loop *loop, struct ev_timer *t)

@@ -29,5 +29,8 @@ int rt_proc_logs_tail(const char *state_dir, const char *replica_name, size_t n_
 /* Path of the current log file (rotation renames it away: a follower
  * reopens when its inode changes). Returns a static buffer. */
 const char *rt_proc_log_path(const char *state_dir, const char *replica_name);
+/* Log lines the replica's current supervisor could not write (a full
+ * disk) into *n. Returns 0, or -errno when it keeps no count. */
+int rt_proc_log_dropped(const char *state_dir, const char *replica_name, uint64_t *n);
 
 #endif

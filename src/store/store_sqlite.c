@@ -38,7 +38,7 @@ static const char schema[] =
     "  revision TEXT NOT NULL, config TEXT NOT NULL, replicas INTEGER NOT NULL,"
     "  scale_override INTEGER NOT NULL DEFAULT -1, stopped INTEGER NOT NULL DEFAULT 0,"
     "  http_port INTEGER NOT NULL DEFAULT 0,"
-    "  updated_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL, placement TEXT,"
     "  PRIMARY KEY (project, env, service));"
     "CREATE TABLE IF NOT EXISTS revisions ("
     "  project TEXT NOT NULL, env TEXT NOT NULL, service TEXT NOT NULL,"
@@ -76,6 +76,9 @@ struct store *store_sqlite_open(const char *path, char *err, size_t errlen)
         sqlite3_close(db);
         return NULL;
     }
+    /* A database of an older tako has no placement column yet (several
+     * servers per environment); adding it twice fails harmlessly. */
+    sqlite3_exec(db, "ALTER TABLE services ADD COLUMN placement TEXT", NULL, NULL, NULL);
     struct sq_store *s = xcalloc(1, sizeof(*s));
     s->base.ops = &sq_ops;
     s->db = db;
@@ -99,16 +102,27 @@ static sqlite3_stmt *prep(struct store *st_, const char *sql)
     return st;
 }
 
+/* A failed write as -errno: a full disk is told apart (callers name it),
+ * the rest is an I/O error. The file is named in takod's log. */
+static int write_failed(sqlite3 *db)
+{
+    int code = sqlite3_errcode(db);
+    log_error("store: writing %s failed: %s", sqlite3_db_filename(db, "main"),
+              sqlite3_errmsg(db));
+    return code == SQLITE_FULL ? -ENOSPC : -EIO;
+}
+
 /* Run a prepared write to completion and finalize it. */
 static int step_done(struct store *st_, sqlite3_stmt *st)
 {
     struct sq_store *s = SQ(st_);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
     if (r != SQLITE_DONE) {
-        log_error("store: write failed: %s", sqlite3_errmsg(s->db));
-        return -EIO;
+        int e = write_failed(s->db); /* before finalize: it resets the error */
+        sqlite3_finalize(st);
+        return e;
     }
+    sqlite3_finalize(st);
     return 0;
 }
 
@@ -150,8 +164,8 @@ static int sq_service_save(struct store *s, const struct store_service *svc, sto
                            void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT OR REPLACE INTO services (project, env, service, revision,"
-                               " config, replicas, scale_override, stopped, updated_ms, http_port)"
-                               " VALUES (?,?,?,?,?,?,?,?,?,?)");
+                               " config, replicas, scale_override, stopped, updated_ms, http_port,"
+                               " placement) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return -EIO;
     sqlite3_bind_text(st, 1, svc->project, -1, SQLITE_STATIC);
@@ -164,6 +178,7 @@ static int sq_service_save(struct store *s, const struct store_service *svc, sto
     sqlite3_bind_int(st, 8, svc->stopped ? 1 : 0);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)time_wall_ms());
     sqlite3_bind_int(st, 10, (int)svc->http_port);
+    bind_json(st, 11, svc->placement);
     return write_done(s, st, cb, data);
 }
 
@@ -183,7 +198,7 @@ static int sq_service_delete(struct store *s, const char *project, const char *e
 static int sq_services_load(struct store *s, const char *project, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT project, env, service, revision, config, replicas,"
-                                " scale_override, stopped, updated_ms, http_port FROM services"
+                                " scale_override, stopped, updated_ms, http_port, placement FROM services"
                                " WHERE ?1 IS NULL OR project = ?1 ORDER BY project, env, service");
     if (!st)
         return -EIO;
@@ -207,12 +222,15 @@ static int sq_services_load(struct store *s, const char *project, store_cb cb, v
         e->stopped = sqlite3_column_int(st, 7) != 0;
         e->updated_ms = (uint64_t)sqlite3_column_int64(st, 8);
         e->http_port = (unsigned)sqlite3_column_int(st, 9);
+        e->placement = sqlite3_column_type(st, 10) == SQLITE_NULL ? NULL : col_json(st, 10);
     }
     sqlite3_finalize(st);
     struct store_services res = {v, len};
     done(cb, data, 0, &res);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         json_decref(v[i].config);
+        json_decref(v[i].placement);
+    }
     free(v);
     return 0;
 }
@@ -269,8 +287,9 @@ static int sq_history_begin(struct store *s, const char *project, const char *en
     sqlite3_bind_text(st, 4, revision ? revision : "", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, detail ? detail : "", -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)time_wall_ms());
-    if (step_done(s, st) < 0)
-        return -EIO;
+    int rc = step_done(s, st);
+    if (rc < 0)
+        return rc;
     int64_t id = (int64_t)sqlite3_last_insert_rowid(SQ(s)->db);
     return done(cb, data, 0, &id);
 }
@@ -435,7 +454,7 @@ static int sq_lock(struct store *s, const char *key, const char *owner, const ch
     /* Read and write in one transaction: no second writer between them. */
     sqlite3 *db = SQ(s)->db;
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return -EIO;
+        return write_failed(db);
     sqlite3_stmt *st = prep(s, "SELECT owner, info, acquired_ms, expires_ms FROM leases"
                                " WHERE key = ?");
     if (!st) {
@@ -475,7 +494,11 @@ static int sq_lock(struct store *s, const char *key, const char *owner, const ch
     sqlite3_bind_int64(st, 4, (sqlite3_int64)acquired);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)(now + ttl_ms));
     int rc = step_done(s, st);
-    sqlite3_exec(db, rc < 0 ? "ROLLBACK" : "COMMIT", NULL, NULL, NULL);
+    /* With WAL the commit is what writes: a full disk may refuse it. */
+    if (rc == 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = write_failed(db);
+    if (rc < 0 && !sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
     return rc < 0 ? rc : done(cb, data, 0, NULL);
 }
 

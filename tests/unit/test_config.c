@@ -1059,3 +1059,155 @@ TEST(smaller_errors)
     CHECK_CONTAINS(diag, "servers.s.labels: expected a mapping, got a list");
     free(diag);
 }
+
+static const char SPREAD_YAML[] = "project: {name: scaling}\n"
+                            "servers:\n"
+                            "  a: {host: 10.0.0.1, address: 192.168.0.1, labels: {zone: eu}}\n"
+                            "  b: {host: 10.0.0.2, labels: {zone: us}}\n"
+                            "  c: {host: 10.0.0.3, labels: {zone: eu}}\n"
+                            "environments:\n"
+                            "  production:\n"
+                            "    servers: [a, b, c]\n"
+                            "    services:\n"
+                            "      web: {port: 3000, replicas: 5, command: x}\n"
+                            "      api:\n"
+                            "        port: 3001\n"
+                            "        command: x\n"
+                            "        replicas: 3\n"
+                            "        placement: {labels: {zone: eu}}\n"
+                            "      jobs:\n"
+                            "        command: x\n"
+                            "        placement: {servers: [c, b]}\n";
+
+TEST(servers_address_peer_port_placement)
+{
+    char *diag;
+    struct cfg_file *f = load(SPREAD_YAML, &diag);
+    if (!f)
+        fprintf(stderr, "%s", diag);
+    CHECK(f);
+    CHECK_STR(cfg_find_server(f, "a")->address, "192.168.0.1");
+    CHECK_STR(cfg_find_server(f, "b")->address, "10.0.0.2"); /* default: host */
+    const struct cfg_env *e = &f->envs[0];
+    CHECK_INT(e->peer_port, 8190);
+    const struct cfg_service *api = cfg_env_service(e, "api");
+    CHECK_INT(api->placement_labels_len, 1);
+    CHECK(cfg_server_eligible(api, cfg_find_server(f, "a")));
+    CHECK(!cfg_server_eligible(api, cfg_find_server(f, "b")));
+    const struct cfg_service *jobs = cfg_env_service(e, "jobs");
+    CHECK_INT(jobs->placement_servers_len, 2);
+    CHECK(!cfg_server_eligible(jobs, cfg_find_server(f, "a")));
+    CHECK(cfg_server_eligible(jobs, cfg_find_server(f, "c")));
+    cfg_free(f);
+    free(diag);
+}
+
+TEST(placement_spread_and_slots)
+{
+    char *diag;
+    struct cfg_file *f = load(SPREAD_YAML, &diag);
+    CHECK(f);
+    const struct cfg_env *e = &f->envs[0];
+    struct cfg_place pl[3];
+    /* 5 over a, b, c: a -1 -4, b -2 -5, c -3 */
+    CHECK_INT(cfg_place(f, e, cfg_env_service(e, "web"), 5, pl), 3);
+    CHECK_INT(pl[0].replicas, 2);
+    CHECK_INT(pl[1].replicas, 2);
+    CHECK_INT(pl[2].replicas, 1);
+    CHECK_INT(pl[0].slot_first, 1);
+    CHECK_INT(pl[1].slot_first, 2);
+    CHECK_INT(pl[2].slot_first, 3);
+    CHECK_INT(pl[0].slot_stride, 3);
+    CHECK_STR(pl[1].server->name, "b");
+    /* 2 over three: the last gets none (but keeps its slot) */
+    cfg_place(f, e, cfg_env_service(e, "web"), 2, pl);
+    CHECK_INT(pl[0].replicas, 1);
+    CHECK_INT(pl[1].replicas, 1);
+    CHECK_INT(pl[2].replicas, 0);
+    CHECK_INT(pl[2].slot_first, 3);
+    /* labels zone=eu: a and c are positions 0 and 1 of n=2 */
+    CHECK_INT(cfg_place(f, e, cfg_env_service(e, "api"), 3, pl), 2);
+    CHECK(!pl[1].eligible);
+    CHECK_INT(pl[1].replicas, 0);
+    CHECK_INT(pl[1].slot_first, 0);
+    CHECK_INT(pl[0].replicas, 2);
+    CHECK_INT(pl[0].slot_first, 1);
+    CHECK_INT(pl[2].replicas, 1);
+    CHECK_INT(pl[2].slot_first, 2);
+    CHECK_INT(pl[2].slot_stride, 2);
+    /* servers: [c, b] keeps the environment's order: b first */
+    CHECK_INT(cfg_place(f, e, cfg_env_service(e, "jobs"), 1, pl), 2);
+    CHECK_INT(pl[1].replicas, 1);
+    CHECK_INT(pl[1].slot_first, 1);
+    CHECK_INT(pl[2].replicas, 0);
+    CHECK_INT(pl[2].slot_first, 2);
+    /* every name once: slot_first + (j-1)*stride over all servers, 0..12 replicas */
+    for (unsigned r = 0; r <= 12; r++) {
+        cfg_place(f, e, cfg_env_service(e, "web"), r, pl);
+        unsigned seen[64] = {0}, total = 0;
+        for (int i = 0; i < 3; i++)
+            for (unsigned j = 1; j <= pl[i].replicas; j++) {
+                seen[pl[i].slot_first + (j - 1) * pl[i].slot_stride]++;
+                total++;
+            }
+        CHECK_INT(total, r);
+        for (unsigned k = 1; k <= r; k++)
+            CHECK_INT(seen[k], 1);
+    }
+    cfg_free(f);
+    free(diag);
+}
+
+TEST(placement_and_peer_port_errors)
+{
+    char *diag;
+    const char *base = "project: {name: m}\n"
+                       "servers:\n"
+                       "  a: {host: 10.0.0.1, labels: {zone: eu}}\n"
+                       "  b: {host: 10.0.0.2, address: 'x y'}\n"
+                       "environments:\n"
+                       "  p:\n"
+                       "    servers: [a, b]\n"
+                       "    peerPort: 9000\n"
+                       "    services:\n"
+                       "      w:\n"
+                       "        port: 1\n"
+                       "        placement: {servers: [a, z]}\n"
+                       "      v:\n"
+                       "        port: 2\n"
+                       "        placement:\n"
+                       "          labels: {zone: us}\n"
+                       "  q:\n"
+                       "    servers: [b, a]\n"
+                       "    peerPort: 9000\n"
+                       "    services: {w: {port: 1}}\n"
+                       "  r:\n"
+                       "    servers: [a, b]\n"
+                       "    peerPort: 70000\n"
+                       "    services: {w: {port: 1}}\n";
+    struct cfg_file *f = load(base, &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "servers.b.address: invalid address \"x y\"");
+    CHECK_CONTAINS(diag, "tako.yaml:12:34: environments.p.services.w.placement.servers[1]: "
+                         "server \"z\" is not one of environment p's servers");
+    CHECK_CONTAINS(diag, "tako.yaml:16:11: environments.p.services.v.placement: no server of "
+                         "environment p qualifies");
+    CHECK_CONTAINS(diag, "tako.yaml:19:15: environments.q.peerPort: environments p and q share "
+                       "server");
+    CHECK_CONTAINS(diag, "environments.r.peerPort: expected an integer from 1 to 65535");
+    free(diag);
+    /* autoscaling over several servers is refused at the key */
+    f = load("project: {name: m}\nservers:\n  a: {host: 10.0.0.1}\n  b: {host: 10.0.0.2}\n"
+             "environments:\n  p:\n    servers: [a, b]\n    services:\n      w:\n"
+             "        port: 1\n        command: x\n        replicas: {min: 2, max: 6, cpu: 50}\n",
+             &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "tako.yaml:12:19: environments.p.services.w.replicas: autoscaling is for "
+                         "an environment with one server; environment p has 2");
+    free(diag);
+    /* placement without servers: nowhere to place */
+    CHECK(fails_with("        port: 1\n        placement: {labels: {zone: eu}}\n",
+                     "environment prod has no servers: to place replicas on"));
+    CHECK(fails_with("        port: 1\n        placement: {server: [a]}\n",
+                     "did you mean \"servers\""));
+}

@@ -1,6 +1,7 @@
 /* test_runtime.c — unit tests of the process runtime's pure parts: backoff,
  * names, spec/state files, /proc readers, the log writer and tail. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,6 +294,72 @@ TEST(last_log_line_is_read_from_the_end_without_time_and_stream)
     rt__logw_close(&w);
     CHECK_INT(rt__log_last_line(d, "r-2", buf, sizeof(buf)), 0);
     CHECK_STR(buf, "Error: EADDRINUSE");
+    free(rdir);
+    free(mk);
+    rmrf(d);
+    free(d);
+}
+
+TEST(log_lines_a_full_disk_refuses_are_counted_and_told_once_writing_works)
+{
+    char *d = tmpdir();
+    CHECK(d);
+    char *rdir = xasprintf("%s/replicas/r-3", d), *mk = xasprintf("%s/replicas", d);
+    CHECK(mkdir(mk, 0700) == 0 && mkdir(rdir, 0700) == 0);
+    struct rt__logw w;
+    CHECK_INT(rt__logw_open(&w, rdir, 1 << 20, 3), 0);
+    rt__logw_line(&w, "stdout", "before", 6);
+    /* /dev/full answers every write with ENOSPC, as a full disk does. */
+    int saved = dup(w.fd), full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    CHECK(saved >= 0 && full >= 0);
+    dup2(full, w.fd);
+    for (int i = 0; i < 7; i++)
+        rt__logw_line(&w, "stdout", "lost", 4);
+    CHECK_INT(w.dropped, 7);
+    uint64_t counted = 0; /* what takod's metrics read */
+    CHECK_INT(rt_proc_log_dropped(d, "r-3", &counted), 0);
+    CHECK_INT(counted, 7);
+    dup2(saved, w.fd); /* space again */
+    close(saved);
+    close(full);
+    rt__logw_line(&w, "stdout", "after", 5);
+    rt__logw_line(&w, "stdout", "later", 5);
+    CHECK_INT(w.dropped, 7);
+    /* Two more lost, and the supervisor ends before it can tell: the next
+     * one tells them. */
+    saved = dup(w.fd);
+    full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    dup2(full, w.fd);
+    rt__logw_line(&w, "stdout", "lost", 4);
+    rt__logw_line(&w, "stdout", "lost", 4);
+    dup2(saved, w.fd);
+    close(saved);
+    close(full);
+    rt__logw_close(&w);
+    CHECK_INT(rt__logw_open(&w, rdir, 1 << 20, 3), 0);
+    CHECK_INT(w.dropped, 2);
+    rt__logw_line(&w, "stdout", "next", 4);
+    rt__logw_close(&w);
+    char *path = xasprintf("%s/output.log", rdir);
+    FILE *f = fopen(path, "re");
+    CHECK(f);
+    char line[256], *got[6] = {0};
+    int n = 0;
+    while (n < 6 && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        got[n++] = xstrdup(line + 24); /* after the time */
+    }
+    fclose(f);
+    CHECK_INT(n, 6);
+    CHECK_STR(got[0], " stdout before");
+    CHECK_STR(got[1], " stderr tako: 7 log lines dropped: No space left on device");
+    CHECK_STR(got[2], " stdout after");
+    CHECK_STR(got[3], " stdout later");
+    CHECK_STR(got[4], " stderr tako: 2 log lines dropped: No space left on device");
+    CHECK_STR(got[5], " stdout next");
+    for (int i = 0; i < n; i++)
+        free(got[i]);
+    free(path);
     free(rdir);
     free(mk);
     rmrf(d);
