@@ -90,6 +90,13 @@ struct hub {
     unsigned long builds_done, failed_at;
     char failed_tag[512];
     char *failed_err;
+    /* pulls finished (read under mu, written under both) and the last one's
+     * outcome (under build_mu): replicas that waited for a pull of the same
+     * image share it instead of pulling again */
+    unsigned long pulls_done;
+    char pull_ref[512];
+    int pull_rc;
+    char *pull_err;
     char sock[108];
 };
 
@@ -109,6 +116,7 @@ static void hub_unref(struct hub *h)
         close(h->efd);
     dk_close(h->cli);
     free(h->failed_err);
+    free(h->pull_err);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->build_mu);
     free(h);
@@ -155,6 +163,7 @@ struct dk_rep {
     struct ev_timer backoff_timer;
     unsigned long gen; /* bumped per launch/stop: stale results are dropped */
     bool launching, stopping_job;
+    bool launched_once; /* a container was asked for before: later launches are restarts */
     char died_early[72]; /* a die event that came before the launch result */
     bool want_stop, want_restart;
     void (*done)(struct rt_replica *, void *);
@@ -230,6 +239,7 @@ struct job {
     char name[RT_NAME_MAX];
     unsigned long gen;
     struct rt__owned_spec spec; /* J_LAUNCH */
+    bool first; /* J_LAUNCH: the replica's first container (a deploy, a scale), not a restart */
     char id[72];
     unsigned grace_s;
     int sig;
@@ -308,6 +318,64 @@ static uint64_t parse_docker_time(const char *s)
     return (uint64_t)t * 1000 + ms;
 }
 
+/* image: NAME[:TAG] is pulled by this rule (docs/runtime.md "Pulling"):
+ * a tag that moves (none, or "latest") at every start of a replica, any
+ * other tag or a digest only when the engine lacks it. A failed pull fails
+ * the replica's first start (so the deploy, naming the registry's error);
+ * a restart after a crash runs the local copy when there is one, so a
+ * registry that is down does not stop a replica that ran from coming back. */
+static int ensure_pulled(struct job *j, const char *image, char *err, size_t errlen)
+{
+    struct dk_client *c = j->hub->cli;
+    struct hub *h = j->hub;
+    bool floating = dk_ref_floating(image);
+    json_t *info = NULL;
+    int rc = dk_image_inspect(c, image, &info, err, errlen);
+    json_decref(info);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    bool present = rc == 0;
+    if (present && !floating)
+        return 0;
+    pthread_mutex_lock(&h->mu);
+    unsigned long seen = h->pulls_done;
+    pthread_mutex_unlock(&h->mu);
+    pthread_mutex_lock(&h->build_mu);
+    if (h->pulls_done > seen && strcmp(h->pull_ref, image) == 0) {
+        /* a pull of this image ended while this one waited: its outcome */
+        rc = h->pull_rc;
+        if (rc < 0)
+            snprintf(err, errlen, "%s", h->pull_err ? h->pull_err : "the pull failed");
+    } else {
+        info = NULL;
+        if (!floating && dk_image_inspect(c, image, &info, NULL, 0) == 0) {
+            rc = 0; /* another replica pulled it meanwhile */
+        } else {
+            struct note_ctx nc = {.hub = h, .name = j->name, .gen = j->gen};
+            char *auth = NULL;
+            char aerr[256] = "";
+            if (dk_auth_for(image, &auth, aerr, sizeof(aerr)) < 0)
+                log_warn("docker: %s", aerr);
+            rc = dk_image_pull(c, image, auth, on_build_line, &nc, err, errlen);
+            free(auth);
+            pthread_mutex_lock(&h->mu);
+            h->pulls_done++;
+            pthread_mutex_unlock(&h->mu);
+            snprintf(h->pull_ref, sizeof(h->pull_ref), "%s", image);
+            h->pull_rc = rc;
+            free(h->pull_err);
+            h->pull_err = rc < 0 ? xstrdup(err) : NULL;
+        }
+        json_decref(info);
+    }
+    pthread_mutex_unlock(&h->build_mu);
+    if (rc < 0 && rc != -EHOSTDOWN && present && !j->first) {
+        log_warn("replica %s: %s; restarting it from the local copy of %s", j->name, err, image);
+        rc = 0;
+    }
+    return rc;
+}
+
 static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size_t errlen)
 {
     struct dk_client *c = j->hub->cli;
@@ -315,14 +383,7 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
     json_t *info = NULL;
     if (s->image) {
         snprintf(image, ilen, "%s", s->image);
-        int rc = dk_image_inspect(c, s->image, &info, err, errlen);
-        json_decref(info);
-        if (rc == -ENOENT)
-            snprintf(err, errlen,
-                     "image %s is not in the Docker engine at unix://%s (load it with `docker "
-                     "load` or build it there; tako does not pull from registries)",
-                     s->image, dk_socket(c));
-        return rc;
+        return ensure_pulled(j, s->image, err, errlen);
     }
     snprintf(image, ilen, "%s-%s:%s", s->project, s->service,
              s->revision && *s->revision ? s->revision : "latest");
@@ -744,6 +805,8 @@ static void launch(struct dk_rep *r)
     snprintf(j->name, sizeof(j->name), "%s", r->name);
     j->gen = ++r->gen;
     rt__spec_copy(&j->spec, &r->spec.spec);
+    j->first = !r->launched_once;
+    r->launched_once = true;
     r->launching = true;
     r->id[0] = '\0';
     r->pid = 0;
@@ -1320,6 +1383,7 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
         bind_base(r);
         r->restarts = restarts;
         r->consecutive = consecutive;
+        r->launched_once = true;
         snprintf(r->id, sizeof(r->id), "%s", id);
         json_t *ins = NULL;
         r->started_mono = ev_time_ms();
