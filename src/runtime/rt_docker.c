@@ -173,6 +173,10 @@ struct dk_rep {
     /* stats */
     double cpu;
     uint64_t mem;
+    /* CPU time: containers that ended (their last sample) + the current
+     * one's last sample; born names this account (saved with the spec, so
+     * it outlives takod restarts) */
+    uint64_t cpu_base_ns, cpu_cur_ns, born_ms;
     struct dk_stats last;
     bool have_last, stats_wanted;
 };
@@ -226,7 +230,11 @@ static void save_spec(struct dk_rep *r)
     mkdir(dir, 0700);
     free(dir);
     char *p = spec_path(r->d, r->name);
-    if (rt__spec_save(p, &r->spec.spec, r->restarts, r->consecutive) < 0)
+    json_t *ds = json_pack("{s:I, s:I}", "born_ms", (json_int_t)r->born_ms, "cpu_base_ns",
+                           (json_int_t)r->cpu_base_ns);
+    int rc = rt__spec_save_ex(p, &r->spec.spec, r->restarts, r->consecutive, ds);
+    json_decref(ds);
+    if (rc < 0)
         log_warn("replica %s: cannot save %s", r->name, p);
     free(p);
 }
@@ -927,6 +935,9 @@ static void handle_launched(struct dk_drv *d, struct msg *m)
         return;
     }
     snprintf(r->id, sizeof(r->id), "%s", m->id);
+    /* a new container: the last one's CPU (as last sampled) joins the base */
+    r->cpu_base_ns += r->cpu_cur_ns;
+    r->cpu_cur_ns = 0;
     r->pid = m->pid;
     r->started_wall = m->started_wall ? m->started_wall : time_wall_ms();
     r->started_mono = ev_time_ms();
@@ -1067,6 +1078,8 @@ static void handle_stats(struct dk_drv *d, struct msg *m)
     r->last = m->st;
     r->have_last = true;
     r->mem = dk_mem_used(&m->st);
+    if (m->st.cpu_total_ns > r->cpu_cur_ns)
+        r->cpu_cur_ns = m->st.cpu_total_ns;
 }
 
 static void follow_free_maybe(struct dk_follow *f)
@@ -1255,6 +1268,7 @@ static int dkr_start(struct rt_driver *base, const struct rt_spec *spec, struct 
         return -EEXIST;
     }
     struct dk_rep *r = new_rep(d, name);
+    r->born_ms = time_wall_ms();
     rt__spec_copy(&r->spec, spec);
     bind_base(r);
     launch(r);
@@ -1364,7 +1378,8 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
         char *sp = spec_path(d, nm);
         struct rt__owned_spec spec;
         unsigned restarts = 0, consecutive = 0;
-        bool have = rt__spec_load(sp, &spec, &restarts, &consecutive) == 0;
+        json_t *ds = NULL;
+        bool have = rt__spec_load_ex(sp, &spec, &restarts, &consecutive, &ds) == 0;
         bool running = state && strcmp(state, "running") == 0;
         if (!have || !running) {
             /* exited while takod was away, or made by a start that never
@@ -1373,6 +1388,7 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
             dk_container_remove(d->hub->cli, id, true, NULL, 0);
             if (have)
                 rt__spec_free(&spec);
+            json_decref(ds);
             unlink(sp);
             free(sp);
             continue;
@@ -1384,6 +1400,17 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
         r->restarts = restarts;
         r->consecutive = consecutive;
         r->launched_once = true;
+        /* written by an older takod without them: a new account */
+        r->born_ms = (uint64_t)json_integer_value(json_object_get(ds, "born_ms"));
+        if (!r->born_ms)
+            r->born_ms = time_wall_ms();
+        r->cpu_base_ns = (uint64_t)json_integer_value(json_object_get(ds, "cpu_base_ns"));
+        json_decref(ds);
+        /* the container's CPU so far, at once: the counter must not seem
+         * to go back to the base until the first stats sweep */
+        struct dk_stats sample;
+        if (dk_container_stats(d->hub->cli, id, true, &sample, NULL, 0) == 0)
+            r->cpu_cur_ns = sample.cpu_total_ns;
         snprintf(r->id, sizeof(r->id), "%s", id);
         json_t *ins = NULL;
         r->started_mono = ev_time_ms();
@@ -1424,6 +1451,8 @@ static void dkr_inspect(struct rt_replica *rr, struct rt_info *info)
     snprintf(info->last_error, sizeof(info->last_error), "%s", r->last_error);
     snprintf(info->revision, sizeof(info->revision), "%s", r->spec.spec.revision);
     info->backoff_ms = r->backoff_ms;
+    info->cpu_seconds = (double)(r->cpu_base_ns + r->cpu_cur_ns) / 1e9;
+    info->instance_id = r->born_ms;
 }
 
 /* Stats come from the Engine API, sampled for every replica asked about in

@@ -463,3 +463,52 @@ def test_network_bridge_publishes_each_replica_on_loopback(tako, bridged, dk):
     assert "has no bridge network" in (r.stdout + r.stderr), r.stdout + r.stderr
     assert containers(dk) == []
     kill_takod_tree(t2_home)
+
+
+def cpu_and_restarts(metrics_port, replica):
+    """tako_replica_cpu_seconds_total and _restarts_total of one replica."""
+    from conftest import http
+    st, _, body = http(metrics_port, "/metrics")
+    assert st == 200, body
+    lbl = 'project="scaling",env="production",service="web",replica="%s"' % replica
+    vals = {}
+    for line in body.decode().splitlines():
+        for name in ("tako_replica_cpu_seconds_total", "tako_replica_restarts_total"):
+            if line.startswith("%s{%s} " % (name, lbl)):
+                vals[name] = float(line.rsplit(" ", 1)[1])
+    return vals["tako_replica_cpu_seconds_total"], vals["tako_replica_restarts_total"]
+
+
+def test_container_cpu_seconds_grow_with_work_and_survive_a_restart(dtako, dk):
+    metrics = free_port()
+    deploy(dtako, dk, replicas=1, extra="    metrics: %d\n" % metrics)
+    cpu0, restarts0 = cpu_and_restarts(metrics, "scaling-web-1")
+    assert restarts0 == 0
+    # 12 requests that each burn 250 ms of CPU in the container: 3 s
+    for _ in range(12):
+        st, body = http_json(dtako.proxy_port, "/work?ms=250", timeout=30)
+        assert st == 200 and body["worked_ms"] == 250, body
+    # Stats are sampled on demand, one sweep at most every 5 s: scrape until
+    # the sample that follows the work shows up.
+    seen = []
+    wait_for(lambda: seen.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
+             seen[-1] >= cpu0 + 2.5, timeout=60, interval=0.5, what="container CPU in /metrics")
+    assert seen == sorted(seen), seen  # a counter
+    # A container killed and started again by tako: the counter keeps what
+    # the first one used and the restart is counted.
+    before = seen[-1]
+    old = dk.inspect("scaling-web-1")["Id"]
+    dk.docker("kill", "scaling-web-1")
+    wait_for(lambda: (dk.inspect("scaling-web-1") or {}).get("Id", old) != old and
+             dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
+             what="scaling-web-1 started again")
+    wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 1, timeout=30,
+             interval=0.3, what="the restart counted")
+    for _ in range(4):
+        st, body = http_json(dtako.proxy_port, "/work?ms=250", timeout=30)
+        assert st == 200, body
+    after = []
+    wait_for(lambda: after.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
+             after[-1] >= before + 0.8, timeout=60, interval=0.5,
+             what="the new container's CPU added")
+    assert min(after) >= before, (before, after)
