@@ -989,3 +989,24 @@ int dk_events(struct dk_client *c, const char *label, long long since, dk_event_
     }
     return rc;
 }
+
+/* runc's words for a program it could not run: `... starting container
+ * process caused: exec: "PROG": REASON: unknown`. */
+int dk_start_error(const char *msg, const char *image, char *out, size_t len)
+{
+    const char *e = strstr(msg, "exec: \"");
+    if (!e)
+        return -ENOENT;
+    const char *prog = e + 7, *q = strstr(prog, "\": ");
+    if (!q)
+        return -ENOENT;
+    const char *why = q + 3;
+    size_t wl = strlen(why);
+    while (wl && (why[wl - 1] == '\n' || why[wl - 1] == ' '))
+        wl--;
+    if (wl > 9 && strncmp(why + wl - 9, ": unknown", 9) == 0)
+        wl -= 9;
+    snprintf(out, len, "command: cannot run \"%.*s\" in image %s: %.*s", (int)(q - prog), prog,
+             image, (int)wl, why);
+    return 0;
+}

@@ -200,6 +200,11 @@ bool dk_ref_floating(const char *ref);
  * when it has a '.' or ':' or is "localhost", else "docker.io". */
 void dk_ref_registry(const char *ref, char *host, size_t hlen);
 
+/* A container start refused because its program cannot run (runc's
+ * `exec: "PROG": REASON`) as `command: cannot run "PROG" in image IMAGE:
+ * REASON`. -ENOENT (out untouched) when msg is about something else. */
+int dk_start_error(const char *msg, const char *image, char *out, size_t len);
+
 /* .dockerignore: patterns parsed from the file's text. */
 struct dk_ignore;
 struct dk_ignore *dk_ignore_parse(const char *text);

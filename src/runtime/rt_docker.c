@@ -457,6 +457,22 @@ static void job_launch(struct job *j)
                      "(dockerd --bridge=none?); use network: host",
                      dk_socket(c));
     }
+    if (rc == 0 && !(s->argv && s->argv[0])) {
+        /* nothing to run: say so before Docker's "No command specified" */
+        json_t *img = NULL;
+        if (dk_image_inspect(c, image, &img, NULL, 0) == 0) {
+            json_t *cfg = json_object_get(img, "Config");
+            if (json_array_size(json_object_get(cfg, "Cmd")) == 0 &&
+                json_array_size(json_object_get(cfg, "Entrypoint")) == 0) {
+                snprintf(err, sizeof(err),
+                         "image %s has no CMD or ENTRYPOINT and the service no command: nothing "
+                         "to run (add command: to tako.yaml, or CMD to the Dockerfile)",
+                         image);
+                rc = -EINVAL;
+            }
+        }
+        json_decref(img);
+    }
     if (rc == 0) {
         /* a container of the same name left over (exited, or made by a
          * takod that died mid-start) holds the name: it goes */
@@ -507,8 +523,14 @@ static void job_launch(struct job *j)
             free(own[i]);
         free(own);
         free(env);
-        if (rc == 0)
+        if (rc == 0) {
             rc = dk_container_start(c, m->id, err, sizeof(err));
+            char why[1024];
+            if (rc < 0 && dk_start_error(err, image, why, sizeof(why)) == 0) {
+                log_info("replica %s: %s", j->name, err);
+                snprintf(err, sizeof(err), "%s", why);
+            }
+        }
         if (rc == 0) {
             json_t *ins = NULL;
             if (dk_container_inspect(c, m->id, &ins, NULL, 0) == 0) {

@@ -512,3 +512,33 @@ def test_container_cpu_seconds_grow_with_work_and_survive_a_restart(dtako, dk):
              after[-1] >= before + 0.8, timeout=60, interval=0.5,
              what="the new container's CPU added")
     assert min(after) >= before, (before, after)
+
+
+def test_a_command_that_cannot_apply_fails_at_the_key_or_the_deploy(dtako, dk):
+    # known from the file: refused by validation at file:line:col
+    app(dtako, dk)
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port,
+                                    extra="        workdir: /srv\n"))
+    r = dtako.run("validate", check=None)
+    assert r.returncode != 0
+    assert re.search(r"tako\.yaml:\d+:18: environments\.production\.services\.web\.workdir: "
+                     r"workdir is a directory of this machine", r.stdout + r.stderr), r.stderr
+    # known when the container starts: the deploy fails naming the program
+    # and the image, and what was serving keeps serving
+    deploy(dtako, dk, replicas=2)
+    ids = ids_of(dk)
+    dk.docker("tag", dk.base_image, "cmdcheck:1")  # busybox, no CMD
+    cases = [('["nosuch", "-x"]', r'command: cannot run "nosuch" in image cmdcheck:1: '
+                                  r'executable file not found in \$PATH'),
+             ('["/opt/app/server"]', r'command: cannot run "/opt/app/server" in image '
+                                     r'cmdcheck:1: .*no such file or directory'),
+             (None, r"image cmdcheck:1 has no CMD or ENTRYPOINT and the service no command")]
+    for cmd, want in cases:
+        text = config(dtako.proxy_port, dtako.http_port, image="cmdcheck:1", replicas=2)
+        if cmd:
+            text = text.replace("        env:\n", "        command: %s\n        env:\n" % cmd)
+        dtako.write("tako.yaml", text)
+        r = dtako.run("deploy", check=1, timeout=300)
+        assert re.search(want, r.stdout + r.stderr), r.stdout + r.stderr
+        assert ids_of(dk) == ids
+    assert set(hostnames(dtako.proxy_port, 4)) == {"scaling-web-1", "scaling-web-2"}

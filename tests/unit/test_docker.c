@@ -328,3 +328,24 @@ TEST(registry_credentials_come_from_docker_logins_config)
     CHECK_CONTAINS(err, "USER:PASSWORD");
     CHECK_INT(dk_auth_from_config("{not json", "r.io/a", &auth, err, sizeof(err)), -EINVAL);
 }
+
+TEST(a_program_runc_cannot_run_is_named_with_the_image)
+{
+    char out[512];
+    CHECK_INT(dk_start_error("OCI runtime create failed: container_linux.go:380: starting "
+                             "container process caused: exec: \"nosuch\": executable file not "
+                             "found in $PATH: unknown",
+                             "app:1", out, sizeof(out)),
+              0);
+    CHECK_STR(out, "command: cannot run \"nosuch\" in image app:1: executable file not found in "
+                   "$PATH");
+    CHECK_INT(dk_start_error("... caused: exec: \"/srv/x\": stat /srv/x: no such file or "
+                             "directory: unknown",
+                             "app:1", out, sizeof(out)),
+              0);
+    CHECK_STR(out, "command: cannot run \"/srv/x\" in image app:1: stat /srv/x: no such file or "
+                   "directory");
+    CHECK_INT(dk_start_error("driver failed programming external connectivity", "app:1", out,
+                             sizeof(out)),
+              -ENOENT);
+}
