@@ -98,6 +98,9 @@ def push_image(dk, ref, greeting, docker_config=None):
 
 @pytest.fixture(scope="module")
 def registry(dockerd):
+    # plain HTTP to 127.0.0.0/8 is allowed by dockerd's defaults (no flag given)
+    info = json.loads(dockerd.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
+    assert "127.0.0.0/8" in info["InsecureRegistryCIDRs"], info
     reg = Registry()
     try:
         reg.start()

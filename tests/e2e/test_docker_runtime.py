@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Load, free_port, http_json, kill_takod_tree, wait_for
+from conftest import Load, free_port, http_json, kill_takod_tree, wait_for, wait_port
 from dockerd import dk, dockerd  # noqa: F401  (fixtures)
 
 
@@ -479,15 +479,31 @@ def cpu_and_restarts(metrics_port, replica):
     return vals["tako_replica_cpu_seconds_total"], vals["tako_replica_restarts_total"]
 
 
+def container_port(dk, name):
+    env = dk.inspect(name)["Config"]["Env"]
+    return int([e for e in env if e.startswith("PORT=")][0][5:])
+
+
+def burn(dk, name, n, ms=250):
+    """n requests that each burn ms of CPU in the container, on its own port."""
+    port = container_port(dk, name)
+    for _ in range(n):
+        st, body = http_json(port, "/work?ms=%d" % ms, timeout=30)
+        assert st == 200 and body["worked_ms"] == ms and body["hostname"] == name, body
+
+
 def test_container_cpu_seconds_grow_with_work_and_survive_a_restart(dtako, dk):
     metrics = free_port()
-    deploy(dtako, dk, replicas=1, extra="    metrics: %d\n" % metrics)
+    app(dtako, dk)
+    # whoami answers nothing while it burns CPU: its health checks must not
+    # have it restarted for that (only the docker kill below restarts it)
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, replicas=1,
+                                    extra="    metrics: %d\n" % metrics)
+                .replace("unhealthyThreshold: 3", "unhealthyThreshold: 100"))
+    dtako.run("deploy", check=0, timeout=300)
     cpu0, restarts0 = cpu_and_restarts(metrics, "scaling-web-1")
     assert restarts0 == 0
-    # 12 requests that each burn 250 ms of CPU in the container: 3 s
-    for _ in range(12):
-        st, body = http_json(dtako.proxy_port, "/work?ms=250", timeout=30)
-        assert st == 200 and body["worked_ms"] == 250, body
+    burn(dk, "scaling-web-1", 12)  # 3 s of CPU
     # Stats are sampled on demand, one sweep at most every 5 s: scrape until
     # the sample that follows the work shows up.
     seen = []
@@ -504,9 +520,8 @@ def test_container_cpu_seconds_grow_with_work_and_survive_a_restart(dtako, dk):
              what="scaling-web-1 started again")
     wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 1, timeout=30,
              interval=0.3, what="the restart counted")
-    for _ in range(4):
-        st, body = http_json(dtako.proxy_port, "/work?ms=250", timeout=30)
-        assert st == 200, body
+    wait_port(container_port(dk, "scaling-web-1"), timeout=30)
+    burn(dk, "scaling-web-1", 4)  # 1 s more
     after = []
     wait_for(lambda: after.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
              after[-1] >= before + 0.8, timeout=60, interval=0.5,
