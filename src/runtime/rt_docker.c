@@ -556,6 +556,15 @@ static void job_stop(struct job *j)
     struct dk_client *c = j->hub->cli;
     char err[1024] = "";
     const char *who = j->id[0] ? j->id : j->name;
+    if (j->id[0]) {
+        /* its CPU up to now, for tako_replica_cpu_seconds_total: once it
+         * is gone, so is its cgroup (a restart would lose the time since
+         * the last sweep) */
+        struct msg *sm = new_msg(M_STATS, j->name, 0);
+        snprintf(sm->id, sizeof(sm->id), "%s", j->id);
+        sm->rc = dk_container_stats(c, j->id, true, &sm->st, NULL, 0);
+        hub_post(j->hub, sm);
+    }
     int rc = dk_container_stop(c, who, j->grace_s, err, sizeof(err));
     if (rc == -ENOENT)
         rc = 0;
