@@ -120,8 +120,10 @@ int client_connect(bool autostart)
 {
     if (g_remote) {
         /* One ssh session over the command's master connection; the remote
-         * side starts takod when it is not running. */
-        char *cmd = xasprintf("%s" REMOTE_BIN " daemon --stdio", remote_sudo(g_remote));
+         * side starts takod when it is not running, with the server's
+         * REMOTE_ENV_FILE in its environment. */
+        char *cmd = xasprintf("%ssh -c '" REMOTE_ENV_SH "exec " REMOTE_BIN " daemon --stdio'",
+                              remote_sudo(g_remote));
         int fd = -1;
         pid_t pid = ssh_spawn(g_remote, cmd, &fd);
         free(cmd);

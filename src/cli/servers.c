@@ -153,9 +153,21 @@ int cli_remote_lock(struct cli_target *t, uint64_t wait_ms, int *lock_fd)
 
 /* ---- deploy's preparation ---- */
 
+/* Whether a service of the environment runs on Docker (setup checks it). */
+static bool env_uses_docker(const struct cli_target *t)
+{
+    for (size_t i = 0; i < t->envp->services_len; i++) {
+        const char *rt = t->envp->services[i].runtime;
+        if (rt && strcmp(rt, "docker") == 0)
+            return true;
+    }
+    return false;
+}
+
 int cli_remote_prepare(struct cli_target *t, bool quiet)
 {
-    struct setup_opts so = {.http_port = t->envp->http_port, .quiet = quiet};
+    struct setup_opts so = {
+        .http_port = t->envp->http_port, .quiet = quiet, .docker = env_uses_docker(t)};
     char err[2048];
     bool changed;
     if (setup_server(t->remote, &so, &changed, err, sizeof(err)) < 0) {
@@ -211,7 +223,10 @@ const char help_setup[] =
     "is free (every problem in one message); install this tako binary at\n" REMOTE_BIN "\n"
     "when the server has none or another build (sha256-verified, atomic rename);\n"
     "create the state directory " REMOTE_HOME " (mode 0700); install and start the\n"
-    "systemd unit where systemd runs, else start takod as a detached process.\n"
+    "systemd unit where systemd runs, else start takod as a detached process,\n"
+    "both with the variables of " REMOTE_ENV_FILE " on the server (e.g. DOCKER_HOST).\n"
+    "When a service of the environment has runtime: docker, check that Docker\n"
+    "answers on the server, and say how to install it when it does not.\n"
     "Running it again changes nothing and says so. `tako deploy` does the same\n"
     "first, so running setup by hand is optional. See docs/servers.md.\n"
     "\n"
@@ -242,7 +257,7 @@ int cmd_setup(int argc, char **argv)
         cli_target_free(&t);
         return EXIT_OK;
     }
-    struct setup_opts so = {.http_port = t.envp->http_port};
+    struct setup_opts so = {.http_port = t.envp->http_port, .docker = env_uses_docker(&t)};
     char err[2048];
     bool changed;
     if (setup_server(t.remote, &so, &changed, err, sizeof(err)) < 0) {

@@ -183,10 +183,25 @@ int net_connect_unix(const char *path)
 
 int net_connect_tcp(const struct net_addr *a, bool *in_progress)
 {
+    return net_connect_tcp_from(a, NULL, in_progress);
+}
+
+int net_connect_tcp_from(const struct net_addr *a, const struct net_addr *src, bool *in_progress)
+{
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1)
         return -errno;
     net_set_nodelay(fd);
+    if (src && src->ss.ss_family == a->ss.ss_family) {
+        /* Ports stay the kernel's: only the address is chosen. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        if (bind(fd, (const struct sockaddr *)&src->ss, src->len) == -1) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
     *in_progress = false;
     if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == -1) {
         if (errno == EINPROGRESS) {

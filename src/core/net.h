@@ -33,6 +33,9 @@ int net_connect_unix(const char *path);
 /* Start a non-blocking TCP connect; *in_progress is set when the result
  * comes later (EPOLLOUT then SO_ERROR). Returns the fd or -errno. */
 int net_connect_tcp(const struct net_addr *a, bool *in_progress);
+/* net_connect_tcp from the local address src (port 0: any; NULL: the
+ * kernel's choice), e.g. so that the other side can tell who connects. */
+int net_connect_tcp_from(const struct net_addr *a, const struct net_addr *src, bool *in_progress);
 int net_set_nonblock(int fd);
 int net_set_nodelay(int fd);
 /* A free TCP port on 127.0.0.1 at the time of the call (0 on failure). */

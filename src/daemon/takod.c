@@ -126,6 +126,13 @@ static void h_version(struct api_req *r, void *data)
     api_reply_json(r->conn, 200, v);
 }
 
+/* An optional field of a request: null is the same as absent. */
+static json_t *opt_field(json_t *j, const char *key)
+{
+    json_t *v = json_object_get(j, key);
+    return json_is_null(v) ? NULL : v;
+}
+
 static void h_deploy(struct api_req *r, void *data)
 {
     (void)data;
@@ -143,6 +150,9 @@ static void h_deploy(struct api_req *r, void *data)
         items[i].config = json_object_get(it, "config");
         items[i].revision = json_string_value(json_object_get(it, "revision"));
         items[i].source = json_string_value(json_object_get(it, "source"));
+        items[i].slot_first = opt_field(it, "slot_first");
+        items[i].slot_stride = opt_field(it, "slot_stride");
+        items[i].peer_replicas = opt_field(it, "peer_replicas");
         if (!items[i].name || !items[i].config || !items[i].revision) {
             free(items);
             api_reply_error(r->conn, 400, "services[%zu]: needs name, config and revision", i);
@@ -159,6 +169,7 @@ static void h_deploy(struct api_req *r, void *data)
         .force = json_is_true(json_object_get(r->body, "force")),
         .prune = !json_is_false(json_object_get(r->body, "prune")),
         .only_service = body_str(r, "service"),
+        .peers = opt_field(r->body, "peers"),
     };
     char err[1024];
     /* `metrics:` first: an address in use or not allowed refuses the deploy
@@ -213,7 +224,8 @@ static void h_scale(struct api_req *r, void *data)
     char err[1024];
     OP_BEGIN(r->conn);
     int rc = orch_scale(d.orch, project, body_str(r, "env"), json_object_get(r->body, "counts"),
-                        progress, r->conn, err, sizeof(err));
+                        opt_field(r->body, "peer_replicas"), opt_field(r->body, "slots"), progress,
+                        r->conn, err, sizeof(err));
     if (rc < 0)
         stream_refused(r->conn, rc, err);
 }

@@ -3,6 +3,7 @@
  * plane that restarted or was upgraded), copies of the listening sockets (so
  * connections queue while a data plane is restarted), and the supervision
  * of the data-plane process: restart when it dies, stop after a crash loop. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -60,6 +61,8 @@ struct dpc_listener {
     bool tls;          /* HTTPS entrypoint (protocol 2) */
     unsigned redirect; /* plain: 308 to this HTTPS port */
     uint64_t hsts;     /* TLS: Strict-Transport-Security max-age */
+    bool peer;         /* peer listener (protocol 3) */
+    json_t *allow;     /* its allow list: ["10.0.0.2/32", ...] */
     struct dpc_listener *next;
 };
 
@@ -331,6 +334,7 @@ static int open_conn(struct dpc *c)
 
 static int send_cert(struct dpc *c, const char *id, json_t *pair, char *err, size_t errlen);
 static json_t *listen_msg(struct dpc *c, struct dpc_listener *l);
+static json_t *backends_for(const struct dpc *c, json_t *bs);
 static void send_listener_https(struct dpc *c, struct dpc_listener *l);
 
 static void replay(struct dpc *c)
@@ -368,7 +372,9 @@ static void replay(struct dpc *c)
             continue;
         /* Last known health goes with the set: a data plane that restarted
          * takes traffic to them at once instead of re-learning it. */
-        json_t *bs = json_deep_copy(p->backends);
+        json_t *mine = backends_for(c, p->backends);
+        json_t *bs = json_deep_copy(mine);
+        json_decref(mine);
         size_t i;
         json_t *b;
         json_array_foreach(bs, i, b)
@@ -388,6 +394,13 @@ static void replay(struct dpc *c)
         if (l->tls && c->proto < 2) {
             event(c, "error", "dataplane",
                   "data plane %s speaks protocol %d: it cannot serve HTTPS on %s (needs 2)",
+                  c->dp_version, c->proto, l->addr_s);
+            continue;
+        }
+        if (l->peer && c->proto < 3) {
+            event(c, "error", "dataplane",
+                  "data plane %s speaks protocol %d: it cannot serve the peer listener %s "
+                  "(needs 3)",
                   c->dp_version, c->proto, l->addr_s);
             continue;
         }
@@ -427,6 +440,10 @@ static json_t *listen_msg(struct dpc *c, struct dpc_listener *l)
         return q;
     if (l->tls) /* never to a data plane of protocol 1: it would listen in plain */
         json_object_set_new(q, "tls", json_true());
+    if (l->peer) { /* never below protocol 3: it would open it to anyone */
+        json_object_set_new(q, "peer", json_true());
+        json_object_set(q, "allow", l->allow);
+    }
     /* what the listener needs before its first accept: a restarted data
      * plane finds connections waiting in the queue of the sockets we send */
     json_t *rt = json_object();
@@ -694,6 +711,7 @@ static void r_free(struct proxy *p)
         for (size_t i = 0; i < l->nfds; i++)
             close(l->fds[i]);
         free(l->routes);
+        json_decref(l->allow);
         free(l);
     }
     const char *id;
@@ -738,11 +756,26 @@ static void listener_drop(struct dpc *c, struct dpc_listener *l)
     for (size_t i = 0; i < l->nfds; i++)
         close(l->fds[i]);
     free(l->routes);
+    json_decref(l->allow);
     free(l);
 }
 
+/* ["10.0.0.2/32", ...] for the wire. */
+static json_t *allow_json(const struct proxy_cidr *allow, size_t n)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char ip[INET6_ADDRSTRLEN], s[INET6_ADDRSTRLEN + 8];
+        if (!inet_ntop(allow[i].family, allow[i].addr, ip, sizeof(ip)))
+            continue;
+        snprintf(s, sizeof(s), "%s/%u", ip, allow[i].prefix);
+        json_array_append_new(arr, json_string(s));
+    }
+    return arr;
+}
+
 static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy_pool *def,
-                         bool tls)
+                         bool tls, json_t *peer_allow)
 {
     struct dpc *c = impl(p);
     char as[64];
@@ -750,6 +783,14 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
         char what[96];
         snprintf(what, sizeof(what), "serve HTTPS on %s", net_addr_str(a, as, sizeof(as)));
         return old_dataplane(c, what);
+    }
+    if (peer_allow && c->state == DPC_UP && c->proto < 3) {
+        json_decref(peer_allow);
+        event(c, "error", "dataplane",
+              "data plane %s (build %s) speaks protocol %d and cannot serve a peer listener on "
+              "%s (needs protocol 3); restart takod to upgrade it",
+              c->dp_version, c->dp_build, c->proto, net_addr_str(a, as, sizeof(as)));
+        return -EPROTONOSUPPORT;
     }
     struct dpc_listener *l = lfind(c, a, as, sizeof(as));
     if (!l) {
@@ -760,6 +801,9 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
     }
     l->tls = tls;
     l->def = def ? proxy_remote_pool_impl(def) : NULL;
+    l->peer = peer_allow != NULL;
+    json_decref(l->allow);
+    l->allow = peer_allow;
     if (c->state != DPC_UP)
         return 0;
     int rfds[DP_MAX_FDS];
@@ -779,12 +823,34 @@ static int listen_common(struct proxy *p, const struct net_addr *a, struct proxy
 
 static int r_listen(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_common(p, a, def, false);
+    return listen_common(p, a, def, false, NULL);
 }
 
 static int r_listen_tls(struct proxy *p, const struct net_addr *a, struct proxy_pool *def)
 {
-    return listen_common(p, a, def, true);
+    return listen_common(p, a, def, true, NULL);
+}
+
+static int r_listen_peer(struct proxy *p, const struct net_addr *a,
+                         const struct proxy_cidr *allow, size_t n)
+{
+    return listen_common(p, a, NULL, false, allow_json(allow, n));
+}
+
+static int r_peer_allow(struct proxy *p, const struct net_addr *a, const struct proxy_cidr *allow,
+                        size_t n)
+{
+    struct dpc *c = impl(p);
+    char as[64];
+    struct dpc_listener *l = lfind(c, a, as, sizeof(as));
+    if (!l || !l->peer)
+        return -ENOENT;
+    json_decref(l->allow);
+    l->allow = allow_json(allow, n);
+    if (c->proto < 3)
+        return -EPROTONOSUPPORT;
+    return reply_rc(call(c, json_pack("{s:s, s:s, s:O}", "op", "peer_allow", "addr", as, "allow",
+                                      l->allow)));
 }
 
 static int r_tls_set_cert(struct proxy *p, const char *id, const char *cert_pem, size_t cert_len,
@@ -966,6 +1032,22 @@ static int r_set_default(struct proxy *p, const struct net_addr *a, struct proxy
                                       (json_int_t)(l->def ? l->def->id : 0))));
 }
 
+/* The set as a data plane of the connection's protocol may see it: below 3,
+ * without peer backends (it would send requests to another server's peer
+ * listener without X-Tako-Service: 404 there). New reference. */
+static json_t *backends_for(const struct dpc *c, json_t *bs)
+{
+    if (c->proto >= 3)
+        return json_incref(bs);
+    json_t *out = json_array();
+    size_t i;
+    json_t *b;
+    json_array_foreach(bs, i, b)
+        if (!json_is_true(json_object_get(b, "peer")))
+            json_array_append(out, b);
+    return out;
+}
+
 static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *b, size_t n)
 {
     struct dpc_pool *q = proxy_remote_pool_impl(pool);
@@ -982,18 +1064,21 @@ static int r_pool_set(struct proxy_pool *pool, const struct proxy_backend_spec *
             json_object_set_new(j, "health_path", json_string(b[i].health_path));
         if (b[i].up)
             json_object_set_new(j, "up", json_true());
+        if (b[i].peer)
+            json_object_set_new(j, "peer", json_true());
+        if (b[i].weight > 1)
+            json_object_set_new(j, "weight", json_integer(b[i].weight));
         json_array_append_new(bs, j);
     }
     json_decref(q->backends);
-    q->backends = json_incref(bs);
+    q->backends = bs; /* the whole set: a data plane upgraded later gets the peers too */
     int rc = q->id ? reply_rc(call(q->c, json_pack("{s:s, s:I, s:o}", "op", "pool_set", "pool",
-                                                   (json_int_t)q->id, "backends", bs)))
+                                                   (json_int_t)q->id, "backends",
+                                                   backends_for(q->c, bs))))
                    : 0;
     if (rc < 0)
         log_error("data plane refused the %zu backends of pool %s: %s", n,
                   json_string_value(json_object_get(q->opts, "name")), strerror(-rc));
-    if (!q->id)
-        json_decref(bs);
     return rc;
 }
 
@@ -1157,6 +1242,12 @@ L_INT(hsts, (struct proxy * p, const struct net_addr *a, uint64_t s), (p, a, s),
 L_INT(tls_stats, (struct proxy * p, struct proxy_tls_stats *out), (p, out), impl(p))
 L_INT(listener_stats, (struct proxy * p, struct proxy_listener_stats **out, size_t *n),
       (p, out, n), impl(p))
+L_INT(listen_peer,
+      (struct proxy * p, const struct net_addr *a, const struct proxy_cidr *allow, size_t n),
+      (p, a, allow, n), impl(p))
+L_INT(peer_allow,
+      (struct proxy * p, const struct net_addr *a, const struct proxy_cidr *allow, size_t n),
+      (p, a, allow, n), impl(p))
 static uint64_t l_instance_id(struct proxy *p)
 {
     uint64_t r;
@@ -1205,6 +1296,8 @@ static const struct proxy_remote_ops dpc_ops = {
     .tls_stats = l_tls_stats,
     .instance_id = l_instance_id,
     .listener_stats = l_listener_stats,
+    .listen_peer = l_listen_peer,
+    .peer_allow = l_peer_allow,
 };
 
 struct proxy *dp_client_new(struct ev_loop *loop, const struct dp_client_opts *o, char *err,

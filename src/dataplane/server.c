@@ -48,6 +48,8 @@ struct dp_listener {
     unsigned redirect;    /* plain: 308 to this HTTPS port, 0: off */
     uint64_t hsts;        /* TLS: Strict-Transport-Security max-age, 0: none */
     bool https_claimed;   /* redirect/hsts set by the current driver */
+    bool peer;            /* peer listener (protocol 3): routes are services */
+    json_t *allow;        /* its allow list: ["10.0.0.2", ...] */
     struct dp_listener *next;
 };
 
@@ -183,6 +185,8 @@ static int specs_parse(const json_t *j, struct proxy_backend_spec *v, size_t max
             return -EINVAL;
         v[i].health_path = json_string_value(json_object_get(b, "health_path"));
         v[i].up = json_is_true(json_object_get(b, "up"));
+        v[i].peer = json_is_true(json_object_get(b, "peer")); /* protocol 3 */
+        v[i].weight = (unsigned)json_integer_value(json_object_get(b, "weight"));
     }
     return (int)json_array_size(j);
 }
@@ -285,7 +289,26 @@ static void listener_remove(struct dp_listener *l)
             break;
         }
     json_decref(l->routes);
+    json_decref(l->allow);
     free(l);
+}
+
+/* A peer listener's allow list from JSON ["ADDR" or "CIDR", ...]: the
+ * count, *out malloc'd (caller frees), or -EINVAL naming nothing. */
+static int allow_parse(const json_t *j, struct proxy_cidr **out)
+{
+    size_t n = json_array_size(j), i;
+    json_t *v;
+    *out = xcalloc(n ? n : 1, sizeof(**out));
+    json_array_foreach(j, i, v) {
+        const char *s = json_string_value(v);
+        if (!s || proxy_cidr_parse(s, &(*out)[i]) < 0) {
+            free(*out);
+            *out = NULL;
+            return -EINVAL;
+        }
+    }
+    return (int)n;
 }
 
 static struct proxy_pool *pool_ptr(int64_t id)
@@ -398,8 +421,17 @@ static void listener_https_apply(struct dp_listener *l);
  * consumed. NULL with *rc on failure. */
 static struct dp_listener *listener_start(const char *a, const struct net_addr *na, int64_t def,
                                           bool tls, const json_t *routes, unsigned redirect,
-                                          uint64_t hsts, const int *fds, size_t nfds, int *rc)
+                                          uint64_t hsts, bool peer, const json_t *allow,
+                                          const int *fds, size_t nfds, int *rc)
 {
+    struct proxy_cidr *cidrs = NULL;
+    int nallow = peer ? allow_parse(allow, &cidrs) : 0;
+    if (nallow < 0) {
+        for (size_t k = 0; k < nfds; k++)
+            close(fds[k]);
+        *rc = -EINVAL;
+        return NULL;
+    }
     size_t n = json_object_size(routes), i = 0;
     const char **doms = xcalloc(n + 1, sizeof(*doms));
     struct proxy_pool **pools = xcalloc(n + 1, sizeof(*pools));
@@ -418,10 +450,12 @@ static struct dp_listener *listener_start(const char *a, const struct net_addr *
     struct proxy_listen_spec spec = {.fds = fds, .nfds = nfds, .def = pool_ptr(def), .tls = tls,
                                      .domains = doms, .pools = pools, .nroutes = i,
                                      .https_redirect = tls ? 0 : redirect,
-                                     .hsts_s = tls ? hsts : 0};
+                                     .hsts_s = tls ? hsts : 0, .peer = peer, .allow = cidrs,
+                                     .nallow = (size_t)nallow};
     *rc = proxy_listen_spec(S.proxy, na, &spec);
     free(doms);
     free(pools);
+    free(cidrs);
     if (*rc < 0) {
         json_decref(kept);
         return NULL;
@@ -434,9 +468,36 @@ static struct dp_listener *listener_start(const char *a, const struct net_addr *
     l->routes = kept;
     l->redirect = spec.https_redirect;
     l->hsts = spec.hsts_s;
+    l->peer = peer;
+    l->allow = !peer ? NULL : allow ? json_deep_copy(allow) : json_array();
     l->next = S.listeners;
     S.listeners = l;
     return l;
+}
+
+/* A new allow list for a peer listener (protocol 3). */
+static json_t *peer_allow_apply(struct dp_listener *l, const json_t *allow)
+{
+    struct proxy_cidr *cidrs = NULL;
+    int n = allow_parse(allow, &cidrs);
+    if (n < 0)
+        return err_reply(EINVAL, "allow: addresses or CIDRs are needed");
+    int r = proxy_listener_peer_allow(S.proxy, &l->addr, cidrs, (size_t)n);
+    free(cidrs);
+    if (r < 0)
+        return err_reply(-r, "%s", strerror(-r));
+    json_decref(l->allow);
+    l->allow = json_deep_copy(allow);
+    return ok_reply();
+}
+
+static json_t *h_peer_allow(json_t *q)
+{
+    const char *a = json_string_value(json_object_get(q, "addr"));
+    struct dp_listener *l = a ? listener_by_addr(a) : NULL;
+    if (!l || !l->peer)
+        return err_reply(ENOENT, "no peer listener %s", a ? a : "(none)");
+    return peer_allow_apply(l, json_object_get(q, "allow"));
 }
 
 static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout)
@@ -450,7 +511,14 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
     }
     int64_t def = json_integer_value(json_object_get(q, "pool"));
     bool tls = json_is_true(json_object_get(q, "tls"));
+    bool peer = json_is_true(json_object_get(q, "peer")); /* protocol 3 */
+    json_t *allow = json_object_get(q, "allow");
     struct dp_listener *l = listener_by_addr(a);
+    if (l && l->peer != peer) {
+        log_info("dataplane: %s becomes %s", a, peer ? "a peer listener" : "a public listener");
+        listener_remove(l);
+        l = NULL;
+    }
     if (l && l->tls != tls) {
         /* the same port changed between HTTP and HTTPS while no takod ran:
          * serve it the new way (on the sockets takod sent, if any) */
@@ -475,9 +543,15 @@ static json_t *h_listen(json_t *q, int *fds, size_t nfds, int *out, size_t *nout
             if (pool_ptr(json_integer_value(pv)) &&
                 proxy_route_host(S.proxy, &l->addr, dom, pool_ptr(json_integer_value(pv))) == 0)
                 json_object_set(l->routes, dom, pv);
+        if (peer && allow && !json_equal(allow, l->allow)) {
+            json_t *r = peer_allow_apply(l, allow);
+            if (!json_is_true(json_object_get(r, "ok")))
+                return r;
+            json_decref(r);
+        }
     } else {
         int r;
-        l = listener_start(a, &na, def, tls, routes, redirect, hsts, fds, nfds, &r);
+        l = listener_start(a, &na, def, tls, routes, redirect, hsts, peer, allow, fds, nfds, &r);
         if (!l)
             return err_reply(-r, "cannot listen on %s: %s", a, strerror(-r));
     }
@@ -681,9 +755,17 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
 {
     if (S.handed_over)
         return err_reply(EALREADY, "already handed over");
-    bool https = json_object_size(S.certs) > 0;
-    for (struct dp_listener *l = S.listeners; l; l = l->next)
+    bool https = json_object_size(S.certs) > 0, peers = false;
+    for (struct dp_listener *l = S.listeners; l; l = l->next) {
         https |= l->tls;
+        peers |= l->peer;
+    }
+    if (peers && c->proto < 3)
+        /* it would open the peer listener to anyone, routing by Host */
+        return err_reply(EPROTONOSUPPORT,
+                         "the successor speaks protocol %d and cannot serve peer listeners "
+                         "(needs 3)",
+                         c->proto);
     if (https && c->proto < 2)
         /* it would serve the TLS sockets as plain HTTP and drop the
          * certificates: keep serving here instead */
@@ -727,6 +809,10 @@ static json_t *h_handover(struct dp_conn *c, int *out, size_t *nout)
             json_object_set_new(lj, "https_redirect", json_integer(l->redirect));
         if (l->hsts)
             json_object_set_new(lj, "hsts", json_integer((json_int_t)l->hsts));
+        if (l->peer) {
+            json_object_set_new(lj, "peer", json_true());
+            json_object_set(lj, "allow", l->allow);
+        }
         json_array_append_new(ls, lj);
     }
     *nout = n;
@@ -795,7 +881,7 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
     static const char *const mutating[] = {
         "pool_new", "pool_set",      "pool_free",     "listen",   "unlisten", "route",
         "set_default", "sync_done",  "cert_set",      "cert_del", "challenge_set",
-        "challenge_del", "https_redirect", "hsts"};
+        "challenge_del", "https_redirect", "hsts", "peer_allow"};
     bool known = false;
     for (size_t i = 0; i < ARRAY_LEN(mutating); i++)
         known |= strcmp(op, mutating[i]) == 0;
@@ -821,6 +907,8 @@ static json_t *handle(struct dp_conn *c, json_t *q, int *fds, size_t nfds, int *
         return h_route(q, true);
     if (strcmp(op, "sync_done") == 0)
         return h_sync_done();
+    if (strcmp(op, "peer_allow") == 0)
+        return h_peer_allow(q);
     if (strncmp(op, "cert_", 5) == 0 || strncmp(op, "challenge_", 10) == 0 ||
         strcmp(op, "https_redirect") == 0 || strcmp(op, "hsts") == 0)
         return h_https(op, q);
@@ -1088,7 +1176,9 @@ static int take_over(char *err, size_t errlen)
         struct dp_listener *dl = listener_start(
             a, &na, def, json_is_true(json_object_get(l, "tls")), json_object_get(l, "routes"),
             (unsigned)json_integer_value(json_object_get(l, "https_redirect")),
-            (uint64_t)json_integer_value(json_object_get(l, "hsts")), fds + off, k, &lr);
+            (uint64_t)json_integer_value(json_object_get(l, "hsts")),
+            json_is_true(json_object_get(l, "peer")), json_object_get(l, "allow"), fds + off, k,
+            &lr);
         off += k;
         if (!dl) {
             log_error("dataplane: cannot take over %s: %s", a, strerror(-lr));

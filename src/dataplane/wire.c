@@ -205,6 +205,12 @@ json_t *dpw_pool_opts_json(const struct proxy_pool_opts *o)
                         json_integer((json_int_t)o->max_conns_per_backend));
     json_object_set_new(j, "max_queue", json_integer((json_int_t)o->max_queue));
     json_object_set_new(j, "queue_timeout_ms", json_integer((json_int_t)o->queue_timeout_ms));
+    /* Protocol 3: a data plane of 2 would ignore them, so takod sends a pool
+     * that has them only to a data plane of 3 (dp_client). */
+    if (o->peer_service && *o->peer_service)
+        json_object_set_new(j, "peer_service", json_string(o->peer_service));
+    if (o->peer_source && *o->peer_source)
+        json_object_set_new(j, "peer_source", json_string(o->peer_source));
     return j;
 }
 
@@ -242,4 +248,6 @@ void dpw_pool_opts_parse(const json_t *j, struct proxy_pool_opts *o)
     o->max_conns_per_backend = (unsigned)u64(j, "max_conns_per_backend");
     o->max_queue = (unsigned)u64(j, "max_queue");
     o->queue_timeout_ms = u64(j, "queue_timeout_ms");
+    o->peer_service = json_string_value(json_object_get(j, "peer_service"));
+    o->peer_source = json_string_value(json_object_get(j, "peer_source"));
 }

@@ -12,7 +12,9 @@
 /* Protocol versions this build speaks. A peer announces the highest it
  * speaks and the lowest it accepts; both use the highest common one. */
 #define DP_PROTO_MIN 1
-#define DP_PROTO_MAX 2 /* 2: HTTPS (TLS listeners, certificates, challenges, redirect, HSTS) */
+/* 2: HTTPS (TLS listeners, certificates, challenges, redirect, HSTS);
+ * 3: several servers per environment (peer listeners, peer backends) */
+#define DP_PROTO_MAX 3
 
 #define DP_MAX_FDS 64          /* descriptors in one message */
 #define DP_MAX_LINE (8u << 20) /* a longer line is a protocol error */

@@ -122,6 +122,7 @@ void orch__persist(struct orch_service *s)
     st.scale_override = s->scale_override;
     st.stopped = s->stopped;
     st.http_port = s->http_port;
+    st.placement = s->placement;
     store_service_save(s->o->store, &st, NULL, NULL);
 }
 
@@ -230,7 +231,9 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     r->gen = s->gen;
     if (c->health.enabled && c->health.path)
         snprintf(r->health_path, sizeof(r->health_path), "%s", c->health.path);
-    snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, index);
+    /* Named by the environment-wide slot, so names stay unique across servers. */
+    r->slot = orch__slot(s, index);
+    snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, r->slot);
     r->port = c->port ? rep_free_port(o) : 0;
     struct rt_env_kv env[256];
     size_t ne = 0;
@@ -246,7 +249,7 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
         .project = s->project,
         .service = s->name,
         .environment = s->env,
-        .index = index,
+        .index = r->slot,
         .revision = s->revision,
         .image = c->image,
         .build_dir = c->build,
@@ -621,6 +624,7 @@ static void svc_free(struct orch_service *s)
     if (s->prev_cfg)
         cfg_service_free(s->prev_cfg);
     json_decref(s->prev_json);
+    orch__placement_set(s, NULL);
     free(s);
 }
 
@@ -784,6 +788,7 @@ static void on_services_loaded(void *data, int status, void *result)
         s->scale_override = v[i].scale_override;
         s->stopped = v[i].stopped;
         s->http_port = v[i].http_port;
+        orch__placement_set(s, json_is_object(v[i].placement) ? json_incref(v[i].placement) : NULL);
         orch__ensure_pool(s);
     }
     struct rt_replica **adopted = NULL;
@@ -800,7 +805,8 @@ static void on_services_loaded(void *data, int status, void *result)
         struct orch_replica *r = xcalloc(1, sizeof(*r));
         r->svc = s;
         r->rt = adopted[i];
-        r->index = sp->index;
+        r->slot = sp->index; /* the runtime knows replicas by the number in their name */
+        r->index = orch__local_index(s, r->slot);
         r->port = sp->port;
         snprintf(r->name, sizeof(r->name), "%s", rt_name(adopted[i]));
         snprintf(r->revision, sizeof(r->revision), "%s", sp->revision ? sp->revision : "");
@@ -880,6 +886,7 @@ void orch_free(struct orch *o)
         o->listeners = l->next;
         free(l);
     }
+    orch__peer_listeners_free(o);
     free(o);
 }
 

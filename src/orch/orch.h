@@ -43,6 +43,10 @@ struct orch_deploy_item {
     json_t *config; /* cfg_service_to_json() form */
     const char *revision;
     const char *source;
+    /* Several servers per environment (all optional; absent = one server):
+     * local replica j is named <project>-<service>-<slot_first+(j-1)*slot_stride>,
+     * and peer_replicas ({"b": 2}) says how many run on each other server. */
+    json_t *slot_first, *slot_stride, *peer_replicas;
 };
 
 struct orch_deploy_req {
@@ -53,6 +57,10 @@ struct orch_deploy_req {
     bool force;
     bool prune; /* remove services of this env that are not in items */
     const char *only_service; /* --service: leave the others alone */
+    /* {"listen": "ADDR:PORT", "servers": [{"name", "address"}]}: this
+     * server's peer listener and the environment's other servers; NULL on
+     * one server. */
+    json_t *peers;
 };
 
 /* Operations. Each returns 0 when started (progress then flows to cb until
@@ -61,9 +69,12 @@ struct orch_deploy_req {
  * cb may be NULL. */
 int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress_cb cb,
                 void *data, char *err, size_t errlen);
-/* counts: {"web": 5, ...} */
+/* counts: {"web": 5, ...} (local replicas); peer_replicas: {"web": {"b": 2}}
+ * and slots: {"web": {"first": 2, "stride": 3}} (several servers; NULL:
+ * unchanged). */
 int orch_scale(struct orch *o, const char *project, const char *env, json_t *counts,
-               orch_progress_cb cb, void *data, char *err, size_t errlen);
+               json_t *peer_replicas, json_t *slots, orch_progress_cb cb, void *data, char *err,
+               size_t errlen);
 /* kind: "restart" | "stop" | "start" | "down"; service NULL = all. */
 int orch_action(struct orch *o, const char *kind, const char *project, const char *env,
                 const char *service, orch_progress_cb cb, void *data, char *err,

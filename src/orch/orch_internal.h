@@ -27,10 +27,25 @@ enum orch_phase {
 
 struct orch_service;
 
+/* Several servers per environment (orch_peers.c). */
+#define ORCH_MAX_PEERS 64
+/* Local index of an adopted replica whose slot the service's rule does not
+ * give (placement changed while takod was away): beyond every slot, so it
+ * is drained like any replica above the count. */
+#define ORCH_FOREIGN_INDEX 10000000u
+
+struct orch_peer {
+    char name[64];
+    char address[64];  /* numeric ADDR:PORT of its peer listener */
+    unsigned replicas; /* this service's replicas there */
+    char id[72];       /* "peer:NAME", its backend id in the service's pool */
+};
+
 struct orch_replica {
     struct orch_service *svc;
     struct rt_replica *rt;
-    unsigned index;
+    unsigned index; /* local: 1..n on this server (the reconciler's slots) */
+    unsigned slot;  /* the number in its name: slot_first + (index-1)*slot_stride */
     char name[128];
     char revision[64];
     char health_path[256]; /* its revision's health path; "" = the pool's check */
@@ -68,6 +83,14 @@ struct orch_service {
     uint8_t pool_opts_sig[ORCH_SIG_LEN]; /* digest of the options the pool was made with */
     struct orch_replica *replicas;
     struct orch_service *next;
+    /* Several servers per environment: local replica j is named by slot
+     * slot_first + (j-1)*slot_stride (1, 1 on one server); placement is what
+     * the store keeps (NULL on one server), parsed into the fields below. */
+    unsigned slot_first, slot_stride;
+    json_t *placement;
+    char peer_listen[64]; /* this server's peer listener, "" none */
+    struct orch_peer *peers;
+    size_t npeers;
     /* autoscaling */
     struct orch_autoscale *as;
 };
@@ -92,6 +115,18 @@ struct orch_op {
 struct orch_route {
     char domain[256];
     struct proxy_pool *pool;
+};
+
+/* A peer listener (several servers per environment), shared by every
+ * service whose placement names its address. */
+struct orch_peer_listener {
+    char addr[64];
+    bool bound, wanted;
+    char **routes; /* "PROJECT/ENV/SERVICE" routed now */
+    struct proxy_pool **pools;
+    size_t nroutes;
+    uint8_t allow_sig[ORCH_SIG_LEN]; /* digest of the allow list pushed */
+    struct orch_peer_listener *next;
 };
 
 struct orch_listener {
@@ -121,6 +156,7 @@ struct orch {
     struct orch_service *services;
     struct orch_op *ops;
     struct orch_listener *listeners;
+    struct orch_peer_listener *peer_listeners; /* orch_peers.c */
 };
 
 const char *orch_phase_name(enum orch_phase p);
@@ -143,6 +179,41 @@ void orch__report(struct orch_service *s, const char *level, const char *kind, c
 struct orch_service *orch__svc_find(struct orch *o, const char *project, const char *name);
 /* Save the service's target to the store (fire and forget). */
 void orch__persist(struct orch_service *s);
+
+/* orch_peers.c */
+/* The slot (number in the name) of local replica j, and back: the local
+ * index of a slot, ORCH_FOREIGN_INDEX + slot when the rule does not give it. */
+unsigned orch__slot(const struct orch_service *s, unsigned j);
+unsigned orch__local_index(const struct orch_service *s, unsigned slot);
+/* The placement of a deploy item (peers: the request's "peers", may be
+ * NULL): *out NULL on one server, else a new reference. 0 or -EINVAL with
+ * a message naming the field. */
+int orch__placement_of(const json_t *peers, const struct orch_deploy_item *it, json_t **out,
+                       char *err, size_t errlen);
+/* Install a placement (takes the reference; NULL: one server). Returns
+ * whether the slot rule changed (replicas then need new names). */
+bool orch__placement_set(struct orch_service *s, json_t *placement);
+/* A scale's peer_replicas ({"b": 2}) and slots ({"first", "stride"}) for s
+ * (either NULL): the new placement in *out (new reference), or -EINVAL. */
+/* After a change of the slot rule: local indexes again from the names. */
+void orch__reindex(struct orch_service *s);
+int orch__placement_scaled(const struct orch_service *s, const json_t *peer_replicas,
+                           const json_t *slots, json_t **out, char *err, size_t errlen);
+
+/* This server's peer-listen IP (source of connections to peers): false
+ * when it listens on every address. */
+bool orch__peer_source(const struct orch_service *s, char *buf, size_t len);
+/* The peer backends of s ("peer:NAME", weight = its replicas there) into
+ * specs (room for s->npeers), hashed into h; their count. */
+struct sha256;
+size_t orch__peer_specs(struct orch_service *s, struct proxy_backend_spec *specs, struct sha256 *h);
+/* Bind, route and allow the peer listeners the services want; close the
+ * others. 0, or -errno with a message. */
+int orch__sync_peer_listeners(struct orch *o, char *err, size_t errlen);
+void orch__peer_listeners_free(struct orch *o);
+/* ps: the service's peers with the health this server sees. */
+json_t *orch__peers_json(const struct orch_service *s, const struct proxy_backend_stats *st,
+                         size_t nst);
 
 /* orch_pool.c */
 void orch__ensure_pool(struct orch_service *s);

@@ -208,8 +208,12 @@ void orch__set_target(struct orch_service *s, struct cfg_service *cfg, json_t *j
 /* Parse and check every item before anything changes: cfgs[i] for each,
  * or -errno with the message. */
 static int deploy_validate(struct orch *o, const struct orch_deploy_req *req,
-                           struct cfg_service **cfgs, char *err, size_t errlen)
+                           struct cfg_service **cfgs, json_t **pls, char *err, size_t errlen)
 {
+    for (size_t i = 0; i < req->n_items; i++) {
+        if (orch__placement_of(req->peers, &req->items[i], &pls[i], err, errlen) < 0)
+            return -EINVAL;
+    }
     for (size_t i = 0; i < req->n_items; i++) {
         char e[256];
         cfgs[i] = cfg_service_from_json(req->items[i].config, e, sizeof(e));
@@ -239,7 +243,7 @@ static bool listed_in(const struct orch_deploy_req *req, const char *name)
 
 /* Would the deploy change anything that runs? */
 static bool deploy_changes(struct orch *o, const struct orch_deploy_req *req,
-                           struct cfg_service **cfgs)
+                           struct cfg_service **cfgs, json_t **pls)
 {
     if (req->force)
         return true;
@@ -249,7 +253,8 @@ static bool deploy_changes(struct orch *o, const struct orch_deploy_req *req,
         struct orch_service *s = orch__svc_find(o, req->project, req->items[i].name);
         if (!s || strcmp(s->revision, req->items[i].revision) != 0 || s->stopped ||
             s->removing || s->http_port != req->http_port || !orch__converged(s) ||
-            s->cfg_replicas != cfgs[i]->replicas)
+            s->cfg_replicas != cfgs[i]->replicas ||
+            !(pls[i] ? s->placement && json_equal(pls[i], s->placement) : !s->placement))
             return true;
     }
     if (req->prune && !req->only_service)
@@ -298,7 +303,7 @@ static void deploy_override(struct orch_service *s, bool fresh, unsigned yaml_re
 
 /* Set one service's new target (takes *cfg when the revision changes). */
 static void deploy_item(struct orch *o, const struct orch_deploy_req *req,
-                        const struct orch_deploy_item *it, struct cfg_service **cfg)
+                        const struct orch_deploy_item *it, struct cfg_service **cfg, json_t **pl)
 {
     struct orch_service *s = orch__svc_find(o, req->project, it->name);
     bool fresh = !s;
@@ -319,7 +324,11 @@ static void deploy_item(struct orch *o, const struct orch_deploy_req *req,
     s->stopped = false;
     s->in_op = true;
     s->http_port = req->http_port;
+    if (orch__placement_set(s, *pl))
+        orch__reindex(s);
+    *pl = NULL;
     orch__ensure_pool(s);
+    orch__sync_pool(s);
     orch__persist(s);
     orch__report(s, "info", "deploy", "deploying revision %s: %u replica%s", s->revision,
                  orch__desired(s), orch__desired(s) == 1 ? "" : "s");
@@ -330,10 +339,11 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
 {
     /* Validate everything before changing anything. */
     struct cfg_service **cfgs = xcalloc(req->n_items + 1, sizeof(*cfgs));
-    int rc = deploy_validate(o, req, cfgs, err, errlen);
+    json_t **pls = xcalloc(req->n_items + 1, sizeof(*pls));
+    int rc = deploy_validate(o, req, cfgs, pls, err, errlen);
     if (rc < 0)
         goto out;
-    if (!deploy_changes(o, req, cfgs)) {
+    if (!deploy_changes(o, req, cfgs, pls)) {
         rc = 1; /* nothing to do */
         deploy_unchanged_msg(o, req, cfgs, err, errlen);
         goto out;
@@ -355,7 +365,7 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
     }
     for (size_t i = 0; i < req->n_items; i++)
         if (!req->only_service || strcmp(req->only_service, req->items[i].name) == 0)
-            deploy_item(o, req, &req->items[i], &cfgs[i]);
+            deploy_item(o, req, &req->items[i], &cfgs[i], &pls[i]);
     if (req->prune && !req->only_service) {
         for (struct orch_service *s = o->services; s; s = s->next) {
             if (strcmp(s->project, req->project) != 0 || listed_in(req, s->name) || s->removing)
@@ -372,26 +382,78 @@ int orch_deploy(struct orch *o, const struct orch_deploy_req *req, orch_progress
     }
     snprintf(op->ok_msg, sizeof(op->ok_msg), "deployed");
 out:
-    for (size_t i = 0; i < req->n_items; i++)
+    for (size_t i = 0; i < req->n_items; i++) {
         if (cfgs[i])
             cfg_service_free(cfgs[i]);
+        json_decref(pls[i]);
+    }
     free(cfgs);
+    free(pls);
     return rc;
 }
 
+/* The services a scale's peer_replicas / slots name exist, and their new
+ * placements (pls: one per service of the project, NULL where unchanged). */
+static int scale_placements(struct orch *o, const char *project, const char *env,
+                            json_t *peer_replicas, json_t *slots, json_t *pls, char *err,
+                            size_t errlen)
+{
+    json_t *maps[2] = {peer_replicas, slots};
+    const char *what[2] = {"peer_replicas", "slots"};
+    for (int m = 0; m < 2; m++) {
+        if (!maps[m])
+            continue;
+        if (!json_is_object(maps[m])) {
+            snprintf(err, errlen, "%s: must be an object {service: ...}", what[m]);
+            return -EINVAL;
+        }
+        const char *name;
+        json_t *v;
+        json_object_foreach(maps[m], name, v) {
+            struct orch_service *s = orch__svc_find(o, project, name);
+            if (!s || s->removing || (env && *env && strcmp(s->env, env) != 0)) {
+                snprintf(err, errlen, "%s: project %s has no deployed service %s", what[m],
+                         project, name);
+                return -ENOENT;
+            }
+            if (json_object_get(pls, name))
+                continue;
+            json_t *pl;
+            if (orch__placement_scaled(s, json_object_get(peer_replicas, name),
+                                       json_object_get(slots, name), &pl, err, errlen) < 0)
+                return -EINVAL;
+            json_object_set_new(pls, name, pl);
+        }
+    }
+    return 0;
+}
+
 int orch_scale(struct orch *o, const char *project, const char *env, json_t *counts,
-               orch_progress_cb cb, void *data, char *err, size_t errlen)
+               json_t *peer_replicas, json_t *slots, orch_progress_cb cb, void *data, char *err,
+               size_t errlen)
 {
     const char *name;
     json_t *v;
-    if (!json_is_object(counts) || json_object_size(counts) == 0) {
+    bool placed = peer_replicas || slots;
+    if (counts ? !json_is_object(counts) : !placed) {
         snprintf(err, errlen, "nothing to scale: give SERVICE=COUNT");
         return -EINVAL;
+    }
+    if (json_object_size(counts) == 0 && !placed) {
+        snprintf(err, errlen, "nothing to scale: give SERVICE=COUNT");
+        return -EINVAL;
+    }
+    json_t *pls = json_object();
+    int prc = scale_placements(o, project, env, peer_replicas, slots, pls, err, errlen);
+    if (prc < 0) {
+        json_decref(pls);
+        return prc;
     }
     json_object_foreach(counts, name, v) {
         struct orch_service *s = orch__svc_find(o, project, name);
         if (!s || s->removing || (env && *env && strcmp(s->env, env) != 0)) {
             snprintf(err, errlen, "project %s has no deployed service %s", project, name);
+            json_decref(pls);
             return -ENOENT;
         }
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
@@ -399,6 +461,7 @@ int orch_scale(struct orch *o, const char *project, const char *env, json_t *cou
             snprintf(err, errlen,
                      "%s: replicas must be an integer from 0 to %d (the limit per service)", name,
                      CFG_MAX_REPLICAS);
+            json_decref(pls);
             return -EINVAL;
         }
         if (s->cfg->autoscale.enabled) {
@@ -406,12 +469,24 @@ int orch_scale(struct orch *o, const char *project, const char *env, json_t *cou
                      "%s is autoscaled (min %u, max %u): change replicas.min/max in tako.yaml "
                      "instead",
                      name, s->cfg->autoscale.min, s->cfg->autoscale.max);
+            json_decref(pls);
             return -EINVAL;
         }
     }
     struct orch_op *op = op_begin(o, "scale", project, env, "", "", cb, data, err, errlen);
-    if (!op)
+    if (!op) {
+        json_decref(pls);
         return -EBUSY;
+    }
+    json_object_foreach(pls, name, v) {
+        struct orch_service *s = orch__svc_find(o, project, name);
+        if (orch__placement_set(s, json_incref(v)))
+            orch__reindex(s);
+        s->in_op = true;
+        orch__sync_pool(s);
+        orch__persist(s);
+    }
+    json_decref(pls);
     json_object_foreach(counts, name, v) {
         struct orch_service *s = orch__svc_find(o, project, name);
         int want = (int)json_integer_value(v);

@@ -25,11 +25,20 @@
 #include "store/store.h"
 
 static void pool_opts_of(const struct orch_service *s, struct proxy_pool_opts *po, char *name,
-                         size_t namelen)
+                         size_t namelen, char *peer_svc, size_t svclen, char *peer_src,
+                         size_t srclen)
 {
     const struct cfg_service *c = s->cfg;
     snprintf(name, namelen, "%s-%s", s->project, s->name);
     memset(po, 0, sizeof(*po));
+    /* Several servers: what the other servers' peer listeners route by,
+     * and the address their allow lists know this server by. */
+    if (s->placement) {
+        snprintf(peer_svc, svclen, "%s/%s/%s", s->project, s->env, s->name);
+        po->peer_service = peer_svc;
+        if (orch__peer_source(s, peer_src, srclen))
+            po->peer_source = peer_src;
+    }
     po->name = name;
     po->strategy = (enum lb_kind)c->lb_strategy; /* both number the rows of lb_table */
     /* Health checks disabled: the proxy checks that the port accepts. */
@@ -56,14 +65,15 @@ static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG
 {
     /* The path itself is per backend (each replica is checked on its own
      * revision's path), so a changed path needs no new pool. */
-    char head[256];
-    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|%u|%u|%llu|%llu|%u|",
+    char head[512];
+    int w = snprintf(head, sizeof(head), "%d|%s|%llu|%llu|%u|%u|%llu|%u|%u|%llu|%llu|%u|%s|%s|",
                      (int)po->strategy, po->health_path ? "http" : "tcp",
                      (unsigned long long)po->health_interval_ms,
                      (unsigned long long)po->health_timeout_ms, po->rise, po->fall,
                      (unsigned long long)po->drain_timeout_ms, po->max_conns_per_backend,
                      po->max_queue, (unsigned long long)po->queue_timeout_ms,
-                     (unsigned long long)po->body_timeout_ms, po->min_body_rate);
+                     (unsigned long long)po->body_timeout_ms, po->min_body_rate,
+                     po->peer_service ? po->peer_service : "", po->peer_source ? po->peer_source : "");
     struct sha256 h;
     sha256_init(&h);
     sha256_update(&h, head, w > 0 ? (size_t)w : 0);
@@ -81,7 +91,7 @@ static void pool_opts_sig(const struct proxy_pool_opts *po, uint8_t out[ORCH_SIG
 static size_t pool_specs(struct orch_service *s, bool ready_only,
                          struct proxy_backend_spec **specs, uint8_t sig[ORCH_SIG_LEN])
 {
-    size_t cap = 0, n = 0;
+    size_t cap = s->npeers, n = 0;
     for (struct orch_replica *r = s->replicas; r; r = r->next)
         cap++;
     *specs = xcalloc(cap ? cap : 1, sizeof(**specs));
@@ -103,6 +113,7 @@ static size_t pool_specs(struct orch_service *s, bool ready_only,
         sha256_update(&h, a, strlen(a) + 1);
         sha256_update(&h, r->health_path, strlen(r->health_path) + 1);
     }
+    n += orch__peer_specs(s, *specs + n, &h);
     sha256_final(&h, sig);
     return n;
 }
@@ -115,9 +126,9 @@ void orch__ensure_pool(struct orch_service *s)
     if (s->cfg->port == 0)
         return;
     struct proxy_pool_opts po;
-    char name[160];
+    char name[160], svc[200], src[64];
     uint8_t sig[ORCH_SIG_LEN];
-    pool_opts_of(s, &po, name, sizeof(name));
+    pool_opts_of(s, &po, name, sizeof(name), svc, sizeof(svc), src, sizeof(src));
     pool_opts_sig(&po, sig);
     if (s->pool && memcmp(sig, s->pool_opts_sig, ORCH_SIG_LEN) == 0)
         return;
@@ -342,7 +353,7 @@ static void listeners_drop_unwanted(struct orch *o)
 
 int orch__sync_listeners(struct orch *o, char *err, size_t errlen)
 {
-    int rc = 0;
+    int rc = orch__sync_peer_listeners(o, err, errlen);
     listeners_mark_wanted(o);
     struct listener_plan *p = xmalloc(sizeof(*p)); /* 67 KB of routes: not on the stack */
     for (struct orch_listener *l = o->listeners; l; l = l->next) {

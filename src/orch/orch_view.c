@@ -81,7 +81,7 @@ static json_t *replica_json(const struct orch_replica *r, const struct proxy_bac
     rt_info(r->rt, &info);
     json_t *j = json_object();
     json_object_set_new(j, "name", json_string(r->name));
-    json_object_set_new(j, "index", json_integer(r->index));
+    json_object_set_new(j, "index", json_integer(r->slot));
     json_object_set_new(j, "pid", json_integer(info.pid));
     json_object_set_new(j, "port", json_integer(r->port));
     json_object_set_new(j, "health", json_string(health_of(r, st)));
@@ -122,6 +122,8 @@ static const char *service_status(const struct orch_service *s, unsigned running
         return "removing";
     if (crashloop)
         return "crashloop";
+    if (desired == 0 && !s->stopped && s->npeers && !changing)
+        return "running"; /* its replicas are on the other servers; its balancer serves */
     if (desired == 0)
         return "stopped";
     if (changing && running >= desired)
@@ -172,6 +174,7 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
         }
         if (running > desired)
             running = desired;
+        json_t *peers = s->placement ? orch__peers_json(s, st, nst) : NULL;
         proxy_pool_stats_free(st);
         json_t *j = json_object();
         json_object_set_new(j, "project", json_string(s->project));
@@ -197,6 +200,8 @@ json_t *orch_ps(struct orch *o, const char *project, const char *env, const char
         for (size_t d = 0; d < s->cfg->proxy.domains_len; d++)
             json_array_append_new(domains, json_string(s->cfg->proxy.domains[d]));
         json_object_set_new(j, "domains", domains);
+        if (peers)
+            json_object_set_new(j, "peers", peers);
         if (s->cfg->autoscale.enabled)
             json_object_set_new(j, "autoscale", orch_autoscale_view(s));
         json_object_set_new(j, "replicas", reps);
@@ -343,7 +348,7 @@ void orch_visit(struct orch *o, const struct orch_visitor *v, void *data, bool w
                 rt_inspect(shown->rt, &info);
             struct orch_replica_view rv = {
                 .name = shown->name,
-                .index = shown->index,
+                .index = shown->slot,
                 .phase = orch_phase_name(shown->phase),
                 .revision = shown->revision,
                 .rt = &info,

@@ -76,6 +76,8 @@ struct xchg {
     /* hbuf: the upstream request head [h_off, h_len), then client output
      * (response head, 1xx, our own answers) [o_off, o_len) */
     uint32_t h_off, h_len, o_off, o_len;
+    uint16_t svc_line; /* the head ends with an X-Tako-Service line this long (peer backend) */
+    bool peer_refused; /* a peer answered its own 503: nothing was forwarded */
     bool hbuf_is_output;
     /* response */
     uint32_t u_off, u_scan, u_len;

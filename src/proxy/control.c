@@ -76,15 +76,24 @@ static void hc_on_io(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
             hc_done(p, b, false, err ? strerror(err) : "connect failed");
             return;
         }
-        if (!path) {
+        if (!path && !b->peer) {
             hc_done(p, b, true, NULL); /* a TCP connect check */
             return;
         }
         char req[1024];
+        /* A peer backend is asked through the peer's listener, whose
+         * balancer answers itself from its own checks: 200 while it has a
+         * healthy replica of the service, 503 when none (X-Tako-Peer-Check). */
+        const char *svc = b->peer ? b->pool->peer_service : NULL;
         int n = snprintf(req, sizeof(req),
                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tako-health\r\n"
-                         "Connection: close\r\n\r\n",
-                         path, b->addr_s);
+                         "%s%s%sConnection: close\r\n\r\n",
+                         path ? path : "/", b->addr_s, svc ? "X-Tako-Service: " : "",
+                         svc ? svc : "", svc ? "\r\nX-Tako-Peer-Check: 1\r\n" : "");
+        if (n < 0 || (size_t)n >= sizeof(req)) {
+            hc_done(p, b, false, "health check request too long");
+            return;
+        }
         if (send(h->fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
             hc_done(p, b, false, "send failed");
             return;
@@ -121,7 +130,8 @@ static void hc_start(struct proxy *p, struct backend *b)
     h->rlen = 0;
     h->started = p->ctl_loop.now;
     ev_timer_init(&h->timer, hc_on_timeout, b);
-    int fd = net_connect_tcp(&b->addr, &inprog);
+    int fd = net_connect_tcp_from(&b->addr, b->peer && b->pool->peer_src.len ? &b->pool->peer_src : NULL,
+                                  &inprog);
     if (fd < 0) {
         hc_done(p, b, false, strerror(-fd));
         return;

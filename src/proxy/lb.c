@@ -82,6 +82,8 @@ bool lb_usable(const struct backend *b, const struct lb_req *r)
 {
     if (!atomic_load_explicit(&b->healthy, memory_order_relaxed))
         return false;
+    if (r->local_only && b->peer)
+        return false;
     for (unsigned i = 0; i < r->ntried; i++)
         if (r->tried[i] == b)
             return false;
@@ -105,12 +107,23 @@ void lb_finished(struct lb_set *set, struct backend *b)
 
 struct backend *lb_rr_next(struct lb_set *set, struct lb_req *r)
 {
+    atomic_uint_fast64_t *cur = r->local_only ? &set->pool->rr_local : &set->pool->rr;
+    if (set->wb) {
+        size_t nw = set->nw;
+        for (size_t i = 0; i < nw; i++) {
+            uint64_t c = atomic_fetch_add_explicit(cur, 1, memory_order_relaxed);
+            struct backend *b = set->wb[c % nw];
+            if (lb_usable(b, r))
+                return b;
+        }
+        return lb_scan_from(set, 0, r);
+    }
     size_t n = set->n;
     /* Each skipped backend consumes a cursor step: with b2 down, sequential
      * requests go b1, b3, b1, b3 — the others keep their order. */
     uint64_t c = 0;
     for (size_t i = 0; i < n; i++) {
-        c = atomic_fetch_add_explicit(&set->pool->rr, 1, memory_order_relaxed);
+        c = atomic_fetch_add_explicit(cur, 1, memory_order_relaxed);
         struct backend *b = set->b[c % n];
         if (lb_usable(b, r))
             return b;

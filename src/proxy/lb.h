@@ -30,6 +30,8 @@ struct lb_set {
     const struct lb_ops *ops;
     size_t n;
     struct backend **b; /* in the order given to proxy_pool_set_backends */
+    struct backend **wb; /* b with each repeated by its weight, interleaved; NULL: all weigh 1 */
+    size_t nw;
     void *data;         /* the strategy's own structure */
     uint64_t retire_gen;
     struct lb_set *retired_next;
@@ -45,6 +47,7 @@ struct lb_req {
     struct backend *const *tried;    /* backends this request already failed on */
     unsigned ntried;
     unsigned maxconn;                /* a backend with this many in flight is full; 0: no limit */
+    bool local_only;                 /* a peer listener's request: no peer backend */
     uint64_t (*rand)(void *ctx);     /* uniform 64-bit random numbers */
     void *rand_ctx;
 };
@@ -94,7 +97,8 @@ bool lb_usable(const struct backend *b, const struct lb_req *r);
  * least-connections ordering). set may be NULL (no current set). */
 void lb_started(struct lb_set *set, struct backend *b);
 void lb_finished(struct lb_set *set, struct backend *b);
-/* Round robin over usable backends with the pool's shared cursor. */
+/* Round robin over usable backends with the pool's shared cursor (by
+ * weight when the set has weights). */
 struct backend *lb_rr_next(struct lb_set *set, struct lb_req *r);
 /* First usable backend scanning from index start (wrapping), or NULL. */
 struct backend *lb_scan_from(struct lb_set *set, size_t start, struct lb_req *r);

@@ -171,6 +171,21 @@ char *proxy_metrics_text(struct proxy *p)
         sb_printf(&b, "tako_proxy_listener_accepted_total{listener=\"%s\"} %llu\n",
                   net_addr_str(&l->addr, a, sizeof(a)), (unsigned long long)atomic_load(&l->accepted));
     }
+    /* Peer listeners only (several servers per environment): absent otherwise. */
+    bool any_peer = false;
+    for (struct listener *l = p->listeners; l; l = l->next)
+        any_peer |= l->peer;
+    if (any_peer)
+        help(&b, "tako_proxy_peer_refused_total", "counter",
+             "Connections to a peer listener from an address that is none of the environment's "
+             "servers (closed at once).");
+    for (struct listener *l = p->listeners; l && any_peer; l = l->next) {
+        char a[64];
+        if (l->peer)
+            sb_printf(&b, "tako_proxy_peer_refused_total{listener=\"%s\"} %llu\n",
+                      net_addr_str(&l->addr, a, sizeof(a)),
+                      (unsigned long long)atomic_load(&l->refused));
+    }
     help(&b, "tako_proxy_open_connections", "gauge", "Client connections open, all listeners.");
     sb_printf(&b, "tako_proxy_open_connections %u\n", atomic_load(&p->open_conns));
     pthread_mutex_unlock(&p->lock);
@@ -224,6 +239,7 @@ int proxy_listener_stats(struct proxy *p, struct proxy_listener_stats **out, siz
         net_addr_str(&l->addr, v[k].addr, sizeof(v[k].addr));
         v[k].open_conns = atomic_load(&l->open_conns);
         v[k].accepted = (uint64_t)atomic_load(&l->accepted);
+        v[k].refused = (uint64_t)atomic_load(&l->refused);
         v[k].instance = p->instance_id;
     }
     pthread_mutex_unlock(&p->lock);

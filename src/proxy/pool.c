@@ -77,7 +77,36 @@ void lb_set__free(struct lb_set *s)
     if (s->ops->destroy)
         s->ops->destroy(s);
     free(s->b);
+    free(s->wb);
     free(s);
+}
+
+/* Smooth weighted round robin (as nginx): each backend appears weight
+ * times, spread out, so 3:1 gives a a b a rather than a a a b. */
+static void set_weights(struct lb_set *s)
+{
+    size_t total = 0;
+    bool weighted = false;
+    for (size_t i = 0; i < s->n; i++) {
+        total += s->b[i]->weight;
+        weighted |= s->b[i]->weight > 1;
+    }
+    if (!weighted || total > (size_t)1 << 20)
+        return;
+    s->wb = xcalloc(total, sizeof(*s->wb));
+    int64_t *cw = xcalloc(s->n, sizeof(*cw));
+    for (size_t k = 0; k < total; k++) {
+        size_t best = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            cw[i] += s->b[i]->weight;
+            if (cw[i] > cw[best])
+                best = i;
+        }
+        cw[best] -= (int64_t)total;
+        s->wb[k] = s->b[best];
+    }
+    s->nw = total;
+    free(cw);
 }
 
 struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts *o)
@@ -102,6 +131,20 @@ struct proxy_pool *proxy_pool_new(struct proxy *p, const struct proxy_pool_opts 
     pool->o.sticky_cookie = pool->sticky_cookie;
     pool->ops = lb_ops_for(pool->o.strategy);
     pool->up_xprt = &xprt_tcp;
+    if (o->peer_service && *o->peer_service) {
+        pool->peer_service = xstrdup(o->peer_service);
+        pool->peer_service_len = strlen(pool->peer_service);
+    }
+    pool->o.peer_service = pool->peer_service;
+    pool->o.peer_source = NULL;
+    if (o->peer_source && *o->peer_source &&
+        net_parse_addr(o->peer_source, NULL, &pool->peer_src) < 0) {
+        /* "ADDR" without a port is the usual form: port 0 */
+        char a[80];
+        snprintf(a, sizeof(a), strchr(o->peer_source, ':') ? "[%s]:0" : "%s:0", o->peer_source);
+        if (net_parse_addr(a, NULL, &pool->peer_src) < 0)
+            pool->peer_src.len = 0;
+    }
     pthread_mutex_init(&pool->lock, NULL);
     struct lb_set *s = set_new(pool, 0);
     pool->ops->build(s);
@@ -120,6 +163,8 @@ static struct backend *backend_new(struct proxy_pool *pool, const struct proxy_b
     snprintf(b->id, sizeof(b->id), "%s", sp->id);
     b->addr = sp->addr;
     b->health_path = sp->health_path && *sp->health_path ? xstrdup(sp->health_path) : NULL;
+    b->peer = sp->peer;
+    b->weight = sp->weight ? sp->weight : 1;
     net_addr_str(&b->addr, b->addr_s, sizeof(b->addr_s));
     b->id_hash = lb_hash64(b->id, strlen(b->id), 0x5717c4);
     b->pool = pool;
@@ -182,7 +227,8 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
         struct backend *b = find_live(pool, sp[i].id);
         const char *hp = sp[i].health_path && *sp[i].health_path ? sp[i].health_path : NULL;
         if (b && (b->addr.len != sp[i].addr.len || memcmp(&b->addr.ss, &sp[i].addr.ss, b->addr.len) ||
-                  (b->health_path ? !hp || strcmp(b->health_path, hp) : hp != NULL)))
+                  (b->health_path ? !hp || strcmp(b->health_path, hp) : hp != NULL) ||
+                  b->peer != sp[i].peer))
             b = NULL; /* same id, new address or check: a new backend; the old one drains */
         if (!b) {
             b = backend_new(pool, &sp[i]);
@@ -194,8 +240,10 @@ int proxy_pool_set_backends(struct proxy_pool *pool, const struct proxy_backend_
             pool->all = b;
         }
         BUG_ON(atomic_load(&b->removed)); /* a set holds live backends only */
+        b->weight = sp[i].weight ? sp[i].weight : 1; /* read by set builds only, under pool->lock */
         s->b[i] = b;
     }
+    set_weights(s);
     pool->ops->build(s);
     uint64_t now = ev_time_ms();
     /* Everything live that is not in the new set drains. */
@@ -353,6 +401,7 @@ void pool__free_all(struct proxy *p)
         free(pool->name);
         free(pool->health_path);
         free(pool->sticky_cookie);
+        free(pool->peer_service);
         free(pool);
     }
     p->pools = NULL;

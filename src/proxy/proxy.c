@@ -272,6 +272,43 @@ int proxy_listen_fds(struct proxy *p, const struct net_addr *addr, const int *gi
     return listener_open(p, addr, given, ngiven, default_pool, &xprt_tcp, NULL, NULL);
 }
 
+static struct peer_allow *allow_new(const struct proxy_cidr *allow, size_t n)
+{
+    struct peer_allow *a = xcalloc(1, sizeof(*a) + n * sizeof(a->c[0]));
+    a->n = n;
+    if (n)
+        memcpy(a->c, allow, n * sizeof(a->c[0]));
+    return a;
+}
+
+int proxy_listen_peer(struct proxy *p, const struct net_addr *addr,
+                      const struct proxy_cidr *allow, size_t nallow)
+{
+    if (p->rops)
+        return p->rops->listen_peer ? p->rops->listen_peer(p, addr, allow, nallow) : -ENOSYS;
+    struct proxy_listen_spec s = {.peer = true, .allow = allow, .nallow = nallow};
+    return listener_open(p, addr, NULL, 0, NULL, &xprt_tcp, NULL, &s);
+}
+
+static void free_allow(void *a) { free(a); }
+
+int proxy_listener_peer_allow(struct proxy *p, const struct net_addr *addr,
+                              const struct proxy_cidr *allow, size_t nallow)
+{
+    if (p->rops)
+        return p->rops->peer_allow ? p->rops->peer_allow(p, addr, allow, nallow) : -ENOSYS;
+    pthread_mutex_lock(&p->lock);
+    struct listener *l = find_listener(p, addr);
+    if (!l || !l->peer) {
+        pthread_mutex_unlock(&p->lock);
+        return -ENOENT;
+    }
+    struct peer_allow *old = atomic_exchange(&l->allow, allow_new(allow, nallow));
+    pthread_mutex_unlock(&p->lock);
+    pool__retire_ptr(p, old, free_allow);
+    return 0;
+}
+
 int proxy_listen_spec(struct proxy *p, const struct net_addr *addr,
                       const struct proxy_listen_spec *s)
 {
@@ -345,6 +382,9 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
     if (spec) {
         atomic_init(&l->https_redirect, spec->https_redirect);
         atomic_init(&l->hsts, spec->hsts_s);
+        l->peer = spec->peer;
+        if (spec->peer)
+            atomic_init(&l->allow, allow_new(spec->allow, spec->nallow));
     }
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < nr; i++)
@@ -359,7 +399,8 @@ static int listener_open(struct proxy *p, const struct net_addr *addr, const int
         worker__post(&p->w[i], WCMD_LISTEN, l);
     pthread_mutex_unlock(&p->lock);
     char b[64];
-    log_info("proxy: listening on %s (%s)", net_addr_str(&l->addr, b, sizeof(b)), xprt->name);
+    log_info("proxy: listening on %s (%s%s)", net_addr_str(&l->addr, b, sizeof(b)), xprt->name,
+             l->peer ? ", peers" : "");
     return 0;
 }
 

@@ -94,6 +94,11 @@ struct proxy_pool_opts {
     unsigned max_conns_per_backend; /* requests in flight per backend, all threads; 0: no limit */
     unsigned max_queue;            /* requests waiting for a backend under that limit (256) → 503 */
     uint64_t queue_timeout_ms;     /* how long one may wait in that queue (5 s) → 503 */
+    /* Several servers per environment: requests and health checks to a peer
+     * backend carry X-Tako-Service: peer_service ("PROJECT/ENV/SERVICE"),
+     * and connect from the address peer_source (numeric IP; NULL/"": any). */
+    const char *peer_service;
+    const char *peer_source;
 };
 
 struct proxy_backend_spec {
@@ -106,6 +111,12 @@ struct proxy_backend_spec {
     /* Known healthy elsewhere (the previous data-plane process): a new
      * backend takes traffic before its first check here. */
     bool up;
+    /* Another server's peer listener (id "peer:NAME"): requests get the
+     * pool's X-Tako-Service; a peer listener never routes to it. */
+    bool peer;
+    /* Share of picks under round_robin and random (0: 1), e.g. the replicas
+     * a peer backend stands for; the other strategies count every backend once. */
+    unsigned weight;
 };
 
 /* Latency histogram of a backend: bucket i counts requests that took at most
@@ -142,6 +153,7 @@ struct proxy_listener_stats {
     char addr[64];      /* "127.0.0.1:8080" as bound */
     unsigned open_conns;
     uint64_t accepted;
+    uint64_t refused;   /* peer listener: connections from outside its allow list */
     uint64_t instance; /* proxy_instance_id() of the counting proxy */
 };
 /* Snapshot of every listener. Caller frees *out (free()). */
@@ -176,6 +188,18 @@ int proxy_listen_xprt(struct proxy *p, const struct net_addr *addr, struct proxy
  * -ENOENT when there is no such listener. */
 int proxy_route_host(struct proxy *p, const struct net_addr *listener_addr, const char *domain,
                      struct proxy_pool *pool);
+/* A peer listener (several servers per environment) on addr: connections
+ * are accepted only from the addresses in allow (others are closed at once,
+ * counted and logged at most once a minute); a request is routed by its
+ * X-Tako-Service header ("PROJECT/ENV/SERVICE", set with proxy_route_host)
+ * to that pool's own backends only, never to a peer backend (no loops):
+ * none healthy is 503, an unknown service 404. The header is removed, and
+ * the connecting peer is a trusted proxy (its X-Forwarded-For is kept). */
+int proxy_listen_peer(struct proxy *p, const struct net_addr *addr,
+                      const struct proxy_cidr *allow, size_t nallow);
+/* Replace the allow list of the peer listener at addr; -ENOENT. */
+int proxy_listener_peer_allow(struct proxy *p, const struct net_addr *addr,
+                              const struct proxy_cidr *allow, size_t nallow);
 /* Stop listening on addr (connections already accepted finish). */
 int proxy_unlisten(struct proxy *p, const struct net_addr *addr);
 /* Actual bound address of a listener (port 0 resolved); -ENOENT. */

@@ -30,6 +30,9 @@ struct proxy_listen_spec {
     size_t nroutes;
     unsigned https_redirect; /* plain: as proxy_listener_https_redirect */
     uint64_t hsts_s;         /* TLS: as proxy_listener_hsts */
+    bool peer;               /* a peer listener (proxy_listen_peer): routes are services */
+    const struct proxy_cidr *allow; /* its allow list */
+    size_t nallow;
 };
 int proxy_listen_spec(struct proxy *p, const struct net_addr *addr,
                       const struct proxy_listen_spec *s);

@@ -80,6 +80,8 @@ struct backend {
     char addr_s[64];
     struct net_addr addr;
     char *health_path;           /* NULL: the pool's */
+    bool peer;                   /* another server's peer listener */
+    unsigned weight;             /* ≥ 1 */
     uint64_t id_hash;
     struct proxy_pool *pool;
     atomic_bool healthy;
@@ -114,7 +116,12 @@ struct proxy_pool {
     atomic_uint queued;      /* requests waiting for a backend under max_conns_per_backend */
     void *up_xprt_arg;
     _Atomic(struct lb_set *) cur;
+    char *peer_service;      /* X-Tako-Service to peer backends, NULL: none */
+    size_t peer_service_len;
+    struct net_addr peer_src; /* source address towards peer backends (len 0: any) */
     atomic_uint_fast64_t rr; /* round-robin cursor shared by all threads */
+    atomic_uint_fast64_t rr_local; /* the one of a peer listener's requests (and the
+                                    * other servers' health checks): they never move rr */
     pthread_mutex_t lock;    /* control side: all, set swaps */
     struct backend *all;     /* current and draining */
     bool had_set;
@@ -140,6 +147,12 @@ struct route {
     struct proxy_pool *pool;
 };
 
+/* A peer listener's allow list, swapped whole. */
+struct peer_allow {
+    size_t n;
+    struct proxy_cidr c[];
+};
+
 /* An immutable routing table of a listener, swapped whole. */
 struct routes {
     struct proxy_pool *def;
@@ -159,6 +172,10 @@ struct listener {
     atomic_int refs;        /* workers still holding it */
     _Atomic unsigned https_redirect; /* plain listener: 308 to this HTTPS port (0: off) */
     _Atomic uint64_t hsts;           /* TLS listener: Strict-Transport-Security max-age */
+    bool peer;                       /* routes by X-Tako-Service to own backends only */
+    _Atomic(struct peer_allow *) allow; /* peer listener: who may connect */
+    atomic_uint_fast64_t refused;       /* connections closed for not being allowed */
+    atomic_uint_fast64_t refused_log_ms; /* last time one was logged */
     bool closed;
     struct listener *next;  /* p->listeners, under p->lock */
 };
@@ -281,6 +298,9 @@ void pool__free_all(struct proxy *p);
 /* Free ptr with fn once no worker can still see it. */
 void pool__retire_ptr(struct proxy *p, void *ptr, void (*fn)(void *));
 void lb_set__free(struct lb_set *s);
+
+/* Whether a (family, 16 bytes) address is in cd (xchg.c). */
+bool proxy__cidr_match(const struct proxy_cidr *cd, int family, const uint8_t *a);
 
 /* ---- worker.c ---- */
 int worker__start_all(struct proxy *p);

@@ -36,6 +36,11 @@ struct proxy_remote_ops {
     /* the serving process's proxy_instance_id(); NULL: 0 */
     uint64_t (*instance_id)(struct proxy *p);
     int (*listener_stats)(struct proxy *p, struct proxy_listener_stats **out, size_t *n);
+    /* Several servers per environment (see proxy_listen_peer); NULL: ENOSYS. */
+    int (*listen_peer)(struct proxy *p, const struct net_addr *a, const struct proxy_cidr *allow,
+                       size_t nallow);
+    int (*peer_allow)(struct proxy *p, const struct net_addr *a, const struct proxy_cidr *allow,
+                      size_t nallow);
 };
 
 /* A proxy whose calls go to ops; impl is the implementation's state. */

@@ -136,6 +136,9 @@ void rw_request_head(struct obuf *o, const struct http_msg *m, const struct rw_r
             continue; /* written below, from the peer or a trusted proxy */
         if (hop_by_hop(m, h, r->upgrade))
             continue;
+        if (h->id == HTTP_H_OTHER && ((h->name_len == 14 && strncasecmp(h->name, "x-tako-service", 14) == 0) ||
+                                      (h->name_len == 17 && strncasecmp(h->name, "x-tako-peer-check", 17) == 0)))
+            continue; /* between servers only: set per backend by the connection code */
         ob_hdr(o, h);
     }
     const char *host = NULL;
@@ -233,6 +236,8 @@ void rw_response_head(struct obuf *o, const struct http_msg *m, const struct rw_
         }
         if (hop_by_hop(m, h, is101))
             continue;
+        if (h->id == HTTP_H_OTHER && h->name_len == 11 && strncasecmp(h->name, "x-tako-peer", 11) == 0)
+            continue; /* another server's word to this one (its own 503), not the client's */
         ob_hdr(o, h);
     }
     if (r->body == RW_RSP_LENGTH ||

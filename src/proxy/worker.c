@@ -1,7 +1,8 @@
 /* worker.c — worker threads: one event loop each, its own SO_REUSEPORT
- * socket per listener, commands from other threads through an eventfd,
+ * socket per listener (a peer listener's allow list checked at accept), commands from other threads through an eventfd,
  * a 100 ms tick for housekeeping, and the quiescent-state mark that lets
  * the control thread free retired backend sets. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -59,6 +60,7 @@ void listener__unref(struct listener *l)
     if (atomic_fetch_sub(&l->refs, 1) == 1) {
         free(l->fds);
         free(atomic_load(&l->routes));
+        free(atomic_load(&l->allow));
         free(l);
     }
 }
@@ -72,6 +74,41 @@ static void set_listeners_active(struct worker *w, bool on)
         else
             ev_io_stop(&w->loop, &wl->io);
     }
+}
+
+/* A peer listener takes connections from the environment's other servers
+ * only; anyone else is closed before a byte is read, counted, and logged at
+ * most once a minute (a scan must not fill the log). */
+static bool peer_allowed(struct listener *l, const struct sockaddr_storage *ss)
+{
+    int fam = AF_INET;
+    uint8_t a[16] = {0};
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+            memcpy(a, a6->sin6_addr.s6_addr + 12, 4);
+        } else {
+            fam = AF_INET6;
+            memcpy(a, a6->sin6_addr.s6_addr, 16);
+        }
+    } else {
+        memcpy(a, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    }
+    const struct peer_allow *al = atomic_load_explicit(&l->allow, memory_order_acquire);
+    for (size_t i = 0; al && i < al->n; i++)
+        if (proxy__cidr_match(&al->c[i], fam, a))
+            return true;
+    uint64_t n = atomic_fetch_add_explicit(&l->refused, 1, memory_order_relaxed) + 1;
+    uint64_t now = ev_time_ms(), last = atomic_load_explicit(&l->refused_log_ms, memory_order_relaxed);
+    if ((last == 0 || now - last >= 60000) &&
+        atomic_compare_exchange_strong(&l->refused_log_ms, &last, now)) {
+        char ip[INET6_ADDRSTRLEN], la[64];
+        inet_ntop(fam, a, ip, sizeof(ip));
+        log_warn("proxy: peer listener %s refused a connection from %s: not one of the "
+                 "environment's servers (%llu refused so far)",
+                 net_addr_str(&l->addr, la, sizeof(la)), ip, (unsigned long long)n);
+    }
+    return false;
 }
 
 static void on_accept(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
@@ -104,6 +141,10 @@ static void on_accept(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
                 log_warn("proxy: accept: %s", strerror(errno));
             }
             return;
+        }
+        if (wl->l->peer && !peer_allowed(wl->l, &ss)) {
+            close(fd);
+            continue;
         }
         atomic_fetch_add_explicit(&p->open_conns, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&wl->l->accepted, 1, memory_order_relaxed);

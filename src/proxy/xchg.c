@@ -71,8 +71,10 @@ void xchg__error(struct xchg *x, int status, const char *msg)
                       msg ? msg : "");
     int n = snprintf(x->hbuf, x->hcap,
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Length: %d\r\nConnection: close\r\n%s%s%.*s%s\r\n%s",
+                     "Content-Length: %d\r\nConnection: close\r\n%s%s%s%.*s%s\r\n%s",
                      status, http_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
+                     /* a peer listener's own 503: the server that asked may try another */
+                     status == 503 && x->c->l->peer ? "X-Tako-Peer: no-replica\r\n" : "",
                      x->rid_len ? "X-Request-Id: " : "", (int)x->rid_len, x->rid,
                      x->rid_len ? "\r\n" : "", x->method == HTTP_HEAD ? "" : body);
     x->o_off = 0;
@@ -238,7 +240,7 @@ static void xchg_finish(struct xchg *x, bool client_ok)
 
 /* ---- request start ---- */
 
-static bool cidr_match(const struct proxy_cidr *cd, int family, const uint8_t *a)
+bool proxy__cidr_match(const struct proxy_cidr *cd, int family, const uint8_t *a)
 {
     if (cd->family != family)
         return false;
@@ -256,7 +258,7 @@ static bool cidr_match(const struct proxy_cidr *cd, int family, const uint8_t *a
 static bool trusted(struct proxy *p, int family, const uint8_t *a)
 {
     for (size_t i = 0; i < p->ntrusted; i++)
-        if (cidr_match(&p->trusted[i], family, a))
+        if (proxy__cidr_match(&p->trusted[i], family, a))
             return true;
     return false;
 }
@@ -270,7 +272,9 @@ static bool client_identity(struct xchg *x, const struct http_msg *m, int *famil
     struct proxy *p = c->w->p;
     *family = c->family;
     memcpy(addr, c->addr, 16);
-    if (!p->ntrusted || !trusted(p, c->family, c->addr))
+    /* On a peer listener the peer is another server of the environment,
+     * which already did this walk: its chain is believed. */
+    if (!c->l->peer && (!p->ntrusted || !trusted(p, c->family, c->addr)))
         return false;
     /* walk every X-Forwarded-For value from the right */
     for (int i = (int)m->nheaders - 1; i >= 0; i--) {
@@ -311,9 +315,55 @@ static bool client_identity(struct xchg *x, const struct http_msg *m, int *famil
     return true;
 }
 
+/* Another server's health check of this one (X-Tako-Peer-Check), on a peer
+ * listener: answered here from this balancer's own view of the service's
+ * replicas, so that it costs the replicas nothing and says exactly "this
+ * server can serve it". True when answered. */
+static bool peer_check(struct xchg *x, const struct http_msg *m)
+{
+    static const char name[] = "x-tako-peer-check";
+    bool asked = false;
+    for (unsigned i = 0; i < m->nheaders && !asked; i++)
+        asked = m->headers[i].name_len == sizeof(name) - 1 &&
+                strncasecmp(m->headers[i].name, name, sizeof(name) - 1) == 0;
+    if (!asked)
+        return false;
+    const struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
+    unsigned up = 0;
+    for (size_t i = 0; i < set->n; i++)
+        up += !set->b[i]->peer && atomic_load_explicit(&set->b[i]->healthy, memory_order_relaxed);
+    if (!up) {
+        xchg__error(x, 503, "no healthy replica on this server");
+        return true;
+    }
+    char body[48];
+    snprintf(body, sizeof(body), "%u healthy\n", up);
+    xchg_reply(x, 200, "", body);
+    return true;
+}
+
+/* A peer listener's routes are services: X-Tako-Service names one. */
+static struct proxy_pool *route_peer(const struct routes *rt, const struct http_msg *m)
+{
+    static const char name[] = "x-tako-service";
+    for (unsigned i = 0; i < m->nheaders; i++) {
+        const struct http_header *h = &m->headers[i];
+        if (h->name_len != sizeof(name) - 1 || strncasecmp(h->name, name, h->name_len) != 0)
+            continue;
+        for (size_t k = 0; k < rt->n; k++)
+            if (rt->r[k].len == h->value_len &&
+                strncasecmp(rt->r[k].domain, h->value, h->value_len) == 0)
+                return rt->r[k].pool;
+        return NULL;
+    }
+    return NULL;
+}
+
 static struct proxy_pool *route(struct client *c, const struct http_msg *m)
 {
     struct routes *rt = atomic_load_explicit(&c->l->routes, memory_order_acquire);
+    if (c->l->peer)
+        return route_peer(rt, m);
     /* the authority of an absolute-form target is the host (the parser
      * refused a Host that differs from it) */
     const char *v = m->host >= 0 ? m->headers[m->host].value : m->authority;
@@ -456,6 +506,8 @@ void xchg__start_upstream(struct xchg *x)
             struct backend *sb = set->b[i];
             if (!atomic_load_explicit(&sb->healthy, memory_order_relaxed))
                 continue;
+            if (x->lbr.local_only && sb->peer)
+                continue;
             any_up = true;
             if (maxc && atomic_load_explicit(&sb->inflight, memory_order_relaxed) >= maxc &&
                 !xchg_tried(x, sb))
@@ -472,6 +524,12 @@ void xchg__start_upstream(struct xchg *x)
         }
         if (x->pool->o.all_down_wait_ms == 0 || w->stopping) {
             xchg__error(x, 503, "no healthy backend");
+            return;
+        }
+        if (x->lbr.local_only) {
+            /* A peer asked: it has other servers to try, and its health
+             * check must see this at once, not after a wait. */
+            xchg__error(x, 503, "no healthy replica on this server");
             return;
         }
         if (x->st != X_WAIT) {
@@ -491,15 +549,50 @@ void xchg__start_upstream(struct xchg *x)
     xchg_connect(x);
 }
 
+/* The request head ends with "X-Tako-Service: …" exactly when it goes to
+ * a peer backend: the line is put in or taken out before the blank line
+ * (a retry may go from a peer to a local replica or back). */
+static bool xchg_peer_line(struct xchg *x, bool want)
+{
+    struct proxy_pool *pool = x->pool;
+    if (want && !pool->peer_service)
+        want = false;
+    if (want == (x->svc_line != 0))
+        return true;
+    char *end = x->hbuf + x->h_len - 2; /* the blank line's CRLF */
+    if (!want) {
+        memmove(end - x->svc_line, end, 2);
+        x->h_len -= x->svc_line;
+        x->svc_line = 0;
+        return true;
+    }
+    size_t add = sizeof("X-Tako-Service: \r\n") - 1 + pool->peer_service_len;
+    if (x->h_len + add > x->hcap || add > UINT16_MAX)
+        return false;
+    memcpy(end, "X-Tako-Service: ", 16);
+    memcpy(end + 16, pool->peer_service, pool->peer_service_len);
+    memcpy(end + 16 + pool->peer_service_len, "\r\n\r\n", 4);
+    x->h_len += (uint32_t)add;
+    x->svc_line = (uint16_t)add;
+    return true;
+}
+
 static void xchg_connect(struct xchg *x)
 {
     struct worker *w = x->c->w;
     struct backend *b = x->b;
+    if (!xchg_peer_line(x, b->peer)) {
+        xchg__upstream_failed(x, UF_CONNECT, ENOBUFS);
+        return;
+    }
     struct upconn *u = x->fresh_only ? NULL : conn__up_from_pool(w, b);
     x->fresh_only = false;
     if (!u) {
         bool inprog;
-        int fd = net_connect_tcp(&b->addr, &inprog);
+        /* To a peer from this server's peer address: its listener lets in
+         * only the environment's servers. */
+        int fd = net_connect_tcp_from(&b->addr, b->peer && x->pool->peer_src.len ? &x->pool->peer_src : NULL,
+                                      &inprog);
         if (fd < 0) {
             xchg__upstream_failed(x, UF_CONNECT, -fd);
             return;
@@ -568,17 +661,20 @@ void xchg__begin(struct xchg *x, const struct http_msg *m)
     }
     x->c_off = x->c_scan = m->head_len;
     x->body_start = w->loop.now;
-    if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
+    if (c->xc.ops == &xprt_tcp && !c->l->peer && xchg_tls_answers(x, m))
         return;
     x->pool = route(c, m);
     if (!x->pool) {
-        xchg__error(x, 404, "unknown host");
+        xchg__error(x, 404, c->l->peer ? "unknown service (X-Tako-Service)" : "unknown host");
         return;
     }
+    if (c->l->peer && peer_check(x, m))
+        return;
     int fam;
     uint8_t a[16];
     bool peer_trusted = client_identity(x, m, &fam, a);
     lb_request(x->pool, m, fam, a, &x->lbr); /* what the strategy needs, nothing more */
+    x->lbr.local_only = c->l->peer; /* never onward to another server: no loops */
     /* X-Forwarded-For gets the peer; X-Real-IP and the log the believed client */
     char peer_ip[INET6_ADDRSTRLEN];
     memcpy(peer_ip, x->client_ip, sizeof(peer_ip));
@@ -648,7 +744,9 @@ int xchg__upstream_failed(struct xchg *x, enum up_fail why, int err)
         return 1;
     }
     bool nothing_sent = connect_phase || x->up_sent == 0;
-    bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded);
+    bool safe = nothing_sent || (http_method_idempotent(x->method) && !x->body_discarded) ||
+                (x->peer_refused && !x->body_discarded);
+    x->peer_refused = false;
     if (stale && !x->stale_retried && !x->body_discarded) {
         /* same backend, fresh connection; not counted against --retries */
         x->stale_retried = true;
@@ -824,6 +922,15 @@ static int upstream_fill(struct xchg *x, int *err)
     return -1;
 }
 
+/* A 503 a peer listener answered itself (X-Tako-Peer: no-replica). */
+static bool peer_refused(const struct http_msg *m)
+{
+    for (unsigned i = 0; i < m->nheaders; i++)
+        if (m->headers[i].name_len == 11 && strncasecmp(m->headers[i].name, "x-tako-peer", 11) == 0)
+            return true;
+    return false;
+}
+
 static int parse_response_head(struct xchg *x)
 {
     struct http_msg *m = &conn__t_msg;
@@ -863,6 +970,16 @@ static int parse_response_head(struct xchg *x)
         x->u_off += (uint32_t)r;
         x->u_scan = x->u_off;
         return 1;
+    }
+    if (m->status == 503 && x->b && x->b->peer && peer_refused(m) && !x->body_discarded &&
+        !x->hbuf_is_output && x->ntried <= x->pool->o.retries) {
+        /* The peer forwarded nothing (it has no healthy replica): like a
+         * refused connection, try another backend, whatever the method. */
+        pool__backend_down(atomic_load(&x->pool->cur), x->b, "its server has no healthy replica");
+        x->u_off = x->u_len = x->u_scan = 0;
+        x->rsp_started = false; /* its bytes were ours to drop: none reached the client */
+        x->peer_refused = true;
+        return xchg__upstream_failed(x, UF_IO, 0);
     }
     if (m->status == 101) {
         if (!x->upgrade) {

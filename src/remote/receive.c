@@ -653,7 +653,9 @@ int remote_main(int argc, char **argv)
         return r_receive(home, argv + 2);
     if (argc == 6 && strcmp(argv[1], "lock") == 0)
         return r_lock(home, argv + 2);
+    if (argc == 2 && strcmp(argv[1], "docker") == 0)
+        return remote_docker_check();
     fprintf(stderr, "tako remote: internal command; usage: have|receive P S TREE, "
-                    "lock P ENV WAIT_MS HOLDER\n");
+                    "lock P ENV WAIT_MS HOLDER, docker\n");
     return 2;
 }

@@ -13,6 +13,14 @@
 #define REMOTE_BIN "/usr/local/bin/tako"
 #define REMOTE_HOME "/var/lib/tako"
 #define REMOTE_UNIT "/etc/systemd/system/tako.service"
+/* takod's environment on a server (KEY=VALUE lines, e.g. DOCKER_HOST): the
+ * unit's EnvironmentFile, and exported by every command that may start takod
+ * without systemd (REMOTE_ENV_SH), so both ways start it alike. */
+#define REMOTE_ENV_FILE "/etc/default/tako"
+/* Shell text (no single quote: it goes inside sh -c '...') that exports
+ * REMOTE_ENV_FILE's variables, when the file exists, to what follows. */
+#define REMOTE_ENV_SH                                                                              \
+    "set -a; if [ -r " REMOTE_ENV_FILE " ]; then . " REMOTE_ENV_FILE "; fi; set +a; "
 /* Revisions of a service's files kept on a server for rollback. */
 #define REMOTE_KEEP_TREES 5
 
@@ -24,6 +32,8 @@ const char *remote_sudo(const struct ssh_conn *c);
 struct setup_opts {
     unsigned http_port; /* the environment's listener, checked to be free (0: skip) */
     bool quiet;         /* print only problems */
+    bool docker;        /* a service of the environment has runtime: docker: check the
+                         * server's engine answers takod (with REMOTE_ENV_FILE) */
 };
 
 /* Prepare a server: check OS, architecture, rights and the port (every
@@ -34,6 +44,10 @@ struct setup_opts {
  * message (naming the server) in err. */
 int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, char *err,
                  size_t errlen);
+/* Server side of the Docker check (`tako remote docker`): ping the engine
+ * takod would use ($DOCKER_HOST or the default socket); prints its socket
+ * and API version, or the reason on stderr. Returns an exit status. */
+int remote_docker_check(void);
 
 /* ---- ship.c ---- */
 

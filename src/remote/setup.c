@@ -13,6 +13,7 @@
 #include "core/sha256.h"
 #include "core/util.h"
 #include "remote/remote.h"
+#include "runtime/docker_api.h"
 
 #define SETUP_MIN_FREE_KB (64u * 1024) /* below this a deploy would fail half-way */
 
@@ -93,6 +94,45 @@ static void say(const struct setup_opts *o, struct ssh_conn *c, const char *fmt,
     fflush(stdout);
 }
 
+int remote_docker_check(void)
+{
+    char why[1024];
+    struct dk_client *dc = NULL;
+    if (dk_open(NULL, &dc, why, sizeof(why)) < 0) {
+        fprintf(stderr, "%s\n", why);
+        return 1;
+    }
+    printf("unix://%s API %s\n", dk_socket(dc), dk_version(dc));
+    dk_close(dc);
+    return 0;
+}
+
+/* The server's engine, asked by the server's own tako with takod's
+ * environment: what the deploy's builds and containers will meet. */
+static int docker_check(struct ssh_conn *c, const char *sudo, char *err, size_t errlen)
+{
+    char *cmd = xasprintf("%ssh -c '" REMOTE_ENV_SH "exec " REMOTE_BIN " remote docker'", sudo);
+    char *out = NULL, *eout = NULL;
+    int rc = ssh_run(c, cmd, -1, &out, NULL, &eout);
+    free(cmd);
+    free(out);
+    if (rc != 0) {
+        eout[strcspn(eout, "\n")] = '\0';
+        snprintf(err, errlen,
+                 "server %s (%s): a service of the environment has runtime: docker, and Docker "
+                 "does not answer there: %s\n"
+                 "Install Docker on the server (Debian/Ubuntu: `apt-get install docker.io`, or "
+                 "Docker's own packages) and start it (`systemctl enable --now docker`); for an "
+                 "engine on another socket, put DOCKER_HOST=unix:///PATH in " REMOTE_ENV_FILE
+                 " on the server.",
+                 ssh_name(c), ssh_where(c), *eout ? eout : "no message");
+        free(eout);
+        return -1;
+    }
+    free(eout);
+    return 0;
+}
+
 int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, char *err,
                  size_t errlen)
 {
@@ -122,7 +162,8 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         "[ -d " REMOTE_HOME " ] && echo home=$(stat -c %%a " REMOTE_HOME "); "
         "p=$(cat " REMOTE_HOME "/takod.pid 2>/dev/null); "
         "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
-        "[ -f " REMOTE_UNIT " ] && echo unit=yes; "
+        "[ -f " REMOTE_UNIT " ] && echo unit=yes && "
+        "grep -qx \"EnvironmentFile=-" REMOTE_ENV_FILE "\" " REMOTE_UNIT " && echo unit_env=yes; "
         "echo free_kb=$(df -Pk /var/lib | awk \"NR==2{print \\$4}\"); "
         "%s"
         "true'",
@@ -141,7 +182,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
     }
     free(eout);
     char os[64], arch[64], sum[80], systemd[8], home[8], takod[32], port[512], freekb[32],
-        unit[8];
+        unit[8], unit_env[8];
     kv(out, "os", os, sizeof(os));
     kv(out, "arch", arch, sizeof(arch));
     kv(out, "sum", sum, sizeof(sum));
@@ -153,6 +194,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
     kv(out, "port", port, sizeof(port));
     kv(out, "free_kb", freekb, sizeof(freekb));
     kv(out, "unit", unit, sizeof(unit));
+    kv(out, "unit_env", unit_env, sizeof(unit_env));
     free(out);
 
     /* Every problem in one message. */
@@ -235,8 +277,13 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         say(o, c, "state directory %s created", REMOTE_HOME);
         *changed = true;
     }
+    if (o->docker && docker_check(c, sudo, err, errlen) < 0)
+        return -1;
+    bool restart = installed;
     if (systemd[0]) {
-        if (!unit[0]) {
+        /* A unit of an older tako lacks the EnvironmentFile line: rewritten,
+         * and takod restarted so that it reads the file. */
+        if (!unit[0] || !unit_env[0]) {
             char *cmd = xasprintf(
                 "%ssh -c 'cat > " REMOTE_UNIT ".new && mv -f " REMOTE_UNIT ".new " REMOTE_UNIT
                 " && systemctl daemon-reload && systemctl enable tako.service'",
@@ -253,6 +300,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
             dprintf(ufd,
                     "[Unit]\nDescription=tako node agent (takod)\nAfter=network-online.target\n"
                     "Wants=network-online.target\n\n[Service]\nType=simple\n"
+                    "EnvironmentFile=-" REMOTE_ENV_FILE "\n"
                     "ExecStart=" REMOTE_BIN " daemon --foreground\n"
                     "KillMode=process\nRestart=on-failure\nLimitNOFILE=1048576\n\n"
                     "[Install]\nWantedBy=multi-user.target\n");
@@ -262,10 +310,12 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
             free(cmd);
             if (r < 0)
                 return -1;
-            say(o, c, "systemd unit %s installed and enabled", REMOTE_UNIT);
+            say(o, c, "systemd unit %s %s", REMOTE_UNIT,
+                unit[0] ? "updated (EnvironmentFile=-" REMOTE_ENV_FILE ")" : "installed and enabled");
+            restart = restart || unit[0];
             *changed = true;
         }
-        if (!takod[0] || installed) {
+        if (!takod[0] || restart) {
             char *cmd = xasprintf("%ssystemctl %s tako.service", sudo, takod[0] ? "restart" : "start");
             int r = must(c, "starting takod", cmd, -1, err, errlen);
             free(cmd);
@@ -274,7 +324,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
             say(o, c, "takod %s (systemd)", takod[0] ? "restarted" : "started");
             *changed = true;
         }
-    } else if (!takod[0] || installed) {
+    } else if (!takod[0] || restart) {
         /* No systemd: takod detaches itself (double fork, own session), so it
          * outlives this ssh session; any later command starts it again through
          * `tako daemon --stdio` if it is gone. */
@@ -285,7 +335,8 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
                                           "sleep 0.05; i=$((i+1)); done; ",
                                           takod)
                               : xstrdup("");
-        char *cmd = xasprintf("%ssh -c '%s" REMOTE_BIN " daemon >/dev/null'", sudo, stop);
+        char *cmd = xasprintf("%ssh -c '%s" REMOTE_ENV_SH REMOTE_BIN " daemon >/dev/null'", sudo,
+                              stop);
         free(stop);
         int r = must(c, "starting takod", cmd, -1, err, errlen);
         free(cmd);

@@ -85,8 +85,8 @@ int dk_auth_header(const char *user, const char *password, const char *identity_
 int dk_auth_from_config(const char *config_text, const char *ref, char **out, char *err,
                         size_t errlen);
 /* dk_auth_from_config on $DOCKER_CONFIG/config.json, else
- * $HOME/.docker/config.json (of the user takod runs as); 0 and NULL when
- * there is no such file. */
+ * ~/.docker/config.json ($HOME, or the passwd entry's home of the user
+ * takod runs as); 0 and NULL when there is no such file. */
 int dk_auth_for(const char *ref, char **out, char *err, size_t errlen);
 /* GET /images/NAME/json into *out (new reference), or -ENOENT. */
 int dk_image_inspect(struct dk_client *c, const char *name, json_t **out, char *err,

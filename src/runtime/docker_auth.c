@@ -1,9 +1,11 @@
 /* docker_auth.c — registry credentials for pulls: the X-Registry-Auth
  * header built from the Docker client's config.json (`docker login`). */
 #include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -146,7 +148,13 @@ int dk_auth_for(const char *ref, char **out, char *err, size_t errlen)
     if (dir && *dir) {
         path = xasprintf("%s/config.json", dir);
     } else {
+        /* a system service may run without HOME (systemd sets none for
+         * root): the passwd entry's home then, as the docker CLI does */
         const char *home = getenv("HOME");
+        if (!home || !*home) {
+            struct passwd *pw = getpwuid(getuid());
+            home = pw ? pw->pw_dir : NULL;
+        }
         if (!home || !*home)
             return 0;
         path = xasprintf("%s/.docker/config.json", home);

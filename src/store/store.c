@@ -140,14 +140,17 @@ void store_keep_services(void *data, int rc, void *result)
     for (size_t i = 0; i < v->n; i++) {
         r->services.v[i] = v->v[i];
         json_incref(r->services.v[i].config);
+        json_incref(r->services.v[i].placement);
     }
 }
 
 void store_result_clear(struct store_result *r)
 {
     json_decref(r->json);
-    for (size_t i = 0; i < r->services.n; i++)
+    for (size_t i = 0; i < r->services.n; i++) {
         json_decref(r->services.v[i].config);
+        json_decref(r->services.v[i].placement);
+    }
     free(r->services.v);
     memset(r, 0, sizeof(*r));
 }

@@ -31,6 +31,7 @@ struct store_service {
     int scale_override; /* -1 none; set by `tako scale` */
     bool stopped;       /* `tako stop` */
     unsigned http_port; /* the environment's entrypoint port */
+    json_t *placement;  /* several servers: slots and peers (orch_peers.c); NULL: one server */
     uint64_t updated_ms;
 };
 

@@ -38,7 +38,7 @@ static const char schema[] =
     "  revision TEXT NOT NULL, config TEXT NOT NULL, replicas INTEGER NOT NULL,"
     "  scale_override INTEGER NOT NULL DEFAULT -1, stopped INTEGER NOT NULL DEFAULT 0,"
     "  http_port INTEGER NOT NULL DEFAULT 0,"
-    "  updated_ms INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL, placement TEXT,"
     "  PRIMARY KEY (project, env, service));"
     "CREATE TABLE IF NOT EXISTS revisions ("
     "  project TEXT NOT NULL, env TEXT NOT NULL, service TEXT NOT NULL,"
@@ -76,6 +76,9 @@ struct store *store_sqlite_open(const char *path, char *err, size_t errlen)
         sqlite3_close(db);
         return NULL;
     }
+    /* A database of an older tako has no placement column yet (several
+     * servers per environment); adding it twice fails harmlessly. */
+    sqlite3_exec(db, "ALTER TABLE services ADD COLUMN placement TEXT", NULL, NULL, NULL);
     struct sq_store *s = xcalloc(1, sizeof(*s));
     s->base.ops = &sq_ops;
     s->db = db;
@@ -150,8 +153,8 @@ static int sq_service_save(struct store *s, const struct store_service *svc, sto
                            void *data)
 {
     sqlite3_stmt *st = prep(s, "INSERT OR REPLACE INTO services (project, env, service, revision,"
-                               " config, replicas, scale_override, stopped, updated_ms, http_port)"
-                               " VALUES (?,?,?,?,?,?,?,?,?,?)");
+                               " config, replicas, scale_override, stopped, updated_ms, http_port,"
+                               " placement) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
     if (!st)
         return -EIO;
     sqlite3_bind_text(st, 1, svc->project, -1, SQLITE_STATIC);
@@ -164,6 +167,7 @@ static int sq_service_save(struct store *s, const struct store_service *svc, sto
     sqlite3_bind_int(st, 8, svc->stopped ? 1 : 0);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)time_wall_ms());
     sqlite3_bind_int(st, 10, (int)svc->http_port);
+    bind_json(st, 11, svc->placement);
     return write_done(s, st, cb, data);
 }
 
@@ -183,7 +187,7 @@ static int sq_service_delete(struct store *s, const char *project, const char *e
 static int sq_services_load(struct store *s, const char *project, store_cb cb, void *data)
 {
     sqlite3_stmt *st = prep(s, "SELECT project, env, service, revision, config, replicas,"
-                                " scale_override, stopped, updated_ms, http_port FROM services"
+                                " scale_override, stopped, updated_ms, http_port, placement FROM services"
                                " WHERE ?1 IS NULL OR project = ?1 ORDER BY project, env, service");
     if (!st)
         return -EIO;
@@ -207,12 +211,15 @@ static int sq_services_load(struct store *s, const char *project, store_cb cb, v
         e->stopped = sqlite3_column_int(st, 7) != 0;
         e->updated_ms = (uint64_t)sqlite3_column_int64(st, 8);
         e->http_port = (unsigned)sqlite3_column_int(st, 9);
+        e->placement = sqlite3_column_type(st, 10) == SQLITE_NULL ? NULL : col_json(st, 10);
     }
     sqlite3_finalize(st);
     struct store_services res = {v, len};
     done(cb, data, 0, &res);
-    for (size_t i = 0; i < len; i++)
+    for (size_t i = 0; i < len; i++) {
         json_decref(v[i].config);
+        json_decref(v[i].placement);
+    }
     free(v);
     return 0;
 }

@@ -67,9 +67,14 @@ def _mounts_under(*dirs):
 
 
 class DockerD:
-    def __init__(self, bridge=False):
+    def __init__(self, bridge=False, netns=None, parent="/tmp"):
         # Short: the socket path must fit sun_path (108 bytes).
-        self.dir = tempfile.mkdtemp(prefix="tkd%d-" % os.getpid(), dir="/tmp")
+        self.dir = tempfile.mkdtemp(prefix="tkd%d-" % os.getpid(), dir=parent)
+        # netns: run dockerd (so its containers and their host network) in
+        # that `ip netns` network namespace. Through nsenter, not `ip netns
+        # exec`: that one remounts /sys, hiding the cgroup mounts dockerd
+        # needs. Its mounts stay in this mount namespace and stop() undoes them.
+        self.netns = netns
         self.data_root = os.path.join(self.dir, "d")
         self.exec_root = os.path.join(self.dir, "e")
         self.sock = os.path.join(self.dir, "s")
@@ -102,6 +107,7 @@ class DockerD:
     def _spawn(self, timeout=60.0):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
+            (["nsenter", "--net=/run/netns/" + self.netns] if self.netns else []) +
             ["dockerd", "--bridge=" + (self.bridge or "none"), "--iptables=false",
              "--ip6tables=false",
              "--data-root", self.data_root, "--exec-root", self.exec_root,

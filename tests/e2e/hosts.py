@@ -5,8 +5,9 @@ A host is `ip netns` NS with a veth pair to a bridge whose host side holds
 10.213.X.1/24 (X chosen free per run); the host answers at 10.213.X.N. Its
 sshd runs under `unshare -m --propagation private` with fresh tmpfs mounts
 over /var/lib/tako (takod's state), /usr/local/bin (where tako installs
-itself) and /run (no systemd, like a minimal server), so hosts share nothing
-with this machine or each other but the rest of the read-only-ish file system.
+itself) and /run (no systemd, like a minimal server), and a private copy of
+/etc/default (Host.etc_default), so hosts share nothing with this machine or
+each other but the rest of the read-only-ish file system.
 
 Every process of a host is in its namespace: teardown kills the PIDs that
 `ip netns pids NS` lists (the namespace name is recorded at creation), then
@@ -109,9 +110,16 @@ class Host:
                     "PrintMotd no\nMaxStartups 100\nLogLevel VERBOSE\n"
                     % (self.ip, host_key, os.path.join(self.tmp, "sshd.pid"),
                        self.net.keys.authorized_keys))
+        # /etc/default: a private copy (the host's own /etc/default/tako,
+        # `etc_default` on this side), so a test can give the host's takod
+        # its environment without touching this machine's /etc.
+        self.etc_default = os.path.join(self.tmp, "etc-default")
+        if not os.path.isdir(self.etc_default):
+            shutil.copytree("/etc/default", self.etc_default, symlinks=True)
         script = ("set -e; for d in /var/lib/tako /usr/local/bin /run; do "
                   "mount -t tmpfs -o mode=0755 tmpfs $d; done; mkdir -p /run/sshd; "
-                  "exec /usr/sbin/sshd -D -e -f %s" % conf)
+                  "mount --bind %s /etc/default; "
+                  "exec /usr/sbin/sshd -D -e -f %s" % (self.etc_default, conf))
         self.log_path = os.path.join(self.tmp, "sshd.log")
         log = open(self.log_path, "ab")
         self.sshd = subprocess.Popen(["ip", "netns", "exec", self.ns, "unshare", "-m",

@@ -234,11 +234,11 @@ def test_protocol_socket_mode_versions_and_single_driver(tako):
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
     c = DpClient(tako.home)
     try:
-        # A newer peer (speaks up to 3) and this data plane agree on 2; an
+        # A newer peer (speaks up to 4) and this data plane agree on 3; an
         # older one (1: no HTTPS) on 1.
-        r = c.call(op="hello", proto=3, min_proto=1, role="observer", pid=os.getpid(),
+        r = c.call(op="hello", proto=4, min_proto=1, role="observer", pid=os.getpid(),
                    future_field={"x": 1})
-        assert r["ok"] and r["proto"] == 2 and r["driver_pid"] == tako.takod_pid()
+        assert r["ok"] and r["proto"] == 3 and r["driver_pid"] == tako.takod_pid()
         r = c.call(op="hello", proto=1, min_proto=1, role="observer", pid=os.getpid())
         assert r["ok"] and r["proto"] == 1
         r = c.call(op="hello", proto=5, min_proto=5, role="observer")

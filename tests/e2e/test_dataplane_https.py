@@ -259,7 +259,7 @@ def test_protocol2_https_ops_and_successor_without_https_refused(tako):
     http_port, https_port, cert, der = deploy_https(tako)
     c = DpClient(tako.home)
     try:
-        r = c.call(op="hello", proto=3, min_proto=1, role="observer", pid=os.getpid())
+        r = c.call(op="hello", proto=2, min_proto=1, role="observer", pid=os.getpid())
         assert r["ok"] and r["proto"] == 2
         # only the driver installs certificates or challenge answers
         r = c.call(op="cert_set", cert_id="x", cert="a", key="b")

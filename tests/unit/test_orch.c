@@ -467,11 +467,46 @@ static int h_deploy(struct h *h, const char *yaml, const char *rev, char *err, s
     return rc;
 }
 
+/* h_deploy on one server of several: the deploy body's placement fields
+ * as JSON text ("" for none), e.g. first 2, stride 3 and peers b, c. */
+static int h_deploy_placed(struct h *h, const char *yaml, const char *rev, const char *item_json,
+                           const char *peers_json, char *err, size_t errlen)
+{
+    struct cfg_diag *diag = cfg_diag_new();
+    struct cfg_file *f = cfg_load_buffer("tako.yaml", yaml, strlen(yaml), "/tmp", NULL, diag);
+    if (!f) {
+        cfg_diag_free(diag);
+        return -EINVAL;
+    }
+    const struct cfg_env *e = cfg_select_env(f, "local", diag);
+    json_t *cj = cfg_service_to_json(cfg_env_service(e, "web"));
+    json_t *ij = json_loads(item_json, 0, NULL);
+    json_t *pj = peers_json ? json_loads(peers_json, 0, NULL) : NULL;
+    struct orch_deploy_item it = {.name = "web", .config = cj, .revision = rev, .source = "/tmp",
+                                  .slot_first = json_object_get(ij, "slot_first"),
+                                  .slot_stride = json_object_get(ij, "slot_stride"),
+                                  .peer_replicas = json_object_get(ij, "peer_replicas")};
+    struct orch_deploy_req req = {.project = "big", .env = "local", .items = &it, .n_items = 1,
+                                  .prune = true, .peers = pj};
+    h->final = false;
+    int rc = orch_deploy(h->o, &req, progress, h, err, errlen);
+    json_decref(ij);
+    json_decref(pj);
+    json_decref(cj);
+    cfg_free(f);
+    cfg_diag_free(diag);
+    return rc;
+}
+
+#define PEERS_BC                                                                                   \
+    "{\"listen\": \"127.0.0.2:8190\", \"servers\": [{\"name\": \"b\", \"address\": "          \
+    "\"127.0.0.3:8190\"}, {\"name\": \"c\", \"address\": \"127.0.0.4:8190\"}]}"
+
 static int h_scale(struct h *h, int n, char *err, size_t errlen)
 {
     json_t *counts = json_pack("{s:i}", "web", n);
     h->final = false;
-    int rc = orch_scale(h->o, "big", "local", counts, progress, h, err, errlen);
+    int rc = orch_scale(h->o, "big", "local", counts, NULL, NULL, progress, h, err, errlen);
     json_decref(counts);
     return rc;
 }
@@ -718,4 +753,153 @@ TEST(bug_on_stops_the_process_naming_the_place)
     CHECK_CONTAINS(buf, ": broken == 1");
     /* A condition that holds costs a branch and nothing else. */
     BUG_ON(n <= 0);
+}
+
+/* ---- several servers per environment: the slot rule ---- */
+
+TEST(replicas_are_named_by_slot_first_and_stride_also_surge_and_scale)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    const char *d = "          maxSurge: 1\n          maxUnavailable: 0\n";
+    /* 5 over [a, b, c]: this is b, which runs -2 and -5. */
+    const char *item = "{\"slot_first\": 2, \"slot_stride\": 3, \"peer_replicas\": {\"b\": 2, \"c\": 1}}";
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, d, NULL), "a", item, PEERS_BC, err, sizeof(err)),
+              0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "start big-web-2,start big-web-5");
+    /* A rolling update's surge replica is local index 3: slot 8. */
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, d, NULL), "b", item, PEERS_BC, err, sizeof(err)),
+              0);
+    CHECK(h_run(&h) && h.ok);
+    const char *ev = events_take();
+    CHECK(strncmp(ev, "start big-web-8,", 16) == 0);
+    CHECK_CONTAINS(ev, "stop big-web-2");
+    CHECK_CONTAINS(ev, "stop big-web-8");
+    CHECK_INT(serving("b"), 2);
+    /* Scale: local 3 is slot 8, and back down drains it. */
+    CHECK_INT(h_scale(&h, 3, err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "start big-web-8");
+    CHECK_INT(h_scale(&h, 2, err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "stop big-web-8");
+    /* ps shows the number in the name. */
+    json_t *ps = orch_ps(h.o, "big", NULL, "web");
+    char *txt = json_dumps(ps, JSON_COMPACT);
+    CHECK_CONTAINS(txt, "big-web-5");
+    free(txt);
+    json_decref(ps);
+    h_free(&h);
+}
+
+TEST(a_service_with_no_local_replica_exists_and_converges)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    const char *item = "{\"slot_first\": 3, \"slot_stride\": 3, \"peer_replicas\": {\"b\": 1, \"c\": 1}}";
+    CHECK_INT(h_deploy_placed(&h, service_yaml(0, NULL, NULL), "a", item, PEERS_BC, err,
+                              sizeof(err)),
+              0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "");
+    struct orch_service *s = orch__svc_find(h.o, "big", "web");
+    CHECK(s != NULL);
+    CHECK_INT(s->npeers, 2);
+    CHECK_INT(s->peers[0].replicas, 1);
+    CHECK_STR(s->peer_listen, "127.0.0.2:8190");
+    /* Scaling it up here later starts slot 3. */
+    CHECK_INT(h_scale(&h, 1, err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "start big-web-3");
+    h_free(&h);
+}
+
+TEST(takod_restart_keeps_slot_names_and_peers_from_the_store)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    const char *item = "{\"slot_first\": 2, \"slot_stride\": 3, \"peer_replicas\": {\"b\": 2}}";
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, NULL, NULL), "a", item, PEERS_BC, err,
+                              sizeof(err)),
+              0);
+    CHECK(h_run(&h) && h.ok);
+    events_take();
+    h_takod_exit(&h);
+    h_orch(&h); /* the next takod: names → local indexes 1 and 2 */
+    for (int i = 0; i < 30; i++)
+        h_step(&h, ORCH_TICK_MS);
+    CHECK_STR(events_take(), "");
+    struct orch_service *s = orch__svc_find(h.o, "big", "web");
+    CHECK(s != NULL);
+    CHECK_INT(s->slot_first, 2);
+    CHECK_INT(s->slot_stride, 3);
+    CHECK_INT(s->npeers, 2);
+    CHECK_STR(s->peers[0].name, "b");
+    CHECK_INT(s->peers[0].replicas, 2);
+    CHECK_INT(s->peers[1].replicas, 0);
+    CHECK(s->replicas && s->replicas->index == 1 && s->replicas->slot == 2);
+    CHECK(s->replicas->next && s->replicas->next->index == 2 && s->replicas->next->slot == 5);
+    /* The same deploy again changes nothing. */
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, NULL, NULL), "a", item, PEERS_BC, err,
+                              sizeof(err)),
+              1);
+    /* Scale up after the restart continues the rule; peer counts change. */
+    json_t *counts = json_pack("{s:i}", "web", 3);
+    json_t *pr = json_pack("{s:{s:i, s:i}}", "web", "b", 3, "c", 1);
+    h.final = false;
+    CHECK_INT(orch_scale(h.o, "big", "local", counts, pr, NULL, progress, &h, err, sizeof(err)), 0);
+    json_decref(counts);
+    json_decref(pr);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "start big-web-8");
+    CHECK_INT(s->peers[0].replicas, 3);
+    CHECK_INT(s->peers[1].replicas, 1);
+    h_free(&h);
+}
+
+TEST(a_new_slot_rule_keeps_replicas_it_still_names_and_replaces_the_others)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    CHECK_INT(h_deploy(&h, service_yaml(3, NULL, NULL), "a", err, sizeof(err)), 0);
+    CHECK(h_run(&h) && h.ok);
+    events_take();
+    /* A second server joins: this one now runs slots 1, 3, 5. */
+    const char *item = "{\"slot_first\": 1, \"slot_stride\": 2, \"peer_replicas\": {\"b\": 3}}";
+    CHECK_INT(h_deploy_placed(&h, service_yaml(3, NULL, NULL), "a", item, PEERS_BC, err,
+                              sizeof(err)),
+              0);
+    CHECK(h_run(&h) && h.ok);
+    CHECK_STR(events_take(), "start big-web-5,stop big-web-2");
+    CHECK_INT(serving("a"), 3);
+    h_free(&h);
+}
+
+TEST(bad_placement_fields_are_refused_naming_the_field)
+{
+    struct h h;
+    CHECK_INT(h_init(&h), 0);
+    char err[256];
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, NULL, NULL), "a", "{\"slot_first\": 0}", NULL,
+                              err, sizeof(err)),
+              -EINVAL);
+    CHECK_CONTAINS(err, "services.web.slot_first: must be an integer from 1");
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, NULL, NULL), "a",
+                              "{\"peer_replicas\": {\"x\": 1}}", PEERS_BC, err, sizeof(err)),
+              -EINVAL);
+    CHECK_CONTAINS(err, "services.web.peer_replicas.x: no server x in peers.servers");
+    CHECK_INT(h_deploy_placed(&h, service_yaml(2, NULL, NULL), "a", "{}",
+                              "{\"listen\": \"127.0.0.2:8190\", \"servers\": [{\"name\": \"b\", "
+                              "\"address\": \"db.internal:8190\"}]}",
+                              err, sizeof(err)),
+              -EINVAL);
+    CHECK_CONTAINS(err, "peers.servers[0].address (server b): a numeric ADDR:PORT is needed");
+    CHECK_STR(events_take(), "");
+    CHECK(orch__svc_find(h.o, "big", "web") == NULL);
+    h_free(&h);
 }

@@ -1,6 +1,7 @@
 /* test_proxy.c — the module API takod uses: backend sets swapped while
  * running, identity kept by id, draining in the stats, Host routing with a
- * 404 for unknown hosts, listeners on port 0, metrics text. */
+ * 404 for unknown hosts, listeners on port 0, metrics text, round robin by
+ * weight, and X-Tako-Service never forwarded from a client's head. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include "core/net.h"
 #include "core/util.h"
 #include "proxy/proxy.h"
+#include "proxy/rewrite.h"
 #include "unit.h"
 
 /* A blocking backend that answers every request with its name. */
@@ -317,4 +319,53 @@ TEST(per_backend_health_path)
     proxy_free(p);
     tb_stop(a);
     tb_stop(b);
+}
+
+TEST(round_robin_spreads_by_weight)
+{
+    struct proxy_opts po = {.threads = 1};
+    struct proxy *p = proxy_new(&po);
+    struct proxy_pool_opts o = {.name = "w", .initial_up = true};
+    struct proxy_pool *pool = proxy_pool_new(p, &o);
+    struct tb *a = tb_start("A"), *b = tb_start("B");
+    struct proxy_backend_spec s[2] = {spec("a", a->port), spec("peer:b", b->port)};
+    s[1].weight = 3;
+    CHECK_INT(proxy_pool_set_backends(pool, s, 2), 0);
+    struct net_addr la;
+    net_parse_addr("127.0.0.1:0", NULL, &la);
+    CHECK_INT(proxy_listen(p, &la, pool), 0);
+    CHECK_INT(proxy_listener_addr(p, 0, &la), 0);
+    CHECK_INT(proxy_start(p), 0);
+    char body[64];
+    int na = 0, nb = 0;
+    for (int i = 0; i < 8; i++) {
+        CHECK_INT(get(net_addr_port(&la), "x", body, sizeof(body)), 200);
+        na += strcmp(body, "A") == 0;
+        nb += strcmp(body, "B") == 0;
+    }
+    CHECK_INT(na, 2);
+    CHECK_INT(nb, 6);
+    proxy_free(p);
+    tb_stop(a);
+    tb_stop(b);
+}
+
+TEST(x_tako_service_never_reaches_a_replica)
+{
+    /* Whatever a client sends in it, the rewritten head has none: the
+     * connection code adds it for peer backends only. */
+    static const char req[] = "GET /a HTTP/1.1\r\nHost: h\r\nx-tako-SERVICE: p/e/s\r\n"
+                              "X-Tako-Peer-Check: 1\r\nX-Other: 1\r\n\r\n";
+    struct http_msg m;
+    CHECK(http_parse_request(req, sizeof(req) - 1, &m, HTTP_MAX_HEADERS) > 0);
+    char buf[2048];
+    struct obuf o = {.p = buf, .cap = sizeof(buf) - 1};
+    struct rw_req r = {.peer_ip = "10.0.0.2", .client_ip = "10.0.0.2", .scheme = "http",
+                       .listen_addr = "x"};
+    rw_request_head(&o, &m, &r);
+    CHECK(!o.overflow);
+    buf[o.len] = '\0';
+    CHECK(strcasestr(buf, "x-tako-service") == NULL);
+    CHECK(strcasestr(buf, "x-tako-peer-check") == NULL);
+    CHECK_CONTAINS(buf, "X-Other: 1\r\n");
 }
