@@ -38,12 +38,14 @@
 #include "runtime/rt_docker.h"
 
 #define STATS_MIN_MS 5000   /* one stats sweep at most this often, only when asked */
+#define STATS_PAR 32        /* stats calls of one sweep made at a time */
 #define LABEL_RUNTIME "tako.runtime=docker"
 #define FOLLOW_RETRY_MS 300
 
 static int docker_prune(struct dk_client *c, const char *project, const char *service,
                         const char *keep_revision, unsigned keep, bool all, char *err,
                         size_t errlen);
+static void on_stats_timer(struct ev_loop *loop, struct ev_timer *t);
 
 /* ---- the hub: results from worker threads to the loop ---- */
 
@@ -194,6 +196,7 @@ struct dk_drv {
     bool stream_down;
     uint64_t stats_mono;
     bool stats_busy;
+    struct ev_timer stats_timer; /* starts a sweep on the next loop pass */
     struct pruned {
         char service[140], revision[64];
         struct pruned *next;
@@ -628,13 +631,51 @@ static void job_died(struct job *j)
     hub_post(j->hub, m);
 }
 
-static void job_stats(struct job *j)
+/* One share of a sweep: replicas from, from + step, ... */
+struct stats_part {
+    struct job *j;
+    size_t from, step;
+};
+
+static void *stats_part_main(void *arg)
 {
-    for (size_t i = 0; i < j->n; i++) {
+    struct stats_part *p = arg;
+    struct job *j = p->j;
+    for (size_t i = p->from; i < j->n; i += p->step) {
         struct msg *m = new_msg(M_STATS, j->names[i], 0);
         snprintf(m->id, sizeof(m->id), "%s", j->ids[i]);
         m->rc = dk_container_stats(j->hub->cli, j->ids[i], true, &m->st, NULL, 0);
         hub_post(j->hub, m);
+    }
+    return NULL;
+}
+
+/* A one-shot stats call returns at the engine's next collection tick (once
+ * a second), so calls made one after the other cost a second per replica;
+ * made at once they all return at the same tick. The sweep runs up to
+ * STATS_PAR calls at a time: about ceil(n / STATS_PAR) seconds for n
+ * replicas, and still one sweep at most every STATS_MIN_MS. */
+static void job_stats(struct job *j)
+{
+    size_t t = j->n < STATS_PAR ? j->n : STATS_PAR;
+    struct stats_part parts[STATS_PAR];
+    pthread_t th[STATS_PAR];
+    bool started[STATS_PAR] = {false};
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 * 1024);
+    for (size_t k = 0; k < t; k++) {
+        parts[k] = (struct stats_part){.j = j, .from = k, .step = t};
+        if (k > 0)
+            started[k] = pthread_create(&th[k], &a, stats_part_main, &parts[k]) == 0;
+    }
+    pthread_attr_destroy(&a);
+    stats_part_main(&parts[0]);
+    for (size_t k = 1; k < t; k++) {
+        if (started[k])
+            pthread_join(th[k], NULL);
+        else
+            stats_part_main(&parts[k]); /* no thread: its share here */
     }
     hub_post(j->hub, new_msg(M_STATS_DONE, "", 0));
 }
@@ -1201,6 +1242,7 @@ static int dkr_create(struct rt *rt, struct rt_driver **out, char *err, size_t e
     d->state_dir = rt__state_dir(rt);
     d->hub = h;
     ev_io_init(&d->efd_io, h->efd, on_hub, d);
+    ev_timer_init(&d->stats_timer, on_stats_timer, d);
     ev_io_start(d->loop, &d->efd_io, EPOLLIN);
     /* the events stream: its own reference to the hub */
     struct ev_thread_ctx *c = xcalloc(1, sizeof(*c));
@@ -1227,6 +1269,7 @@ static void dkr_destroy(struct rt_driver *base)
     if (d->ev_started)
         pthread_join(d->ev_thread, NULL); /* returns within a second (cancel check) */
     ev_io_stop(d->loop, &d->efd_io);
+    ev_timer_stop(d->loop, &d->stats_timer);
     while (d->replicas) {
         struct dk_rep *r = d->replicas;
         d->replicas = r->next;
@@ -1488,16 +1531,14 @@ static void dkr_inspect(struct rt_replica *rr, struct rt_info *info)
 
 /* Stats come from the Engine API, sampled for every replica asked about in
  * one sweep on a worker, at most every STATS_MIN_MS; callers get the last
- * values at once. */
-static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_bytes)
+ * values at once. The sweep starts on the next loop pass (a timer of 0),
+ * so that one reader asking about every replica (a scrape, `tako stats`)
+ * gets all of them in the same sweep, not only the first one asked. */
+static void on_stats_timer(struct ev_loop *loop, struct ev_timer *t)
 {
-    struct dk_rep *r = DR(rr);
-    struct dk_drv *d = r->d;
-    r->stats_wanted = true;
-    *cpu_percent = r->cpu;
-    *rss_bytes = r->mem;
-    uint64_t now = ev_time_ms();
-    if (d->stats_busy || (d->stats_mono && now - d->stats_mono < STATS_MIN_MS))
+    (void)loop;
+    struct dk_drv *d = t->data;
+    if (d->stats_busy)
         return;
     struct job *j = xcalloc(1, sizeof(*j));
     j->kind = J_STATS;
@@ -1511,13 +1552,27 @@ static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_
         j->n++;
         x->stats_wanted = false;
     }
-    d->stats_mono = now;
+    d->stats_mono = ev_time_ms();
     if (j->n == 0) {
         free(j);
         return;
     }
     d->stats_busy = true;
     run_job(d, j);
+}
+
+static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_bytes)
+{
+    struct dk_rep *r = DR(rr);
+    struct dk_drv *d = r->d;
+    r->stats_wanted = true;
+    *cpu_percent = r->cpu;
+    *rss_bytes = r->mem;
+    uint64_t now = ev_time_ms();
+    if (d->stats_busy || ev_timer_active(&d->stats_timer) ||
+        (d->stats_mono && now - d->stats_mono < STATS_MIN_MS))
+        return;
+    ev_timer_start(d->loop, &d->stats_timer, 0);
 }
 
 static int dkr_address(struct rt_replica *rr, char *buf, size_t len)
