@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Load, free_port, http_json, kill_takod_tree, wait_for, wait_port
+from conftest import Load, free_port, http, http_json, kill_takod_tree, wait_for, wait_port
 from dockerd import dk, dockerd  # noqa: F401  (fixtures)
 
 
@@ -467,7 +467,6 @@ def test_network_bridge_publishes_each_replica_on_loopback(tako, bridged, dk):
 
 def cpu_and_restarts(metrics_port, replica):
     """tako_replica_cpu_seconds_total and _restarts_total of one replica."""
-    from conftest import http
     st, _, body = http(metrics_port, "/metrics")
     assert st == 200, body
     lbl = 'project="scaling",env="production",service="web",replica="%s"' % replica
@@ -484,49 +483,62 @@ def container_port(dk, name):
     return int([e for e in env if e.startswith("PORT=")][0][5:])
 
 
-def burn(dk, name, n, ms=250):
-    """n requests that each burn ms of CPU in the container, on its own port."""
+def burn(dk, name, n, ms=40):
+    """n requests that each burn ms of CPU in the container, on its own port.
+    Short ones: whoami answers nothing while it burns, and its health checks
+    (timeout 300 ms) must keep passing."""
     port = container_port(dk, name)
     for _ in range(n):
         st, body = http_json(port, "/work?ms=%d" % ms, timeout=30)
         assert st == 200 and body["worked_ms"] == ms and body["hostname"] == name, body
 
 
-def test_container_cpu_seconds_grow_with_work_and_survive_a_restart(dtako, dk):
-    metrics = free_port()
-    app(dtako, dk)
-    # whoami answers nothing while it burns CPU: its health checks must not
-    # have it restarted for that (only the docker kill below restarts it)
-    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port, replicas=1,
-                                    extra="    metrics: %d\n" % metrics)
-                .replace("unhealthyThreshold: 3", "unhealthyThreshold: 100"))
-    dtako.run("deploy", check=0, timeout=300)
-    cpu0, restarts0 = cpu_and_restarts(metrics, "scaling-web-1")
-    assert restarts0 == 0
-    burn(dk, "scaling-web-1", 12)  # 3 s of CPU
-    # Stats are sampled on demand, one sweep at most every 5 s: scrape until
-    # the sample that follows the work shows up.
+def cpu_until(metrics, at_least, what):
     seen = []
     wait_for(lambda: seen.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
-             seen[-1] >= cpu0 + 2.5, timeout=60, interval=0.5, what="container CPU in /metrics")
+             seen[-1] >= at_least, timeout=60, interval=0.5, what=what)
     assert seen == sorted(seen), seen  # a counter
-    # A container killed and started again by tako: the counter keeps what
-    # the first one used and the restart is counted.
-    before = seen[-1]
+    return seen[-1]
+
+
+def replaced(dk, name, old):
+    c = dk.inspect(name)
+    return c is not None and c["Id"] != old and c["State"]["Running"]
+
+
+def test_container_cpu_seconds_grow_with_work_and_survive_restarts(dtako, dk):
+    metrics = free_port()
+    deploy(dtako, dk, replicas=1, extra="    metrics: %d\n" % metrics)
+    cpu0, restarts0 = cpu_and_restarts(metrics, "scaling-web-1")
+    assert restarts0 == 0
+    burn(dk, "scaling-web-1", 75)  # 3 s of CPU
+    # Stats are sampled on demand, one sweep at most every 5 s: scrape until
+    # the sample that follows the work shows up.
+    before = cpu_until(metrics, cpu0 + 2.5, "container CPU in /metrics")
+
+    # A container that dies (docker kill) and is started again by tako: the
+    # counter keeps what the first one used and the restart is counted.
     old = dk.inspect("scaling-web-1")["Id"]
     dk.docker("kill", "scaling-web-1")
-    wait_for(lambda: (dk.inspect("scaling-web-1") or {}).get("Id", old) != old and
-             dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
+    wait_for(lambda: replaced(dk, "scaling-web-1", old), timeout=60, interval=0.3,
              what="scaling-web-1 started again")
     wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 1, timeout=30,
              interval=0.3, what="the restart counted")
     wait_port(container_port(dk, "scaling-web-1"), timeout=30)
-    burn(dk, "scaling-web-1", 4)  # 1 s more
-    after = []
-    wait_for(lambda: after.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
-             after[-1] >= before + 0.8, timeout=60, interval=0.5,
-             what="the new container's CPU added")
-    assert min(after) >= before, (before, after)
+    burn(dk, "scaling-web-1", 25)  # 1 s more
+    before = cpu_until(metrics, before + 0.8, "the new container's CPU added")
+
+    # A container tako itself restarts (liveness): sampled as it stops, so
+    # work done since the last sweep is kept although nobody scraped.
+    old = dk.inspect("scaling-web-1")["Id"]
+    burn(dk, "scaling-web-1", 50)  # 2 s, no scrape from here until it is replaced
+    st, _, _ = http(container_port(dk, "scaling-web-1"), "/health/toggle", method="POST")
+    assert st == 503  # its health as toggled: failing from now on
+    wait_for(lambda: replaced(dk, "scaling-web-1", old), timeout=60, interval=0.3,
+             what="scaling-web-1 restarted by liveness")
+    wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 2, timeout=30,
+             interval=0.3, what="the liveness restart counted")
+    cpu_until(metrics, before + 1.8, "the CPU of the container tako stopped")
 
 
 def test_a_command_that_cannot_apply_fails_at_the_key_or_the_deploy(dtako, dk):
