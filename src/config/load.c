@@ -1157,6 +1157,28 @@ out:
     free(pp);
 }
 
+/* What of command:/workdir: cannot apply to a container, known from the
+ * file. The command itself is checked like the process runtime's (words
+ * without a shell) and runs in exec form; whether its program is in the
+ * image is only known when the container starts (docs/runtime.md). */
+static void check_docker_command(struct cfg__ctx *c, const yaml_node_t *cmd,
+                                 const yaml_node_t *wd, const char *path,
+                                 const struct cfg_service *s)
+{
+    if (wd && !is_null(wd))
+        err_key(c, wd, path, "workdir",
+                "workdir is a directory of this machine (the process runtime's); a container "
+                "starts in its image's WORKDIR: set WORKDIR in the Dockerfile instead");
+    if (s->argv && s->argv[0] && !s->argv[0][0]) {
+        const yaml_node_t *at = cmd;
+        if (cmd && cmd->type == YAML_SEQUENCE_NODE && cmd->data.sequence.items.start <
+                                                          cmd->data.sequence.items.top)
+            at = get_node(c, cmd->data.sequence.items.start[0]);
+        err_key(c, at ? at : cmd, path, at && at != cmd ? "command[0]" : "command",
+                "the program name is empty (the first word runs in the container)");
+    }
+}
+
 static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t *knode,
                          const yaml_node_t *n, const char *path, struct cfg_service *s)
 {
@@ -1317,6 +1339,8 @@ static void load_service(struct cfg__ctx *c, const char *name, const yaml_node_t
     free(rp);
 
     load_runtime(c, v[K_RUNTIME], v[K_IMAGE], knode, path, s);
+    if (strcmp(s->runtime, "docker") == 0)
+        check_docker_command(c, v[K_COMMAND], v[K_WORKDIR], path, s);
     int nw = 0;
     if (set_enum(c, v[K_NETWORK], path, "network", "network", network_names,
                  ARRAY_LEN(network_names), &nw)) {

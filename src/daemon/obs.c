@@ -270,10 +270,16 @@ static void on_replica(void *data, const struct orch_service_view *sv,
         r->inflight += b->inflight;
     }
     const struct rt_info *ri = v->rt;
-    if (ri->supervisor_pid) {
+    if (ri->supervisor_pid || ri->instance_id) {
         uint64_t c[R_N] = {ri->restarts, (uint64_t)llround(ri->cpu_seconds * 1e6)};
         char key[192];
-        snprintf(key, sizeof(key), "%d/%s", (int)ri->supervisor_pid, ri->name);
+        /* what the driver counts in: a process's supervisor, a container
+         * replica's account (its containers come and go) */
+        if (ri->supervisor_pid)
+            snprintf(key, sizeof(key), "%d/%s", (int)ri->supervisor_pid, ri->name);
+        else
+            snprintf(key, sizeof(key), "i%llu/%s", (unsigned long long)ri->instance_id,
+                     ri->name);
         if (obs_total_feed(&r->rt, obs_fnv(0, key), c, now))
             m->dirty = true;
     }
@@ -665,7 +671,7 @@ char *obs_metrics_text(struct obs *m, bool om, size_t *len)
                   (unsigned long long)obs_total_get(&r->rt, R_RESTARTS));
     }
     family(&b, om, "tako_replica_cpu_seconds_total", "counter",
-           "CPU time (user + system) of the replica's processes.");
+           "CPU time (user + system) of the replica's processes or containers.");
     for (struct obs_rep *r = m->reps; r; r = r->next) {
         if (!rep_shown(r))
             continue;

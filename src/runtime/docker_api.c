@@ -91,6 +91,7 @@ struct req {
     const char *body;
     size_t body_len;
     const char *content_type;
+    const char *header; /* one extra request header line, or NULL */
     long timeout_s; /* 0: none */
     stream_fn stream; /* NULL: collect the body */
     void *stream_data;
@@ -193,6 +194,8 @@ static int do_req(struct dk_client *c, struct req *r, char *err, size_t errlen)
         free(ct);
         hdrs = curl_slist_append(hdrs, "Expect:");
     }
+    if (r->header)
+        hdrs = curl_slist_append(hdrs, r->header);
     if (hdrs)
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     CURLcode cc = curl_easy_perform(h);
@@ -400,6 +403,7 @@ struct build_state {
     char id[80];
     dk_line_cb progress;
     void *data;
+    bool pull; /* objects of POST /images/create, not of /build */
 };
 
 static void build_text_line(struct build_state *b, const char *s, size_t n)
@@ -416,8 +420,37 @@ static void build_text_line(struct build_state *b, const char *s, size_t n)
         b->progress(b->data, line);
 }
 
+/* One object of a pull's progress: "ID: status" lines, without the
+ * byte-by-byte "Downloading"/"Extracting" updates (a line per chunk would
+ * flood the deploy's output); their start and end ("Pulling fs layer",
+ * "Pull complete") are shown. */
+static void pull_object(struct build_state *b, json_t *o)
+{
+    const char *er = json_string_value(json_object_get(o, "error"));
+    if (er) {
+        if (!b->error[0])
+            snprintf(b->error, sizeof(b->error), "%s", er);
+        return;
+    }
+    const char *st = json_string_value(json_object_get(o, "status"));
+    if (!st || json_object_get(json_object_get(o, "progressDetail"), "current"))
+        return;
+    const char *id = json_string_value(json_object_get(o, "id"));
+    char line[512];
+    /* "Pulling from NAME" comes with the tag as its id: not a layer */
+    if (id && *id && !str_starts_with(st, "Pulling from "))
+        snprintf(line, sizeof(line), "%s: %s", id, st);
+    else
+        snprintf(line, sizeof(line), "%s", st);
+    build_text_line(b, line, strlen(line));
+}
+
 static void build_object(struct build_state *b, json_t *o)
 {
+    if (b->pull) {
+        pull_object(b, o);
+        return;
+    }
     const char *s = json_string_value(json_object_get(o, "stream"));
     if (s) {
         while (*s) {
@@ -528,6 +561,55 @@ int dk_build(struct dk_client *c, const struct dk_build_opts *o, char *image_id,
         snprintf(image_id, idlen, "%s", b->id);
     }
     free(tar);
+    free(b->line.p);
+    free(b);
+    req_free(&r);
+    return rc;
+}
+
+int dk_image_pull(struct dk_client *c, const char *ref, const char *auth, dk_line_cb progress,
+                  void *data, char *err, size_t errlen)
+{
+    char from[512], tag[160];
+    dk_ref_pull_args(ref, from, sizeof(from), tag, sizeof(tag));
+    char *f = esc(from), *t = esc(tag);
+    struct build_state *b = xcalloc(1, sizeof(*b));
+    b->progress = progress;
+    b->data = data;
+    b->pull = true;
+    char *hdr = auth && *auth ? xasprintf("X-Registry-Auth: %s", auth) : NULL;
+    struct req r = {.method = "POST",
+                    .path = tag[0] ? xasprintf("/images/create?fromImage=%s&tag=%s", f, t)
+                                   : xasprintf("/images/create?fromImage=%s", f),
+                    .header = hdr,
+                    .timeout_s = DK_PULL_TIMEOUT_S,
+                    .stream = build_stream,
+                    .stream_data = b};
+    free(f), free(t);
+    char cerr[1024] = "";
+    int rc = do_req(c, &r, cerr, sizeof(cerr));
+    if (b->line.len) { /* a last object without its newline */
+        json_t *obj = json_loadb(b->line.p, b->line.len, 0, NULL);
+        if (obj) {
+            build_object(b, obj);
+            json_decref(obj);
+        }
+    }
+    char reg[256];
+    dk_ref_registry(ref, reg, sizeof(reg));
+    /* the engine answers an unknown image or an unreachable registry before
+     * streaming (HTTP 404/500 with a message), a failure later in the stream
+     * as {"error": ...}: both carry the registry's own words */
+    if (rc < 0 && rc != -EHOSTDOWN && rc != -ECANCELED) {
+        seterr(err, errlen, "pulling image %s from %s failed: %s", ref, reg, cerr);
+        rc = rc == -ENOENT ? -ENOENT : -EIO;
+    } else if (rc < 0) {
+        seterr(err, errlen, "%s", cerr);
+    } else if (b->error[0]) {
+        seterr(err, errlen, "pulling image %s from %s failed: %s", ref, reg, b->error);
+        rc = -EIO;
+    }
+    free(hdr);
     free(b->line.p);
     free(b);
     req_free(&r);
@@ -906,4 +988,25 @@ int dk_events(struct dk_client *c, const char *label, long long since, dk_event_
         return -EPIPE;
     }
     return rc;
+}
+
+/* runc's words for a program it could not run: `... starting container
+ * process caused: exec: "PROG": REASON: unknown`. */
+int dk_start_error(const char *msg, const char *image, char *out, size_t len)
+{
+    const char *e = strstr(msg, "exec: \"");
+    if (!e)
+        return -ENOENT;
+    const char *prog = e + 7, *q = strstr(prog, "\": ");
+    if (!q)
+        return -ENOENT;
+    const char *why = q + 3;
+    size_t wl = strlen(why);
+    while (wl && (why[wl - 1] == '\n' || why[wl - 1] == ' '))
+        wl--;
+    if (wl > 9 && strncmp(why + wl - 9, ": unknown", 9) == 0)
+        wl -= 9;
+    snprintf(out, len, "command: cannot run \"%.*s\" in image %s: %.*s", (int)(q - prog), prog,
+             image, (int)wl, why);
+    return 0;
 }

@@ -26,6 +26,7 @@
 #define DK_DEFAULT_SOCK "/var/run/docker.sock"
 #define DK_BUILD_TAIL 12 /* builder lines kept for a failure message */
 #define DK_BUILD_TIMEOUT_S 1800 /* a build that takes longer fails */
+#define DK_PULL_TIMEOUT_S 1800  /* so does a pull */
 
 struct dk_client;
 
@@ -63,6 +64,30 @@ struct dk_build_opts {
  * NULL) receives "sha256:…" when known. */
 int dk_build(struct dk_client *c, const struct dk_build_opts *o, char *image_id, size_t idlen,
              char *err, size_t errlen);
+/* POST /images/create?fromImage=&tag=: pull ref (a tagless ref pulls
+ * ":latest", never every tag). auth: the X-Registry-Auth value (base64url
+ * of the JSON credentials, see dk_auth_header) or NULL. progress gets one
+ * line per layer step ("ID: Pull complete"), not the byte counts. On
+ * failure err reads "pulling image REF from REGISTRY failed: <the engine's
+ * or registry's message>"; -ENOENT when the engine says the image does not
+ * exist there, -EHOSTDOWN when the engine itself is not reachable. */
+int dk_image_pull(struct dk_client *c, const char *ref, const char *auth, dk_line_cb progress,
+                  void *data, char *err, size_t errlen);
+/* Registry credentials (docker_auth.c). The X-Registry-Auth value:
+ * base64url of {"username","password","identitytoken","serveraddress"}. */
+int dk_auth_header(const char *user, const char *password, const char *identity_token,
+                   const char *server, char **out);
+/* From a config.json text (`docker login`'s "auths": "auth" = base64 of
+ * USER:PASSWORD, or "username"/"password", or "identitytoken"), the header
+ * for ref's registry into *out (malloc'd; NULL when the file has none).
+ * Credential helpers are not run: -ENOTSUP with the reason when the file
+ * names one for that registry. */
+int dk_auth_from_config(const char *config_text, const char *ref, char **out, char *err,
+                        size_t errlen);
+/* dk_auth_from_config on $DOCKER_CONFIG/config.json, else
+ * ~/.docker/config.json ($HOME, or the passwd entry's home of the user
+ * takod runs as); 0 and NULL when there is no such file. */
+int dk_auth_for(const char *ref, char **out, char *err, size_t errlen);
 /* GET /images/NAME/json into *out (new reference), or -ENOENT. */
 int dk_image_inspect(struct dk_client *c, const char *name, json_t **out, char *err,
                      size_t errlen);
@@ -163,6 +188,22 @@ int dk_events(struct dk_client *c, const char *label, long long since, dk_event_
 int dk_ref_check(const char *ref, char *err, size_t errlen);
 /* Split "name[:tag]" (a ':' after the last '/'); tag defaults to "latest". */
 void dk_ref_split(const char *ref, char *name, size_t nlen, char *tag, size_t tlen);
+
+/* The arguments of a pull: for "name@sha256:…" from = ref and tag = "";
+ * else from = the name and tag = its tag or "latest". */
+void dk_ref_pull_args(const char *ref, char *from, size_t flen, char *tag, size_t tlen);
+/* The pull rule: true when ref names no tag or the tag "latest" (and no
+ * digest): such a reference moves, so it is pulled at every deploy; any
+ * other tag or a digest is pulled only when the engine lacks it. */
+bool dk_ref_floating(const char *ref);
+/* The registry host of ref as Docker resolves it: the first path component
+ * when it has a '.' or ':' or is "localhost", else "docker.io". */
+void dk_ref_registry(const char *ref, char *host, size_t hlen);
+
+/* A container start refused because its program cannot run (runc's
+ * `exec: "PROG": REASON`) as `command: cannot run "PROG" in image IMAGE:
+ * REASON`. -ENOENT (out untouched) when msg is about something else. */
+int dk_start_error(const char *msg, const char *image, char *out, size_t len);
 
 /* .dockerignore: patterns parsed from the file's text. */
 struct dk_ignore;

@@ -643,3 +643,55 @@ void dk_ref_split(const char *ref, char *name, size_t nlen, char *tag, size_t tl
         snprintf(tag, tlen, "latest");
     }
 }
+
+/* The name part of ref ends at '@' or at the tag's ':' (after the last '/'). */
+static size_t ref_name_len(const char *ref, bool *has_tag, bool *has_digest)
+{
+    const char *at = strchr(ref, '@');
+    size_t end = at ? (size_t)(at - ref) : strlen(ref);
+    size_t slash = 0;
+    for (size_t i = 0; i < end; i++)
+        if (ref[i] == '/')
+            slash = i + 1;
+    const char *colon = memchr(ref + slash, ':', end - slash);
+    *has_digest = at != NULL;
+    *has_tag = colon != NULL;
+    return colon ? (size_t)(colon - ref) : end;
+}
+
+void dk_ref_pull_args(const char *ref, char *from, size_t flen, char *tag, size_t tlen)
+{
+    bool has_tag, has_digest;
+    size_t n = ref_name_len(ref, &has_tag, &has_digest);
+    if (has_digest) { /* the digest pins it; a tag beside it is ignored by the engine */
+        snprintf(from, flen, "%s", ref);
+        snprintf(tag, tlen, "%s", "");
+        return;
+    }
+    snprintf(from, flen, "%.*s", (int)n, ref);
+    snprintf(tag, tlen, "%s", has_tag ? ref + n + 1 : "latest");
+}
+
+bool dk_ref_floating(const char *ref)
+{
+    bool has_tag, has_digest;
+    size_t n = ref_name_len(ref, &has_tag, &has_digest);
+    if (has_digest)
+        return false;
+    return !has_tag || strcmp(ref + n + 1, "latest") == 0;
+}
+
+void dk_ref_registry(const char *ref, char *host, size_t hlen)
+{
+    const char *slash = strchr(ref, '/');
+    const char *at = strchr(ref, '@');
+    if (slash && (!at || slash < at)) {
+        size_t k = (size_t)(slash - ref);
+        if (memchr(ref, '.', k) || memchr(ref, ':', k) ||
+            (k == 9 && strncmp(ref, "localhost", 9) == 0)) {
+            snprintf(host, hlen, "%.*s", (int)k, ref);
+            return;
+        }
+    }
+    snprintf(host, hlen, "%s", "docker.io");
+}

@@ -83,6 +83,9 @@ struct rt_info {
     char revision[64];
     uint64_t backoff_ms;  /* delay of the pending restart (BACKOFF/CRASHLOOP), else 0 */
     pid_t supervisor_pid; /* the replica's supervisor (process driver: its shim), 0 none */
+    uint64_t instance_id; /* without a supervisor (docker): what restarts and cpu_seconds
+                           * are counted in, the same for the replica's whole life
+                           * (across its containers and takod restarts); 0 none */
     char driver[16];      /* the driver's name */
 };
 

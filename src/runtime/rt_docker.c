@@ -38,12 +38,14 @@
 #include "runtime/rt_docker.h"
 
 #define STATS_MIN_MS 5000   /* one stats sweep at most this often, only when asked */
+#define STATS_PAR 32        /* stats calls of one sweep made at a time */
 #define LABEL_RUNTIME "tako.runtime=docker"
 #define FOLLOW_RETRY_MS 300
 
 static int docker_prune(struct dk_client *c, const char *project, const char *service,
                         const char *keep_revision, unsigned keep, bool all, char *err,
                         size_t errlen);
+static void on_stats_timer(struct ev_loop *loop, struct ev_timer *t);
 
 /* ---- the hub: results from worker threads to the loop ---- */
 
@@ -90,6 +92,13 @@ struct hub {
     unsigned long builds_done, failed_at;
     char failed_tag[512];
     char *failed_err;
+    /* pulls finished (read under mu, written under both) and the last one's
+     * outcome (under build_mu): replicas that waited for a pull of the same
+     * image share it instead of pulling again */
+    unsigned long pulls_done;
+    char pull_ref[512];
+    int pull_rc;
+    char *pull_err;
     char sock[108];
 };
 
@@ -109,6 +118,7 @@ static void hub_unref(struct hub *h)
         close(h->efd);
     dk_close(h->cli);
     free(h->failed_err);
+    free(h->pull_err);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->build_mu);
     free(h);
@@ -155,6 +165,7 @@ struct dk_rep {
     struct ev_timer backoff_timer;
     unsigned long gen; /* bumped per launch/stop: stale results are dropped */
     bool launching, stopping_job;
+    bool launched_once; /* a container was asked for before: later launches are restarts */
     char died_early[72]; /* a die event that came before the launch result */
     bool want_stop, want_restart;
     void (*done)(struct rt_replica *, void *);
@@ -164,6 +175,10 @@ struct dk_rep {
     /* stats */
     double cpu;
     uint64_t mem;
+    /* CPU time: containers that ended (their last sample) + the current
+     * one's last sample; born names this account (saved with the spec, so
+     * it outlives takod restarts) */
+    uint64_t cpu_base_ns, cpu_cur_ns, born_ms;
     struct dk_stats last;
     bool have_last, stats_wanted;
 };
@@ -181,6 +196,7 @@ struct dk_drv {
     bool stream_down;
     uint64_t stats_mono;
     bool stats_busy;
+    struct ev_timer stats_timer; /* starts a sweep on the next loop pass */
     struct pruned {
         char service[140], revision[64];
         struct pruned *next;
@@ -217,7 +233,11 @@ static void save_spec(struct dk_rep *r)
     mkdir(dir, 0700);
     free(dir);
     char *p = spec_path(r->d, r->name);
-    if (rt__spec_save(p, &r->spec.spec, r->restarts, r->consecutive) < 0)
+    json_t *ds = json_pack("{s:I, s:I}", "born_ms", (json_int_t)r->born_ms, "cpu_base_ns",
+                           (json_int_t)r->cpu_base_ns);
+    int rc = rt__spec_save_ex(p, &r->spec.spec, r->restarts, r->consecutive, ds);
+    json_decref(ds);
+    if (rc < 0)
         log_warn("replica %s: cannot save %s", r->name, p);
     free(p);
 }
@@ -230,6 +250,7 @@ struct job {
     char name[RT_NAME_MAX];
     unsigned long gen;
     struct rt__owned_spec spec; /* J_LAUNCH */
+    bool first; /* J_LAUNCH: the replica's first container (a deploy, a scale), not a restart */
     char id[72];
     unsigned grace_s;
     int sig;
@@ -308,6 +329,64 @@ static uint64_t parse_docker_time(const char *s)
     return (uint64_t)t * 1000 + ms;
 }
 
+/* image: NAME[:TAG] is pulled by this rule (docs/runtime.md "Pulling"):
+ * a tag that moves (none, or "latest") at every start of a replica, any
+ * other tag or a digest only when the engine lacks it. A failed pull fails
+ * the replica's first start (so the deploy, naming the registry's error);
+ * a restart after a crash runs the local copy when there is one, so a
+ * registry that is down does not stop a replica that ran from coming back. */
+static int ensure_pulled(struct job *j, const char *image, char *err, size_t errlen)
+{
+    struct dk_client *c = j->hub->cli;
+    struct hub *h = j->hub;
+    bool floating = dk_ref_floating(image);
+    json_t *info = NULL;
+    int rc = dk_image_inspect(c, image, &info, err, errlen);
+    json_decref(info);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    bool present = rc == 0;
+    if (present && !floating)
+        return 0;
+    pthread_mutex_lock(&h->mu);
+    unsigned long seen = h->pulls_done;
+    pthread_mutex_unlock(&h->mu);
+    pthread_mutex_lock(&h->build_mu);
+    if (h->pulls_done > seen && strcmp(h->pull_ref, image) == 0) {
+        /* a pull of this image ended while this one waited: its outcome */
+        rc = h->pull_rc;
+        if (rc < 0)
+            snprintf(err, errlen, "%s", h->pull_err ? h->pull_err : "the pull failed");
+    } else {
+        info = NULL;
+        if (!floating && dk_image_inspect(c, image, &info, NULL, 0) == 0) {
+            rc = 0; /* another replica pulled it meanwhile */
+        } else {
+            struct note_ctx nc = {.hub = h, .name = j->name, .gen = j->gen};
+            char *auth = NULL;
+            char aerr[256] = "";
+            if (dk_auth_for(image, &auth, aerr, sizeof(aerr)) < 0)
+                log_warn("docker: %s", aerr);
+            rc = dk_image_pull(c, image, auth, on_build_line, &nc, err, errlen);
+            free(auth);
+            pthread_mutex_lock(&h->mu);
+            h->pulls_done++;
+            pthread_mutex_unlock(&h->mu);
+            snprintf(h->pull_ref, sizeof(h->pull_ref), "%s", image);
+            h->pull_rc = rc;
+            free(h->pull_err);
+            h->pull_err = rc < 0 ? xstrdup(err) : NULL;
+        }
+        json_decref(info);
+    }
+    pthread_mutex_unlock(&h->build_mu);
+    if (rc < 0 && rc != -EHOSTDOWN && present && !j->first) {
+        log_warn("replica %s: %s; restarting it from the local copy of %s", j->name, err, image);
+        rc = 0;
+    }
+    return rc;
+}
+
 static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size_t errlen)
 {
     struct dk_client *c = j->hub->cli;
@@ -315,14 +394,7 @@ static int ensure_image(struct job *j, char *image, size_t ilen, char *err, size
     json_t *info = NULL;
     if (s->image) {
         snprintf(image, ilen, "%s", s->image);
-        int rc = dk_image_inspect(c, s->image, &info, err, errlen);
-        json_decref(info);
-        if (rc == -ENOENT)
-            snprintf(err, errlen,
-                     "image %s is not in the Docker engine at unix://%s (load it with `docker "
-                     "load` or build it there; tako does not pull from registries)",
-                     s->image, dk_socket(c));
-        return rc;
+        return ensure_pulled(j, s->image, err, errlen);
     }
     snprintf(image, ilen, "%s-%s:%s", s->project, s->service,
              s->revision && *s->revision ? s->revision : "latest");
@@ -388,6 +460,22 @@ static void job_launch(struct job *j)
                      "(dockerd --bridge=none?); use network: host",
                      dk_socket(c));
     }
+    if (rc == 0 && !(s->argv && s->argv[0])) {
+        /* nothing to run: say so before Docker's "No command specified" */
+        json_t *img = NULL;
+        if (dk_image_inspect(c, image, &img, NULL, 0) == 0) {
+            json_t *cfg = json_object_get(img, "Config");
+            if (json_array_size(json_object_get(cfg, "Cmd")) == 0 &&
+                json_array_size(json_object_get(cfg, "Entrypoint")) == 0) {
+                snprintf(err, sizeof(err),
+                         "image %s has no CMD or ENTRYPOINT and the service no command: nothing "
+                         "to run (add command: to tako.yaml, or CMD to the Dockerfile)",
+                         image);
+                rc = -EINVAL;
+            }
+        }
+        json_decref(img);
+    }
     if (rc == 0) {
         /* a container of the same name left over (exited, or made by a
          * takod that died mid-start) holds the name: it goes */
@@ -438,8 +526,14 @@ static void job_launch(struct job *j)
             free(own[i]);
         free(own);
         free(env);
-        if (rc == 0)
+        if (rc == 0) {
             rc = dk_container_start(c, m->id, err, sizeof(err));
+            char why[1024];
+            if (rc < 0 && dk_start_error(err, image, why, sizeof(why)) == 0) {
+                log_info("replica %s: %s", j->name, err);
+                snprintf(err, sizeof(err), "%s", why);
+            }
+        }
         if (rc == 0) {
             json_t *ins = NULL;
             if (dk_container_inspect(c, m->id, &ins, NULL, 0) == 0) {
@@ -465,6 +559,15 @@ static void job_stop(struct job *j)
     struct dk_client *c = j->hub->cli;
     char err[1024] = "";
     const char *who = j->id[0] ? j->id : j->name;
+    if (j->id[0]) {
+        /* its CPU up to now, for tako_replica_cpu_seconds_total: once it
+         * is gone, so is its cgroup (a restart would lose the time since
+         * the last sweep) */
+        struct msg *sm = new_msg(M_STATS, j->name, 0);
+        snprintf(sm->id, sizeof(sm->id), "%s", j->id);
+        sm->rc = dk_container_stats(c, j->id, true, &sm->st, NULL, 0);
+        hub_post(j->hub, sm);
+    }
     int rc = dk_container_stop(c, who, j->grace_s, err, sizeof(err));
     if (rc == -ENOENT)
         rc = 0;
@@ -528,13 +631,51 @@ static void job_died(struct job *j)
     hub_post(j->hub, m);
 }
 
-static void job_stats(struct job *j)
+/* One share of a sweep: replicas from, from + step, ... */
+struct stats_part {
+    struct job *j;
+    size_t from, step;
+};
+
+static void *stats_part_main(void *arg)
 {
-    for (size_t i = 0; i < j->n; i++) {
+    struct stats_part *p = arg;
+    struct job *j = p->j;
+    for (size_t i = p->from; i < j->n; i += p->step) {
         struct msg *m = new_msg(M_STATS, j->names[i], 0);
         snprintf(m->id, sizeof(m->id), "%s", j->ids[i]);
         m->rc = dk_container_stats(j->hub->cli, j->ids[i], true, &m->st, NULL, 0);
         hub_post(j->hub, m);
+    }
+    return NULL;
+}
+
+/* A one-shot stats call returns at the engine's next collection tick (once
+ * a second), so calls made one after the other cost a second per replica;
+ * made at once they all return at the same tick. The sweep runs up to
+ * STATS_PAR calls at a time: about ceil(n / STATS_PAR) seconds for n
+ * replicas, and still one sweep at most every STATS_MIN_MS. */
+static void job_stats(struct job *j)
+{
+    size_t t = j->n < STATS_PAR ? j->n : STATS_PAR;
+    struct stats_part parts[STATS_PAR];
+    pthread_t th[STATS_PAR];
+    bool started[STATS_PAR] = {false};
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 * 1024);
+    for (size_t k = 0; k < t; k++) {
+        parts[k] = (struct stats_part){.j = j, .from = k, .step = t};
+        if (k > 0)
+            started[k] = pthread_create(&th[k], &a, stats_part_main, &parts[k]) == 0;
+    }
+    pthread_attr_destroy(&a);
+    stats_part_main(&parts[0]);
+    for (size_t k = 1; k < t; k++) {
+        if (started[k])
+            pthread_join(th[k], NULL);
+        else
+            stats_part_main(&parts[k]); /* no thread: its share here */
     }
     hub_post(j->hub, new_msg(M_STATS_DONE, "", 0));
 }
@@ -744,6 +885,8 @@ static void launch(struct dk_rep *r)
     snprintf(j->name, sizeof(j->name), "%s", r->name);
     j->gen = ++r->gen;
     rt__spec_copy(&j->spec, &r->spec.spec);
+    j->first = !r->launched_once;
+    r->launched_once = true;
     r->launching = true;
     r->id[0] = '\0';
     r->pid = 0;
@@ -864,6 +1007,9 @@ static void handle_launched(struct dk_drv *d, struct msg *m)
         return;
     }
     snprintf(r->id, sizeof(r->id), "%s", m->id);
+    /* a new container: the last one's CPU (as last sampled) joins the base */
+    r->cpu_base_ns += r->cpu_cur_ns;
+    r->cpu_cur_ns = 0;
     r->pid = m->pid;
     r->started_wall = m->started_wall ? m->started_wall : time_wall_ms();
     r->started_mono = ev_time_ms();
@@ -1004,6 +1150,8 @@ static void handle_stats(struct dk_drv *d, struct msg *m)
     r->last = m->st;
     r->have_last = true;
     r->mem = dk_mem_used(&m->st);
+    if (m->st.cpu_total_ns > r->cpu_cur_ns)
+        r->cpu_cur_ns = m->st.cpu_total_ns;
 }
 
 static void follow_free_maybe(struct dk_follow *f)
@@ -1094,6 +1242,7 @@ static int dkr_create(struct rt *rt, struct rt_driver **out, char *err, size_t e
     d->state_dir = rt__state_dir(rt);
     d->hub = h;
     ev_io_init(&d->efd_io, h->efd, on_hub, d);
+    ev_timer_init(&d->stats_timer, on_stats_timer, d);
     ev_io_start(d->loop, &d->efd_io, EPOLLIN);
     /* the events stream: its own reference to the hub */
     struct ev_thread_ctx *c = xcalloc(1, sizeof(*c));
@@ -1120,6 +1269,7 @@ static void dkr_destroy(struct rt_driver *base)
     if (d->ev_started)
         pthread_join(d->ev_thread, NULL); /* returns within a second (cancel check) */
     ev_io_stop(d->loop, &d->efd_io);
+    ev_timer_stop(d->loop, &d->stats_timer);
     while (d->replicas) {
         struct dk_rep *r = d->replicas;
         d->replicas = r->next;
@@ -1192,6 +1342,7 @@ static int dkr_start(struct rt_driver *base, const struct rt_spec *spec, struct 
         return -EEXIST;
     }
     struct dk_rep *r = new_rep(d, name);
+    r->born_ms = time_wall_ms();
     rt__spec_copy(&r->spec, spec);
     bind_base(r);
     launch(r);
@@ -1301,7 +1452,8 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
         char *sp = spec_path(d, nm);
         struct rt__owned_spec spec;
         unsigned restarts = 0, consecutive = 0;
-        bool have = rt__spec_load(sp, &spec, &restarts, &consecutive) == 0;
+        json_t *ds = NULL;
+        bool have = rt__spec_load_ex(sp, &spec, &restarts, &consecutive, &ds) == 0;
         bool running = state && strcmp(state, "running") == 0;
         if (!have || !running) {
             /* exited while takod was away, or made by a start that never
@@ -1310,6 +1462,7 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
             dk_container_remove(d->hub->cli, id, true, NULL, 0);
             if (have)
                 rt__spec_free(&spec);
+            json_decref(ds);
             unlink(sp);
             free(sp);
             continue;
@@ -1320,6 +1473,18 @@ static int dkr_adopt(struct rt_driver *base, struct rt_replica ***out, size_t *n
         bind_base(r);
         r->restarts = restarts;
         r->consecutive = consecutive;
+        r->launched_once = true;
+        /* written by an older takod without them: a new account */
+        r->born_ms = (uint64_t)json_integer_value(json_object_get(ds, "born_ms"));
+        if (!r->born_ms)
+            r->born_ms = time_wall_ms();
+        r->cpu_base_ns = (uint64_t)json_integer_value(json_object_get(ds, "cpu_base_ns"));
+        json_decref(ds);
+        /* the container's CPU so far, at once: the counter must not seem
+         * to go back to the base until the first stats sweep */
+        struct dk_stats sample;
+        if (dk_container_stats(d->hub->cli, id, true, &sample, NULL, 0) == 0)
+            r->cpu_cur_ns = sample.cpu_total_ns;
         snprintf(r->id, sizeof(r->id), "%s", id);
         json_t *ins = NULL;
         r->started_mono = ev_time_ms();
@@ -1360,20 +1525,20 @@ static void dkr_inspect(struct rt_replica *rr, struct rt_info *info)
     snprintf(info->last_error, sizeof(info->last_error), "%s", r->last_error);
     snprintf(info->revision, sizeof(info->revision), "%s", r->spec.spec.revision);
     info->backoff_ms = r->backoff_ms;
+    info->cpu_seconds = (double)(r->cpu_base_ns + r->cpu_cur_ns) / 1e9;
+    info->instance_id = r->born_ms;
 }
 
 /* Stats come from the Engine API, sampled for every replica asked about in
  * one sweep on a worker, at most every STATS_MIN_MS; callers get the last
- * values at once. */
-static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_bytes)
+ * values at once. The sweep starts on the next loop pass (a timer of 0),
+ * so that one reader asking about every replica (a scrape, `tako stats`)
+ * gets all of them in the same sweep, not only the first one asked. */
+static void on_stats_timer(struct ev_loop *loop, struct ev_timer *t)
 {
-    struct dk_rep *r = DR(rr);
-    struct dk_drv *d = r->d;
-    r->stats_wanted = true;
-    *cpu_percent = r->cpu;
-    *rss_bytes = r->mem;
-    uint64_t now = ev_time_ms();
-    if (d->stats_busy || (d->stats_mono && now - d->stats_mono < STATS_MIN_MS))
+    (void)loop;
+    struct dk_drv *d = t->data;
+    if (d->stats_busy)
         return;
     struct job *j = xcalloc(1, sizeof(*j));
     j->kind = J_STATS;
@@ -1387,13 +1552,27 @@ static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_
         j->n++;
         x->stats_wanted = false;
     }
-    d->stats_mono = now;
+    d->stats_mono = ev_time_ms();
     if (j->n == 0) {
         free(j);
         return;
     }
     d->stats_busy = true;
     run_job(d, j);
+}
+
+static void dkr_stats(struct rt_replica *rr, double *cpu_percent, uint64_t *rss_bytes)
+{
+    struct dk_rep *r = DR(rr);
+    struct dk_drv *d = r->d;
+    r->stats_wanted = true;
+    *cpu_percent = r->cpu;
+    *rss_bytes = r->mem;
+    uint64_t now = ev_time_ms();
+    if (d->stats_busy || ev_timer_active(&d->stats_timer) ||
+        (d->stats_mono && now - d->stats_mono < STATS_MIN_MS))
+        return;
+    ev_timer_start(d->loop, &d->stats_timer, 0);
 }
 
 static int dkr_address(struct rt_replica *rr, char *buf, size_t len)

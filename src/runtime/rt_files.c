@@ -184,6 +184,12 @@ char *rt__read_file(const char *path, size_t max, size_t *len)
 int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
                   unsigned consecutive)
 {
+    return rt__spec_save_ex(path, s, restarts, consecutive, NULL);
+}
+
+int rt__spec_save_ex(const char *path, const struct rt_spec *s, unsigned restarts,
+                     unsigned consecutive, json_t *extra)
+{
     json_t *argv = json_array(), *env = json_array();
     for (size_t i = 0; s->argv && s->argv[i]; i++)
         json_array_append_new(argv, json_string(s->argv[i]));
@@ -211,6 +217,8 @@ int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
         json_object_set_new(o, "network", json_string(s->network));
     if (s->app_port)
         json_object_set_new(o, "app_port", json_integer(s->app_port));
+    if (extra)
+        json_object_set(o, "driver_state", extra);
     char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!text)
@@ -223,6 +231,14 @@ int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
 int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restarts,
                   unsigned *consecutive)
 {
+    return rt__spec_load_ex(path, out, restarts, consecutive, NULL);
+}
+
+int rt__spec_load_ex(const char *path, struct rt__owned_spec *out, unsigned *restarts,
+                     unsigned *consecutive, json_t **extra_out)
+{
+    if (extra_out)
+        *extra_out = NULL;
     size_t len;
     char *text = rt__read_file(path, 1u << 20, &len);
     if (!text)
@@ -289,6 +305,9 @@ int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restar
             *restarts = (unsigned)rs;
         if (consecutive)
             *consecutive = (unsigned)cf;
+        json_t *ds = json_object_get(o, "driver_state");
+        if (extra_out && ds)
+            *extra_out = json_incref(ds);
         r = 0;
     }
     free(av);

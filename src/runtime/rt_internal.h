@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "runtime/rt_driver.h"
 #include "runtime/rt_proc.h"
 
@@ -19,6 +21,13 @@ int rt__spec_save(const char *path, const struct rt_spec *s, unsigned restarts,
                   unsigned consecutive);
 int rt__spec_load(const char *path, struct rt__owned_spec *out, unsigned *restarts,
                   unsigned *consecutive);
+/* The same with a driver's own bookkeeping under the key "driver_state":
+ * extra (borrowed, may be NULL) is written; *extra_out (may be NULL)
+ * receives a new reference to what was read, or NULL. */
+int rt__spec_save_ex(const char *path, const struct rt_spec *s, unsigned restarts,
+                     unsigned consecutive, json_t *extra);
+int rt__spec_load_ex(const char *path, struct rt__owned_spec *out, unsigned *restarts,
+                     unsigned *consecutive, json_t **extra_out);
 
 /* The shim's state file, rewritten atomically on every change. */
 enum rt__app_state { RT_APP_STARTING, RT_APP_RUNNING, RT_APP_EXITED, RT_APP_FAILED };

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Load, free_port, http_json, kill_takod_tree, wait_for
+from conftest import Load, free_port, http, http_json, kill_takod_tree, wait_for, wait_port
 from dockerd import dk, dockerd  # noqa: F401  (fixtures)
 
 
@@ -463,3 +463,109 @@ def test_network_bridge_publishes_each_replica_on_loopback(tako, bridged, dk):
     assert "has no bridge network" in (r.stdout + r.stderr), r.stdout + r.stderr
     assert containers(dk) == []
     kill_takod_tree(t2_home)
+
+
+def cpu_and_restarts(metrics_port, replica):
+    """tako_replica_cpu_seconds_total and _restarts_total of one replica."""
+    st, _, body = http(metrics_port, "/metrics")
+    assert st == 200, body
+    lbl = 'project="scaling",env="production",service="web",replica="%s"' % replica
+    vals = {}
+    for line in body.decode().splitlines():
+        for name in ("tako_replica_cpu_seconds_total", "tako_replica_restarts_total"):
+            if line.startswith("%s{%s} " % (name, lbl)):
+                vals[name] = float(line.rsplit(" ", 1)[1])
+    return vals["tako_replica_cpu_seconds_total"], vals["tako_replica_restarts_total"]
+
+
+def container_port(dk, name):
+    env = dk.inspect(name)["Config"]["Env"]
+    return int([e for e in env if e.startswith("PORT=")][0][5:])
+
+
+def burn(dk, name, n, ms=40):
+    """n requests that each burn ms of CPU in the container, on its own port.
+    Short ones: whoami answers nothing while it burns, and its health checks
+    (timeout 300 ms) must keep passing."""
+    port = container_port(dk, name)
+    for _ in range(n):
+        st, body = http_json(port, "/work?ms=%d" % ms, timeout=30)
+        assert st == 200 and body["worked_ms"] == ms and body["hostname"] == name, body
+
+
+def cpu_until(metrics, at_least, what):
+    seen = []
+    wait_for(lambda: seen.append(cpu_and_restarts(metrics, "scaling-web-1")[0]) or
+             seen[-1] >= at_least, timeout=60, interval=0.5, what=what)
+    assert seen == sorted(seen), seen  # a counter
+    return seen[-1]
+
+
+def replaced(dk, name, old):
+    c = dk.inspect(name)
+    return c is not None and c["Id"] != old and c["State"]["Running"]
+
+
+def test_container_cpu_seconds_grow_with_work_and_survive_restarts(dtako, dk):
+    metrics = free_port()
+    deploy(dtako, dk, replicas=1, extra="    metrics: %d\n" % metrics)
+    cpu0, restarts0 = cpu_and_restarts(metrics, "scaling-web-1")
+    assert restarts0 == 0
+    burn(dk, "scaling-web-1", 75)  # 3 s of CPU
+    # Stats are sampled on demand, one sweep at most every 5 s: scrape until
+    # the sample that follows the work shows up.
+    before = cpu_until(metrics, cpu0 + 2.5, "container CPU in /metrics")
+
+    # A container that dies (docker kill) and is started again by tako: the
+    # counter keeps what the first one used and the restart is counted.
+    old = dk.inspect("scaling-web-1")["Id"]
+    dk.docker("kill", "scaling-web-1")
+    wait_for(lambda: replaced(dk, "scaling-web-1", old), timeout=60, interval=0.3,
+             what="scaling-web-1 started again")
+    wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 1, timeout=30,
+             interval=0.3, what="the restart counted")
+    wait_port(container_port(dk, "scaling-web-1"), timeout=30)
+    burn(dk, "scaling-web-1", 25)  # 1 s more
+    before = cpu_until(metrics, before + 0.8, "the new container's CPU added")
+
+    # A container tako itself restarts (liveness): sampled as it stops, so
+    # work done since the last sweep is kept although nobody scraped.
+    old = dk.inspect("scaling-web-1")["Id"]
+    burn(dk, "scaling-web-1", 50)  # 2 s, no scrape from here until it is replaced
+    st, _, _ = http(container_port(dk, "scaling-web-1"), "/health/toggle", method="POST")
+    assert st == 503  # its health as toggled: failing from now on
+    wait_for(lambda: replaced(dk, "scaling-web-1", old), timeout=60, interval=0.3,
+             what="scaling-web-1 restarted by liveness")
+    wait_for(lambda: cpu_and_restarts(metrics, "scaling-web-1")[1] == 2, timeout=30,
+             interval=0.3, what="the liveness restart counted")
+    cpu_until(metrics, before + 1.8, "the CPU of the container tako stopped")
+
+
+def test_a_command_that_cannot_apply_fails_at_the_key_or_the_deploy(dtako, dk):
+    # known from the file: refused by validation at file:line:col
+    app(dtako, dk)
+    dtako.write("tako.yaml", config(dtako.proxy_port, dtako.http_port,
+                                    extra="        workdir: /srv\n"))
+    r = dtako.run("validate", check=None)
+    assert r.returncode != 0
+    assert re.search(r"tako\.yaml:\d+:18: environments\.production\.services\.web\.workdir: "
+                     r"workdir is a directory of this machine", r.stdout + r.stderr), r.stderr
+    # known when the container starts: the deploy fails naming the program
+    # and the image, and what was serving keeps serving
+    deploy(dtako, dk, replicas=2)
+    ids = ids_of(dk)
+    dk.docker("tag", dk.base_image, "cmdcheck:1")  # busybox, no CMD
+    cases = [('["nosuch", "-x"]', r'command: cannot run "nosuch" in image cmdcheck:1: '
+                                  r'executable file not found in \$PATH'),
+             ('["/opt/app/server"]', r'command: cannot run "/opt/app/server" in image '
+                                     r'cmdcheck:1: .*no such file or directory'),
+             (None, r"image cmdcheck:1 has no CMD or ENTRYPOINT and the service no command")]
+    for cmd, want in cases:
+        text = config(dtako.proxy_port, dtako.http_port, image="cmdcheck:1", replicas=2)
+        if cmd:
+            text = text.replace("        env:\n", "        command: %s\n        env:\n" % cmd)
+        dtako.write("tako.yaml", text)
+        r = dtako.run("deploy", check=1, timeout=300)
+        assert re.search(want, r.stdout + r.stderr), r.stdout + r.stderr
+        assert ids_of(dk) == ids
+    assert set(hostnames(dtako.proxy_port, 4)) == {"scaling-web-1", "scaling-web-2"}

@@ -1211,3 +1211,64 @@ TEST(placement_and_peer_port_errors)
     CHECK(fails_with("        port: 1\n        placement: {server: [a]}\n",
                      "did you mean \"servers\""));
 }
+
+/* Load BODY as the only service; the diagnostics (errors and warnings). */
+static char *diag_of(const char *body, bool *ok)
+{
+    char *y = with_service(body), *diag = NULL;
+    struct cfg_file *f = load(y, &diag);
+    *ok = f != NULL;
+    cfg_free(f);
+    free(y);
+    return diag;
+}
+
+TEST(docker_command_rules_are_checked_at_the_key)
+{
+    bool ok;
+    /* a list or a string of words: the same argv, no shell */
+    const struct cfg_service *s;
+    struct cfg_file *f = svc_ok("        runtime: docker\n        image: app:1\n"
+                                "        command: \"whoami --port 'a b'\"\n",
+                                &s);
+    CHECK(f);
+    CHECK_STR(s->argv[0], "whoami");
+    CHECK_STR(s->argv[2], "a b");
+    CHECK(s->argv[3] == NULL);
+    cfg_free(f);
+    /* shell syntax in a string: refused at the key, with the list form to use */
+    char *d = diag_of("        runtime: docker\n        image: app:1\n"
+                      "        command: serve && echo done\n",
+                      &ok);
+    CHECK(!ok);
+    CHECK_CONTAINS(d, "tako.yaml:9:18: environments.prod.services.web.command: shell syntax '&'");
+    CHECK_CONTAINS(d, "[sh, -c,");
+    free(d);
+    /* workdir is a host directory: it cannot apply to a container */
+    d = diag_of("        runtime: docker\n        image: app:1\n        workdir: /srv/app\n", &ok);
+    CHECK(!ok);
+    CHECK_CONTAINS(d, "tako.yaml:9:18: environments.prod.services.web.workdir: workdir is a "
+                      "directory of this machine");
+    CHECK_CONTAINS(d, "WORKDIR in the Dockerfile");
+    free(d);
+    /* ... while the process runtime takes it */
+    f = svc_ok("        command: ./app\n        workdir: sub\n", &s);
+    CHECK(f);
+    cfg_free(f);
+    /* an empty program name, at the item */
+    d = diag_of("        runtime: docker\n        image: app:1\n        command: ['', x]\n", &ok);
+    CHECK(!ok);
+    CHECK_CONTAINS(d, "tako.yaml:9:19: environments.prod.services.web.command[0]: the program "
+                      "name is empty");
+    free(d);
+    /* the environment's runtime applies the same rules */
+    char *y = xasprintf("project:\n  name: t\nenvironments:\n  prod:\n    runtime: docker\n"
+                        "    services:\n      web:\n        image: app:1\n"
+                        "        workdir: /x\n");
+    char *diag = NULL;
+    f = load(y, &diag);
+    CHECK(!f);
+    CHECK_CONTAINS(diag, "tako.yaml:9:18: environments.prod.services.web.workdir:");
+    free(diag);
+    free(y);
+}

@@ -1,12 +1,15 @@
 /* test_docker.c — unit tests of the Docker client's pure parts: glob and
  * .dockerignore rules, image references, the build-context tar, the log
- * stream demultiplexer and the CPU percent formula. */
+ * stream demultiplexer, the CPU percent formula, the pull rule and registry
+ * credentials. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "core/util.h"
 #include "runtime/docker_api.h"
@@ -237,4 +240,112 @@ TEST(open_names_the_socket_tried_when_nothing_listens)
     CHECK_CONTAINS(err, "dockerd");
     CHECK_INT(dk_open("tcp://127.0.0.1:2375", &c, err, sizeof(err)), -EINVAL);
     CHECK_CONTAINS(err, "unix://");
+}
+
+TEST(pull_rule_and_arguments_follow_the_reference)
+{
+    char from[256], tag[64], host[128];
+    /* a tag that moves is pulled at every start; a fixed tag or a digest only when missing */
+    CHECK(dk_ref_floating("nginx"));
+    CHECK(dk_ref_floating("nginx:latest"));
+    CHECK(dk_ref_floating("127.0.0.1:5000/app"));
+    CHECK(dk_ref_floating("127.0.0.1:5000/app:latest"));
+    CHECK(!dk_ref_floating("127.0.0.1:5000/app:1"));
+    CHECK(!dk_ref_floating("redis:7"));
+    CHECK(!dk_ref_floating("app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+    dk_ref_pull_args("127.0.0.1:5000/scaling-web:1", from, sizeof(from), tag, sizeof(tag));
+    CHECK_STR(from, "127.0.0.1:5000/scaling-web");
+    CHECK_STR(tag, "1");
+    dk_ref_pull_args("127.0.0.1:5000/scaling-web", from, sizeof(from), tag, sizeof(tag));
+    CHECK_STR(from, "127.0.0.1:5000/scaling-web");
+    CHECK_STR(tag, "latest"); /* never every tag of the repository */
+    dk_ref_pull_args("app@sha256:0123456789abcdef0123456789abcdef", from, sizeof(from), tag,
+                     sizeof(tag));
+    CHECK_STR(from, "app@sha256:0123456789abcdef0123456789abcdef");
+    CHECK_STR(tag, "");
+    dk_ref_registry("127.0.0.1:5000/a/b:1", host, sizeof(host));
+    CHECK_STR(host, "127.0.0.1:5000");
+    dk_ref_registry("ghcr.io/org/app", host, sizeof(host));
+    CHECK_STR(host, "ghcr.io");
+    dk_ref_registry("localhost/app", host, sizeof(host));
+    CHECK_STR(host, "localhost");
+    dk_ref_registry("library/redis:7", host, sizeof(host));
+    CHECK_STR(host, "docker.io");
+    dk_ref_registry("redis", host, sizeof(host));
+    CHECK_STR(host, "docker.io");
+}
+
+/* The X-Registry-Auth value decoded back to its JSON. */
+static json_t *auth_json(const char *b64url)
+{
+    char *s = xstrdup(b64url);
+    size_t n = strlen(s);
+    for (char *p = s; *p; p++)
+        *p = *p == '-' ? '+' : *p == '_' ? '/' : *p;
+    unsigned char out[1024];
+    int k = EVP_DecodeBlock(out, (unsigned char *)s, (int)n);
+    free(s);
+    if (k < 0)
+        return NULL;
+    while (k > 0 && out[k - 1] == '\0')
+        k--;
+    return json_loadb((char *)out, (size_t)k, 0, NULL);
+}
+
+TEST(registry_credentials_come_from_docker_logins_config)
+{
+    char err[256] = "";
+    char *auth = NULL;
+    /* "auth" is base64("tako:s3cret") */
+    const char *cfg = "{\"auths\": {\"127.0.0.1:5000\": {\"auth\": \"dGFrbzpzM2NyZXQ=\"},"
+                      " \"https://index.docker.io/v1/\": {\"username\": \"hub\","
+                      " \"password\": \"pw\"}}}";
+    CHECK_INT(dk_auth_from_config(cfg, "127.0.0.1:5000/app:1", &auth, err, sizeof(err)), 0);
+    CHECK(auth != NULL);
+    json_t *j = auth_json(auth);
+    CHECK(j != NULL);
+    CHECK_STR(json_string_value(json_object_get(j, "username")), "tako");
+    CHECK_STR(json_string_value(json_object_get(j, "password")), "s3cret");
+    CHECK_STR(json_string_value(json_object_get(j, "serveraddress")), "127.0.0.1:5000");
+    json_decref(j);
+    free(auth);
+    CHECK_INT(dk_auth_from_config(cfg, "redis:7", &auth, err, sizeof(err)), 0);
+    j = auth_json(auth);
+    CHECK_STR(json_string_value(json_object_get(j, "username")), "hub");
+    json_decref(j);
+    free(auth);
+    /* another registry: no credentials, anonymous */
+    CHECK_INT(dk_auth_from_config(cfg, "ghcr.io/x/y:1", &auth, err, sizeof(err)), 0);
+    CHECK(auth == NULL);
+    /* a credential helper is named, not run */
+    CHECK_INT(dk_auth_from_config("{\"credsStore\": \"desktop\"}", "ghcr.io/x/y:1", &auth, err,
+                                  sizeof(err)),
+              -ENOTSUP);
+    CHECK_CONTAINS(err, "credential helpers");
+    CHECK_INT(dk_auth_from_config("{\"auths\": {\"r.io\": {\"auth\": \"bm9jb2xvbg==\"}}}",
+                                  "r.io/a", &auth, err, sizeof(err)),
+              -EINVAL); /* "nocolon" */
+    CHECK_CONTAINS(err, "USER:PASSWORD");
+    CHECK_INT(dk_auth_from_config("{not json", "r.io/a", &auth, err, sizeof(err)), -EINVAL);
+}
+
+TEST(a_program_runc_cannot_run_is_named_with_the_image)
+{
+    char out[512];
+    CHECK_INT(dk_start_error("OCI runtime create failed: container_linux.go:380: starting "
+                             "container process caused: exec: \"nosuch\": executable file not "
+                             "found in $PATH: unknown",
+                             "app:1", out, sizeof(out)),
+              0);
+    CHECK_STR(out, "command: cannot run \"nosuch\" in image app:1: executable file not found in "
+                   "$PATH");
+    CHECK_INT(dk_start_error("... caused: exec: \"/srv/x\": stat /srv/x: no such file or "
+                             "directory: unknown",
+                             "app:1", out, sizeof(out)),
+              0);
+    CHECK_STR(out, "command: cannot run \"/srv/x\" in image app:1: stat /srv/x: no such file or "
+                   "directory");
+    CHECK_INT(dk_start_error("driver failed programming external connectivity", "app:1", out,
+                             sizeof(out)),
+              -ENOENT);
 }
