@@ -78,6 +78,7 @@ struct xchg {
     uint32_t h_off, h_len, o_off, o_len;
     uint16_t svc_line; /* the head ends with an X-Tako-Service line this long (peer backend) */
     bool peer_refused; /* a peer answered its own 503: nothing was forwarded */
+    bool acme_ask;     /* an ACME token unknown here: asked of the peers only, never the replicas */
     bool hbuf_is_output;
     /* response */
     uint32_t u_off, u_scan, u_len;

@@ -43,8 +43,11 @@ uint64_t xchg__body_deadline(const struct xchg *x)
 }
 
 /* Arm the exchange's inactivity timeout, never past the body deadline. */
+static uint64_t acme_ask_cap(const struct xchg *x, uint64_t ms);
+
 void xchg__deadline(struct xchg *x, uint64_t after_ms)
 {
+    after_ms = acme_ask_cap(x, after_ms);
     if (xchg__body_pending(x)) {
         uint64_t now = x->c->w->loop.now, bd = xchg__body_deadline(x);
         if (bd < now + after_ms)
@@ -116,8 +119,25 @@ static bool xchg_tls_answers(struct xchg *x, const struct http_msg *m)
             xchg_reply(x, 200, "", ka);
             return true;
         }
-        return false; /* not ours: the application may have its own */
+        if (c->l->peer && (m->method == HTTP_GET || m->method == HTTP_HEAD)) {
+            /* Another server asks for a token it does not know: answer
+             * from this server's own orders only, never ask further (no
+             * loops); X-Tako-Peer tells the asker to try its next peer. */
+            xchg__error(x, 404, "unknown ACME token");
+            x->o_len = (uint32_t)snprintf(x->hbuf, x->hcap,
+                                          "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                                          "Content-Length: 0\r\nConnection: close\r\n"
+                                          "X-Tako-Peer: no-token\r\n\r\n");
+            return true;
+        }
+        /* Not ours: with peers, the CA's request may be for an order of
+         * another server of the environment (DNS names them all); ask them
+         * (xchg__begin). Without, the application may have its own. */
+        x->acme_ask = m->method == HTTP_GET || m->method == HTTP_HEAD;
+        return false;
     }
+    if (c->l->peer)
+        return false;
     unsigned port = atomic_load_explicit(&c->l->https_redirect, memory_order_relaxed);
     if (!port || m->host < 0)
         return false;
@@ -426,10 +446,60 @@ static bool build_upstream_head(struct xchg *x, const struct http_msg *m, bool g
 
 static uint64_t worker_rand_cb(void *w) { return worker__rand(w); }
 
+/* ---- an ACME token this server does not know: ask the peers ---- */
+
+/* At most this many other servers are asked for one token, each within
+ * ACME_ASK_TIMEOUT_MS (connect, then the answer): the CA waits for a
+ * validation answer only so long, and a server that is gone must not hold
+ * the request for a whole connect timeout. */
+#define ACME_ASK_MAX 4
+#define ACME_ASK_TIMEOUT_MS 2000
+
+static bool xchg_pool_has_peer(struct proxy_pool *pool)
+{
+    struct lb_set *set = atomic_load_explicit(&pool->cur, memory_order_acquire);
+    for (size_t i = 0; i < set->n; i++)
+        if (set->b[i]->peer)
+            return true;
+    return false;
+}
+
+static bool xchg_tried(const struct xchg *x, const struct backend *b);
+
+/* The next peer not asked yet, healthy ones first (the health of the
+ * service's replicas there says nothing of its tokens, but a peer that
+ * fails its checks may be gone). NULL after ACME_ASK_MAX. */
+static struct backend *acme_ask_pick(struct xchg *x, struct lb_set *set)
+{
+    if (x->ntried >= ACME_ASK_MAX)
+        return NULL;
+    struct backend *down = NULL;
+    for (size_t i = 0; i < set->n; i++) {
+        struct backend *b = set->b[i];
+        if (!b->peer || xchg_tried(x, b))
+            continue;
+        if (atomic_load_explicit(&b->healthy, memory_order_relaxed))
+            return b;
+        if (!down)
+            down = b;
+    }
+    return down;
+}
+
+/* Deadlines while asking peers are capped (see ACME_ASK_TIMEOUT_MS). */
+static uint64_t acme_ask_cap(const struct xchg *x, uint64_t ms)
+{
+    return x->acme_ask && ms > ACME_ASK_TIMEOUT_MS ? ACME_ASK_TIMEOUT_MS : ms;
+}
+
 static struct backend *xchg_pick(struct xchg *x, struct lb_set **setp)
 {
     struct worker *w = x->c->w;
     struct lb_set *set = atomic_load_explicit(&x->pool->cur, memory_order_acquire);
+    if (x->acme_ask) {
+        *setp = set;
+        return acme_ask_pick(x, set);
+    }
     struct lb_req *r = &x->lbr;
     r->tried = x->tried;
     r->ntried = x->ntried;
@@ -499,6 +569,11 @@ void xchg__start_upstream(struct xchg *x)
     struct worker *w = x->c->w;
     struct lb_set *set;
     struct backend *b = xchg_pick(x, &set);
+    if (!b && x->acme_ask) {
+        /* every peer asked (or failed to answer): nobody has this token */
+        xchg__error(x, 404, "unknown ACME token");
+        return;
+    }
     if (!b) {
         bool any_up = false, any_full = false;
         unsigned maxc = x->pool->o.max_conns_per_backend;
@@ -615,7 +690,7 @@ static void xchg_connect(struct xchg *x)
             u->xc.ready |= XC_WR;
         ev_io_init(&u->io, fd, conn__up_on_io, u);
         ev_io_start(&w->loop, &u->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
-        conn__client_deadline(x->c, w->p->o.connect_timeout_ms);
+        conn__client_deadline(x->c, acme_ask_cap(x, w->p->o.connect_timeout_ms));
     } else {
         u->xc.ready |= XC_WR;
         xchg__deadline(x, w->p->o.timeout_ms);
@@ -661,13 +736,15 @@ void xchg__begin(struct xchg *x, const struct http_msg *m)
     }
     x->c_off = x->c_scan = m->head_len;
     x->body_start = w->loop.now;
-    if (c->xc.ops == &xprt_tcp && !c->l->peer && xchg_tls_answers(x, m))
+    if (c->xc.ops == &xprt_tcp && xchg_tls_answers(x, m))
         return;
     x->pool = route(c, m);
     if (!x->pool) {
         xchg__error(x, 404, c->l->peer ? "unknown service (X-Tako-Service)" : "unknown host");
         return;
     }
+    if (x->acme_ask && !xchg_pool_has_peer(x->pool))
+        x->acme_ask = false; /* one server: the application may have its own */
     if (c->l->peer && peer_check(x, m))
         return;
     int fam;
@@ -969,6 +1046,18 @@ static int parse_response_head(struct xchg *x)
         }
         x->u_off += (uint32_t)r;
         x->u_scan = x->u_off;
+        return 1;
+    }
+    if (x->acme_ask && m->status != 200) {
+        /* This peer does not know the token either (404 X-Tako-Peer:
+         * no-token) or cannot say: ask the next one, or answer 404. The
+         * peer is not marked down: its replicas may be fine. */
+        xchg__release_backend(x, false);
+        x->u_off = x->u_len = x->u_scan = 0;
+        x->rsp_started = false;
+        x->req_done = false;
+        x->c_off = x->c_scan = x->head_len;
+        xchg__start_upstream(x);
         return 1;
     }
     if (m->status == 503 && x->b && x->b->peer && peer_refused(m) && !x->body_discarded &&
