@@ -832,7 +832,10 @@ int xchg__upstream_failed(struct xchg *x, enum up_fail why, int err)
             x->ntried--;
         safe = true;
     }
-    if (safe && x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)) {
+    /* An ACME question goes to the next peer whatever --retries says: it
+     * is bounded by ACME_ASK_MAX, and ends in our own 404. */
+    if (safe && (x->acme_ask ||
+                 (x->ntried <= x->pool->o.retries && worker__retry_allowed(w, x->pool->o.retry_budget)))) {
         STAT_ADD(&b->st[w->idx].retries, 1);
         /* rewind the body to its start */
         x->c_off = x->c_scan = x->head_len;

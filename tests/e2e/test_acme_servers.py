@@ -5,7 +5,8 @@ body the CLI sends for `servers: [a, b]`. Only a orders a certificate, and
 Pebble validates on b's HTTP port (as when DNS gives the CA b's address):
 b does not know the token, asks a through a's peer listener, and answers
 with a's key authorization, so a gets its certificate. A token nobody knows
-gets 404 after each peer was asked once; a request that came from a peer is
+gets 404 after each peer was asked once (a peer that is gone costs a
+refused connection); a request that came from a peer is
 answered from the server's own tokens only, never asked further."""
 import json
 import os
@@ -25,6 +26,7 @@ PROJECT = "acmesrv"
 DOMAIN = "scaling.test"
 SERVERS = ["a", "b"]
 IPS = {"a": "127.0.0.2", "b": "127.0.0.3"}
+GONE_IP = "127.0.0.4"
 CHALLENGE = "/.well-known/acme-challenge/"
 
 
@@ -99,15 +101,15 @@ class Server:
         env = env["environments"][0] if "environments" in env else env
         return env, {s["name"]: s for s in env["services"]}["web"]
 
-    def body(self, others):
+    def body(self, others, gone=()):
         env, cfg = self.effective()
+        peers = [{"name": o.name, "address": o.listen} for o in others] + list(gone)
         return {
             "project": PROJECT, "env": "local", "http_port": env.get("http", self.http_port),
             "services": [{"name": "web", "config": cfg, "revision": "0123456789ab", "source": "",
                           "slot_first": self.pos + 1, "slot_stride": len(SERVERS),
-                          "peer_replicas": {o.name: 1 for o in others}}],
-            "peers": {"listen": self.listen,
-                      "servers": [{"name": o.name, "address": o.listen} for o in others]},
+                          "peer_replicas": {p["name"]: 1 for p in peers}}],
+            "peers": {"listen": self.listen, "servers": peers},
         }
 
     def log_lines(self, needle):
@@ -139,7 +141,10 @@ def cluster(tmp_path_factory):
             r = run_tako(["ps"], env=s.env, cwd=s.work)  # starts takod
             assert r.returncode == 0, r.stdout + r.stderr
             others = [o for o in servers if o is not s]
-            out = api(s.home, "POST", "/v1/deploy", s.body(others))
+            # b also has a server c that is gone (nobody listens at its
+            # address): asking it must cost nothing but a refused connect.
+            gone = [{"name": "c", "address": "%s:%d" % (GONE_IP, pp)}] if s.name == "b" else []
+            out = api(s.home, "POST", "/v1/deploy", s.body(others, gone))
             res = [json.loads(x) for x in out.splitlines() if x.strip()][-1]
             assert res.get("ok") is True, res
         yield {"a": servers[0], "b": servers[1], "pebble": pebble,
@@ -171,9 +176,10 @@ def test_certificate_ordered_by_a_is_validated_through_b(cluster):
     at_a = a.log_lines(CHALLENGE)
     # a answered exactly those, on its peer listener (no request of the CA
     # reached a's public port: Pebble only knows b's)
-    tokens_b = sorted(line.split('"')[1].split()[1] for line in at_b)
-    tokens_a = sorted(line.split('"')[1].split()[1] for line in at_a)
-    assert tokens_a == tokens_b
+    # (path, request id): b passed its X-Request-Id on with the question
+    asked_b = sorted((line.split('"')[1].split()[1], line.split()[-2]) for line in at_b)
+    asked_a = sorted((line.split('"')[1].split()[1], line.split()[-2]) for line in at_a)
+    assert asked_a == asked_b
     assert all(" 200 " in line for line in at_a), at_a
     # a serves the certificate the CA issued (verified against Pebble's root)
     ctx = ssl.create_default_context(cafile=cluster["root"])
@@ -193,6 +199,8 @@ def test_token_nobody_knows_is_404_after_one_question_per_peer(cluster):
              what="both access logs flushed")
     assert len(b.log_lines(path)) == 1
     assert len(a.log_lines(path)) == 1 and " 404 " in a.log_lines(path)[0]
+    # a (healthy) was asked first, then c (gone: refused), the last one tried
+    assert " %s:" % GONE_IP in b.log_lines(path)[0], b.log_lines(path)
     # HEAD is asked the same way
     path2 = CHALLENGE + "head-%d" % os.getpid()
     st, _, _ = http(b.http_port, path2, method="HEAD", headers={"Host": DOMAIN}, timeout=5)
