@@ -1,13 +1,13 @@
 """Certificates with several servers per environment (docs/https.md, "Several
 servers"): two takods on this machine, a on 127.0.0.2 and b on 127.0.0.3
 (peer listeners), deployed through their control sockets with the deploy
-body the CLI sends for `servers: [a, b]`. Only a orders a certificate, and
-Pebble validates on b's HTTP port (as when DNS gives the CA b's address):
-b does not know the token, asks a through a's peer listener, and answers
-with a's key authorization, so a gets its certificate. A token nobody knows
-gets 404 after each peer was asked once (a peer that is gone costs a
-refused connection); a request that came from a peer is
-answered from the server's own tokens only, never asked further."""
+body the CLI sends for `servers: [a, b]`. Both order a certificate for the
+same domain, and Pebble validates every order on b's HTTP port (as when DNS
+gives the CA b's address): b answers its own tokens, and for a's asks a
+through a's peer listener, so a gets its certificate too. A token nobody
+knows gets 404 after each peer was asked once (a peer that is gone costs a
+refused connection); a request that came from a peer is answered from the
+server's own tokens only, never asked further."""
 import json
 import os
 import socket
@@ -30,8 +30,7 @@ GONE_IP = "127.0.0.4"
 CHALLENGE = "/.well-known/acme-challenge/"
 
 
-def yaml_for(http_port, https_port, email):
-    em = "          email: ops@scaling.test\n" if email else ""
+def yaml_for(http_port, https_port):
     return f"""project:
   name: {PROJECT}
 environments:
@@ -49,7 +48,8 @@ environments:
           timeout: 300ms
         proxy:
           domain: {DOMAIN}
-{em}"""
+          email: ops@scaling.test
+"""
 
 
 def peer_port():
@@ -78,7 +78,7 @@ def api(home, method, path, body=None, timeout=60):
 
 
 class Server:
-    def __init__(self, name, pos, pport, pebble, email):
+    def __init__(self, name, pos, pport, pebble):
         self.name, self.pos = name, pos
         self.home = tempfile.mkdtemp(prefix="tako-acmesrv-%s-" % name)
         self.work = tempfile.mkdtemp(prefix="tako-acmesrv-w-")
@@ -87,12 +87,11 @@ class Server:
         self.env = {"TAKO_HOME": self.home, "NO_COLOR": "1", "TAKO_ACCESS_LOG": self.alog,
                     "TAKO_ACME_DIRECTORY": pebble.directory, "TAKO_ACME_CA_BUNDLE": pebble.ca,
                     "TAKO_ACME_RETRY_MIN": "1s"}
-        self.email = email
 
     def write_config(self, http_port, https_port):
         self.http_port, self.https_port = http_port, https_port
         with open(os.path.join(self.work, "tako.yaml"), "w") as f:
-            f.write(yaml_for(http_port, https_port, self.email))
+            f.write(yaml_for(http_port, https_port))
 
     def effective(self):
         r = run_tako(["config", "explain", "local", "-o", "json"], env=self.env, cwd=self.work)
@@ -133,7 +132,7 @@ def cluster(tmp_path_factory):
         # The CA validates on b's HTTP port: DNS "points at b".
         pebble = Pebble(procs, str(tmp_path_factory.mktemp("pebble")), ports["b"][0])
         pp = peer_port()
-        servers = [Server(n, i, pp, pebble, email=(n == "a")) for i, n in enumerate(SERVERS)]
+        servers = [Server(n, i, pp, pebble) for i, n in enumerate(SERVERS)]
         for s in servers:
             s.write_config(*ports[s.name])
         # b first: its balancer must know a before a's order is validated.
@@ -164,29 +163,40 @@ def valid_cert(s):
     return None
 
 
-def test_certificate_ordered_by_a_is_validated_through_b(cluster):
-    a, b = cluster["a"], cluster["b"]
-    wait_for(lambda: valid_cert(a), timeout=20, interval=0.2, what="a's certificate valid")
-    # b ordered nothing: its takod has no certificate of its own
-    assert valid_cert(b) is None
-    # Every validation request reached b, which had no token and asked a.
-    at_b = b.log_lines(CHALLENGE)
-    assert at_b, "the CA's validation never reached b"
-    assert all(" 200 " in line and " %s " % a.listen in line for line in at_b), at_b
-    at_a = a.log_lines(CHALLENGE)
-    # a answered exactly those, on its peer listener (no request of the CA
-    # reached a's public port: Pebble only knows b's)
-    # (path, request id): b passed its X-Request-Id on with the question
-    asked_b = sorted((line.split('"')[1].split()[1], line.split()[-2]) for line in at_b)
-    asked_a = sorted((line.split('"')[1].split()[1], line.split()[-2]) for line in at_a)
-    assert asked_a == asked_b
-    assert all(" 200 " in line for line in at_a), at_a
-    # a serves the certificate the CA issued (verified against Pebble's root)
-    ctx = ssl.create_default_context(cafile=cluster["root"])
-    with socket.create_connection(("127.0.0.1", a.https_port), timeout=10) as sock:
+def served_cert(s, root):
+    """The certificate s serves for DOMAIN, verified against Pebble's root."""
+    ctx = ssl.create_default_context(cafile=root)
+    with socket.create_connection(("127.0.0.1", s.https_port), timeout=10) as sock:
         with ctx.wrap_socket(sock, server_hostname=DOMAIN) as t:
-            names = [v for k, v in t.getpeercert()["subjectAltName"] if k == "DNS"]
-    assert names == [DOMAIN]
+            return t.getpeercert()
+
+
+def asked(lines):
+    """(path, request id) of access-log lines: b passes its X-Request-Id on
+    with the question, so a's line and b's line of one question match."""
+    return sorted((line.split('"')[1].split()[1], line.split()[-2]) for line in lines)
+
+
+def test_each_server_gets_its_own_certificate_though_the_ca_reaches_only_b(cluster):
+    a, b = cluster["a"], cluster["b"]
+    wait_for(lambda: valid_cert(a) and valid_cert(b), timeout=20, interval=0.2,
+             what="both certificates valid")
+    at_b = b.log_lines(CHALLENGE)
+    assert at_b and all(" 200 " in line for line in at_b), at_b
+    # b answered its own tokens itself (no upstream) and a's by asking a
+    own = [line for line in at_b if '" 200 ' in line and line.split()[6] == "-"]
+    via_a = [line for line in at_b if " %s " % a.listen in line]
+    assert own and via_a and len(own) + len(via_a) == len(at_b), at_b
+    # a saw exactly b's questions, on its peer listener (no request of the
+    # CA reached a's public port: Pebble only knows b's), and knew each token
+    at_a = a.log_lines(CHALLENGE)
+    assert asked(at_a) == asked(via_a)
+    assert all(" 200 " in line for line in at_a), at_a
+    # two certificates for the same name, each server its own
+    ca, cb = served_cert(a, cluster["root"]), served_cert(b, cluster["root"])
+    for c in (ca, cb):
+        assert [v for k, v in c["subjectAltName"] if k == "DNS"] == [DOMAIN]
+    assert ca["serialNumber"] != cb["serialNumber"]
 
 
 def test_token_nobody_knows_is_404_after_one_question_per_peer(cluster):
