@@ -42,9 +42,9 @@ uint64_t xchg__body_deadline(const struct xchg *x)
     return x->body_start + o->body_timeout_ms + x->body_got * 1000u / o->min_body_rate;
 }
 
-/* Arm the exchange's inactivity timeout, never past the body deadline. */
 static uint64_t acme_ask_cap(const struct xchg *x, uint64_t ms);
 
+/* Arm the exchange's inactivity timeout, never past the body deadline. */
 void xchg__deadline(struct xchg *x, uint64_t after_ms)
 {
     after_ms = acme_ask_cap(x, after_ms);
