@@ -232,6 +232,13 @@ class Host:
         with open(self.log_path, errors="replace") as f:
             return sum(1 for line in f if line.startswith("Connection from "))
 
+    def inside(self, *argv, timeout=30):
+        """Run a command in the host's network and mount namespaces (those of
+        its sshd: `ip netns exec`, unshare and sh all exec, so the recorded
+        PID is sshd's): what the host's own files look like, without ssh."""
+        return subprocess.run(["nsenter", "-t", str(self.sshd.pid), "-m", "-n", "--"] +
+                              list(argv), capture_output=True, text=True, timeout=timeout)
+
     def nsexec(self, *argv, timeout=30):
         return subprocess.run(["ip", "netns", "exec", self.ns] + list(argv), capture_output=True,
                               text=True, timeout=timeout)

@@ -85,7 +85,7 @@ def ns_commands(host):
 def assert_untouched(r):
     """Nothing of tako on the host, seen from inside its mount namespace: no
     binary, an empty state directory, and no takod in its network namespace."""
-    res = r.keys.ssh(r.host.ip, "ls -A /usr/local/bin; echo --; ls -A /var/lib/tako")
+    res = r.host.inside("sh", "-c", "ls -A /usr/local/bin; echo --; ls -A /var/lib/tako")
     assert res.returncode == 0, res
     bins, state = res.stdout.split("--\n")
     assert bins.split() == (["uname"] if r.host.idx == 0 else []), res.stdout
