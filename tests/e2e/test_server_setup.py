@@ -13,11 +13,10 @@ import tempfile
 
 import pytest
 
-from conftest import ROOT, kill_takod_tree
+from conftest import WHOAMI, kill_takod_tree
 from test_servers import Remote
 from hosts import Net
 
-WHOAMI = os.path.join(ROOT, "examples", "whoami", "whoami")
 SUDOERS = "deploy ALL=(root) NOPASSWD: ALL"
 
 
