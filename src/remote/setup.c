@@ -165,6 +165,14 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         char *out = NULL, *eout = NULL;
         int rc = ssh_run(c, "sudo -n true", -1, &out, NULL, &eout);
         free(out);
+        if (rc < 0 || rc == 255) { /* ssh itself failed: not an answer of sudo */
+            snprintf(err, errlen, "server %s (%s): cannot run a command there: %s", ssh_name(c),
+                     ssh_where(c), rc < 0 ? strerror(-rc) : (eout ? eout : "ssh failed"));
+            if (rc == 255)
+                err[strcspn(err, "\n")] = '\0';
+            free(eout);
+            return -1;
+        }
         if (rc != 0) {
             eout[strcspn(eout, "\n")] = '\0';
             const char *u = ssh_user(c);
