@@ -40,7 +40,7 @@ clang_rt() {
 test_deps=(python3 python3-pytest clang "$(clang_rt)" curl jq wrk apache2-utils haproxy
     "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base strace
     iproute2 openssh-server openssh-client rsync docker.io docker-registry busybox-static pebble
-    prometheus testssl.sh
+    prometheus testssl.sh sudo
     openssl)
 
 installed() {

@@ -36,7 +36,7 @@
 # failed. A sanitizer report written by any process (ASan/UBSan/LSan, to
 # build/test-logs/san-reports/) fails its stage even when the test passed.
 #
-# Knobs: JOBS=2 (make -j), BACKGROUND=1, FUZZ_SECONDS=20, E2E_TIMEOUT=900 (per e2e stage;
+# Knobs: JOBS=2 (make -j), BACKGROUND=1, FUZZ_SECONDS=20, E2E_TIMEOUT=1800 (per e2e stage;
 # pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
 # (per unit test binary), SAN_E2E_MARK="not slow and not release_only".
 set -uo pipefail
@@ -46,7 +46,7 @@ ROOT=$PWD
 LOGS=$ROOT/build/test-logs
 PYTHON=${PYTHON:-/usr/bin/python3}
 JOBS=${JOBS:-2}
-E2E_TIMEOUT=${E2E_TIMEOUT:-900}
+E2E_TIMEOUT=${E2E_TIMEOUT:-1800}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 SAN_E2E_MARK=${SAN_E2E_MARK-not slow and not release_only}
 BACKGROUND=${BACKGROUND:-1}

@@ -41,6 +41,27 @@ static const char *kv(const char *out, const char *key, char *buf, size_t len)
     return NULL;
 }
 
+/* The machine type this binary runs on, as `uname -m` names it on Linux: what
+ * it was compiled for, not the kernel's (a 32-bit build on a 64-bit kernel). */
+static const char *build_arch(const struct utsname *un)
+{
+#if defined(__x86_64__)
+    (void)un;
+    return "x86_64";
+#elif defined(__aarch64__)
+    (void)un;
+    return "aarch64";
+#elif defined(__i386__)
+    (void)un;
+    return "i686";
+#elif defined(__riscv) && __riscv_xlen == 64
+    (void)un;
+    return "riscv64";
+#else
+    return un->machine;
+#endif
+}
+
 static int self_sum(char path[PATH_MAX], char hex[65], unsigned long long *size)
 {
     ssize_t n = readlink("/proc/self/exe", path, PATH_MAX - 1);
@@ -139,16 +160,34 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
     *changed = false;
     const char *sudo = remote_sudo(c);
     if (*sudo) {
-        char *out = NULL;
-        int rc = ssh_run(c, "sudo -n true", -1, &out, NULL, NULL);
+        /* Everything tako does on the server needs root: a login user that is
+         * not root works through `sudo -n` (never a prompt). */
+        char *out = NULL, *eout = NULL;
+        int rc = ssh_run(c, "sudo -n true", -1, &out, NULL, &eout);
         free(out);
-        if (rc != 0) {
-            snprintf(err, errlen,
-                     "server %s (%s): user is not root and cannot run sudo without a password; "
-                     "tako needs root there (user: root, or passwordless sudo)",
-                     ssh_name(c), ssh_where(c));
+        if (rc < 0 || rc == 255) { /* ssh itself failed: not an answer of sudo */
+            snprintf(err, errlen, "server %s (%s): cannot run a command there: %s", ssh_name(c),
+                     ssh_where(c), rc < 0 ? strerror(-rc) : (eout ? eout : "ssh failed"));
+            if (rc == 255)
+                err[strcspn(err, "\n")] = '\0';
+            free(eout);
             return -1;
         }
+        if (rc != 0) {
+            eout[strcspn(eout, "\n")] = '\0';
+            const char *u = ssh_user(c);
+            snprintf(err, errlen,
+                     "server %s (%s): user %s is not root and %s (%s); tako needs root there. "
+                     "Either give %s passwordless sudo: add the line `%s ALL=(root) NOPASSWD: "
+                     "ALL` to /etc/sudoers.d/tako on the server (as root: `visudo -f "
+                     "/etc/sudoers.d/tako`), or set servers.%s.user: root",
+                     ssh_name(c), ssh_where(c), u,
+                     rc == 127 ? "sudo is not installed there" : "cannot run sudo without a password",
+                     *eout ? eout : "no message", u, u, ssh_name(c));
+            free(eout);
+            return -1;
+        }
+        free(eout);
     }
     char *portcheck = o->http_port ? xasprintf("echo port=$(ss -Hltnp \"sport = :%u\" | head -1 | "
                                                "tr -s \" \" | tr \"=\" \":\"); ",
@@ -210,10 +249,11 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
                            "\n  - " __VA_ARGS__)
     if (strcmp(os, "Linux") != 0)
         PROBLEM("the operating system is %s; tako runs on Linux", os[0] ? os : "unknown");
-    if (strcmp(arch, un.machine) != 0)
-        PROBLEM("the architecture is %s and this tako is built for %s; install a %s build of "
-                "tako at " REMOTE_BIN " yourself",
-                arch, un.machine, arch);
+    const char *mine = build_arch(&un);
+    if (strcmp(arch, mine) != 0)
+        PROBLEM("the server's architecture is %s and this tako binary is built for %s; tako "
+                "installs its own binary on the server, so deploy to it with a tako built for %s",
+                arch[0] ? arch : "unknown", mine, arch[0] ? arch : "matching");
     if (port[0] && !takod[0])
         PROBLEM("port %u is in use by another program (%s); free it or set "
                 "environments.ENV.http to another port",

@@ -39,6 +39,7 @@ static struct ssh_conn *g_conns;
 const char *ssh_name(const struct ssh_conn *c) { return c->name; }
 const char *ssh_where(const struct ssh_conn *c) { return c->where; }
 bool ssh_is_root(const struct ssh_conn *c) { return strcmp(c->user, "root") == 0; }
+const char *ssh_user(const struct ssh_conn *c) { return c->user; }
 
 /* The ssh command line up to and including the destination. The user's own
  * ~/.ssh/config and agent apply (or $TAKO_SSH_CONFIG instead of the

@@ -44,6 +44,8 @@ const char *ssh_name(const struct ssh_conn *c);
 const char *ssh_where(const struct ssh_conn *c);
 /* Commands that need root run under `sudo -n` when the user is not root. */
 bool ssh_is_root(const struct ssh_conn *c);
+/* The login user on the server (servers.NAME.user). */
+const char *ssh_user(const struct ssh_conn *c);
 
 /* Run CMD (a shell command line on the server) over the connection with
  * stdin from in_fd (-1: nothing); collect stdout (NUL-terminated, caller

@@ -70,11 +70,11 @@ class Keys:
         """Environment for the tako CLI: ssh options and HOME for sshKey: ~/.ssh/..."""
         return {"TAKO_SSH_CONFIG": self.ssh_config, "HOME": self.home}
 
-    def ssh(self, ip, *cmd, timeout=30):
+    def ssh(self, ip, *cmd, timeout=30, user="root"):
         """Run a command on a host directly (test-side checks)."""
         return subprocess.run(["ssh", "-F", self.ssh_config, "-i", self.client_key, "-o",
                                "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-                               "root@" + ip, "--"] + list(cmd),
+                               user + "@" + ip, "--"] + list(cmd),
                               capture_output=True, text=True, timeout=timeout)
 
     def close(self):
@@ -97,6 +97,7 @@ class Host:
         self.sshd = None
         self.tmp = tempfile.mkdtemp(prefix="tako-host-")
         self.host_key = None
+        self.users = []  # (name, uid): add_user()
 
     def start_sshd(self, host_key):
         """(Re)start sshd with HOST_KEY in a fresh private mount namespace."""
@@ -118,8 +119,9 @@ class Host:
             shutil.copytree("/etc/default", self.etc_default, symlinks=True)
         script = ("set -e; for d in /var/lib/tako /usr/local/bin /run; do "
                   "mount -t tmpfs -o mode=0755 tmpfs $d; done; mkdir -p /run/sshd; "
-                  "mount --bind %s /etc/default; "
-                  "exec /usr/sbin/sshd -D -e -f %s" % (self.etc_default, conf))
+                  "mount --bind %s /etc/default; %s"
+                  "exec /usr/sbin/sshd -D -e -f %s" % (self.etc_default, self._users_script(conf),
+                                                        conf))
         self.log_path = os.path.join(self.tmp, "sshd.log")
         log = open(self.log_path, "ab")
         self.sshd = subprocess.Popen(["ip", "netns", "exec", self.ns, "unshare", "-m",
@@ -138,6 +140,57 @@ class Host:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
+
+    def add_user(self, name, sudoers=None):
+        """A login user of this host only, with its own home under a private
+        /home, the client key in its authorized_keys and SUDOERS (a sudoers
+        line, or None for no sudo rights) in a private /etc/sudoers.d. The
+        host's /etc/passwd, /etc/shadow and /etc/group are private copies
+        bind-mounted in its mount namespace: this machine's files stay as
+        they are. Restarts the host's sshd (a fresh mount namespace)."""
+        uid = 4200 + len(self.users) + 1
+        while any(l.split(":")[2] == str(uid) for l in open("/etc/passwd")):
+            uid += 1
+        self.users.append((name, uid))
+        etc = os.path.join(self.tmp, "etc")
+        os.makedirs(etc, exist_ok=True)
+        for f in ("passwd", "shadow", "group"):
+            dst = os.path.join(etc, f)
+            if not os.path.exists(dst):
+                shutil.copy2("/etc/" + f, dst)
+        with open(os.path.join(etc, "passwd"), "a") as f:
+            f.write("%s:x:%d:%d::/home/%s:/bin/sh\n" % (name, uid, uid, name))
+        with open(os.path.join(etc, "shadow"), "a") as f:
+            f.write("%s:*:19000:0:99999:7:::\n" % name)  # no password, not locked
+        with open(os.path.join(etc, "group"), "a") as f:
+            f.write("%s:x:%d:\n" % (name, uid))
+        sd = os.path.join(etc, "sudoers.d")
+        if not os.path.isdir(sd):
+            shutil.copytree("/etc/sudoers.d", sd, symlinks=True)
+            os.chmod(sd, 0o750)
+        if sudoers:
+            p = os.path.join(sd, "tako-test-" + name)
+            with open(p, "w") as f:
+                f.write(sudoers + "\n")
+            os.chmod(p, 0o440)
+        self.start_sshd(self.host_key)
+
+    def _users_script(self, conf):
+        """Shell lines for start_sshd: the private user files and homes."""
+        if not self.users:
+            return ""
+        etc = os.path.join(self.tmp, "etc")
+        out = ["for f in passwd shadow group sudoers.d; do mount --bind %s/$f /etc/$f; done"
+               % etc, "mount -t tmpfs -o mode=0755 tmpfs /home"]
+        with open(conf, "a") as f:
+            for name, uid in self.users:
+                f.write("Match User %s\n  AuthorizedKeysFile /home/%s/.ssh/authorized_keys\n"
+                        % (name, name))
+        for name, uid in self.users:
+            out.append("mkdir -p -m 0700 /home/%s/.ssh; cp %s /home/%s/.ssh/authorized_keys; "
+                       "chown -R %d:%d /home/%s" % (name, self.net.keys.authorized_keys, name,
+                                                    uid, uid, name))
+        return "; ".join(out) + "; "
 
     def pids(self):
         r = sh("ip", "netns", "pids", self.ns, check=False)
@@ -178,6 +231,13 @@ class Host:
         """TCP connections sshd accepted so far (its log says one line each)."""
         with open(self.log_path, errors="replace") as f:
             return sum(1 for line in f if line.startswith("Connection from "))
+
+    def inside(self, *argv, timeout=30):
+        """Run a command in the host's network and mount namespaces (those of
+        its sshd: `ip netns exec`, unshare and sh all exec, so the recorded
+        PID is sshd's): what the host's own files look like, without ssh."""
+        return subprocess.run(["nsenter", "-t", str(self.sshd.pid), "-m", "-n", "--"] +
+                              list(argv), capture_output=True, text=True, timeout=timeout)
 
     def nsexec(self, *argv, timeout=30):
         return subprocess.run(["ip", "netns", "exec", self.ns] + list(argv), capture_output=True,

@@ -101,7 +101,7 @@ def replica_pids(r):
 
 
 def test_seed_walkthrough_first_deploy_prepares_the_host(seed):
-    assert seed.host.nsexec("test", "-e", "/usr/local/bin/tako").returncode == 1
+    assert seed.host.inside("test", "-e", "/usr/local/bin/tako").returncode == 1
     r = seed.run("deploy", "prod", check=0)
     out = r.stdout
     assert "server prod: tako installed at /usr/local/bin/tako" in out, out
@@ -407,7 +407,8 @@ def fresh(ssh_keys, tmp_path):
 
 
 def nothing_installed(r):
-    return r.host.nsexec("test", "-e", "/usr/local/bin/tako").returncode == 1
+    """No tako binary in the host's own /usr/local/bin (its mount namespace)."""
+    return r.host.inside("test", "-e", "/usr/local/bin/tako").returncode == 1
 
 
 def test_unreachable_server_is_named(fresh):
