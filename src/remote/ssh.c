@@ -62,6 +62,10 @@ static int build_argv(const struct ssh_conn *c, const char **argv, char *ctlopt,
         "ControlPersist=60",    /* closed by ssh_close; 60 s idle if we die */
         "ServerAliveInterval=15", "ServerAliveCountMax=4", "ConnectTimeout=10",
         "LogLevel=ERROR",
+        /* zlib over the channel: the manifests, deploy bodies and the tako
+         * binary itself are text or compress well; a redeploy's bytes are
+         * mostly ssh's own handshake then */
+        "Compression=yes",
     };
     argv[n++] = "-o";
     argv[n++] = ctlopt;
