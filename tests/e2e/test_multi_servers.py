@@ -382,14 +382,16 @@ def test_interrupted_deploy_ends_on_one_revision(cluster):
         with Load(80, host=cluster.hosts["a"].ip, clients=2, max_seconds=200,
                   max_requests=100000) as load:
             wait_for(lambda: load.ok > 20, timeout=30, what="traffic")
+            # Its own process group, as in a terminal: Ctrl-C reaches the CLI
+            # and its ssh processes alike.
             p = subprocess.Popen([TAKO, "deploy", "production"], env=cluster.env,
                                  cwd=cluster.dir, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
             try:
                 for line in iter(p.stdout.readline, ""):
                     lines.append(line)
                     if line.startswith("Deploying scaling (production) to server a"):
-                        p.send_signal(signal.SIGINT)  # a is rolling now
+                        os.killpg(p.pid, signal.SIGINT)  # a is rolling now
                         break
                 out, err = p.communicate(timeout=200)
             finally:
