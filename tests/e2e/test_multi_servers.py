@@ -417,6 +417,59 @@ def test_interrupted_deploy_ends_on_one_revision(cluster):
     assert ok > 20
 
 
+# slow: a rolls out, then the module's revision is deployed back
+@pytest.mark.slow
+def test_second_interrupt_leaves_at_once_and_says_where_each_server_is(cluster):
+    before = one_revision(cluster)
+    path = os.path.join(cluster.dir, "app.py")
+    out, err = [], []
+    try:
+        with open(path, "a") as f:
+            f.write("# a change left half-way\n")
+        p = subprocess.Popen([TAKO, "deploy", "production"], env=cluster.env,
+                             cwd=cluster.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+        readers = [threading.Thread(target=lambda f=f, g=g: g.extend(iter(f.readline, "")),
+                                    daemon=True) for f, g in ((p.stdout, out), (p.stderr, err))]
+        for t in readers:
+            t.start()
+        try:
+            wait_for(lambda: any(l.startswith("Deploying scaling (production) to server a")
+                                 for l in out), timeout=120, interval=0.05, what="a rolling")
+            os.killpg(p.pid, signal.SIGINT)
+            wait_for(lambda: any("interrupted: no further server" in l for l in err),
+                     timeout=30, interval=0.05, what="the first interrupt taken")
+            os.killpg(p.pid, signal.SIGINT)
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for t in readers:
+                t.join(10)
+        text = "".join(err)
+        assert p.returncode == -signal.SIGINT, "".join(out) + text
+        assert "tako deploy: left at once; the servers of environment production may run " \
+               "different revisions now" in text, text
+        assert ("server a is rolling out the new revision: its takod finishes it (or rolls it "
+                "back) on its own") in text, text
+        for name in "bc":
+            assert "server %s runs the revision it ran before (not started)" % name in text, text
+        # a's takod finished what it was given: a runs the new revision, b and c the old one.
+        wait_for(lambda: one_revision(cluster)["a"] != before["a"] and
+                 cluster.names_by_server() == SPREAD, timeout=120, interval=0.5,
+                 what="a on the new revision")
+        now = one_revision(cluster)
+        assert (now["b"], now["c"]) == (before["b"], before["c"]), now
+    finally:
+        with open(path, "w") as f:
+            f.write(APP)
+    # The next deploy brings them to one revision (the module's own, back on a).
+    cluster.run("deploy", "production", "--lock-wait", "2m", check=0)
+    assert one_revision(cluster) == before
+    assert cluster.names_by_server() == SPREAD
+
+
 def revisions(cluster, hosts, rc=0):
     ps = cluster.ps(rc)
     return {s["server"]: (s["revision"], sorted(r["pid"] for r in s["replicas"]))
