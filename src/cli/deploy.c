@@ -108,7 +108,7 @@ static int multi_refuse(struct cli_target *t, const char *step, const int *rcs)
  * already changed back to them. A second Ctrl-C leaves at once, saying what
  * state each server is in (written from the signal handler: the text is
  * prepared in advance). */
-enum roll_state { ROLL_BEFORE, ROLL_RUNNING, ROLL_NEW, ROLL_UNDOING, ROLL_UNDONE };
+enum roll_state { ROLL_BEFORE, ROLL_RUNNING, ROLL_NEW, ROLL_FAILED, ROLL_UNDOING, ROLL_UNDONE };
 
 static volatile sig_atomic_t g_stops; /* SIGINT/SIGTERM/SIGHUP received */
 static volatile sig_atomic_t g_first_sig;
@@ -144,6 +144,7 @@ static void state_prepare(const struct cli_target *t, const enum roll_state *st)
         [ROLL_RUNNING] = "is rolling out the new revision: its takod finishes it (or rolls it "
                          "back) on its own",
         [ROLL_NEW] = "runs the new revision",
+        [ROLL_FAILED] = "failed the new revision (its takod rolled back what failed there)",
         [ROLL_UNDOING] = "is going back to the revision it ran before: its takod finishes that "
                          "on its own",
         [ROLL_UNDONE] = "runs the revision it ran before (rolled back)",
@@ -380,7 +381,7 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         json_decref(body);
         /* Failed: its takod rolled back what it could; a service of several
          * may have gone through, so it is checked like the others. */
-        st[i] = ROLL_NEW;
+        st[i] = rc ? ROLL_FAILED : ROLL_NEW;
         state_prepare(t, st);
         if (rc) {
             failed_at = i;
@@ -394,11 +395,13 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         char notes[64][512];
         size_t last = failed_at < n ? failed_at : n;
         for (size_t i = 0; i < last || (i < n && i == failed_at); i++)
-            if (cli_server_active(t, i) && st[i] == ROLL_NEW && i < 64) {
+            if (cli_server_active(t, i) && (st[i] == ROLL_NEW || st[i] == ROLL_FAILED) &&
+                i < 64) {
+                enum roll_state was = st[i];
                 st[i] = ROLL_UNDOING;
                 state_prepare(t, st);
                 int r = server_undo(t, i, before[i], notes[i], sizeof(notes[i]));
-                st[i] = r ? ROLL_NEW : ROLL_UNDONE;
+                st[i] = r ? was : ROLL_UNDONE;
                 state_prepare(t, st);
                 if (r && !urc)
                     urc = r;
