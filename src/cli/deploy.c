@@ -1,5 +1,6 @@
 /* deploy.c — `tako deploy`: validate, compute revisions, hand the desired
  * state to takod and follow the rolling update. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,12 @@ const char help_deploy[] =
     "over them (placement: narrows the choice) with names unique across the\n"
     "environment; deploy prepares, locks and sends the app to every server first,\n"
     "and rolls out nothing anywhere when one of them fails or cannot be reached;\n"
-    "then it rolls out server by server.\n"
+    "then it rolls out server by server. It ends on one revision everywhere: when\n"
+    "the rollout fails on a server, the servers already updated go back to the\n"
+    "revision each ran before (exit 1). Ctrl-C (SIGINT, SIGTERM, SIGHUP) starts no\n"
+    "further server, lets the one rolling finish, then brings the servers already\n"
+    "updated back the same way (exit 130 for Ctrl-C); a second Ctrl-C leaves at\n"
+    "once and says what each server runs.\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "      --force          roll every replica even when nothing changed\n"
@@ -56,7 +62,8 @@ const char help_deploy[] =
     "Exit status: 0 deployed (or nothing to do), 1 failed (rolled back, or the server\n"
     "cannot run tako), 2 invalid configuration or arguments, 3 takod or the server\n"
     "unreachable (or ssh refused: key, host key), 4 another operation of the project\n"
-    "is running or another deploy holds the environment's lock.\n";
+    "is running or another deploy holds the environment's lock, 128 + the signal\n"
+    "(130 for Ctrl-C) a deploy over several servers interrupted and rolled back.\n";
 
 static json_t *metrics_json(const struct cli_target *t)
 {
@@ -95,6 +102,149 @@ static int multi_refuse(struct cli_target *t, const char *step, const int *rcs)
     return rc;
 }
 
+/* The rollout over several servers must end on one revision everywhere
+ * (docs/servers.md "When a server fails"): each server's revisions before
+ * the rollout are kept, and a failure or a first Ctrl-C brings the servers
+ * already changed back to them. A second Ctrl-C leaves at once, saying what
+ * state each server is in (written from the signal handler: the text is
+ * prepared in advance). */
+enum roll_state { ROLL_BEFORE, ROLL_RUNNING, ROLL_NEW, ROLL_FAILED, ROLL_UNDOING, ROLL_UNDONE };
+
+static volatile sig_atomic_t g_stops; /* SIGINT/SIGTERM/SIGHUP received */
+static volatile sig_atomic_t g_first_sig;
+static char g_state_msg[8192];
+static volatile sig_atomic_t g_state_len;
+
+static void on_stop(int signo)
+{
+    if (g_stops++ == 0) {
+        g_first_sig = signo;
+        static const char m[] =
+            "\ntako deploy: interrupted: no further server is started, and the servers already "
+            "updated go back to the revision they ran before (the server rolling now finishes "
+            "first). Interrupt again to leave at once.\n";
+        ssize_t w = write(2, m, sizeof(m) - 1);
+        (void)w;
+        return;
+    }
+    if (g_state_len > 0) {
+        ssize_t w = write(2, g_state_msg, (size_t)g_state_len);
+        (void)w;
+    }
+    ssh_close_all(); /* as ssh.c's own handler: no master left behind */
+    signal(signo, SIG_DFL);
+    raise(signo);
+}
+
+/* What a second interrupt says, rewritten at every step. */
+static void state_prepare(const struct cli_target *t, const enum roll_state *st)
+{
+    static const char *what[] = {
+        [ROLL_BEFORE] = "runs the revision it ran before (not started)",
+        [ROLL_RUNNING] = "is rolling out the new revision: its takod finishes it (or rolls it "
+                         "back) on its own",
+        [ROLL_NEW] = "runs the new revision",
+        [ROLL_FAILED] = "failed the new revision (its takod rolled back what failed there)",
+        [ROLL_UNDOING] = "is going back to the revision it ran before: its takod finishes that "
+                         "on its own",
+        [ROLL_UNDONE] = "runs the revision it ran before (rolled back)",
+    };
+    char buf[sizeof(g_state_msg)];
+    size_t len = (size_t)snprintf(buf, sizeof(buf),
+                                  "tako deploy: left at once; the servers of environment %s "
+                                  "may run different revisions now:\n",
+                                  t->envp->name);
+    for (size_t i = 0; i < t->n_servers && len < sizeof(buf); i++) {
+        if (!cli_server_active(t, i))
+            continue;
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len, "  server %s %s\n",
+                                t->servers[i].cfg->name, what[st[i]]);
+    }
+    if (len < sizeof(buf))
+        len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+                                "Run 'tako ps %s' to see them, and deploy again to bring them "
+                                "to one revision.\n",
+                                t->envp->name);
+    if (len >= sizeof(buf))
+        len = sizeof(buf) - 1;
+    g_state_len = 0; /* the handler never sees a half-written text */
+    memcpy(g_state_msg, buf, len);
+    g_state_len = (sig_atomic_t)len;
+}
+
+/* Each service's revision on the current server: {"web": "3f2a9c1d7b4e"}. */
+static json_t *server_revisions(const struct cli_target *t)
+{
+    char path[1024], pe[256], ee[256];
+    snprintf(path, sizeof(path), "/v1/ps?project=%s&env=%s",
+             client_urlenc(t->cfg->project.name, pe, sizeof(pe)),
+             client_urlenc(t->envp->name, ee, sizeof(ee)));
+    json_t *resp = NULL;
+    if (client_get("deploy", path, &resp))
+        return NULL;
+    json_t *out = json_object();
+    size_t k;
+    json_t *s;
+    json_array_foreach(json_object_get(resp, "services"), k, s) {
+        const char *name = json_string_value(json_object_get(s, "service"));
+        const char *rev = json_string_value(json_object_get(s, "revision"));
+        if (name && rev)
+            json_object_set_new(out, name, json_string(rev));
+    }
+    json_decref(resp);
+    return out;
+}
+
+/* Bring server i back to BEFORE: every service whose revision changed goes
+ * back to exactly the revision it ran (POST /v1/rollback with the
+ * revision: takod keeps each revision's configuration and files). Appends
+ * what it did to NOTE; returns 0 or the exit status of the failure. */
+static int server_undo(struct cli_target *t, size_t i, json_t *before, char *note, size_t len)
+{
+    cli_use_server(t, i);
+    json_t *now = server_revisions(t);
+    if (!now) {
+        snprintf(note, len, "cannot be asked which revision it runs; see 'tako ps'");
+        return EXIT_FAILED;
+    }
+    int rc = 0;
+    size_t used = 0;
+    note[0] = '\0';
+    const char *svc;
+    json_t *v;
+    json_object_foreach(now, svc, v) {
+        const char *cur = json_string_value(v);
+        const char *old = json_string_value(json_object_get(before, svc));
+        if (t->service && strcmp(t->service, svc) != 0)
+            continue;
+        if (!old) {
+            used += (size_t)snprintf(note + used, used < len ? len - used : 0,
+                                     "%s%s is new in this deploy and stays", used ? ", " : "",
+                                     svc);
+            continue;
+        }
+        if (strcmp(cur, old) == 0)
+            continue;
+        if (!t->json)
+            printf("Rolling back %s on server %s from %s to %s\n", svc, t->servers[i].cfg->name,
+                   cur, old);
+        fflush(stdout);
+        json_t *body = json_pack("{s:s, s:s, s:s, s:s}", "project", t->cfg->project.name, "env",
+                                 t->envp->name, "service", svc, "revision", old);
+        int r = cli_run_operation("rollback", "/v1/rollback", body, t->json);
+        json_decref(body);
+        used += (size_t)snprintf(note + used, used < len ? len - used : 0, "%s%s %s %s",
+                                 used ? ", " : "", svc, r ? "could not go back to" : "back on",
+                                 old);
+        if (r && !rc)
+            rc = r;
+    }
+    if (!used)
+        snprintf(note, len, "unchanged");
+    json_decref(now);
+    return rc;
+}
+
 /* An environment with several servers: prepare, lock and ship on every
  * server first (any failure: nothing is rolled out anywhere), then roll
  * out server by server, each with its share of the replicas. */
@@ -107,6 +257,11 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
     json_t **cfgs = xcalloc(n * (env->services_len ? env->services_len : 1), sizeof(json_t *));
     char (*revs)[13] = xcalloc(env->services_len ? env->services_len : 1, sizeof(*revs));
     int rc = 0;
+    json_t **before = NULL;
+    enum roll_state *st = NULL;
+    bool handlers = false;
+    struct sigaction old_sa[3];
+    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
     for (size_t i = 0; i < n; i++)
         locks[i] = -1;
     for (size_t k = 0; k < env->services_len; k++) {
@@ -167,11 +322,34 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         rc = multi_refuse(t, "sending the app", rcs);
         goto out;
     }
-    /* 4. Roll out server by server. */
+    /* 4. Roll out server by server, keeping what each ran before: a failure
+     * or an interrupt brings the servers already changed back to it. */
     size_t done = 0, active = 0;
     for (size_t i = 0; i < n; i++)
         active += cli_server_active(t, i);
+    before = xcalloc(n, sizeof(json_t *));
+    st = xcalloc(n, sizeof(*st));
     for (size_t i = 0; i < n; i++) {
+        if (!cli_server_active(t, i))
+            continue;
+        cli_use_server(t, i);
+        if (!(before[i] = server_revisions(t))) {
+            fprintf(stderr, "tako deploy: cannot read the revisions server %s runs; nothing "
+                            "was rolled out on any server of environment %s\n",
+                    t->servers[i].cfg->name, env->name);
+            rc = EXIT_UNAVAIL;
+            goto out;
+        }
+    }
+    struct sigaction sa = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    g_stops = 0;
+    state_prepare(t, st);
+    for (size_t k = 0; k < 3; k++)
+        sigaction(sigs[k], &sa, &old_sa[k]);
+    handlers = true;
+    size_t failed_at = n;
+    for (size_t i = 0; i < n && !g_stops; i++) {
         if (!cli_server_active(t, i))
             continue;
         json_t *services = json_array();
@@ -197,23 +375,59 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
                    env->name, cli_server_label(t, i, label, sizeof(label)), done + 1, active,
                    t->cfg->path);
         fflush(stdout);
+        st[i] = ROLL_RUNNING;
+        state_prepare(t, st);
         rc = cli_run_operation_wait("deploy", "/v1/deploy", body, t->json, lock_wait);
         json_decref(body);
+        /* Failed: its takod rolled back what it could; a service of several
+         * may have gone through, so it is checked like the others. */
+        st[i] = rc ? ROLL_FAILED : ROLL_NEW;
+        state_prepare(t, st);
         if (rc) {
-            fprintf(stderr, "tako deploy: the rollout failed on server %s", t->servers[i].cfg->name);
-            size_t m = 0;
-            for (size_t j = 0; j < i; j++)
-                if (cli_server_active(t, j))
-                    fprintf(stderr, "%s%s", m++ ? ", " : "; it is done on ", t->servers[j].cfg->name);
-            m = 0;
-            for (size_t j = i + 1; j < n; j++)
-                if (cli_server_active(t, j))
-                    fprintf(stderr, "%s%s", m++ ? ", " : "; not started on ",
-                            t->servers[j].cfg->name);
-            fprintf(stderr, "\n");
-            goto out;
+            failed_at = i;
+            break;
         }
         done++;
+    }
+    if (rc || (g_stops && done < active)) {
+        /* Back to one revision: the one every server ran before. */
+        int urc = 0;
+        char notes[64][512];
+        size_t last = failed_at < n ? failed_at : n;
+        for (size_t i = 0; i < last || (i < n && i == failed_at); i++)
+            if (cli_server_active(t, i) && (st[i] == ROLL_NEW || st[i] == ROLL_FAILED) &&
+                i < 64) {
+                enum roll_state was = st[i];
+                st[i] = ROLL_UNDOING;
+                state_prepare(t, st);
+                int r = server_undo(t, i, before[i], notes[i], sizeof(notes[i]));
+                st[i] = r ? was : ROLL_UNDONE;
+                state_prepare(t, st);
+                if (r && !urc)
+                    urc = r;
+            }
+        if (rc)
+            fprintf(stderr, "tako deploy: the rollout failed on server %s; ",
+                    t->servers[failed_at].cfg->name);
+        else
+            fprintf(stderr, "tako deploy: interrupted; ");
+        fprintf(stderr, "%s every server of environment %s to the revision it ran before:\n",
+                urc ? "could not bring" : "brought", env->name);
+        for (size_t i = 0; i < n; i++) {
+            if (!cli_server_active(t, i))
+                continue;
+            fprintf(stderr, "  server %s: %s\n", t->servers[i].cfg->name,
+                    st[i] == ROLL_BEFORE ? "not started, unchanged"
+                    : i < 64             ? notes[i]
+                                         : "see 'tako ps'");
+        }
+        if (urc)
+            fprintf(stderr, "Run 'tako ps %s' to see each server's revision, and deploy again "
+                            "to bring them to one.\n",
+                    env->name);
+        if (!rc)
+            rc = urc ? urc : 128 + g_first_sig;
+        goto out;
     }
     for (size_t i = 0; i < n; i++)
         if (t->servers[i].skipped && !t->json)
@@ -224,6 +438,14 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         cmd_ps(6, ps_argv);
     }
 out:
+    if (handlers)
+        for (size_t k = 0; k < 3; k++)
+            sigaction(sigs[k], &old_sa[k], NULL);
+    if (before)
+        for (size_t i = 0; i < n; i++)
+            json_decref(before[i]);
+    free(before);
+    free(st);
     for (size_t i = 0; i < n; i++)
         if (locks[i] >= 0)
             close(locks[i]);

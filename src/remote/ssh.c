@@ -199,7 +199,12 @@ int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *
         dup2(in, 0);
         dup2(ofd, 1);
         dup2(efd, 2);
-        signal(SIGINT, SIG_IGN); /* our handler closes the master; ssh must not die first */
+        /* Our handler closes the master; ssh must not die first. Ignoring
+         * SIGINT is not enough: a session through the master (a mux client)
+         * sets its own handler, and a terminal's Ctrl-C (or hangup) goes to
+         * the whole foreground process group. Its own group keeps it out. */
+        setpgid(0, 0);
+        signal(SIGINT, SIG_IGN);
         execvp("ssh", (char *const *)argv);
         dprintf(2, "cannot run ssh: %s\n", strerror(errno));
         _exit(255);
@@ -232,6 +237,7 @@ int ssh_exec(struct ssh_conn *c, const char *cmd)
         int dn = open("/dev/null", O_RDONLY);
         if (dn >= 0)
             dup2(dn, 0);
+        setpgid(0, 0); /* as in ssh_run */
         signal(SIGINT, SIG_IGN);
         execvp("ssh", (char *const *)argv);
         dprintf(2, "cannot run ssh: %s\n", strerror(errno));
@@ -263,6 +269,7 @@ pid_t ssh_spawn(struct ssh_conn *c, const char *cmd, int *fd)
     if (pid == 0) {
         dup2(sp[1], 0);
         dup2(sp[1], 1);
+        setpgid(0, 0); /* as in ssh_run */
         signal(SIGINT, SIG_IGN);
         execvp("ssh", (char *const *)argv);
         dprintf(2, "cannot run ssh: %s\n", strerror(errno));

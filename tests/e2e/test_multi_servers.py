@@ -312,6 +312,169 @@ def test_restart_history_and_stats_cover_every_server(cluster):
     assert names == {n for v in SPREAD.values() for n in v}, st
 
 
+def one_revision(cluster):
+    """{server: revision} when every replica of every server runs its
+    service's revision (asserted), from `tako ps --output json`."""
+    out = {}
+    for s in cluster.ps()["services"]:
+        assert {r["revision"] for r in s["replicas"]} <= {s["revision"]}, s
+        out[s["server"]] = s["revision"]
+    return out
+
+
+# The revision of test_rollout_failing_on_one_host_...: every replica of c's
+# series (3, 6, 9: slot_first 3, stride 3) exits at start; a and b's start.
+FAILS_ON_C = APP.replace(
+    'NAME = os.environ["HOSTNAME"]\n',
+    'NAME = os.environ["HOSTNAME"]\n'
+    'if int(NAME.rsplit("-", 1)[1]) % 3 == 0:\n'
+    '    sys.exit("this revision cannot start on server c")\n')
+
+
+# slow: a and b roll out and back, c's replica must fail its start first
+@pytest.mark.slow
+def test_rollout_failing_on_one_host_rolls_the_others_back(cluster):
+    before = one_revision(cluster)
+    assert len(set(before.values())) == 1, before
+    old = before["a"]
+    path = os.path.join(cluster.dir, "app.py")
+    try:
+        with open(path, "w") as f:
+            f.write(FAILS_ON_C)
+        with Load(80, host=cluster.hosts["a"].ip, clients=2, max_seconds=200,
+                  max_requests=100000) as load:
+            wait_for(lambda: load.ok > 20, timeout=30, what="traffic")
+            r = cluster.run("deploy", "production", check=1)
+            ok, failed = load.stop()
+    finally:
+        with open(path, "w") as f:
+            f.write(APP)
+    # a and b ran the new revision before c failed it; they went back.
+    out = r.stdout
+    assert out.index("to server c") < out.index("Rolling back web on server a"), out
+    assert re.search(r"Rolling back web on server b from \w+ to %s" % old, out), out
+    err = r.stderr
+    assert "the rollout failed on server c" in err, err
+    assert "brought every server of environment production to the revision it ran before" \
+        in err, err
+    for name in "ab":
+        assert "server %s: web back on %s" % (name, old) in err, err
+    assert "server c: unchanged" in err, err  # its takod rolled it back itself
+    assert one_revision(cluster) == before
+    assert cluster.names_by_server() == SPREAD
+    for name, h in cluster.hosts.items():
+        assert cluster.host_processes(h) == SPREAD[name]
+    # Going there and back lost no request on a's balancer.
+    assert failed == 0, load.errors[:5]
+    assert ok > 20
+
+
+# slow: a rolls out and back under load
+@pytest.mark.slow
+def test_interrupted_deploy_ends_on_one_revision(cluster):
+    before = one_revision(cluster)
+    assert len(set(before.values())) == 1, before
+    path = os.path.join(cluster.dir, "app.py")
+    lines = []
+    try:
+        with open(path, "a") as f:
+            f.write("# an interrupted change\n")
+        with Load(80, host=cluster.hosts["a"].ip, clients=2, max_seconds=200,
+                  max_requests=100000) as load:
+            wait_for(lambda: load.ok > 20, timeout=30, what="traffic")
+            # Its own process group, as in a terminal: Ctrl-C reaches the CLI
+            # and its ssh processes alike.
+            p = subprocess.Popen([TAKO, "deploy", "production"], env=cluster.env,
+                                 cwd=cluster.dir, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+            try:
+                for line in iter(p.stdout.readline, ""):
+                    lines.append(line)
+                    if line.startswith("Deploying scaling (production) to server a"):
+                        os.killpg(p.pid, signal.SIGINT)  # a is rolling now
+                        break
+                out, err = p.communicate(timeout=200)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            ok, failed = load.stop()
+    finally:
+        with open(path, "w") as f:
+            f.write(APP)
+    out = "".join(lines) + out
+    assert p.returncode == 128 + signal.SIGINT, out + err
+    assert "tako deploy: interrupted: no further server is started" in err, err
+    # a finished its rollout, then went back; b and c never started.
+    assert "Deploying scaling (production) to server b" not in out, out
+    assert "Rolling back web on server a" in out, out
+    assert "server a: web back on %s" % before["a"] in err, err
+    for name in "bc":
+        assert "server %s: not started, unchanged" % name in err, err
+    assert one_revision(cluster) == before
+    assert cluster.names_by_server() == SPREAD
+    assert failed == 0, load.errors[:5]
+    assert ok > 20
+
+
+# slow: a rolls out, then the module's revision is deployed back
+@pytest.mark.slow
+def test_second_interrupt_leaves_at_once_and_says_where_each_server_is(cluster):
+    before = one_revision(cluster)
+    path = os.path.join(cluster.dir, "app.py")
+    out, err = [], []
+    try:
+        with open(path, "a") as f:
+            f.write("# a change left half-way\n")
+        p = subprocess.Popen([TAKO, "deploy", "production"], env=cluster.env,
+                             cwd=cluster.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+        readers = [threading.Thread(target=lambda f=f, g=g: g.extend(iter(f.readline, "")),
+                                    daemon=True) for f, g in ((p.stdout, out), (p.stderr, err))]
+        for t in readers:
+            t.start()
+        try:
+            wait_for(lambda: any(l.startswith("Deploying scaling (production) to server a")
+                                 for l in out), timeout=120, interval=0.05, what="a rolling")
+            os.killpg(p.pid, signal.SIGINT)
+            wait_for(lambda: any("interrupted: no further server" in l for l in err),
+                     timeout=30, interval=0.05, what="the first interrupt taken")
+            os.killpg(p.pid, signal.SIGINT)
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for t in readers:
+                t.join(10)
+        text = "".join(err)
+        assert p.returncode == -signal.SIGINT, "".join(out) + text
+        assert "tako deploy: left at once; the servers of environment production may run " \
+               "different revisions now" in text, text
+        assert ("server a is rolling out the new revision: its takod finishes it (or rolls it "
+                "back) on its own") in text, text
+        for name in "bc":
+            assert "server %s runs the revision it ran before (not started)" % name in text, text
+        # a's takod finishes (or rolls back) what it was given on its own; b and c
+        # were not touched.
+        def a_settled():
+            for s in cluster.ps()["services"]:
+                if s["server"] == "a":
+                    up = [r for r in s["replicas"] if r.get("state") == "running"]
+                    return s["status"] == "running" and len(up) == 2 and \
+                        {r["revision"] for r in up} == {s["revision"]}
+        wait_for(a_settled, timeout=120, interval=0.5, what="a settled on one revision")
+        now = {s["server"]: s["revision"] for s in cluster.ps()["services"]}
+        assert (now["b"], now["c"]) == (before["b"], before["c"]), now
+    finally:
+        with open(path, "w") as f:
+            f.write(APP)
+    # The next deploy brings them to one revision (the module's own, back on a).
+    cluster.run("deploy", "production", "--lock-wait", "2m", check=0)
+    assert one_revision(cluster) == before
+    assert cluster.names_by_server() == SPREAD
+
+
 def revisions(cluster, hosts, rc=0):
     ps = cluster.ps(rc)
     return {s["server"]: (s["revision"], sorted(r["pid"] for r in s["replicas"]))
