@@ -96,6 +96,11 @@ static int spawn_daemon(void)
     msg[got] = '\0';
     if (strncmp(msg, "ok", 2) == 0)
         return 0;
+    /* Another takod holds the home's lock: one that is stopping (it says
+     * "stopped" before its lock is released) or one started at the same
+     * moment; the caller waits for it. */
+    if (strncmp(msg, "takod is already running", 24) == 0)
+        return -EALREADY;
     if (got)
         fprintf(stderr, "tako: takod did not start: %s", msg);
     else
@@ -137,14 +142,30 @@ int client_connect(bool autostart)
     int fd = net_connect_unix(sock);
     if (fd >= 0 || !autostart)
         return fd;
+    uint64_t start = time_wall_ms();
+    struct timespec ts = {0, 20 * 1000000};
     int r = spawn_daemon();
+    /* A takod that still holds the lock: its socket answers soon (it is
+     * starting), or the lock is free soon (it is stopping) and ours starts. */
+    while (r == -EALREADY && time_wall_ms() - start < CLIENT_START_WAIT_MS) {
+        struct timespec wait = {0, 100 * 1000000};
+        nanosleep(&wait, NULL);
+        fd = net_connect_unix(sock);
+        if (fd >= 0)
+            return fd;
+        r = spawn_daemon();
+    }
+    if (r == -EALREADY) {
+        fprintf(stderr, "tako: takod did not start: another takod holds %s and does not "
+                        "answer\n", home);
+        return -ECONNREFUSED;
+    }
     if (r < 0)
         return r;
     fd = net_connect_unix(sock);
     if (fd >= 0)
         return fd;
-    uint64_t start = time_wall_ms();
-    struct timespec ts = {0, 20 * 1000000};
+    start = time_wall_ms();
     while (time_wall_ms() - start < CLIENT_START_WAIT_MS) {
         fd = net_connect_unix(sock);
         if (fd >= 0)

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/util.h"
@@ -215,12 +216,15 @@ int net_connect_tcp_from(const struct net_addr *a, const struct net_addr *src, b
     return fd;
 }
 
-uint16_t net_free_port(void)
+/* Bind 127.0.0.1:PORT (0: the kernel chooses); the port bound, 0 when taken. */
+static uint16_t try_port(uint16_t want)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1)
         return 0;
-    struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in in = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons(want)};
     socklen_t l = sizeof(in);
     uint16_t port = 0;
     if (bind(fd, (struct sockaddr *)&in, sizeof(in)) == 0 &&
@@ -228,4 +232,55 @@ uint16_t net_free_port(void)
         port = ntohs(in.sin_port);
     close(fd);
     return port;
+}
+
+/* The kernel's range for the local ports of outgoing connections. */
+static void ephemeral_range(unsigned *lo, unsigned *hi)
+{
+    *lo = 32768;
+    *hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (!f)
+        return;
+    unsigned a, b;
+    if (fscanf(f, "%u %u", &a, &b) == 2 && a <= b && b <= 65535) {
+        *lo = a;
+        *hi = b;
+    }
+    fclose(f);
+}
+
+uint16_t net_free_port(void)
+{
+    /* A port the kernel hands out itself (bind to 0) comes from the
+     * ephemeral range, where any outgoing connection — the balancer's to
+     * another replica, a health check — may take it as its local port
+     * before the replica binds it ("Address already in use" at start, seen
+     * with 1,000 replicas). So look below that range first. */
+    unsigned lo, hi;
+    ephemeral_range(&lo, &hi);
+    if (lo > 2048) {
+        unsigned base = lo > 11024 ? lo - 10000 : 1024, span = lo - base;
+        /* each process its own sequence: two takods must not try the same
+         * ports in the same order */
+        static uint32_t x;
+        if (!x) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            x = (uint32_t)getpid() * 2654435761u ^ (uint32_t)ts.tv_nsec;
+            if (!x)
+                x = 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        unsigned start = x % span;
+        for (unsigned i = 0; i < 64; i++) {
+            uint16_t p = try_port((uint16_t)(base + (start + i * 7919u) % span));
+            if (p)
+                return p;
+        }
+    }
+    (void)hi;
+    return try_port(0);
 }

@@ -38,7 +38,8 @@ int net_connect_tcp(const struct net_addr *a, bool *in_progress);
 int net_connect_tcp_from(const struct net_addr *a, const struct net_addr *src, bool *in_progress);
 int net_set_nonblock(int fd);
 int net_set_nodelay(int fd);
-/* A free TCP port on 127.0.0.1 at the time of the call (0 on failure). */
+/* A free TCP port on 127.0.0.1 at the time of the call (0 on failure),
+ * below the kernel's ephemeral range when there is room there. */
 uint16_t net_free_port(void);
 
 #endif

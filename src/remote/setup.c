@@ -254,11 +254,14 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         PROBLEM("the server's architecture is %s and this tako binary is built for %s; tako "
                 "installs its own binary on the server, so deploy to it with a tako built for %s",
                 arch[0] ? arch : "unknown", mine, arch[0] ? arch : "matching");
-    if (port[0] && !takod[0])
+    /* tako's own data plane keeps the port while takod is down (it
+     * outlives takod by design): that owner is not a problem either */
+    bool ours = strstr(port, "((\"tako\"") != NULL;
+    if (port[0] && !ours && !takod[0])
         PROBLEM("port %u is in use by another program (%s); free it or set "
                 "environments.ENV.http to another port",
                 o->http_port, port);
-    else if (port[0] && takod[0] && !strstr(port, "tako"))
+    else if (port[0] && !ours)
         PROBLEM("port %u is in use by another program (%s)", o->http_port, port);
     unsigned long long fk = strtoull(freekb, NULL, 10);
     if (freekb[0] && fk < SETUP_MIN_FREE_KB)
