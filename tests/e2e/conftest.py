@@ -9,6 +9,7 @@ import http.client
 import http.client as http_client  # the helper named http() below shadows the package
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,10 +27,41 @@ ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 _handed_out = set()
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_band_rng = random.Random(os.getpid() ^ int(time.time() * 1000))
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that was free a moment ago, and not handed out before in
     this run: the kernel may offer the same ephemeral port to two calls in a
-    row, and a test that asks twice needs two different ports."""
+    row, and a test that asks twice needs two different ports. Taken below
+    the kernel's ephemeral range, where no outgoing connection can take it
+    before the test's process binds it, and below the band takod gives its
+    replicas (the 10,000 ports under the ephemeral range)."""
+    lo = _ephemeral_low()
+    if lo > 21024:
+        base, span = lo - 20000, 10000
+        start = _band_rng.randrange(span)
+        for i in range(200):
+            port = base + (start + i * 7919) % span
+            if port in _handed_out:
+                continue
+            s = socket.socket()
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            _handed_out.add(port)
+            return port
     while True:
         s = socket.socket()
         s.bind((host, 0))

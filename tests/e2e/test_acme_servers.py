@@ -215,7 +215,8 @@ def test_token_nobody_knows_is_404_after_one_question_per_peer(cluster):
     path2 = CHALLENGE + "head-%d" % os.getpid()
     st, _, _ = http(b.http_port, path2, method="HEAD", headers={"Host": DOMAIN}, timeout=5)
     assert st == 404
-    wait_for(lambda: a.log_lines(path2), timeout=5, what="a's access log flushed")
+    wait_for(lambda: a.log_lines(path2) and b.log_lines(path2), timeout=5,
+             what="both access logs flushed")
     assert len(a.log_lines(path2)) == 1 and len(b.log_lines(path2)) == 1
 
 
