@@ -1090,6 +1090,25 @@ static void load_runtime(struct cfg__ctx *c, const yaml_node_t *rn, const yaml_n
     free(df);
 }
 
+/* `labels: {key: value}` at PATH.labels into KV (a null value is ""). */
+static void load_labels(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
+                        struct cfg_kv **kv, size_t *len)
+{
+    char *lp = kpath(path, "labels");
+    struct pair *pairs;
+    size_t np = map_pairs(c, n, lp, &pairs);
+    for (size_t i = 0; i < np; i++) {
+        char *val = is_null(pairs[i].vnode)
+                        ? xstrdup("")
+                        : scalar(c, pairs[i].vnode, lp, pairs[i].key, "a string");
+        if (val)
+            cfg__kv_set(kv, len, pairs[i].key, val);
+        free(val);
+    }
+    pairs_free(pairs, np);
+    free(lp);
+}
+
 /* `placement: {servers: [a, b], labels: {zone: eu}}`: a subset of the
  * environment's servers; at least one of them must qualify. */
 static void load_placement(struct cfg__ctx *c, const yaml_node_t *n, const char *path,
@@ -1107,19 +1126,7 @@ static void load_placement(struct cfg__ctx *c, const yaml_node_t *n, const char 
                  &s->placement_servers_len);
     if (!s->placement_servers)
         s->placement_servers = xcalloc(1, sizeof(char *));
-    char *lp = kpath(pp, "labels");
-    struct pair *pairs;
-    size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
-    for (size_t i = 0; i < np; i++) {
-        char *val = is_null(pairs[i].vnode)
-                        ? xstrdup("")
-                        : scalar(c, pairs[i].vnode, lp, pairs[i].key, "a string");
-        if (val)
-            cfg__kv_set(&s->placement_labels, &s->placement_labels_len, pairs[i].key, val);
-        free(val);
-    }
-    pairs_free(pairs, np);
-    free(lp);
+    load_labels(c, v[K_LABELS], pp, &s->placement_labels, &s->placement_labels_len);
     const struct cfg_env *e = c->env;
     if (!e || !c->file)
         goto out;
@@ -1399,19 +1406,7 @@ static void load_server(struct cfg__ctx *c, const char *name, const yaml_node_t 
         err_key(c, v[K_HOSTKEYS], path, "hostKeys",
                 "invalid value \"%s\" (expected accept-new or strict)", hk);
     free(hk);
-    struct pair *pairs;
-    char *lp = kpath(path, "labels");
-    size_t np = map_pairs(c, v[K_LABELS], lp, &pairs);
-    for (size_t i = 0; i < np; i++) {
-        char *val = is_null(pairs[i].vnode)
-                        ? xstrdup("")
-                        : scalar(c, pairs[i].vnode, lp, pairs[i].key, "a string");
-        if (val)
-            cfg__kv_set(&sv->labels, &sv->labels_len, pairs[i].key, val);
-        free(val);
-    }
-    pairs_free(pairs, np);
-    free(lp);
+    load_labels(c, v[K_LABELS], path, &sv->labels, &sv->labels_len);
 }
 
 static void check_env(struct cfg__ctx *c, const struct cfg_file *f, struct cfg_env *e,
