@@ -47,6 +47,9 @@ size_t str_edit_distance(const char *a, const char *b);
 /* Wall clock as ISO-8601 UTC with milliseconds: 2024-01-01T12:00:00.000Z */
 void time_iso8601(char buf[32]);
 /* Wall clock in ms since the epoch. */
+/* Write all N bytes of P to FD (EINTR retried): 0 or -errno; a write of
+ * nothing counts as -ENOSPC (a full disk). */
+int write_all(int fd, const void *p, size_t n);
 uint64_t time_wall_ms(void);
 /* Milliseconds on the monotonic clock (for deadlines). */
 uint64_t time_mono_ms(void);

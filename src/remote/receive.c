@@ -120,22 +120,6 @@ static int fail_io(const char *home, const char *path, int err)
     return fail_io_sized(home, path, err, 0);
 }
 
-/* Write all of buf; -errno (ENOSPC for a short write on a full disk). */
-static int write_full(int fd, const char *buf, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, buf, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        if (w == 0)
-            return -ENOSPC;
-        buf += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 static char *read_file(const char *p, size_t *len)
 {
@@ -303,7 +287,7 @@ static int copy_blob(const char *src, const char *dst, mode_t mode)
     ssize_t k;
     int rc = 0;
     while ((k = read(in, buf, sizeof(buf))) > 0)
-        if ((rc = write_full(out, buf, (size_t)k)) < 0)
+        if ((rc = write_all(out, buf, (size_t)k)) < 0)
             break;
     if (k < 0)
         rc = -errno;
@@ -486,7 +470,7 @@ static int store_blob(const char *home, const char *sha, unsigned long long size
         if (k == 0)
             break;
         sha256_update(&h, buf, k);
-        if ((r = write_full(fd, buf, k)) < 0) {
+        if ((r = write_all(fd, buf, k)) < 0) {
             close(fd);
             unlink(tmp);
             return r;
@@ -551,7 +535,7 @@ static int write_manifest(const char *path, const char *man, size_t mlen)
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    int r = write_full(fd, man, mlen);
+    int r = write_all(fd, man, mlen);
     if (close(fd) == -1 && r == 0)
         r = -errno;
     return r;

@@ -288,22 +288,6 @@ static char **split_lines(char *text, size_t *n)
     return l;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        if (w == 0)
-            return -ENOSPC;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Copy a file's bytes into the pack; fails when it changed under us
  * (-EAGAIN), cannot be read, or the pack cannot grow (*wfail set). */
