@@ -186,6 +186,7 @@ struct wlistener {
     struct listener *l;
     struct worker *w;
     struct dlist link;
+    struct ev_defer free_defer; /* freed after the loop's batch */
 };
 
 enum wcmd_kind { WCMD_LISTEN, WCMD_UNLISTEN, WCMD_STOP };

@@ -163,13 +163,21 @@ static void add_listener(struct worker *w, struct listener *l)
         ev_io_start(&w->loop, &wl->io, EPOLLIN);
 }
 
+static void wlistener_free(struct ev_defer *d)
+{
+    free(DLIST_ENTRY(d, struct wlistener, free_defer));
+}
+
+/* The accept watcher may sit later in the batch ev_run_once is walking
+ * (a command and a connection woke the loop together): it is stopped
+ * now, so the loop skips it, and freed only after the batch. */
 static void remove_listener(struct worker *w, struct wlistener *wl)
 {
     ev_io_stop(&w->loop, &wl->io);
     close(wl->io.fd);
     dlist_del(&wl->link);
     listener__unref(wl->l);
-    free(wl);
+    ev_defer(&w->loop, &wl->free_defer, wlistener_free);
 }
 
 static void on_cmd(struct ev_loop *loop, struct ev_io *io, uint32_t ev)
