@@ -109,6 +109,18 @@ const char *cli_server_label(const struct cli_target *t, size_t i, char *buf, si
  * stopping at the first that fails; the message names it and those that
  * already changed. Returns the exit status. */
 int cli_multi_operation(struct cli_target *t, const char *path, json_t *body);
+/* Run FN(t, i, fd, arg) for every active remote server at once, each in a
+ * child process of its own (the client's state is per process; each
+ * server has its own ssh master). rcs[i] gets FN's result (0-255); what FN
+ * writes to FD comes back in out[i] (NUL-terminated, caller frees; out may
+ * be NULL). Servers not run keep rcs[i] and out[i] as they were. A child's
+ * stdout is line-buffered, so lines of two servers never mix. */
+typedef int (*cli_server_fn)(struct cli_target *t, size_t i, int fd, void *arg);
+void cli_parallel(struct cli_target *t, cli_server_fn fn, void *arg, int *rcs, char **out);
+/* GET PATH from every active server at once: sts[i] is the HTTP status (or
+ * -errno; 0 for servers not asked) and resps[i] the answer (NULL when none;
+ * caller frees). */
+void cli_parallel_get(struct cli_target *t, const char *path, int *sts, json_t **resps);
 /* The placement body fields of service S at REPLICAS for server I: sets
  * "slot_first", "slot_stride" and "peer_replicas" in OBJ; returns the
  * server's own count. */

@@ -172,16 +172,18 @@ static void state_prepare(const struct cli_target *t, const enum roll_state *st)
     g_state_len = (sig_atomic_t)len;
 }
 
-/* Each service's revision on the current server: {"web": "3f2a9c1d7b4e"}. */
-static json_t *server_revisions(const struct cli_target *t)
+static void revisions_path(const struct cli_target *t, char *path, size_t len)
 {
-    char path[1024], pe[256], ee[256];
-    snprintf(path, sizeof(path), "/v1/ps?project=%s&env=%s",
+    char pe[256], ee[256];
+    snprintf(path, len, "/v1/ps?project=%s&env=%s",
              client_urlenc(t->cfg->project.name, pe, sizeof(pe)),
              client_urlenc(t->envp->name, ee, sizeof(ee)));
-    json_t *resp = NULL;
-    if (client_get("deploy", path, &resp))
-        return NULL;
+}
+
+/* Each service's revision in a ps answer: {"web": "3f2a9c1d7b4e"}. Takes
+ * RESP. */
+static json_t *revisions_of(json_t *resp)
+{
     json_t *out = json_object();
     size_t k;
     json_t *s;
@@ -193,6 +195,17 @@ static json_t *server_revisions(const struct cli_target *t)
     }
     json_decref(resp);
     return out;
+}
+
+/* The same, asked of the current server now. */
+static json_t *server_revisions(const struct cli_target *t)
+{
+    char path[1024];
+    revisions_path(t, path, sizeof(path));
+    json_t *resp = NULL;
+    if (client_get("deploy", path, &resp))
+        return NULL;
+    return revisions_of(resp);
 }
 
 /* Bring server i back to BEFORE: every service whose revision changed goes
@@ -245,6 +258,39 @@ static int server_undo(struct cli_target *t, size_t i, json_t *before, char *not
     return rc;
 }
 
+static int prepare_one(struct cli_target *t, size_t i, int fd, void *arg)
+{
+    (void)i;
+    (void)fd;
+    (void)arg;
+    return cli_remote_prepare(t, t->json);
+}
+
+/* Ship every service's tree to server I; writes the configurations, as
+ * shipping rewrote them, to FD (a JSON array, one per service). */
+static int ship_one(struct cli_target *t, size_t i, int fd, void *arg)
+{
+    json_t **cfgs = arg;
+    const struct cfg_env *env = t->envp;
+    json_t *a = json_array();
+    int rc = 0;
+    for (size_t k = 0; k < env->services_len && !rc; k++) {
+        const struct cfg_service *s = &env->services[k];
+        json_t *c = cfgs[i * env->services_len + k];
+        if (!t->service || strcmp(t->service, s->name) == 0)
+            rc = cli_remote_ship(t, s, c, t->json);
+        json_array_append(a, c);
+    }
+    if (!rc) {
+        char *text = json_dumps(a, JSON_COMPACT);
+        if (!text || write_all(fd, text, strlen(text)) < 0)
+            rc = EXIT_FAILED;
+        free(text);
+    }
+    json_decref(a);
+    return rc;
+}
+
 /* An environment with several servers: prepare, lock and ship on every
  * server first (any failure: nothing is rolled out anywhere), then roll
  * out server by server, each with its share of the replicas. */
@@ -275,15 +321,11 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
             goto out;
         }
     }
-    /* 1. Every server prepared (idempotent) ... */
+    /* 1. Every server prepared (idempotent), all at once ... */
     bool bad = false;
-    for (size_t i = 0; i < n; i++) {
-        if (!cli_server_active(t, i) || t->servers[i].local)
-            continue;
-        cli_use_server(t, i);
-        rcs[i] = cli_remote_prepare(t, t->json);
+    cli_parallel(t, prepare_one, NULL, rcs, NULL);
+    for (size_t i = 0; i < n; i++)
         bad |= rcs[i] != 0;
-    }
     if (bad) {
         rc = multi_refuse(t, "preparing the server", rcs);
         goto out;
@@ -300,24 +342,36 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         rc = multi_refuse(t, "taking the deploy lock", rcs);
         goto out;
     }
-    /* 3. ... with every service's files: nothing runs anywhere until all arrived. */
+    /* 3. ... with every service's files, to all servers at once: nothing
+     * runs anywhere until all arrived. */
     for (size_t k = 0; k < env->services_len; k++) {
         const struct cfg_service *s = &env->services[k];
         json_t *cj = cfg_service_to_json(s);
         cli_revision(s, cj, revs[k]);
-        for (size_t i = 0; i < n; i++) {
-            json_t *c = json_deep_copy(cj);
-            cfgs[i * env->services_len + k] = c;
-            if (!cli_server_active(t, i) || t->servers[i].local || rcs[i])
-                continue;
-            if (t->service && strcmp(t->service, s->name) != 0)
-                continue;
-            cli_use_server(t, i);
-            rcs[i] = cli_remote_ship(t, s, c, t->json);
-            bad |= rcs[i] != 0;
-        }
+        for (size_t i = 0; i < n; i++)
+            cfgs[i * env->services_len + k] = json_deep_copy(cj);
         json_decref(cj);
     }
+    char **shipped = xcalloc(n, sizeof(char *));
+    cli_parallel(t, ship_one, cfgs, rcs, shipped);
+    for (size_t i = 0; i < n; i++) {
+        /* the configurations as the child left them: build and workdir
+         * point at the tree on the server */
+        json_t *a = shipped[i] && !rcs[i] ? json_loads(shipped[i], 0, NULL) : NULL;
+        if (shipped[i] && !rcs[i] && json_array_size(a) != env->services_len) {
+            fprintf(stderr, "tako deploy: server %s: lost the shipped trees' places\n",
+                    t->servers[i].cfg->name);
+            rcs[i] = EXIT_FAILED;
+        }
+        for (size_t k = 0; a && k < json_array_size(a) && k < env->services_len; k++) {
+            json_decref(cfgs[i * env->services_len + k]);
+            cfgs[i * env->services_len + k] = json_incref(json_array_get(a, k));
+        }
+        json_decref(a);
+        free(shipped[i]);
+        bad |= rcs[i] != 0;
+    }
+    free(shipped);
     if (bad) {
         rc = multi_refuse(t, "sending the app", rcs);
         goto out;
@@ -329,18 +383,36 @@ static int deploy_multi(struct cli_target *t, bool force, uint64_t lock_wait)
         active += cli_server_active(t, i);
     before = xcalloc(n, sizeof(json_t *));
     st = xcalloc(n, sizeof(*st));
+    char rpath[1024];
+    revisions_path(t, rpath, sizeof(rpath));
+    int *sts = xcalloc(n, sizeof(int));
+    json_t **resps = xcalloc(n, sizeof(json_t *));
+    cli_parallel_get(t, rpath, sts, resps);
+    for (size_t i = 0; i < n; i++) {
+        if (sts[i] == 200)
+            before[i] = revisions_of(resps[i]);
+        else
+            json_decref(resps[i]);
+    }
+    free(resps);
     for (size_t i = 0; i < n; i++) {
         if (!cli_server_active(t, i))
             continue;
-        cli_use_server(t, i);
-        if (!(before[i] = server_revisions(t))) {
-            fprintf(stderr, "tako deploy: cannot read the revisions server %s runs; nothing "
-                            "was rolled out on any server of environment %s\n",
-                    t->servers[i].cfg->name, env->name);
+        if (!before[i]) {
+            char why[128];
+            if (sts[i] < 0)
+                snprintf(why, sizeof(why), "%s", strerror(-sts[i]));
+            else
+                snprintf(why, sizeof(why), "takod answered HTTP %d", sts[i]);
+            fprintf(stderr, "tako deploy: cannot read the revisions server %s runs (%s); "
+                            "nothing was rolled out on any server of environment %s\n",
+                    t->servers[i].cfg->name, why, env->name);
+            free(sts);
             rc = EXIT_UNAVAIL;
             goto out;
         }
     }
+    free(sts);
     struct sigaction sa = {.sa_handler = on_stop, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     g_stops = 0;

@@ -2,9 +2,15 @@
  * server per command, the client pointed at each in turn, and the
  * placement fields every server's takod gets (docs/servers.md "Several
  * servers"). */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/client.h"
@@ -64,7 +70,9 @@ int cli_multi_open(struct cli_target *t)
                                        strcmp(g_outer->envp->name, e->name) == 0
                                    ? g_outer
                                    : NULL;
-    size_t failed = 0;
+    size_t failed = 0, nopen = 0;
+    struct ssh_target *sts = xcalloc(e->servers_len, sizeof(*sts));
+    size_t *which = xcalloc(e->servers_len, sizeof(*which));
     for (size_t i = 0; i < e->servers_len; i++) {
         struct cli_server *s = &t->servers[i];
         s->cfg = cfg_find_server(t->cfg, e->servers[i]);
@@ -80,6 +88,8 @@ int cli_multi_open(struct cli_target *t)
                             "tako %s: servers %s and %s of environment %s are both this "
                             "machine; list it once\n",
                             t->cmd, t->servers[j].cfg->name, s->cfg->name, e->name);
+                    free(sts);
+                    free(which);
                     return EXIT_USAGE;
                 }
             s->local = true;
@@ -89,21 +99,37 @@ int cli_multi_open(struct cli_target *t)
             s->conn = outer->servers[i].conn;
             continue;
         }
-        struct ssh_target st = {.name = s->cfg->name,
-                                .host = s->cfg->host,
-                                .user = s->cfg->user,
-                                .port = s->cfg->port,
-                                .key = s->cfg->ssh_key,
-                                .strict = s->cfg->strict_host_keys};
-        enum ssh_fail why;
-        s->conn = ssh_open(&st, s->error, sizeof(s->error), &why);
-        if (!s->conn) {
-            s->rc = EXIT_UNAVAIL;
-            failed++;
-            continue;
-        }
-        s->owned = true;
+        sts[nopen] = (struct ssh_target){.name = s->cfg->name,
+                                         .host = s->cfg->host,
+                                         .user = s->cfg->user,
+                                         .port = s->cfg->port,
+                                         .key = s->cfg->ssh_key,
+                                         .strict = s->cfg->strict_host_keys};
+        which[nopen++] = i;
     }
+    /* Every server's handshake at once: opening costs one round trip, not N. */
+    if (nopen) {
+        struct ssh_conn **conns = xcalloc(nopen, sizeof(*conns));
+        size_t elen = sizeof(t->servers[0].error);
+        char *errs = xcalloc(nopen, elen);
+        enum ssh_fail *whys = xcalloc(nopen, sizeof(*whys));
+        ssh_open_many(sts, nopen, conns, errs, elen, whys);
+        for (size_t k = 0; k < nopen; k++) {
+            struct cli_server *s = &t->servers[which[k]];
+            if (!(s->conn = conns[k])) {
+                memcpy(s->error, errs + k * elen, elen);
+                s->rc = EXIT_UNAVAIL;
+                failed++;
+                continue;
+            }
+            s->owned = true;
+        }
+        free(conns);
+        free(errs);
+        free(whys);
+    }
+    free(sts);
+    free(which);
     if (!g_outer)
         g_outer = t;
     if (failed && !t->partial) {
@@ -163,6 +189,172 @@ void cli_use_server(struct cli_target *t, size_t i)
     t->server = t->servers[i].cfg;
     client_use_remote(t->servers[i].conn);
     cli_op_server(t->servers[i].cfg->name);
+}
+
+/* A child's answer, as it arrives. */
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+static void buf_append(struct buf *b, const char *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2;
+        b->data = xrealloc(b->data, b->cap);
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+void cli_parallel(struct cli_target *t, cli_server_fn fn, void *arg, int *rcs, char **out)
+{
+    size_t n = t->n_servers;
+    pid_t *pids = xcalloc(n, sizeof(*pids));
+    int *fds = xcalloc(n, sizeof(*fds));
+    struct buf *bufs = xcalloc(n, sizeof(*bufs));
+    fflush(NULL); /* nothing buffered is written twice */
+    for (size_t i = 0; i < n; i++) {
+        pids[i] = 0;
+        fds[i] = -1;
+        if (!cli_server_active(t, i) || t->servers[i].local)
+            continue;
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) == -1) {
+            fprintf(stderr, "tako %s: server %s: %s\n", t->cmd, t->servers[i].cfg->name,
+                    strerror(errno));
+            rcs[i] = EXIT_FAILED;
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(p[0]);
+            /* The parent's handlers close every ssh master: not the child's
+             * job. An interrupt ends it; the parent cleans up. */
+            signal(SIGINT, SIG_DFL);
+            signal(SIGTERM, SIG_DFL);
+            signal(SIGHUP, SIG_DFL);
+            setvbuf(stdout, NULL, _IOLBF, 0);
+            cli_use_server(t, i);
+            int rc = fn(t, i, p[1], arg);
+            fflush(NULL);
+            _exit(rc & 0xff);
+        }
+        close(p[1]);
+        if (pid < 0) {
+            fprintf(stderr, "tako %s: server %s: %s\n", t->cmd, t->servers[i].cfg->name,
+                    strerror(errno));
+            close(p[0]);
+            rcs[i] = EXIT_FAILED;
+            continue;
+        }
+        pids[i] = pid;
+        fds[i] = p[0];
+    }
+    /* Read every child's answer as it comes, then reap them. */
+    for (;;) {
+        struct pollfd *pf = xcalloc(n ? n : 1, sizeof(*pf));
+        size_t np = 0;
+        for (size_t i = 0; i < n; i++)
+            if (fds[i] >= 0)
+                pf[np++] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+        if (!np) {
+            free(pf);
+            break;
+        }
+        if (poll(pf, np, -1) < 0 && errno != EINTR) {
+            free(pf);
+            break;
+        }
+        for (size_t k = 0; k < np; k++) {
+            if (!pf[k].revents)
+                continue;
+            size_t i = 0;
+            while (fds[i] != pf[k].fd)
+                i++;
+            char chunk[4096];
+            ssize_t r = read(fds[i], chunk, sizeof(chunk));
+            if (r > 0) {
+                buf_append(&bufs[i], chunk, (size_t)r);
+            } else if (r == 0 || errno != EINTR) {
+                close(fds[i]);
+                fds[i] = -1;
+            }
+        }
+        free(pf);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (fds[i] >= 0)
+            close(fds[i]);
+        if (pids[i] <= 0)
+            continue;
+        int st;
+        while (waitpid(pids[i], &st, 0) == -1 && errno == EINTR)
+            ;
+        if (WIFEXITED(st)) {
+            rcs[i] = WEXITSTATUS(st);
+        } else {
+            fprintf(stderr, "tako %s: server %s: the worker for it ended by signal %d\n",
+                    t->cmd, t->servers[i].cfg->name, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+            rcs[i] = EXIT_FAILED;
+        }
+        if (out) {
+            buf_append(&bufs[i], "", 1);
+            out[i] = bufs[i].data;
+            bufs[i].data = NULL;
+        }
+        free(bufs[i].data);
+    }
+    free(pids);
+    free(fds);
+    free(bufs);
+}
+
+static int get_one(struct cli_target *t, size_t i, int fd, void *arg)
+{
+    (void)t;
+    (void)i;
+    json_t *resp = NULL;
+    int st = client_call("GET", arg, NULL, &resp);
+    json_t *a = json_pack("{s:i, s:o?}", "status", st, "body", resp);
+    char *text = json_dumps(a, JSON_COMPACT);
+    int rc = text && write_all(fd, text, strlen(text)) == 0 ? 0 : EXIT_FAILED;
+    free(text);
+    json_decref(a);
+    return rc;
+}
+
+void cli_parallel_get(struct cli_target *t, const char *path, int *sts, json_t **resps)
+{
+    size_t n = t->n_servers;
+    int *rcs = xcalloc(n ? n : 1, sizeof(int));
+    char **out = xcalloc(n ? n : 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        sts[i] = 0;
+        resps[i] = NULL;
+        if (!cli_server_active(t, i))
+            continue;
+        if (t->servers[i].local) { /* this machine: no child needed */
+            cli_use_server(t, i);
+            sts[i] = client_call("GET", path, NULL, &resps[i]);
+        }
+    }
+    cli_parallel(t, get_one, (void *)path, rcs, out);
+    for (size_t i = 0; i < n; i++) {
+        if (!out[i])
+            continue;
+        json_t *a = rcs[i] ? NULL : json_loads(out[i], 0, NULL);
+        if (a) {
+            sts[i] = (int)json_integer_value(json_object_get(a, "status"));
+            resps[i] = json_incref(json_object_get(a, "body"));
+        } else {
+            sts[i] = -EIO;
+        }
+        json_decref(a);
+        free(out[i]);
+    }
+    free(out);
+    free(rcs);
 }
 
 int cli_multi_operation(struct cli_target *t, const char *path, json_t *body)

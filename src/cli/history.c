@@ -33,6 +33,9 @@ static json_t *history_multi(struct cli_target *t, const char *path, size_t limi
 {
     json_t **rows = NULL;
     size_t n = 0;
+    int *sts = xcalloc(t->n_servers, sizeof(int));
+    json_t **resps = xcalloc(t->n_servers, sizeof(json_t *));
+    cli_parallel_get(t, path, sts, resps);
     for (size_t i = 0; i < t->n_servers; i++) {
         if (t->servers[i].skipped)
             continue;
@@ -41,11 +44,12 @@ static json_t *history_multi(struct cli_target *t, const char *path, size_t limi
             *rc = EXIT_UNAVAIL;
             continue;
         }
-        cli_use_server(t, i);
-        json_t *resp = NULL;
-        int r = client_get("history", path, &resp);
-        if (r) {
-            *rc = r;
+        json_t *resp = resps[i];
+        if (sts[i] != 200) {
+            cli_use_server(t, i); /* the message names the server */
+            *rc = sts[i] < 0 ? client_unavailable(sts[i])
+                             : client_report_error("history", sts[i], resp);
+            json_decref(resp);
             continue;
         }
         size_t k;
@@ -57,6 +61,8 @@ static json_t *history_multi(struct cli_target *t, const char *path, size_t limi
         }
         json_decref(resp);
     }
+    free(sts);
+    free(resps);
     if (n)
         qsort(rows, n, sizeof(*rows), newest_first);
     json_t *list = json_array();

@@ -270,6 +270,9 @@ static int ps_multi(struct cli_target *t, const char *path, bool stats, bool ins
     for (size_t i = 0; i < t->n_servers; i++)
         if ((int)strlen(t->servers[i].cfg->name) > g_server_w)
             g_server_w = (int)strlen(t->servers[i].cfg->name);
+    int *sts = xcalloc(t->n_servers, sizeof(int));
+    json_t **resps = xcalloc(t->n_servers, sizeof(json_t *));
+    cli_parallel_get(t, path, sts, resps);
     for (size_t i = 0; i < t->n_servers; i++) {
         struct cli_server *sv = &t->servers[i];
         if (sv->skipped)
@@ -282,9 +285,8 @@ static int ps_multi(struct cli_target *t, const char *path, bool stats, bool ins
             rc = EXIT_UNAVAIL;
             continue;
         }
-        cli_use_server(t, i);
-        json_t *resp = NULL;
-        int st = client_call("GET", path, NULL, &resp);
+        json_t *resp = resps[i];
+        int st = sts[i];
         if (st != 200) {
             const char *e = json_string_value(json_object_get(resp, "error"));
             char msg[1200];
@@ -307,6 +309,8 @@ static int ps_multi(struct cli_target *t, const char *path, bool stats, bool ins
         }
         json_decref(resp);
     }
+    free(sts);
+    free(resps);
     if (t->json) {
         json_t *out = json_pack("{s:o, s:o}", "services", all, "servers", servers);
         cli_print_json(out);

@@ -169,17 +169,24 @@ static void session_add(struct ssh_conn *c, pid_t pid)
         c->sessions[c->n_sessions++] = pid;
 }
 
-int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *out_len,
-            char **err)
+/* One ssh session started and not yet waited for (ssh_run's two halves, so
+ * several servers' sessions can run at once). */
+struct run_job {
+    pid_t pid;
+    int ofd, efd;
+};
+
+static int run_start(struct ssh_conn *c, const char *cmd, int in_fd, struct run_job *j)
 {
-    int ofd = memfd_create("tako-ssh-out", MFD_CLOEXEC);
-    int efd = memfd_create("tako-ssh-err", MFD_CLOEXEC);
-    if (ofd < 0 || efd < 0) {
+    j->pid = -1;
+    j->ofd = memfd_create("tako-ssh-out", MFD_CLOEXEC);
+    j->efd = memfd_create("tako-ssh-err", MFD_CLOEXEC);
+    if (j->ofd < 0 || j->efd < 0) {
         int e = errno;
-        if (ofd >= 0)
-            close(ofd);
-        if (efd >= 0)
-            close(efd);
+        if (j->ofd >= 0)
+            close(j->ofd);
+        if (j->efd >= 0)
+            close(j->efd);
         return -e;
     }
     const char *argv[SSH_MAX_ARGS];
@@ -190,15 +197,15 @@ int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *
     pid_t pid = fork();
     if (pid < 0) {
         int e = errno;
-        close(ofd);
-        close(efd);
+        close(j->ofd);
+        close(j->efd);
         return -e;
     }
     if (pid == 0) {
         int in = in_fd >= 0 ? in_fd : open("/dev/null", O_RDONLY);
         dup2(in, 0);
-        dup2(ofd, 1);
-        dup2(efd, 2);
+        dup2(j->ofd, 1);
+        dup2(j->efd, 2);
         /* Our handler closes the master; ssh must not die first. Ignoring
          * SIGINT is not enough: a session through the master (a mux client)
          * sets its own handler, and a terminal's Ctrl-C (or hangup) goes to
@@ -210,16 +217,32 @@ int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *
         _exit(255);
     }
     c->master = true;
+    j->pid = pid;
+    return 0;
+}
+
+static int run_finish(struct run_job *j, char **out, size_t *out_len, char **err)
+{
     int st;
-    while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
+    while (waitpid(j->pid, &st, 0) == -1 && errno == EINTR)
         ;
     if (out)
-        *out = read_memfd(ofd, out_len);
+        *out = read_memfd(j->ofd, out_len);
     if (err)
-        *err = read_memfd(efd, NULL);
-    close(ofd);
-    close(efd);
+        *err = read_memfd(j->efd, NULL);
+    close(j->ofd);
+    close(j->efd);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 255;
+}
+
+int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *out_len,
+            char **err)
+{
+    struct run_job j;
+    int r = run_start(c, cmd, in_fd, &j);
+    if (r < 0)
+        return r;
+    return run_finish(&j, out, out_len, err);
 }
 
 int ssh_exec(struct ssh_conn *c, const char *cmd)
@@ -302,8 +325,10 @@ static void install_cleanup(void)
     sigaction(SIGHUP, &sa, NULL);
 }
 
-struct ssh_conn *ssh_open(const struct ssh_target *t, char *err, size_t errlen,
-                          enum ssh_fail *why)
+/* The connection's state, before anything ran: NULL with a message when
+ * the key cannot be read or the directory cannot be made. */
+static struct ssh_conn *conn_new(const struct ssh_target *t, char *err, size_t errlen,
+                                 enum ssh_fail *why)
 {
     install_cleanup();
     struct ssh_conn *c = xcalloc(1, sizeof(*c));
@@ -340,8 +365,17 @@ struct ssh_conn *ssh_open(const struct ssh_target *t, char *err, size_t errlen,
     snprintf(c->ctl, sizeof(c->ctl), "%s/cm", c->dir);
     c->next = g_conns;
     g_conns = c;
+    return c;
+}
+
+/* The first session starts the master; its answer says whether we are in. */
+#define PROBE "echo tako-ssh-ok"
+
+static struct ssh_conn *probe_finish(struct ssh_conn *c, struct run_job *j, char *err,
+                                     size_t errlen, enum ssh_fail *why)
+{
     char *eout = NULL, *out = NULL;
-    int rc = ssh_run(c, "echo tako-ssh-ok", -1, &out, NULL, &eout);
+    int rc = run_finish(j, &out, NULL, &eout);
     if (rc != 0 || !strstr(out, "tako-ssh-ok")) {
         classify(c->name, c->where, c->host, eout, err, errlen, why);
         free(out);
@@ -353,6 +387,41 @@ struct ssh_conn *ssh_open(const struct ssh_target *t, char *err, size_t errlen,
     free(eout);
     *why = SSH_OK;
     return c;
+}
+
+struct ssh_conn *ssh_open(const struct ssh_target *t, char *err, size_t errlen,
+                          enum ssh_fail *why)
+{
+    struct ssh_conn *c;
+    size_t failed = ssh_open_many(t, 1, &c, err, errlen, why);
+    return failed ? NULL : c;
+}
+
+size_t ssh_open_many(const struct ssh_target *t, size_t n, struct ssh_conn **out, char *errs,
+                     size_t errlen, enum ssh_fail *whys)
+{
+    struct run_job *jobs = xcalloc(n ? n : 1, sizeof(*jobs));
+    size_t failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *err = errs + i * errlen;
+        out[i] = conn_new(&t[i], err, errlen, &whys[i]);
+        if (!out[i])
+            continue;
+        int r = run_start(out[i], PROBE, -1, &jobs[i]);
+        if (r < 0) {
+            snprintf(err, errlen, "server %s: cannot run ssh: %s", out[i]->name, strerror(-r));
+            whys[i] = SSH_OTHER;
+            ssh_close(out[i]);
+            out[i] = NULL;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (out[i])
+            out[i] = probe_finish(out[i], &jobs[i], errs + i * errlen, errlen, &whys[i]);
+        failed += !out[i];
+    }
+    free(jobs);
+    return failed;
 }
 
 /* Async-signal-safe enough for the signal path: fork, exec, wait. */

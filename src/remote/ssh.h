@@ -34,6 +34,11 @@ struct ssh_conn;
  * naming the server in err and the cause in *why. */
 struct ssh_conn *ssh_open(const struct ssh_target *t, char *err, size_t errlen,
                           enum ssh_fail *why);
+/* ssh_open for N servers at once (their handshakes overlap): out[i] is the
+ * connection or NULL with the message at errs + i * errlen and the cause in
+ * whys[i]. Returns how many failed. */
+size_t ssh_open_many(const struct ssh_target *t, size_t n, struct ssh_conn **out, char *errs,
+                     size_t errlen, enum ssh_fail *whys);
 /* Stop the master connection and remove its directory; reaps sessions. */
 void ssh_close(struct ssh_conn *c);
 /* Close every connection still open (atexit and on SIGINT/SIGTERM). */
