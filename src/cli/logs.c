@@ -21,16 +21,18 @@
 #include "remote/ssh.h"
 
 const char help_logs[] =
-    "Usage: tako logs [INSTANCE] [--service NAME] [--tail N] [--since DURATION] [-f]\n"
+    "Usage: tako logs [ENV] [INSTANCE] [--service NAME] [--tail N] [--since DURATION] [-f]\n"
     "                 [-t] [-e ENV] [-f FILE | --project NAME]\n"
     "\n"
     "Show the output (stdout and stderr) of the project's replicas, merged by time,\n"
     "each line prefixed with its instance name (coloured on a terminal):\n"
     "  scaling-web-1 | listening on 3000\n"
-    "INSTANCE is a replica name (scaling-web-2) to show only that one. Logs of\n"
+    "INSTANCE is a replica name (scaling-web-2) to show only that one; one word\n"
+    "alone is the environment when it has no '-' (tako logs production -f). Logs of\n"
     "replicas that were stopped stay readable until their files are rotated away.\n"
     "With several servers, the lines of every server are merged by time (--tail N:\n"
     "the newest N of them all) and -f follows every server at once.\n"
+    "An INSTANCE no server has lines of is an error (exit 2).\n"
     "\n"
     "Options:\n" CLI_COMMON_HELP
     "  -n, --tail N           the last N lines (default 100; 0 = all)\n"
@@ -178,7 +180,7 @@ static int by_time(const void *a, const void *b)
 }
 
 static int logs_multi(struct cli_target *t, const char *path, uint64_t tail, bool follow,
-                      struct logs_view *v)
+                      struct logs_view *v, const char *instance)
 {
     int rc = EXIT_OK;
     if (follow) {
@@ -254,8 +256,14 @@ static int logs_multi(struct cli_target *t, const char *path, uint64_t tail, boo
     for (size_t k = from; k < c.n; k++)
         print_line(c.name[order[k]], c.text[order[k]], color_of(v, c.name[order[k]]), v->ts,
                    v->width);
-    if (c.n == 0 && rc == EXIT_OK)
+    if (c.n == 0 && rc == EXIT_OK && instance) {
+        /* as with one server: a name no server has lines of is a mistake */
+        fprintf(stderr, "tako logs: no logs for instance %s on any server of environment %s\n",
+                instance, t->envp->name);
+        rc = EXIT_USAGE;
+    } else if (c.n == 0 && rc == EXIT_OK) {
         fprintf(stderr, "tako logs: no logs yet\n");
+    }
     for (size_t i = 0; i < c.n; i++) {
         free(c.name[i]);
         free(c.text[i]);
@@ -307,6 +315,8 @@ int cmd_logs(int argc, char **argv)
         }
     }
     const char *instance = NULL;
+    if (optind + 1 < argc && !t.env) /* tako logs production scaling-web-2 */
+        t.env = argv[optind++];
     if (optind < argc)
         instance = argv[optind++];
     if (optind < argc)
@@ -336,7 +346,7 @@ int cmd_logs(int argc, char **argv)
     }
     if (t.servers) {
         /* the per-server tail is the whole tail: the merge keeps the newest */
-        rc = logs_multi(&t, path, tail, follow, &v);
+        rc = logs_multi(&t, path, tail, follow, &v, instance);
         for (size_t i = 0; i < v.n; i++)
             free(v.names[i]);
         free(v.names);

@@ -254,6 +254,17 @@ def test_logs_merged_by_time(cluster):
     assert stamps == sorted(stamps), r.stdout
 
 
+def test_logs_of_one_instance_come_from_its_server_and_an_unknown_one_is_an_error(cluster):
+    # scaling-web-4 runs on a only; its lines come through the merge alone
+    r = cluster.run("logs", "production", "scaling-web-4", "--tail", "0", check=0)
+    lines = [l for l in r.stdout.splitlines() if " | " in l]
+    assert r.returncode == 0 and lines, r.stdout + r.stderr
+    assert {l.split(" | ")[0].strip() for l in lines} == {"scaling-web-4"}, r.stdout
+    r = cluster.run("logs", "production", "scaling-web-9", check=2)
+    assert ("no logs for instance scaling-web-9 on any server of environment production"
+            in r.stderr), r.stderr
+
+
 def test_logs_follow_interleaves_all_hosts(cluster):
     p = subprocess.Popen([TAKO, "logs", "production", "-f", "--tail", "1"], env=cluster.env,
                          cwd=cluster.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
