@@ -37,7 +37,7 @@ clang_rt() {
     echo "libclang-rt-$v-dev|libclang-rt-dev"
 }
 
-test_deps=(python3 python3-pytest clang "$(clang_rt)" curl jq wrk apache2-utils haproxy
+test_deps=(python3 python3-pytest python3-pytest-xdist clang "$(clang_rt)" curl jq wrk apache2-utils haproxy
     "nginx-light|nginx" caddy redis-server nodejs "npm|/usr/bin/npm" chromium groff-base strace
     iproute2 openssh-server openssh-client rsync docker.io docker-registry busybox-static pebble
     prometheus testssl.sh sudo

@@ -38,7 +38,9 @@
 #
 # Knobs: JOBS=2 (make -j), BACKGROUND=1, FUZZ_SECONDS=20, E2E_TIMEOUT=1800 (per e2e stage;
 # pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
-# (per unit test binary), SAN_E2E_MARK="not slow and not release_only".
+# (per unit test binary), SAN_E2E_MARK="not slow and not release_only", E2E_WORKERS=2
+# (pytest processes per e2e stage, each taking whole modules: pytest -n N --dist
+# loadfile; 1 runs them in one process).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +52,7 @@ E2E_TIMEOUT=${E2E_TIMEOUT:-1800}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 SAN_E2E_MARK=${SAN_E2E_MARK-not slow and not release_only}
 BACKGROUND=${BACKGROUND:-1}
+E2E_WORKERS=${E2E_WORKERS:-2}
 mode=${1:-all}
 
 case "$mode" in
@@ -173,6 +176,11 @@ e2e() {
     local name=$1 tako=$2 whoami=$3
     shift 3
     local log=$LOGS/$name.log
+    # Modules are independent (own ports, hosts, daemons): two at a time
+    # keep both cores busy while one of them waits on a timer.
+    if [ "$E2E_WORKERS" -gt 1 ]; then
+        set -- -n "$E2E_WORKERS" --dist loadfile "$@"
+    fi
     stage_start "$name: pytest tests/e2e${*:+ $*} (TAKO_BIN=$tako)"
     # SIGINT on timeout lets pytest tear its fixtures down (stopping every
     # process it started) before it exits.

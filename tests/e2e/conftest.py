@@ -48,6 +48,12 @@ def free_port(host="127.0.0.1"):
     lo = _ephemeral_low()
     if lo > 21024:
         base, span = lo - 20000, 10000
+        # Under pytest -n each test process has its own slice of the band.
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        if workers > 1 and worker[2:].isdigit():
+            span //= workers
+            base += int(worker[2:]) % workers * span
         start = _band_rng.randrange(span)
         for i in range(200):
             port = base + (start + i * 7919) % span

@@ -18,6 +18,7 @@ or writes /root/.ssh: tests point tako at `Keys.ssh_config` (TAKO_SSH_CONFIG),
 which names its own known_hosts file, and give the client key through
 `sshKey` with HOME set to `Keys.home`.
 """
+import fcntl
 import os
 import shutil
 import signal
@@ -269,9 +270,13 @@ class Net:
             raise
 
     def _create(self, n):
-        self.x = _pick_subnet()
         sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", "10.213.%d.1/24" % self.x, "dev", self.bridge)
+        # Two test processes (pytest -n) pick and take a subnet one at a time
+        # (the lock: this file, which every one of them has and none writes).
+        with open(__file__) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.x = _pick_subnet()
+            sh("ip", "addr", "add", "10.213.%d.1/24" % self.x, "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for i in range(n):
             self.add_host(i)

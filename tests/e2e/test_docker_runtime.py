@@ -263,10 +263,11 @@ def test_takod_kill9_adopts_containers_by_label(dtako, dk):
     finally:
         fol.kill()
         fol.wait()
-    wait_for(lambda: dk.inspect("scaling-web-1") and
-             dk.inspect("scaling-web-1")["Id"] != ids["scaling-web-1"] and
-             dk.inspect("scaling-web-1")["State"]["Running"], timeout=60, interval=0.3,
-             what="scaling-web-1 replaced")
+    def replaced():
+        # one look: the container may go between two
+        c = dk.inspect("scaling-web-1")
+        return c and c["Id"] != ids["scaling-web-1"] and c["State"]["Running"]
+    wait_for(replaced, timeout=60, interval=0.3, what="scaling-web-1 replaced")
 
 
 def test_failed_build_fails_the_deploy_with_the_builders_last_lines_and_changes_nothing(dtako, dk):
