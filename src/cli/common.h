@@ -92,6 +92,10 @@ int cli_remote_prepare(struct cli_target *t, bool quiet);
 int cli_remote_ship(struct cli_target *t, const struct cfg_service *s, json_t *config,
                     bool quiet);
 
+/* What deploy and setup run first on server S (the setup inspection), for
+ * ssh_target.first_cmd; NULL for other commands. Caller frees. */
+char *cli_first_cmd(const struct cli_target *t, const struct cfg_server *s);
+
 /* fanout.c: the environment's servers when it has more than one. */
 bool cli_multi(const struct cli_target *t);
 /* Open every server's connection (skipping --skip ones). Unreachable servers

@@ -88,6 +88,8 @@ int cli_multi_open(struct cli_target *t)
                             "tako %s: servers %s and %s of environment %s are both this "
                             "machine; list it once\n",
                             t->cmd, t->servers[j].cfg->name, s->cfg->name, e->name);
+                    for (size_t k = 0; k < nopen; k++)
+                        free((char *)sts[k].first_cmd);
                     free(sts);
                     free(which);
                     return EXIT_USAGE;
@@ -104,7 +106,8 @@ int cli_multi_open(struct cli_target *t)
                                          .user = s->cfg->user,
                                          .port = s->cfg->port,
                                          .key = s->cfg->ssh_key,
-                                         .strict = s->cfg->strict_host_keys};
+                                         .strict = s->cfg->strict_host_keys,
+                                         .first_cmd = cli_first_cmd(t, s->cfg)};
         which[nopen++] = i;
     }
     /* Every server's handshake at once: opening costs one round trip, not N. */
@@ -128,6 +131,8 @@ int cli_multi_open(struct cli_target *t)
         free(errs);
         free(whys);
     }
+    for (size_t k = 0; k < nopen; k++)
+        free((char *)sts[k].first_cmd);
     free(sts);
     free(which);
     if (!g_outer)

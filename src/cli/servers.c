@@ -34,6 +34,16 @@ static const struct cfg_server *remote_server(const struct cli_target *t, size_t
     return hit;
 }
 
+char *cli_first_cmd(const struct cli_target *t, const struct cfg_server *s)
+{
+    /* deploy and setup inspect the server first thing; a login user that is
+     * not root asks sudo first, so its inspection is not the first command */
+    bool root = !s->user || !*s->user || strcmp(s->user, "root") == 0;
+    if (!root || !t->envp || (strcmp(t->cmd, "deploy") != 0 && strcmp(t->cmd, "setup") != 0))
+        return NULL;
+    return setup_probe("", t->envp->http_port);
+}
+
 int cli_remote_open(struct cli_target *t)
 {
     if (cli_multi(t))
@@ -48,15 +58,18 @@ int cli_remote_open(struct cli_target *t)
         t->server = s;
         return 0;
     }
+    char *first = cli_first_cmd(t, s);
     struct ssh_target st = {.name = s->name,
                             .host = s->host,
                             .user = s->user,
                             .port = s->port,
                             .key = s->ssh_key,
-                            .strict = s->strict_host_keys};
+                            .strict = s->strict_host_keys,
+                            .first_cmd = first};
     char err[1024];
     enum ssh_fail why;
     struct ssh_conn *c = ssh_open(&st, err, sizeof(err), &why);
+    free(first);
     if (!c) {
         fprintf(stderr, "tako %s: %s\n", t->cmd, err);
         return EXIT_UNAVAIL;

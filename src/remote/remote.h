@@ -44,6 +44,10 @@ struct setup_opts {
  * message (naming the server) in err. */
 int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, char *err,
                  size_t errlen);
+/* The command setup_server inspects the server with first (SUDO: "" for
+ * root, else remote_sudo()'s prefix): given to ssh_open as its first
+ * command, the inspection costs no session of its own. Caller frees. */
+char *setup_probe(const char *sudo, unsigned http_port);
 /* Server side of the Docker check (`tako remote docker`): ping the engine
  * takod would use ($DOCKER_HOST or the default socket); prints its socket
  * and API version, or the reason on stderr. Returns an exit status. */

@@ -154,6 +154,31 @@ static int docker_check(struct ssh_conn *c, const char *sudo, char *err, size_t 
     return 0;
 }
 
+char *setup_probe(const char *sudo, unsigned http_port)
+{
+    char *portcheck = http_port ? xasprintf("echo port=$(ss -Hltnp \"sport = :%u\" | head -1 | "
+                                               "tr -s \" \" | tr \"=\" \":\"); ",
+                                               http_port)
+                                   : xstrdup("");
+    char *probe = xasprintf(
+        "%ssh -c '"
+        "echo os=$(uname -s); echo arch=$(uname -m); echo uid=$(id -u); "
+        "if [ -x " REMOTE_BIN " ]; then echo sum=$(sha256sum " REMOTE_BIN " | cut -d\" \" -f1); fi; "
+        "[ -d /run/systemd/system ] && echo systemd=yes; "
+        "[ -d " REMOTE_HOME " ] && echo home=$(stat -c %%a " REMOTE_HOME "); "
+        "p=$(cat " REMOTE_HOME "/takod.pid 2>/dev/null); "
+        "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
+        "[ -f " REMOTE_UNIT " ] && echo unit=yes && "
+        "grep -qx \"EnvironmentFile=-" REMOTE_ENV_FILE "\" " REMOTE_UNIT " && echo unit_env=yes; "
+        "d=/var/lib; [ -d " REMOTE_HOME " ] && d=" REMOTE_HOME "; echo free_dir=$d; "
+        "echo free_kb=$(df -Pk $d | awk \"NR==2{print \\$4}\"); "
+        "%s"
+        "true'",
+        sudo, portcheck);
+    free(portcheck);
+    return probe;
+}
+
 int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, char *err,
                  size_t errlen)
 {
@@ -189,26 +214,7 @@ int setup_server(struct ssh_conn *c, const struct setup_opts *o, bool *changed, 
         }
         free(eout);
     }
-    char *portcheck = o->http_port ? xasprintf("echo port=$(ss -Hltnp \"sport = :%u\" | head -1 | "
-                                               "tr -s \" \" | tr \"=\" \":\"); ",
-                                               o->http_port)
-                                   : xstrdup("");
-    char *probe = xasprintf(
-        "%ssh -c '"
-        "echo os=$(uname -s); echo arch=$(uname -m); echo uid=$(id -u); "
-        "if [ -x " REMOTE_BIN " ]; then echo sum=$(sha256sum " REMOTE_BIN " | cut -d\" \" -f1); fi; "
-        "[ -d /run/systemd/system ] && echo systemd=yes; "
-        "[ -d " REMOTE_HOME " ] && echo home=$(stat -c %%a " REMOTE_HOME "); "
-        "p=$(cat " REMOTE_HOME "/takod.pid 2>/dev/null); "
-        "[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && echo takod=$p; "
-        "[ -f " REMOTE_UNIT " ] && echo unit=yes && "
-        "grep -qx \"EnvironmentFile=-" REMOTE_ENV_FILE "\" " REMOTE_UNIT " && echo unit_env=yes; "
-        "d=/var/lib; [ -d " REMOTE_HOME " ] && d=" REMOTE_HOME "; echo free_dir=$d; "
-        "echo free_kb=$(df -Pk $d | awk \"NR==2{print \\$4}\"); "
-        "%s"
-        "true'",
-        sudo, portcheck);
-    free(portcheck);
+    char *probe = setup_probe(sudo, o->http_port);
     char *out = NULL, *eout = NULL;
     int rc = ssh_run(c, probe, -1, &out, NULL, &eout);
     free(probe);

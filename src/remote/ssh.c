@@ -29,6 +29,10 @@ struct ssh_conn {
     char ctl[128];  /* dir/cm */
     bool strict;
     bool master;    /* a master connection may be running */
+    /* the answer of target.first_cmd, until ssh_run asks for it */
+    char *memo_cmd, *memo_out, *memo_err;
+    size_t memo_len;
+    int memo_rc;
     pid_t sessions[SSH_MAX_SESSIONS];
     size_t n_sessions;
     struct ssh_conn *next;
@@ -235,9 +239,34 @@ static int run_finish(struct run_job *j, char **out, size_t *out_len, char **err
     return WIFEXITED(st) ? WEXITSTATUS(st) : 255;
 }
 
+static void memo_drop(struct ssh_conn *c)
+{
+    free(c->memo_cmd);
+    free(c->memo_out);
+    free(c->memo_err);
+    c->memo_cmd = c->memo_out = c->memo_err = NULL;
+}
+
 int ssh_run(struct ssh_conn *c, const char *cmd, int in_fd, char **out, size_t *out_len,
             char **err)
 {
+    if (c->memo_cmd && in_fd < 0 && strcmp(c->memo_cmd, cmd) == 0) {
+        /* run already, as the connection's first session */
+        int rc = c->memo_rc;
+        if (out) {
+            *out = c->memo_out;
+            c->memo_out = NULL;
+        }
+        if (out_len)
+            *out_len = c->memo_len;
+        if (err) {
+            *err = c->memo_err;
+            c->memo_err = NULL;
+        }
+        memo_drop(c);
+        return rc;
+    }
+    memo_drop(c); /* another command came first: the answer may be stale */
     struct run_job j;
     int r = run_start(c, cmd, in_fd, &j);
     if (r < 0)
@@ -371,12 +400,28 @@ static struct ssh_conn *conn_new(const struct ssh_target *t, char *err, size_t e
 /* The first session starts the master; its answer says whether we are in. */
 #define PROBE "echo tako-ssh-ok"
 
-static struct ssh_conn *probe_finish(struct ssh_conn *c, struct run_job *j, char *err,
-                                     size_t errlen, enum ssh_fail *why)
+static struct ssh_conn *probe_finish(struct ssh_conn *c, struct run_job *j, const char *first,
+                                     char *err, size_t errlen, enum ssh_fail *why)
 {
     char *eout = NULL, *out = NULL;
-    int rc = run_finish(j, &out, NULL, &eout);
-    if (rc != 0 || !strstr(out, "tako-ssh-ok")) {
+    size_t len = 0;
+    int rc = run_finish(j, &out, &len, &eout);
+    /* With a first command, its own status is its caller's to judge: we
+     * are in when our line came back. */
+    bool in = first ? rc != 255 && str_starts_with(out, "tako-ssh-ok\n")
+                    : rc == 0 && strstr(out, "tako-ssh-ok");
+    if (in && first) {
+        size_t skip = strlen("tako-ssh-ok\n");
+        c->memo_cmd = xstrdup(first);
+        c->memo_out = xstrndup(out + skip, len - skip);
+        c->memo_len = len - skip;
+        c->memo_err = eout;
+        c->memo_rc = rc;
+        free(out);
+        *why = SSH_OK;
+        return c;
+    }
+    if (!in) {
         classify(c->name, c->where, c->host, eout, err, errlen, why);
         free(out);
         free(eout);
@@ -407,7 +452,10 @@ size_t ssh_open_many(const struct ssh_target *t, size_t n, struct ssh_conn **out
         out[i] = conn_new(&t[i], err, errlen, &whys[i]);
         if (!out[i])
             continue;
-        int r = run_start(out[i], PROBE, -1, &jobs[i]);
+        char *probe = t[i].first_cmd ? xasprintf("echo tako-ssh-ok; %s", t[i].first_cmd)
+                                     : xstrdup(PROBE);
+        int r = run_start(out[i], probe, -1, &jobs[i]);
+        free(probe);
         if (r < 0) {
             snprintf(err, errlen, "server %s: cannot run ssh: %s", out[i]->name, strerror(-r));
             whys[i] = SSH_OTHER;
@@ -417,7 +465,8 @@ size_t ssh_open_many(const struct ssh_target *t, size_t n, struct ssh_conn **out
     }
     for (size_t i = 0; i < n; i++) {
         if (out[i])
-            out[i] = probe_finish(out[i], &jobs[i], errs + i * errlen, errlen, &whys[i]);
+            out[i] = probe_finish(out[i], &jobs[i], t[i].first_cmd, errs + i * errlen, errlen,
+                                  &whys[i]);
         failed += !out[i];
     }
     free(jobs);
@@ -466,6 +515,7 @@ void ssh_close(struct ssh_conn *c)
 {
     if (!c)
         return;
+    memo_drop(c);
     for (struct ssh_conn **pp = &g_conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;

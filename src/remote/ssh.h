@@ -16,6 +16,11 @@ struct ssh_target {
     unsigned port;    /* 0 = 22 */
     const char *key;  /* sshKey as written (~/ expanded here); NULL = ssh's own choice */
     bool strict;      /* refuse unknown host keys instead of trusting the first one */
+    /* A command the caller runs right after connecting (NULL: none): it
+     * runs as the connection's first session, which the connection check
+     * needs anyway, and its answer is kept for the caller's ssh_run of the
+     * same command, once. A round trip saved per server. */
+    const char *first_cmd;
 };
 
 /* Why a connection failed (for the exit status and the tests' wording). */
