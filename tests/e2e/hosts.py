@@ -5,9 +5,11 @@ A host is `ip netns` NS with a veth pair to a bridge whose host side holds
 10.213.X.1/24 (X chosen free per run); the host answers at 10.213.X.N. Its
 sshd runs under `unshare -m --propagation private` with fresh tmpfs mounts
 over /var/lib/tako (takod's state), /usr/local/bin (where tako installs
-itself) and /run (no systemd, like a minimal server), and a private copy of
-/etc/default (Host.etc_default), so hosts share nothing with this machine or
-each other but the rest of the read-only-ish file system.
+itself), /run (no systemd, like a minimal server) and /root (Debian's own
+root dot files, as on a fresh server: this machine's would run its shell
+start-up in every ssh session), and a private copy of /etc/default
+(Host.etc_default), so hosts share nothing with this machine or each other
+but the rest of the read-only-ish file system.
 
 Every process of a host is in its namespace: teardown kills the PIDs that
 `ip netns pids NS` lists (the namespace name is recorded at creation), then
@@ -118,8 +120,13 @@ class Host:
         self.etc_default = os.path.join(self.tmp, "etc-default")
         if not os.path.isdir(self.etc_default):
             shutil.copytree("/etc/default", self.etc_default, symlinks=True)
+        # /root too: a fresh server's root home (Debian's own dot files), not
+        # this machine's, whose shell start-up every ssh session would run.
         script = ("set -e; for d in /var/lib/tako /usr/local/bin /run; do "
                   "mount -t tmpfs -o mode=0755 tmpfs $d; done; mkdir -p /run/sshd; "
+                  "mount -t tmpfs -o mode=0700 tmpfs /root; "
+                  "cp /usr/share/base-files/dot.bashrc /root/.bashrc; "
+                  "cp /usr/share/base-files/dot.profile /root/.profile; "
                   "mount --bind %s /etc/default; %s"
                   "exec /usr/sbin/sshd -D -e -f %s" % (self.etc_default, self._users_script(conf),
                                                         conf))
