@@ -21,6 +21,7 @@ struct tls_xc {
     struct tls_server *srv;
     SSL *ssl;
     uint8_t st;
+    bool drained;      /* OpenSSL's last socket read was short (tls_conn_watch_reads) */
     uint64_t since_ms; /* accepted, then: the handshake finished */
 };
 
@@ -92,6 +93,7 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
             c->err = true;
             return -EPROTO;
         }
+        tls_conn_watch_reads(t->ssl, &t->drained);
         t->st = TS_HANDSHAKE;
     }
     if (t->st == TS_HANDSHAKE) {
@@ -126,9 +128,14 @@ static ssize_t tls_recv(struct xconn *c, void *buf, size_t n)
     bool ww = false;
     ssize_t r = tls_conn_read(t->ssl, buf, n, &ww);
     if (r > 0) {
-        /* a record may wait inside OpenSSL: never clear XC_RD on a short
-         * read, only at -EAGAIN */
         c->rwant = XC_RD;
+        /* As on plain TCP (xprt_tcp.c): when OpenSSL's last read of the
+         * socket was short, the kernel buffer was empty, and a later byte
+         * or FIN brings a new edge; with nothing left inside OpenSSL
+         * either, wait for that edge instead of a read that says EAGAIN.
+         * A record (or its start) waiting inside OpenSSL keeps XC_RD. */
+        if (t->drained && !c->hup && !SSL_has_pending(t->ssl))
+            c->ready &= (uint8_t)~XC_RD;
         return r;
     }
     if (r == 0) {

@@ -515,3 +515,28 @@ SSL *tls_conn_new(struct tls_server *s, int fd)
     SSL_set_accept_state(ssl);
     return ssl;
 }
+
+/* After each read of the socket BIO: short (or nothing) means the kernel
+ * buffer was drained at that moment. */
+static long on_bio_read(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                        int ret, size_t *processed)
+{
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        bool *drained = (bool *)BIO_get_callback_arg(b);
+        *drained = ret <= 0 || !processed || *processed < len;
+    }
+    return ret;
+}
+
+void tls_conn_watch_reads(SSL *ssl, bool *drained)
+{
+    BIO *b = SSL_get_rbio(ssl);
+    *drained = false;
+    if (!b)
+        return;
+    BIO_set_callback_arg(b, (char *)drained);
+    BIO_set_callback_ex(b, on_bio_read);
+}
