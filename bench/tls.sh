@@ -6,7 +6,10 @@
 #   ROUNDS=3 DURATION=5 bench/tls.sh
 #
 # Measures, per proxy:
-#   keep-alive   wrk -t1 -cCONNS over https (one handshake per connection)
+#   keep-alive   wrk -t1 -cCONNS over https (one handshake per connection);
+#                also the proxy's own CPU time (user + system, all its
+#                processes) per request wrk completed: a count that the
+#                machine's other load slows down but does not change
 #   close        wrk -t1 -cCONNS -H "Connection: close": a new full handshake
 #                per request (wrk does not resume sessions)
 #   handshakes   openssl s_time -new: full handshakes + one GET per connection,
@@ -29,6 +32,10 @@ IDLE_CONNS=${IDLE_CONNS:-2000}
 TARGETS=${TARGETS:-"tako haproxy nginx"}
 CPU_CLIENT=${CPU_CLIENT:-0}
 CPU_SERVERS=${CPU_SERVERS:-1}
+# The backends' CPU (default: the proxies'). CPU_BACKENDS=0 puts them with
+# the client, so the proxy has its core to itself and keep-alive req/s is
+# the proxy's own capacity rather than proxy + backend.
+CPU_BACKENDS=${CPU_BACKENDS:-$CPU_SERVERS}
 TAKO_BIN=${TAKO_BIN:-./tako}
 WHOAMI_BIN=${WHOAMI_BIN:-examples/whoami/whoami}
 OUT=${OUT:-bench/out}
@@ -44,10 +51,11 @@ done
 command -v wrk >/dev/null || die "wrk not found"
 [ -x "$TAKO_BIN" ] || die "$TAKO_BIN not built (run make)"
 
-PIN_C=() PIN_S=()
+PIN_C=() PIN_S=() PIN_B=()
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
     PIN_C=(taskset -c "$CPU_CLIENT")
     PIN_S=(taskset -c "$CPU_SERVERS")
+    PIN_B=(taskset -c "$CPU_BACKENDS")
 fi
 
 TMP=$(mktemp -d /tmp/tako-bench-tls.XXXXXX)
@@ -104,7 +112,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T
 cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
 
 for i in 0 1 2; do
-    start "whoami$i" env PORT="${B[$i]}" HOSTNAME="w$i" "$WHOAMI_BIN"
+    start "whoami$i" "${PIN_B[@]}" env PORT="${B[$i]}" HOSTNAME="w$i" "$WHOAMI_BIN"
     wait_port "${B[$i]}" || die "whoami $i did not start"
 done
 
@@ -193,7 +201,12 @@ done
 mkdir -p "$OUT"
 RAW="$OUT/tls-raw.txt"
 : >"$RAW"
-declare -A KA CL HS RS
+declare -A KA CL HS RS CPU
+# group_cpu_ticks PGID: user + system clock ticks of every process of the
+# group (nginx: master and worker); fields 5, 14, 15 of /proc/PID/stat.
+group_cpu_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '$5 == g {t += $14 + $15} END {print t + 0}'
+}
 # s_time_rate PORT -new|-reuse: connections (handshake + one GET each, one at
 # a time) per second of wall time, for DURATION seconds.
 s_time_rate() {
@@ -208,11 +221,20 @@ s_time_rate() {
 for r in $(seq "$ROUNDS"); do
     for t in $TARGETS; do
         port=${PORT[$t]}
+        c0=$(group_cpu_ticks "${PID[$t]}")
         out=$(timeout -k 5 $((DURATION + 20)) "${PIN_C[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
               "https://127.0.0.1:$port/api/instance" 2>&1 || true)
         ka=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         echo "round $r $t keepalive $ka" >>"$RAW"
         KA[$t]="${KA[$t]:-} ${ka:-0}"
+        # the proxy's own CPU per request (all its processes), which other
+        # load on the machine slows down but does not change
+        c1=$(group_cpu_ticks "${PID[$t]}")
+        nreq=$(awk '/requests in/ {print $1}' <<<"$out")
+        us=$(awk -v a="$c0" -v b="$c1" -v n="${nreq:-0}" -v hz="$(getconf CLK_TCK)" \
+             'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}')
+        echo "round $r $t keepalive_cpu_us $us" >>"$RAW"
+        CPU[$t]="${CPU[$t]:-} ${us:-0}"
         out=$(timeout -k 5 $((DURATION + 20)) "${PIN_C[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
               -H "Connection: close" "https://127.0.0.1:$port/api/instance" 2>&1 || true)
         cl=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -224,7 +246,7 @@ for r in $(seq "$ROUNDS"); do
         rs=$(s_time_rate "$port" -reuse)
         echo "round $r $t resumed $rs" >>"$RAW"
         RS[$t]="${RS[$t]:-} ${rs:-0}"
-        log "round $r $t: keep-alive $ka req/s, close $cl req/s, handshakes $hs/s, resumed $rs/s"
+        log "round $r $t: keep-alive $ka req/s ($us us of proxy CPU each), close $cl req/s, handshakes $hs/s, resumed $rs/s"
     done
 done
 declare -A MEM
@@ -238,15 +260,16 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 {
-    echo "| proxy | keep-alive req/s | Connection: close req/s (new handshake each) | handshakes/s, one at a time | resumed, one at a time | bytes per idle TLS connection |"
-    echo "|---|---|---|---|---|---|"
+    echo "| proxy | keep-alive req/s | proxy CPU per keep-alive request, µs | Connection: close req/s (new handshake each) | handshakes/s, one at a time | resumed, one at a time | bytes per idle TLS connection |"
+    echo "|---|---|---|---|---|---|---|"
     for t in $TARGETS; do
-        printf "| %s | %.0f | %.0f | %.0f | %.0f | %s |\n" "$t" "$(median <<<"${KA[$t]}")" \
-            "$(median <<<"${CL[$t]}")" "$(median <<<"${HS[$t]}")" "$(median <<<"${RS[$t]}")" "${MEM[$t]}"
+        printf "| %s | %.0f | %.1f | %.0f | %.0f | %.0f | %s |\n" "$t" "$(median <<<"${KA[$t]}")" \
+            "$(median <<<"${CPU[$t]}")" "$(median <<<"${CL[$t]}")" "$(median <<<"${HS[$t]}")" \
+            "$(median <<<"${RS[$t]}")" "${MEM[$t]}"
     done
     echo
     echo "Medians of $ROUNDS interleaved rounds; wrk -t1 -c$CONNS -d${DURATION}s, openssl s_time -time $DURATION"
     echo "(one connection at a time), $IDLE_CONNS idle connections; $(nproc) CPUs, client pinned to CPU $CPU_CLIENT,"
-    echo "proxies and backends to CPU $CPU_SERVERS. HAProxy $(haproxy -v 2>/dev/null | head -n1 | awk '{print $3}'),"
+    echo "proxies to CPU $CPU_SERVERS, backends to CPU $CPU_BACKENDS. HAProxy $(haproxy -v 2>/dev/null | head -n1 | awk '{print $3}'),"
     echo "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $(openssl version | awk '{print $1, $2}'), $(date -u +%Y-%m-%d)."
 } | tee "$OUT/tls-latest.md"
