@@ -40,7 +40,7 @@
 # pytest gets SIGINT so its fixtures still stop every process), UNIT_TIMEOUT=300
 # (per unit test binary), SAN_E2E_MARK="not slow and not release_only", E2E_WORKERS=2
 # (pytest processes per e2e stage, each taking whole modules: pytest -n N --dist
-# loadfile; 1 runs them in one process).
+# loadfile; 1 runs them in one process), SAN_E2E_WORKERS=1 (the same for san-e2e).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -53,6 +53,7 @@ UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 SAN_E2E_MARK=${SAN_E2E_MARK-not slow and not release_only}
 BACKGROUND=${BACKGROUND:-1}
 E2E_WORKERS=${E2E_WORKERS:-2}
+SAN_E2E_WORKERS=${SAN_E2E_WORKERS:-1}
 mode=${1:-all}
 
 case "$mode" in
@@ -289,7 +290,10 @@ san_tests() {
     unit san-unit build/san/tests
     local mark=()
     [ -n "$SAN_E2E_MARK" ] && mark=(-m "$SAN_E2E_MARK")
-    e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
+    # One process: the sanitizer build is 2-3x slower, and two of its
+    # modules at once on 2 cores starve the 300 ms health checks of the
+    # load tests (a lost request in a clean-clone run).
+    E2E_WORKERS=$SAN_E2E_WORKERS e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
 }
 
 san_stages() {
