@@ -290,9 +290,9 @@ san_tests() {
     unit san-unit build/san/tests
     local mark=()
     [ -n "$SAN_E2E_MARK" ] && mark=(-m "$SAN_E2E_MARK")
-    # One process: the sanitizer build is 2-3x slower, and two of its
-    # modules at once on 2 cores starve the 300 ms health checks of the
-    # load tests (a lost request in a clean-clone run).
+    # One process: the sanitizer build is 2-3x slower, and with two of its
+    # modules at once on 2 cores a load test lost a request in a
+    # clean-clone run (docs/development.md).
     E2E_WORKERS=$SAN_E2E_WORKERS e2e san-e2e build/san/tako build/san/whoami "${mark[@]}"
 }
 
