@@ -206,6 +206,11 @@ void conn__client_close(struct client *c)
     /* close() takes the fd out of epoll: no EPOLL_CTL_DEL syscall; the
      * watcher only has to be skipped for the rest of this batch */
     c->io.active = false;
+    for (int ph = 0; ph < 2; ph++)
+        if (c->send_queued[ph]) {
+            dlist_del(&c->send_link[ph]);
+            c->send_queued[ph] = false;
+        }
     ev_timer_stop(&w->loop, &c->timer);
     xc_close(&c->xc);
     dlist_del(&c->link);
@@ -214,6 +219,53 @@ void conn__client_close(struct client *c)
     atomic_fetch_sub(&c->l->open_conns, 1);
     listener__unref(c->l);
     ev_defer(&w->loop, &c->defer, client_free);
+}
+
+/* ---- writes at the end of the batch ----
+ *
+ * Written as each event comes, responses reach the client one by one, each
+ * after the backend that made the next one has run, and a client program
+ * that is quicker than the proxy sleeps between them: every response wakes
+ * it. Written after the batch, they go out together and wake it once per
+ * batch; the requests to the backends follow them, also together.
+ * Measured with bench/tls.sh's layout (client on one core, proxy and
+ * backends on the other), per request: client wake-ups 0.08 -> 0.027,
+ * context switches of the proxy 0.43 -> 0.37, of the backends 0.57 -> 0.51.
+ * A write made while its phase runs goes out at once; a response that
+ * arrives while the requests go out waits for the next round (run_deferred
+ * runs until nothing is left, before the loop waits again). */
+
+static void sends_run(struct ev_defer *d)
+{
+    struct worker *w = DLIST_ENTRY(d, struct worker, sends_defer);
+    w->sends_pending = false;
+    for (int ph = 0; ph < 2; ph++) {
+        w->sending[ph] = true;
+        while (!dlist_empty(&w->sendq[ph])) {
+            struct client *c = DLIST_ENTRY(w->sendq[ph].next, struct client, send_link[ph]);
+            dlist_del(&c->send_link[ph]);
+            c->send_queued[ph] = false;
+            if (!c->closed && c->x)
+                xchg__run(c->x);
+        }
+        w->sending[ph] = false;
+    }
+}
+
+bool conn__send_later(struct client *c, enum send_phase ph)
+{
+    struct worker *w = c->w;
+    if (w->sending[ph])
+        return false;
+    if (!c->send_queued[ph]) {
+        c->send_queued[ph] = true;
+        dlist_add(w->sendq[ph].prev, &c->send_link[ph]); /* at the tail: in order */
+        if (!w->sends_pending) {
+            w->sends_pending = true;
+            ev_defer(&w->loop, &w->sends_defer, sends_run);
+        }
+    }
+    return true;
 }
 
 /* Read what the client sent into cbuf. Returns bytes read, 0 when nothing

@@ -38,6 +38,8 @@ struct client {
     uint8_t addr[16];
     bool closed;
     uint32_t nreq;
+    bool send_queued[2];
+    struct dlist send_link[2]; /* w->sendq */
     struct ev_defer defer;
 };
 
@@ -129,6 +131,12 @@ void conn__xchg_put(struct worker *w, struct xchg *x);
 /* Arm the client's one timer after_ms from now (lazily re-armed). */
 void conn__client_deadline(struct client *c, uint64_t after_ms);
 void conn__client_close(struct client *c);
+/* Writes wait for the end of the batch of events, then go out in two
+ * bursts: every response to its client, then every request to its backend.
+ * True when the exchange must not write now (c is queued and its exchange
+ * runs again then), false when it may write. */
+enum send_phase { SEND_TO_CLIENTS, SEND_TO_BACKENDS };
+bool conn__send_later(struct client *c, enum send_phase ph);
 /* Read what the client sent into cbuf: bytes read, 0 when nothing (would
  * block, or no room), -1 when the client closed or failed. */
 int conn__client_fill(struct xchg *x);

@@ -231,6 +231,12 @@ struct worker {
     size_t log_len;
     bool log_flush_pending;
     struct ev_defer log_defer;
+    /* clients whose exchange has a write waiting for the end of the batch,
+     * per phase (conn__send_later) */
+    struct dlist sendq[2];
+    bool sending[2]; /* that phase's queue is being run: write now */
+    bool sends_pending;
+    struct ev_defer sends_defer;
     atomic_uint_fast64_t qs_gen; /* quiescent-state generation for reclamation */
 };
 

@@ -332,6 +332,8 @@ int worker__init(struct proxy *p, struct worker *w, unsigned idx)
     dlist_init(&w->idle_up);
     dlist_init(&w->waiting);
     dlist_init(&w->queue);
+    dlist_init(&w->sendq[0]);
+    dlist_init(&w->sendq[1]);
     ev_io_init(&w->evio, w->evfd, on_cmd, w);
     ev_io_start(&w->loop, &w->evio, EPOLLIN);
     uint64_t seed = ev_time_ms() ^ ((uint64_t)idx * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)w;

@@ -929,7 +929,7 @@ static int pump_request(struct xchg *x)
             xchg__deadline(x, c->w->p->o.timeout_ms);
         return got > 0;
     }
-    if (!xc_can_send(&u->xc))
+    if (!xc_can_send(&u->xc) || conn__send_later(c, SEND_TO_BACKENDS))
         return 0;
     ssize_t w = xc_sendv(&u->xc, iov, n);
     if (w < 0) {
@@ -1208,7 +1208,7 @@ static int pump_response(struct xchg *x)
         iov[n++].iov_len = x->u_scan - x->u_off;
     }
     if (n > 0) {
-        if (!xc_can_send(&c->xc))
+        if (!xc_can_send(&c->xc) || conn__send_later(c, SEND_TO_CLIENTS))
             return 0;
         ssize_t w = xc_sendv(&c->xc, iov, n);
         if (w < 0) {

@@ -21,7 +21,7 @@ struct tls_xc {
     struct tls_server *srv;
     SSL *ssl;
     uint8_t st;
-    bool drained;      /* OpenSSL's last socket read was short (tls_conn_watch_reads) */
+    bool drained;      /* OpenSSL's last socket read was short (tls_conn_new) */
     uint64_t since_ms; /* accepted, then: the handshake finished */
 };
 
@@ -87,13 +87,12 @@ static ssize_t tls_open(struct xconn *c, struct tls_xc *t)
         size_t need = n >= 5 ? 5 + ((size_t)peek[3] << 8 | peek[4]) : 5;
         if ((size_t)n < need && (size_t)n < sizeof(peek))
             return again(c, &c->rwant, false);
-        t->ssl = tls_conn_new(t->srv, c->fd);
+        t->ssl = tls_conn_new(t->srv, c->fd, &t->drained);
         if (!t->ssl) { /* no certificate installed yet */
             atomic_fetch_add_explicit(&t->p->tls_nocert, 1, memory_order_relaxed);
             c->err = true;
             return -EPROTO;
         }
-        tls_conn_watch_reads(t->ssl, &t->drained);
         t->st = TS_HANDSHAKE;
     }
     if (t->st == TS_HANDSHAKE) {

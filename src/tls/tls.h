@@ -69,12 +69,11 @@ void tls_server_rotate_tickets(struct tls_server *s);
 /* ---- per connection ---- */
 
 /* A new server-side SSL on the non-blocking socket fd (not owned). NULL when
- * there is no certificate at all (the caller closes the connection). */
-SSL *tls_conn_new(struct tls_server *s, int fd);
-/* Keep *drained (which must outlive ssl) up to date: true when OpenSSL's
+ * there is no certificate at all (the caller closes the connection).
+ * *drained (which must outlive ssl) is kept up to date: true when OpenSSL's
  * last read of the socket got less than it asked for (the kernel buffer
  * was empty then: with edge-triggered epoll, later bytes bring an event). */
-void tls_conn_watch_reads(SSL *ssl, bool *drained);
+SSL *tls_conn_new(struct tls_server *s, int fd, bool *drained);
 /* Drive the handshake: 0 done, -EAGAIN (*want_write tells which event to wait
  * for), or -EPROTO (failed: close; nothing more to send). */
 int tls_conn_handshake(SSL *ssl, bool *want_write);

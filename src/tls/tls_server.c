@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -501,42 +502,119 @@ void tls_server_rotate_tickets(struct tls_server *s)
     OPENSSL_cleanse(&k, sizeof(k));
 }
 
-SSL *tls_conn_new(struct tls_server *s, int fd)
+/* ---- the socket under a connection: a BIO of our own ----
+ *
+ * OpenSSL's socket BIO reads and writes with read(2) and write(2), which go
+ * through the file layer first; recv(2) and send(2) go straight to the
+ * socket (and send takes MSG_NOSIGNAL). Ours also notes, on every read,
+ * whether the kernel buffer was drained (a short read), which is what the
+ * transport needs to wait for the next epoll edge instead of a read that
+ * would only say EAGAIN. */
+
+struct sock_bio {
+    int fd;
+    bool *drained;
+};
+
+static int sock_bio_read(BIO *b, char *buf, size_t len, size_t *got)
+{
+    struct sock_bio *sb = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t n;
+    do
+        n = recv(sb->fd, buf, len, 0);
+    while (n == -1 && errno == EINTR);
+    *sb->drained = n < (ssize_t)len;
+    if (n > 0) {
+        *got = (size_t)n;
+        return 1;
+    }
+    *got = 0;
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        BIO_set_retry_read(b);
+    else if (n == 0)
+        BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+    return 0;
+}
+
+static int sock_bio_write(BIO *b, const char *buf, size_t len, size_t *put)
+{
+    struct sock_bio *sb = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t n;
+    do
+        n = send(sb->fd, buf, len, MSG_NOSIGNAL);
+    while (n == -1 && errno == EINTR);
+    if (n >= 0) {
+        *put = (size_t)n;
+        return 1;
+    }
+    *put = 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_write(b);
+    return 0;
+}
+
+static long sock_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    struct sock_bio *sb = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* nothing is buffered here */
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+    case BIO_C_GET_FD:
+        if (ptr)
+            *(int *)ptr = sb->fd;
+        return sb->fd;
+    default:
+        return 0;
+    }
+}
+
+static int sock_bio_destroy(BIO *b)
+{
+    free(BIO_get_data(b));
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static BIO_METHOD *sock_bio_method;
+static pthread_once_t sock_bio_once = PTHREAD_ONCE_INIT;
+
+static void sock_bio_make(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                                 "tako socket");
+    if (m && BIO_meth_set_read_ex(m, sock_bio_read) && BIO_meth_set_write_ex(m, sock_bio_write) &&
+        BIO_meth_set_ctrl(m, sock_bio_ctrl) && BIO_meth_set_destroy(m, sock_bio_destroy)) {
+        sock_bio_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+SSL *tls_conn_new(struct tls_server *s, int fd, bool *drained)
 {
     if (tls_server_ncerts(s) == 0)
         return NULL;
-    SSL *ssl = SSL_new(s->front);
-    if (!ssl)
+    pthread_once(&sock_bio_once, sock_bio_make);
+    if (!sock_bio_method)
         return NULL;
-    if (!SSL_set_fd(ssl, fd)) {
+    SSL *ssl = SSL_new(s->front);
+    BIO *b = ssl ? BIO_new(sock_bio_method) : NULL;
+    if (!b) {
         SSL_free(ssl);
         return NULL;
     }
+    struct sock_bio *sb = xcalloc(1, sizeof(*sb));
+    sb->fd = fd;
+    sb->drained = drained;
+    *drained = false;
+    BIO_set_data(b, sb);
+    BIO_set_init(b, 1);
+    SSL_set_bio(ssl, b, b); /* one reference for both directions */
     SSL_set_accept_state(ssl);
     return ssl;
-}
-
-/* After each read of the socket BIO: short (or nothing) means the kernel
- * buffer was drained at that moment. */
-static long on_bio_read(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
-                        int ret, size_t *processed)
-{
-    (void)argp;
-    (void)argi;
-    (void)argl;
-    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
-        bool *drained = (bool *)BIO_get_callback_arg(b);
-        *drained = ret <= 0 || !processed || *processed < len;
-    }
-    return ret;
-}
-
-void tls_conn_watch_reads(SSL *ssl, bool *drained)
-{
-    BIO *b = SSL_get_rbio(ssl);
-    *drained = false;
-    if (!b)
-        return;
-    BIO_set_callback_arg(b, (char *)drained);
-    BIO_set_callback_ex(b, on_bio_read);
 }

@@ -21,6 +21,7 @@ struct pair {
     int sfd, cfd;
     SSL *srv, *cli;
     SSL_CTX *cctx;
+    bool drained;
 };
 
 static SSL_CTX *client_ctx(void)
@@ -42,7 +43,7 @@ static int connect_pair(struct tls_server *s, SSL_CTX *cctx, const char *host,
         return -1;
     pp->sfd = sv[0];
     pp->cfd = sv[1];
-    pp->srv = tls_conn_new(s, pp->sfd);
+    pp->srv = tls_conn_new(s, pp->sfd, &pp->drained);
     if (!pp->srv)
         return -1;
     pp->cli = SSL_new(cctx);
@@ -139,7 +140,8 @@ TEST(no_certificate_no_connection)
     char err[256];
     struct tls_server *s = tls_server_new(err, sizeof(err));
     CHECK(s);
-    CHECK(tls_conn_new(s, 0) == NULL);
+    bool drained;
+    CHECK(tls_conn_new(s, 0, &drained) == NULL);
     tls_server_free(s);
 }
 
@@ -201,6 +203,47 @@ TEST(swap_keeps_live_connection_and_new_handshakes_get_new_cert)
     CHECK_INT(echo(&old, "again"), 0);
     pair_free(&old);
     pair_free(&nw);
+    SSL_CTX_free(cc);
+    tls_server_free(s);
+}
+
+/* The socket under the connection: the drained mark follows the kernel
+ * buffer, EOF and a reset peer are told apart from "again", and writing to
+ * a closed peer is an error, not SIGPIPE. */
+TEST(socket_reads_mark_drained_and_writes_never_raise_sigpipe)
+{
+    char err[256], buf[64];
+    struct tls_server *s = tls_server_new(err, sizeof(err));
+    SSL_CTX *cc = client_ctx();
+    CHECK_INT(add_selfsigned(s, "own:d.test", "d.test"), 0);
+    struct pair pp;
+    CHECK_INT(connect_pair(s, cc, "d.test", NULL, &pp), 0);
+    bool ww;
+    /* nothing sent: a read finds the buffer empty */
+    CHECK_INT(tls_conn_read(pp.srv, buf, sizeof(buf), &ww), -EAGAIN);
+    CHECK(pp.drained);
+    CHECK(!ww);
+    /* two records in the buffer: OpenSSL's first read takes less than
+     * everything only if it asks for less; after the last byte it is drained */
+    CHECK_INT(SSL_write(pp.cli, "one", 3), 3);
+    CHECK_INT(SSL_write(pp.cli, "two", 3), 3);
+    ssize_t a = tls_conn_read(pp.srv, buf, sizeof(buf), &ww);
+    CHECK_INT(a, 3);
+    CHECK(!pp.drained || SSL_has_pending(pp.srv)); /* the second record is not lost */
+    CHECK_INT(tls_conn_read(pp.srv, buf, sizeof(buf), &ww), 3);
+    CHECK(memcmp(buf, "two", 3) == 0);
+    CHECK_INT(tls_conn_read(pp.srv, buf, sizeof(buf), &ww), -EAGAIN);
+    CHECK(pp.drained);
+    /* the peer closes without close_notify: writing to it fails (EPIPE)
+     * instead of killing the process, and a read says EOF or reset, never
+     * "again" */
+    SSL_free(pp.cli);
+    pp.cli = NULL;
+    close(pp.cfd);
+    pp.cfd = -1;
+    CHECK_INT(tls_conn_write(pp.srv, "x", 1, &ww), -EPIPE);
+    CHECK(tls_conn_read(pp.srv, buf, sizeof(buf), &ww) != -EAGAIN);
+    pair_free(&pp);
     SSL_CTX_free(cc);
     tls_server_free(s);
 }
