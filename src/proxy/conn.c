@@ -331,7 +331,7 @@ void conn__client_process(struct client *c)
         }
         if (!x->t_start)
             x->t_start = conn__now_us();
-        inet_ntop(c->family, c->addr, x->client_ip, sizeof(x->client_ip));
+        memcpy(x->client_ip, c->addr_s, sizeof(x->client_ip));
         if (r < 0) {
             if (r == HTTP_E_TOO_LARGE)
                 xchg__error(x, 431, "request header fields too large");
@@ -436,6 +436,7 @@ void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct s
         c->family = AF_INET;
         memcpy(c->addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
     }
+    inet_ntop(c->family, c->addr, c->addr_s, sizeof(c->addr_s));
     /* TCP_NODELAY comes from the listening socket (Linux copies it) */
     ev_io_init(&c->io, fd, client_on_io, c);
     ev_timer_init(&c->timer, client_on_timer, c);

@@ -36,6 +36,7 @@ struct client {
     struct dlist link;
     uint8_t family;
     uint8_t addr[16];
+    char addr_s[INET6_ADDRSTRLEN]; /* addr as text, made once */
     bool closed;
     uint32_t nreq;
     bool send_queued[2];
