@@ -201,7 +201,7 @@ done
 mkdir -p "$OUT"
 RAW="$OUT/tls-raw.txt"
 : >"$RAW"
-declare -A KA CL HS RS CPU
+declare -A KA CL HS RS CPU KAR CLR
 # group_cpu_ticks PGID: user + system clock ticks of every process of the
 # group (nginx: master and worker); fields 5, 14, 15 of /proc/PID/stat.
 group_cpu_ticks() {
@@ -227,6 +227,7 @@ for r in $(seq "$ROUNDS"); do
         ka=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         echo "round $r $t keepalive $ka" >>"$RAW"
         KA[$t]="${KA[$t]:-} ${ka:-0}"
+        KAR[$t,$r]=${ka:-0}
         # the proxy's own CPU per request (all its processes), which other
         # load on the machine slows down but does not change
         c1=$(group_cpu_ticks "${PID[$t]}")
@@ -240,6 +241,7 @@ for r in $(seq "$ROUNDS"); do
         cl=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
         echo "round $r $t close $cl" >>"$RAW"
         CL[$t]="${CL[$t]:-} ${cl:-0}"
+        CLR[$t,$r]=${cl:-0}
         hs=$(s_time_rate "$port" -new)
         echo "round $r $t handshakes $hs" >>"$RAW"
         HS[$t]="${HS[$t]:-} ${hs:-0}"
@@ -267,8 +269,26 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0
             "$(median <<<"${CPU[$t]}")" "$(median <<<"${CL[$t]}")" "$(median <<<"${HS[$t]}")" \
             "$(median <<<"${RS[$t]}")" "${MEM[$t]}"
     done
+    # Each round runs the proxies one after the other within a minute, so
+    # the machine's load moves them together: the ratio of a round is
+    # steadier than the ratio of medians.
+    if [[ " $TARGETS " == *" haproxy "* ]]; then
+        echo
+        echo "| proxy | keep-alive req/s ÷ HAProxy's | Connection: close req/s ÷ HAProxy's |"
+        echo "|---|---|---|"
+        for t in $TARGETS; do
+            [ "$t" = haproxy ] && continue
+            kr="" cr=""
+            for r in $(seq "$ROUNDS"); do
+                kr="$kr $(awk -v a="${KAR[$t,$r]}" -v b="${KAR[haproxy,$r]}" 'BEGIN {if (b > 0) printf "%.3f", a / b}')"
+                cr="$cr $(awk -v a="${CLR[$t,$r]}" -v b="${CLR[haproxy,$r]}" 'BEGIN {if (b > 0) printf "%.3f", a / b}')"
+            done
+            printf "| %s | %.2f (rounds:%s) | %.2f (rounds:%s) |\n" "$t" "$(median <<<"$kr")" "$kr" \
+                "$(median <<<"$cr")" "$cr"
+        done
+    fi
     echo
-    echo "Medians of $ROUNDS interleaved rounds; wrk -t1 -c$CONNS -d${DURATION}s, openssl s_time -time $DURATION"
+    echo "Medians of $ROUNDS interleaved rounds (ratios: the median of each round's ratio); wrk -t1 -c$CONNS -d${DURATION}s, openssl s_time -time $DURATION"
     echo "(one connection at a time), $IDLE_CONNS idle connections; $(nproc) CPUs, client pinned to CPU $CPU_CLIENT,"
     echo "proxies to CPU $CPU_SERVERS, backends to CPU $CPU_BACKENDS. HAProxy $(haproxy -v 2>/dev/null | head -n1 | awk '{print $3}'),"
     echo "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), $(openssl version | awk '{print $1, $2}'), $(date -u +%Y-%m-%d)."
