@@ -10,8 +10,12 @@
 #                also the proxy's own CPU time (user + system, all its
 #                processes) per request wrk completed: a count that the
 #                machine's other load slows down but does not change
-#   close        wrk -t1 -cCONNS -H "Connection: close": a new full handshake
-#                per request (wrk does not resume sessions)
+#   close        wrk -t1 -cCONNS -H "Connection: close": a new connection per
+#                request. wrk keeps each connection's SSL object and so
+#                offers the previous connection's session: the handshake is
+#                resumed (PSK + ECDHE) when the server gave a new ticket, as
+#                all three do. Also the proxy's CPU per request, since here
+#                wrk's own handshake work on its one core usually limits req/s
 #   handshakes   openssl s_time -new: full handshakes + one GET per connection,
 #                one client connection at a time, for DURATION seconds
 #   resumed      openssl s_time -reuse: the same with session resumption
@@ -201,7 +205,7 @@ done
 mkdir -p "$OUT"
 RAW="$OUT/tls-raw.txt"
 : >"$RAW"
-declare -A KA CL HS RS CPU KAR CLR
+declare -A KA CL HS RS CPU CCPU KAR CLR
 # group_cpu_ticks PGID: user + system clock ticks of every process of the
 # group (nginx: master and worker); fields 5, 14, 15 of /proc/PID/stat.
 group_cpu_ticks() {
@@ -236,9 +240,16 @@ for r in $(seq "$ROUNDS"); do
              'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}')
         echo "round $r $t keepalive_cpu_us $us" >>"$RAW"
         CPU[$t]="${CPU[$t]:-} ${us:-0}"
+        c0=$(group_cpu_ticks "${PID[$t]}")
         out=$(timeout -k 5 $((DURATION + 20)) "${PIN_C[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
               -H "Connection: close" "https://127.0.0.1:$port/api/instance" 2>&1 || true)
+        c1=$(group_cpu_ticks "${PID[$t]}")
         cl=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+        nreq=$(awk '/requests in/ {print $1}' <<<"$out")
+        cus=$(awk -v a="$c0" -v b="$c1" -v n="${nreq:-0}" -v hz="$(getconf CLK_TCK)" \
+             'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}')
+        echo "round $r $t close_cpu_us $cus" >>"$RAW"
+        CCPU[$t]="${CCPU[$t]:-} ${cus:-0}"
         echo "round $r $t close $cl" >>"$RAW"
         CL[$t]="${CL[$t]:-} ${cl:-0}"
         CLR[$t,$r]=${cl:-0}
@@ -248,7 +259,7 @@ for r in $(seq "$ROUNDS"); do
         rs=$(s_time_rate "$port" -reuse)
         echo "round $r $t resumed $rs" >>"$RAW"
         RS[$t]="${RS[$t]:-} ${rs:-0}"
-        log "round $r $t: keep-alive $ka req/s ($us us of proxy CPU each), close $cl req/s, handshakes $hs/s, resumed $rs/s"
+        log "round $r $t: keep-alive $ka req/s ($us us of proxy CPU each), close $cl req/s ($cus us each), handshakes $hs/s, resumed $rs/s"
     done
 done
 declare -A MEM
@@ -262,12 +273,12 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 {
-    echo "| proxy | keep-alive req/s | proxy CPU per keep-alive request, µs | Connection: close req/s (new handshake each) | handshakes/s, one at a time | resumed, one at a time | bytes per idle TLS connection |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| proxy | keep-alive req/s | proxy CPU per keep-alive request, µs | Connection: close req/s (a resumed handshake each) | proxy CPU per close request, µs | full handshakes/s, one at a time | resumed, one at a time | bytes per idle TLS connection |"
+    echo "|---|---|---|---|---|---|---|---|"
     for t in $TARGETS; do
-        printf "| %s | %.0f | %.1f | %.0f | %.0f | %.0f | %s |\n" "$t" "$(median <<<"${KA[$t]}")" \
-            "$(median <<<"${CPU[$t]}")" "$(median <<<"${CL[$t]}")" "$(median <<<"${HS[$t]}")" \
-            "$(median <<<"${RS[$t]}")" "${MEM[$t]}"
+        printf "| %s | %.0f | %.1f | %.0f | %.0f | %.0f | %.0f | %s |\n" "$t" "$(median <<<"${KA[$t]}")" \
+            "$(median <<<"${CPU[$t]}")" "$(median <<<"${CL[$t]}")" "$(median <<<"${CCPU[$t]}")" \
+            "$(median <<<"${HS[$t]}")" "$(median <<<"${RS[$t]}")" "${MEM[$t]}"
     done
     # Each round runs the proxies one after the other within a minute, so
     # the machine's load moves them together: the ratio of a round is

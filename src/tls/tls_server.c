@@ -131,7 +131,7 @@ static void tk_fill(struct ticket_key *k)
 /* OpenSSL's ticket hook (called on the front context for every ticket,
  * whatever context SNI chose). enc=1: fill name/iv and keys with the current
  * key. enc=0: find the key by name; 1 = ok, 2 = ok but renew the ticket
- * (older key), 0 = unknown key (full handshake). */
+ * (older key, or TLS 1.3), 0 = unknown key (full handshake). */
 static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[16],
                      EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
@@ -155,7 +155,11 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[16],
             return 0;
         }
         k = s->tk[found];
-        ret = found == 0 ? 1 : 2;
+        /* TLS 1.3 tickets are for one use (RFC 8446, C.4), and OpenSSL
+         * sends a resumed connection a new one only when told to renew:
+         * without it, every other connection of a client would be a full
+         * handshake. */
+        ret = found == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
     }
     pthread_mutex_unlock(&s->tk_lock);
     static char sha256[] = "SHA256";

@@ -327,3 +327,32 @@ def test_ten_thousand_half_open_tls_connections_bounded(procs, tmp_path, backend
             s.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_tls13_every_resumed_connection_gets_a_new_ticket(procs, tmp_path, backends):
+    """TLS 1.3 tickets are for one use: a client that uses each ticket once
+    (browsers, OpenSSL's clients, wrk) resumes every connection only when
+    each resumed connection brings a new ticket."""
+    cert, key = make_cert(str(tmp_path), "a.test")
+    _, _, https_port = start(procs, backends, [(cert, key)])
+    ctx = ssl.create_default_context(cafile=cert)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    sess, reused, ids = None, [], []
+    for _ in range(4):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", https_port), timeout=10),
+                            server_hostname="a.test", session=sess)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]
+        reused.append(s.session_reused)
+        sess = s.session  # the ticket this connection brought (read with the response)
+        assert sess is not None and sess.has_ticket
+        ids.append(sess.id)
+        s.close()
+    assert reused == [False, True, True, True]
+    assert len(set(ids)) == 4, "a resumed connection brought no new ticket"

@@ -342,6 +342,38 @@ TEST(tickets_resume_across_one_rotation_not_two)
     tls_server_free(s);
 }
 
+/* TLS 1.3 tickets are for one use (RFC 8446, C.4; OpenSSL's clients use
+ * each once): a resumed connection must bring a new one, or every other
+ * connection of a client is a full handshake. */
+TEST(tls13_resumed_connection_gets_a_fresh_ticket)
+{
+    char err[256];
+    struct tls_server *s = tls_server_new(err, sizeof(err));
+    CHECK_INT(add_selfsigned(s, "x", "x.test"), 0);
+    SSL_CTX *cc = client_ctx();
+    struct pair pp;
+    CHECK_INT(connect_pair(s, cc, "x.test", NULL, &pp), 0);
+    CHECK_INT(echo(&pp, "first"), 0); /* the client reads the ticket */
+    SSL_SESSION *sess = SSL_get1_session(pp.cli);
+    CHECK(sess && SSL_SESSION_is_resumable(sess));
+    SSL_shutdown(pp.cli);
+    pair_free(&pp);
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(connect_pair(s, cc, "x.test", sess, &pp), 0);
+        CHECK_INT(SSL_session_reused(pp.cli), 1);
+        CHECK_INT(echo(&pp, "again"), 0);
+        SSL_SESSION *next = SSL_get1_session(pp.cli);
+        CHECK(next && next != sess && SSL_SESSION_is_resumable(next));
+        SSL_shutdown(pp.cli);
+        pair_free(&pp);
+        SSL_SESSION_free(sess);
+        sess = next;
+    }
+    SSL_SESSION_free(sess);
+    SSL_CTX_free(cc);
+    tls_server_free(s);
+}
+
 TEST(sniff_first_bytes)
 {
     CHECK_INT(tls_sniff((const unsigned char *)"\x16\x03\x01", 3), TLS_SNIFF_TLS);
