@@ -233,7 +233,11 @@ static void xchg_finish(struct xchg *x, bool client_ok)
                     x->u_len == x->u_scan; /* no stray bytes after the response */
     xchg__release_backend(x, reuse_up);
     xchg__unwait(x);
-    if (!client_ok || x->close_client || !x->client_ka || !x->req_done || w->stopping) {
+    /* Closed only when the response said so: a stop that began after the
+     * head went out (keep-alive) leaves the connection to the stopping
+     * worker's quiet-idle rule (conn__close_idle_clients), since a client
+     * told "keep-alive" may already be sending its next request. */
+    if (!client_ok || x->close_client || !x->client_ka || !x->req_done) {
         conn__client_close(c);
         return;
     }
