@@ -155,6 +155,21 @@ def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+def stuck_proxy_report(pid, port):
+    """What a proxy that stopped accepting was doing: the listening socket's
+    accept queue (ss: Recv-Q), its threads' states and stacks (gdb)."""
+    out = []
+    for argv in (["ss", "-ltnH", "sport = :%d" % port],
+                 ["sh", "-c", "cat /proc/%d/task/*/stat | cut -d' ' -f1-3" % pid],
+                 ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"]):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            out.append("$ %s\n%s%s" % (" ".join(argv), r.stdout[-3000:], r.stderr[-500:]))
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out.append("$ %s: %s" % (" ".join(argv), e))
+    return "\n".join(out)
+
+
 def rss_kib(pid):
     for line in open("/proc/%d/status" % pid):
         if line.startswith("VmRSS:"):
@@ -315,8 +330,9 @@ def test_ten_thousand_half_open_tls_connections_bounded(procs, tmp_path, backend
         try:
             wait_for(lambda: fd_count(p.pid) >= base_fds + 10000, timeout=30, what="10000 accepted")
         except TimeoutError:
-            raise AssertionError("fds %d of %d (opened in %.1fs); log: %s" % (
-                fd_count(p.pid) - base_fds, 10000, opened_in, procs.log(p)[-2000:]))
+            raise AssertionError("fds %d of %d (opened in %.1fs); log: %s\n%s" % (
+                fd_count(p.pid) - base_fds, 10000, opened_in, procs.log(p)[-2000:],
+                stuck_proxy_report(p.pid, https_port)))
         grown = rss_kib(p.pid) - base_rss
         head, _, _ = tls_get(https_port, "a.test", c)
         assert head.startswith("HTTP/1.1 200")
