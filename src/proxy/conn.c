@@ -207,10 +207,7 @@ void conn__client_close(struct client *c)
      * watcher only has to be skipped for the rest of this batch */
     c->io.active = false;
     for (int ph = 0; ph < 2; ph++)
-        if (c->send_queued[ph]) {
-            dlist_del(&c->send_link[ph]);
-            c->send_queued[ph] = false;
-        }
+        dlist_del(&c->send_link[ph]); /* out of the send queues (no-op if not in) */
     ev_timer_stop(&w->loop, &c->timer);
     xc_close(&c->xc);
     dlist_del(&c->link);
@@ -245,7 +242,6 @@ static void sends_run(struct ev_defer *d)
         while (!dlist_empty(&w->sendq[ph])) {
             struct client *c = DLIST_ENTRY(w->sendq[ph].next, struct client, send_link[ph]);
             dlist_del(&c->send_link[ph]);
-            c->send_queued[ph] = false;
             if (!c->closed && c->x)
                 xchg__run(c->x);
         }
@@ -258,8 +254,7 @@ bool conn__send_later(struct client *c, enum send_phase ph)
     struct worker *w = c->w;
     if (w->sending[ph])
         return false;
-    if (!c->send_queued[ph]) {
-        c->send_queued[ph] = true;
+    if (dlist_empty(&c->send_link[ph])) { /* not queued yet */
         dlist_add(w->sendq[ph].prev, &c->send_link[ph]); /* at the tail: in order */
         if (!w->sends_pending) {
             w->sends_pending = true;
@@ -420,6 +415,8 @@ static void client_on_timer(struct ev_loop *loop, struct ev_timer *t)
 void conn__accept(struct worker *w, struct wlistener *wl, int fd, const struct sockaddr_storage *ss)
 {
     struct client *c = xcalloc(1, sizeof(*c));
+    dlist_init(&c->send_link[0]);
+    dlist_init(&c->send_link[1]);
     int ar = xc_attach(&c->xc, fd, wl->l->xprt, wl->l->xprt_arg);
     c->w = w;
     c->l = wl->l;

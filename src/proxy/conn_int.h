@@ -39,8 +39,7 @@ struct client {
     char addr_s[INET6_ADDRSTRLEN]; /* addr as text, made once */
     bool closed;
     uint32_t nreq;
-    bool send_queued[2];
-    struct dlist send_link[2]; /* w->sendq */
+    struct dlist send_link[2]; /* in w->sendq[ph] when not linked to itself */
     struct ev_defer defer;
 };
 
