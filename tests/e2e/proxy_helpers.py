@@ -223,17 +223,23 @@ def start_proxy(procs, backends, *extra, threads=1, listen_port=None, name="prox
     return p, port
 
 
+def recv_to_eof(sock):
+    """Everything the peer sends until it closes (a timeout of the socket's
+    own raises)."""
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
 def get_name(port, path="/", **kw):
     """GET on a fresh connection; returns the answering backend's name."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path).encode())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = recv_to_eof(s)
     finally:
         s.close()
     head, _, body = data.partition(b"\r\n\r\n")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from proxy_helpers import Backend, start_proxy
+from proxy_helpers import Backend, recv_to_eof, start_proxy
 from conftest import raw, wait_for
 
 
@@ -265,12 +265,7 @@ def test_slowloris_gets_408(procs):
         time.sleep(0.05)
         if time.monotonic() - t0 > 0.4:
             break
-    out = b""
-    while True:
-        d = s.recv(4096)
-        if not d:
-            break
-        out += d
+    out = recv_to_eof(s)
     assert out.startswith(b"HTTP/1.1 408")
     assert time.monotonic() - t0 < 3
     assert b.app_requests() == []
@@ -366,12 +361,7 @@ def test_head_request_has_no_body(procs):
     b, port = one(procs)
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    out = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        out += d
+    out = recv_to_eof(s)
     first, _, rest = out.partition(b"\r\n\r\n")
     assert b"Content-Length: 2" in first
     assert rest.startswith(b"HTTP/1.1 200")

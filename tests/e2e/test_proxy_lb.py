@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from proxy_helpers import Backend, get_name, start_proxy, write_file
+from proxy_helpers import Backend, get_name, recv_to_eof, start_proxy, write_file
 from conftest import TAKO, free_port, wait_port, wait_for
 
 
@@ -103,12 +103,7 @@ def source_get(port, src):
     s.settimeout(10)
     s.connect(("127.0.0.1", port))
     s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
+    data = recv_to_eof(s)
     s.close()
     return data.partition(b"\r\n\r\n")[2].decode()
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import TAKO, free_port, wait_for, wait_port
-from proxy_helpers import Backend
+from proxy_helpers import Backend, recv_to_eof
 
 
 def make_cert(d, name, cn=None):
@@ -56,12 +56,7 @@ def tls_get(port, host, cafile, path="/", sock=None):
     s = ctx.wrap_socket(sock or socket.create_connection(("127.0.0.1", port), timeout=10),
                         server_hostname=host)
     s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)).encode())
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
+    data = recv_to_eof(s)
     cert = s.getpeercert()
     s.close()
     head, _, body = data.partition(b"\r\n\r\n")
@@ -183,12 +178,7 @@ def test_plain_http_garbage_stalled_and_half_open_connections(procs, tmp_path, b
     # plain HTTP on the HTTPS port: one clear line, then close
     s = socket.create_connection(("127.0.0.1", https_port), timeout=5)
     s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(4096)
-        if not d:
-            break
-        data += d
+    data = recv_to_eof(s)
     s.close()
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert data.endswith(b"This port speaks HTTPS; use https:// instead\n")
@@ -358,12 +348,7 @@ def test_tls13_every_resumed_connection_gets_a_new_ticket(procs, tmp_path, backe
         s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", https_port), timeout=10),
                             server_hostname="a.test", session=sess)
         s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = recv_to_eof(s)
         assert data.startswith(b"HTTP/1.1 200"), data[:100]
         reused.append(s.session_reused)
         sess = s.session  # the ticket this connection brought (read with the response)
