@@ -211,6 +211,16 @@ declare -A KA CL HS RS CPU CCPU KAR CLR
 group_cpu_ticks() {
     cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '$5 == g {t += $14 + $15} END {print t + 0}'
 }
+# us_per_request TICKS_BEFORE TICKS_AFTER WRK_OUTPUT: the proxy's CPU time
+# between the two counts per request wrk completed, in µs (0 without any).
+us_per_request() {
+    local n
+    n=$(awk '/requests in/ {print $1}' <<<"$3")
+    awk -v a="$1" -v b="$2" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}'
+}
+# ratio A B: A / B to 3 decimals, nothing when B is 0
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.3f", a / b}'; }
 # s_time_rate PORT -new|-reuse: connections (handshake + one GET each, one at
 # a time) per second of wall time, for DURATION seconds.
 s_time_rate() {
@@ -234,20 +244,14 @@ for r in $(seq "$ROUNDS"); do
         KAR[$t,$r]=${ka:-0}
         # the proxy's own CPU per request (all its processes), which other
         # load on the machine slows down but does not change
-        c1=$(group_cpu_ticks "${PID[$t]}")
-        nreq=$(awk '/requests in/ {print $1}' <<<"$out")
-        us=$(awk -v a="$c0" -v b="$c1" -v n="${nreq:-0}" -v hz="$(getconf CLK_TCK)" \
-             'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}')
+        us=$(us_per_request "$c0" "$(group_cpu_ticks "${PID[$t]}")" "$out")
         echo "round $r $t keepalive_cpu_us $us" >>"$RAW"
         CPU[$t]="${CPU[$t]:-} ${us:-0}"
         c0=$(group_cpu_ticks "${PID[$t]}")
         out=$(timeout -k 5 $((DURATION + 20)) "${PIN_C[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
               -H "Connection: close" "https://127.0.0.1:$port/api/instance" 2>&1 || true)
-        c1=$(group_cpu_ticks "${PID[$t]}")
+        cus=$(us_per_request "$c0" "$(group_cpu_ticks "${PID[$t]}")" "$out")
         cl=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-        nreq=$(awk '/requests in/ {print $1}' <<<"$out")
-        cus=$(awk -v a="$c0" -v b="$c1" -v n="${nreq:-0}" -v hz="$(getconf CLK_TCK)" \
-             'BEGIN {if (n > 0) printf "%.1f", (b - a) * 1e6 / hz / n; else print 0}')
         echo "round $r $t close_cpu_us $cus" >>"$RAW"
         CCPU[$t]="${CCPU[$t]:-} ${cus:-0}"
         echo "round $r $t close $cl" >>"$RAW"
@@ -291,8 +295,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0
             [ "$t" = haproxy ] && continue
             kr="" cr=""
             for r in $(seq "$ROUNDS"); do
-                kr="$kr $(awk -v a="${KAR[$t,$r]}" -v b="${KAR[haproxy,$r]}" 'BEGIN {if (b > 0) printf "%.3f", a / b}')"
-                cr="$cr $(awk -v a="${CLR[$t,$r]}" -v b="${CLR[haproxy,$r]}" 'BEGIN {if (b > 0) printf "%.3f", a / b}')"
+                kr="$kr $(ratio "${KAR[$t,$r]}" "${KAR[haproxy,$r]}")"
+                cr="$cr $(ratio "${CLR[$t,$r]}" "${CLR[haproxy,$r]}")"
             done
             printf "| %s | %.2f (rounds:%s) | %.2f (rounds:%s) |\n" "$t" "$(median <<<"$kr")" "$kr" \
                 "$(median <<<"$cr")" "$cr"
