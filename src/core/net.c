@@ -250,6 +250,49 @@ static void ephemeral_range(unsigned *lo, unsigned *hi)
     fclose(f);
 }
 
+static uint16_t band_lo, band_hi; /* set: net_set_port_band */
+
+void net_set_port_band(uint16_t lo, uint16_t hi)
+{
+    band_lo = lo;
+    band_hi = hi;
+}
+
+int net_parse_port_band(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen)
+{
+    unsigned long v[2];
+    const char *p = s;
+    for (int i = 0; i < 2; i++) {
+        char *end;
+        if (*p < '0' || *p > '9') {
+            snprintf(err, errlen, "'%s' is not a port range LOW-HIGH (e.g. 30000-31999)", s);
+            return 0;
+        }
+        errno = 0;
+        v[i] = strtoul(p, &end, 10);
+        if (errno || v[i] < 1 || v[i] > 65535) {
+            snprintf(err, errlen, "'%s': ports are 1-65535", s);
+            return 0;
+        }
+        p = end;
+        if (i == 0 && *p++ != '-') {
+            snprintf(err, errlen, "'%s' is not a port range LOW-HIGH (e.g. 30000-31999)", s);
+            return 0;
+        }
+    }
+    if (*p) {
+        snprintf(err, errlen, "'%s' is not a port range LOW-HIGH (e.g. 30000-31999)", s);
+        return 0;
+    }
+    if (v[0] > v[1]) {
+        snprintf(err, errlen, "'%s': the low port is above the high one", s);
+        return 0;
+    }
+    *lo = (uint16_t)v[0];
+    *hi = (uint16_t)v[1];
+    return 1;
+}
+
 uint16_t net_free_port(void)
 {
     /* A port the kernel hands out itself (bind to 0) comes from the
@@ -257,30 +300,39 @@ uint16_t net_free_port(void)
      * another replica, a health check — may take it as its local port
      * before the replica binds it ("Address already in use" at start, seen
      * with 1,000 replicas). So look below that range first. */
-    unsigned lo, hi;
-    ephemeral_range(&lo, &hi);
-    if (lo > 2048) {
-        unsigned base = lo > 11024 ? lo - 10000 : 1024, span = lo - base;
-        /* each process its own sequence: two takods must not try the same
-         * ports in the same order */
-        static uint32_t x;
-        if (!x) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            x = (uint32_t)getpid() * 2654435761u ^ (uint32_t)ts.tv_nsec;
-            if (!x)
-                x = 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        unsigned start = x % span;
-        for (unsigned i = 0; i < 64; i++) {
-            uint16_t p = try_port((uint16_t)(base + (start + i * 7919u) % span));
-            if (p)
-                return p;
-        }
+    unsigned base, span;
+    if (band_lo) {
+        base = band_lo;
+        span = (unsigned)band_hi - band_lo + 1u;
+    } else {
+        unsigned lo, hi;
+        ephemeral_range(&lo, &hi);
+        (void)hi;
+        if (lo <= 2048)
+            return try_port(0);
+        base = lo > 11024 ? lo - 10000 : 1024;
+        span = lo - base;
     }
-    (void)hi;
-    return try_port(0);
+    /* each process its own sequence: two takods must not try the same
+     * ports in the same order */
+    static uint32_t x;
+    if (!x) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        x = (uint32_t)getpid() * 2654435761u ^ (uint32_t)ts.tv_nsec;
+        if (!x)
+            x = 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    unsigned start = x % span;
+    /* 7919 is prime: unless it divides span, the steps visit every port */
+    unsigned step = span % 7919u ? 7919u : 1u, tries = band_lo ? span : 64;
+    for (unsigned i = 0; i < tries; i++) {
+        uint16_t p = try_port((uint16_t)(base + (start + (unsigned long long)i * step) % span));
+        if (p)
+            return p;
+    }
+    return band_lo ? 0 : try_port(0);
 }

@@ -38,8 +38,14 @@ int net_connect_tcp(const struct net_addr *a, bool *in_progress);
 int net_connect_tcp_from(const struct net_addr *a, const struct net_addr *src, bool *in_progress);
 int net_set_nonblock(int fd);
 int net_set_nodelay(int fd);
-/* A free TCP port on 127.0.0.1 at the time of the call (0 on failure),
- * below the kernel's ephemeral range when there is room there. */
+/* A free TCP port on 127.0.0.1 at the time of the call (0 on failure):
+ * from the band set with net_set_port_band, else below the kernel's
+ * ephemeral range when there is room there. */
 uint16_t net_free_port(void);
+/* Parse a port band "LO-HI" (1 <= LO <= HI <= 65535); on error 0 is
+ * returned and err says what is wrong. */
+int net_parse_port_band(const char *s, uint16_t *lo, uint16_t *hi, char *err, size_t errlen);
+/* The ports net_free_port hands out from now on (0, 0: the default). */
+void net_set_port_band(uint16_t lo, uint16_t hi);
 
 #endif

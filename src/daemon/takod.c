@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "core/ev.h"
 #include "core/log.h"
+#include "core/net.h"
 #include "core/util.h"
 #include "daemon/api.h"
 #include "daemon/certs.h"
@@ -541,6 +542,13 @@ int takod_run(const struct takod_opts *o)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     d.started_ms = ev_time_ms();
     char path[4200], err[512];
+    const char *band = getenv("TAKO_REPLICA_PORTS");
+    if (band && *band) {
+        uint16_t lo, hi;
+        if (!net_parse_port_band(band, &lo, &hi, err, sizeof(err)))
+            START_FAIL("TAKO_REPLICA_PORTS: %s\n", err);
+        net_set_port_band(lo, hi);
+    }
     snprintf(path, sizeof(path), "%s/state.db", home);
     d.store = store_sqlite_open(path, err, sizeof(err));
     if (!d.store)

@@ -235,6 +235,16 @@ static struct orch_replica *rep_start(struct orch_service *s, unsigned index)
     r->slot = orch__slot(s, index);
     snprintf(r->name, sizeof(r->name), "%.60s-%.60s-%u", s->project, s->name, r->slot);
     r->port = c->port ? rep_free_port(o) : 0;
+    if (c->port && !r->port) {
+        const char *band = getenv("TAKO_REPLICA_PORTS");
+        char name[128], why[300];
+        snprintf(name, sizeof(name), "%s", r->name);
+        snprintf(why, sizeof(why), "cannot start: no free port%s%s",
+                 band ? " in TAKO_REPLICA_PORTS " : "", band ? band : "");
+        free(r);
+        svc_start_failed(s, NULL, name, why);
+        return NULL;
+    }
     struct rt_env_kv env[256];
     size_t ne = 0;
     for (size_t i = 0; i < c->env_len && ne < ARRAY_LEN(env); i++) {

@@ -38,6 +38,25 @@ def _ephemeral_low():
 _band_rng = random.Random(os.getpid() ^ int(time.time() * 1000))
 
 
+def _worker_slice(base, span):
+    """Under pytest -n, this test process's own part of a port band."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    if workers > 1 and worker[2:].isdigit():
+        span //= workers
+        base += int(worker[2:]) % workers * span
+    return base, span
+
+
+# takod gives its replicas ports from the 10,000 under the ephemeral range;
+# the takods of two test processes picking the same port in the same instant
+# made a replica fail with "Address already in use". Each test process's
+# takods get their own part of that band (TAKO_REPLICA_PORTS).
+if _ephemeral_low() > 21024 and "TAKO_REPLICA_PORTS" not in os.environ:
+    _b, _s = _worker_slice(_ephemeral_low() - 10000, 10000)
+    os.environ["TAKO_REPLICA_PORTS"] = "%d-%d" % (_b, _b + _s - 1)
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that was free a moment ago, and not handed out before in
     this run: the kernel may offer the same ephemeral port to two calls in a
@@ -47,13 +66,8 @@ def free_port(host="127.0.0.1"):
     replicas (the 10,000 ports under the ephemeral range)."""
     lo = _ephemeral_low()
     if lo > 21024:
-        base, span = lo - 20000, 10000
         # Under pytest -n each test process has its own slice of the band.
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-        if workers > 1 and worker[2:].isdigit():
-            span //= workers
-            base += int(worker[2:]) % workers * span
+        base, span = _worker_slice(lo - 20000, 10000)
         start = _band_rng.randrange(span)
         for i in range(200):
             port = base + (start + i * 7919) % span

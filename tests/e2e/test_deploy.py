@@ -552,3 +552,31 @@ def test_rollback_target_failing_too_stays_in_crashloop_without_flipping(tako, t
     s = tako.ps_json()["services"][0]
     assert s["status"] == "running" and s["running"] == 1, s
     assert hostnames(port, 2) == ["scaling-web-1", "scaling-web-1"]
+
+
+def test_replica_ports_come_from_the_band_takod_is_given(tako):
+    port, http_port, low = free_port(), free_port(), free_port()
+    tako.write("tako.yaml", config(port, http_port))
+    # A bad band stops takod from starting, with the variable named.
+    r = tako.run("deploy", env={"TAKO_REPLICA_PORTS": "%d-%d" % (low + 9, low)})
+    assert r.returncode != 0
+    assert "TAKO_REPLICA_PORTS: '%d-%d': the low port is above the high one" % (low + 9, low) \
+        in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(tako.home, "takod.pid"))
+    r = tako.run("deploy", env={"TAKO_REPLICA_PORTS": "%d-%d" % (low, low + 19)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    ports = [x["port"] for x in tako.ps_json()["services"][0]["replicas"]]
+    assert len(ports) == 3 and len(set(ports)) == 3, ports
+    assert all(low <= p <= low + 19 for p in ports), (low, ports)
+    assert set(hostnames(port, 3)) == {"scaling-web-1", "scaling-web-2", "scaling-web-3"}
+
+
+def test_a_band_without_a_free_port_fails_the_start_and_says_why(tako):
+    port, http_port, low = free_port(), free_port(), free_port()
+    tako.write("tako.yaml", config(port, http_port, replicas=2))
+    band = "%d-%d" % (low, low)  # one port for two replicas
+    r = tako.run("deploy", env={"TAKO_REPLICA_PORTS": band})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "cannot start: no free port in TAKO_REPLICA_PORTS %s" % band in r.stderr, r.stderr
+    # Nothing is left running of the failed first deploy.
+    assert all(s["running"] == 0 for s in tako.ps_json()["services"])

@@ -3,6 +3,8 @@
 #include <stddef.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -367,6 +369,46 @@ TEST(net_addresses)
     CHECK_INT(net_parse_addr("localhost:1", NULL, &a), 0);
     CHECK_INT(net_parse_addr("example.com:80", NULL, &a), -EINVAL);
     CHECK_INT(net_parse_addr("127.0.0.1:99999", NULL, &a), -EINVAL);
+    CHECK(net_free_port() > 0);
+}
+
+TEST(net_port_band)
+{
+    uint16_t lo = 0, hi = 0;
+    char err[128];
+    CHECK_INT(net_parse_port_band("30000-30009", &lo, &hi, err, sizeof(err)), 1);
+    CHECK_INT(lo, 30000);
+    CHECK_INT(hi, 30009);
+    CHECK_INT(net_parse_port_band("7-7", &lo, &hi, err, sizeof(err)), 1);
+    CHECK_INT(net_parse_port_band("30000", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_CONTAINS(err, "is not a port range LOW-HIGH");
+    CHECK_INT(net_parse_port_band("30000-", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_INT(net_parse_port_band("-5-9", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_INT(net_parse_port_band("1-70000", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_CONTAINS(err, "ports are 1-65535");
+    CHECK_INT(net_parse_port_band("0-10", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_INT(net_parse_port_band("9-8", &lo, &hi, err, sizeof(err)), 0);
+    CHECK_CONTAINS(err, "low port is above the high one");
+    CHECK_INT(net_parse_port_band("10-20x", &lo, &hi, err, sizeof(err)), 0);
+    /* Every port handed out is in the band; a band whose one port is
+     * held has none to give. */
+    uint16_t base = net_free_port();
+    CHECK(base > 0 && base < 65000);
+    net_set_port_band(base, (uint16_t)(base + 99));
+    for (int i = 0; i < 20; i++) {
+        uint16_t p = net_free_port();
+        CHECK(p >= base && p <= base + 99);
+    }
+    net_set_port_band(base, base);
+    CHECK_INT(net_free_port(), base);
+    int held = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in in = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                             .sin_port = htons(base)};
+    CHECK_INT(bind(held, (struct sockaddr *)&in, sizeof(in)), 0);
+    CHECK_INT(net_free_port(), 0);
+    close(held);
+    net_set_port_band(0, 0);
     CHECK(net_free_port() > 0);
 }
 
