@@ -408,7 +408,8 @@ int rt__proc_stat(pid_t pid, struct rt__pstat *out)
     if (!p || p[1] != ' ')
         return -EINVAL;
     p += 2;
-    /* Fields from 3 (state) on; we need 4 ppid, 14-17 times, 22 starttime, 24 rss. */
+    /* Fields from 3 (state) on; we need 4 ppid, 5 pgrp, 14-17 times, 22 starttime,
+     * 24 rss. */
     char state = *p;
     unsigned long long f[25] = {0};
     int field = 3;
@@ -422,6 +423,7 @@ int rt__proc_stat(pid_t pid, struct rt__pstat *out)
     out->pid = pid;
     out->state = state;
     out->ppid = (pid_t)f[4];
+    out->pgrp = (pid_t)f[5];
     out->utime = f[14];
     out->stime = f[15];
     out->cutime = f[16];

@@ -49,7 +49,7 @@ int rt__state_load(const char *path, struct rt__shim_state *st);
 
 /* /proc readers. */
 struct rt__pstat {
-    pid_t pid, ppid;
+    pid_t pid, ppid, pgrp;
     uint64_t utime, stime, cutime, cstime; /* clock ticks */
     uint64_t starttime;                    /* clock ticks since boot */
     uint64_t rss_pages;

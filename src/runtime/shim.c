@@ -151,12 +151,16 @@ static void on_output(struct ev_loop *loop, struct ev_io *w, uint32_t revents)
  * subreaper, not the tree). */
 static void kill_tree(struct shim *s, int sig)
 {
-    if (s->st.app_pid > 0 && !s->app_exited)
+    bool group = s->st.app_pid > 0 && !s->app_exited;
+    if (group)
         kill(-s->st.app_pid, sig);
     struct rt__pstat *d = NULL;
     ssize_t n = rt__proc_descendants(getpid(), &d);
+    /* Not twice to the group's members: many apps take a second SIGTERM
+     * as "quit now, skip the graceful part". */
     for (ssize_t i = 0; i < n; i++)
-        kill(d[i].pid, sig);
+        if (!group || d[i].pgrp != s->st.app_pid)
+            kill(d[i].pid, sig);
     free(d);
 }
 
